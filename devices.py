@@ -1,0 +1,94 @@
+"""Driver interfaces shared by the control thread, the drivers and the simulator.
+
+Sign conventions (everywhere in this project):
+- grid power: + import from the grid (Bezug), - export (Einspeisung), W
+- battery power and setpoints: + discharging into the house, - charging, W
+- state of charge: percent 0..100
+
+Only ``main.py`` builds concrete drivers; everything else sees these protocols.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class MeterError(Exception):
+    """A grid meter read failed (timeout, HTTP error, bad body, missing or invalid field).
+
+    Each meter driver raises its own subclass; a failed read is never turned into 0 W.
+    """
+
+
+class BatteryError(Exception):
+    """A Modbus exchange with one battery failed (no answer, exception response, bad data)."""
+
+
+@dataclass(frozen=True)
+class GridReading:
+    """One grid meter sample.
+
+    grid_power_w: + import, - export, W.
+    received_at_s: monotonic time (time.monotonic()) when the answer arrived.
+    """
+
+    grid_power_w: float
+    received_at_s: float
+
+
+class GridMeter(Protocol):
+    """A grid meter polled over HTTP by the control thread only."""
+
+    name: str  # "shelly" | "ecotracker" (shown as meter_type in /api/status)
+
+    def read(self) -> GridReading:
+        """Return the current grid power (+ import, - export, W) or raise a MeterError."""
+        ...
+
+    def close(self) -> None:
+        """Release the HTTP session."""
+        ...
+
+
+@dataclass(frozen=True)
+class BatteryReading:
+    """What one battery reports over Modbus.
+
+    soc_pct: 0..100 %. ac_power_w: + discharging, - charging, W.
+    rs485_control: True when register 42000 reads 0x55AA.
+    force_mode: 0 stop, 1 charge, 2 discharge (register 42010).
+    charge_power_w / discharge_power_w: registers 42020 / 42021, W, always >= 0.
+    """
+
+    unit_id: int
+    soc_pct: float
+    ac_power_w: float
+    rs485_control: bool
+    force_mode: int
+    charge_power_w: int
+    discharge_power_w: int
+
+
+class BatteryBus(Protocol):
+    """All batteries behind one Modbus TCP gateway; used by one thread only."""
+
+    def read(self, unit_id: int) -> BatteryReading:
+        """Read SoC, AC power and the control registers of one unit, or raise BatteryError."""
+        ...
+
+    def write_setpoint(self, unit_id: int, setpoint_w: int, reading: BatteryReading | None) -> int:
+        """Command a power: + discharge, - charge, 0 stop (W). Returns the number of register writes.
+
+        ``reading`` is the latest read-back; registers that already hold the wanted value
+        are not written again, and RS485 control is re-asserted when it shows off.
+        """
+        ...
+
+    def stop(self, unit_id: int) -> None:
+        """Force mode stop and both power registers 0; raise BatteryError on failure."""
+        ...
+
+    def close(self) -> None:
+        """Close the Modbus connection."""
+        ...
