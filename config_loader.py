@@ -1,0 +1,678 @@
+"""Load and validate config.json into typed, frozen dataclasses.
+
+One pass reads every section, fills in the documented defaults, rejects unknown keys
+(except ``comment*`` and ``_*``), checks types, ranges and cross-field rules, and reports
+every problem at once. Each problem line starts with its key path, e.g.
+``battery.port: must be an integer 1..65535, got 70000``; ``main.py`` prints the
+message and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METER_TYPES = ("shelly", "ecotracker")
+REGISTER_SETS = ("v2", "v3")
+ALGORITHMS = ("fast", "seed")
+LANGUAGES = ("de", "en", "auto")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+MAX_BATTERY_POWER_W = 2500  # Marstek Venus hardware limit per unit
+DEFAULT_METER_PORT = 80
+MIN_PACING_MS = 20
+_TARGET_RANGE_W = (-1000, 1000)
+
+
+@dataclass(frozen=True)
+class MeterConfig:
+    """One grid meter section ("shelly" or "ecotracker").
+
+    ``host`` is the bare host: an IPv4 address, a hostname or an IPv6 address
+    without brackets (written ``[v6]:port`` in ``ip``); URLs need brackets around IPv6.
+    A section that is absent and not selected by ``energy_meter.type`` yields ip = host = "".
+    """
+
+    ip: str
+    host: str
+    port: int
+    timeout_seconds: float = 5.0
+    max_failures_before_stop: int = 2
+    check_interval_seconds: float = 3.0
+    max_frozen_seconds: float = 60.0
+    password: str | None = None
+
+
+@dataclass(frozen=True)
+class BatteryConfig:
+    """The Modbus TCP gateway and the batteries behind it."""
+
+    ip: str
+    port: int = 502
+    timeout_seconds: float = 3.0
+    akku_ids: tuple[int, ...] = (1,)
+    max_power_per_battery: int = 2500
+    min_power_per_battery: int = 50
+    min_soc_for_discharge: float = 11.0
+    max_soc_for_charge: float = 98.0
+    register_set: str = "v2"
+    pacing_ms: int | None = None  # None: 50 ms for v2, 150 ms for v3
+
+    @property
+    def effective_pacing_ms(self) -> int:
+        """Delay between Modbus frames, with the register-set default applied."""
+        if self.pacing_ms is not None:
+            return self.pacing_ms
+        return 150 if self.register_set == "v3" else 50
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Control loop timing and targets; grid targets in W, + import, - export."""
+
+    poll_interval_seconds: float = 2.0
+    soc_update_interval_seconds: float = 30.0
+    target_grid_power_charge: float = -20.0
+    target_grid_power_discharge: float = 20.0
+    algorithm: str = "fast"
+    average_readings: bool = False
+    deadband_w: float = 15.0
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """Dashboard web server."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    password: str | None = None
+    language: str = "de"
+    read_only_without_login: bool = True
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log level and rotating log file (``file`` is resolved against the config's directory)."""
+
+    level: str = "INFO"
+    file: str = "logs/marstek.log"
+    max_file_size_mb: float = 10
+    backup_count: int = 3
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole validated configuration."""
+
+    energy_meter_type: str
+    shelly: MeterConfig
+    ecotracker: MeterConfig
+    battery: BatteryConfig
+    control: ControlConfig
+    web: WebConfig
+    logging: LoggingConfig
+    description: str = ""
+    version: str = ""
+
+    @property
+    def meter(self) -> MeterConfig:
+        """The section of the meter selected by ``energy_meter.type``."""
+        return self.shelly if self.energy_meter_type == "shelly" else self.ecotracker
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``str(e)`` is the user-facing message.
+
+    ``problems`` holds one line per problem, each starting with its key path.
+    """
+
+    def __init__(self, problems: str | list[str]) -> None:
+        self.problems: tuple[str, ...] = (problems,) if isinstance(problems, str) else tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+# --------------------------------------------------------------------------- helpers
+
+_MISSING: Any = object()  # key absent
+_BAD: Any = object()  # key present but invalid (already reported)
+
+
+def _default(cls: type, name: str) -> Any:
+    """The dataclass default of one field, so defaults live in one place only."""
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            return field.default
+    raise KeyError(name)
+
+
+def _is_ignored_key(key: str) -> bool:
+    return key.startswith("comment") or key.startswith("_")
+
+
+def _describe(value: Any) -> str:
+    """Show a value the way the user wrote it in JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        shown = json.dumps(value, ensure_ascii=False)
+        try:
+            float(value)
+        except ValueError:
+            return f"{shown} (text)"
+        return f"{shown} (text; write the number without quotes)"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "NaN"
+        if math.isinf(value):
+            return "Infinity" if value > 0 else "-Infinity"
+        return repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _fmt(number: float) -> str:
+    """1.0 -> "1", 0.2 -> "0.2"."""
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+class _DupDict(dict):
+    """A JSON object that remembers keys that appeared more than once."""
+
+    duplicates: tuple[str, ...] = ()
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = _DupDict()
+    dups: list[str] = []
+    for key, value in pairs:
+        if key in result and key not in dups:
+            dups.append(key)
+        result[key] = value
+    if dups:
+        result.duplicates = tuple(dups)
+    return result
+
+
+class _Section:
+    """Reads the keys of one JSON object and remembers which keys are known."""
+
+    def __init__(self, errors: list[str], path: str, data: dict[str, Any]) -> None:
+        self.errors = errors
+        self.path = path
+        self.data = data
+        self.known: list[str] = []
+        for key in getattr(data, "duplicates", ()):
+            self.fail(key, "appears more than once in this section; keep only one")
+
+    def key_path(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def fail(self, key: str, message: str) -> Any:
+        self.errors.append(f"{self.key_path(key)}: {message}")
+        return _BAD
+
+    def conflict(self, key: str, value: float, relation: str, other_key: str, other_value: float) -> Any:
+        """Report a cross-field rule, e.g. ``a.b (30) must not be above a.c (20)``."""
+        first, second = self.key_path(key), self.key_path(other_key)
+        self.errors.append(f"{first} ({_fmt(value)}) {relation} {second} ({_fmt(other_value)})")
+        return _BAD
+
+    def take(self, key: str) -> Any:
+        self.known.append(key)
+        return self.data.get(key, _MISSING)
+
+    def string(
+        self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] = (), empty_ok: bool = False
+    ) -> Any:
+        """A string, non-empty unless ``empty_ok``; ``choices`` match case-insensitively."""
+        value = self.take(key)
+        if value is _MISSING:
+            return default if default is not _MISSING else self.fail(key, "missing (required)")
+        wanted = "one of " + ", ".join(f'"{c}"' for c in choices) if choices else "a non-empty text"
+        if not isinstance(value, str):
+            return self.fail(key, f"must be {wanted}, got {_describe(value)}")
+        if empty_ok and not choices:
+            return value
+        if not value.strip():
+            return self.fail(key, f"must be {wanted}, got an empty text")
+        if choices:
+            folded = {c.lower(): c for c in choices}
+            if value.strip().lower() in folded:
+                return folded[value.strip().lower()]
+            close = difflib.get_close_matches(value.strip().lower(), list(folded), n=1, cutoff=0.5)
+            hint = f'; did you mean "{folded[close[0]]}"?' if close else ""
+            return self.fail(key, f"must be {wanted}, got {_describe(value)}{hint}")
+        return value.strip()
+
+    def optional_string(self, key: str) -> Any:
+        """A string or null; an empty string means "not set" (None)."""
+        value = self.take(key)
+        if value is _MISSING or value is None:
+            return None
+        if not isinstance(value, str):
+            return self.fail(key, f"must be a text or null, got {_describe(value)}")
+        return value if value != "" else None
+
+    def boolean(self, key: str, default: bool) -> Any:
+        value = self.take(key)
+        if value is _MISSING:
+            return default
+        if not isinstance(value, bool):
+            return self.fail(key, f"must be true or false, got {_describe(value)}")
+        return value
+
+    def integer(self, key: str, default: Any, lo: int, hi: int, *, nullable: bool = False) -> Any:
+        value = self.take(key)
+        if value is _MISSING or (nullable and value is None):
+            return default
+        if type(value) is not int or not lo <= value <= hi:
+            what = f"an integer {lo}..{hi}" + (" or null" if nullable else "")
+            return self.fail(key, f"must be {what}, got {_describe(value)}")
+        return value
+
+    def number(self, key: str, default: Any, lo: float, hi: float, *, lo_open: bool = False) -> Any:
+        """A finite number (int or float, not bool) in [lo, hi], or (lo, hi] with ``lo_open``."""
+        value = self.take(key)
+        if value is _MISSING:
+            return default
+        ok = (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and (lo < value if lo_open else lo <= value)
+            and value <= hi
+        )
+        if not ok:
+            what = f"above {_fmt(lo)} and at most {_fmt(hi)}" if lo_open else f"{_fmt(lo)}..{_fmt(hi)}"
+            return self.fail(key, f"must be a number {what}, got {_describe(value)}")
+        return float(value)
+
+    def section(self, key: str, *, required: bool) -> _Section | None:
+        """A nested object; None when absent and not required (or invalid)."""
+        value = self.take(key)
+        if value is _MISSING:
+            if required:
+                self.fail(key, "section missing (required); see config.example.json")
+            return None
+        if not isinstance(value, dict):
+            self.fail(key, f"must be an object {{...}}, got {_describe(value)}")
+            return None
+        return _Section(self.errors, self.key_path(key), value)
+
+    def finish(self, hints: dict[str, str] | None = None) -> None:
+        """Report keys that were never read, with a "did you mean" hint for near misses."""
+        hints = hints or {}
+        by_lower = {k.lower(): k for k in self.known}
+        for key in self.data:
+            if key in self.known or _is_ignored_key(key):
+                continue
+            if key in hints:
+                self.fail(key, hints[key])
+                continue
+            match = by_lower.get(key.lower())
+            if match is None:
+                close = difflib.get_close_matches(key.lower(), list(by_lower), n=1, cutoff=0.6)
+                match = by_lower[close[0]] if close else None
+            hint = f'; did you mean "{match}"?' if match else ""
+            allowed = ", ".join(self.known)
+            self.fail(key, f"unknown key{hint} (allowed here: {allowed}; comment*/_* keys are ignored)")
+
+
+def _ok(*values: Any) -> bool:
+    return all(v is not _BAD for v in values)
+
+
+# --------------------------------------------------------------------------- host parsing
+
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*\.?$")
+_DOTTED_DIGITS_RE = re.compile(r"^[0-9.]+$")
+
+
+def _check_host(host: str) -> str | None:
+    """Return a problem description, or None if ``host`` is a valid IPv4/IPv6 address or hostname."""
+    if _DOTTED_DIGITS_RE.match(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return "not a valid IPv4 address"
+        return None
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return "not a valid IPv6 address"
+        return None
+    if not _HOSTNAME_RE.match(host):
+        return "not a valid IP address or host name"
+    return None
+
+
+def parse_host_port(text: str, default_port: int = DEFAULT_METER_PORT) -> tuple[str, int]:
+    """Split "host", "host:port", "[v6]" or "[v6]:port"; raise ValueError with a plain reason."""
+    text = text.strip()
+    if "://" in text or "/" in text:
+        raise ValueError("write only the address (like 192.168.1.100 or 192.168.1.100:8080), no http://")
+    if any(c.isspace() for c in text):
+        raise ValueError("must not contain spaces")
+    port_text: str | None = None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("missing ] after an IPv6 address")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("expected :port after ]")
+            port_text = rest[1:]
+        if ":" not in host:
+            raise ValueError("only IPv6 addresses go in [brackets]")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host = text  # a hostname, IPv4, or a bare IPv6 address without a port
+    if not host:
+        raise ValueError("host is empty")
+    problem = _check_host(host)
+    if problem:
+        raise ValueError(problem)
+    if port_text is None:
+        return host, default_port
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("port must be 1..65535")
+    return host, int(port_text)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def _meter(sec: _Section, *, with_password: bool) -> MeterConfig | None:
+    ip = sec.string("ip")
+    host, port = _BAD, _BAD
+    if _ok(ip):
+        try:
+            host, port = parse_host_port(ip)
+        except ValueError as exc:
+            sec.fail("ip", f"{exc}, got {json.dumps(ip, ensure_ascii=False)}")
+    m = MeterConfig
+    timeout = sec.number("timeout_seconds", _default(m, "timeout_seconds"), 0, 60, lo_open=True)
+    failures = sec.integer("max_failures_before_stop", _default(m, "max_failures_before_stop"), 1, 100)
+    check = sec.number("check_interval_seconds", _default(m, "check_interval_seconds"), 0.2, 3600)
+    # Up to a day: a very large value effectively switches the frozen-reading check off.
+    frozen = sec.number("max_frozen_seconds", _default(m, "max_frozen_seconds"), 5, 86400)
+    password = sec.optional_string("password") if with_password else None
+    hints = {} if with_password else {"password": "the EcoTracker has no password; remove this key"}
+    sec.finish(hints)
+    if not _ok(ip, host, port, timeout, failures, check, frozen, password):
+        return None
+    return MeterConfig(ip, host, port, timeout, failures, check, frozen, password)
+
+
+def _battery(sec: _Section) -> BatteryConfig | None:
+    b = BatteryConfig
+    ip = sec.string("ip")
+    if _ok(ip):
+        shown = json.dumps(ip, ensure_ascii=False)
+        try:
+            host, inline_port = parse_host_port(ip, default_port=0)
+        except ValueError as exc:
+            ip = sec.fail("ip", f"{exc}, got {shown}")
+        else:
+            if inline_port:
+                ip = sec.fail("ip", f"write only the address; the port goes into battery.port, got {shown}")
+            else:
+                ip = host
+    port = sec.integer("port", _default(b, "port"), 1, 65535)
+    timeout = sec.number("timeout_seconds", _default(b, "timeout_seconds"), 0, 60, lo_open=True)
+    akku_ids = _akku_ids(sec)
+    max_w = sec.integer("max_power_per_battery", _default(b, "max_power_per_battery"), 1, MAX_BATTERY_POWER_W)
+    min_w = sec.integer("min_power_per_battery", _default(b, "min_power_per_battery"), 1, MAX_BATTERY_POWER_W)
+    min_soc = sec.number("min_soc_for_discharge", _default(b, "min_soc_for_discharge"), 0, 100)
+    max_soc = sec.number("max_soc_for_charge", _default(b, "max_soc_for_charge"), 0, 100)
+    register_set = sec.string("register_set", _default(b, "register_set"), choices=REGISTER_SETS)
+    pacing = sec.integer("pacing_ms", None, MIN_PACING_MS, 5000, nullable=True)
+    sec.finish()
+    if _ok(min_w, max_w) and min_w > max_w:
+        min_w = sec.conflict(
+            "min_power_per_battery", min_w, "must not be above", "max_power_per_battery", max_w
+        )
+    if _ok(min_soc, max_soc) and min_soc >= max_soc:
+        min_soc = sec.conflict(
+            "min_soc_for_discharge", min_soc, "must be below", "max_soc_for_charge", max_soc
+        )
+    if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing):
+        return None
+    return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing)
+
+
+def _akku_ids(sec: _Section) -> Any:
+    value = sec.take("akku_ids")
+    if value is _MISSING:
+        return _default(BatteryConfig, "akku_ids")
+    if not isinstance(value, list) or not value:
+        return sec.fail("akku_ids", f"must be a non-empty list of IDs like [1, 2], got {_describe(value)}")
+    seen: set[int] = set()
+    for item in value:
+        if type(item) is not int or not 1 <= item <= 247:
+            return sec.fail("akku_ids", f"each id must be an integer 1..247, got {_describe(item)}")
+        if item in seen:
+            return sec.fail("akku_ids", f"duplicate id {item}")
+        seen.add(item)
+    return tuple(value)
+
+
+def _control(sec: _Section | None) -> ControlConfig | None:
+    c = ControlConfig
+    if sec is None:
+        return c()
+    poll = sec.number("poll_interval_seconds", _default(c, "poll_interval_seconds"), 0.2, 60)
+    soc = sec.number("soc_update_interval_seconds", _default(c, "soc_update_interval_seconds"), 1, 3600)
+    charge = sec.number("target_grid_power_charge", _default(c, "target_grid_power_charge"), *_TARGET_RANGE_W)
+    discharge = sec.number(
+        "target_grid_power_discharge", _default(c, "target_grid_power_discharge"), *_TARGET_RANGE_W
+    )
+    algorithm = sec.string("algorithm", _default(c, "algorithm"), choices=ALGORITHMS)
+    average = sec.boolean("average_readings", _default(c, "average_readings"))
+    deadband = sec.number("deadband_w", _default(c, "deadband_w"), 0, 1000)
+    sec.finish()
+    if _ok(charge, discharge) and charge > discharge:
+        charge = sec.conflict(
+            "target_grid_power_charge", charge, "must not be above", "target_grid_power_discharge", discharge
+        )
+    if not _ok(poll, soc, charge, discharge, algorithm, average, deadband):
+        return None
+    return ControlConfig(poll, soc, charge, discharge, algorithm, average, deadband)
+
+
+def _web(sec: _Section | None) -> WebConfig | None:
+    w = WebConfig
+    if sec is None:
+        return w()
+    host = sec.string("host", _default(w, "host"))
+    port = sec.integer("port", _default(w, "port"), 1, 65535)
+    password = sec.optional_string("password")
+    language = sec.string("language", _default(w, "language"), choices=LANGUAGES)
+    read_only = sec.boolean("read_only_without_login", _default(w, "read_only_without_login"))
+    sec.finish()
+    if not _ok(host, port, password, language, read_only):
+        return None
+    return WebConfig(host, port, password, language, read_only)
+
+
+def _logging(sec: _Section | None, base_dir: Path | None) -> LoggingConfig | None:
+    lc = LoggingConfig
+    if sec is None:
+        sec = _Section([], "logging", {})  # all defaults, but the file path still gets resolved
+    level = sec.string("level", _default(lc, "level"), choices=LOG_LEVELS)
+    file = sec.string("file", _default(lc, "file"))
+    size = sec.number("max_file_size_mb", _default(lc, "max_file_size_mb"), 0, 1000, lo_open=True)
+    backups = sec.integer("backup_count", _default(lc, "backup_count"), 0, 100)
+    sec.finish()
+    if not _ok(level, file, size, backups):
+        return None
+    if base_dir is not None and not Path(file).is_absolute():
+        file = str(Path(base_dir) / file)
+    return LoggingConfig(level, file, size, backups)
+
+
+def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
+    """Validate an already-loaded JSON value; raise ConfigError listing every problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: must be a JSON object {{...}}, got {_describe(data)}")
+    errors: list[str] = []
+    top = _Section(errors, "", data)
+    description = top.string("description", "", empty_ok=True)
+    version = top.string("version", "", empty_ok=True)
+
+    meter_type: Any = "shelly"
+    em = top.section("energy_meter", required=False)
+    if em is not None:
+        meter_type = em.string("type", "shelly", choices=METER_TYPES)
+        em.finish()
+
+    meters: dict[str, MeterConfig | None] = {}
+    for name in METER_TYPES:
+        sec = top.section(name, required=meter_type == name)
+        if sec is None:
+            meters[name] = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
+        else:
+            meters[name] = _meter(sec, with_password=name == "shelly")
+
+    battery_sec = top.section("battery", required=True)
+    battery = _battery(battery_sec) if battery_sec is not None else None
+    control = _control(top.section("control", required=False))
+    web = _web(top.section("web", required=False))
+    log = _logging(top.section("logging", required=False), base_dir)
+    top.finish()
+
+    if errors:
+        raise ConfigError(errors)
+    assert battery and control and web and log and meters["shelly"] and meters["ecotracker"]
+    return Config(
+        energy_meter_type=meter_type,
+        shelly=meters["shelly"],
+        ecotracker=meters["ecotracker"],
+        battery=battery,
+        control=control,
+        web=web,
+        logging=log,
+        description=description,
+        version=version,
+    )
+
+
+# --------------------------------------------------------------------------- files
+
+
+def default_config_path() -> Path:
+    """config.json beside this module, independent of the working directory."""
+    return Path(__file__).resolve().parent / "config.json"
+
+
+def _read_json(path: Path) -> Any:
+    """Read and decode a JSON file; every failure becomes a one-line ConfigError."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: file not found. Copy config.example.json to {path.name} and adjust it "
+            f"(Datei fehlt: config.example.json nach {path.name} kopieren und anpassen)."
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    try:
+        text = raw.decode("utf-8-sig")  # editors on Windows like to add a BOM
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    if not text.strip():
+        raise ConfigError(f"{path}: the file is empty; copy config.example.json and adjust it")
+    try:
+        return json.loads(text, object_pairs_hook=_pairs_hook)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path} line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply") from None
+
+
+def load_config(path: Path | str) -> Config:
+    """Read ``path`` and validate it; raise ConfigError with a user-facing message."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
+    return parse_config(data, base_dir=path.resolve().parent)
+
+
+def update_akku_ids(path: Path | str, akku_ids: list[int]) -> Config:
+    """Set ``battery.akku_ids`` in the file, keeping every other key and its order.
+
+    The result is validated before anything is written; the old file is kept as
+    ``<name>.bak``; the new file replaces the old one atomically.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
+    battery = data.get("battery")
+    if not isinstance(battery, dict):
+        raise ConfigError(f"battery: must be an object {{...}}, got {_describe(battery)}")
+    battery["akku_ids"] = list(akku_ids)
+    config = parse_config(data, base_dir=path.resolve().parent)
+
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        _write_atomically(path, text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the file: {exc.strerror or exc}") from None
+    return config
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Back up the old file, write a temp file beside it, fsync, then rename over the original."""
+    shutil.copy2(path, path.with_name(path.name + ".bak"))
+    mode = path.stat().st_mode & 0o777  # keep the owner's permissions (the file may hold passwords)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
+            tmp.write(text)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.chmod(tmp_name, mode)
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename durable; not every platform can open a directory."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

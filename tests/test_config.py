@@ -1,0 +1,472 @@
+"""Tests for config_loader: defaults, every kind of error, and the atomic akku_ids update."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config_loader import (
+    BatteryConfig,
+    Config,
+    ConfigError,
+    ControlConfig,
+    LoggingConfig,
+    MeterConfig,
+    WebConfig,
+    default_config_path,
+    load_config,
+    parse_config,
+    parse_host_port,
+    update_akku_ids,
+)
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+EXAMPLE_PATH = REPO_DIR / "config.example.json"
+
+MINIMAL: dict[str, Any] = {"shelly": {"ip": "192.168.1.100"}, "battery": {"ip": "192.168.1.200"}}
+
+
+def with_value(base: dict[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A deep copy of ``base`` with the key at ``dotted`` (a.b.c) set, creating sections as needed."""
+    data = copy.deepcopy(base)
+    *parents, leaf = dotted.split(".")
+    node = data
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[leaf] = value
+    return data
+
+
+def without(base: dict[str, Any], dotted: str) -> dict[str, Any]:
+    data = copy.deepcopy(base)
+    *parents, leaf = dotted.split(".")
+    node = data
+    for name in parents:
+        node = node[name]
+    del node[leaf]
+    return data
+
+
+def both(first: str, first_value: Any, second: str, second_value: Any) -> dict[str, Any]:
+    return with_value(with_value(MINIMAL, first, first_value), second, second_value)
+
+
+def example_data() -> dict[str, Any]:
+    return json.loads(EXAMPLE_PATH.read_text(encoding="utf-8"))
+
+
+def error_of(data: object) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return str(info.value)
+
+
+# --------------------------------------------------------------------------- the example and defaults
+
+
+def test_example_loads_with_the_documented_values() -> None:
+    cfg = load_config(EXAMPLE_PATH)
+    assert cfg.energy_meter_type == "shelly"
+    assert cfg.shelly.ip == "192.168.1.100"
+    assert cfg.shelly.host == "192.168.1.100"
+    assert cfg.shelly.port == 80
+    assert cfg.ecotracker.ip == "192.168.1.101"
+    assert cfg.battery == BatteryConfig(ip="192.168.1.200", akku_ids=(1, 2))
+    assert cfg.control == ControlConfig(poll_interval_seconds=1.0)
+    assert cfg.web == WebConfig()
+    assert cfg.logging.file == str(REPO_DIR / "logs" / "marstek.log")
+    assert cfg.description.startswith("Marstek PV-Akku Steuerung")
+    assert cfg.version == "3.1"
+    assert cfg.meter is cfg.shelly
+
+
+def test_example_lists_every_key_the_loader_knows() -> None:
+    """The example is the user's reference, so no setting may be missing from it."""
+    data = example_data()
+    sections = {
+        "shelly": MeterConfig,
+        "ecotracker": MeterConfig,
+        "battery": BatteryConfig,
+        "control": ControlConfig,
+        "web": WebConfig,
+        "logging": LoggingConfig,
+    }
+    for section, cls in sections.items():
+        expected = set(cls.__dataclass_fields__)
+        if cls is MeterConfig:
+            expected -= {"host", "port"}  # derived from "ip"
+        if section == "ecotracker":
+            expected.discard("password")
+        assert expected <= set(data[section]), section
+
+
+def test_minimal_config_gets_every_default() -> None:
+    cfg = parse_config(MINIMAL)
+    assert cfg == Config(
+        energy_meter_type="shelly",
+        shelly=MeterConfig(ip="192.168.1.100", host="192.168.1.100", port=80),
+        ecotracker=MeterConfig(ip="", host="", port=80),
+        battery=BatteryConfig(ip="192.168.1.200"),
+        control=ControlConfig(),
+        web=WebConfig(),
+        logging=LoggingConfig(),
+    )
+    assert cfg.shelly.timeout_seconds == 5.0
+    assert cfg.shelly.max_failures_before_stop == 2
+    assert cfg.shelly.check_interval_seconds == 3.0
+    assert cfg.shelly.max_frozen_seconds == 60.0
+    assert cfg.battery.port == 502
+    assert cfg.battery.akku_ids == (1,)
+    assert cfg.battery.effective_pacing_ms == 50
+    assert cfg.control.poll_interval_seconds == 2.0
+    assert cfg.control.algorithm == "fast"
+    assert cfg.logging.level == "INFO"
+
+
+def test_ecotracker_selected_needs_only_its_own_section() -> None:
+    data = {
+        "energy_meter": {"type": "ecotracker"},
+        "ecotracker": {"ip": "10.0.0.5"},
+        "battery": {"ip": "10.0.0.6"},
+    }
+    cfg = parse_config(data)
+    assert cfg.energy_meter_type == "ecotracker"
+    assert cfg.meter is cfg.ecotracker
+    assert cfg.ecotracker.host == "10.0.0.5"
+    assert cfg.shelly.ip == ""
+
+
+def test_config_is_frozen() -> None:
+    cfg = parse_config(MINIMAL)
+    with pytest.raises(AttributeError):
+        cfg.battery.port = 1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("dotted", "value", "attribute", "expected"),
+    [
+        ("shelly.timeout_seconds", 2, ("shelly", "timeout_seconds"), 2.0),
+        ("shelly.password", "geheim", ("shelly", "password"), "geheim"),
+        ("shelly.password", "", ("shelly", "password"), None),
+        ("shelly.password", None, ("shelly", "password"), None),
+        ("battery.register_set", "V3", ("battery", "register_set"), "v3"),
+        ("battery.pacing_ms", 20, ("battery", "pacing_ms"), 20),
+        ("battery.pacing_ms", None, ("battery", "pacing_ms"), None),
+        ("control.poll_interval_seconds", 0.2, ("control", "poll_interval_seconds"), 0.2),
+        ("control.algorithm", "seed", ("control", "algorithm"), "seed"),
+        ("control.average_readings", True, ("control", "average_readings"), True),
+        ("control.target_grid_power_charge", 20, ("control", "target_grid_power_charge"), 20.0),
+        ("web.language", "AUTO", ("web", "language"), "auto"),
+        ("web.password", "pw", ("web", "password"), "pw"),
+        ("logging.level", "debug", ("logging", "level"), "DEBUG"),
+        ("logging.file", "/var/log/marstek.log", ("logging", "file"), "/var/log/marstek.log"),
+        ("energy_meter.type", "Shelly", ("energy_meter_type",), "shelly"),
+    ],
+)
+def test_accepted_values(dotted: str, value: Any, attribute: tuple[str, ...], expected: Any) -> None:
+    cfg: Any = parse_config(with_value(MINIMAL, dotted, value))
+    for name in attribute:
+        cfg = getattr(cfg, name)
+    assert cfg == expected
+
+
+def test_v3_pacing_default() -> None:
+    cfg = parse_config(with_value(MINIMAL, "battery.register_set", "v3"))
+    assert cfg.battery.effective_pacing_ms == 150
+
+
+def test_comment_and_underscore_keys_are_ignored_everywhere() -> None:
+    data = copy.deepcopy(MINIMAL)
+    data["comment"] = "oben"
+    data["_note"] = {"anything": [1, 2]}
+    data["shelly"]["comment_2"] = "x"
+    data["battery"]["_disabled_port"] = 503
+    data["control"] = {"commentary": 1}
+    assert parse_config(data) == parse_config(MINIMAL)
+
+
+@pytest.mark.parametrize(
+    ("ip", "host", "port"),
+    [
+        ("192.168.1.100", "192.168.1.100", 80),
+        ("192.168.1.100:8080", "192.168.1.100", 8080),
+        ("shelly-pro3em.local", "shelly-pro3em.local", 80),
+        ("shelly.fritz.box:81", "shelly.fritz.box", 81),
+        ("[fe80::1]:8080", "fe80::1", 8080),
+        ("[::1]", "::1", 80),
+        ("fe80::1", "fe80::1", 80),
+        (" 10.0.0.1 ", "10.0.0.1", 80),
+    ],
+)
+def test_host_port_parsing(ip: str, host: str, port: int) -> None:
+    assert parse_host_port(ip) == (host, port)
+    cfg = parse_config(with_value(MINIMAL, "shelly.ip", ip))
+    assert (cfg.shelly.host, cfg.shelly.port) == (host, port)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def bad(dotted: str, value: Any, *fragments: str) -> Any:
+    """One invalid single key: set ``dotted`` to ``value`` in the minimal config."""
+    return pytest.param(with_value(MINIMAL, dotted, value), list(fragments), id=f"{dotted}={value!r}")
+
+
+def bad_data(case_id: str, data: object, *fragments: str) -> Any:
+    return pytest.param(data, list(fragments), id=case_id)
+
+
+ERROR_CASES = [
+    # unknown keys, with a hint for near misses
+    bad("battery.prot", 502, "battery.prot: unknown key", 'did you mean "port"?'),
+    bad("shelly.IP", "x", "shelly.IP: unknown key", '"ip"'),
+    bad("baterry", {}, "baterry: unknown key", '"battery"'),
+    bad("web.zzzz", 1, "web.zzzz: unknown key"),
+    bad(
+        "ecotracker",
+        {"ip": "1.2.3.4", "password": "x"},
+        "ecotracker.password: the EcoTracker has no password",
+    ),
+    # wrong types
+    bad("battery.port", "502", "battery.port: must be an integer 1..65535", "without quotes"),
+    bad("battery.port", 502.0, "battery.port: must be an integer"),
+    bad(
+        "battery.max_power_per_battery", True, "battery.max_power_per_battery: must be an integer", "got true"
+    ),
+    bad("shelly.timeout_seconds", False, "shelly.timeout_seconds: must be a number", "got false"),
+    bad("shelly.timeout_seconds", None, "shelly.timeout_seconds:", "got null"),
+    bad("battery.ip", 192, "battery.ip: must be a non-empty text"),
+    bad("shelly.ip", "", "shelly.ip: must be a non-empty text", "empty"),
+    bad("shelly.ip", "   ", "shelly.ip: must be a non-empty text"),
+    bad("control.average_readings", 1, "control.average_readings: must be true or false"),
+    bad("battery.akku_ids", 1, "battery.akku_ids: must be a non-empty list"),
+    bad("control", [1], "control: must be an object"),
+    bad("version", 3.1, "version: must be"),
+    bad("control.deadband_w", float("nan"), "control.deadband_w:", "NaN"),
+    bad("web.password", 1234, "web.password: must be a text or null"),
+    # ranges
+    bad("battery.port", 70000, "battery.port: must be an integer 1..65535, got 70000"),
+    bad("web.port", 0, "web.port: must be an integer 1..65535, got 0"),
+    bad("battery.max_soc_for_charge", 101, "battery.max_soc_for_charge: must be a number 0..100"),
+    bad("battery.min_soc_for_discharge", -1, "battery.min_soc_for_discharge: must be a number 0..100"),
+    bad(
+        "battery.max_power_per_battery",
+        3000,
+        "battery.max_power_per_battery: must be an integer 1..2500, got 3000",
+    ),
+    bad("battery.min_power_per_battery", 0, "battery.min_power_per_battery: must be an integer 1..2500"),
+    bad(
+        "shelly.timeout_seconds", 0, "shelly.timeout_seconds: must be a number above 0 and at most 60, got 0"
+    ),
+    bad("battery.timeout_seconds", 61, "battery.timeout_seconds: must be a number above 0 and at most 60"),
+    bad(
+        "control.poll_interval_seconds",
+        0.1,
+        "control.poll_interval_seconds: must be a number 0.2..60, got 0.1",
+    ),
+    bad("control.poll_interval_seconds", 61, "control.poll_interval_seconds: must be a number 0.2..60"),
+    bad("shelly.max_failures_before_stop", 0, "shelly.max_failures_before_stop: must be an integer 1..100"),
+    bad("shelly.max_failures_before_stop", 101, "shelly.max_failures_before_stop: must be an integer 1..100"),
+    bad(
+        "control.target_grid_power_charge",
+        -1001,
+        "control.target_grid_power_charge: must be a number -1000..1000",
+    ),
+    bad("battery.akku_ids", [0], "battery.akku_ids: each id must be an integer 1..247, got 0"),
+    bad("battery.akku_ids", [1, 248], "battery.akku_ids: each id must be an integer 1..247, got 248"),
+    bad("battery.akku_ids", ["1"], "battery.akku_ids: each id must be an integer 1..247"),
+    bad("battery.akku_ids", [], "battery.akku_ids: must be a non-empty list"),
+    bad("battery.akku_ids", [1, 2, 2], "battery.akku_ids: duplicate id 2"),
+    bad("battery.pacing_ms", 10, "battery.pacing_ms: must be an integer 20..5000 or null"),
+    bad("logging.level", "warn", "logging.level: must be one of", 'did you mean "WARNING"?'),
+    bad("battery.register_set", "v4", "battery.register_set: must be one of"),
+    bad("energy_meter.type", "tasmota", "energy_meter.type: must be one of"),
+    bad("web.language", "fr", "web.language: must be one of"),
+    bad("control.algorithm", "pid", "control.algorithm: must be one of"),
+    bad("shelly.ip", "192.168.1.300", "shelly.ip: not a valid IPv4 address"),
+    bad("shelly.ip", "http://192.168.1.100", "shelly.ip: write only the address", "http://"),
+    bad("shelly.ip", "192.168.1.100:99999", "shelly.ip: port must be 1..65535"),
+    bad("battery.ip", "192.168.1.200:502", "battery.ip: write only the address", "battery.port"),
+    # cross-field rules
+    bad_data(
+        "charge target above discharge target",
+        both("control.target_grid_power_charge", 30, "control.target_grid_power_discharge", 20),
+        "control.target_grid_power_charge (30) must not be above control.target_grid_power_discharge (20)",
+    ),
+    bad_data(
+        "min power above max power",
+        both("battery.min_power_per_battery", 900, "battery.max_power_per_battery", 800),
+        "battery.min_power_per_battery (900) must not be above battery.max_power_per_battery (800)",
+    ),
+    bad_data(
+        "min soc not below max soc",
+        both("battery.min_soc_for_discharge", 50, "battery.max_soc_for_charge", 50),
+        "battery.min_soc_for_discharge (50) must be below battery.max_soc_for_charge (50)",
+    ),
+    # required parts
+    bad_data("battery missing", without(MINIMAL, "battery"), "battery: section missing"),
+    bad("battery", {"port": 502}, "battery.ip: missing"),
+    bad_data("selected meter missing", without(MINIMAL, "shelly"), "shelly: section missing"),
+    bad("energy_meter.type", "ecotracker", "ecotracker: section missing"),
+    bad("shelly", {"timeout_seconds": 2}, "shelly.ip: missing"),
+]
+
+
+@pytest.mark.parametrize(("data", "fragments"), ERROR_CASES)
+def test_invalid_config_names_the_key_path(data: dict[str, Any], fragments: list[str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    message = str(info.value)
+    assert len(info.value.problems) == 1, message
+    for fragment in fragments:
+        assert fragment in message
+    key_path = fragments[0].split(" ")[0].rstrip(":")
+    assert message.startswith(key_path)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    data = with_value(with_value(MINIMAL, "battery.port", 0), "web.port", 0)
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    assert [p.split(":")[0] for p in info.value.problems] == ["battery.port", "web.port"]
+
+
+def test_top_level_must_be_an_object() -> None:
+    assert error_of([1, 2]).startswith("config: must be a JSON object")
+    assert "got null" in error_of(None)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write(tmp_path: Path, content: bytes | str, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return str(info.value)
+
+
+def test_bad_json_reports_line_and_column(tmp_path: Path) -> None:
+    text = '{\n  "battery": {\n    "ip": "1.2.3.4"\n    "port": 502\n  }\n}\n'
+    message = load_error(write(tmp_path, text))
+    assert "config.json line 4, column 5: Expecting ',' delimiter" in message
+
+
+def test_missing_file_says_to_copy_the_example(tmp_path: Path) -> None:
+    message = load_error(tmp_path / "config.json")
+    assert "Copy config.example.json to config.json and adjust it" in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"", "empty"),
+        (b"  \n\t\n", "empty"),
+        (b"[1, 2]", "must contain a JSON object"),
+        (b'"text"', "must contain a JSON object"),
+        (b'{"battery": {"ip": "1.2.3.4\xff"}}', "not UTF-8"),
+        (b'{"battery": {"ip": "a", "ip": "b"}}', "battery.ip: appears more than once"),
+    ],
+)
+def test_unusable_files_give_clear_messages(tmp_path: Path, content: bytes, fragment: str) -> None:
+    assert fragment in load_error(write(tmp_path, content))
+
+
+def test_directory_instead_of_file(tmp_path: Path) -> None:
+    assert "cannot read" in load_error(tmp_path)
+
+
+def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
+    path = write(tmp_path, b"\xef\xbb\xbf" + EXAMPLE_PATH.read_bytes())
+    assert load_config(path).battery.akku_ids == (1, 2)
+
+
+def test_relative_log_file_resolves_against_the_config_directory(tmp_path: Path) -> None:
+    sub = tmp_path / "etc"
+    sub.mkdir()
+    path = write(sub, json.dumps(MINIMAL))
+    assert load_config(path).logging.file == str(sub / "logs" / "marstek.log")
+    assert load_config(str(path)).logging.file == str(sub / "logs" / "marstek.log")
+
+
+def test_default_config_path_is_beside_the_module() -> None:
+    assert default_config_path() == REPO_DIR / "config.json"
+
+
+# --------------------------------------------------------------------------- update_akku_ids
+
+
+def test_update_akku_ids_keeps_everything_else_and_a_backup(tmp_path: Path) -> None:
+    original = EXAMPLE_PATH.read_text(encoding="utf-8")
+    path = write(tmp_path, original)
+    cfg = update_akku_ids(path, [1, 2, 3])
+
+    assert cfg.battery.akku_ids == (1, 2, 3)
+    assert load_config(path) == cfg
+    assert (tmp_path / "config.json.bak").read_text(encoding="utf-8") == original
+    new = json.loads(path.read_text(encoding="utf-8"))
+    expected = example_data()
+    expected["battery"]["akku_ids"] = [1, 2, 3]
+    assert new == expected
+    assert list(new) == list(expected)  # key order kept
+    assert list(new["battery"]) == list(expected["battery"])
+    text = path.read_text(encoding="utf-8")
+    assert "Verfügbare Typen" in text  # ensure_ascii=False
+    assert text.startswith('{\n  "description"')  # indent 2
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_update_akku_ids_overwrites_the_backup_each_time(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps(MINIMAL))
+    update_akku_ids(path, [1, 2])
+    second_before = path.read_text(encoding="utf-8")
+    update_akku_ids(path, [3])
+    assert (tmp_path / "config.json.bak").read_text(encoding="utf-8") == second_before
+    assert load_config(path).battery.akku_ids == (3,)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_update_akku_ids_keeps_the_file_mode(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps(MINIMAL))
+    path.chmod(0o640)
+    update_akku_ids(path, [2])
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize(
+    ("akku_ids", "fragment"),
+    [([1, 1], "battery.akku_ids: duplicate id 1"), ([], "battery.akku_ids:"), ([300], "battery.akku_ids:")],
+)
+def test_update_akku_ids_refuses_invalid_ids(tmp_path: Path, akku_ids: list[int], fragment: str) -> None:
+    original = EXAMPLE_PATH.read_bytes()
+    path = write(tmp_path, original)
+    with pytest.raises(ConfigError) as info:
+        update_akku_ids(path, akku_ids)
+    assert fragment in str(info.value)
+    assert path.read_bytes() == original
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json"]
+
+
+def test_update_akku_ids_refuses_when_the_rest_of_the_file_is_invalid(tmp_path: Path) -> None:
+    content = json.dumps(with_value(MINIMAL, "web.port", 0))
+    path = write(tmp_path, content)
+    with pytest.raises(ConfigError, match=r"web\.port"):
+        update_akku_ids(path, [1, 2])
+    assert path.read_text(encoding="utf-8") == content
+
+
+def test_update_akku_ids_on_bad_json_reports_position(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"battery": }')
+    with pytest.raises(ConfigError, match=r"line 1, column 13"):
+        update_akku_ids(path, [1])
