@@ -18,8 +18,10 @@ Run alone: ``python simulator.py --batteries 2`` prints the ports and a config.j
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import hashlib
 import hmac
@@ -37,6 +39,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from pymodbus.constants import ExcCodes
+from pymodbus.datastore import ModbusServerContext
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.server import ModbusTcpServer
 
 # ---------------------------------------------------------------------------------------------------------
 # Efficiency curve (marstek-modbus.md §11, MVEM, external AC clamp): (AC power W, efficiency)
@@ -1016,6 +1023,38 @@ class _EcoTrackerHandler(_MeterHandler):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Modbus bus (pymodbus server context)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class _BusContext(ModbusServerContext):
+    """All simulated units behind one Modbus TCP gateway, resolved per request.
+
+    pymodbus hands the PDU address to ``async_getValues``/``async_setValues`` unchanged (the ``address + 1``
+    offset lives only in ``ModbusDeviceContext``, which is not used here). A unit id nobody answers on
+    (or a ``silent`` unit, or a v3 read of more than 32 registers) raises ``NoSuchIdException``; with
+    ``ignore_missing_devices=True`` the request handler then sends nothing, like a dead RS485 device.
+    """
+
+    def __init__(self, sim: Simulation) -> None:
+        super().__init__(devices={}, single=False)
+        self._sim = sim
+
+    def device_ids(self) -> list[int]:
+        return [u.unit_id for u in self._sim.units]
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        return self._sim._modbus_read(device_id, func_code, address, count)
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        return self._sim._modbus_write(device_id, func_code, address, [int(v) for v in values])
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Simulation
 # ---------------------------------------------------------------------------------------------------------
 
@@ -1094,8 +1133,9 @@ class Simulation:
         self._nonce_counter = itertools.count(1)
         self._http_servers: list[_HttpServer] = []
         self._threads: list[threading.Thread] = []
-        self._modbus_loop: Any = None
-        self._modbus_server: Any = None
+        self._modbus_loop: asyncio.AbstractEventLoop | None = None
+        self._modbus_server: ModbusTcpServer | None = None
+        self._echo: tuple[int, int, list[int]] | None = None
         self._started = False
         self.meter.observe(0.0, self._true_grid_locked(0.0))
         self._record_avg(0.0)
@@ -1163,10 +1203,89 @@ class Simulation:
         self._threads.append(t)
 
     def _start_modbus(self, host: str, port: int) -> None:
-        """Placeholder until the Modbus server is implemented."""
+        """Run a pymodbus TCP server in its own thread with its own asyncio loop; wait until it listens."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            server = ModbusTcpServer(_BusContext(self), address=(host, port), ignore_missing_devices=True)
+            await server.serve_forever(background=True)
+            self._modbus_server = server
+            self.modbus_port = server.transport.sockets[0].getsockname()[1]
+            ready.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server.serving
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._modbus_loop = loop
+            try:
+                loop.run_until_complete(serve())
+            except BaseException as exc:  # reported to start() through `failure`
+                failure.append(exc)
+            finally:
+                ready.set()
+                loop.run_until_complete(loop.shutdown_asyncgens())
+                loop.close()
+
+        t = threading.Thread(target=run, name="sim-modbus", daemon=True)
+        t.start()
+        self._threads.append(t)
+        ready.wait(10.0)
+        if failure:
+            raise RuntimeError(f"Modbus server could not start on {host}:{port}: {failure[0]}") from failure[0]
+        if self.modbus_port is None:
+            raise RuntimeError(f"Modbus server did not start on {host}:{port}")
 
     def _stop_modbus(self) -> None:
-        """Placeholder until the Modbus server is implemented."""
+        server, loop = self._modbus_server, self._modbus_loop
+        self._modbus_server = None
+        if server is None or loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
+            asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(timeout=5.0)
+
+    # -- Modbus requests (called from the server's asyncio thread) ----------------------------------
+
+    def _unit_for_request(self, device_id: int) -> SimUnit:
+        """The unit that answers ``device_id``; NoSuchIdException (= no answer at all) when none does."""
+        for u in self._units:
+            if u.unit_id == device_id and not u.silent:
+                return u
+        raise NoSuchIdException(f"no unit answers on id {device_id}")
+
+    def _modbus_read(self, device_id: int, func_code: int, address: int, count: int) -> list[int] | ExcCodes:
+        with self._lock:
+            if func_code == 6 and self._echo is not None and self._echo[:2] == (device_id, address):
+                # Read-back that pymodbus does to build the FC06 response: echo what was written
+                # (also right after 41100 moved the unit to another id).
+                values = self._echo[2][:count]
+                self._echo = None
+                return values
+            unit = self._unit_for_request(device_id)
+            if func_code != 3:
+                return ExcCodes.ILLEGAL_FUNCTION
+            if unit.register_set == "v3" and count > V3_MAX_READ_COUNT:
+                raise NoSuchIdException("v3 firmware does not answer reads of more than 32 registers")
+            result = unit.read_registers(address, count)
+            return ExcCodes(result) if isinstance(result, int) else result
+
+    def _modbus_write(self, device_id: int, func_code: int, address: int, values: list[int]) -> ExcCodes | None:
+        with self._lock:
+            unit = self._unit_for_request(device_id)
+            if func_code not in (6, 16):
+                return ExcCodes.ILLEGAL_FUNCTION
+            if func_code == 6:
+                self._echo = (device_id, address, list(values))
+            for offset, value in enumerate(values):
+                addr = address + offset
+                code = unit.write_register(addr, value)
+                if code is not None:
+                    self._echo = None
+                    return ExcCodes(code)
+                if addr == REG_UNIT_ID:
+                    unit.unit_id = value  # re-addressed at once: answers only on the new id from now on
+            return None
 
     # -- time -----------------------------------------------------------------------------------------
 
