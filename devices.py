@@ -77,7 +77,7 @@ class BatteryBus(Protocol):
         """Read SoC, AC power and the control registers of one unit, or raise BatteryError."""
         ...
 
-    def write_setpoint(self, unit_id: int, setpoint_w: int, reading: BatteryReading | None) -> int:
+    def write_setpoint(self, unit_id: int, setpoint_w: float, reading: BatteryReading | None) -> int:
         """Command a power: + discharge, - charge, 0 stop (W). Returns the number of register writes.
 
         ``reading`` is the latest read-back; registers that already hold the wanted value

@@ -1,0 +1,356 @@
+"""Marstek Venus / Duravolt batteries over Modbus TCP (one synchronous client per gateway).
+
+All pymodbus code of the project lives here. The register map is one declarative table per
+register set; the client reads with FC03 and writes with FC06, paces its frames, reconnects
+with back-off and keeps one silent unit from stalling the others.
+
+Signs: battery power + discharging, - charging (W). SoC in percent.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from devices import BatteryError, BatteryReading
+
+log = logging.getLogger(__name__)
+
+# pymodbus logs every timeout at ERROR; our own messages say it once and with context.
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+RS485_CONTROL_ON = 0x55AA  # 21930, written to 42000 before forcing power
+RS485_CONTROL_OFF = 0x55BB  # 21947, restores the stored work mode
+FIRMWARE_MAX_POWER_W = 2500  # 42020/42021 > 2500 -> exception 3
+
+
+class ForceMode(enum.IntEnum):
+    """Register 42010."""
+
+    STOP = 0
+    CHARGE = 1
+    DISCHARGE = 2
+
+
+class Kind(enum.Enum):
+    """Register data type: (registers per value, signed)."""
+
+    U16 = (1, False)
+    S16 = (1, True)
+    U32 = (2, False)
+    S32 = (2, True)
+    STR = (0, False)  # count given per register
+
+
+@dataclass(frozen=True)
+class Register:
+    """One Modbus holding register (or a 32-bit pair / string block), decoded by ``decode``."""
+
+    address: int
+    kind: Kind
+    scale: float = 1.0
+    unit: str = ""
+    writable: bool = False
+    max_value: int = 0xFFFF
+    string_regs: int = 0
+    note: str = ""
+
+    @property
+    def count(self) -> int:
+        return self.string_regs if self.kind is Kind.STR else self.kind.value[0]
+
+    def decode(self, regs: list[int]) -> float | str:
+        """Registers (big-endian, high word first) -> value in ``unit``."""
+        if len(regs) != self.count:
+            raise BatteryError(f"register {self.address}: expected {self.count} registers, got {len(regs)}")
+        if self.kind is Kind.STR:
+            raw = b"".join(r.to_bytes(2, "big") for r in regs)
+            return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").strip()
+        value = 0
+        for r in regs:
+            value = (value << 16) | (r & 0xFFFF)
+        bits = 16 * len(regs)
+        if self.kind.value[1] and value >= 1 << (bits - 1):
+            value -= 1 << bits
+        return value * self.scale
+
+
+# Control registers: identical on both families (marstek-modbus.md section 3).
+_CONTROL = {
+    "unit_id": Register(41100, Kind.U16, writable=True, max_value=247, note="applied at once; write on unit 1"),
+    "rs485_control": Register(42000, Kind.U16, writable=True, note="0x55AA on, 0x55BB off; RAM"),
+    "force_mode": Register(42010, Kind.U16, writable=True, max_value=2, note="0 stop, 1 charge, 2 discharge; RAM"),
+    "charge_power": Register(42020, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
+    "discharge_power": Register(42021, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
+}
+
+REGISTER_SETS: dict[str, dict[str, Register]] = {
+    # Venus E v1/v2, Venus C, Duravolt
+    "v2": {
+        "device_name": Register(31000, Kind.STR, string_regs=10),
+        "soc": Register(32104, Kind.U16, unit="%"),
+        "ac_power": Register(32202, Kind.S32, unit="W", note="+ discharging, - charging"),
+        **_CONTROL,
+    },
+    # Venus E v3, A, D (reads > 32 registers or across gaps are not answered)
+    "v3": {
+        "device_name": Register(31000, Kind.STR, string_regs=10),
+        "soc": Register(34002, Kind.U16, scale=0.1, unit="%"),
+        "ac_power": Register(30006, Kind.S16, unit="W", note="+ discharging, - charging"),
+        **_CONTROL,
+    },
+}
+
+DEFAULT_PACING_S = {"v2": 0.05, "v3": 0.15}
+RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+UNIT_BACKOFF_S = (0.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class _UnitState:
+    """What the client knows about one unit between frames."""
+
+    failures: int = 0
+    retry_at_s: float = 0.0
+    soc_pct: float | None = None
+    soc_read_at_s: float = float("-inf")
+    # Register values as last read back or written; None = unknown, must be written.
+    held: dict[str, int | None] = field(
+        default_factory=lambda: {"rs485_control": None, "force_mode": None, "charge_power": None,
+                                 "discharge_power": None}
+    )
+
+
+class MarstekGateway:
+    """All Marstek units behind one Modbus TCP gateway (RS485 bridge or a v3 LAN port).
+
+    Not thread-safe by design: the control thread owns it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = 502,
+        *,
+        register_set: str = "v2",
+        timeout_s: float = 3.0,
+        pacing_s: float | None = None,
+        max_power_w: int = FIRMWARE_MAX_POWER_W,
+        soc_interval_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        if register_set not in REGISTER_SETS:
+            raise ValueError(f"unknown register set {register_set!r}")
+        self.host, self.port = host, port
+        self.registers = REGISTER_SETS[register_set]
+        self.register_set = register_set
+        self.pacing_s = DEFAULT_PACING_S[register_set] if pacing_s is None else pacing_s
+        self.max_power_w = min(int(max_power_w), FIRMWARE_MAX_POWER_W)
+        self.soc_interval_s = soc_interval_s
+        self._clock, self._sleep = clock, sleep
+        self._client = ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        self._last_frame_s = float("-inf")
+        self._connect_failures = 0
+        self._connect_retry_at_s = 0.0
+        self._units: dict[int, _UnitState] = {}
+        self.writes_total = 0
+
+    # ------------------------------------------------------------------ frames
+    def _unit(self, unit_id: int) -> _UnitState:
+        return self._units.setdefault(unit_id, _UnitState())
+
+    def _connect(self) -> None:
+        if self._client.connected:
+            return
+        now = self._clock()
+        if now < self._connect_retry_at_s:
+            raise BatteryError(
+                f"gateway {self.host}:{self.port} unreachable, next attempt in {self._connect_retry_at_s - now:.0f} s"
+            )
+        if self._client.connect():
+            if self._connect_failures:
+                log.info("Modbus gateway %s:%s reachable again", self.host, self.port)
+            self._connect_failures = 0
+            # After a reconnect the device may have rebooted: RAM registers are unknown again.
+            for state in self._units.values():
+                state.held = {name: None for name in state.held}
+            return
+        delay = RECONNECT_BACKOFF_S[min(self._connect_failures, len(RECONNECT_BACKOFF_S) - 1)]
+        self._connect_failures += 1
+        self._connect_retry_at_s = now + delay
+        raise BatteryError(f"gateway {self.host}:{self.port} unreachable (connection refused or timed out)")
+
+    def _pace(self) -> None:
+        wait_s = self._last_frame_s + self.pacing_s - self._clock()
+        if wait_s > 0:
+            self._sleep(wait_s)
+
+    def _frame(self, unit_id: int, what: str, call: Callable[[], object]) -> object:
+        """Run one request with pacing; turn every failure into BatteryError."""
+        state = self._unit(unit_id)
+        now = self._clock()
+        if now < state.retry_at_s:
+            raise BatteryError(f"unit {unit_id} not answering, next try in {state.retry_at_s - now:.0f} s")
+        self._connect()
+        self._pace()
+        try:
+            response = call()
+        except ModbusException as exc:
+            # A timeout may leave a late answer in the socket, and v3 closes after exceptions.
+            self._client.close()
+            self._unit_failed(unit_id)
+            raise BatteryError(f"unit {unit_id}: {what} failed: {_short(exc)}") from exc
+        finally:
+            self._last_frame_s = self._clock()
+        if response is None or response.isError():
+            self._client.close()  # v3 devices close the connection after an exception response
+            self._unit_failed(unit_id)
+            code = getattr(response, "exception_code", "?")
+            raise BatteryError(f"unit {unit_id}: {what} answered with Modbus exception {code}")
+        if state.failures:
+            log.info("Battery %d answers again", unit_id)
+        state.failures = 0
+        state.retry_at_s = 0.0
+        return response
+
+    def _unit_failed(self, unit_id: int) -> None:
+        state = self._unit(unit_id)
+        state.failures += 1
+        delay = UNIT_BACKOFF_S[min(state.failures - 1, len(UNIT_BACKOFF_S) - 1)]
+        state.retry_at_s = self._clock() + delay
+
+    def _read(self, unit_id: int, name: str) -> float | str:
+        reg = self.registers[name]
+        response = self._frame(
+            unit_id,
+            f"read {name} ({reg.address})",
+            lambda: self._client.read_holding_registers(reg.address, count=reg.count, device_id=unit_id),
+        )
+        regs = list(getattr(response, "registers", []))
+        return reg.decode(regs)
+
+    def _write(self, unit_id: int, name: str, value: int) -> None:
+        reg = self.registers[name]
+        if not reg.writable or not 0 <= value <= reg.max_value:
+            raise ValueError(f"refusing to write {value} to {name} ({reg.address})")
+        self._frame(
+            unit_id,
+            f"write {name} ({reg.address}) = {value}",
+            lambda: self._client.write_register(reg.address, value, device_id=unit_id),
+        )
+        self.writes_total += 1
+        self._unit(unit_id).held[name] = value
+
+    # ------------------------------------------------------------------ public
+    def read(self, unit_id: int) -> BatteryReading:
+        """AC power and RS485 state every call; SoC and the setpoint registers every ``soc_interval_s``."""
+        state = self._unit(unit_id)
+        ac_power_w = float(self._read(unit_id, "ac_power"))
+        rs485 = int(self._read(unit_id, "rs485_control"))
+        state.held["rs485_control"] = rs485
+        now = self._clock()
+        if state.soc_pct is None or now - state.soc_read_at_s >= self.soc_interval_s:
+            soc = float(self._read(unit_id, "soc"))
+            if not 0.0 <= soc <= 100.0:
+                raise BatteryError(f"unit {unit_id}: implausible SoC {soc} %")
+            state.soc_pct, state.soc_read_at_s = soc, now
+            # Verify what the firmware holds: setpoints are ACKed even when ignored.
+            for name in ("force_mode", "charge_power", "discharge_power"):
+                state.held[name] = int(self._read(unit_id, name))
+        return BatteryReading(
+            unit_id=unit_id,
+            soc_pct=state.soc_pct,
+            ac_power_w=ac_power_w,
+            rs485_control=rs485 == RS485_CONTROL_ON,
+            force_mode=state.held["force_mode"] if state.held["force_mode"] is not None else -1,
+            charge_power_w=state.held["charge_power"] or 0,
+            discharge_power_w=state.held["discharge_power"] or 0,
+        )
+
+    def write_setpoint(self, unit_id: int, setpoint_w: float, reading: BatteryReading | None = None) -> int:
+        """Command ``setpoint_w`` (+ discharge, - charge, 0 stop); write only what differs. Returns writes."""
+        power_w = min(abs(round(setpoint_w)), self.max_power_w)
+        if power_w == 0:
+            mode, wanted = ForceMode.STOP, {"charge_power": 0, "discharge_power": 0}
+        elif setpoint_w < 0:
+            mode, wanted = ForceMode.CHARGE, {"charge_power": power_w}
+        else:
+            mode, wanted = ForceMode.DISCHARGE, {"discharge_power": power_w}
+        held = self._unit(unit_id).held
+        if reading is not None and not reading.rs485_control:
+            held["rs485_control"] = None
+        before = self.writes_total
+        if held["rs485_control"] != RS485_CONTROL_ON:
+            if reading is not None and held["force_mode"] is not None:
+                log.warning("Battery %d: RS485 control was off, re-asserting", unit_id)
+            self._write(unit_id, "rs485_control", RS485_CONTROL_ON)
+        # Power first, then the mode: a mode change starts at the new power at once.
+        for name, value in wanted.items():
+            if mode is not ForceMode.STOP and held[name] != value:
+                self._write(unit_id, name, value)
+        if held["force_mode"] != mode:
+            self._write(unit_id, "force_mode", int(mode))
+        other = {ForceMode.CHARGE: "discharge_power", ForceMode.DISCHARGE: "charge_power"}.get(mode)
+        for name in ("charge_power", "discharge_power"):
+            if (mode is ForceMode.STOP or name == other) and held[name] != 0:
+                self._write(unit_id, name, 0)
+        return self.writes_total - before
+
+    def stop(self, unit_id: int) -> None:
+        """Force mode stop and both power setpoints 0, written unconditionally."""
+        self._unit(unit_id).retry_at_s = 0.0
+        self._write(unit_id, "force_mode", int(ForceMode.STOP))
+        self._write(unit_id, "charge_power", 0)
+        self._write(unit_id, "discharge_power", 0)
+
+    def read_device_name(self, unit_id: int) -> str:
+        return str(self._read(unit_id, "device_name"))
+
+    def read_unit_id(self, unit_id: int) -> int:
+        """Read register 41100 on ``unit_id`` (answers only if a unit has that id)."""
+        return int(self._read(unit_id, "unit_id"))
+
+    def probe(self, unit_id: int, timeout_s: float | None = None) -> tuple[str, float]:
+        """One unit's model name and SoC for the setup scan; raises BatteryError if silent.
+
+        ``timeout_s`` shortens the answer timeout so a scan over empty IDs stays quick.
+        """
+        self._units.pop(unit_id, None)  # no back-off for a deliberate probe
+        params = self._client.comm_params
+        saved_timeout_s = params.timeout_connect
+        if timeout_s is not None:
+            params.timeout_connect = timeout_s
+        try:
+            name = self.read_device_name(unit_id)
+            soc = float(self._read(unit_id, "soc"))
+        finally:
+            params.timeout_connect = saved_timeout_s
+            self._units.pop(unit_id, None)
+        return name, soc
+
+    def set_unit_id(self, new_id: int, *, current_id: int = 1) -> None:
+        """Re-address the single unit answering on ``current_id`` (register 41100)."""
+        if not 2 <= new_id <= 247:
+            raise ValueError("new unit id must be 2..247")
+        self._write(current_id, "unit_id", new_id)
+        self._units.pop(current_id, None)
+        self._units.pop(new_id, None)
+
+    def forget(self, unit_id: int) -> None:
+        """Drop cached state (after re-addressing or when a unit leaves the config)."""
+        self._units.pop(unit_id, None)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _short(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.replace("Modbus Error: ", "").split("\n", 1)[0][:160]
