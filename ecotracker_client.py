@@ -1,0 +1,59 @@
+"""Grid meter driver for the everHome EcoTracker (local API ``GET http://<ip>/v1/json``).
+
+The device answers a tab-indented JSON object; ``power`` is the grid power in W, + import
+(Bezug), - export (Einspeisung). ``powerAvg`` is a one-minute mean and is never used for
+control; phase and tariff keys are optional. No authentication.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import requests
+
+from devices import GridReading, MeterError
+from shelly_client import get_json_object, power_field, url_host
+
+if TYPE_CHECKING:
+    from config_loader import MeterConfig
+
+ECOTRACKER_PATH = "/v1/json"
+
+
+class EcoTrackerError(MeterError):
+    """An EcoTracker read failed; the message names the device and what went wrong."""
+
+
+class EcoTrackerClient:
+    """Reads grid power (W, + import, - export) from one EcoTracker; used by one thread only."""
+
+    name = "ecotracker"
+
+    def __init__(self, host: str, port: int = 80, timeout_s: float = 5.0) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self._url = f"http://{url_host(host)}:{port}{ECOTRACKER_PATH}"
+        self._label = f"EcoTracker {host}" if port == 80 else f"EcoTracker {url_host(host)}:{port}"
+        self._session = requests.Session()
+
+    @classmethod
+    def from_config(cls, cfg: MeterConfig) -> EcoTrackerClient:
+        """Build a client from the ``ecotracker`` config section."""
+        return cls(cfg.host, cfg.port, cfg.timeout_seconds)
+
+    def _error(self, message: str) -> EcoTrackerError:
+        return EcoTrackerError(f"{self._label}: {message}")
+
+    def read(self) -> GridReading:
+        """Return the current grid power or raise EcoTrackerError."""
+        data, received_at_s = get_json_object(
+            self._session, self._url, timeout_s=self.timeout_s, error=self._error, what=ECOTRACKER_PATH
+        )
+        assert data is not None
+        power_w = power_field(data, "power", error=self._error, what=ECOTRACKER_PATH)
+        return GridReading(grid_power_w=power_w, received_at_s=received_at_s)
+
+    def close(self) -> None:
+        """Release the HTTP session."""
+        self._session.close()

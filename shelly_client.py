@@ -1,0 +1,283 @@
+"""Grid meter driver for Shelly energy meters (Pro 3EM, 3EM-63, Pro EM, Gen1 3EM).
+
+The first read asks ``GET /shelly`` (never password protected) which kind of device answers:
+
+- no ``gen`` key: Gen1 3EM, ``GET /status`` → ``total_power`` (or the sum of ``emeters[].power``),
+  HTTP Basic auth with user ``admin``;
+- ``gen >= 2`` and ``profile == "monophase"``: sum of ``act_power`` of ``EM1.GetStatus?id=0..2``;
+- otherwise Gen2+ triphase: ``EM.GetStatus?id=0`` → ``total_act_power``.
+
+Gen2+ passwords use digest auth (SHA-256, user ``admin``). Every failure raises ShellyError;
+a missing or invalid value is never turned into 0 W. Sign: + import, - export (the Shelly's own).
+
+The helpers ``get_json_object`` and ``power_field`` are shared with ``ecotracker_client``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import requests
+from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
+
+from devices import GridReading, MeterError
+
+if TYPE_CHECKING:
+    from config_loader import MeterConfig
+
+MAX_ABS_POWER_W = 100_000.0  # beyond any house connection: a garbled value, not a reading
+MAX_CONNECT_TIMEOUT_S = 1.0  # a LAN device that takes longer to accept a connection is down
+AUTH_BACKOFF_S = 2.5  # firmware 2.x blocks new nonces for 2 s after a 429
+SHELLY_USER = "admin"  # fixed by the firmware for Gen2+; the Gen1 default
+EM1_CHANNEL_IDS = (0, 1, 2)
+
+
+class ShellyError(MeterError):
+    """A Shelly read failed; the message names the device and what went wrong."""
+
+
+def url_host(host: str) -> str:
+    """Host as it goes into a URL (IPv6 addresses need brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _exception_chain(exc: BaseException) -> list[BaseException]:
+    """Every exception wrapped inside ``exc`` (requests → urllib3 → socket), outermost first."""
+    seen: list[BaseException] = []
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current in seen:
+            continue
+        seen.append(current)
+        linked = [current.__cause__, current.__context__, getattr(current, "reason", None), *current.args]
+        todo.extend(x for x in linked if isinstance(x, BaseException))
+    return seen
+
+
+def _connection_problem(exc: requests.ConnectionError) -> str:
+    """A short reason instead of urllib3's nested exception text."""
+    for cause in _exception_chain(exc):
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused (wrong address or port, or the device is off?)"
+        if isinstance(cause, ConnectionResetError):
+            return "connection reset by the device"
+        if isinstance(cause, socket.gaierror):
+            return "host name not found"
+    return "cannot connect (network unreachable or the device is off?)"
+
+
+def _reject_constant(name: str) -> float:
+    """JSON has no NaN/Infinity; Python's parser accepts them unless told otherwise."""
+    raise ValueError(f"contains {name}")
+
+
+def get_json_object(
+    session: requests.Session,
+    url: str,
+    *,
+    timeout_s: float,
+    error: Callable[[str], MeterError],
+    what: str,
+    auth: AuthBase | None = None,
+    allow_404: bool = False,
+    status_advice: Callable[[int], str | None] | None = None,
+) -> tuple[dict[str, Any] | None, float]:
+    """GET ``url`` and return (JSON object, monotonic receive time).
+
+    Every failure is raised as ``error(message)``; with ``allow_404`` a 404 returns (None, time).
+    ``what`` names the request in messages, e.g. "EM.GetStatus"; ``status_advice`` may add a
+    hint to the message of an HTTP error status.
+    """
+    try:
+        response = session.get(url, timeout=(min(MAX_CONNECT_TIMEOUT_S, timeout_s), timeout_s), auth=auth)
+        received_at_s = time.monotonic()
+        body = response.content
+    except requests.Timeout:
+        raise error(f"no answer to {what} within {timeout_s:g} s") from None
+    except requests.ConnectionError as exc:
+        raise error(f"{what}: {_connection_problem(exc)}") from None
+    except requests.RequestException as exc:
+        raise error(f"{what} failed: {type(exc).__name__}: {exc}") from None
+    if allow_404 and response.status_code == 404:
+        return None, received_at_s
+    if not 200 <= response.status_code < 300:
+        message = f"{what}: HTTP {response.status_code} {response.reason or ''}".rstrip()
+        advice = status_advice(response.status_code) if status_advice else None
+        raise error(f"{message}: {advice}" if advice else message)
+    try:
+        data = json.loads(body.decode("utf-8-sig"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError) as exc:
+        snippet = body[:60].decode("utf-8", "replace")
+        raise error(f"{what} answer is not JSON ({exc}): {snippet!r}") from None
+    if not isinstance(data, dict):
+        raise error(f"{what} answer is not a JSON object: {type(data).__name__}")
+    return data, received_at_s
+
+
+def power_field(data: dict[str, Any], field: str, *, error: Callable[[str], MeterError], what: str) -> float:
+    """A finite, plausible power in W from ``data[field]``; anything else raises ``error``."""
+    if field not in data:
+        raise error(f"field {field} missing in {what} answer")
+    value = data[field]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise error(f"field {field} in {what} answer is not a number: {json.dumps(value)[:40]}")
+    if not math.isfinite(value):
+        raise error(f"field {field} in {what} answer is {value}")
+    if abs(value) > MAX_ABS_POWER_W:
+        raise error(f"field {field} in {what} answer is implausible: {value} W")
+    return float(value)
+
+
+class ShellyClient:
+    """Reads grid power (W, + import, - export) from one Shelly; used by one thread only."""
+
+    name = "shelly"
+
+    def __init__(
+        self, host: str, port: int = 80, timeout_s: float = 5.0, password: str | None = None
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.timeout_s = timeout_s
+        self._password = password
+        self._base_url = f"http://{url_host(host)}:{port}"
+        self._label = f"Shelly {host}" if port == 80 else f"Shelly {url_host(host)}:{port}"
+        self._session = requests.Session()
+        self._kind: str | None = None  # "gen1" | "monophase" | "triphase", None until detected
+        self._auth: AuthBase | None = None
+        self._em1_channels: tuple[int, ...] | None = None  # channels that answered the first EM1 read
+        self._backoff_until_s = 0.0
+
+    @classmethod
+    def from_config(cls, cfg: MeterConfig) -> ShellyClient:
+        """Build a client from the ``shelly`` config section."""
+        return cls(cfg.host, cfg.port, cfg.timeout_seconds, cfg.password)
+
+    @property
+    def kind(self) -> str | None:
+        """The detected device kind: "gen1", "monophase", "triphase"; None before the first good detection."""
+        return self._kind
+
+    def _error(self, message: str) -> ShellyError:
+        return ShellyError(f"{self._label}: {message}")
+
+    def _get(
+        self, path: str, what: str, *, auth: bool = True, allow_404: bool = False
+    ) -> tuple[dict[str, Any] | None, float]:
+        return get_json_object(
+            self._session,
+            self._base_url + path,
+            timeout_s=self.timeout_s,
+            error=self._error,
+            what=what,
+            auth=self._auth if auth else None,
+            allow_404=allow_404,
+            status_advice=self._status_advice,
+        )
+
+    def read(self) -> GridReading:
+        """Return the current grid power or raise ShellyError."""
+        if time.monotonic() < self._backoff_until_s:
+            raise self._error("too many auth attempts, backing off")
+        if self._kind is None:
+            self._detect()
+        if self._kind == "gen1":
+            return self._read_gen1()
+        if self._kind == "monophase":
+            return self._read_em1()
+        return self._read_em()
+
+    def close(self) -> None:
+        """Release the HTTP session."""
+        self._session.close()
+
+    # ------------------------------------------------------------------ detection
+
+    def _detect(self) -> None:
+        info, _ = self._get("/shelly", "/shelly", auth=False)
+        assert info is not None
+        gen = info.get("gen")
+        if gen is None:
+            kind = "gen1"
+        elif isinstance(gen, bool) or not isinstance(gen, int):
+            raise self._error(f"/shelly answer has an unexpected gen value: {json.dumps(gen)[:40]}")
+        elif gen >= 2 and info.get("profile") == "monophase":
+            kind = "monophase"
+        else:
+            kind = "triphase"
+        if self._password:
+            # Gen2+ firmware only accepts digest auth; Gen1 only Basic.
+            auth_cls = HTTPBasicAuth if kind == "gen1" else HTTPDigestAuth
+            self._auth = auth_cls(SHELLY_USER, self._password)
+        self._kind = kind
+        self._em1_channels = None
+
+    def _status_advice(self, status: int) -> str | None:
+        """Advice for HTTP errors the user can act on; also reacts to them."""
+        if status == 401:
+            if self._password:
+                return "the password is wrong (shelly.password)"
+            return "the Shelly needs a password: set shelly.password"
+        if status == 429:
+            self._backoff_until_s = time.monotonic() + AUTH_BACKOFF_S
+            return "too many auth attempts, backing off"
+        if status == 404:
+            self._kind = None  # the profile may have changed (EM <-> EM1): detect again next time
+        return None
+
+    # ------------------------------------------------------------------ device kinds
+
+    def _read_em(self) -> GridReading:
+        what = "EM.GetStatus"
+        data, received_at_s = self._get("/rpc/EM.GetStatus?id=0", what)
+        assert data is not None
+        power_w = power_field(data, "total_act_power", error=self._error, what=what)
+        return GridReading(grid_power_w=power_w, received_at_s=received_at_s)
+
+    def _read_em1(self) -> GridReading:
+        channels = self._em1_channels if self._em1_channels is not None else EM1_CHANNEL_IDS
+        total_w = 0.0
+        answered: list[int] = []
+        earliest_s: float | None = None
+        for channel in channels:
+            what = f"EM1.GetStatus?id={channel}"
+            # Absent channels (404) are normal on the first read: the Pro EM has two, the 3EM-63 three.
+            data, received_at_s = self._get(f"/rpc/{what}", what, allow_404=self._em1_channels is None)
+            if data is None:
+                continue
+            total_w += power_field(data, "act_power", error=self._error, what=what)
+            answered.append(channel)
+            earliest_s = received_at_s if earliest_s is None else earliest_s
+        if not answered or earliest_s is None:
+            self._kind = None
+            raise self._error("no EM1 channel answered (EM1.GetStatus?id=0..2 all gave 404)")
+        self._em1_channels = tuple(answered)
+        # The oldest answer dates the sum: the reading is only as fresh as its oldest part.
+        return GridReading(grid_power_w=total_w, received_at_s=earliest_s)
+
+    def _read_gen1(self) -> GridReading:
+        what = "/status"
+        data, received_at_s = self._get("/status", what)
+        assert data is not None
+        emeters = data.get("emeters")
+        if emeters is not None and not isinstance(emeters, list):
+            raise self._error(f"emeters in {what} answer is not a list")
+        for index, emeter in enumerate(emeters or []):
+            if not isinstance(emeter, dict):
+                raise self._error(f"emeters[{index}] in {what} answer is not an object")
+            if emeter.get("is_valid") is False:
+                raise self._error(f"emeters[{index}] reports is_valid: false (measurement invalid)")
+        if "total_power" in data or not emeters:
+            power_w = power_field(data, "total_power", error=self._error, what=what)
+        else:
+            power_w = sum(
+                power_field(emeter, "power", error=self._error, what=f"{what} emeters[{index}]")
+                for index, emeter in enumerate(emeters)
+            )
+        return GridReading(grid_power_w=power_w, received_at_s=received_at_s)
