@@ -18,6 +18,7 @@ Run alone: ``python simulator.py --batteries 2`` prints the ports and a config.j
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import binascii
@@ -30,7 +31,9 @@ import json
 import math
 import random
 import re
+import signal
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -175,7 +178,10 @@ class BatteryPlant:
                 return
             if abs(target - p0) > _SETTLED_W:
                 # Transient: short chunks so the efficiency lookup and the BMS checks stay accurate.
-                h = min(remaining, 0.05 if p0 * target < 0.0 else 0.25 * tau if tau > 0 else remaining)
+                h = min(remaining, 0.25 * tau) if tau > 0 else remaining
+                if p0 * target < 0.0 and tau > 0:
+                    # Split exactly where the power changes sign (charge and discharge use different curves).
+                    h = min(h, max(tau * math.log((p0 - target) / -target), 1e-9))
                 a = math.exp(-h / tau) if tau > 0 else 0.0
                 p1 = target + (p0 - target) * a
                 energy_wh = (target * h + (p0 - target) * tau * (1.0 - a)) / 3600.0
@@ -306,32 +312,32 @@ class HouseModel:
     def _build_demo(self, rng: random.Random) -> None:
         period = self.demo_period_s
         appliances = (
-            # (name, power W, min s, max s, weight)
-            ("kettle", 2000.0, 60.0, 150.0, 3),
-            ("microwave", 1100.0, 30.0, 90.0, 2),
-            ("oven", 2400.0, 40.0, 90.0, 1),
-            ("hair dryer", 1500.0, 45.0, 120.0, 1),
-            ("washer", 0.0, 120.0, 240.0, 2),
+            # (power W, min s, max s, weight); power 0 = washing machine
+            (2000.0, 60.0, 120.0, 3),  # kettle
+            (1100.0, 30.0, 90.0, 2),  # microwave
+            (2400.0, 40.0, 90.0, 1),  # oven heating burst
+            (1500.0, 45.0, 90.0, 1),  # hair dryer
+            (0.0, 120.0, 200.0, 2),  # washing machine
         )
-        weights = [a[4] for a in appliances]
+        weights = [a[3] for a in appliances]
         events: list[_Event] = []
         t = rng.uniform(10.0, 30.0)
+        # One appliance at a time, 20–60 s of quiet between them: something visible every ~20–60 s.
         while t < period - 30.0:
-            _name, power, dmin, dmax, _w = rng.choices(appliances, weights=weights)[0]
-            duration = rng.uniform(dmin, dmax)
+            power, dmin, dmax, _w = rng.choices(appliances, weights=weights)[0]
+            end = min(period, t + rng.uniform(dmin, dmax))
             if power > 0.0:
-                events.append(_Event(t, min(period, t + duration), power))
+                events.append(_Event(t, end, power))
             else:
-                # Washing machine: heating, then drum pulses 330 W 8 s / 120 W 8 s.
-                heat = min(60.0, duration / 3.0)
-                events.append(_Event(t, t + heat, 2000.0))
-                pulse_t = t + heat
+                # Washing machine: 40 s heating, then drum pulses 330 W 8 s / 120 W 8 s.
+                events.append(_Event(t, t + 40.0, 2000.0))
+                pulse_t = t + 40.0
                 high = True
-                while pulse_t < min(period, t + duration):
-                    events.append(_Event(pulse_t, min(period, pulse_t + 8.0), 330.0 if high else 120.0))
+                while pulse_t < end:
+                    events.append(_Event(pulse_t, min(end, pulse_t + 8.0), 330.0 if high else 120.0))
                     pulse_t += 8.0
                     high = not high
-            t += rng.uniform(20.0, 60.0)
+            t = end + rng.uniform(20.0, 60.0)
         events.sort(key=lambda e: e.start_s)
         self._events = events
         self._noise = [rng.gauss(0.0, 15.0) for _ in range(int(period) + 1)]
@@ -1655,3 +1661,108 @@ class Simulation:
             u = SimUnit(spec, self.plant_params, self._now_s, self._lock)
             self._units.append(u)
             return u
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------------------
+
+
+def config_snippet(sim: Simulation, meter_type: str = "shelly") -> dict[str, Any]:
+    """A config.json fragment that points the energy manager at a started simulation."""
+    shelly: dict[str, Any] = {"ip": f"{sim.host}:{sim.shelly_port}"}
+    if sim.shelly_password:
+        shelly["password"] = sim.shelly_password
+    units = sim.units
+    return {
+        "energy_meter": {"type": meter_type},
+        "shelly": shelly,
+        "ecotracker": {"ip": f"{sim.host}:{sim.ecotracker_port}"},
+        "battery": {
+            "ip": sim.host,
+            "port": sim.modbus_port,
+            "akku_ids": [u.unit_id for u in units],
+            "register_set": units[0].register_set if units else "v2",
+        },
+    }
+
+
+def _status_line(sim: Simulation) -> str:
+    with sim._lock:
+        t = sim._now_s
+        load = sim.house.load_w(t)
+        pv = sim.house.pv_w(t)
+        grid = sim._true_grid_locked(t)
+        bats = ", ".join(
+            f"#{u.unit_id} {u.power_w:+.0f} W {u.soc_pct:.1f} %{'' if u.rs485_control else ' (no RS485)'}"
+            for u in sim._units
+        )
+    return f"t={t:8.1f} s  load {load:6.0f} W  pv {pv:6.0f} W  grid {grid:+6.0f} W  | {bats}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the simulator alone until Ctrl+C / SIGTERM."""
+    parser = argparse.ArgumentParser(
+        description="Simulated Shelly / EcoTracker grid meter and Marstek Venus batteries on loopback."
+    )
+    parser.add_argument("--batteries", type=int, default=1, help="number of batteries, ids 1..N (default 1)")
+    parser.add_argument("--register-set", choices=("v2", "v3"), default="v2")
+    parser.add_argument("--modbus-port", type=int, default=5020)
+    parser.add_argument("--shelly-port", type=int, default=8081)
+    parser.add_argument("--ecotracker-port", type=int, default=8082)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--speed", type=float, default=1.0, help="simulated seconds per wall-clock second")
+    parser.add_argument("--demo-house", action="store_true", help="lively house profile (appliances, PV, clouds)")
+    parser.add_argument("--shelly-password", default=None, help="require digest (Gen2) / basic (Gen1) auth")
+    parser.add_argument("--shelly-profile", choices=SHELLY_PROFILES, default="triphase")
+    parser.add_argument("--soc", type=float, default=50.0, help="initial state of charge, %% (default 50)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines, 0 = off")
+    args = parser.parse_args(argv)
+    if args.batteries < 1 or args.batteries > 247:
+        parser.error("--batteries must be 1..247")
+    if args.speed <= 0:
+        parser.error("--speed must be > 0")
+
+    units = [UnitSpec(i, args.register_set, soc_pct=args.soc) for i in range(1, args.batteries + 1)]
+    house = HouseModel(seed=args.seed, demo=args.demo_house)
+    sim = Simulation(
+        units,
+        house=house,
+        speed=args.speed,
+        seed=args.seed,
+        shelly_password=args.shelly_password,
+        shelly_profile=args.shelly_profile,
+    )
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        sim.start(args.host, args.modbus_port, args.shelly_port, args.ecotracker_port)
+    except (OSError, RuntimeError) as exc:
+        print(f"simulator: cannot start: {exc}", file=sys.stderr)
+        return 1
+    try:
+        ids = [u.unit_id for u in sim.units]
+        print(f"Modbus TCP   {sim.host}:{sim.modbus_port}  units {ids} ({args.register_set})")
+        print(f"Shelly       http://{sim.host}:{sim.shelly_port}/  ({args.shelly_profile})")
+        print(f"EcoTracker   http://{sim.host}:{sim.ecotracker_port}/v1/json")
+        print("config.json snippet:")
+        print(json.dumps(config_snippet(sim), indent=2))
+        print("Ctrl+C to stop.", flush=True)
+        interval = args.status_interval if args.status_interval > 0 else None
+        while not stop.wait(interval if interval is not None else 3600.0):
+            if interval is not None:
+                print(_status_line(sim), flush=True)
+    finally:
+        sim.stop()
+    print("simulator stopped.", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
