@@ -109,7 +109,7 @@ REGISTER_SETS: dict[str, dict[str, Register]] = {
 
 DEFAULT_PACING_S = {"v2": 0.05, "v3": 0.15}
 RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-UNIT_BACKOFF_S = (0.0, 2.0, 5.0, 10.0, 30.0)
+UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 
 
 @dataclass
