@@ -257,9 +257,15 @@ class ShellyClient:
         if not answered or earliest_s is None:
             self._kind = None
             raise self._error("no EM1 channel answered (EM1.GetStatus?id=0..2 all gave 404)")
+        self._check_sum(total_w, "EM1 channels")
         self._em1_channels = tuple(answered)
         # The oldest answer dates the sum: the reading is only as fresh as its oldest part.
         return GridReading(grid_power_w=total_w, received_at_s=earliest_s)
+
+    def _check_sum(self, total_w: float, what: str) -> None:
+        """Each part may look sane while the sum is absurd."""
+        if abs(total_w) > MAX_ABS_POWER_W:
+            raise self._error(f"sum of the {what} is implausible: {total_w:g} W")
 
     def _read_gen1(self) -> GridReading:
         what = "/status"
@@ -280,4 +286,5 @@ class ShellyClient:
                 power_field(emeter, "power", error=self._error, what=f"{what} emeters[{index}]")
                 for index, emeter in enumerate(emeters)
             )
+            self._check_sum(power_w, "emeters")
         return GridReading(grid_power_w=power_w, received_at_s=received_at_s)

@@ -196,6 +196,13 @@ def test_shelly_monophase_sums_the_channels_that_exist(device: ScriptedDevice) -
     assert "EM1.GetStatus?id=1: HTTP 404" in read_error(client)
 
 
+def test_shelly_monophase_absurd_sum_is_an_error(device: ScriptedDevice) -> None:
+    device.set("/shelly", PRO3EM_MONOPHASE_INFO)
+    for channel in (0, 1, 2):
+        device.set(f"/rpc/EM1.GetStatus?id={channel}", json.dumps({"id": channel, "act_power": 60000}))
+    assert "sum of the EM1 channels is implausible: 180000 W" in read_error(shelly(device))
+
+
 def test_shelly_monophase_without_any_channel_fails(device: ScriptedDevice) -> None:
     device.set("/shelly", PRO3EM_MONOPHASE_INFO)
     assert "no EM1 channel answered" in read_error(shelly(device))
@@ -374,3 +381,185 @@ def test_from_config() -> None:
     assert (client.host, client.port, client.timeout_s) == ("::1", 8080, 1.5)
     eco = EcoTrackerClient.from_config(cfg)
     assert (eco.host, eco.port, eco.timeout_s) == ("::1", 8080, 1.5)
+
+
+# --------------------------------------------------------------------------- the simulator's emulators
+
+SIM_SPEED = 5.0  # simulated seconds per wall second: the 1 s meter cadence passes quickly
+FOLLOW_TIMEOUT_S = 10.0
+METER_NAMES = ("shelly", "ecotracker")
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Any]:
+    """Start simulations (meters only, no noise) and stop them all afterwards."""
+    from simulator import Simulation
+
+    started: list[Any] = []
+
+    def start(**kwargs: Any) -> Any:
+        sim = Simulation(meter_noise_w=0.0, speed=SIM_SPEED, **kwargs)
+        sim.start(host="127.0.0.1", modbus_port=None)
+        started.append(sim)
+        return sim
+
+    yield start
+    for sim in started:
+        sim.stop()
+
+
+def sim_client(sim: Any, meter: str, timeout_s: float = 2.0, password: str | None = None) -> GridMeter:
+    if meter == "shelly":
+        return ShellyClient("127.0.0.1", sim.shelly_port, timeout_s=timeout_s, password=password)
+    return EcoTrackerClient("127.0.0.1", sim.ecotracker_port, timeout_s=timeout_s)
+
+
+def wait_for_reading(client: GridMeter, expected_w: float, tolerance_w: float = 1.0) -> GridReading:
+    """Poll until the meter shows ``expected_w`` (it samples once a simulated second, with latency)."""
+    deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+    pause = threading.Event()
+    reading = client.read()
+    while abs(reading.grid_power_w - expected_w) > tolerance_w:
+        assert time.monotonic() < deadline, f"reading {reading.grid_power_w} W never reached {expected_w} W"
+        pause.wait(0.02)  # poll pacing, not a wait for an outcome
+        reading = client.read()
+    return reading
+
+
+def wait_for_sim_time(sim: Any, duration_s: float) -> None:
+    """Block until the simulation has advanced by ``duration_s`` simulated seconds."""
+    target_s = sim.now_s + duration_s
+    deadline = time.monotonic() + FOLLOW_TIMEOUT_S
+    pause = threading.Event()
+    while sim.now_s < target_s:
+        assert time.monotonic() < deadline
+        pause.wait(0.02)
+
+
+@pytest.mark.parametrize(
+    ("meter", "profile"),
+    [("shelly", "triphase"), ("shelly", "monophase"), ("shelly", "gen1"), ("ecotracker", "triphase")],
+)
+def test_readings_follow_the_load_with_export_negative(make_sim: Any, meter: str, profile: str) -> None:
+    sim = make_sim(shelly_profile=profile)
+    client = sim_client(sim, meter)
+    sim.set_pv_w(0)
+    sim.set_load_w(1234)
+    assert sim.true_grid_power_w() == pytest.approx(1234)
+    wait_for_reading(client, 1234)
+
+    sim.set_load_w(400)
+    sim.set_pv_w(2900)  # PV surplus goes to the grid: export, negative
+    assert sim.true_grid_power_w() == pytest.approx(-2500)
+    reading = wait_for_reading(client, -2500)
+    assert reading.grid_power_w < 0
+    assert reading.received_at_s <= time.monotonic()
+    if meter == "shelly":
+        assert client.kind == profile  # type: ignore[attr-defined]
+    client.close()
+
+
+@pytest.mark.parametrize("profile", ["triphase", "monophase", "gen1"])
+def test_shelly_password_accepted(make_sim: Any, profile: str) -> None:
+    sim = make_sim(shelly_password="geheim", shelly_profile=profile)
+    sim.set_pv_w(0)
+    sim.set_load_w(777)
+    client = sim_client(sim, "shelly", password="geheim")
+    wait_for_reading(client, 777)
+    for _ in range(5):  # the digest challenge is reused with a rising nonce count
+        assert client.read().grid_power_w == 777
+
+
+@pytest.mark.parametrize("profile", ["triphase", "gen1"])
+@pytest.mark.parametrize(
+    ("password", "fragment"),
+    [("falsch", "password is wrong"), (None, "needs a password: set shelly.password")],
+)
+def test_shelly_wrong_or_missing_password(
+    make_sim: Any, profile: str, password: str | None, fragment: str
+) -> None:
+    sim = make_sim(shelly_password="geheim", shelly_profile=profile)
+    client = sim_client(sim, "shelly", password=password)
+    with pytest.raises(ShellyError) as info:
+        client.read()
+    assert "HTTP 401" in str(info.value)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("meter", METER_NAMES)
+@pytest.mark.parametrize(
+    ("fault", "fragment"),
+    [
+        ("http500", "HTTP 500"),
+        ("not_json", "not JSON"),
+        ("missing_field", "missing in"),
+        ("non_numeric", "is not a number"),
+        ("nan", "NaN"),
+        ("absurd", "implausible"),
+    ],
+)
+def test_meter_faults_raise_the_driver_error(make_sim: Any, meter: str, fault: str, fragment: str) -> None:
+    sim = make_sim()
+    sim.set_pv_w(0)
+    sim.set_load_w(500)
+    client = sim_client(sim, meter)
+    wait_for_reading(client, 500)  # detected and working before the fault
+    sim.set_meter_fault(fault)
+    error_type = ShellyError if meter == "shelly" else EcoTrackerError
+    with pytest.raises(error_type) as info:
+        client.read()
+    assert fragment in str(info.value)
+    sim.set_meter_fault(None)
+    assert client.read().grid_power_w == 500  # recovers without a new client
+
+
+@pytest.mark.parametrize("profile", ["monophase", "gen1"])
+@pytest.mark.parametrize("fault", ["missing_field", "non_numeric", "nan", "absurd", "http500", "not_json"])
+def test_shelly_other_profiles_faults(make_sim: Any, profile: str, fault: str) -> None:
+    sim = make_sim(shelly_profile=profile)
+    client = sim_client(sim, "shelly")
+    client.read()
+    sim.set_meter_fault(fault)
+    with pytest.raises(ShellyError) as info:
+        client.read()
+    assert str(info.value).startswith(f"Shelly 127.0.0.1:{sim.shelly_port}: ")
+
+
+@pytest.mark.parametrize("meter", METER_NAMES)
+@pytest.mark.parametrize("detected", [True, False], ids=["while-reading", "while-detecting"])
+def test_meter_timeout(make_sim: Any, meter: str, detected: bool) -> None:
+    sim = make_sim()
+    client = sim_client(sim, meter, timeout_s=0.5)
+    if detected:
+        client.read()
+    sim.set_meter_fault("timeout")
+    started = time.monotonic()
+    with pytest.raises(MeterError) as info:
+        client.read()
+    assert time.monotonic() - started < 2.0
+    assert "no answer" in str(info.value)
+    assert "within 0.5 s" in str(info.value)
+
+
+@pytest.mark.parametrize("meter", METER_NAMES)
+def test_frozen_meter_keeps_the_old_value(make_sim: Any, meter: str) -> None:
+    """The driver reports what the meter says; spotting a frozen value is the caller's job."""
+    sim = make_sim()
+    sim.set_pv_w(0)
+    sim.set_load_w(600)
+    client = sim_client(sim, meter)
+    wait_for_reading(client, 600)
+    sim.set_meter_fault("frozen")
+    sim.set_load_w(1600)
+    wait_for_sim_time(sim, 3.0)  # three meter samples
+    assert sim.true_grid_power_w() == pytest.approx(1600)
+    assert client.read().grid_power_w == 600
+
+
+def test_stopped_simulator_refuses_connections(make_sim: Any) -> None:
+    sim = make_sim()
+    client = sim_client(sim, "shelly", timeout_s=1.0)
+    client.read()
+    sim.stop()
+    with pytest.raises(ShellyError, match=r"connection refused|connection reset|cannot connect"):
+        client.read()
