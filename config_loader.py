@@ -245,7 +245,10 @@ class _Section:
         value = self.take(key)
         if value is _MISSING:
             return default if default is not _MISSING else self.fail(key, "missing (required)")
-        wanted = "one of " + ", ".join(f'"{c}"' for c in choices) if choices else "a non-empty text"
+        if choices:
+            wanted = "one of " + ", ".join(f'"{c}"' for c in choices)
+        else:
+            wanted = "a text" if empty_ok else "a non-empty text"
         if not isinstance(value, str):
             return self.fail(key, f"must be {wanted}, got {_describe(value)}")
         if empty_ok and not choices:

@@ -246,7 +246,7 @@ ERROR_CASES = [
     bad("control.average_readings", 1, "control.average_readings: must be true or false"),
     bad("battery.akku_ids", 1, "battery.akku_ids: must be a non-empty list"),
     bad("control", [1], "control: must be an object"),
-    bad("version", 3.1, "version: must be"),
+    bad("version", 3.1, "version: must be a text, got 3.1"),
     bad("control.deadband_w", float("nan"), "control.deadband_w:", "NaN"),
     bad("web.password", 1234, "web.password: must be a text or null"),
     # ranges
