@@ -118,6 +118,7 @@ class _UnitState:
 
     failures: int = 0
     retry_at_s: float = 0.0
+    asserted: bool = False  # we switched RS485 control on since the last (re)connect
     soc_pct: float | None = None
     soc_read_at_s: float = float("-inf")
     # Register values as last read back or written; None = unknown, must be written.
@@ -161,6 +162,7 @@ class MarstekGateway:
         self._connect_retry_at_s = 0.0
         self._units: dict[int, _UnitState] = {}
         self.writes_total = 0
+        self.reasserts_total = 0
 
     # ------------------------------------------------------------------ frames
     def _unit(self, unit_id: int) -> _UnitState:
@@ -181,6 +183,7 @@ class MarstekGateway:
             # After a reconnect the device may have rebooted: RAM registers are unknown again.
             for state in self._units.values():
                 state.held = {name: None for name in state.held}
+                state.asserted = False
             return
         delay = RECONNECT_BACKOFF_S[min(self._connect_failures, len(RECONNECT_BACKOFF_S) - 1)]
         self._connect_failures += 1
@@ -287,10 +290,13 @@ class MarstekGateway:
         if reading is not None and not reading.rs485_control:
             held["rs485_control"] = None
         before = self.writes_total
+        state = self._unit(unit_id)
         if held["rs485_control"] != RS485_CONTROL_ON:
-            if reading is not None and held["force_mode"] is not None:
-                log.warning("Battery %d: RS485 control was off, re-asserting", unit_id)
+            if state.asserted:
+                log.warning("Battery %d left RS485 control on its own: re-asserting it", unit_id)
+                self.reasserts_total += 1
             self._write(unit_id, "rs485_control", RS485_CONTROL_ON)
+            state.asserted = True
         # Power first, then the mode: a mode change starts at the new power at once.
         for name, value in wanted.items():
             if mode is not ForceMode.STOP and held[name] != value:

@@ -21,11 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from ecotracker_client import EcoTrackerClient
-
 from battery_client import MarstekGateway
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config, update_akku_ids
 from devices import BatteryError, BatteryReading, GridMeter, MeterError
+from ecotracker_client import EcoTrackerClient
 from shelly_client import ShellyClient
 from status_store import (
     BatteryStatus,
@@ -232,8 +231,6 @@ class ControlLoop:
                 b.setpoint_w = 0
                 continue
             try:
-                if b.reading is not None and b.reading.rs485_control is False and b.reading.force_mode > 0:
-                    log.warning("Battery %d left RS485 control on its own: re-asserting", b.battery_id)
                 self.bus.write_setpoint(b.battery_id, setpoint_w, b.reading)
                 b.setpoint_w = setpoint_w
             except BatteryError as exc:
