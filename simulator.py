@@ -98,6 +98,7 @@ class PlantParams:
 
 _PENDING_MAX = 64  # pending commands kept during the dead time
 _SETTLED_W = 0.5  # |target - actual| below this counts as settled: the lag is snapped to the target
+_SOC_EPS = 1e-9  # SoC tolerance for the BMS limits (floating-point rounding at the exact limit)
 
 
 class BatteryPlant:
@@ -151,9 +152,9 @@ class BatteryPlant:
         if self.delivers_nothing:
             return 0.0
         target = max(-p.max_power_w, min(p.max_power_w, self.target_w))
-        if target > 0.0 and self.soc_pct <= p.bms_min_soc_pct:
+        if target > 0.0 and self.soc_pct <= p.bms_min_soc_pct + _SOC_EPS:
             return 0.0
-        if target < 0.0 and self.soc_pct >= p.bms_max_soc_pct:
+        if target < 0.0 and self.soc_pct >= p.bms_max_soc_pct - _SOC_EPS:
             return 0.0
         return target
 
@@ -161,8 +162,8 @@ class BatteryPlant:
         p = self.params
         if (
             self.delivers_nothing
-            or (self.power_w > 0.0 and self.soc_pct <= p.bms_min_soc_pct)
-            or (self.power_w < 0.0 and self.soc_pct >= p.bms_max_soc_pct)
+            or (self.power_w > 0.0 and self.soc_pct <= p.bms_min_soc_pct + _SOC_EPS)
+            or (self.power_w < 0.0 and self.soc_pct >= p.bms_max_soc_pct - _SOC_EPS)
         ):
             self.power_w = 0.0
 
@@ -176,26 +177,29 @@ class BatteryPlant:
             p0 = self.power_w
             if p0 == 0.0 and target == 0.0:
                 return
-            if abs(target - p0) > _SETTLED_W:
+            if abs(target - p0) > _SETTLED_W and tau > 0:
                 # Transient: short chunks so the efficiency lookup and the BMS checks stay accurate.
-                h = min(remaining, 0.25 * tau) if tau > 0 else remaining
-                if p0 * target < 0.0 and tau > 0:
+                h = min(remaining, 0.25 * tau)
+                if p0 * target < 0.0:
                     # Split exactly where the power changes sign (charge and discharge use different curves).
                     h = min(h, max(tau * math.log((p0 - target) / -target), 1e-9))
-                a = math.exp(-h / tau) if tau > 0 else 0.0
+                a = math.exp(-h / tau)
                 p1 = target + (p0 - target) * a
                 energy_wh = (target * h + (p0 - target) * tau * (1.0 - a)) / 3600.0
             else:
-                # Settled: constant power, split exactly where the SoC reaches a BMS limit.
-                p0 = p1 = target
+                # Settled: constant power, split exactly where the SoC reaches a BMS limit. The small rest
+                # of the lag's tail, (p0 - target) · tau, is booked here so that energy is conserved.
+                p1 = target
                 h = min(remaining, self._time_to_limit(target))
-                energy_wh = target * h / 3600.0
+                energy_wh = (target * h + (p0 - target) * tau) / 3600.0
             self._account(energy_wh, h)
             self.power_w = p1
             remaining -= h
 
     def _time_to_limit(self, power_w: float) -> float:
         p = self.params
+        if power_w == 0.0:
+            return math.inf
         if power_w > 0.0:
             dc_w = power_w / efficiency(power_w, EFFICIENCY_DISCHARGE)
             room_pct = self.soc_pct - p.bms_min_soc_pct

@@ -1,0 +1,707 @@
+"""Tests for simulator.py: physics on explicit time, the Modbus units and the meter emulators on loopback.
+
+Wire tests use real sockets on 127.0.0.1 with ephemeral ports and poll with a deadline (no fixed sleeps).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from pymodbus.client import ModbusTcpClient
+from pymodbus.exceptions import ModbusException
+from requests.auth import HTTPDigestAuth
+
+from simulator import (
+    EFFICIENCY_CHARGE,
+    EFFICIENCY_DISCHARGE,
+    BatteryPlant,
+    HouseModel,
+    MeterModel,
+    PlantParams,
+    Simulation,
+    UnitSpec,
+    efficiency,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 3.0, interval_s: float = 0.01) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s} s")
+        time.sleep(interval_s)
+
+
+# ============================================================================ physics (explicit time)
+
+
+def test_efficiency_interpolates_and_is_flat_outside_the_table() -> None:
+    assert efficiency(125.0, EFFICIENCY_DISCHARGE) == pytest.approx(0.738)
+    assert efficiency(-1000.0, EFFICIENCY_CHARGE) == pytest.approx(0.955)
+    assert efficiency(187.5, EFFICIENCY_DISCHARGE) == pytest.approx((0.738 + 0.856) / 2)
+    assert efficiency(10.0, EFFICIENCY_CHARGE) == pytest.approx(0.772)
+    assert efficiency(5000.0, EFFICIENCY_DISCHARGE) == pytest.approx(0.893)
+
+
+def test_dead_time_then_first_order_lag() -> None:
+    plant = BatteryPlant(PlantParams(dead_time_s=0.5, tau_s=1.0), soc_pct=50.0)
+    plant.command(1000.0, 0.0)
+    plant.advance(0.49)
+    assert plant.power_w == 0.0
+    plant.advance(1.5)  # one tau after the dead time
+    assert plant.power_w == pytest.approx(1000.0 * (1 - math.exp(-1)), abs=0.5)
+    plant.advance(10.0)
+    assert plant.power_w == pytest.approx(1000.0, abs=1.0)
+
+
+def test_commands_within_the_dead_time_take_effect_in_order() -> None:
+    plant = BatteryPlant(PlantParams(dead_time_s=0.5, tau_s=0.0))
+    plant.command(-800.0, 0.0)
+    plant.command(300.0, 0.2)
+    plant.advance(0.6)
+    assert plant.power_w == pytest.approx(-800.0)
+    plant.advance(0.8)
+    assert plant.power_w == pytest.approx(300.0)
+
+
+def test_power_is_clamped_to_the_unit_limit() -> None:
+    plant = BatteryPlant(PlantParams(dead_time_s=0.0, tau_s=0.0, max_power_w=1200.0))
+    plant.command(-3000.0, 0.0)
+    plant.advance(1.0)
+    assert plant.power_w == pytest.approx(-1200.0)
+
+
+@pytest.mark.parametrize(("power_w", "eta"), [(1000.0, 0.912), (-1000.0, 0.955)])
+def test_soc_integrates_dc_energy_through_the_efficiency_curve(power_w: float, eta: float) -> None:
+    params = PlantParams(dead_time_s=0.0, tau_s=0.0)
+    plant = BatteryPlant(params, soc_pct=50.0)
+    plant.command(power_w, 0.0)
+    plant.advance(3600.0)
+    dc_wh = 1000.0 / eta if power_w > 0 else 1000.0 * eta
+    expected = 50.0 - math.copysign(dc_wh, power_w) / params.capacity_wh * 100.0
+    assert plant.soc_pct == pytest.approx(expected, abs=1e-6)
+    assert plant.conversion_loss_wh == pytest.approx(abs(dc_wh - 1000.0), abs=1e-6)
+    if power_w > 0:
+        assert (plant.discharged_wh, plant.charged_wh) == (pytest.approx(1000.0), 0.0)
+    else:
+        assert (plant.charged_wh, plant.discharged_wh) == (pytest.approx(1000.0), 0.0)
+
+
+def test_soc_with_the_lag_counts_only_the_energy_delivered() -> None:
+    plant = BatteryPlant(PlantParams(dead_time_s=0.5, tau_s=1.0), soc_pct=50.0)
+    plant.command(1000.0, 0.0)
+    plant.advance(20.5)
+    # 20 s after the dead time, a first-order lag has delivered 1000 W · (20 s − tau) (to e^-20).
+    assert plant.discharged_wh == pytest.approx(1000.0 * 19.0 / 3600.0, rel=1e-6)
+
+
+def test_bms_stops_discharge_at_min_soc_but_allows_charging() -> None:
+    plant = BatteryPlant(PlantParams(dead_time_s=0.0, tau_s=0.0), soc_pct=11.2)
+    plant.command(2500.0, 0.0)
+    plant.advance(600.0)
+    assert plant.power_w == 0.0
+    assert plant.soc_pct == pytest.approx(11.0, abs=1e-6)
+    plant.command(-500.0, 600.0)
+    plant.advance(660.0)
+    assert plant.power_w == pytest.approx(-500.0)
+    assert plant.soc_pct > 11.0
+
+
+def test_bms_stops_charge_at_max_soc() -> None:
+    plant = BatteryPlant(PlantParams(dead_time_s=0.0, tau_s=0.0), soc_pct=99.9)
+    plant.command(-2500.0, 0.0)
+    plant.advance(600.0)
+    assert plant.power_w == 0.0
+    assert plant.soc_pct == pytest.approx(100.0)
+    plant.command(400.0, 600.0)
+    plant.advance(601.0)
+    assert plant.power_w == pytest.approx(400.0)
+
+
+def test_delivers_nothing_keeps_power_and_soc_at_rest() -> None:
+    plant = BatteryPlant(PlantParams(), soc_pct=60.0)
+    plant.delivers_nothing = True
+    plant.command(1500.0, 0.0)
+    plant.advance(60.0)
+    assert plant.power_w == 0.0
+    assert plant.soc_pct == 60.0
+    plant.delivers_nothing = False
+    plant.advance(70.0)
+    assert plant.power_w == pytest.approx(1500.0, abs=1.0)
+
+
+def test_meter_samples_and_holds_with_latency_and_resolution() -> None:
+    meter = MeterModel(cadence_s=1.0, latency_s=0.3, noise_w=0.0, resolution_w=5.0)
+    assert meter.read(0.0) is None
+    meter.observe(0.0, 101.0)  # first sample: visible at once (primed)
+    assert meter.read(0.0) == (100.0, 0.0)
+    assert meter.observe(0.5, 999.0) is False  # same tick: ignored
+    assert meter.observe(1.0, 512.0) is True
+    assert meter.read(1.2) == (100.0, 0.0)  # the new sample is not 0.3 s old yet
+    assert meter.read(1.3) == (510.0, 1.0)
+    assert meter.read(1.99) == (510.0, 1.0)
+
+
+def test_meter_value_samples_the_function_at_cadence_ticks() -> None:
+    meter = MeterModel(cadence_s=2.0, latency_s=0.5, noise_w=0.0)
+    seen: list[float] = []
+
+    def grid(t: float) -> float:
+        seen.append(t)
+        return 10.0 * t
+
+    assert meter.value(4.4, grid) == (20.0, 2.0)  # the t=4 sample is still in flight
+    assert meter.value(4.5, grid) == (40.0, 4.0)
+    assert seen == [0.0, 2.0, 4.0]
+
+
+def test_meter_noise_is_gaussian_and_seeded() -> None:
+    a = MeterModel(noise_w=10.0, seed=7)
+    b = MeterModel(noise_w=10.0, seed=7)
+    values_a = [a.value(float(t), lambda _t: 500.0)[0] for t in range(400)]
+    values_b = [b.value(float(t), lambda _t: 500.0)[0] for t in range(400)]
+    assert values_a == values_b
+    mean = sum(values_a) / len(values_a)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values_a) / len(values_a))
+    assert abs(mean - 500.0) < 2.5 and 7.0 < std < 13.0
+    assert all(v == round(v) for v in values_a)
+
+
+def test_house_overrides_and_lively_deterministic_demo() -> None:
+    house = HouseModel(base_load_w=300.0, pv_peak_w=0.0)
+    assert (house.load_w(123.0), house.pv_w(123.0)) == (300.0, 0.0)
+    house.set_load_w(900.0)
+    house.set_pv_w(250.0)
+    assert (house.load_w(5.0), house.pv_w(5.0)) == (900.0, 250.0)
+
+    demo = HouseModel(seed=3, demo=True)
+    again = HouseModel(seed=3, demo=True)
+    loads = [demo.load_w(float(t)) for t in range(600)]
+    assert loads == [again.load_w(float(t)) for t in range(600)]
+    assert loads != [HouseModel(seed=4, demo=True).load_w(float(t)) for t in range(600)]
+    assert min(loads) >= 50.0 and max(loads) > 1500.0  # appliances switch on
+    # Big steps (> 800 W) every 20–60 s, so something visible happens often.
+    steps = [t for t in range(1, 600) if abs(loads[t] - loads[t - 1]) > 800.0]
+    assert len(steps) >= 8
+    assert max(b - a for a, b in zip([0, *steps], [*steps, 600], strict=True)) < 200
+    pv = [demo.pv_w(float(t)) for t in range(600)]
+    assert min(pv) >= 0.0 and max(pv) > 1500.0 and max(pv) - min(pv) > 1000.0
+
+
+# ============================================================================ wire side: fixtures
+
+FAST_PLANT = PlantParams(dead_time_s=0.0, tau_s=0.02)
+
+
+@pytest.fixture
+def make_sim() -> Iterator[Callable[..., Simulation]]:
+    """Start simulations with a fast, noiseless meter and stop them afterwards."""
+    started: list[Simulation] = []
+
+    def make(**kwargs: Any) -> Simulation:
+        kwargs.setdefault("meter_cadence_s", 0.05)
+        kwargs.setdefault("meter_latency_s", 0.02)
+        kwargs.setdefault("meter_noise_w", 0.0)
+        kwargs.setdefault("plant", FAST_PLANT)
+        sim = Simulation(**kwargs)
+        started.append(sim)
+        sim.start()
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def bus(make_sim: Callable[..., Simulation]) -> Simulation:
+    """Two units: id 1 on register set v2, id 2 on v3."""
+    return make_sim(units=[UnitSpec(1, "v2", soc_pct=42.4), UnitSpec(2, "v3", soc_pct=67.8)])
+
+
+@pytest.fixture
+def client(bus: Simulation) -> Iterator[ModbusTcpClient]:
+    c = ModbusTcpClient("127.0.0.1", port=bus.modbus_port, timeout=0.3, retries=0)
+    assert c.connect()
+    yield c
+    c.close()
+
+
+def s32(registers: list[int]) -> int:
+    value = (registers[0] << 16) | registers[1]
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+def s16(register: int) -> int:
+    return register - (1 << 16) if register & 0x8000 else register
+
+
+def read(client: ModbusTcpClient, address: int, count: int, unit: int) -> list[int]:
+    rr = client.read_holding_registers(address, count=count, device_id=unit)
+    assert not rr.isError(), rr
+    return list(rr.registers)
+
+
+def write(client: ModbusTcpClient, address: int, value: int, unit: int) -> None:
+    rr = client.write_register(address, value, device_id=unit)
+    assert not rr.isError(), rr
+
+
+def command(client: ModbusTcpClient, unit: int, power_w: int) -> None:
+    """Take RS485 control and force a power (+ discharge, − charge), as the project's client does."""
+    write(client, 42000, 0x55AA, unit)
+    if power_w < 0:
+        write(client, 42020, -power_w, unit)
+        write(client, 42010, 1, unit)
+    else:
+        write(client, 42021, power_w, unit)
+        write(client, 42010, 2 if power_w else 0, unit)
+
+
+# ============================================================================ Modbus
+
+
+def test_soc_scaling_v2_and_v3(bus: Simulation, client: ModbusTcpClient) -> None:
+    assert read(client, 32104, 1, 1) == [42]  # v2: integer %
+    assert read(client, 34002, 1, 2) == [678]  # v3: 0.1 %
+    assert read(client, 32104, 1, 2) == [68]  # v3 alias, integer %
+    bus.unit(2).set_soc(12.34)
+    assert read(client, 34002, 1, 2) == [123]
+
+
+def test_device_names_and_unit_id(client: ModbusTcpClient) -> None:
+    def text(regs: list[int]) -> str:
+        return b"".join(r.to_bytes(2, "big") for r in regs).rstrip(b"\0").decode()
+
+    assert text(read(client, 31000, 10, 1)) == "VNSE-2"
+    assert text(read(client, 31000, 10, 2)) == "VNSE3-0"
+    assert read(client, 41100, 1, 2) == [2]
+    assert read(client, 31101, 1, 1) == [153]
+
+
+def test_ac_power_signs_and_words_v2_and_v3(bus: Simulation, client: ModbusTcpClient) -> None:
+    command(client, 1, -800)  # charge
+    command(client, 2, 1200)  # discharge
+    wait_until(lambda: abs(bus.unit(1).power_w + 800) < 0.01 and abs(bus.unit(2).power_w - 1200) < 0.01)
+    assert s32(read(client, 32202, 2, 1)) == -800
+    assert read(client, 32202, 2, 1) == [0xFFFF, 0x10000 - 800]  # high word first
+    assert s16(read(client, 30006, 1, 2)[0]) == 1200
+    assert s32(read(client, 32202, 2, 2)) == 1200
+    dc = s16(read(client, 30001, 1, 2)[0])  # v3 DC power: + charging, so negative while discharging
+    assert dc == round(-1200 / efficiency(1200, EFFICIENCY_DISCHARGE))
+    assert read(client, 35100, 1, 1) == [2] and read(client, 35100, 1, 2) == [3]  # charge / discharge
+    assert bus.true_grid_power_w() == pytest.approx(300.0 + 800.0 - 1200.0, abs=2.0)
+
+
+def test_rs485_gate_setpoints_acked_but_ignored_until_0x55aa(bus: Simulation, client: ModbusTcpClient) -> None:
+    unit = bus.unit(1)
+    write(client, 42021, 1000, 1)
+    write(client, 42010, 2, 1)
+    assert read(client, 42000, 1, 1) == [0x55BB]
+    assert (unit.force_mode, unit.discharge_power_w, unit.rs485_control) == (2, 1000, False)
+    wait_for_sim_time(bus, 0.3)
+    assert unit.power_w == 0.0
+
+    write(client, 42000, 0x55AA, 1)
+    assert read(client, 42000, 1, 1) == [0x55AA]
+    wait_until(lambda: abs(unit.power_w - 1000.0) < 1.0)
+    assert read(client, 43000, 1, 1) == [1]
+
+    unit.drop_rs485()  # firmware leaves RS485 mode silently
+    assert read(client, 42000, 1, 1) == [0x55BB]
+    assert read(client, 42021, 1, 1) == [1000]  # the setpoint stays, ignored
+    wait_until(lambda: unit.power_w == 0.0)
+
+    write(client, 42000, 0x55AA, 1)
+    wait_until(lambda: unit.power_w > 999.0)
+    write(client, 43000, 0, 1)  # any work-mode write ends RS485 control
+    assert not unit.rs485_control
+    wait_until(lambda: unit.power_w == 0.0)
+    assert (42021, 1000) in unit.write_log and unit.write_log[-1] == (43000, 0)
+
+
+def test_force_mode_charge_discharge_stop(bus: Simulation, client: ModbusTcpClient) -> None:
+    unit = bus.unit(2)
+    command(client, 2, -1500)
+    wait_until(lambda: abs(unit.power_w + 1500.0) < 1.0)
+    write(client, 42010, 0, 2)
+    wait_until(lambda: abs(unit.power_w) < 1.0)
+    assert unit.write_log[-4:] == [(42000, 0x55AA), (42020, 1500), (42010, 1), (42010, 0)]
+
+
+def test_setpoint_above_2500_is_an_illegal_value(client: ModbusTcpClient) -> None:
+    rr = client.write_register(42020, 2501, device_id=1)
+    assert rr.isError() and rr.exception_code == 3
+    rr = client.write_register(42021, 3000, device_id=2)
+    assert rr.isError() and rr.exception_code == 3
+    rr = client.write_register(42000, 0, device_id=2)
+    assert rr.isError() and rr.exception_code == 3
+    assert read(client, 42020, 1, 1) == [0]
+
+
+def test_unmapped_read_is_an_illegal_address(client: ModbusTcpClient) -> None:
+    rr = client.read_holding_registers(32110, count=1, device_id=1)
+    assert rr.isError() and rr.exception_code == 2
+    rr = client.read_holding_registers(32104, count=2, device_id=2)  # v3: 32105 exists, 32106 not
+    assert not rr.isError()
+    rr = client.read_holding_registers(32104, count=3, device_id=2)
+    assert rr.isError() and rr.exception_code == 2
+
+
+def assert_no_answer(client: ModbusTcpClient, address: int, count: int, unit: int) -> None:
+    start = time.monotonic()
+    try:
+        rr = client.read_holding_registers(address, count=count, device_id=unit)
+    except ModbusException:
+        pass
+    else:
+        raise AssertionError(f"unit {unit} answered: {rr}")
+    assert time.monotonic() - start >= 0.25  # a timeout, not an exception response
+
+
+def test_unknown_id_gets_no_answer_at_all(client: ModbusTcpClient) -> None:
+    assert_no_answer(client, 32104, 1, 9)
+    assert read(client, 32104, 1, 1) == [42]  # the connection still works for the others
+
+
+def test_silent_unit_and_v3_large_read_get_no_answer(bus: Simulation, client: ModbusTcpClient) -> None:
+    bus.unit(1).silent = True
+    assert_no_answer(client, 32104, 1, 1)
+    assert read(client, 34002, 1, 2) == [678]
+    bus.unit(1).silent = False
+    assert read(client, 32104, 1, 1) == [42]
+    assert_no_answer(client, 34018, 33, 2)  # v3: more than 32 registers
+    assert len(read(client, 34018, 16, 2)) == 16
+
+
+def test_41100_readdresses_the_unit_at_once(bus: Simulation, client: ModbusTcpClient) -> None:
+    rr = client.write_register(41100, 7, device_id=1)
+    assert not rr.isError() and rr.registers == [7]
+    assert read(client, 41100, 1, 7) == [7]
+    assert bus.unit(7).register_set == "v2"
+    assert_no_answer(client, 41100, 1, 1)
+    with pytest.raises(KeyError):
+        bus.unit(1)
+
+
+def test_fc16_writes_are_accepted(bus: Simulation, client: ModbusTcpClient) -> None:
+    rr = client.write_registers(42020, [600, 700], device_id=1)
+    assert not rr.isError()
+    assert (bus.unit(1).charge_power_w, bus.unit(1).discharge_power_w) == (600, 700)
+
+
+def test_delivers_nothing_acks_but_stays_at_zero(bus: Simulation, client: ModbusTcpClient) -> None:
+    unit = bus.unit(1)
+    unit.delivers_nothing = True
+    command(client, 1, 900)
+    wait_for_sim_time(bus, 0.3)
+    assert unit.rs485_control and unit.force_mode == 2
+    assert unit.power_w == 0.0 and s32(read(client, 32202, 2, 1)) == 0
+
+
+def test_added_unit_answers(bus: Simulation, client: ModbusTcpClient) -> None:
+    bus.add_unit(UnitSpec(3, "v3", soc_pct=20.0, max_power_w=1200.0))
+    assert read(client, 34002, 1, 3) == [200]
+    command(client, 3, 2000)
+    wait_until(lambda: abs(bus.unit(3).power_w - 1200.0) < 1.0)  # clamped by the model limit
+
+
+def wait_for_sim_time(sim: Simulation, duration_s: float) -> None:
+    target = sim.now_s + duration_s
+    wait_until(lambda: sim.now_s >= target)
+
+
+# ============================================================================ meters
+
+
+def shelly_url(sim: Simulation, path: str) -> str:
+    return f"http://127.0.0.1:{sim.shelly_port}{path}"
+
+
+def eco_url(sim: Simulation, path: str = "/v1/json") -> str:
+    return f"http://127.0.0.1:{sim.ecotracker_port}{path}"
+
+
+def get_json(url: str, **kwargs: Any) -> Any:
+    r = requests.get(url, timeout=2, **kwargs)
+    assert r.status_code == 200, (r.status_code, r.text)
+    return r.json()
+
+
+def wait_for_total(sim: Simulation, expected_w: float) -> None:
+    wait_until(lambda: sim.meter_reading_w() == pytest.approx(expected_w, abs=0.01))
+
+
+def test_shelly_triphase_payload(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim()
+    sim.set_load_w(1000.0)
+    sim.set_pv_w(1480.5)
+    wait_for_total(sim, -480.0)  # 1 W resolution
+    info = get_json(shelly_url(sim, "/shelly"))
+    assert info["gen"] == 2 and info["model"] == "SPEM-003CEBEU" and info["app"] == "Pro3EM"
+    assert info["id"].startswith("shellypro3em-") and info["auth_en"] is False and info["profile"] == "triphase"
+    em = get_json(shelly_url(sim, "/rpc/EM.GetStatus?id=0"))
+    assert em["id"] == 0 and em["total_act_power"] == pytest.approx(-480.0)
+    assert em["a_act_power"] + em["b_act_power"] + em["c_act_power"] == pytest.approx(em["total_act_power"])
+    for key in ("a_current", "b_voltage", "c_aprt_power", "a_pf", "b_freq", "total_current", "total_aprt_power"):
+        assert isinstance(em[key], float | int)
+    assert em["n_current"] is None and em["user_calibrated_phase"] == []
+    status = get_json(shelly_url(sim, "/rpc/Shelly.GetStatus"))
+    assert status["em:0"]["total_act_power"] == pytest.approx(-480.0)
+    assert status["emdata:0"]["total_act_ret"] > 0
+    r = requests.get(shelly_url(sim, "/rpc/EM1.GetStatus?id=0"), timeout=2)
+    assert r.status_code == 404 and r.json() == {"code": 404, "message": "No handler for EM1.GetStatus"}
+    r = requests.post(shelly_url(sim, "/rpc"), json={"id": 5, "method": "EM.GetStatus", "params": {"id": 0}}, timeout=2)
+    assert r.json()["id"] == 5 and r.json()["result"]["total_act_power"] == pytest.approx(-480.0)
+    assert requests.get(shelly_url(sim, "/nothing"), timeout=2).status_code == 404
+
+
+def test_shelly_monophase_payload(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(shelly_profile="monophase")
+    sim.set_load_w(2000.0)
+    sim.set_pv_w(0.0)
+    wait_for_total(sim, 2000.0)
+    assert get_json(shelly_url(sim, "/shelly"))["profile"] == "monophase"
+    r = requests.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2)
+    assert r.status_code == 404 and r.json() == {"code": 404, "message": "No handler for EM.GetStatus"}
+    channels = [get_json(shelly_url(sim, f"/rpc/EM1.GetStatus?id={i}")) for i in range(3)]
+    assert [c["id"] for c in channels] == [0, 1, 2]
+    assert sum(c["act_power"] for c in channels) == pytest.approx(2000.0)
+    assert all(c["calibration"] == "factory" for c in channels)
+    status = get_json(shelly_url(sim, "/rpc/Shelly.GetStatus"))
+    assert "em:0" not in status and status["em1:2"]["act_power"] == channels[2]["act_power"]
+
+
+def test_shelly_gen1_payload(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(shelly_profile="gen1")
+    sim.set_load_w(500.0)
+    sim.set_pv_w(1500.0)
+    wait_for_total(sim, -1000.0)
+    info = get_json(shelly_url(sim, "/shelly"))
+    assert info["type"] == "SHEM-3" and "gen" not in info and info["auth"] is False
+    status = get_json(shelly_url(sim, "/status"))
+    assert status["total_power"] == pytest.approx(-1000.0)
+    assert sum(e["power"] for e in status["emeters"]) == pytest.approx(-1000.0)
+    assert all(e["is_valid"] for e in status["emeters"])
+    assert get_json(shelly_url(sim, "/emeter/1"))["power"] == status["emeters"][1]["power"]
+    assert requests.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2).status_code == 404
+
+
+def test_shelly_digest_auth(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(shelly_password="s3cret")
+    info = get_json(shelly_url(sim, "/shelly"))  # never protected
+    assert info["auth_en"] is True
+    r = requests.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2)
+    assert r.status_code == 401
+    challenge = r.headers["WWW-Authenticate"]
+    assert re.fullmatch(
+        rf'Digest qop="auth", realm="{info["id"]}", nonce="[^"]+", algorithm=SHA-256', challenge
+    ), challenge
+    with requests.Session() as session:
+        session.auth = HTTPDigestAuth("admin", "s3cret")
+        for _ in range(3):  # nonce reuse with an incrementing nc
+            r = session.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2)
+            assert r.status_code == 200 and "total_act_power" in r.json()
+    r = requests.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), auth=HTTPDigestAuth("admin", "wrong"), timeout=2)
+    assert r.status_code == 401
+    r = requests.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), auth=HTTPDigestAuth("user", "s3cret"), timeout=2)
+    assert r.status_code == 401
+
+
+def test_shelly_gen1_basic_auth(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(shelly_profile="gen1", shelly_password="pw")
+    assert get_json(shelly_url(sim, "/shelly"))["auth"] is True
+    assert requests.get(shelly_url(sim, "/status"), timeout=2).status_code == 401
+    assert requests.get(shelly_url(sim, "/status"), auth=("admin", "nope"), timeout=2).status_code == 401
+    assert "total_power" in get_json(shelly_url(sim, "/status"), auth=("admin", "pw"))
+
+
+ECO_LINE = re.compile(r'\t"(\w+)":\t(-?\d+(?:\.\d+)?)')
+
+
+def test_ecotracker_tab_indented_body_and_headers(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim()
+    sim.set_load_w(200.0)
+    sim.set_pv_w(3327.4)
+    wait_for_total(sim, -3127.0)
+    r = requests.get(eco_url(sim), timeout=2)
+    assert r.status_code == 200
+    assert {k.lower() for k in r.headers} == {"content-type", "content-length"}
+    assert r.headers["Content-Type"] == "application/json"
+    body = r.content.decode()
+    assert int(r.headers["Content-Length"]) == len(r.content)
+    assert body.startswith("{\n\t") and body.endswith("\n}")
+    lines = body.split("\n")[1:-1]
+    keys = []
+    for line in lines:
+        m = ECO_LINE.fullmatch(line.rstrip(","))
+        assert m, repr(line)
+        keys.append(m.group(1))
+    assert keys == [
+        "power", "powerAvg", "agePower", "powerPhase1", "powerPhase2", "powerPhase3",
+        "energyCounterOut", "energyCounterIn",
+    ]  # fmt: skip
+    data = r.json()
+    assert data["power"] == -3127 and isinstance(data["power"], int)
+    assert data["powerPhase1"] + data["powerPhase2"] + data["powerPhase3"] == pytest.approx(-3127, abs=2)
+    assert isinstance(data["agePower"], int) and data["agePower"] >= 0
+
+
+def test_ecotracker_404_page(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim()
+    for path in ("/", "/favicon.ico"):
+        r = requests.get(eco_url(sim, path), timeout=2)
+        assert r.status_code == 404 and r.headers["Content-Type"] == "text/html"
+        assert r.text.startswith("everHome Local API: <a href='/v1/json'>/v1/json</a>")
+
+
+def shelly_power(sim: Simulation) -> requests.Response:
+    return requests.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2)
+
+
+def eco_power(sim: Simulation) -> requests.Response:
+    return requests.get(eco_url(sim), timeout=2)
+
+
+@pytest.mark.parametrize("meter", ["shelly", "ecotracker"])
+def test_payload_faults(make_sim: Callable[..., Simulation], meter: str) -> None:
+    sim = make_sim()
+    sim.set_load_w(700.0)
+    wait_for_total(sim, 700.0)
+    fetch = shelly_power if meter == "shelly" else eco_power
+    key = "total_act_power" if meter == "shelly" else "power"
+
+    sim.set_meter_fault("http500")
+    assert fetch(sim).status_code == 500
+
+    sim.set_meter_fault("not_json")
+    r = fetch(sim)
+    assert r.status_code == 200
+    with pytest.raises(ValueError):
+        json.loads(r.text)
+
+    sim.set_meter_fault("missing_field")
+    data = fetch(sim).json()
+    assert key not in data and data  # the rest of the payload is still there
+
+    sim.set_meter_fault("non_numeric")
+    assert fetch(sim).json()[key] == "abc"
+
+    sim.set_meter_fault("nan")
+    r = fetch(sim)
+    assert "NaN" in r.text and math.isnan(r.json()[key])
+
+    sim.set_meter_fault("absurd")
+    assert fetch(sim).json()[key] == pytest.approx(150_000.0)
+
+    sim.set_meter_fault("frozen")
+    sim.set_load_w(1900.0)
+    wait_for_sim_time(sim, 0.3)
+    assert sim.true_grid_power_w() == pytest.approx(1900.0)
+    assert fetch(sim).json()[key] == pytest.approx(700.0)
+
+    sim.set_meter_fault(None)
+    wait_until(lambda: fetch(sim).json()[key] == pytest.approx(1900.0))
+
+
+def test_absurd_export_is_negative(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim()
+    sim.set_pv_w(2000.0)
+    wait_for_total(sim, -1700.0)
+    sim.set_meter_fault("absurd")
+    assert eco_power(sim).json()["power"] == -150000
+
+
+def test_timeout_fault_holds_the_answer_and_stop_is_quick(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(meter_delay_s=30.0)
+    sim.set_meter_fault("timeout")
+    for url in (shelly_url(sim, "/rpc/EM.GetStatus?id=0"), eco_url(sim)):
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(url, timeout=0.3)
+    with pytest.raises(ValueError):
+        sim.set_meter_fault("bogus")
+    start = time.monotonic()
+    sim.stop()  # the handlers still wait in the delay: stop must release them
+    assert time.monotonic() - start < 2.0
+
+
+def test_timeout_fault_answers_after_the_delay(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(meter_delay_s=0.3)
+    sim.set_meter_fault("timeout")
+    start = time.monotonic()
+    assert "power" in eco_power(sim).json()
+    assert time.monotonic() - start >= 0.3
+
+
+def test_meters_follow_the_batteries(bus: Simulation, client: ModbusTcpClient) -> None:
+    bus.set_load_w(1500.0)
+    bus.set_pv_w(0.0)
+    command(client, 1, 1000)
+    wait_until(lambda: bus.meter_reading_w() == pytest.approx(500.0, abs=1.0))
+    wait_until(lambda: eco_power(bus).json()["power"] == 500)
+
+
+def test_context_manager_and_fixed_port_reuse() -> None:
+    with Simulation(meter_noise_w=0.0) as sim:
+        port = sim.shelly_port
+        assert get_json(shelly_url(sim, "/shelly"))["gen"] == 2
+    assert port is not None
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/shelly", timeout=0.5)
+    with Simulation(meter_noise_w=0.0).start(shelly_port=port, modbus_port=None, ecotracker_port=None) as sim2:
+        assert sim2.shelly_port == port
+
+
+# ============================================================================ CLI
+
+
+def test_cli_prints_config_and_exits_cleanly_on_ctrl_c() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "simulator.py"), "--batteries", "2", "--register-set", "v3",
+         "--modbus-port", "0", "--shelly-port", "0", "--ecotracker-port", "0", "--demo-house", "--speed", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        lines: list[str] = []
+        while not lines or lines[-1] != "}\n":
+            line = proc.stdout.readline()
+            assert line, "simulator exited early"
+            if line.startswith("{") or lines:
+                lines.append(line)
+        cfg = json.loads("".join(lines))
+        assert cfg["energy_meter"]["type"] == "shelly"
+        assert cfg["battery"]["ip"] == "127.0.0.1" and cfg["battery"]["akku_ids"] == [1, 2]
+        host, port = cfg["shelly"]["ip"].split(":")
+        assert get_json(f"http://{host}:{port}/shelly")["gen"] == 2
+        with ModbusTcpClient("127.0.0.1", port=cfg["battery"]["port"], timeout=1, retries=0) as c:
+            assert not c.read_holding_registers(34002, count=1, device_id=2).isError()
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
