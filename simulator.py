@@ -422,7 +422,7 @@ class MeterModel:
         t, v = self._samples[0]
         return v, t
 
-    def value(self, now_s: float, true_grid_fn: Callable[[float], float]) -> tuple[float, float] | None:
+    def value(self, now_s: float, true_grid_fn: Callable[[float], float]) -> tuple[float, float]:
         """Sample ``true_grid_fn`` at the cadence ticks up to ``now_s`` and return ``read(now_s)``."""
         last = math.floor(now_s / self.cadence_s + 1e-9)
         first = last - (self._samples.maxlen or 1) + 1
@@ -431,8 +431,9 @@ class MeterModel:
         for k in range(first, last + 1):
             t = k * self.cadence_s
             self.observe(t, true_grid_fn(t))
-        return self.read(now_s)
-
+        reading = self.read(now_s)
+        assert reading is not None  # the tick at or before now_s has just been observed
+        return reading
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -943,9 +944,7 @@ class _ShellyHandler(_MeterHandler):
             return False
         if header.startswith("Digest ") and sim._check_digest(self.command, header[7:], password):
             return True
-        challenge = (
-            f'Digest qop="auth", realm="{sim.shelly_device_id}", nonce="{sim._new_nonce()}", algorithm=SHA-256'
-        )
+        challenge = f'Digest qop="auth", realm="{sim.shelly_device_id}", nonce="{sim._new_nonce()}", algorithm=SHA-256'
         self.send_response_only(401)
         self.send_header("WWW-Authenticate", challenge)
         self.send_header("Content-Length", "0")
@@ -1005,8 +1004,12 @@ class _ShellyHandler(_MeterHandler):
             self._json(status, payload)
             return
         if sim.meter_fault == "not_json":
-            self._send(200, b"<html><body>Error: try again later</body></html>", "application/json",
-                       [("Server", _SHELLY_SERVER)])
+            self._send(
+                200,
+                b"<html><body>Error: try again later</body></html>",
+                "application/json",
+                [("Server", _SHELLY_SERVER)],
+            )
             return
         if post_body is not None:
             payload = {"id": rpc_id, "src": sim.shelly_device_id, "result": payload}
@@ -1566,8 +1569,7 @@ class Simulation:
                 "serial": 1081,
                 "has_update": False,
                 "mac": self.shelly_mac,
-                "relays": [{"ison": True, "has_timer": False, "overpower": False, "is_valid": True,
-                            "source": "http"}],
+                "relays": [{"ison": True, "has_timer": False, "overpower": False, "is_valid": True, "source": "http"}],
                 "emeters": emeters,
                 "total_power": round(sum(phases), 2),
                 "emeter_n": {"current": 0.0, "ixsum": 1.72, "mismatch": False, "is_valid": False},
@@ -1590,8 +1592,10 @@ class Simulation:
 
     def _check_digest(self, http_method: str, header: str, password: str) -> bool:
         """Verify an RFC 7616 SHA-256 digest response (user admin, realm = device id, qop auth)."""
-        p = {m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
-             for m in _DIGEST_PARAM.finditer(header)}
+        p = {
+            m.group(1).lower(): m.group(2) if m.group(2) is not None else m.group(3)
+            for m in _DIGEST_PARAM.finditer(header)
+        }
         nonce = p.get("nonce", "")
         try:
             nc = int(p.get("nc", ""), 16)

@@ -512,9 +512,9 @@ def test_shelly_digest_auth(make_sim: Callable[..., Simulation]) -> None:
     r = requests.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2)
     assert r.status_code == 401
     challenge = r.headers["WWW-Authenticate"]
-    assert re.fullmatch(
-        rf'Digest qop="auth", realm="{info["id"]}", nonce="[^"]+", algorithm=SHA-256', challenge
-    ), challenge
+    assert re.fullmatch(rf'Digest qop="auth", realm="{info["id"]}", nonce="[^"]+", algorithm=SHA-256', challenge), (
+        challenge
+    )
     with requests.Session() as session:
         session.auth = HTTPDigestAuth("admin", "s3cret")
         for _ in range(3):  # nonce reuse with an incrementing nc
