@@ -42,6 +42,12 @@ log = logging.getLogger("marstek")
 
 SCAN_PROBE_TIMEOUT_S = 1.0
 SHUTDOWN_BUDGET_S = 6.0
+# A battery that acknowledges a setpoint of at least NO_DELIVERY_MIN_W but delivers under 5 % of it
+# for NO_DELIVERY_S is excluded for NO_DELIVERY_PAUSE_S (firmware quirk or BMS refusing near its limits).
+NO_DELIVERY_MIN_W = 100
+NO_DELIVERY_S = 20.0
+NO_DELIVERY_PAUSE_S = 300.0
+CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
 MODE_NAMES = {0: "idle", 1: "charge", 2: "discharge"}
 
 
@@ -90,6 +96,11 @@ class _Battery:
     online: bool = False
     error: str = ""
     setpoint_w: int = 0
+    short_since_s: float | None = None  # delivering far less than commanded since then
+    excluded_until_s: float = float("-inf")
+
+    def usable(self, now_s: float) -> bool:
+        return self.online and now_s >= self.excluded_until_s
 
 
 class ControlLoop:
@@ -132,10 +143,22 @@ class ControlLoop:
         interval_s = self.cfg.control.poll_interval_seconds
         log.info("Control started: %s meter, batteries %s, %s", self.meter.name,
                  list(self.batteries), self.cfg.control.algorithm)
+        crashes = 0
         try:
             while not stop.is_set():
                 started_s = self.clock()
-                self.cycle()
+                try:
+                    self.cycle()
+                    crashes = 0
+                except Exception:
+                    # A bug must not leave a battery running on a stale setpoint, nor end the
+                    # program: stop everything, say so, and try again later.
+                    log.exception("Control cycle failed: batteries stopped, retrying")
+                    self.stop_all("control error")
+                    self.publish("error")
+                    stop.wait(CRASH_BACKOFF_S[min(crashes, len(CRASH_BACKOFF_S) - 1)])
+                    crashes += 1
+                    continue
                 self.heartbeat_s = self.clock()
                 wait_s = interval_s
                 if self.last_decision is not None and self.last_decision.status is Status.METER_FAILED:
@@ -163,8 +186,10 @@ class ControlLoop:
             return
         grid_w, received_s = self.read_meter()
         self.read_batteries()
+        now_s = self.clock()
+        self.check_delivery(now_s)
         states = [
-            BatteryState(b.battery_id, b.online, b.reading.soc_pct if b.reading else None,
+            BatteryState(b.battery_id, b.usable(now_s), b.reading.soc_pct if b.reading else None,
                          b.reading.ac_power_w if b.reading else None)
             for b in self.batteries.values()
         ]
@@ -222,12 +247,40 @@ class ControlLoop:
                 log.info("Battery %d online (SoC %.0f %%)", b.battery_id, b.reading.soc_pct)
             b.online, b.error = True, ""
 
+    def check_delivery(self, now_s: float) -> None:
+        """Exclude a battery that acknowledges its setpoint but delivers (almost) nothing; retry later."""
+        for b in self.batteries.values():
+            if b.excluded_until_s != float("-inf") and now_s >= b.excluded_until_s:
+                b.excluded_until_s = float("-inf")
+                log.info("Battery %d: trying again after its pause", b.battery_id)
+            if not b.online or b.reading is None or abs(b.setpoint_w) < NO_DELIVERY_MIN_W:
+                b.short_since_s = None
+                continue
+            delivered = b.reading.ac_power_w * (1 if b.setpoint_w > 0 else -1)
+            if delivered >= 0.05 * abs(b.setpoint_w):
+                b.short_since_s = None
+            elif b.short_since_s is None:
+                b.short_since_s = now_s
+            elif now_s - b.short_since_s >= NO_DELIVERY_S:
+                log.warning("Battery %d acknowledges %d W but delivers %.0f W: paused for %.0f min",
+                            b.battery_id, b.setpoint_w, b.reading.ac_power_w, NO_DELIVERY_PAUSE_S / 60)
+                b.excluded_until_s = now_s + NO_DELIVERY_PAUSE_S
+                b.short_since_s = None
+                try:
+                    self.bus.stop(b.battery_id)
+                    b.setpoint_w = 0
+                except BatteryError as exc:
+                    log.warning("Battery %d: stop failed: %s", b.battery_id, exc)
+
     def apply(self, decision: Decision) -> None:
         """Write each online battery's setpoint; a failing battery never blocks the others."""
         stopping = decision.status in STOPPING
+        now_s = self.clock()
         for b in self.batteries.values():
             setpoint_w = 0 if stopping else int(decision.setpoints_w.get(b.battery_id, 0))
-            if not b.online:
+            if not b.usable(now_s):
+                if b.online:
+                    continue  # paused: it was stopped when it was excluded
                 b.setpoint_w = 0
                 continue
             try:
@@ -294,6 +347,9 @@ class ControlLoop:
         else:
             mode = "discharge" if b.setpoint_w > 0 else "charge" if b.setpoint_w < 0 else "idle"
         note = b.error or (self.last_decision.battery_notes.get(b.battery_id, "") if self.last_decision else "")
+        if b.online and not b.usable(self.clock()):
+            minutes = (b.excluded_until_s - self.clock()) / 60
+            note = f"liefert trotz Sollwert keine Leistung – Pause, neuer Versuch in {minutes:.0f} min"
         return BatteryStatus(
             id=b.battery_id,
             online=b.online,
@@ -342,6 +398,7 @@ class ControlLoop:
         return {"setup_mode": False}
 
     def _probe(self, unit_id: int) -> dict[str, Any] | None:
+        self.heartbeat_s = self.clock()  # a long scan is progress, not a stall
         try:
             model, soc = self.bus.probe(unit_id, timeout_s=SCAN_PROBE_TIMEOUT_S)
         except BatteryError:
@@ -390,6 +447,126 @@ class ControlLoop:
         self.batteries[battery_id] = _Battery(battery_id)
         log.info("Battery %d added to battery.akku_ids%s", battery_id, "" if saved else " (demo: not saved)")
         return {"akku_ids": ids, "saved": saved}
+
+
+# ---------------------------------------------------------------------------- watchdog
+class Watchdog:
+    """Notices a control loop that stopped cycling and puts the batteries in the safe state."""
+
+    def __init__(
+        self,
+        heartbeat_s: Callable[[], float],
+        limit_s: float,
+        on_stall: Callable[[float], None],
+        *,
+        paused: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.heartbeat_s, self.limit_s, self.on_stall = heartbeat_s, limit_s, on_stall
+        self.paused, self.clock = paused, clock
+        self.fired = False
+
+    def check(self) -> bool:
+        """True when a stall was detected by this call."""
+        stalled_s = self.clock() - self.heartbeat_s()
+        if self.paused() or stalled_s <= self.limit_s:
+            if self.fired and stalled_s <= self.limit_s:
+                log.info("Control loop running again")
+            self.fired = False
+            return False
+        if self.fired:
+            return False
+        self.fired = True
+        self.on_stall(stalled_s)
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            self.check()
+
+
+def watchdog_limit_s(cfg: Config) -> float:
+    """Longest a healthy cycle can take (every timeout hit once) plus a margin."""
+    meter = cfg.shelly if cfg.energy_meter_type == "shelly" else cfg.ecotracker
+    frames = 5 * len(cfg.battery.akku_ids)
+    return meter.timeout_seconds + frames * cfg.battery.timeout_seconds + cfg.control.poll_interval_seconds + 10.0
+
+
+def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float) -> None:
+    """Stop every battery over a separate connection: the control thread is stuck in its own."""
+    message = f"Regelung hängt seit {stalled_s:.0f} s: Akkus gestoppt / control loop stalled: batteries stopped"
+    log.error("%s", message)
+    store.update(control_state="error", errors=(*store.latest().errors, message))
+    bus = build_bus(replace(cfg, battery=replace(cfg.battery, timeout_seconds=1.0)))
+    try:
+        for battery_id in cfg.battery.akku_ids:
+            try:
+                bus.stop(battery_id)
+            except BatteryError as exc:
+                log.error("Watchdog could not stop battery %d: %s", battery_id, exc)
+    finally:
+        bus.close()
+
+
+# ---------------------------------------------------------------------------- --check
+def run_check(cfg: Config, config_path: Path) -> int:
+    """Contact the meter and every battery once and print a diagnosis with likely fixes."""
+    problems = 0
+    print(f"Konfiguration {config_path}: OK")
+    meter_cfg = cfg.shelly if cfg.energy_meter_type == "shelly" else cfg.ecotracker
+    meter = build_meter(cfg)
+    try:
+        reading = meter.read()
+        sign = "Bezug" if reading.grid_power_w >= 0 else "Einspeisung"
+        print(f"Zähler {cfg.energy_meter_type} {meter_cfg.ip}: OK, {reading.grid_power_w:.0f} W ({sign})")
+    except MeterError as exc:
+        problems += 1
+        print(f"Zähler {cfg.energy_meter_type} {meter_cfg.ip}: FEHLER: {exc}")
+        print(f"  -> {meter_hint(str(exc), cfg.energy_meter_type)}")
+    finally:
+        meter.close()
+    bus = build_bus(cfg)
+    try:
+        for battery_id in cfg.battery.akku_ids:
+            try:
+                model, soc = bus.probe(battery_id, timeout_s=min(2.0, cfg.battery.timeout_seconds))
+                reading = bus.read(battery_id)
+                control = "an" if reading.rs485_control else "aus (wird beim Start eingeschaltet)"
+                print(f"Akku ID {battery_id} ({cfg.battery.ip}:{cfg.battery.port}): OK, {model or '?'}, "
+                      f"SoC {soc:.0f} %, {reading.ac_power_w:+.0f} W, RS485-Steuerung {control}")
+            except BatteryError as exc:
+                problems += 1
+                print(f"Akku ID {battery_id} ({cfg.battery.ip}:{cfg.battery.port}): FEHLER: {exc}")
+                print(f"  -> {battery_hint(str(exc), cfg)}")
+    finally:
+        bus.close()
+    print("Alles erreichbar." if problems == 0 else f"{problems} Problem(e) gefunden.")
+    return 0 if problems == 0 else 1
+
+
+def meter_hint(message: str, meter_type: str) -> str:
+    text = message.lower()
+    if "401" in text or "password" in text or "passwort" in text:
+        return "Passwort des Shelly in shelly.password eintragen (Benutzer ist immer 'admin')."
+    if "refused" in text or "timed out" in text or "timeout" in text or "unreachable" in text:
+        return (f"IP-Adresse in {meter_type}.ip prüfen, 'ping <ip>' versuchen, Gerät eingeschaltet und im selben "
+                "Netz? Richtiger Typ in energy_meter.type?")
+    if "field" in text or "json" in text or "404" in text:
+        return ("Antwort passt nicht zum Zählertyp: energy_meter.type prüfen (shelly/ecotracker) und im Browser "
+                "http://<ip>/rpc/EM.GetStatus?id=0 bzw. http://<ip>/v1/json öffnen.")
+    return "Zähler neu starten und erneut prüfen; Einzelheiten oben."
+
+
+def battery_hint(message: str, cfg: Config) -> str:
+    text = message.lower()
+    if "unreachable" in text or "refused" in text:
+        return (f"Gateway {cfg.battery.ip}:{cfg.battery.port} nicht erreichbar: IP/Port prüfen, Gateway "
+                "eingeschaltet, Modus 'Modbus TCP' (nicht transparent)?")
+    if "exception" in text:
+        other = "v3" if cfg.battery.register_set == "v2" else "v2"
+        return f"Akku antwortet, kennt aber die Register nicht: battery.register_set auf '{other}' stellen?"
+    return ("Keine Antwort unter dieser ID: ID in battery.akku_ids prüfen (Setup-Seite -> Geräte scannen), "
+            "RS485-Verkabelung A/B, Gateway 115200 8N1.")
 
 
 # ---------------------------------------------------------------------------- process
@@ -455,6 +632,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--demo", action="store_true", help="run against the built-in simulator, no hardware")
     parser.add_argument("--port", type=int, default=None, help="dashboard port (overrides web.port)")
     parser.add_argument("--host", default=None, help="dashboard address (overrides web.host)")
+    parser.add_argument("--check", action="store_true",
+                        help="check the config, contact the meter and every battery once, print a diagnosis")
     return parser.parse_args(argv)
 
 
@@ -480,6 +659,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.check and config_path is not None:
+        logging.basicConfig(level=logging.CRITICAL)
+        return run_check(cfg, config_path)
     web = cfg.web
     web = replace(web, port=args.port or web.port, host=args.host or web.host)
     cfg = replace(cfg, web=web)
@@ -516,11 +698,17 @@ def main(argv: list[str] | None = None) -> int:
     log.info("Dashboard: http://%s:%d", host, cfg.web.port)
     control = threading.Thread(target=loop.run, args=(stop,), name="control", daemon=True)
     control.start()
+    watchdog = Watchdog(lambda: loop.heartbeat_s, watchdog_limit_s(cfg),
+                        lambda stalled_s: emergency_stop(cfg, store, stalled_s), paused=lambda: loop.setup_mode)
+    threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
     try:
         while not stop.wait(0.5):
             if not control.is_alive():
                 log.error("Control thread ended unexpectedly: stopping")
                 request_stop()
+            elif not web_thread.is_alive():
+                log.error("Web server thread ended unexpectedly: restarting it (the control keeps running)")
+                server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     finally:
         request_stop()
         control.join(timeout=SHUTDOWN_BUDGET_S + 2)
