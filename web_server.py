@@ -17,8 +17,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
+import i18n
 from status_store import CommandError, CommandQueue, StatusStore
 
 log = logging.getLogger(__name__)
@@ -189,7 +190,10 @@ def create_app(
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int] | HTTPException:
         if request.path.startswith("/api/") or request.method != "GET":
-            return jsonify(error=exc.description or exc.name), exc.code or 400
+            response = jsonify(error=exc.description or exc.name)
+            if isinstance(exc, MethodNotAllowed) and exc.valid_methods:
+                response.headers["Allow"] = ", ".join(exc.valid_methods)  # a 405 must say what is allowed
+            return response, exc.code or 400
         return exc
 
     @app.errorhandler(Exception)
@@ -198,11 +202,25 @@ def create_app(
         return jsonify(error="internal error, see the log"), 500
 
     # ------------------------------------------------------------------ pages
+    def local_target(target: str) -> str:
+        """``target`` when it is a path on this server, else "/" (no open redirect).
+
+        Browsers read a backslash as a slash, so "/\\evil.example" would leave the site like "//evil.example".
+        """
+        if target.startswith("/") and not target.startswith("//") and "\\" not in target and target.isprintable():
+            return target
+        return "/"
+
     def language() -> str:
         if web_cfg.language in ("de", "en"):
             return web_cfg.language
         best = request.accept_languages.best_match(["de", "en"])
         return best or "de"
+
+    @app.context_processor
+    def page_strings() -> dict[str, Any]:
+        """Every template gets the UI texts of its language as ``t`` (see i18n.py)."""
+        return {"t": i18n.strings(language())}
 
     @app.get("/")
     def dashboard() -> str:
@@ -226,8 +244,7 @@ def create_app(
             if password_ok(request.form.get("password", "")):
                 session.clear()
                 session["auth"] = True
-                target = request.args.get("next", "/")
-                return redirect(target if target.startswith("/") and not target.startswith("//") else "/")
+                return redirect(local_target(request.args.get("next", "/")))
             slow_down()
             error = "wrong_password"
         session["csrf_token"] = secrets.token_urlsafe(24)
@@ -296,6 +313,11 @@ def create_app(
 
     @app.get("/api/<path:_rest>")
     def api_not_found(_rest: str) -> Response:
+        # This catch-all also takes GETs to the POST-only routes: those are 405, not 404.
+        allowed = app.url_map.bind_to_environ(request.environ).allowed_methods(request.path)
+        others = sorted(set(allowed) - {"GET", "HEAD", "OPTIONS"})
+        if others:
+            raise MethodNotAllowed(valid_methods=others)
         abort(404)
 
     return app

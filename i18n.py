@@ -1,0 +1,387 @@
+"""Every text the web pages show, one dictionary per language (German first, English second).
+
+The templates get the chosen language's dictionary as ``t``; the page scripts get the same
+dictionary as a JSON block (``<script type="application/json" id="i18n">``), because the
+Content-Security-Policy allows no inline script. Placeholders are written ``{name}`` and are
+filled in by the page scripts (``T.fmt`` in static/common.js).
+
+Both dictionaries must have exactly the same keys (tests/test_web.py checks this).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+LANGUAGES = ("de", "en")
+DEFAULT_LANGUAGE = "de"
+
+DE: dict[str, str] = {
+    # -- common
+    "app_title": "Marstek PV-Akku Steuerung",
+    "nav_dashboard": "Übersicht",
+    "nav_setup": "Modbus-ID-Setup",
+    "nav_login": "Anmelden",
+    "nav_logout": "Abmelden",
+    "locale": "de-DE",
+    "unit_w": "W",
+    "unit_wh": "Wh",
+    "unit_kwh": "kWh",
+    "unit_pct": "%",
+    "none_value": "–",
+    "busy": "Bitte warten …",
+    "err_prefix": "Fehler",
+    "err_network": "Keine Verbindung zum Programm. Läuft es noch? Neuer Versuch in wenigen Sekunden.",
+    "err_401": "Dafür ist das Passwort nötig. Bitte zuerst anmelden.",
+    "err_403": "Anfrage abgelehnt (nicht von dieser Seite gesendet). Bitte die Seite neu laden.",
+    "err_stale": "Die angezeigten Werte sind veraltet (letzte Aktualisierung {time}).",
+    "login_hint": "Nur ansehen: Zum Ändern ist das Passwort nötig.",
+    "warnings_title": "Achtung",
+    "errors_title": "Aktuelle Probleme",
+    # -- control state
+    "state_active": "Regelung aktiv",
+    "state_setup": "Steuerung deaktiviert (Setup-Modus)",
+    "state_stopped": "Steuerung gestoppt",
+    "state_error": "Störung – alle Akkus gestoppt",
+    "state_unknown": "Status unbekannt",
+    "status_tracking": "regelt nach",
+    "status_deadband": "Abweichung gering, keine Änderung nötig",
+    "status_settling": "wartet, bis die Akkus den Sollwert erreichen",
+    "status_idle": "kein Bedarf",
+    "status_soc_limit": "Ladegrenze erreicht, kein Akku darf laden oder entladen",
+    "status_no_battery": "kein Akku erreichbar",
+    "status_meter_retry": "Messwert fehlt, der letzte Sollwert bleibt",
+    "status_meter_failed": "Messgerät ausgefallen, Akkus gestoppt",
+    # -- dashboard
+    "grid_title": "Stromnetz",
+    "grid_import": "Bezug aus dem Netz",
+    "grid_export": "Einspeisung ins Netz",
+    "grid_balanced": "Ausgeglichen",
+    "grid_no_value": "kein Messwert",
+    "grid_avg": "Mittelwert für die Regelung: {value}",
+    "meter_label": "Messgerät",
+    "meter_ok": "in Ordnung",
+    "meter_error": "Störung",
+    "meter_error_since": "Störung seit {time}",
+    "control_title": "Regelung",
+    "setup_banner": "Setup-Modus aktiv: Die Regelung ist aus und alle Akkus sind gestoppt.",
+    "setup_banner_link": "Zum Setup",
+    "batteries_title": "Akkus",
+    "battery_name": "Akku {id}",
+    "battery_online": "online",
+    "battery_offline": "offline",
+    "battery_soc": "Ladestand",
+    "battery_power": "Leistung",
+    "battery_setpoint": "Sollwert",
+    "battery_mode": "Modus",
+    "battery_discharging": "entlädt",
+    "battery_charging": "lädt",
+    "battery_standby": "Standby",
+    "mode_charge": "Laden",
+    "mode_discharge": "Entladen",
+    "mode_idle": "Bereit",
+    "mode_stopped": "Gestoppt",
+    "no_batteries": "Keine Akkus in battery.akku_ids eingetragen.",
+    "chart_title": "Verlauf",
+    "chart_time": "Zeit",
+    "chart_grid": "Netz",
+    "chart_battery": "Akkus",
+    "chart_soc": "Ladestand",
+    "chart_hint": "Netz: + Bezug / − Einspeisung. Akkus: + Entladen / − Laden. Ladestand: Mittel aller Akkus.",
+    "chart_empty": "Noch keine Messwerte.",
+    "chart_range_label": "Zeitraum",
+    "range_30m": "30 min",
+    "range_3h": "3 h",
+    "range_24h": "24 h",
+    "energy_title": "Energie heute",
+    "energy_since": "gezählt seit {time} (Programmstart)",
+    "energy_charged": "Geladen",
+    "energy_discharged": "Entladen",
+    "energy_imported": "Netzbezug",
+    "energy_exported": "Einspeisung",
+    "energy_share": "Vom Akku gedeckt",
+    "energy_share_hint": (
+        "Anteil des Stroms, den das Haus zusätzlich zum direkt genutzten Solarstrom brauchte "
+        "und den der Akku statt des Netzes geliefert hat."
+    ),
+    "quality_title": "Regelgüte",
+    "quality_rms_error_w": "Mittlere Abweichung vom Ziel (RMS)",
+    "quality_export_wh_today": "Einspeisung heute",
+    "quality_writes_per_h": "Schreibbefehle pro Stunde",
+    "events_title": "Ereignisse",
+    "events_empty": "Noch keine Ereignisse.",
+    "level_DEBUG": "Debug",
+    "level_INFO": "Info",
+    "level_WARNING": "Warnung",
+    "level_ERROR": "Fehler",
+    "level_CRITICAL": "Kritisch",
+    "updated_at": "Stand: {time}",
+    # -- setup page
+    "setup_title": "Modbus-ID-Setup",
+    "setup_intro": (
+        "Jeder Akku braucht am Modbus eine eigene ID. Neue Akkus haben ab Werk die ID 1. "
+        "Hier stellen Sie einen neu angeschlossenen Akku Schritt für Schritt auf eine freie ID um."
+    ),
+    "back_dashboard": "← Zur Übersicht",
+    "step1_title": "1. Setup-Modus starten",
+    "step1_text": (
+        "Die Regelung wird angehalten und alle Akkus werden gestoppt (0 W), "
+        "damit während der Umstellung nichts geladen oder entladen wird."
+    ),
+    "step1_button": "Setup-Modus starten",
+    "step1_done": "Setup-Modus aktiv: Regelung und Akkus sind gestoppt.",
+    "step1_stop_failures": "Diese Akkus konnten nicht gestoppt werden:",
+    "step2_title": "2. Geräte scannen",
+    "step2_text": "Fragt die IDs im gewählten Bereich ab (bis zu 1 Sekunde je ID) und zeigt, welche Akkus antworten.",
+    "scan_first": "Von ID",
+    "scan_last": "bis ID",
+    "scan_button": "Geräte scannen",
+    "scan_running": "Scanne die IDs {first} bis {last} …",
+    "scan_none": "Kein Akku hat im Bereich {first} bis {last} geantwortet.",
+    "scan_found": "{count} Akku(s) gefunden:",
+    "scan_range_invalid": "Bitte einen Bereich von höchstens 50 IDs zwischen 1 und 247 angeben.",
+    "col_id": "ID",
+    "col_model": "Modell",
+    "col_soc": "Ladestand",
+    "next_free": "Nächste freie ID: {id}",
+    "step3_title": "3. ID 1 → neue ID setzen",
+    "step3_warning": (
+        "Wichtig: Es darf nur EIN neuer Akku mit der ID 1 angeschlossen sein! "
+        "Antworten zwei Akkus auf ID 1, geht die Umstellung schief. "
+        "Mehrere neue Akkus bitte einzeln anschließen und nacheinander umstellen."
+    ),
+    "new_id_label": "Neue ID (2 bis 247)",
+    "new_id_help": (
+        "Modbus erlaubt nur die Adressen 1 bis 247. Die 1 bleibt für neue Akkus frei, "
+        "daher 2 bis 247. Nehmen Sie eine ID, die noch kein anderer Akku hat – der Scan schlägt eine vor."
+    ),
+    "new_id_invalid": "Bitte eine ganze Zahl von 2 bis 247 eingeben.",
+    "set_button": "ID 1 → neue ID setzen",
+    "set_confirm": (
+        "Der Akku mit der ID 1 bekommt jetzt die ID {id}.\n\n"
+        "Ist wirklich nur EIN neuer Akku mit der ID 1 angeschlossen?\n\n"
+        "OK = ID jetzt ändern, Abbrechen = nichts ändern."
+    ),
+    "set_running": "Ändere die ID auf {id} und prüfe das Ergebnis …",
+    "set_ok": "Erfolgreich: Der Akku antwortet jetzt auf ID {id}.",
+    "set_details": "Modell: {model}, Ladestand: {soc}",
+    "set_verified": "Geprüft: Der Akku wurde unter der neuen ID gelesen.",
+    "set_cancelled": "Abgebrochen, es wurde nichts geändert.",
+    "step4_title": "4. In die Konfiguration übernehmen",
+    "step4_text": (
+        "Damit die Regelung den Akku nutzt, muss seine ID in battery.akku_ids in der config.json stehen. "
+        "Die laufende Regelung übernimmt ihn ohne Neustart."
+    ),
+    "add_id_label": "ID",
+    "add_button": "In config.json eintragen",
+    "add_saved": "Gespeichert: battery.akku_ids ist jetzt {ids}.",
+    "add_not_saved": "Übernommen, aber nicht in eine Datei gespeichert (Demo-Modus): battery.akku_ids ist jetzt {ids}.",
+    "add_already": "Die ID {id} steht schon in battery.akku_ids: {ids}.",
+    "already_in_config": "Die ID {id} steht bereits in config.json.",
+    "manual_title": "Oder von Hand:",
+    "manual_text": (
+        "config.json mit einem Texteditor öffnen, bei \"akku_ids\" die neue ID ergänzen "
+        "(zum Beispiel \"akku_ids\": [1, 2, 3]), speichern und das Programm neu starten."
+    ),
+    "step5_title": "5. Setup beenden",
+    "step5_text": "Beendet den Setup-Modus. Die Regelung läuft wieder mit allen Akkus aus battery.akku_ids.",
+    "exit_button": "Setup-Modus beenden und Steuerung fortsetzen",
+    "exit_done": "Setup-Modus beendet: Die Regelung läuft wieder.",
+    "need_setup_mode": "Zuerst Schritt 1: Setup-Modus starten.",
+    "leave_warning": "Der Setup-Modus ist noch aktiv, die Regelung bleibt aus. Seite trotzdem verlassen?",
+    # -- login page
+    "login_title": "Anmelden",
+    "login_text": "Diese Steuerung ist mit einem Passwort geschützt (web.password in der config.json).",
+    "login_password": "Passwort",
+    "login_button": "Anmelden",
+    "login_wrong_password": "Das Passwort ist falsch.",
+}
+
+EN: dict[str, str] = {
+    # -- common
+    "app_title": "Marstek PV Battery Control",
+    "nav_dashboard": "Dashboard",
+    "nav_setup": "Modbus ID setup",
+    "nav_login": "Log in",
+    "nav_logout": "Log out",
+    "locale": "en-GB",
+    "unit_w": "W",
+    "unit_wh": "Wh",
+    "unit_kwh": "kWh",
+    "unit_pct": "%",
+    "none_value": "–",
+    "busy": "Please wait …",
+    "err_prefix": "Error",
+    "err_network": "No connection to the program. Is it still running? Retrying in a few seconds.",
+    "err_401": "This needs the password. Please log in first.",
+    "err_403": "Request refused (not sent from this page). Please reload the page.",
+    "err_stale": "The values shown are out of date (last update {time}).",
+    "login_hint": "View only: changes need the password.",
+    "warnings_title": "Attention",
+    "errors_title": "Current problems",
+    # -- control state
+    "state_active": "Control active",
+    "state_setup": "Control disabled (setup mode)",
+    "state_stopped": "Control stopped",
+    "state_error": "Fault – all batteries stopped",
+    "state_unknown": "State unknown",
+    "status_tracking": "adjusting",
+    "status_deadband": "deviation small, no change needed",
+    "status_settling": "waiting for the batteries to reach the setpoint",
+    "status_idle": "no demand",
+    "status_soc_limit": "charge limit reached, no battery may charge or discharge",
+    "status_no_battery": "no battery reachable",
+    "status_meter_retry": "meter value missing, keeping the last setpoint",
+    "status_meter_failed": "meter failed, batteries stopped",
+    # -- dashboard
+    "grid_title": "Grid",
+    "grid_import": "Importing from the grid",
+    "grid_export": "Exporting to the grid",
+    "grid_balanced": "Balanced",
+    "grid_no_value": "no reading",
+    "grid_avg": "Average used by the control: {value}",
+    "meter_label": "Meter",
+    "meter_ok": "OK",
+    "meter_error": "fault",
+    "meter_error_since": "fault since {time}",
+    "control_title": "Control",
+    "setup_banner": "Setup mode active: the control is off and all batteries are stopped.",
+    "setup_banner_link": "Go to setup",
+    "batteries_title": "Batteries",
+    "battery_name": "Battery {id}",
+    "battery_online": "online",
+    "battery_offline": "offline",
+    "battery_soc": "State of charge",
+    "battery_power": "Power",
+    "battery_setpoint": "Setpoint",
+    "battery_mode": "Mode",
+    "battery_discharging": "discharging",
+    "battery_charging": "charging",
+    "battery_standby": "standby",
+    "mode_charge": "Charge",
+    "mode_discharge": "Discharge",
+    "mode_idle": "Ready",
+    "mode_stopped": "Stopped",
+    "no_batteries": "No batteries listed in battery.akku_ids.",
+    "chart_title": "History",
+    "chart_time": "Time",
+    "chart_grid": "Grid",
+    "chart_battery": "Batteries",
+    "chart_soc": "State of charge",
+    "chart_hint": (
+        "Grid: + import / − export. Batteries: + discharge / − charge. State of charge: mean of all batteries."
+    ),
+    "chart_empty": "No readings yet.",
+    "chart_range_label": "Time range",
+    "range_30m": "30 min",
+    "range_3h": "3 h",
+    "range_24h": "24 h",
+    "energy_title": "Energy today",
+    "energy_since": "counted since {time} (program start)",
+    "energy_charged": "Charged",
+    "energy_discharged": "Discharged",
+    "energy_imported": "Grid import",
+    "energy_exported": "Grid export",
+    "energy_share": "Covered by the battery",
+    "energy_share_hint": (
+        "Share of the power the house needed on top of the solar power used directly "
+        "that the battery supplied instead of the grid."
+    ),
+    "quality_title": "Control quality",
+    "quality_rms_error_w": "Mean deviation from target (RMS)",
+    "quality_export_wh_today": "Export today",
+    "quality_writes_per_h": "Write commands per hour",
+    "events_title": "Events",
+    "events_empty": "No events yet.",
+    "level_DEBUG": "Debug",
+    "level_INFO": "Info",
+    "level_WARNING": "Warning",
+    "level_ERROR": "Error",
+    "level_CRITICAL": "Critical",
+    "updated_at": "As of {time}",
+    # -- setup page
+    "setup_title": "Modbus ID setup",
+    "setup_intro": (
+        "Every battery needs its own ID on the Modbus. New batteries come with ID 1. "
+        "Here you move a newly connected battery to a free ID, step by step."
+    ),
+    "back_dashboard": "← Back to the dashboard",
+    "step1_title": "1. Start setup mode",
+    "step1_text": (
+        "The control is paused and every battery is stopped (0 W), "
+        "so that nothing charges or discharges during the change."
+    ),
+    "step1_button": "Start setup mode",
+    "step1_done": "Setup mode active: control and batteries are stopped.",
+    "step1_stop_failures": "These batteries could not be stopped:",
+    "step2_title": "2. Scan for devices",
+    "step2_text": "Asks every ID in the chosen range (up to 1 second per ID) and lists the batteries that answer.",
+    "scan_first": "From ID",
+    "scan_last": "to ID",
+    "scan_button": "Scan for devices",
+    "scan_running": "Scanning IDs {first} to {last} …",
+    "scan_none": "No battery answered in the range {first} to {last}.",
+    "scan_found": "{count} battery/batteries found:",
+    "scan_range_invalid": "Please give a range of at most 50 IDs between 1 and 247.",
+    "col_id": "ID",
+    "col_model": "Model",
+    "col_soc": "State of charge",
+    "next_free": "Next free ID: {id}",
+    "step3_title": "3. Change ID 1 → new ID",
+    "step3_warning": (
+        "Important: only ONE new battery with ID 1 may be connected! "
+        "If two batteries answer on ID 1, the change goes wrong. "
+        "Connect several new batteries one at a time and change them one after the other."
+    ),
+    "new_id_label": "New ID (2 to 247)",
+    "new_id_help": (
+        "Modbus only allows addresses 1 to 247. ID 1 stays free for new batteries, "
+        "hence 2 to 247. Pick an ID no other battery has – the scan proposes one."
+    ),
+    "new_id_invalid": "Please enter a whole number from 2 to 247.",
+    "set_button": "Change ID 1 → new ID",
+    "set_confirm": (
+        "The battery with ID 1 now gets ID {id}.\n\n"
+        "Is really only ONE new battery with ID 1 connected?\n\n"
+        "OK = change the ID now, Cancel = change nothing."
+    ),
+    "set_running": "Changing the ID to {id} and checking the result …",
+    "set_ok": "Done: the battery now answers on ID {id}.",
+    "set_details": "Model: {model}, state of charge: {soc}",
+    "set_verified": "Verified: the battery was read on its new ID.",
+    "set_cancelled": "Cancelled, nothing was changed.",
+    "step4_title": "4. Add it to the configuration",
+    "step4_text": (
+        "For the control to use the battery, its ID must be in battery.akku_ids in config.json. "
+        "The running control picks it up without a restart."
+    ),
+    "add_id_label": "ID",
+    "add_button": "Add to config.json",
+    "add_saved": "Saved: battery.akku_ids is now {ids}.",
+    "add_not_saved": "Taken over but not saved to a file (demo mode): battery.akku_ids is now {ids}.",
+    "add_already": "ID {id} is already in battery.akku_ids: {ids}.",
+    "already_in_config": "ID {id} is already in config.json.",
+    "manual_title": "Or by hand:",
+    "manual_text": (
+        "Open config.json in a text editor, add the new ID to \"akku_ids\" "
+        "(for example \"akku_ids\": [1, 2, 3]), save it and restart the program."
+    ),
+    "step5_title": "5. Finish setup",
+    "step5_text": "Leaves setup mode. The control runs again with every battery in battery.akku_ids.",
+    "exit_button": "Leave setup mode and resume control",
+    "exit_done": "Setup mode left: the control is running again.",
+    "need_setup_mode": "First step 1: start setup mode.",
+    "leave_warning": "Setup mode is still active and the control stays off. Leave the page anyway?",
+    # -- login page
+    "login_title": "Log in",
+    "login_text": "This control is protected by a password (web.password in config.json).",
+    "login_password": "Password",
+    "login_button": "Log in",
+    "login_wrong_password": "Wrong password.",
+}
+
+STRINGS: Mapping[str, Mapping[str, str]] = {"de": DE, "en": EN}
+
+
+def strings(lang: str) -> Mapping[str, str]:
+    """The UI texts for ``lang`` ("de" or "en"); German for anything else."""
+    return STRINGS.get(lang, STRINGS[DEFAULT_LANGUAGE])

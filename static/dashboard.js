@@ -1,0 +1,441 @@
+/* Dashboard: polls /api/status (every second) and /api/history (every 2 s), draws the live
+   values, the chart (uPlot, vendored under static/vendor/uplot) and today's energy figures.
+
+   Today's energy is computed here from the history samples (one per control cycle, kept by the
+   server for a day): grid import/export from the grid power, charged/discharged from the total
+   battery power, both integrated over time from local midnight on (trapezoids; gaps longer than
+   GAP_S, e.g. while the program was not running, are not counted). */
+"use strict";
+
+(function () {
+  const M = window.Marstek;
+  const { t, fmt, api, $, el, setText, fillList, isNum } = M;
+
+  const STATUS_INTERVAL_MS = 1000;
+  const HISTORY_INTERVAL_MS = 2000;
+  const HIDDEN_INTERVAL_MS = 10000; // while the tab is in the background
+  const ERROR_RETRY_MS = 3000;
+  const STALE_AFTER_MS = 15000; // updated_at unchanged this long: values are out of date
+  const GAP_S = 15; // samples further apart than this are a gap (not integrated, not connected)
+  const KEEP_S = 86400 + 600; // samples kept in the browser
+  const STANDBY_W = 10; // |battery power| below this shows as standby
+  const EVENTS_SHOWN = 100;
+
+  // ------------------------------------------------------------------ status
+  let lastUpdatedAt = null;
+  let lastUpdatedSeen = Date.now();
+  let lastEventsKey = "";
+
+  function renderGrid(s) {
+    const card = $("grid-card");
+    const w = s.grid_power_w;
+    card.classList.toggle("import", isNum(w) && Math.round(w) > 0);
+    card.classList.toggle("export", isNum(w) && Math.round(w) < 0);
+    let direction = t("grid_no_value");
+    let arrow = "";
+    if (isNum(w)) {
+      if (Math.round(w) > 0) {
+        direction = t("grid_import");
+        arrow = "↓";
+      } else if (Math.round(w) < 0) {
+        direction = t("grid_export");
+        arrow = "↑";
+      } else {
+        direction = t("grid_balanced");
+      }
+    }
+    setText("grid-direction", direction);
+    setText("grid-arrow", arrow);
+    setText("grid-value", isNum(w) ? fmt.int(Math.abs(w)) : t("none_value"));
+    setText("grid-avg", isNum(s.grid_power_avg_w) ? t("grid_avg", { value: fmt.watts(s.grid_power_avg_w) }) : "");
+
+    const names = { shelly: "Shelly", ecotracker: "EcoTracker" };
+    setText("meter-type", names[s.meter_type] || s.meter_type || t("none_value"));
+    const health = $("meter-health");
+    health.classList.toggle("ok", !!s.meter_ok);
+    health.classList.toggle("bad", !s.meter_ok);
+    let healthText = s.meter_ok ? t("meter_ok") : t("meter_error");
+    if (!s.meter_ok && s.meter_error_since) healthText = t("meter_error_since", { time: fmt.time(s.meter_error_since) });
+    setText("meter-health", healthText);
+  }
+
+  function renderControl(s) {
+    const state = ["active", "setup", "stopped", "error"].includes(s.control_state) ? s.control_state : "unknown";
+    const line = $("control-state");
+    line.className = "state state-" + state;
+    setText("control-state-text", t("state_" + state));
+    const statusKey = "status_" + (s.status || "");
+    setText("control-status", s.status && state === "active" ? t(statusKey) : "");
+    setText("control-reason", state === "active" || state === "error" ? s.reason || "" : "");
+    setText("updated-at", s.updated_at ? t("updated_at", { time: fmt.time(s.updated_at) }) : "");
+    $("setup-banner").hidden = !s.setup_mode;
+  }
+
+  function renderBanners(s) {
+    const warnings = Array.isArray(s.warnings) ? s.warnings : [];
+    $("warnings").hidden = warnings.length === 0;
+    fillList("warnings-list", warnings);
+    const errors = Array.isArray(s.errors) ? s.errors : [];
+    $("errors").hidden = errors.length === 0;
+    fillList("errors-list", errors);
+  }
+
+  function batteryCard(id) {
+    const card = el("article", "card battery");
+    card.dataset.id = String(id);
+    const head = el("div", "battery-head");
+    head.append(el("h3", null, t("battery_name", { id })), el("span", "pill online-pill"));
+    const bar = el("div", "soc-bar");
+    bar.setAttribute("role", "meter");
+    bar.setAttribute("aria-valuemin", "0");
+    bar.setAttribute("aria-valuemax", "100");
+    bar.setAttribute("aria-label", t("battery_soc"));
+    bar.append(el("div", "soc-fill"), el("span", "soc-label"));
+    const power = el("p", "battery-power");
+    power.append(el("span", "watts"), el("span", "verb"));
+    const kv = el("dl", "kv");
+    kv.append(el("dt", null, t("battery_setpoint")), el("dd", "setpoint"), el("dt", null, t("battery_mode")),
+      el("dd", "mode"));
+    const note = el("p", "muted small note");
+    card.append(head, bar, power, kv, note);
+    return card;
+  }
+
+  function updateBattery(card, b) {
+    card.classList.toggle("offline", !b.online);
+    const pill = card.querySelector(".online-pill");
+    pill.textContent = b.online ? t("battery_online") : t("battery_offline");
+    pill.classList.toggle("ok", !!b.online);
+    pill.classList.toggle("bad", !b.online);
+
+    const soc = isNum(b.soc_pct) ? Math.max(0, Math.min(100, b.soc_pct)) : null;
+    const bar = card.querySelector(".soc-bar");
+    const fill = card.querySelector(".soc-fill");
+    fill.style.width = (soc === null ? 0 : soc) + "%";
+    fill.classList.toggle("low", soc !== null && soc < 15);
+    card.querySelector(".soc-label").textContent = fmt.pct(soc);
+    if (soc === null) bar.removeAttribute("aria-valuenow");
+    else bar.setAttribute("aria-valuenow", String(Math.round(soc)));
+
+    const p = b.power_w;
+    const power = card.querySelector(".battery-power");
+    let verb = t("none_value");
+    let cls = "";
+    if (isNum(p)) {
+      if (p >= STANDBY_W) {
+        verb = t("battery_discharging");
+        cls = "discharging";
+      } else if (p <= -STANDBY_W) {
+        verb = t("battery_charging");
+        cls = "charging";
+      } else {
+        verb = t("battery_standby");
+      }
+    }
+    power.className = "battery-power " + cls;
+    power.querySelector(".watts").textContent = isNum(p) ? fmt.watts(Math.abs(p)) : t("none_value");
+    power.querySelector(".verb").textContent = isNum(p) ? verb : "";
+    card.querySelector(".setpoint").textContent = fmt.watts(isNum(b.setpoint_w) ? Math.abs(b.setpoint_w) : null);
+    card.querySelector(".mode").textContent = t("mode_" + b.mode);
+    card.querySelector(".note").textContent = b.note || "";
+  }
+
+  function renderBatteries(list) {
+    const box = $("batteries");
+    const batteries = Array.isArray(list) ? list : [];
+    $("no-batteries").hidden = batteries.length > 0;
+    const ids = batteries.map((b) => String(b.id)).join(",");
+    const current = Array.from(box.children).map((c) => c.dataset.id).join(",");
+    if (ids !== current) box.replaceChildren(...batteries.map((b) => batteryCard(b.id)));
+    batteries.forEach((b, i) => updateBattery(box.children[i], b));
+  }
+
+  function renderQuality(q) {
+    const entries = q && typeof q === "object" ? Object.entries(q).filter(([, v]) => isNum(v)) : [];
+    $("quality-card").hidden = entries.length === 0;
+    const items = [];
+    for (const [key, value] of entries) {
+      const wrap = el("div");
+      const label = t("quality_" + key);
+      let shown = fmt.number(value);
+      if (/_wh(_|$)/.test(key)) shown = fmt.energy(value);
+      else if (/_w$/.test(key)) shown = fmt.watts(value);
+      wrap.append(el("dt", null, label), el("dd", null, shown));
+      items.push(wrap);
+    }
+    $("quality").replaceChildren(...items);
+  }
+
+  function renderEvents(events) {
+    const list = Array.isArray(events) ? events : [];
+    const last = list.length ? list[list.length - 1] : null;
+    const key = list.length + "|" + (last ? last.time + last.message : "");
+    if (key === lastEventsKey) return;
+    lastEventsKey = key;
+    $("events-empty").hidden = list.length > 0;
+    const items = list.slice(-EVENTS_SHOWN).reverse().map((e) => {
+      const li = el("li", "event");
+      const time = el("time", null, fmt.time(e.time));
+      time.setAttribute("datetime", e.time);
+      const level = el("span", "level level-" + e.level, t("level_" + e.level));
+      li.append(time, level, el("span", "msg", e.message));
+      return li;
+    });
+    $("events").replaceChildren(...items);
+  }
+
+  function renderStale(s) {
+    if (s.updated_at !== lastUpdatedAt) {
+      lastUpdatedAt = s.updated_at;
+      lastUpdatedSeen = Date.now();
+    }
+    const stale = Date.now() - lastUpdatedSeen > STALE_AFTER_MS;
+    $("stale").hidden = !stale;
+    if (stale) setText("stale", t("err_stale", { time: fmt.time(s.updated_at) }));
+  }
+
+  function renderStatus(s) {
+    renderBanners(s);
+    renderGrid(s);
+    renderControl(s);
+    renderBatteries(s.batteries);
+    renderQuality(s.quality);
+    renderEvents(s.events);
+    renderStale(s);
+  }
+
+  // ------------------------------------------------------------------ history, energy, chart
+  const H = { t: [], grid: [], batt: [], soc: [] };
+  let lastT = null; // newest sample time (server clock, epoch s)
+  let prevSample = null; // the newest sample, for integrating the energy
+  let rangeS = 1800;
+
+  const energy = {
+    day: null, // local date string of the day being counted
+    since: null, // epoch s of the first sample counted today
+    importWh: 0,
+    exportWh: 0,
+    chargeWh: 0,
+    dischargeWh: 0,
+  };
+
+  function dayOf(epochS) {
+    return new Date(epochS * 1000).toDateString();
+  }
+
+  /** Positive and negative area (W·s) of a linear segment from a to b over dt seconds. */
+  function areas(a, b, dt) {
+    if (a >= 0 && b >= 0) return [((a + b) / 2) * dt, 0];
+    if (a <= 0 && b <= 0) return [0, ((a + b) / 2) * dt];
+    const hi = Math.max(a, b);
+    const lo = Math.min(a, b);
+    const f = hi / (hi - lo); // share of dt above zero
+    return [(hi * f * dt) / 2, (lo * (1 - f) * dt) / 2];
+  }
+
+  function countEnergy(prev, cur) {
+    const day = dayOf(cur.t);
+    if (day !== energy.day) {
+      Object.assign(energy, { day, since: cur.t, importWh: 0, exportWh: 0, chargeWh: 0, dischargeWh: 0 });
+      return;
+    }
+    if (!prev) return;
+    const dt = cur.t - prev.t;
+    if (!(dt > 0) || dt > GAP_S || dayOf(prev.t) !== day) return;
+    if (isNum(prev.grid) && isNum(cur.grid)) {
+      const [pos, neg] = areas(prev.grid, cur.grid, dt);
+      energy.importWh += pos / 3600;
+      energy.exportWh += -neg / 3600;
+    }
+    if (isNum(prev.batt) && isNum(cur.batt)) {
+      const [pos, neg] = areas(prev.batt, cur.batt, dt);
+      energy.dischargeWh += pos / 3600;
+      energy.chargeWh += -neg / 3600;
+    }
+  }
+
+  function renderEnergy() {
+    if (energy.day === null) return;
+    setText("energy-imported", fmt.energy(energy.importWh));
+    setText("energy-exported", fmt.energy(energy.exportWh));
+    setText("energy-charged", fmt.energy(energy.chargeWh));
+    setText("energy-discharged", fmt.energy(energy.dischargeWh));
+    const need = energy.dischargeWh + energy.importWh;
+    setText("energy-share", need > 0 ? fmt.pct((100 * energy.dischargeWh) / need) : t("none_value"));
+    const midnight = new Date(energy.since * 1000);
+    midnight.setHours(0, 0, 0, 0);
+    const late = energy.since * 1000 - midnight.getTime() > 5 * 60 * 1000;
+    $("energy-since").hidden = !late;
+    if (late) setText("energy-since", t("energy_since", { time: fmt.hm(energy.since * 1000) }));
+  }
+
+  function appendHistory(d) {
+    if (!d || !Array.isArray(d.t)) return 0;
+    let added = 0;
+    for (let i = 0; i < d.t.length; i++) {
+      const cur = { t: d.t[i], grid: d.grid_w[i], batt: d.battery_w[i], soc: d.soc_pct[i] };
+      if (!isNum(cur.t) || (lastT !== null && cur.t <= lastT)) continue;
+      if (lastT !== null && cur.t - lastT > GAP_S) {
+        // A gap (program not running): a null point keeps the chart from joining across it.
+        H.t.push(lastT + 0.001);
+        H.grid.push(null);
+        H.batt.push(null);
+        H.soc.push(null);
+      }
+      countEnergy(prevSample, cur);
+      prevSample = cur;
+      H.t.push(cur.t);
+      H.grid.push(isNum(cur.grid) ? cur.grid : null);
+      H.batt.push(isNum(cur.batt) ? cur.batt : null);
+      H.soc.push(isNum(cur.soc) ? cur.soc : null);
+      lastT = cur.t;
+      added++;
+    }
+    if (lastT !== null) {
+      let drop = 0;
+      while (drop < H.t.length && H.t[drop] < lastT - KEEP_S) drop++;
+      if (drop > 0) for (const k of Object.keys(H)) H[k].splice(0, drop);
+    }
+    return added;
+  }
+
+  let chart = null;
+
+  function cssVar(name, fallback) {
+    const v = getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    return v || fallback;
+  }
+
+  function chartHeight() {
+    return window.innerWidth < 600 ? 230 : 300;
+  }
+
+  function makeChart() {
+    const box = $("chart");
+    if (typeof window.uPlot !== "function") return null;
+    const text = cssVar("--text", "#1b2530");
+    const line = cssVar("--line", "#dde3e9");
+    const axis = { stroke: text, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    const wattsAxis = (u, vals) => vals.map((v) => (v === null ? "" : fmt.int(v)));
+    const opts = {
+      width: Math.max(200, box.clientWidth),
+      height: chartHeight(),
+      cursor: { drag: { x: false, y: false } },
+      legend: { live: true },
+      scales: {
+        x: {
+          time: true,
+          range: () => {
+            const end = lastT !== null ? lastT : Date.now() / 1000;
+            return [end - rangeS, end];
+          },
+        },
+        w: {
+          range: (u, min, max) => {
+            const lo = Math.min(isNum(min) ? min : 0, -100);
+            const hi = Math.max(isNum(max) ? max : 0, 100);
+            const pad = (hi - lo) * 0.08;
+            return [lo - pad, hi + pad];
+          },
+        },
+        soc: { range: [0, 100] },
+      },
+      series: [
+        { label: t("chart_time"), value: (u, v) => (v === null ? "" : fmt.dateTime(v * 1000)) },
+        {
+          label: t("chart_grid"), scale: "w", stroke: cssVar("--import", "#c2410c"), width: 1.5,
+          value: (u, v) => fmt.watts(v),
+        },
+        {
+          label: t("chart_battery"), scale: "w", stroke: cssVar("--battery", "#2563eb"), width: 1.5,
+          value: (u, v) => fmt.watts(v),
+        },
+        {
+          label: t("chart_soc"), scale: "soc", stroke: cssVar("--soc", "#7c3aed"), width: 1.5, dash: [6, 4],
+          value: (u, v) => fmt.pct(v),
+        },
+      ],
+      axes: [
+        Object.assign({}, axis, {
+          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.hm(v * 1000))),
+          space: 70,
+        }),
+        Object.assign({}, axis, { scale: "w", values: wattsAxis, size: 58, label: t("unit_w"), labelSize: 18 }),
+        Object.assign({}, axis, {
+          scale: "soc", side: 1, size: 52, grid: { show: false },
+          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.int(v) + " " + t("unit_pct"))),
+        }),
+      ],
+    };
+    const u = new window.uPlot(opts, [H.t, H.grid, H.batt, H.soc], box);
+    if (typeof ResizeObserver === "function") {
+      new ResizeObserver(() => {
+        const w = Math.max(200, box.clientWidth);
+        if (w !== u.width || chartHeight() !== u.height) u.setSize({ width: w, height: chartHeight() });
+      }).observe(box);
+    }
+    return u;
+  }
+
+  function redrawChart() {
+    $("chart-empty").hidden = H.t.length > 0;
+    if (!chart) chart = makeChart();
+    if (chart) chart.setData([H.t, H.grid, H.batt, H.soc]);
+  }
+
+  for (const button of document.querySelectorAll("[data-range]")) {
+    button.addEventListener("click", () => {
+      rangeS = Number(button.dataset.range);
+      for (const b of document.querySelectorAll("[data-range]")) b.setAttribute("aria-pressed", String(b === button));
+      redrawChart();
+    });
+  }
+
+  // ------------------------------------------------------------------ polling
+  function delay(normalMs) {
+    return document.hidden ? HIDDEN_INTERVAL_MS : normalMs;
+  }
+
+  function showConnection(err) {
+    const box = $("conn-error");
+    box.hidden = !err;
+    if (err) box.textContent = M.errorText(err);
+  }
+
+  async function pollStatus() {
+    let next = STATUS_INTERVAL_MS;
+    try {
+      const s = await api.get("/api/status");
+      showConnection(null);
+      renderStatus(s);
+    } catch (err) {
+      showConnection(err);
+      next = ERROR_RETRY_MS;
+    }
+    setTimeout(pollStatus, delay(next));
+  }
+
+  async function pollHistory() {
+    let next = HISTORY_INTERVAL_MS;
+    try {
+      const q = lastT === null ? "" : "?since=" + encodeURIComponent(String(lastT));
+      const d = await api.get("/api/history" + q);
+      appendHistory(d);
+      renderEnergy();
+      redrawChart();
+    } catch (err) {
+      next = ERROR_RETRY_MS;
+    }
+    setTimeout(pollHistory, delay(next));
+  }
+
+  document.addEventListener("visibilitychange", () => {
+    if (!document.hidden && chart) redrawChart();
+  });
+
+  // For the browser tests and for curious users in the developer tools.
+  window.marstekDashboard = { history: H, energy, chart: () => chart };
+
+  pollStatus();
+  pollHistory();
+})();
