@@ -135,6 +135,7 @@ class ControlLoop:
         self._last_value: float | None = None
         self._last_change_s = clock()
         self._last_reason = ""
+        self.internal_error = ""
         self.heartbeat_s = clock()
 
     # ------------------------------------------------------------------ the loop
@@ -149,11 +150,12 @@ class ControlLoop:
                 started_s = self.clock()
                 try:
                     self.cycle()
-                    crashes = 0
-                except Exception:
+                    crashes, self.internal_error = 0, ""
+                except Exception as exc:
                     # A bug must not leave a battery running on a stale setpoint, nor end the
                     # program: stop everything, say so, and try again later.
                     log.exception("Control cycle failed: batteries stopped, retrying")
+                    self.internal_error = f"Interner Fehler / internal error: {type(exc).__name__}: {exc}"
                     self.stop_all("control error")
                     self.publish("error")
                     stop.wait(CRASH_BACKOFF_S[min(crashes, len(CRASH_BACKOFF_S) - 1)])
@@ -311,7 +313,7 @@ class ControlLoop:
     # ------------------------------------------------------------------ status
     def publish(self, state: str) -> None:
         decision = self.last_decision
-        errors = []
+        errors = [self.internal_error] if self.internal_error else []
         if not self.meter_ok and self.meter_error:
             errors.append(f"Messgerät / meter: {self.meter_error}")
         errors += [f"Akku / battery {b.battery_id}: {b.error}" for b in self.batteries.values() if b.error]
