@@ -90,14 +90,16 @@
     bar.setAttribute("aria-valuemin", "0");
     bar.setAttribute("aria-valuemax", "100");
     bar.setAttribute("aria-label", t("battery_soc"));
-    bar.append(el("div", "soc-fill"), el("span", "soc-label"));
+    bar.append(el("div", "soc-fill"));
+    const socRow = el("div", "soc-row");
+    socRow.append(el("span", "muted", t("battery_soc")), el("span", "soc-label"));
     const power = el("p", "battery-power");
     power.append(el("span", "watts"), el("span", "verb"));
     const kv = el("dl", "kv");
     kv.append(el("dt", null, t("battery_setpoint")), el("dd", "setpoint"), el("dt", null, t("battery_mode")),
       el("dd", "mode"));
     const note = el("p", "muted small note");
-    card.append(head, bar, power, kv, note);
+    card.append(head, socRow, bar, power, kv, note);
     return card;
   }
 
@@ -325,9 +327,11 @@
       scales: {
         x: {
           time: true,
+          // The chosen range, or less while the history is shorter (the chart then shows all there is).
           range: () => {
             const end = lastT !== null ? lastT : Date.now() / 1000;
-            return [end - rangeS, end];
+            const first = H.t.length ? H.t[0] : end;
+            return [Math.max(end - rangeS, Math.min(first, end - 60)), end];
           },
         },
         w: {
@@ -357,7 +361,9 @@
       ],
       axes: [
         Object.assign({}, axis, {
-          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.hm(v * 1000))),
+          // Ticks closer than a minute get seconds (a young history spans only a few minutes).
+          values: (u, vals, axisIdx, space, incr) =>
+            vals.map((v) => (v === null ? "" : incr < 60 ? fmt.time(v * 1000) : fmt.hm(v * 1000))),
           space: 70,
         }),
         Object.assign({}, axis, { scale: "w", values: wattsAxis, size: 58, label: t("unit_w"), labelSize: 18 }),

@@ -108,6 +108,11 @@
   );
 
   // ------------------------------------------------------------------ 2. scan
+  // The result box is rewritten while a scan runs: keep the table and the proposal line at hand.
+  const scanTable = $("scan-table");
+  const scanRows = $("scan-rows");
+  const nextFree = $("next-free");
+
   $("scan-btn").addEventListener("click", () => {
     const first = intValue("scan-first");
     const last = intValue("scan-last");
@@ -116,8 +121,8 @@
       $("scan-result").hidden = false;
       return;
     }
-    $("scan-table").hidden = true;
-    $("next-free").hidden = true;
+    scanTable.hidden = true;
+    nextFree.hidden = true;
     action("scan-result", t("scan_running", { first, last }), async () => {
       const r = await api.post("/api/setup/scan", { first_id: first, last_id: last });
       const found = Array.isArray(r.found) ? r.found : [];
@@ -132,18 +137,16 @@
           el("td", null, fmt.pct(f.soc_pct)));
         return tr;
       });
-      $("scan-rows").replaceChildren(...rows);
-      const table = $("scan-table");
-      table.hidden = found.length === 0;
-      const next = $("next-free");
-      next.hidden = !isNum(r.next_free_id);
+      scanRows.replaceChildren(...rows);
+      scanTable.hidden = found.length === 0;
+      nextFree.hidden = !isNum(r.next_free_id);
       if (isNum(r.next_free_id)) {
-        next.textContent = t("next_free", { id: r.next_free_id });
+        nextFree.textContent = t("next_free", { id: r.next_free_id });
         const input = $("new-id");
         if (input.value === "" || Number(input.value) === proposedId) input.value = String(r.next_free_id);
         proposedId = r.next_free_id;
       }
-      box.replaceChildren(summary, table, next);
+      box.replaceChildren(summary, scanTable, nextFree);
     });
   });
 

@@ -1,0 +1,346 @@
+"""The pages in a real browser: Playwright (sync API) drives Debian's headless Chromium against
+``main.py`` running as a subprocess on a simulator started here (no hardware, loopback only).
+
+Screenshots go to ``test-artifacts/`` (git-ignored). Without /usr/bin/chromium these tests are
+skipped, except under CI=true, where a missing browser is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from simulator import Simulation, UnitSpec
+from tests.helpers import free_port, wait_until
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--no-first-run", "--disable-sync",
+]
+TIMEOUT_MS = 20_000
+
+if not CHROMIUM.exists():
+    reason = f"{CHROMIUM} is missing (apt-get install chromium); the browser tests need it"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright  # noqa: E402
+
+expect.set_options(timeout=TIMEOUT_MS)
+
+
+# ---------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@dataclass
+class System:
+    sim: Simulation
+    url: str
+    config_path: Path
+    proc: subprocess.Popen
+
+
+def get_json(url: str) -> Any:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return json.load(resp)
+    except OSError:
+        return None
+
+
+def api_status(system: System) -> dict[str, Any]:
+    return get_json(system.url + "/api/status") or {}
+
+
+@pytest.fixture
+def system(tmp_path: Path) -> Iterator[System]:
+    """Simulated house with batteries on IDs 1 and 2; main.py --config on a free port; control active."""
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=65.0)]) as sim:
+        sim.set_load_w(600.0)
+        sim.set_pv_w(0.0)
+        port = free_port()
+        config_path = tmp_path / "config.json"
+        config_path.write_text(json.dumps({
+            "energy_meter": {"type": "shelly"},
+            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
+            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
+            "control": {"poll_interval_seconds": 1},
+            "web": {"host": "127.0.0.1", "port": port, "language": "de"},
+            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
+        }), encoding="utf-8")
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
+            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        system = System(sim, f"http://127.0.0.1:{port}", config_path, proc)
+        try:
+            wait_until(lambda: proc.poll() is not None or (
+                api_status(system).get("control_state") == "active"
+                and all(b["online"] for b in api_status(system).get("batteries", [{"online": False}]))
+            ), 30, "main.py up, control active, batteries online")
+            assert proc.poll() is None, f"main.py exited with {proc.returncode}"
+            yield system
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
+@contextlib.contextmanager
+def open_page(browser: Browser, url: str, width: int = 1280, height: int = 900,
+              expected_statuses: tuple[int, ...] = ()) -> Iterator[Page]:
+    """A fresh browser context on ``url``; fails on script errors and on failed requests not expected."""
+    context = browser.new_context(viewport={"width": width, "height": height}, locale="de-DE")
+    page = context.new_page()
+    errors: list[str] = []
+    expected = tuple(f"status of {status} " for status in expected_statuses)
+
+    def on_console(msg: Any) -> None:
+        if msg.type == "error" and not (expected and any(e in msg.text for e in expected)):
+            errors.append(msg.text)
+
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on("console", on_console)
+    try:
+        page.goto(url)
+        yield page
+        assert errors == [], f"browser errors on {url}: {errors}"
+    finally:
+        context.close()
+
+
+def screenshot(page: Page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def watts(text: str) -> int:
+    """'1.234 W' (German) or '1,234 W' -> 1234."""
+    digits = re.sub(r"\D", "", text)
+    assert digits, f"no number in {text!r}"
+    return int(digits)
+
+
+def battery_watts(page: Page, verb: str) -> int:
+    """Sum of the battery cards' power shown with ``verb`` ("entlädt" / "lädt")."""
+    total = 0
+    for card in page.locator(".battery").all():
+        if card.locator(".verb").inner_text().strip() == verb:
+            total += watts(card.locator(".watts").inner_text())
+    return total
+
+
+def no_horizontal_scroll(page: Page) -> bool:
+    return page.evaluate("document.scrollingElement.scrollWidth <= document.scrollingElement.clientWidth")
+
+
+# ---------------------------------------------------------------------------- dashboard
+def test_dashboard_shows_live_values_that_follow_the_load(browser: Browser, system: System) -> None:
+    with open_page(browser, system.url + "/") as page:
+        expect(page.locator("#control-state-text")).to_have_text("Regelung aktiv")
+        expect(page.locator(".battery")).to_have_count(2)
+        expect(page.locator(".battery h3")).to_have_text(["Akku 1", "Akku 2"])
+        expect(page.locator(".battery .online-pill").first).to_have_text("online")
+        expect(page.locator(".battery .soc-label").first).to_have_text(re.compile(r"^\d+\s%$"))
+        expect(page.locator("#meter-type")).to_have_text("Shelly")
+        expect(page.locator("#meter-health")).to_have_text("in Ordnung")
+        expect(page.locator("#grid-value")).to_have_text(re.compile(r"^\d[\d.]*$"))
+        expect(page.locator("#events .event").first).to_be_visible()
+        expect(page.locator("#setup-link")).to_have_attribute("href", "/setup")
+
+        # More load: the batteries discharge more, and the page shows it without a reload.
+        wait_until(lambda: battery_watts(page, "entlädt") > 300, 20, "batteries discharge for the 600 W load")
+        system.sim.set_load_w(2200.0)
+        wait_until(lambda: battery_watts(page, "entlädt") > 1500, 30, "page shows > 1500 W discharge at 2200 W")
+
+        # PV surplus: the batteries charge ("lädt").
+        system.sim.set_load_w(200.0)
+        system.sim.set_pv_w(1600.0)
+        wait_until(lambda: battery_watts(page, "lädt") > 800, 30, "page shows the batteries charging")
+        expect(page.locator(".battery-power.charging").first).to_be_visible()
+
+        # Energy figures count up from the history samples.
+        expect(page.locator("#energy-discharged")).to_have_text(re.compile(r"[1-9]"))
+        expect(page.locator("#energy-share")).to_have_text(re.compile(r"\d+\s%"))
+        screenshot(page, "dashboard.png")
+
+
+def test_chart_draws_the_history(browser: Browser, system: System) -> None:
+    with open_page(browser, system.url + "/") as page:
+        expect(page.locator("#chart canvas")).to_have_count(1)
+        page.wait_for_function(
+            "() => { const c = window.marstekDashboard && window.marstekDashboard.chart();"
+            " return c && c.data[0].length >= 3 && c.data[1].filter(v => v !== null).length >= 3; }",
+            timeout=TIMEOUT_MS,
+        )
+        expect(page.locator("#chart-empty")).to_be_hidden()
+        # Three series (grid, batteries, SoC) with points, drawn onto the canvas.
+        series = page.evaluate("window.marstekDashboard.chart().series.map(s => s.label)")
+        assert series[1:] == ["Netz", "Akkus", "Ladestand"]
+        painted = page.evaluate(
+            """() => {
+                const canvas = document.querySelector('#chart canvas');
+                const ctx = canvas.getContext('2d');
+                const pixels = ctx.getImageData(0, 0, canvas.width, canvas.height).data;
+                let n = 0;
+                for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) n++;
+                return n;
+            }"""
+        )
+        assert painted > 500, f"only {painted} painted pixels on the chart canvas"
+        page.locator("[data-range='10800']").click()
+        expect(page.locator("[data-range='10800']")).to_have_attribute("aria-pressed", "true")
+
+
+# ---------------------------------------------------------------------------- setup
+def test_setup_flow_end_to_end(browser: Browser, system: System) -> None:
+    with open_page(browser, system.url + "/setup") as page:
+        state = page.locator("#setup-state-text")
+        expect(state).to_have_text("Regelung aktiv")
+        expect(page.locator("#one-battery-warning")).to_contain_text("nur EIN neuer Akku")
+        expect(page.locator("#scan-btn")).to_be_disabled()
+
+        # 1. Enter setup mode: control and batteries stop; the dashboard says so too.
+        page.locator("#enter-btn").click()
+        expect(state).to_have_text("Steuerung deaktiviert (Setup-Modus)")
+        expect(page.locator("#enter-result")).to_contain_text("Setup-Modus aktiv")
+        assert api_status(system)["setup_mode"] is True
+        with open_page(browser, system.url + "/") as dashboard:
+            expect(dashboard.locator("#control-state-text")).to_have_text("Steuerung deaktiviert (Setup-Modus)")
+            expect(dashboard.locator("#setup-banner")).to_be_visible()
+
+        # 2. Scan 1..3: batteries 1 and 2 answer, 3 is proposed.
+        page.locator("#scan-last").fill("3")
+        page.locator("#scan-btn").click()
+        rows = page.locator("#scan-rows tr")
+        expect(rows).to_have_count(2)
+        expect(rows.locator("td:first-child")).to_have_text(["1", "2"])
+        expect(page.locator("#next-free")).to_have_text("Nächste freie ID: 3")
+        expect(page.locator("#new-id")).to_have_value("3")
+
+        # 3. ID 1 -> 3 after the safety question; the API verifies the battery on its new ID.
+        dialogs: list[Dialog] = []
+
+        def accept(dialog: Dialog) -> None:
+            dialogs.append(dialog)
+            dialog.accept()
+
+        page.once("dialog", accept)
+        page.locator("#set-btn").click()
+        expect(page.locator("#set-result")).to_contain_text("Der Akku antwortet jetzt auf ID 3", timeout=30_000)
+        expect(page.locator("#set-result")).to_contain_text("Geprüft")
+        assert len(dialogs) == 1 and dialogs[0].type == "confirm"
+        assert "ID 3" in dialogs[0].message and "EIN" in dialogs[0].message
+        assert sorted(u.unit_id for u in system.sim.units) == [2, 3]
+
+        page.locator("#scan-btn").click()
+        expect(rows.locator("td:first-child")).to_have_text(["2", "3"])
+        screenshot(page, "setup.png")
+
+        # 4. Add ID 3 to config.json: the file now lists it.
+        expect(page.locator("#add-id")).to_have_value("3")
+        page.locator("#add-btn").click()
+        expect(page.locator("#add-result")).to_contain_text("[1, 2, 3]")
+        saved = json.loads(system.config_path.read_text(encoding="utf-8"))
+        assert saved["battery"]["akku_ids"] == [1, 2, 3]
+
+        # 5. Leave setup mode: the control resumes.
+        page.locator("#exit-btn").click()
+        expect(state).to_have_text("Regelung aktiv")
+        expect(page.locator("#exit-result")).to_contain_text("Die Regelung läuft wieder")
+        wait_until(lambda: api_status(system).get("control_state") == "active"
+                   and {b["id"] for b in api_status(system)["batteries"] if b["online"]} == {2, 3},
+                   20, "control active with batteries 2 and 3")
+
+
+def test_cancelled_confirm_changes_nothing(browser: Browser, system: System) -> None:
+    with open_page(browser, system.url + "/setup", expected_statuses=(409,)) as page:
+        page.locator("#enter-btn").click()
+        expect(page.locator("#setup-state-text")).to_have_text("Steuerung deaktiviert (Setup-Modus)")
+        page.locator("#new-id").fill("7")
+        page.once("dialog", lambda dialog: dialog.dismiss())
+        page.locator("#set-btn").click()
+        expect(page.locator("#set-result")).to_contain_text("Abgebrochen")
+        assert sorted(u.unit_id for u in system.sim.units) == [1, 2]
+        # A refusal from the API is shown as it came: ID 2 is taken.
+        page.locator("#new-id").fill("2")
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.locator("#set-btn").click()
+        expect(page.locator("#set-result")).to_contain_text("already in use", timeout=30_000)
+        page.locator("#exit-btn").click()
+        expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
+
+
+def test_leaving_the_page_in_setup_mode_asks_first(browser: Browser, system: System) -> None:
+    with open_page(browser, system.url + "/setup") as page:
+        page.locator("#enter-btn").click()
+        expect(page.locator("#setup-state-text")).to_have_text("Steuerung deaktiviert (Setup-Modus)")
+
+        dialogs: list[str] = []
+
+        def stay(dialog: Dialog) -> None:
+            dialogs.append(dialog.type)
+            dialog.dismiss()
+
+        page.on("dialog", stay)
+        page.locator("#dashboard-link").click(no_wait_after=True)
+        wait_until(lambda: dialogs, 10, "the beforeunload prompt")
+        assert dialogs == ["beforeunload"]
+        expect(page).to_have_url(re.compile(r"/setup$"))
+        page.remove_listener("dialog", stay)
+
+        # After leaving setup mode the page lets the user go without asking.
+        page.locator("#exit-btn").click()
+        expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
+        page.locator("#dashboard-link").click()
+        expect(page).to_have_url(re.compile(r"/$"))
+        assert dialogs == ["beforeunload"]
+
+
+# ---------------------------------------------------------------------------- phones
+def test_no_horizontal_scrolling_at_360_px(browser: Browser, system: System) -> None:
+    with open_page(browser, system.url + "/", width=360, height=740) as page:
+        expect(page.locator(".battery")).to_have_count(2)
+        page.wait_for_function("() => window.marstekDashboard.chart() && "
+                               "window.marstekDashboard.chart().data[0].length > 0", timeout=TIMEOUT_MS)
+        expect(page.locator("#events .event").first).to_be_visible()
+        assert no_horizontal_scroll(page)
+        screenshot(page, "dashboard-360.png")
+    with open_page(browser, system.url + "/setup", width=360, height=740) as page:
+        page.locator("#enter-btn").click()
+        expect(page.locator("#setup-state-text")).to_have_text("Steuerung deaktiviert (Setup-Modus)")
+        page.locator("#scan-last").fill("2")
+        page.locator("#scan-btn").click()
+        expect(page.locator("#scan-rows tr")).to_have_count(2)
+        assert no_horizontal_scroll(page)
+        screenshot(page, "setup-360.png")
+        page.locator("#exit-btn").click()
+        expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
