@@ -152,19 +152,28 @@
     batteries.forEach((b, i) => updateBattery(box.children[i], b));
   }
 
+  // Known control-quality figures in this order; unknown ones follow under their own key.
+  const QUALITY_ORDER = ["rms_error_w", "time_in_band_pct", "band_crossings_per_h", "writes_per_h",
+    "import_wh_today", "export_wh_today", "battery_export_wh_today"];
+
+  function qualityValue(key, value) {
+    if (!isNum(value)) return t("none_value");
+    if (/_wh(_|$)/.test(key)) return fmt.energy(value);
+    if (/_w$/.test(key)) return fmt.watts(value);
+    if (/_pct$/.test(key)) return fmt.pct(value);
+    return fmt.number(value);
+  }
+
   function renderQuality(q) {
-    const entries = q && typeof q === "object" ? Object.entries(q).filter(([, v]) => isNum(v)) : [];
-    $("quality-card").hidden = entries.length === 0;
-    const items = [];
-    for (const [key, value] of entries) {
+    const figures = q && typeof q === "object" ? q : {};
+    const keys = QUALITY_ORDER.filter((k) => k in figures)
+      .concat(Object.keys(figures).filter((k) => !QUALITY_ORDER.includes(k)));
+    $("quality-card").hidden = keys.length === 0;
+    const items = keys.map((key) => {
       const wrap = el("div");
-      const label = t("quality_" + key);
-      let shown = fmt.number(value);
-      if (/_wh(_|$)/.test(key)) shown = fmt.energy(value);
-      else if (/_w$/.test(key)) shown = fmt.watts(value);
-      wrap.append(el("dt", null, label), el("dd", null, shown));
-      items.push(wrap);
-    }
+      wrap.append(el("dt", null, t("quality_" + key)), el("dd", null, qualityValue(key, figures[key])));
+      return wrap;
+    });
     $("quality").replaceChildren(...items);
   }
 

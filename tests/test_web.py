@@ -672,7 +672,9 @@ def test_every_text_key_the_pages_use_exists() -> None:
                                      "meter_retry", "meter_failed")}
     used |= {f"mode_{m}" for m in ("charge", "discharge", "idle", "stopped")}
     used |= {f"level_{lv}" for lv in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
-    used |= {f"quality_{q}" for q in ("rms_error_w", "export_wh_today", "writes_per_h")} | {"login_wrong_password"}
+    used |= {f"quality_{q}" for q in ("rms_error_w", "export_wh_today", "import_wh_today", "battery_export_wh_today",
+                                      "writes_per_h", "band_crossings_per_h", "time_in_band_pct")}
+    used |= {"login_wrong_password"}
     assert used - set(i18n.DE) == set()
 
 
