@@ -46,7 +46,9 @@ from urllib.parse import parse_qs, urlsplit
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
+from pymodbus.server.requesthandler import ServerRequestHandler
 
 # ---------------------------------------------------------------------------------------------------------
 # Efficiency curve (marstek-modbus.md §11, MVEM, external AC clamp): (AC power W, efficiency)
@@ -521,7 +523,10 @@ class SimUnit:
     Tests read ``soc_pct``, ``power_w`` (actual AC, + discharge), ``rs485_control``, ``force_mode``,
     ``charge_power_w``, ``discharge_power_w``, ``unit_id`` and ``write_log`` (bounded list of
     ``(register, value)`` writes received, newest last), and may set ``silent`` (no answer at all),
-    ``delivers_nothing`` (ACKs but delivers 0 W), call ``set_soc(pct)`` or ``drop_rs485()``.
+    ``slow_s`` (every answer is sent this many seconds late; the request itself is applied at once),
+    ``fail_with_exception`` (a Modbus exception code, e.g. 4 "device failure": every request is answered
+    with it and nothing is applied; None = normal), ``delivers_nothing`` (ACKs but delivers 0 W), call
+    ``set_soc(pct)`` or ``drop_rs485()``.
     Mutate only through ``Simulation`` methods or while the simulation is idle; attribute writes of
     plain flags are atomic and fine from tests.
 
@@ -543,6 +548,8 @@ class SimUnit:
         plant_params.capacity_wh = float(spec.capacity_wh)
         self.plant = BatteryPlant(plant_params, soc_pct=spec.soc_pct, now_s=now_s)
         self.silent = False
+        self.slow_s = 0.0
+        self.fail_with_exception: int | None = None
         self.rs485_control = False
         self.force_mode = FORCE_STOP
         self.charge_power_w = 0
@@ -772,7 +779,8 @@ class SimUnit:
 # Meter emulators (HTTP)
 # ---------------------------------------------------------------------------------------------------------
 
-METER_FAULTS = (None, "timeout", "http500", "not_json", "missing_field", "non_numeric", "nan", "absurd", "frozen")
+_PAYLOAD_FAULTS = ("not_json", "missing_field", "non_numeric", "nan", "absurd", "frozen")
+METER_FAULTS = (None, "timeout", "http500", *_PAYLOAD_FAULTS, "refused")
 SHELLY_PROFILES = ("triphase", "monophase", "gen1")
 ABSURD_POWER_W = 150_000.0
 _PHASE_SHARES = (0.40, 0.25, 0.35)  # how the total is split over the three phases / EM1 channels
@@ -1059,12 +1067,52 @@ class _BusContext(ModbusServerContext):
     async def async_getValues(
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
-        return self._sim._modbus_read(device_id, func_code, address, count)
+        # A slow unit: the request is served at once, the answer leaves late. For FC06 this call is the
+        # echo read right after async_setValues, so the delay lands here (the write is already applied).
+        delay_s = self._sim._answer_delay_s(device_id)
+        result = self._sim._modbus_read(device_id, func_code, address, count)
+        await self._delay(delay_s)
+        return result
 
     async def async_setValues(
         self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
     ) -> ExcCodes | None:
-        return self._sim._modbus_write(device_id, func_code, address, [int(v) for v in values])
+        delay_s = self._sim._answer_delay_s(device_id)
+        result = self._sim._modbus_write(device_id, func_code, address, [int(v) for v in values])
+        if func_code != 6 or result is not None:  # FC06 without an error: the echo read delays
+            await self._delay(delay_s)
+        return result
+
+    async def _delay(self, seconds: float) -> None:
+        """Wait ``seconds`` before answering; a stopping simulation sends nothing at all."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + seconds
+        while (left := end - loop.time()) > 0:
+            if self._sim._stop.is_set():
+                raise NoSuchIdException("simulation stopping")
+            await asyncio.sleep(min(left, 0.05))
+
+
+class _SimRequestHandler(ServerRequestHandler):
+    """One client connection; closes it after an exception response when the simulation asks for it (v3)."""
+
+    server: _SimModbusServer
+
+    def server_send(self, pdu: ModbusPDU | None, addr: Any) -> None:
+        super().server_send(pdu, addr)
+        if isinstance(pdu, ExceptionResponse) and self.server.sim.close_after_exception and self.transport:
+            self.close()  # asyncio sends what is buffered, then closes the socket
+
+
+class _SimModbusServer(ModbusTcpServer):
+    """pymodbus TCP server whose connections are ``_SimRequestHandler``s."""
+
+    def __init__(self, sim: Simulation, **kwargs: Any) -> None:
+        self.sim = sim
+        super().__init__(_BusContext(sim), **kwargs)
+
+    def callback_new_connection(self) -> ServerRequestHandler:
+        return _SimRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1084,8 +1132,13 @@ class Simulation:
     "timeout" (answer only after ``meter_delay_s``; ``stop()`` releases it and sends nothing), "http500",
     "not_json", "missing_field" (all power keys removed), "non_numeric" (power keys are "abc"),
     "nan" (power keys are the JSON token NaN), "absurd" (±150 kW, sign of the true reading),
-    "frozen" (the reading at the moment the fault was set, forever). "timeout" and "http500" also hit
-    ``/shelly``.
+    "frozen" (the reading at the moment the fault was set, forever), "refused" (both meter ports stop
+    listening: connections are refused and open ones cut; clearing the fault listens on the same ports
+    again). "timeout" and "http500" also hit ``/shelly``.
+
+    Modbus faults: per unit ``SimUnit.silent``, ``slow_s`` and ``fail_with_exception``; for the whole
+    server ``close_after_exception`` (as v3 firmware does, marstek-modbus.md §7: after sending any
+    exception response the server closes that TCP connection).
 
     All public methods are thread-safe.
     """
@@ -1105,6 +1158,7 @@ class Simulation:
         meter_noise_w: float = 10.0,
         meter_delay_s: float = 10.0,
         tick_s: float = 0.02,
+        close_after_exception: bool = False,
     ) -> None:
         if shelly_profile not in SHELLY_PROFILES:
             raise ValueError(f"shelly_profile must be one of {SHELLY_PROFILES}")
@@ -1123,6 +1177,7 @@ class Simulation:
         self.shelly_profile = shelly_profile
         self.meter_delay_s = float(meter_delay_s)
         self.tick_s = float(tick_s)
+        self.close_after_exception = bool(close_after_exception)
         mac = f"{0xEC6260000000 + (seed * 0x9773D8) % 0xFFFFFF:012x}"
         self.shelly_mac = mac.upper()
         self.shelly_device_id = f"shellypro3em-{mac}"
@@ -1145,6 +1200,8 @@ class Simulation:
         self._nonces: dict[str, int] = {}  # nonce -> highest nc seen
         self._nonce_counter = itertools.count(1)
         self._http_servers: list[_HttpServer] = []
+        self._http_lock = threading.Lock()
+        self._http_listeners: dict[str, tuple[type[_MeterHandler], int]] = {}  # thread name -> (handler, port)
         self._threads: list[threading.Thread] = []
         self._modbus_loop: asyncio.AbstractEventLoop | None = None
         self._modbus_server: ModbusTcpServer | None = None
@@ -1179,6 +1236,8 @@ class Simulation:
                 self._serve_http(srv, "sim-ecotracker")
             if modbus_port is not None:
                 self._start_modbus(host, modbus_port)
+            if self._fault == "refused":
+                self._close_meter_listeners()
             physics = threading.Thread(target=self._physics_loop, name="sim-physics", daemon=True)
             physics.start()
             self._threads.append(physics)
@@ -1190,11 +1249,8 @@ class Simulation:
     def stop(self) -> None:
         """Stop all servers and threads (quick; releases requests held by the "timeout" fault)."""
         self._stop.set()
-        for srv in self._http_servers:
-            srv.shutdown()
-            srv.server_close()
-            srv.close_all()
-        self._http_servers.clear()
+        self._close_meter_listeners()
+        self._http_listeners.clear()
         self._stop_modbus()
         for t in self._threads:
             t.join(timeout=5.0)
@@ -1210,10 +1266,30 @@ class Simulation:
         self.stop()
 
     def _serve_http(self, srv: _HttpServer, name: str) -> None:
-        self._http_servers.append(srv)
+        with self._http_lock:
+            self._http_servers.append(srv)
+            self._http_listeners[name] = (srv.RequestHandlerClass, srv.server_address[1])
         t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, name=name, daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _close_meter_listeners(self) -> None:
+        """Stop the meter servers: the ports refuse connections, open connections are cut."""
+        with self._http_lock:
+            servers, self._http_servers = self._http_servers, []
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
+            srv.close_all()
+
+    def _reopen_meter_listeners(self) -> None:
+        """Listen again on the meter ports closed by ``_close_meter_listeners`` (fault "refused" cleared)."""
+        with self._http_lock:
+            if not self._started or self._stop.is_set() or self._http_servers:
+                return
+            listeners = list(self._http_listeners.items())
+        for name, (handler, port) in listeners:
+            self._serve_http(_HttpServer((self.host, port), handler, self), name)
 
     def _start_modbus(self, host: str, port: int) -> None:
         """Run a pymodbus TCP server in its own thread with its own asyncio loop; wait until it listens."""
@@ -1221,7 +1297,7 @@ class Simulation:
         failure: list[BaseException] = []
 
         async def serve() -> None:
-            server = ModbusTcpServer(_BusContext(self), address=(host, port), ignore_missing_devices=True)
+            server = _SimModbusServer(self, address=(host, port), ignore_missing_devices=True)
             await server.serve_forever(background=True)
             self._modbus_server = server
             self.modbus_port = server.transport.sockets[0].getsockname()[1]
@@ -1238,6 +1314,12 @@ class Simulation:
                 failure.append(exc)
             finally:
                 ready.set()
+                # Answers still being delayed (slow units) end here instead of dying with the loop.
+                pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+                for task in pending:
+                    task.cancel()
+                if pending:
+                    loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                 loop.run_until_complete(loop.shutdown_asyncgens())
                 loop.close()
 
@@ -1260,6 +1342,11 @@ class Simulation:
 
     # -- Modbus requests (called from the server's asyncio thread) ----------------------------------
 
+    def _answer_delay_s(self, device_id: int) -> float:
+        """How late the unit on ``device_id`` answers (``SimUnit.slow_s``), s."""
+        with self._lock:
+            return next((max(0.0, float(u.slow_s)) for u in self._units if u.unit_id == device_id), 0.0)
+
     def _unit_for_request(self, device_id: int) -> SimUnit:
         """The unit that answers ``device_id``; NoSuchIdException (= no answer at all) when none does."""
         for u in self._units:
@@ -1276,6 +1363,8 @@ class Simulation:
                 self._echo = None
                 return values
             unit = self._unit_for_request(device_id)
+            if unit.fail_with_exception is not None:
+                return ExcCodes(unit.fail_with_exception)
             if func_code != 3:
                 return ExcCodes.ILLEGAL_FUNCTION
             if unit.register_set == "v3" and count > V3_MAX_READ_COUNT:
@@ -1286,6 +1375,8 @@ class Simulation:
     def _modbus_write(self, device_id: int, func_code: int, address: int, values: list[int]) -> ExcCodes | None:
         with self._lock:
             unit = self._unit_for_request(device_id)
+            if unit.fail_with_exception is not None:
+                return ExcCodes(unit.fail_with_exception)
             if func_code not in (6, 16):
                 return ExcCodes.ILLEGAL_FUNCTION
             if func_code == 6:
@@ -1381,7 +1472,11 @@ class Simulation:
         with self._lock:
             if kind == "frozen" and self._fault != "frozen":
                 self._frozen = self.meter.read(self._now_s)
-            self._fault = kind
+            previous, self._fault = self._fault, kind
+        if kind == "refused" and previous != "refused" and self._started:
+            self._close_meter_listeners()
+        elif previous == "refused" and kind != "refused":
+            self._reopen_meter_listeners()
 
     def _meter_snapshot(self) -> _MeterSnapshot:
         with self._lock:

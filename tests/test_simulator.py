@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -424,6 +425,81 @@ def test_added_unit_answers(bus: Simulation, client: ModbusTcpClient) -> None:
     wait_until(lambda: abs(bus.unit(3).power_w - 1200.0) < 1.0)  # clamped by the model limit
 
 
+def test_slow_unit_answers_late_and_applies_the_request_at_once(bus: Simulation, client: ModbusTcpClient) -> None:
+    bus.unit(1).slow_s = 0.6  # the client's timeout is 0.3 s
+    with pytest.raises(ModbusException):
+        client.read_holding_registers(32104, count=1, device_id=1)
+    client.close()  # a late answer may still be on its way on that connection
+    with pytest.raises(ModbusException):
+        client.write_register(42021, 700, device_id=1)
+    client.close()
+    assert bus.unit(1).discharge_power_w == 700  # applied at once, only the answer is late
+    assert read(client, 34002, 1, 2) == [678]  # the other unit answers at normal speed meanwhile
+    with ModbusTcpClient("127.0.0.1", port=bus.modbus_port, timeout=2.0, retries=0) as patient:
+        assert read(patient, 32104, 1, 1) == [42]  # a client that waits long enough gets the answer
+        write(patient, 42020, 300, 1)
+    bus.unit(1).slow_s = 0.0
+    assert read(client, 32104, 1, 1) == [42]
+
+
+def test_slow_unit_does_not_delay_stop(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(units=[UnitSpec(1)])
+    sim.unit(1).slow_s = 30.0
+    with ModbusTcpClient("127.0.0.1", port=sim.modbus_port, timeout=0.2, retries=0) as c, \
+            pytest.raises(ModbusException):
+        c.read_holding_registers(32104, count=1, device_id=1)
+    start = time.monotonic()
+    sim.stop()  # the pending answer must not hold the server
+    assert time.monotonic() - start < 10.0  # far below the 30 s answer delay
+
+
+@pytest.mark.parametrize("code", [4, 6])
+def test_fail_with_exception_answers_every_request_with_that_code(
+    bus: Simulation, client: ModbusTcpClient, code: int
+) -> None:
+    unit = bus.unit(1)
+    unit.fail_with_exception = code
+    rr = client.read_holding_registers(32104, count=1, device_id=1)
+    assert rr.isError() and rr.exception_code == code
+    rr = client.write_register(42021, 500, device_id=1)
+    assert rr.isError() and rr.exception_code == code
+    assert unit.discharge_power_w == 0  # nothing applied
+    assert read(client, 34002, 1, 2) == [678]  # the other unit is unaffected
+    unit.fail_with_exception = None
+    assert read(client, 32104, 1, 1) == [42]
+
+
+def raw_read_frame(tid: int, unit: int, address: int, count: int) -> bytes:
+    """A Modbus TCP FC03 request: MBAP (transaction, protocol 0, length 6, unit) + PDU."""
+    return tid.to_bytes(2, "big") + b"\x00\x00\x00\x06" + bytes([unit, 3]) + address.to_bytes(2, "big") + \
+        count.to_bytes(2, "big")
+
+
+def raw_exchange(sock: socket.socket, frame: bytes) -> bytes:
+    sock.sendall(frame)
+    header = sock.recv(7)
+    assert len(header) == 7, header
+    length = int.from_bytes(header[4:6], "big")
+    return header + sock.recv(length - 1)
+
+
+@pytest.mark.parametrize("close_after_exception", [False, True])
+def test_close_after_exception_like_v3_firmware(
+    make_sim: Callable[..., Simulation], close_after_exception: bool
+) -> None:
+    sim = make_sim(units=[UnitSpec(1, soc_pct=42.4)], close_after_exception=close_after_exception)
+    with socket.create_connection(("127.0.0.1", sim.modbus_port), timeout=2.0) as sock:
+        answer = raw_exchange(sock, raw_read_frame(7, 1, 32110, 1))  # unmapped: exception 2
+        assert answer[:2] == (7).to_bytes(2, "big") and answer[7:] == bytes([0x83, 2])
+        if close_after_exception:
+            assert sock.recv(16) == b""  # the server closed the connection after the exception
+        else:
+            answer = raw_exchange(sock, raw_read_frame(8, 1, 32104, 1))
+            assert answer[7:] == bytes([3, 2, 0, 42])  # still open and answering
+    with ModbusTcpClient("127.0.0.1", port=sim.modbus_port, timeout=1.0, retries=0) as c:
+        assert read(c, 32104, 1, 1) == [42]  # a new connection is served normally
+
+
 def wait_for_sim_time(sim: Simulation, duration_s: float) -> None:
     target = sim.now_s + duration_s
     wait_until(lambda: sim.now_s >= target)
@@ -649,6 +725,35 @@ def test_timeout_fault_answers_after_the_delay(make_sim: Callable[..., Simulatio
     start = time.monotonic()
     assert "power" in eco_power(sim).json()
     assert time.monotonic() - start >= 0.3
+
+
+def test_refused_fault_closes_the_meter_ports_and_reopens_them(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim()
+    session = requests.Session()  # keeps a connection open across the fault
+    assert session.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2).status_code == 200
+    sim.set_meter_fault("refused")
+    for url in (shelly_url(sim, "/rpc/EM.GetStatus?id=0"), eco_url(sim)):
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(url, timeout=1)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        session.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=1)
+    sim.set_meter_fault(None)
+    assert session.get(shelly_url(sim, "/rpc/EM.GetStatus?id=0"), timeout=2).status_code == 200
+    assert "power" in eco_power(sim).json()
+    session.close()
+    start = time.monotonic()
+    sim.stop()
+    assert time.monotonic() - start < 5.0
+
+
+def test_refused_fault_set_before_start_takes_effect_on_start() -> None:
+    sim = Simulation(units=[UnitSpec(1)])
+    sim.set_meter_fault("refused")
+    with sim:
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(shelly_url(sim, "/shelly"), timeout=1)
+        sim.set_meter_fault(None)
+        assert get_json(shelly_url(sim, "/shelly"))["gen"] == 2
 
 
 def test_meters_follow_the_batteries(bus: Simulation, client: ModbusTcpClient) -> None:
