@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from waitress import wasyncore
 
 import i18n
 import main
@@ -595,7 +596,11 @@ def test_the_real_server_sends_no_server_version() -> None:
                 assert "waitress" not in server_header.lower() and "werkzeug" not in server_header.lower()
                 assert "python" not in server_header.lower()
     finally:
-        main.stop_web(server, thread)
+        # Closed from inside the server's own loop thread: closing its sockets from here races its select().
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        thread.join(timeout=5)
+        server.task_dispatcher.shutdown()
+        assert not thread.is_alive()
 
 
 # ---------------------------------------------------------------------------- pages and languages
