@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import enum
 import math
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 
@@ -53,15 +53,18 @@ class ControlParams:
     max_meter_failures: int = 2
     deadband_w: float = 15.0
     average_readings: bool = False
-    # Age of a meter reading when it arrives: transport latency up to latency plus one hold period, s.
+    # Age of a fresh meter sample when it arrives, until SampleAgeEstimator has learned it, s.
     meter_min_age_s: float = 0.2
     meter_max_age_s: float = 1.5
-    # The batteries count as settled within this tolerance of their command (W, or 5 %).
-    settle_tolerance_w: float = 30.0
-    # Act again after this long even if a battery never reached its command (BMS limit), s.
-    settle_timeout_s: float = 6.0
-    # Export while discharging (or import while charging) beyond this margin is cut at once, W.
-    urgent_margin_w: float = 40.0
+    # Learned ages whose mean demand mismatch is within this of the best stay in the window, W.
+    age_tolerance_w: float = 20.0
+    # Changes of at least this are written at once; smaller ones pass the filter first, W.
+    jump_w: float = 60.0
+    # Weight of a new small deviation in the filter (1 = no filter).
+    filter_gain: float = 0.3
+    # With a noisy demand the thresholds grow to these multiples of its standard deviation.
+    jump_noise: float = 3.0
+    deadband_noise: float = 1.0
     # "efficient": as few batteries as needed (higher SoC first); "balanced": shared by headroom.
     distribution: str = "efficient"
     # A second battery joins above this share per battery, W (two units beat one above ~1500 W).
@@ -91,6 +94,8 @@ class Decision:
     grid_power_avg_w: float | None = None
     demand_w: float | None = None
     battery_notes: Mapping[int, str] = field(default_factory=dict)
+    # The grid power the command aims at (+ import), for the live quality figures; None if unknown.
+    target_grid_w: float | None = None
 
     @property
     def total_w(self) -> int:
@@ -206,7 +211,7 @@ class _MeterFailures:
         )
 
 
-def _target_total(demand_w: float, p: ControlParams) -> float:
+def target_total(demand_w: float, p: ControlParams) -> float:
     """Total battery power for a house demand (load - PV, W), using the charge/discharge targets."""
     if demand_w - p.target_grid_discharge_w > 0:
         return demand_w - p.target_grid_discharge_w
@@ -216,19 +221,83 @@ def _target_total(demand_w: float, p: ControlParams) -> float:
 
 
 # ---------------------------------------------------------------------------- the fast law
-class FastController:
-    """Deadbeat on measured battery power, synchronised to the meter's sampling instant."""
+class SampleAgeEstimator:
+    """Learns how old a fresh meter sample is when it arrives (transport latency plus hold phase).
 
-    HISTORY_S = 15.0
+    The meter shows ``demand - P(t_sample)``. For each candidate age ``a`` the demand estimate is
+    ``grid + P(received - a)``; while the batteries move, only the true age gives a demand that does
+    not jump between consecutive samples. Each informative pair of samples (the candidates disagree,
+    and at least one of them sees no load change) adds ``|Δ demand|`` to every candidate's cost. The
+    ages whose mean cost is within ``tolerance_w`` of the best form the window the controller uses.
+    """
+
+    STEP_S = 0.1
+    MAX_AGE_S = 4.0
+    DECAY = 0.95
+    MIN_PAIRS = 3.0
+    INFORMATIVE_W = 100.0  # candidates must disagree by this much
+    LOAD_EVENT_W = 150.0  # every candidate jumps by more: the load changed, skip
+    COST_CAP_W = 500.0
+
+    def __init__(self, default_window_s: tuple[float, float], tolerance_w: float = 20.0) -> None:
+        self.default_window_s = default_window_s
+        self.tolerance_w = tolerance_w
+        n = round(self.MAX_AGE_S / self.STEP_S) + 1
+        self.ages = [round(i * self.STEP_S, 3) for i in range(n)]
+        self.cost = [0.0] * n
+        self.weight = 0.0
+        self._prev: list[float] | None = None
+        self._prev_s = -math.inf
+
+    def update(self, received_s: float, grid_w: float, powers: Callable[[Sequence[float]], list[float]]) -> None:
+        demands = [grid_w + w for w in powers([received_s - a for a in self.ages])]
+        prev, self._prev = self._prev, demands
+        gap_s, self._prev_s = received_s - self._prev_s, received_s
+        if prev is None or gap_s > 15.0:
+            return
+        deltas = [d - q for d, q in zip(demands, prev, strict=True)]
+        if max(deltas) - min(deltas) < self.INFORMATIVE_W or min(abs(x) for x in deltas) > self.LOAD_EVENT_W:
+            return
+        self.cost = [self.DECAY * c + min(abs(x), self.COST_CAP_W) for c, x in zip(self.cost, deltas, strict=True)]
+        self.weight = self.DECAY * self.weight + 1.0
+
+    def window(self) -> tuple[float, float]:
+        """(youngest, oldest) plausible age of a fresh sample at arrival, s."""
+        if self.weight < self.MIN_PAIRS:
+            return self.default_window_s
+        best = min(self.cost)
+        limit = best + self.tolerance_w * self.weight
+        fit = [a for a, c in zip(self.ages, self.cost, strict=True) if c <= limit]
+        return fit[0], fit[-1]
+
+
+class FastController:
+    """Deadbeat on the measured battery power, at the meter's sampling instant.
+
+    Each *fresh* meter sample (its value changed) gives the house demand ``grid + P(t_sample)``. The
+    sample instant is only known to lie in a window learned by ``SampleAgeEstimator``; while the
+    batteries move, the demand is therefore a range, and the controller moves its command only as far
+    as the whole range demands (cautious: it never acts on the battery movement itself). Changes of at
+    least ``jump_w`` are written at once; smaller ones pass a short filter (noise is not chased) and
+    are written when the filtered change exceeds the deadband. Repeated samples change nothing.
+    """
+
+    HISTORY_S = 30.0
+    NOISE_SAMPLES = 60  # fresh samples in the demand-noise estimate
 
     def __init__(self, params: ControlParams) -> None:
         self.p = params
         self._failures = _MeterFailures(params.max_meter_failures)
-        self._power_history: deque[tuple[float, float]] = deque()
+        self._power_t: deque[float] = deque()
+        self._power_w: deque[float] = deque()
         self._readings: deque[float] = deque(maxlen=3)
         self._setpoints: dict[int, int] = {}
         self._command_total_w = 0.0
-        self._command_time_s = -math.inf
+        self._last_value: float | None = None
+        self._small_w = 0.0
+        self._last_demand_w: float | None = None
+        self._demand_steps: deque[float] = deque(maxlen=self.NOISE_SAMPLES)
+        self.ages = SampleAgeEstimator((params.meter_min_age_s, params.meter_max_age_s), params.age_tolerance_w)
 
     @property
     def setpoints_w(self) -> dict[int, int]:
@@ -239,18 +308,50 @@ class FastController:
         self._setpoints = {i: 0 for i in self._setpoints}
         self._command_total_w = 0.0
         self._readings.clear()
+        self._last_value = None
+        self._small_w = 0.0
 
-    def _measured_at(self, t_s: float) -> float:
-        """Total measured battery power at time t_s, linearly interpolated in the history."""
-        hist = self._power_history
-        times = [t for t, _ in hist]
+    def _power_at(self, t_s: float) -> float:
+        """Total measured battery power at ``t_s``, linearly interpolated in the history."""
+        times, powers = self._power_t, self._power_w
         i = bisect_left(times, t_s)
         if i == 0:
-            return hist[0][1]
-        if i >= len(hist):
-            return hist[-1][1]
-        (t0, p0), (t1, p1) = hist[i - 1], hist[i]
+            return powers[0]
+        if i >= len(times):
+            return powers[-1]
+        t0, t1 = times[i - 1], times[i]
+        p0, p1 = powers[i - 1], powers[i]
         return p0 + (p1 - p0) * (t_s - t0) / (t1 - t0) if t1 > t0 else p1
+
+    def _powers_at(self, times_s: Sequence[float]) -> list[float]:
+        """``_power_at`` for many times at once (``times_s`` descending, as the estimator asks)."""
+        times, powers = self._power_t, self._power_w
+        n = len(times)
+        out = []
+        i = n - 1  # index of the newest read-back at or before t
+        for t in times_s:
+            while i >= 0 and times[i] > t:
+                i -= 1
+            if i < 0:
+                out.append(powers[0])
+            elif i == n - 1 or times[i] == t:
+                out.append(powers[i])
+            else:
+                t0, t1 = times[i], times[i + 1]
+                out.append(powers[i] + (powers[i + 1] - powers[i]) * (t - t0) / (t1 - t0))
+        return out
+
+    def _power_range(self, t0_s: float, t1_s: float) -> tuple[float, float]:
+        """Lowest and highest battery power that may have flowed in [t0, t1].
+
+        Between two read-backs the power is only known to lie between them (a ramp is not linear),
+        so the read-backs enclosing the interval count too.
+        """
+        times = self._power_t
+        i0 = max(0, bisect_right(times, t0_s) - 1)
+        i1 = min(len(times) - 1, bisect_left(times, t1_s))
+        values = [self._power_w[i] for i in range(i0, i1 + 1)]
+        return min(values), max(values)
 
     def step(
         self,
@@ -266,6 +367,7 @@ class FastController:
         for b in batteries:
             self._setpoints.setdefault(b.battery_id, 0)
         if grid_power_w is None or not math.isfinite(grid_power_w):
+            self._last_value = None
             decision = self._failures.failed(meter_error, self._setpoints)
             if decision.status is Status.METER_FAILED:
                 self.reset()
@@ -278,66 +380,79 @@ class FastController:
             self.reset()
             return Decision({b.battery_id: 0 for b in batteries}, Status.NO_BATTERY, "no battery online")
         measured_w = sum(b.power_w or 0.0 for b in online)
-        self._power_history.append((now_s, measured_w))
-        while self._power_history and self._power_history[0][0] < now_s - self.HISTORY_S:
-            self._power_history.popleft()
+        self._power_t.append(now_s)
+        self._power_w.append(measured_w)
+        while self._power_t and self._power_t[0] < now_s - self.HISTORY_S:
+            self._power_t.popleft()
+            self._power_w.popleft()
 
-        self._readings.append(grid_power_w)
-        grid_w = weighted_average(self._readings) if p.average_readings else grid_power_w
-        received_s = now_s if grid_received_s is None else grid_received_s
-        # The meter sampled at an unknown instant inside [received - max age, received - min age].
-        # While the batteries move, the battery power at that instant is uncertain: take the end of
-        # the window that changes the command least (a cautious estimate; exact once they settle).
-        candidates = [grid_w + self._measured_at(received_s - age) for age in (p.meter_max_age_s, p.meter_min_age_s)]
-        demand_w = min(candidates, key=lambda d: abs(_target_total(d, p) - self._command_total_w))
-        wanted_w = _target_total(demand_w, p)
-        setpoints, notes = distribute(wanted_w, batteries, p)
-        new_total_w = float(sum(setpoints.values()))
-
-        def decide(status: Status, reason: str, new: Mapping[int, int]) -> Decision:
-            return Decision(dict(new), status, reason, grid_w, demand_w, notes)
-
-        change_w = new_total_w - self._command_total_w
-        if recovered:
-            return self._command(now_s, setpoints, decide(Status.TRACKING, "meter back: resuming", setpoints))
+        fresh = grid_power_w != self._last_value
+        self._last_value = grid_power_w
+        received_s = now_s if grid_received_s is None else min(grid_received_s, now_s)
+        notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, p)[2])}
         held = self._safe_hold(batteries)
         if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline): drop it now
-            return self._command(now_s, held, decide(Status.SOC_LIMIT, "; ".join(notes.values()) or "battery offline",
-                                                     held))
-        if new_total_w == 0 and self._command_total_w == 0:
+            why = "; ".join(notes.values()) or "battery offline"
+            return self._command(held, Decision(dict(held), Status.SOC_LIMIT, why, grid_power_w, None, notes))
+        if not fresh and not recovered:
+            return Decision(dict(self._setpoints), Status.SETTLING, "waiting for a new meter sample",
+                            grid_power_w, None, notes, self._target_grid_w(grid_power_w))
+
+        if fresh:
+            self._readings.append(grid_power_w)
+            self.ages.update(received_s, grid_power_w, self._powers_at)
+        grid_w = weighted_average(self._readings) if p.average_readings else grid_power_w
+        age_lo, age_hi = self.ages.window()
+        p_lo, p_hi = self._power_range(received_s - age_hi, received_s - age_lo)
+        if fresh:
+            demand_mid_w = grid_w + (p_lo + p_hi) / 2
+            if self._last_demand_w is not None:
+                self._demand_steps.append(abs(demand_mid_w - self._last_demand_w))
+            self._last_demand_w = demand_mid_w
+        noise_w = self.noise_w()
+        command_w = self._command_total_w
+        want_lo, want_hi = target_total(grid_w + p_lo, p), target_total(grid_w + p_hi, p)
+        # Cautious: move only as far as every plausible sample instant demands.
+        wanted_w = min(max(command_w, want_lo), want_hi)
+        demand_w = wanted_w + (p.target_grid_discharge_w if wanted_w > 0 else p.target_grid_charge_w
+                               if wanted_w < 0 else 0.0)
+        setpoints, notes = distribute(wanted_w, batteries, p)
+        new_total_w = float(sum(setpoints.values()))
+        change_w = new_total_w - command_w
+
+        def decide(status: Status, reason: str, new: Mapping[int, int]) -> Decision:
+            return Decision(dict(new), status, reason, grid_w, demand_w, notes, self._target_grid_w(grid_w, new))
+
+        verb = "discharge" if new_total_w > 0 else "charge" if new_total_w < 0 else "stop"
+        reason = f"{verb} {abs(new_total_w):.0f} W (demand {demand_w:.0f} W)"
+        if recovered:
+            return self._command(setpoints, decide(Status.TRACKING, "meter back: resuming", setpoints))
+        if new_total_w == 0 and command_w == 0:
+            self._small_w = 0.0
             if wanted_w == 0:
                 return decide(Status.IDLE, f"grid {grid_w:.0f} W inside the target band", self._setpoints)
             why = "; ".join(notes.values()) or f"demand {abs(wanted_w):.0f} W below the minimum power"
             return decide(Status.SOC_LIMIT if notes else Status.IDLE, why, self._setpoints)
-        if abs(change_w) < p.deadband_w and self._same_split(setpoints):
-            return decide(Status.DEADBAND, f"deviation {change_w:+.0f} W inside deadband", self._setpoints)
-        verb = "discharge" if new_total_w > 0 else "charge" if new_total_w < 0 else "stop"
-        reason = f"{verb} {abs(new_total_w):.0f} W (demand {demand_w:.0f} W)"
-        if self._settled(now_s) or now_s - self._command_time_s >= p.settle_timeout_s:
-            return self._command(now_s, setpoints, decide(Status.TRACKING, reason, setpoints))
-        # Batteries still moving: cut only what even the most favourable estimate says will still
-        # flow the wrong way once the command in flight has taken effect.
-        command_w = self._command_total_w
-        if command_w > 0 and max(candidates) - command_w < p.target_grid_charge_w - p.urgent_margin_w:
-            cut, _ = distribute(_target_total(max(candidates), p), batteries, p)
-            if sum(cut.values()) < command_w:
-                return self._command(now_s, cut, decide(Status.TRACKING, f"export: cut at once, {reason}", cut))
-        if command_w < 0 and min(candidates) - command_w > p.target_grid_discharge_w + p.urgent_margin_w:
-            cut, _ = distribute(_target_total(min(candidates), p), batteries, p)
-            if sum(cut.values()) > command_w:
-                return self._command(now_s, cut, decide(Status.TRACKING, f"import: cut at once, {reason}", cut))
-        return decide(
-            Status.SETTLING,
-            f"waiting for batteries: {measured_w:.0f} W of {self._command_total_w:.0f} W",
-            self._setpoints,
-        )
+        if abs(change_w) >= max(p.jump_w, p.jump_noise * noise_w) or not self._same_split(setpoints):
+            return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
+        # Small deviation: filter it, so that measurement noise is not written to the batteries.
+        self._small_w += p.filter_gain * (change_w - self._small_w)
+        if abs(self._small_w) >= max(p.deadband_w, p.deadband_noise * noise_w):
+            return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
+        return decide(Status.DEADBAND, f"deviation {change_w:+.0f} W inside deadband", self._setpoints)
 
-    def _settled(self, now_s: float) -> bool:
-        """The batteries held their command through the whole window the meter sample may come from."""
-        tolerance_w = max(self.p.settle_tolerance_w, 0.03 * abs(self._command_total_w))
-        since_s = now_s - self.p.meter_max_age_s
-        window = [w for t, w in self._power_history if t >= since_s]
-        return bool(window) and all(abs(w - self._command_total_w) <= tolerance_w for w in window)
+    def noise_w(self) -> float:
+        """Standard deviation of the sample-to-sample demand noise (robust: from the median step), W."""
+        if len(self._demand_steps) < 10:
+            return 0.0
+        steps = sorted(self._demand_steps)
+        return steps[len(steps) // 2] / 0.954  # median |N(0, 2σ²)| = 0.954 σ
+
+    def _target_grid_w(self, grid_w: float, setpoints: Mapping[int, int] | None = None) -> float:
+        """The grid power the command aims at (for the quality figures): the target of its direction,
+        or the grid itself while the batteries rest."""
+        c = self._command_total_w if setpoints is None else sum(setpoints.values())
+        return self.p.target_grid_discharge_w if c > 0 else self.p.target_grid_charge_w if c < 0 else grid_w
 
     def _safe_hold(self, batteries: Sequence[BatteryState]) -> dict[int, int]:
         """The current setpoints with every one that the SoC rules or the online state forbid set to 0."""
@@ -354,10 +469,10 @@ class FastController:
         return all((setpoints.get(i, 0) > 0) - (setpoints.get(i, 0) < 0) == (v > 0) - (v < 0)
                    for i, v in self._setpoints.items())
 
-    def _command(self, now_s: float, setpoints: Mapping[int, int], decision: Decision) -> Decision:
+    def _command(self, setpoints: Mapping[int, int], decision: Decision) -> Decision:
         self._setpoints = dict(setpoints)
         self._command_total_w = float(sum(setpoints.values()))
-        self._command_time_s = now_s
+        self._small_w = 0.0
         return decision
 
 
