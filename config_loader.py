@@ -25,6 +25,7 @@ from typing import Any
 METER_TYPES = ("shelly", "ecotracker")
 REGISTER_SETS = ("v2", "v3")
 ALGORITHMS = ("fast", "seed")
+DISTRIBUTIONS = ("efficient", "balanced")
 LANGUAGES = ("de", "en", "auto")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -87,6 +88,7 @@ class ControlConfig:
     algorithm: str = "fast"
     average_readings: bool = False
     deadband_w: float = 15.0
+    distribution: str = "efficient"  # several batteries: "efficient" (fewest units) | "balanced" (equal shares)
 
 
 @dataclass(frozen=True)
@@ -494,14 +496,15 @@ def _control(sec: _Section | None) -> ControlConfig | None:
     algorithm = sec.string("algorithm", _default(c, "algorithm"), choices=ALGORITHMS)
     average = sec.boolean("average_readings", _default(c, "average_readings"))
     deadband = sec.number("deadband_w", _default(c, "deadband_w"), 0, 1000)
+    distribution = sec.string("distribution", _default(c, "distribution"), choices=DISTRIBUTIONS)
     sec.finish()
     if _ok(charge, discharge) and charge > discharge:
         charge = sec.conflict(
             "target_grid_power_charge", charge, "must not be above", "target_grid_power_discharge", discharge
         )
-    if not _ok(poll, soc, charge, discharge, algorithm, average, deadband):
+    if not _ok(poll, soc, charge, discharge, algorithm, average, deadband, distribution):
         return None
-    return ControlConfig(poll, soc, charge, discharge, algorithm, average, deadband)
+    return ControlConfig(poll, soc, charge, discharge, algorithm, average, deadband, distribution)
 
 
 def _web(sec: _Section | None) -> WebConfig | None:

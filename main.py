@@ -65,6 +65,7 @@ def control_params(cfg: Config) -> ControlParams:
         max_meter_failures=meter.max_failures_before_stop,
         deadband_w=c.deadband_w,
         average_readings=c.average_readings,
+        distribution=c.distribution,
     )
 
 
