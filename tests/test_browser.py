@@ -92,17 +92,25 @@ def system(tmp_path: Path) -> Iterator[System]:
             "web": {"host": "127.0.0.1", "port": port, "language": "de"},
             "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
         }), encoding="utf-8")
+        output_path = tmp_path / "main-output.txt"
+        output = output_path.open("w", encoding="utf-8")
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
-            cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            cwd=str(tmp_path), stdout=output, stderr=subprocess.STDOUT,
         )
         system = System(sim, f"http://127.0.0.1:{port}", config_path, proc)
         try:
-            wait_until(lambda: proc.poll() is not None or (
-                api_status(system).get("control_state") == "active"
-                and all(b["online"] for b in api_status(system).get("batteries", [{"online": False}]))
-            ), 30, "main.py up, control active, batteries online")
-            assert proc.poll() is None, f"main.py exited with {proc.returncode}"
+            try:
+                wait_until(lambda: proc.poll() is not None or (
+                    api_status(system).get("control_state") == "active"
+                    and all(b["online"] for b in api_status(system).get("batteries", [{"online": False}]))
+                ), 30, "main.py up, control active, batteries online")
+            except AssertionError as exc:
+                said = output_path.read_text(encoding="utf-8")[-3000:]
+                raise AssertionError(f"{exc}\nmain.py said:\n{said}") from None
+            assert proc.poll() is None, (
+                f"main.py exited with {proc.returncode}:\n{output_path.read_text(encoding='utf-8')[-3000:]}"
+            )
             yield system
         finally:
             if proc.poll() is None:
@@ -112,6 +120,7 @@ def system(tmp_path: Path) -> Iterator[System]:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+            output.close()
 
 
 @contextlib.contextmanager
