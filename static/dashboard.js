@@ -47,6 +47,7 @@
     setText("grid-direction", direction);
     setText("grid-arrow", arrow);
     setText("grid-value", isNum(w) ? fmt.int(Math.abs(w)) : t("none_value"));
+    $("grid-unit").hidden = !isNum(w);
     setText("grid-avg", isNum(s.grid_power_avg_w) ? t("grid_avg", { value: fmt.watts(s.grid_power_avg_w) }) : "");
 
     const names = { shelly: "Shelly", ecotracker: "EcoTracker" };
