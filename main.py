@@ -136,6 +136,7 @@ class ControlLoop:
         self._last_value: float | None = None
         self._last_change_s = clock()
         self._last_reason = ""
+        self._last_status = ""
         self.internal_error = ""
         self.heartbeat_s = clock()
 
@@ -185,6 +186,11 @@ class ControlLoop:
         """One control cycle (also called directly by tests)."""
         self.commands.run_pending(self.handle_command)
         if self.setup_mode:
+            # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
+            # stopped and not polled, so their power is unknown rather than the last value.
+            self.read_meter()
+            for b in self.batteries.values():
+                b.reading, b.setpoint_w = None, 0
             self.publish("setup")
             return
         grid_w, received_s = self.read_meter()
@@ -200,11 +206,15 @@ class ControlLoop:
             self.clock(), grid_w, states, grid_received_s=received_s, meter_error=self.meter_error
         )
         self.last_decision = decision
-        if decision.reason != self._last_reason:
+        # Log transitions; a reason that only counts up ("meter failed 5x") is not a new event.
+        quiet = {Status.SETTLING, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED}
+        changed = decision.status.value != self._last_status or (
+            decision.reason != self._last_reason and decision.status not in quiet)
+        if changed:
             level = logging.WARNING if decision.status in STOPPING | {Status.METER_RETRY} else logging.INFO
-            if decision.status not in (Status.SETTLING, Status.DEADBAND) or level > logging.INFO:
+            if decision.status not in (Status.SETTLING, Status.DEADBAND):
                 log.log(level, "%s", decision.reason)
-            self._last_reason = decision.reason
+        self._last_reason, self._last_status = decision.reason, decision.status.value
         self.apply(decision)
         self.publish("error" if decision.status in STOPPING else "active")
 
@@ -379,7 +389,8 @@ class ControlLoop:
 
     def _require_setup(self) -> None:
         if not self.setup_mode:
-            raise CommandError("not in setup mode: POST /api/setup/enter first", 409)
+            raise CommandError("Nicht im Setup-Modus – zuerst den Setup-Modus starten / "
+                               "not in setup mode: POST /api/setup/enter first", 409)
 
     def _enter_setup(self) -> dict[str, Any]:
         if not self.setup_mode:
@@ -419,16 +430,18 @@ class ControlLoop:
     def _set_id(self, new_id: int) -> dict[str, Any]:
         self._require_setup()
         if self._probe(new_id) is not None:
-            raise CommandError(f"ID {new_id} is already in use by another battery", 409)
+            raise CommandError(f"ID {new_id} ist schon belegt / ID {new_id} is already in use by another battery", 409)
         if self._probe(1) is None:
-            raise CommandError("no battery answers on ID 1", 409)
+            raise CommandError("Kein Akku antwortet auf ID 1 / no battery answers on ID 1", 409)
         try:
             self.bus.set_unit_id(new_id, current_id=1)
         except BatteryError as exc:
-            raise CommandError(f"writing the new ID failed: {exc}", 502) from exc
+            raise CommandError(f"Schreiben der neuen ID fehlgeschlagen / writing the new ID failed: {exc}",
+                               502) from exc
         hit = self._probe(new_id)
         if hit is None:
-            raise CommandError(f"the battery does not answer on ID {new_id} after the change", 502)
+            raise CommandError(f"Der Akku antwortet nach der Änderung nicht auf ID {new_id} / "
+                               f"no answer on ID {new_id} after the change", 502)
         log.warning("Battery re-addressed: ID 1 -> %d (%s)", new_id, hit["model"])
         return {"ok": True, "new_id": new_id, "verified": True, "model": hit["model"], "soc_pct": hit["soc_pct"],
                 "in_config": new_id in self.batteries}
@@ -443,7 +456,7 @@ class ControlLoop:
             try:
                 self.cfg = update_akku_ids(self.config_path, ids)
             except ConfigError as exc:
-                raise CommandError(f"config not changed: {exc}", 409) from exc
+                raise CommandError(f"config.json nicht geändert / config not changed: {exc}", 409) from exc
             saved = True
         else:
             self.cfg = replace(self.cfg, battery=replace(self.cfg.battery, akku_ids=tuple(ids)))
@@ -598,6 +611,7 @@ def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     # Keep library chatter (waitress, urllib3) out of the event list.
     for noisy in ("waitress", "urllib3", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth" is not an event
 
 
 def demo_config(port: int, sim: Any) -> Config:
@@ -622,11 +636,12 @@ def start_web(app: Any, host: str, port: int) -> tuple[Any, threading.Thread]:
 
 
 def stop_web(server: Any, thread: threading.Thread) -> None:
+    """Close waitress from its own loop thread (closing its sockets from outside races select)."""
     from waitress import wasyncore
 
-    server.close()
-    wasyncore.close_all(server._map)
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
     thread.join(timeout=3.0)
+    server.task_dispatcher.shutdown()
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
