@@ -10,6 +10,7 @@ dashboard from the status store. SIGINT/SIGTERM stop every battery before the pr
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import logging.handlers
 import signal
@@ -25,6 +26,7 @@ from battery_client import MarstekGateway
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config, update_akku_ids
 from devices import BatteryError, BatteryReading, GridMeter, MeterError
 from ecotracker_client import EcoTrackerClient
+from quality import QualityTracker
 from shelly_client import ShellyClient
 from status_store import (
     BatteryStatus,
@@ -138,6 +140,7 @@ class ControlLoop:
         self._last_reason = ""
         self._last_status = ""
         self.internal_error = ""
+        self.quality = QualityTracker()
         self.heartbeat_s = clock()
 
     # ------------------------------------------------------------------ the loop
@@ -216,7 +219,17 @@ class ControlLoop:
                 log.log(level, "%s", decision.reason)
         self._last_reason, self._last_status = decision.reason, decision.status.value
         self.apply(decision)
+        self.track_quality(now_s, grid_w, decision)
         self.publish("error" if decision.status in STOPPING else "active")
+
+    def track_quality(self, now_s: float, grid_w: float | None, decision: Decision) -> None:
+        """Feed the live control-quality figures (RMS error, export today, writes/h)."""
+        c = self.cfg.control
+        total_w = decision.total_w
+        target_w = c.target_grid_power_discharge if total_w > 0 else c.target_grid_power_charge if total_w < 0 else None
+        measured = [b.reading.ac_power_w for b in self.batteries.values() if b.online and b.reading]
+        self.quality.add(now_s, grid_w, target_w, self.bus.writes_total, datetime.date.today(),
+                         battery_w=sum(measured) if measured else None)
 
     def read_meter(self) -> tuple[float | None, float | None]:
         """Grid power (+ import) or None; a value frozen too long counts as a failure."""
@@ -342,6 +355,7 @@ class ControlLoop:
             status=decision.status.value if decision else "",
             meter_error_since=self.meter_error_since,
             warnings=self.store.latest().warnings,
+            quality=self.quality.figures(),
         )
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
