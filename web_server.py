@@ -239,7 +239,8 @@ def create_app(
         error = ""
         if request.method == "POST":
             token = request.form.get("csrf_token", "")
-            if not token or not hmac.compare_digest(token, session.get("csrf_token", "")):
+            # Bytes: compare_digest raises TypeError for str with non-ASCII characters.
+            if not token or not hmac.compare_digest(token.encode(), str(session.get("csrf_token", "")).encode()):
                 raise ApiError("invalid or missing CSRF token, reload the login page", 403)
             if password_ok(request.form.get("password", "")):
                 session.clear()
