@@ -55,7 +55,7 @@ MODE_NAMES = {0: "idle", 1: "charge", 2: "discharge"}
 
 def control_params(cfg: Config) -> ControlParams:
     """The control law's parameters from the config."""
-    meter = cfg.shelly if cfg.energy_meter_type == "shelly" else cfg.ecotracker
+    meter = cfg.meter
     b, c = cfg.battery, cfg.control
     return ControlParams(
         target_grid_charge_w=c.target_grid_power_charge,
@@ -182,7 +182,7 @@ class ControlLoop:
 
     @property
     def meter_retry_interval_s(self) -> float:
-        meter = self.cfg.shelly if self.cfg.energy_meter_type == "shelly" else self.cfg.ecotracker
+        meter = self.cfg.meter
         return meter.check_interval_seconds
 
     def cycle(self) -> None:
@@ -233,7 +233,7 @@ class ControlLoop:
 
     def read_meter(self) -> tuple[float | None, float | None]:
         """Grid power (+ import) or None; a value frozen too long counts as a failure."""
-        meter_cfg = self.cfg.shelly if self.cfg.energy_meter_type == "shelly" else self.cfg.ecotracker
+        meter_cfg = self.cfg.meter
         now_s = self.clock()
         try:
             reading = self.meter.read()
@@ -517,7 +517,7 @@ class Watchdog:
 
 def watchdog_limit_s(cfg: Config) -> float:
     """Longest a healthy cycle can take (every timeout hit once) plus a margin."""
-    meter = cfg.shelly if cfg.energy_meter_type == "shelly" else cfg.ecotracker
+    meter = cfg.meter
     frames = 5 * len(cfg.battery.akku_ids)
     return meter.timeout_seconds + frames * cfg.battery.timeout_seconds + cfg.control.poll_interval_seconds + 10.0
 
@@ -543,7 +543,7 @@ def run_check(cfg: Config, config_path: Path) -> int:
     """Contact the meter and every battery once and print a diagnosis with likely fixes."""
     problems = 0
     print(f"Konfiguration {config_path}: OK")
-    meter_cfg = cfg.shelly if cfg.energy_meter_type == "shelly" else cfg.ecotracker
+    meter_cfg = cfg.meter
     meter = build_meter(cfg)
     try:
         reading = meter.read()
