@@ -25,7 +25,6 @@ import pytest
 from flask import Flask
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from waitress import wasyncore
 
 import main
 from config_loader import Config, WebConfig, parse_config
@@ -376,10 +375,7 @@ def test_raw_garbage_through_the_real_server_gets_no_5xx(system: System, passwor
             assert int(parts[1]) < 500, (request[:80], answer[:300])
             assert b"Traceback" not in answer and b'File "' not in answer, request[:80]
     finally:
-        # Closed from the server's own loop thread (as tests/test_web.py does: from outside it races select).
-        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
-        thread.join(timeout=5)
-        server.task_dispatcher.shutdown()
+        main.stop_web(server, thread)
         leave_setup(system)
 
 
