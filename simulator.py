@@ -1340,6 +1340,24 @@ class Simulation:
         with contextlib.suppress(RuntimeError, concurrent.futures.TimeoutError):
             asyncio.run_coroutine_threadsafe(server.shutdown(), loop).result(timeout=5.0)
 
+    def drop_modbus_connections(self) -> int:
+        """Close every open Modbus TCP connection from the server side and keep listening.
+
+        Like a gateway that restarts or the v3 firmware's periodic Ethernet reset (marstek-modbus.md §9):
+        a client finds its idle connection closed on the next request. Returns how many were closed.
+        """
+        server, loop = self._modbus_server, self._modbus_loop
+        if server is None or loop is None or loop.is_closed():
+            return 0
+
+        async def drop() -> int:
+            connections = list(server.active_connections.values())
+            for connection in connections:
+                connection.close()
+            return len(connections)
+
+        return asyncio.run_coroutine_threadsafe(drop(), loop).result(timeout=5.0)
+
     # -- Modbus requests (called from the server's asyncio thread) ----------------------------------
 
     def _answer_delay_s(self, device_id: int) -> float:

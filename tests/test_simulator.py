@@ -469,6 +469,16 @@ def test_fail_with_exception_answers_every_request_with_that_code(
     assert read(client, 32104, 1, 1) == [42]
 
 
+def test_drop_modbus_connections_closes_them_and_keeps_listening(bus: Simulation, client: ModbusTcpClient) -> None:
+    assert read(client, 32104, 1, 1) == [42]
+    assert bus.drop_modbus_connections() == 1
+    with pytest.raises(ModbusException):  # the client finds its connection closed
+        client.read_holding_registers(32104, count=1, device_id=1)
+    client.close()
+    assert read(client, 32104, 1, 1) == [42]  # a new connection is served
+    assert bus.drop_modbus_connections() == 1
+
+
 def raw_read_frame(tid: int, unit: int, address: int, count: int) -> bytes:
     """A Modbus TCP FC03 request: MBAP (transaction, protocol 0, length 6, unit) + PDU."""
     return tid.to_bytes(2, "big") + b"\x00\x00\x00\x06" + bytes([unit, 3]) + address.to_bytes(2, "big") + \
