@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pymodbus.client import ModbusTcpClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ConnectionException, ModbusException
 
 from devices import BatteryError, BatteryReading
 
@@ -205,7 +205,14 @@ class MarstekGateway:
         self._connect()
         self._pace()
         try:
-            response = call()
+            try:
+                response = call()
+            except ConnectionException:
+                # The gateway closed our idle connection (restart, v3 Ethernet reset): that says
+                # nothing about this unit. Once more on a fresh connection.
+                self._client.close()
+                self._connect()
+                response = call()
         except ModbusException as exc:
             # A timeout may leave a late answer in the socket, and v3 closes after exceptions.
             self._client.close()
