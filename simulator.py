@@ -899,9 +899,15 @@ class _MeterHandler(BaseHTTPRequestHandler):
         sim = self.server.sim
         if sim.meter_fault != "timeout":
             return False
-        if sim._stop.wait(sim.meter_delay_s):
-            self.close_connection = True
-            return True
+        with sim._lock:
+            sim._meter_requests_held += 1
+        try:
+            if sim._stop.wait(sim.meter_delay_s):
+                self.close_connection = True
+                return True
+        finally:
+            with sim._lock:
+                sim._meter_requests_held -= 1
         return False
 
 
@@ -1194,6 +1200,7 @@ class Simulation:
             self._units.append(SimUnit(spec, self.plant_params, 0.0, self._lock))
         self._fault: str | None = None
         self._frozen: tuple[float, float] | None = None
+        self._meter_requests_held = 0
         self._avg: deque[tuple[float, float]] = deque()
         self._import_wh = 1_541_618.4  # counters start at realistic values (energy-meters.md §8 capture)
         self._export_wh = 5_552_927.8
@@ -1482,6 +1489,12 @@ class Simulation:
     def meter_fault(self) -> str | None:
         """The active meter fault kind (see ``METER_FAULTS``) or None."""
         return self._fault
+
+    @property
+    def meter_requests_held(self) -> int:
+        """Meter requests the "timeout" fault is holding right now (a client waiting for its answer)."""
+        with self._lock:
+            return self._meter_requests_held
 
     def set_meter_fault(self, kind: str | None) -> None:
         """Inject a fault into both meter emulators; None clears it."""

@@ -737,6 +737,17 @@ def test_timeout_fault_answers_after_the_delay(make_sim: Callable[..., Simulatio
     assert time.monotonic() - start >= 0.3
 
 
+def test_timeout_fault_counts_the_requests_it_holds(make_sim: Callable[..., Simulation]) -> None:
+    sim = make_sim(meter_delay_s=30.0)
+    assert sim.meter_requests_held == 0
+    sim.set_meter_fault("timeout")
+    with pytest.raises(requests.exceptions.ReadTimeout):
+        requests.get(eco_url(sim), timeout=0.3)
+    assert sim.meter_requests_held == 1  # still held after the client gave up
+    sim.stop()
+    wait_until(lambda: sim.meter_requests_held == 0)
+
+
 def test_refused_fault_closes_the_meter_ports_and_reopens_them(make_sim: Callable[..., Simulation]) -> None:
     sim = make_sim()
     session = requests.Session()  # keeps a connection open across the fault
