@@ -744,6 +744,11 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         request_stop()
         control.join(timeout=SHUTDOWN_BUDGET_S + 2)
+        if control.is_alive():
+            # Still inside a long meter or Modbus timeout: the batteries would keep their last setpoint.
+            # Free its connection (a v3 device takes only one client) and stop them over a new one.
+            loop.bus.close()
+            emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s)
         stop_web(server, web_thread)
         if sim:
             sim.stop()

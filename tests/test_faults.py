@@ -62,6 +62,8 @@ class FakeClock:
 
 
 def fault_config(sim: Simulation, ids: list[int], **battery: Any) -> Config:
+    """Short timeouts; pacing at its minimum (20 ms) because pacing is not what these tests are about."""
+    battery = {"pacing_ms": 20, **battery}
     return parse_config({
         "energy_meter": {"type": "shelly"},
         "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 0.5,
@@ -234,8 +236,7 @@ def test_unit_answering_with_exceptions_goes_offline_the_others_regulate_and_it_
     sim = rig.simulation(units=units, close_after_exception=close_after_exception, **QUICK)
     sim.set_load_w(3400.0)
     clock = FakeClock()
-    # Pacing is not under test here: 50 ms also for v3 keeps the test short.
-    loop = rig.loop(fault_config(sim, [1, 2], register_set=register_set, pacing_ms=50), clock)
+    loop = rig.loop(fault_config(sim, [1, 2], register_set=register_set), clock)
     run_until(loop, clock, lambda: all(discharging(u) for u in sim.units), 30, "both discharging")
 
     sim.unit(2).fail_with_exception = 4  # "device failure" for every request
@@ -282,7 +283,7 @@ def test_gateway_closing_the_idle_connection_is_no_battery_failure(rig: Rig, reg
     sim = rig.simulation(units=[UnitSpec(1, register_set, soc_pct=60.0)], **QUICK)
     sim.set_load_w(1500.0)
     clock = FakeClock()
-    loop = rig.loop(fault_config(sim, [1], register_set=register_set, pacing_ms=50), clock)
+    loop = rig.loop(fault_config(sim, [1], register_set=register_set), clock)
     run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
     for _ in range(3):
         assert sim.drop_modbus_connections() == 1
@@ -340,6 +341,27 @@ def test_sigterm_at_random_moments_leaves_every_battery_stopped(tmp_path: Path) 
             for u in sim.units:
                 assert stopped(u), f"round {round_no}: battery {u.unit_id} left at " \
                                    f"{(u.force_mode, u.charge_power_w, u.discharge_power_w)}"
+
+
+def test_sigterm_while_the_control_waits_for_a_hanging_meter_still_stops_every_battery(tmp_path: Path) -> None:
+    """shelly.timeout_seconds may be up to 60 s. SIGTERM during such a read must not leave the batteries
+    running: the program used to wait SHUTDOWN_BUDGET_S + 2 s for the control thread and then exit anyway."""
+    units = [UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]
+    with Simulation(units=units, meter_delay_s=60.0) as sim:
+        sim.set_load_w(3400.0)
+        port = free_port()
+        config = write_config(tmp_path / "config.json", sim, [1, 2], port, shelly={"timeout_seconds": 30})
+        with running_main(config) as proc:
+            wait_until(lambda: all(discharging(u) for u in sim.units), 40, "both discharging")
+            sim.set_meter_fault("timeout")
+            wait_until(lambda: sim.meter_requests_held > 0, 10, "the control thread waits for the meter")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            assert proc.stdout is not None
+            output = proc.stdout.read()
+        assert "Traceback" not in output, output[-2000:]
+        for u in sim.units:
+            assert stopped(u), (u.unit_id, u.force_mode, u.charge_power_w, u.discharge_power_w, output[-2000:])
 
 
 def test_a_crashing_view_answers_500_json_and_the_control_keeps_regulating() -> None:
