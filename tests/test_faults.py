@@ -296,6 +296,47 @@ def test_gateway_closing_the_idle_connection_is_no_battery_failure(rig: Rig, reg
             assert discharging(sim.unit(1))
 
 
+# ---------------------------------------------------------------------------- BMS near full while charging
+def test_full_battery_stops_charging_at_max_soc(rig: Rig) -> None:
+    """The mirror of test_reliability's cut-off near empty: charging ends at battery.max_soc_for_charge."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=97.0)], **QUICK)
+    sim.set_load_w(300.0)
+    sim.set_pv_w(2500.0)
+    clock = FakeClock()
+    loop = rig.loop(fault_config(sim, [1]), clock)  # max_soc_for_charge 98 (default)
+    run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).power_w < -1000, 30, "charging")
+    sim.unit(1).set_soc(99.0)
+    run_until(loop, clock, lambda: sim.unit(1).force_mode != 1 and sim.unit(1).charge_power_w == 0, 30,
+              "charging stopped at the maximum SoC", step_s=1.0)
+    assert "maximum" in battery_doc(loop, 1)["note"]
+    for _ in range(5):  # and it stays stopped while the surplus lasts
+        loop.cycle()
+        clock.advance(1.0)
+        assert sim.unit(1).force_mode != 1
+
+
+def test_bms_standing_by_near_full_while_charging_is_paused(rig: Rig) -> None:
+    """max_soc_for_charge 100, but the BMS stops at 99 % (top cell voltage): the setpoint is acknowledged and
+    nothing flows. The no-delivery rule must catch it on the charge side too: pause, stop, say so."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=99.3)], plant=PlantParams(dead_time_s=0.0, tau_s=0.05,
+                                                                               bms_max_soc_pct=99.0),
+                         meter_cadence_s=0.1, meter_latency_s=0.05, meter_noise_w=5.0)
+    sim.set_load_w(300.0)
+    sim.set_pv_w(2500.0)
+    clock = FakeClock()
+    loop = rig.loop(fault_config(sim, [1], max_soc_for_charge=100), clock)
+    run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).charge_power_w > 1000
+              and sim.unit(1).power_w == 0.0, 30, "charge commanded (SoC reads 99 % < 100 %), the BMS refuses")
+    run_until(loop, clock, lambda: not loop.batteries[1].usable(clock()), 60, "paused for delivering nothing",
+              step_s=1.0)
+    assert stopped(sim.unit(1))
+    assert "keine Leistung" in battery_doc(loop, 1)["note"]
+    for _ in range(5):
+        loop.cycle()
+        clock.advance(1.0)
+        assert stopped(sim.unit(1))
+
+
 # ---------------------------------------------------------------------------- process faults
 def total_writes(sim: Simulation) -> int:
     return sum(len(u.write_log) for u in sim.units)
