@@ -53,9 +53,10 @@ class ControlParams:
     max_meter_failures: int = 2
     deadband_w: float = 15.0
     average_readings: bool = False
-    # Age of a fresh meter sample when it arrives, until SampleAgeEstimator has learned it, s.
-    meter_min_age_s: float = 0.2
-    meter_max_age_s: float = 1.5
+    # Age of a fresh meter sample when it arrives, until SampleAgeEstimator has learned it, s
+    # (wide: a slow meter must not cause an overshoot before its delay is known).
+    meter_min_age_s: float = 0.0
+    meter_max_age_s: float = 3.0
     # Learned ages whose mean demand mismatch is within this of the best stay in the window, W.
     age_tolerance_w: float = 20.0
     # Changes of at least this are written at once; smaller ones pass the filter first, W.
@@ -344,8 +345,8 @@ class FastController:
     def _power_range(self, t0_s: float, t1_s: float) -> tuple[float, float]:
         """Lowest and highest battery power that may have flowed in [t0, t1].
 
-        Between two read-backs the power is only known to lie between them (a ramp is not linear),
-        so the read-backs enclosing the interval count too.
+        Between two read-backs the power is only known to lie between them (a ramp after a dead time
+        is not linear), so the read-backs enclosing the interval count too.
         """
         times = self._power_t
         i0 = max(0, bisect_right(times, t0_s) - 1)
