@@ -3,7 +3,8 @@
 The app is the real one (``web_server.create_app``) in front of the real control thread
 (``main.ControlLoop`` on ``simulator.Simulation``), so setup commands that pass validation really run
 on the control thread. Two apps share that system: one without and one with ``web.password``.
-Each example is a short sequence of requests; between examples the system leaves setup mode.
+Each example is a short sequence of requests, a quarter of them in setup mode (scan, set-id and
+add-to-config run for real there); setup mode carries over between examples.
 
 A few raw requests also go through the real HTTP server (waitress via ``main.start_web``): things
 the Flask test client cannot even build (bytes that are not UTF-8 in the path, broken request lines).
@@ -119,9 +120,13 @@ def paths(draw: st.DrawFn) -> str:
     return prefix + "/".join(segments) + query
 
 
+def json_containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    json_containers,
     max_leaves=12,
 )
 FIELD_NAMES = st.sampled_from(["first_id", "last_id", "new_id", "id", "password", "extra", ""])
