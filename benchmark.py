@@ -578,6 +578,7 @@ class RunResult:
     seed: int
     values: dict[str, float]
     trace: list[tuple[float, float, float, float]] = field(default_factory=list)
+    shift_s: float = 0.0
 
 
 def _run_loop(sc: Scenario, controller: str, world_params: list[ControlParams]) -> tuple[World, dict[str, float]]:
@@ -684,7 +685,7 @@ def run(sc: Scenario, controller: str) -> RunResult:
         extra = {"writes": 0.0, "mode_switches": 0.0, "stop_cmd_s": math.nan}
     values = _summarise(world, sc, extra)
     trace = world.trace if sc.record else []
-    return RunResult(sc.name, sc.group, controller, sc.seed, values, trace)
+    return RunResult(sc.name, sc.group, controller, sc.seed, values, trace, sc.shift_s)
 
 
 def _summarise(world: World, sc: Scenario, extra: dict[str, float]) -> dict[str, float]:
@@ -834,6 +835,9 @@ def scenario_set(quick: bool, data_dir: Path = DATA_DIR) -> list[Scenario]:
         if not quick:
             out.append(step_scenario(3000, False, seed, name="3bat-step3000-dis", socs=(30.0, 50.0, 70.0),
                                      max_power_w=(2500.0, 2500.0, 1200.0)))
+    # More than the 1200 W unit can take: its share must go to the others.
+    out.append(step_scenario(4200, False, 1, name="3bat-step4200-dis", socs=(30.0, 50.0, 70.0),
+                             max_power_w=(2500.0, 2500.0, 1200.0)))
     if not quick:
         out.append(replace(day24(1, 3000.0), name="2bat-day24-pv3000", **two))
         out.append(replace(day24(1, 3000.0), name="2bat-balanced-day24-pv3000", control=(("distribution", "balanced"),),
@@ -1275,8 +1279,9 @@ def markdown(scenarios: Sequence[Scenario], results: Sequence[RunResult], quick:
       "(2023). *Photovoltaic Generation and Load Demand Datasets with 30 seconds resolution from an Actual Prosumer "
       "in Cyprus*. Zenodo, https://doi.org/10.5281/zenodo.8348862. Licence CC BY 4.0. Excerpt as published in "
       "tomquist/AstraMeter, values unmodified.")
-    w("* Several batteries: SoC 30 % / 70 % (and 50 % for the third; the third one has 1200 W); "
-      "`*-balanced-*` run `control.distribution = \"balanced\"`.")
+    w("* Several batteries: SoC 30 % / 70 % (and 50 % for the third; the third one has 1200 W, which the "
+      "controller is not told: `battery.max_power_per_battery` stays 2500 W); `*-balanced-*` run "
+      "`control.distribution = \"balanced\"`.")
     w("* `dropout-*`: see above; `-timeout5s` uses the config's default meter timeout of 5 s instead of 2 s.")
     w("")
     return "\n".join(lines) + "\n"
@@ -1301,7 +1306,8 @@ def plot_steps(results: Sequence[RunResult], path: Path) -> bool:
             r = runs.get(c)
             if r is None:
                 continue
-            pts = [(t - t0, g) for t, g, _, _ in r.trace if t0 - 5 <= t <= t0 + 40]
+            ts = t0 + r.shift_s
+            pts = [(t - ts, g) for t, g, _, _ in r.trace if ts - 5 <= t <= ts + 40]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], label=LABELS[c], color=colours[c], lw=1.4)
         ax.axhline(20.0, color="#555555", lw=0.8, ls="--")
         ax.set_title(f"2 kW step, {title}")

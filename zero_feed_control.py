@@ -66,6 +66,10 @@ class ControlParams:
     # With a noisy demand the thresholds grow to these multiples of its standard deviation.
     jump_noise: float = 3.0
     deadband_noise: float = 1.0
+    # A battery that stays this many cycles clearly below its setpoint is limited to what it
+    # delivers, for limit_hold_s.
+    limit_cycles: int = 5
+    limit_hold_s: float = 600.0
     # "efficient": as few batteries as needed (higher SoC first); "balanced": shared by headroom.
     distribution: str = "efficient"
     # A second battery joins above this share per battery, W (two units beat one above ~1500 W).
@@ -83,6 +87,7 @@ class BatteryState:
     online: bool
     soc_pct: float | None
     power_w: float | None
+    read_s: float | None = None  # when power_w was read (same clock as now_s); None: at the step
 
 
 @dataclass(frozen=True)
@@ -121,12 +126,16 @@ def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, str
 
 
 def distribute(
-    total_w: float, batteries: Sequence[BatteryState], p: ControlParams
+    total_w: float,
+    batteries: Sequence[BatteryState],
+    p: ControlParams,
+    limits_w: Mapping[int, float] | None = None,
 ) -> tuple[dict[int, int], dict[int, str]]:
     """Split a total setpoint over the batteries that are online and allowed.
 
-    Never exceeds a battery's power limit, never discharges at/below the minimum SoC, never
-    charges at/above the maximum SoC, never commands less than the minimum power.
+    Never exceeds a battery's power limit (``limits_w``: lower limits learned per battery id for the
+    direction of ``total_w``), never discharges at/below the minimum SoC, never charges at/above the
+    maximum SoC, never commands less than the minimum power.
     """
     setpoints = {b.battery_id: 0 for b in batteries}
     notes: dict[int, str] = {}
@@ -137,7 +146,9 @@ def distribute(
         if note:
             notes[b.battery_id] = note
         headroom = max_dis if discharge else max_chg
-        if headroom > 0:
+        if limits_w and b.battery_id in limits_w and headroom > 0:
+            headroom = min(headroom, limits_w[b.battery_id])
+        if headroom > 0 and (not limits_w or headroom >= p.min_power_w):
             allowed.append((b, headroom))
     magnitude = min(abs(total_w), sum(h for _, h in allowed))
     if magnitude < p.min_power_w or not allowed:
@@ -159,9 +170,9 @@ def distribute(
             chosen = chosen[:-1]
     shares = _water_fill(magnitude, [h for _, h in chosen])
     sign = 1 if discharge else -1
-    for (b, _), share in zip(chosen, shares, strict=True):
+    for (b, headroom), share in zip(chosen, shares, strict=True):
         watts = round(max(share, p.min_power_w))
-        setpoints[b.battery_id] = sign * min(watts, int(p.max_power_w))
+        setpoints[b.battery_id] = sign * min(watts, int(p.max_power_w), math.floor(headroom + 1e-9))
     return setpoints, notes
 
 
@@ -298,6 +309,9 @@ class FastController:
         self._small_w = 0.0
         self._last_demand_w: float | None = None
         self._demand_steps: deque[float] = deque(maxlen=self.NOISE_SAMPLES)
+        self._limits: dict[tuple[int, int], tuple[float, float]] = {}  # (id, ±1) -> (W, learned at)
+        self._short_cycles: dict[int, int] = {}
+        self._last_power: dict[int, float] = {}
         self.ages = SampleAgeEstimator((params.meter_min_age_s, params.meter_max_age_s), params.age_tolerance_w)
 
     @property
@@ -381,12 +395,17 @@ class FastController:
             self.reset()
             return Decision({b.battery_id: 0 for b in batteries}, Status.NO_BATTERY, "no battery online")
         measured_w = sum(b.power_w or 0.0 for b in online)
-        self._power_t.append(now_s)
+        stamps = [b.read_s for b in online if b.read_s is not None]
+        stamp_s = min(now_s, sum(stamps) / len(stamps)) if len(stamps) == len(online) else now_s
+        if self._power_t and stamp_s <= self._power_t[-1]:
+            stamp_s = min(now_s, self._power_t[-1] + 1e-3)
+        self._power_t.append(stamp_s)
         self._power_w.append(measured_w)
         while self._power_t and self._power_t[0] < now_s - self.HISTORY_S:
             self._power_t.popleft()
             self._power_w.popleft()
 
+        self._learn_limits(now_s, online)
         fresh = grid_power_w != self._last_value
         self._last_value = grid_power_w
         received_s = now_s if grid_received_s is None else min(grid_received_s, now_s)
@@ -417,7 +436,7 @@ class FastController:
         wanted_w = min(max(command_w, want_lo), want_hi)
         demand_w = wanted_w + (p.target_grid_discharge_w if wanted_w > 0 else p.target_grid_charge_w
                                if wanted_w < 0 else 0.0)
-        setpoints, notes = distribute(wanted_w, batteries, p)
+        setpoints, notes = distribute(wanted_w, batteries, p, self.limits_w(1 if wanted_w > 0 else -1))
         new_total_w = float(sum(setpoints.values()))
         change_w = new_total_w - command_w
 
@@ -434,13 +453,43 @@ class FastController:
                 return decide(Status.IDLE, f"grid {grid_w:.0f} W inside the target band", self._setpoints)
             why = "; ".join(notes.values()) or f"demand {abs(wanted_w):.0f} W below the minimum power"
             return decide(Status.SOC_LIMIT if notes else Status.IDLE, why, self._setpoints)
-        if abs(change_w) >= max(p.jump_w, p.jump_noise * noise_w) or not self._same_split(setpoints):
+        moved_w = max((abs(setpoints.get(i, 0) - w) for i, w in self._setpoints.items()), default=0)
+        if (abs(change_w) >= max(p.jump_w, p.jump_noise * noise_w) or not self._same_split(setpoints)
+                or moved_w >= max(p.jump_w, p.jump_noise * noise_w)):  # a new split (a learned limit)
             return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
         # Small deviation: filter it, so that measurement noise is not written to the batteries.
         self._small_w += p.filter_gain * (change_w - self._small_w)
         if abs(self._small_w) >= max(p.deadband_w, p.deadband_noise * noise_w):
             return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
         return decide(Status.DEADBAND, f"deviation {change_w:+.0f} W inside deadband", self._setpoints)
+
+    def limits_w(self, direction: int) -> dict[int, float]:
+        """Power limits learned per battery id for discharging (+1) or charging (-1), W."""
+        return {i: w for (i, d), (w, _) in self._limits.items() if d == direction}
+
+    def _learn_limits(self, now_s: float, batteries: Sequence[BatteryState]) -> None:
+        """A battery that holds steady clearly below its setpoint (a smaller unit, a BMS limit) is only
+        given what it delivers, so that the others take the rest; the limit is forgotten after a while."""
+        p = self.p
+        for key, (_, since_s) in list(self._limits.items()):
+            if now_s - since_s > p.limit_hold_s:
+                del self._limits[key]
+        for b in batteries:
+            i, power_w = b.battery_id, b.power_w or 0.0
+            sp = self._setpoints.get(i, 0)
+            previous_w = self._last_power.get(i)
+            self._last_power[i] = power_w
+            direction = (sp > 0) - (sp < 0)
+            delivered_w = direction * power_w
+            steady = previous_w is not None and abs(power_w - previous_w) <= 10.0 + 0.02 * abs(sp)
+            if direction and steady and delivered_w >= p.min_power_w and abs(sp) - delivered_w > max(
+                    50.0, 0.1 * abs(sp)):
+                self._short_cycles[i] = self._short_cycles.get(i, 0) + 1
+                if self._short_cycles[i] >= p.limit_cycles:
+                    self._limits[i, direction] = (delivered_w, now_s)
+                    self._short_cycles[i] = 0
+            else:
+                self._short_cycles[i] = 0
 
     def noise_w(self) -> float:
         """Standard deviation of the sample-to-sample demand noise (robust: from the median step), W."""

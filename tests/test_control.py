@@ -356,3 +356,42 @@ def test_800w_step_settles_within_15_s_and_beats_the_seed_loop():
     assert fast is not None and fast <= 15.0
     seed = settle_time_s(closed_loop(800.0, SeedController(P), cycle_s=2.0), 30.0, 20.0, 50.0)
     assert seed is None or seed > fast
+
+
+def test_a_battery_that_delivers_less_than_asked_is_limited_and_the_other_takes_the_rest():
+    ctrl = FastController(P)
+    # Demand 3300 W: efficient staging gives 1640 W each; battery 2 (a smaller unit) holds at 1200 W.
+    ctrl.step(0.0, 3300.0, [bat(1, 40, 0.0), bat(2, 60, 0.0)])
+    assert ctrl.setpoints_w == {1: 1640, 2: 1640}
+    for k in range(1, 20):  # each battery settles on its setpoint, battery 2 at most on 1200 W
+        p1, p2 = ctrl.setpoints_w[1], min(ctrl.setpoints_w[2], 1200)
+        d = ctrl.step(float(k), 3300.0 - p1 - p2 + (k % 2), [bat(1, 40, p1), bat(2, 60, p2)])
+    assert ctrl.limits_w(1) == {2: 1200.0}
+    assert d.setpoints_w[2] == 1200
+    assert d.setpoints_w[1] == pytest.approx(3300 - 20 - 1200, abs=3)
+
+
+def test_learned_limits_are_forgotten_after_the_hold_time():
+    ctrl = FastController(ControlParams(limit_hold_s=60.0))
+    ctrl.step(0.0, 3300.0, [bat(1, 40, 0.0), bat(2, 60, 0.0)])
+    for k in range(1, 20):
+        p1, p2 = ctrl.setpoints_w[1], min(ctrl.setpoints_w[2], 1200)
+        ctrl.step(float(k), 3300.0 - p1 - p2 + (k % 2), [bat(1, 40, p1), bat(2, 60, p2)])
+    assert ctrl.limits_w(1)
+    ctrl.step(100.0, 20.0, [bat(1, 40, 2080.0), bat(2, 60, 1200.0)])
+    assert ctrl.limits_w(1) == {}
+
+
+def test_read_times_of_the_batteries_stamp_the_power_history():
+    ctrl = FastController(P)
+    ctrl.step(10.0, 500.0, [BatteryState(1, True, 50.0, 0.0, read_s=9.2)])
+    assert list(ctrl._power_t) == [9.2]
+    ctrl.step(11.0, 30.0, [BatteryState(1, True, 50.0, 400.0, read_s=12.0)])  # never after now
+    assert list(ctrl._power_t) == [9.2, 11.0]
+
+
+def test_distribute_respects_learned_limits():
+    setpoints, _ = distribute(3000, [bat(1, 40), bat(2, 60)], P, {2: 1200.0})
+    assert setpoints == {1: 1800, 2: 1200}
+    setpoints, _ = distribute(3000, [bat(1, 40), bat(2, 60)], P, {2: 30.0})  # below the minimum power
+    assert setpoints == {1: 2500, 2: 0}
