@@ -604,14 +604,20 @@ class SeedController:
         setpoints, notes = self._split(new, batteries)
         new_total = float(sum(setpoints.values()))
         grid_info = f"avg grid {grid_w:.0f} W"
+
+        def target(total: float) -> float:
+            return t_dis if total > 0 else t_chg if total < 0 else grid_power_w
+
         if new_total == c and new_total == 0:
-            return Decision(dict(self._setpoints), Status.IDLE, f"idle ({grid_info})", grid_w, None, notes)
+            return Decision(dict(self._setpoints), Status.IDLE, f"idle ({grid_info})", grid_w, None, notes,
+                            target(c))
         if abs(new_total - c) <= self.WRITE_THRESHOLD_W and (new_total == 0) == (c == 0):
-            return Decision(dict(self._setpoints), Status.DEADBAND, f"hold ({grid_info})", grid_w, None, notes)
+            return Decision(dict(self._setpoints), Status.DEADBAND, f"hold ({grid_info})", grid_w, None, notes,
+                            target(c))
         self._setpoints = setpoints
         self._command_total_w = new_total
         return Decision(dict(setpoints), Status.TRACKING, f"seed loop: {new_total:.0f} W ({grid_info})",
-                        grid_w, None, notes)
+                        grid_w, None, notes, target(new_total))
 
     def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, str]]:
         """Equal split over the batteries inside the SoC window, 50..max W each."""

@@ -395,3 +395,14 @@ def test_distribute_respects_learned_limits():
     assert setpoints == {1: 1800, 2: 1200}
     setpoints, _ = distribute(3000, [bat(1, 40), bat(2, 60)], P, {2: 30.0})  # below the minimum power
     assert setpoints == {1: 2500, 2: 0}
+
+
+@pytest.mark.parametrize("algorithm", ["fast", "seed"])
+def test_decisions_name_the_grid_target_for_the_quality_figures(algorithm):
+    ctrl = make_controller(algorithm, P)
+    d = ctrl.step(0.0, 800.0, [bat(power=0.0)])
+    assert d.target_grid_w == 20.0  # discharging aims at +20 W
+    d = make_controller(algorithm, P).step(0.0, -800.0, [bat(power=0.0)])
+    assert d.target_grid_w == -20.0
+    d = make_controller(algorithm, P).step(0.0, 10.0, [bat(power=0.0)])
+    assert d.target_grid_w == 10.0  # resting: no error
