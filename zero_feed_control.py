@@ -66,9 +66,9 @@ class ControlParams:
     # With a noisy demand the thresholds grow to these multiples of its standard deviation.
     jump_noise: float = 3.0
     deadband_noise: float = 1.0
-    # A battery that stays this many cycles clearly below its setpoint is limited to what it
-    # delivers, for limit_hold_s.
-    limit_cycles: int = 5
+    # A battery that holds steady clearly below its setpoint for this long is limited to what it
+    # delivers, for limit_hold_s (seconds, not cycles: the law must not depend on the poll interval).
+    limit_after_s: float = 5.0
     limit_hold_s: float = 600.0
     # "efficient": as few batteries as needed (higher SoC first); "balanced": shared by headroom.
     distribution: str = "efficient"
@@ -310,8 +310,8 @@ class FastController:
         self._last_demand_w: float | None = None
         self._demand_steps: deque[float] = deque(maxlen=self.NOISE_SAMPLES)
         self._limits: dict[tuple[int, int], tuple[float, float]] = {}  # (id, ±1) -> (W, learned at)
-        self._short_cycles: dict[int, int] = {}
-        self._last_power: dict[int, float] = {}
+        self._short_since: dict[int, float] = {}  # battery id -> steady and short of its setpoint since
+        self._last_power: dict[int, tuple[float, float]] = {}  # battery id -> (time, measured W)
         self.ages = SampleAgeEstimator((params.meter_min_age_s, params.meter_max_age_s), params.age_tolerance_w)
 
     @property
@@ -477,19 +477,21 @@ class FastController:
         for b in batteries:
             i, power_w = b.battery_id, b.power_w or 0.0
             sp = self._setpoints.get(i, 0)
-            previous_w = self._last_power.get(i)
-            self._last_power[i] = power_w
+            previous = self._last_power.get(i)
+            self._last_power[i] = (now_s, power_w)
             direction = (sp > 0) - (sp < 0)
             delivered_w = direction * power_w
-            steady = previous_w is not None and abs(power_w - previous_w) <= 10.0 + 0.02 * abs(sp)
+            # Steady: changing by at most 10 W + 2 % of the setpoint per second, however often we look.
+            steady = previous is not None and now_s > previous[0] and abs(power_w - previous[1]) <= (
+                10.0 + 0.02 * abs(sp)) * min(1.0, now_s - previous[0])
             if direction and steady and delivered_w >= p.min_power_w and abs(sp) - delivered_w > max(
                     50.0, 0.1 * abs(sp)):
-                self._short_cycles[i] = self._short_cycles.get(i, 0) + 1
-                if self._short_cycles[i] >= p.limit_cycles:
+                since_s = self._short_since.setdefault(i, now_s)
+                if now_s - since_s >= p.limit_after_s:
                     self._limits[i, direction] = (delivered_w, now_s)
-                    self._short_cycles[i] = 0
+                    del self._short_since[i]
             else:
-                self._short_cycles[i] = 0
+                self._short_since.pop(i, None)
 
     def noise_w(self) -> float:
         """Standard deviation of the sample-to-sample demand noise (robust: from the median step), W."""
