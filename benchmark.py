@@ -1361,7 +1361,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write docs/ (--quick never writes)")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="folder with the real traces")
+    parser.add_argument("--soak", action="store_true",
+                        help="instead: 24 simulated hours with random meter and Modbus faults (soak.py)")
+    parser.add_argument("--hours", type=float, default=24.0, help="soak length in simulated hours")
+    parser.add_argument("--seed", type=int, default=1, help="soak fault schedule seed")
     args = parser.parse_args(argv)
+    if args.soak:
+        import soak
+
+        result = soak.run_soak(hours=args.hours, seed=args.seed, track_memory=False)
+        print(soak.report(result, soak.GRACE_S))
+        return 0 if not result.violations(soak.GRACE_S) else 1
     started = time.monotonic()
     scenarios = scenario_set(args.quick, args.data_dir)
     results = run_all(scenarios, jobs=args.jobs, progress=True)

@@ -32,6 +32,7 @@ from devices import GridReading, MeterError
 from main import ControlLoop, control_params
 from status_store import EVENTS_KEPT, HISTORY_KEPT, CommandQueue, StatusStore, StoreLogHandler
 
+GRACE_S = 10.0  # longest tolerated discharge of a reachable battery into an exporting grid
 DISCHARGE_W = 25.0  # a battery counts as discharging above this
 EXPORT_W = -50.0  # the grid counts as exporting below this (meter noise and the -20 W target stay above)
 CONTROLLER_QUEUE_LIMIT = 1000  # the law keeps seconds of history, never hours

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from soak import FAULT_KINDS, fault_schedule, report, run_soak
+from soak import FAULT_KINDS, GRACE_S, fault_schedule, report, run_soak
 from status_store import EVENTS_KEPT, HistorySample, StatusSnapshot, StatusStore
-
-GRACE_S = 10.0
 
 
 def test_two_hours_with_random_faults_keep_every_invariant():
