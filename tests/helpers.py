@@ -7,7 +7,9 @@ import time
 from collections.abc import Callable
 
 
-def wait_until(predicate: Callable[[], object], timeout_s: float, what: str, interval_s: float = 0.05) -> object:
+def wait_until(
+    predicate: Callable[[], object], timeout_s: float = 3.0, what: str = "condition", interval_s: float = 0.05
+) -> object:
     """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while True:

@@ -35,20 +35,9 @@ from simulator import (
     UnitSpec,
     efficiency,
 )
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 3.0, interval_s: float = 0.01) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        time.sleep(interval_s)
 
 
 # ============================================================================ physics (explicit time)
