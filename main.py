@@ -99,6 +99,7 @@ class _Battery:
     online: bool = False
     error: str = ""
     setpoint_w: int = 0
+    read_s: float | None = None  # when ``reading`` was taken (control clock)
     short_since_s: float | None = None  # delivering far less than commanded since then
     excluded_until_s: float = float("-inf")
 
@@ -202,7 +203,7 @@ class ControlLoop:
         self.check_delivery(now_s)
         states = [
             BatteryState(b.battery_id, b.usable(now_s), b.reading.soc_pct if b.reading else None,
-                         b.reading.ac_power_w if b.reading else None)
+                         b.reading.ac_power_w if b.reading else None, read_s=b.read_s if b.reading else None)
             for b in self.batteries.values()
         ]
         decision = self.controller.step(
@@ -264,6 +265,7 @@ class ControlLoop:
         for b in self.batteries.values():
             try:
                 b.reading = self.bus.read(b.battery_id)
+                b.read_s = self.clock()  # the law matches battery power to the meter's sample instant
             except BatteryError as exc:
                 if b.online or not b.error:
                     log.warning("Battery %d offline: %s", b.battery_id, exc)
