@@ -52,7 +52,7 @@ from status_store import CommandQueue, StatusStore
 from zero_feed_control import BatteryState, ControlParams, Status, distribute, make_controller, target_total
 
 ROOT = Path(__file__).resolve().parent
-DATA_DIR = ROOT.parent / "shared" / "data"
+DATA_DIR = ROOT / "data" / "traces"
 DOCS_DIR = ROOT / "docs"
 
 DT_S = 0.1  # metric integration step while a battery moves (the plant itself is integrated exactly)
