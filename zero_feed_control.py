@@ -29,7 +29,7 @@ class Status(enum.Enum):
 
     TRACKING = "tracking"  # new setpoints written
     DEADBAND = "deadband"  # error too small to act on
-    SETTLING = "settling"  # waiting for the batteries to reach the last command
+    WAITING_FOR_SAMPLE = "waiting_for_sample"  # the meter still shows the sample already acted on
     IDLE = "idle"  # demand inside the target band or below the minimum power
     SOC_LIMIT = "soc_limit"  # demand exists but no battery may serve it
     NO_BATTERY = "no_battery"  # no battery online
@@ -38,6 +38,8 @@ class Status(enum.Enum):
 
 
 STOPPING = frozenset({Status.METER_FAILED, Status.NO_BATTERY})
+ALGORITHMS = ("fast", "seed")  # control.algorithm; the first is the default
+DISTRIBUTIONS = ("efficient", "balanced")  # control.distribution
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,15 @@ class ControlParams:
     # delivers, for limit_hold_s (seconds, not cycles: the law must not depend on the poll interval).
     limit_after_s: float = 5.0
     limit_hold_s: float = 600.0
+    # A battery that acknowledges at least no_delivery_min_w but delivers under no_delivery_share of it
+    # for no_delivery_after_s (firmware quirk, a BMS refusing near its limits) gets nothing in that
+    # direction for no_delivery_hold_s, then it is asked again.
+    no_delivery_min_w: float = 100.0
+    no_delivery_share: float = 0.05
+    no_delivery_after_s: float = 20.0
+    no_delivery_hold_s: float = 300.0
     # "efficient": as few batteries as needed (higher SoC first); "balanced": shared by headroom.
-    distribution: str = "efficient"
+    distribution: str = DISTRIBUTIONS[0]
     # A second battery joins above this share per battery, W (two units beat one above ~1500 W).
     stage_up_w: float = 1500.0
 
@@ -90,7 +99,7 @@ class BatteryState:
     read_s: float | None = None  # when power_w was read (same clock as now_s); None: at the step
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     """Setpoints per battery id (+ discharge, - charge, W) and why."""
 
@@ -214,12 +223,14 @@ class _MeterFailures:
         self.count += 1
         if self.count >= self.limit:
             return Decision(
-                {i: 0 for i in last_setpoints},
-                Status.METER_FAILED,
-                f"meter failed {self.count}x: batteries stopped ({error})",
+                setpoints_w={i: 0 for i in last_setpoints},
+                status=Status.METER_FAILED,
+                reason=f"meter failed {self.count}x: batteries stopped ({error})",
             )
         return Decision(
-            dict(last_setpoints), Status.METER_RETRY, f"meter failed {self.count}x: holding ({error})"
+            setpoints_w=dict(last_setpoints),
+            status=Status.METER_RETRY,
+            reason=f"meter failed {self.count}x: holding ({error})",
         )
 
 
@@ -309,8 +320,9 @@ class FastController:
         self._small_w = 0.0
         self._last_demand_w: float | None = None
         self._demand_steps: deque[float] = deque(maxlen=self.NOISE_SAMPLES)
-        self._limits: dict[tuple[int, int], tuple[float, float]] = {}  # (id, ±1) -> (W, learned at)
+        self._limits: dict[tuple[int, int], tuple[float, float]] = {}  # (id, ±1) -> (W, valid until)
         self._short_since: dict[int, float] = {}  # battery id -> steady and short of its setpoint since
+        self._dead_since: dict[int, float] = {}  # battery id -> delivering (almost) nothing since
         self._last_power: dict[int, tuple[float, float]] = {}  # battery id -> (time, measured W)
         self.ages = SampleAgeEstimator((params.meter_min_age_s, params.meter_max_age_s), params.age_tolerance_w)
 
@@ -326,20 +338,9 @@ class FastController:
         self._last_value = None
         self._small_w = 0.0
 
-    def _power_at(self, t_s: float) -> float:
-        """Total measured battery power at ``t_s``, linearly interpolated in the history."""
-        times, powers = self._power_t, self._power_w
-        i = bisect_left(times, t_s)
-        if i == 0:
-            return powers[0]
-        if i >= len(times):
-            return powers[-1]
-        t0, t1 = times[i - 1], times[i]
-        p0, p1 = powers[i - 1], powers[i]
-        return p0 + (p1 - p0) * (t_s - t0) / (t1 - t0) if t1 > t0 else p1
-
     def _powers_at(self, times_s: Sequence[float]) -> list[float]:
-        """``_power_at`` for many times at once (``times_s`` descending, as the estimator asks)."""
+        """Total measured battery power at each of ``times_s`` (descending, as the estimator asks), linearly
+        interpolated between the read-backs."""
         times, powers = self._power_t, self._power_w
         n = len(times)
         out = []
@@ -393,7 +394,8 @@ class FastController:
         online = [b for b in batteries if b.online and b.power_w is not None]
         if not online:
             self.reset()
-            return Decision({b.battery_id: 0 for b in batteries}, Status.NO_BATTERY, "no battery online")
+            return Decision(setpoints_w={b.battery_id: 0 for b in batteries}, status=Status.NO_BATTERY,
+                            reason="no battery online")
         measured_w = sum(b.power_w or 0.0 for b in online)
         stamps = [b.read_s for b in online if b.read_s is not None]
         stamp_s = min(now_s, sum(stamps) / len(stamps)) if len(stamps) == len(online) else now_s
@@ -409,14 +411,16 @@ class FastController:
         fresh = grid_power_w != self._last_value
         self._last_value = grid_power_w
         received_s = now_s if grid_received_s is None else min(grid_received_s, now_s)
-        notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, p)[2])}
+        notes = self._notes(now_s, batteries)
         held = self._safe_hold(batteries)
-        if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline): drop it now
+        if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline, paused): drop it now
             why = "; ".join(notes.values()) or "battery offline"
-            return self._command(held, Decision(dict(held), Status.SOC_LIMIT, why, grid_power_w, None, notes))
+            return self._command(held, Decision(setpoints_w=dict(held), status=Status.SOC_LIMIT, reason=why,
+                                                grid_power_avg_w=grid_power_w, battery_notes=notes))
         if not fresh and not recovered:
-            return Decision(dict(self._setpoints), Status.SETTLING, "waiting for a new meter sample",
-                            grid_power_w, None, notes, self._target_grid_w(grid_power_w))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.WAITING_FOR_SAMPLE,
+                            reason="waiting for a new meter sample", grid_power_avg_w=grid_power_w,
+                            battery_notes=notes, target_grid_w=self._target_grid_w(grid_power_w))
 
         if fresh:
             self._readings.append(grid_power_w)
@@ -441,7 +445,8 @@ class FastController:
         change_w = new_total_w - command_w
 
         def decide(status: Status, reason: str, new: Mapping[int, int]) -> Decision:
-            return Decision(dict(new), status, reason, grid_w, demand_w, notes, self._target_grid_w(grid_w, new))
+            return Decision(setpoints_w=dict(new), status=status, reason=reason, grid_power_avg_w=grid_w,
+                            demand_w=demand_w, battery_notes=notes, target_grid_w=self._target_grid_w(grid_w, new))
 
         verb = "discharge" if new_total_w > 0 else "charge" if new_total_w < 0 else "stop"
         reason = f"{verb} {abs(new_total_w):.0f} W (demand {demand_w:.0f} W)"
@@ -468,11 +473,15 @@ class FastController:
         return {i: w for (i, d), (w, _) in self._limits.items() if d == direction}
 
     def _learn_limits(self, now_s: float, batteries: Sequence[BatteryState]) -> None:
-        """A battery that holds steady clearly below its setpoint (a smaller unit, a BMS limit) is only
-        given what it delivers, so that the others take the rest; the limit is forgotten after a while."""
+        """The one policy for a battery that delivers less than commanded.
+
+        One that holds steady clearly below its setpoint (a smaller unit, a BMS limit) is only given what it
+        delivers, so that the others take the rest; one that delivers (almost) nothing at all (a firmware
+        quirk, a BMS refusing near its limits) gets nothing in that direction for a while. Both limits are
+        forgotten after their hold time and the battery is asked in full again."""
         p = self.p
-        for key, (_, since_s) in list(self._limits.items()):
-            if now_s - since_s > p.limit_hold_s:
+        for key, (_, until_s) in list(self._limits.items()):
+            if now_s >= until_s:
                 del self._limits[key]
         for b in batteries:
             i, power_w = b.battery_id, b.power_w or 0.0
@@ -481,6 +490,13 @@ class FastController:
             self._last_power[i] = (now_s, power_w)
             direction = (sp > 0) - (sp < 0)
             delivered_w = direction * power_w
+            if direction and abs(sp) >= p.no_delivery_min_w and delivered_w < p.no_delivery_share * abs(sp):
+                since_s = self._dead_since.setdefault(i, now_s)
+                if now_s - since_s >= p.no_delivery_after_s:
+                    self._limits[i, direction] = (0.0, now_s + p.no_delivery_hold_s)
+                    del self._dead_since[i]
+            else:
+                self._dead_since.pop(i, None)
             # Steady: changing by at most 10 W + 2 % of the setpoint per second, however often we look.
             steady = previous is not None and now_s > previous[0] and abs(power_w - previous[1]) <= (
                 10.0 + 0.02 * abs(sp)) * min(1.0, now_s - previous[0])
@@ -488,10 +504,20 @@ class FastController:
                     50.0, 0.1 * abs(sp)):
                 since_s = self._short_since.setdefault(i, now_s)
                 if now_s - since_s >= p.limit_after_s:
-                    self._limits[i, direction] = (delivered_w, now_s)
+                    self._limits[i, direction] = (delivered_w, now_s + p.limit_hold_s)
                     del self._short_since[i]
             else:
                 self._short_since.pop(i, None)
+
+    def _notes(self, now_s: float, batteries: Sequence[BatteryState]) -> dict[int, str]:
+        """Per battery: why it may not take (all of) its share now."""
+        notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, self.p)[2])}
+        for (i, direction), (limit_w, until_s) in self._limits.items():
+            if limit_w == 0.0:
+                verb = "discharge" if direction > 0 else "charge"
+                notes[i] = (f"acknowledges its setpoint but delivers nothing: no {verb} for now, "
+                            f"next try in {max(1, math.ceil((until_s - now_s) / 60))} min")
+        return notes
 
     def noise_w(self) -> float:
         """Standard deviation of the sample-to-sample demand noise (robust: from the median step), W."""
@@ -507,12 +533,15 @@ class FastController:
         return self.p.target_grid_discharge_w if c > 0 else self.p.target_grid_charge_w if c < 0 else grid_w
 
     def _safe_hold(self, batteries: Sequence[BatteryState]) -> dict[int, int]:
-        """The current setpoints with every one that the SoC rules or the online state forbid set to 0."""
+        """The current setpoints with every one that the SoC rules, the online state or a no-delivery pause
+        forbid set to 0."""
         held = dict(self._setpoints)
         for b in batteries:
             max_chg, max_dis, _ = battery_limits(b, self.p)
             sp = held.get(b.battery_id, 0)
-            if (sp > 0 and max_dis <= 0) or (sp < 0 and max_chg <= 0):
+            direction = (sp > 0) - (sp < 0)
+            paused = self._limits.get((b.battery_id, direction), (None, 0.0))[0] == 0.0
+            if (sp > 0 and max_dis <= 0) or (sp < 0 and max_chg <= 0) or (direction and paused):
                 held[b.battery_id] = 0
         return held
 
@@ -611,15 +640,16 @@ class SeedController:
             return t_dis if total > 0 else t_chg if total < 0 else grid_power_w
 
         if new_total == c and new_total == 0:
-            return Decision(dict(self._setpoints), Status.IDLE, f"idle ({grid_info})", grid_w, None, notes,
-                            target(c))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.IDLE, reason=f"idle ({grid_info})",
+                            grid_power_avg_w=grid_w, battery_notes=notes, target_grid_w=target(c))
         if abs(new_total - c) <= self.WRITE_THRESHOLD_W and (new_total == 0) == (c == 0):
-            return Decision(dict(self._setpoints), Status.DEADBAND, f"hold ({grid_info})", grid_w, None, notes,
-                            target(c))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.DEADBAND, reason=f"hold ({grid_info})",
+                            grid_power_avg_w=grid_w, battery_notes=notes, target_grid_w=target(c))
         self._setpoints = setpoints
         self._command_total_w = new_total
-        return Decision(dict(setpoints), Status.TRACKING, f"seed loop: {new_total:.0f} W ({grid_info})",
-                        grid_w, None, notes, target(new_total))
+        return Decision(setpoints_w=dict(setpoints), status=Status.TRACKING,
+                        reason=f"seed loop: {new_total:.0f} W ({grid_info})", grid_power_avg_w=grid_w,
+                        battery_notes=notes, target_grid_w=target(new_total))
 
     def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, str]]:
         """Equal split over the batteries inside the SoC window, 50..max W each."""

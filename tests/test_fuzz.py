@@ -1,7 +1,7 @@
 """Fuzzing the web server: random paths, methods, bodies and headers never give a 5xx or a traceback.
 
 The app is the real one (``web_server.create_app``) in front of the real control thread
-(``main.ControlLoop`` on ``simulator.Simulation``), so setup commands that pass validation really run
+(``ControlLoop`` on ``simulator.Simulation``), so setup commands that pass validation really run
 on the control thread. Two apps share that system: one without and one with ``web.password``.
 Each example is a short sequence of requests, a quarter of them in setup mode (scan, set-id and
 add-to-config run for real there); setup mode carries over between examples.
@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 
 import main
 from config_loader import Config, WebConfig, parse_config
+from control_loop import ControlLoop
 from simulator import Simulation, UnitSpec
 from status_store import CommandQueue, StatusStore
 from tests.helpers import free_port, wait_until
@@ -44,7 +45,7 @@ class System:
     sim: Simulation
     store: StatusStore
     commands: CommandQueue
-    loop: main.ControlLoop
+    loop: ControlLoop
     apps: dict[str, Flask]  # "open" (no password) and "locked" (web.password set)
 
 
@@ -65,7 +66,7 @@ def system() -> Iterator[System]:
         cfg = system_config(sim)
         store, commands = StatusStore(), CommandQueue()
         # No config_path: "add to config" changes the running config only (as in --demo).
-        loop = main.ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands)
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands)
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="fuzz-control", daemon=True)
         thread.start()

@@ -7,7 +7,8 @@ import logging
 import threading
 
 from config_loader import parse_config
-from main import ControlLoop, build_bus, build_meter
+from control_loop import ControlLoop
+from main import build_bus, build_meter
 from simulator import Simulation, UnitSpec
 from status_store import CommandQueue, StatusStore, StoreLogHandler
 from tests.helpers import wait_until

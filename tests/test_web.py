@@ -3,7 +3,7 @@
 Two kinds of app:
 * ``make_app``: a bare app on a fresh StatusStore and CommandQueue, for everything that is decided
   before a command reaches the control thread (validation, auth, headers, pages, languages).
-* ``live_system``: the real control thread (main.ControlLoop) on the simulator (simulator.Simulation),
+* ``live_system``: the real control thread (ControlLoop) on the simulator (simulator.Simulation),
   for the setup commands and the status document the control thread publishes.
 """
 
@@ -31,6 +31,7 @@ from waitress import wasyncore
 import i18n
 import main
 from config_loader import Config, WebConfig, load_config
+from control_loop import ControlLoop
 from shelly_client import ShellyClient
 from simulator import Simulation, UnitSpec
 from status_store import BatteryStatus, CommandQueue, HistorySample, StatusSnapshot, StatusStore, StoreLogHandler
@@ -71,7 +72,7 @@ class Live:
     sim: Simulation
     store: StatusStore
     commands: CommandQueue
-    loop: main.ControlLoop
+    loop: ControlLoop
     cfg: Config
     config_path: Path
     app: Flask
@@ -99,7 +100,7 @@ def live_system(tmp_path: Path, **web: Any) -> Iterator[Live]:
         app_logger = logging.getLogger("marstek")
         old_level = app_logger.level
         app_logger.setLevel(logging.INFO)
-        loop = main.ControlLoop(cfg, ShellyClient.from_config(cfg.shelly), main.build_bus(cfg), store, commands,
+        loop = ControlLoop(cfg, ShellyClient.from_config(cfg.shelly), main.build_bus(cfg), store, commands,
                                 config_path=config_path)
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
@@ -673,7 +674,7 @@ def test_every_text_key_the_pages_use_exists() -> None:
         used |= set(re.findall(r"\bt\(\"(\w+)\"\s*[,)]", script.read_text(encoding="utf-8")))
     # Keys built at run time from API values.
     used |= {f"state_{s}" for s in ("active", "setup", "stopped", "error", "unknown")}
-    used |= {f"status_{s}" for s in ("tracking", "deadband", "settling", "idle", "soc_limit", "no_battery",
+    used |= {f"status_{s}" for s in ("tracking", "deadband", "waiting_for_sample", "idle", "soc_limit", "no_battery",
                                      "meter_retry", "meter_failed")}
     used |= {f"mode_{m}" for m in ("charge", "discharge", "idle", "stopped")}
     used |= {f"level_{lv}" for lv in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
