@@ -599,7 +599,9 @@ MESSAGES_EN: dict[str, str] = {
     "hint_gateway_unreachable": (
         "Gateway {gateway} unreachable: check IP/port, is the gateway on, in 'Modbus TCP' mode (not transparent)?"
     ),
-    "hint_wrong_register_set": "The battery answers but does not know the registers: set battery.register_set to '{other}'?",
+    "hint_wrong_register_set": (
+        "The battery answers but does not know the registers: set battery.register_set to '{other}'?"
+    ),
     "hint_no_answer": (
         "No answer on this ID: check the ID in battery.akku_ids (setup page -> scan), RS485 wiring A/B, "
         "gateway 115200 8N1."
