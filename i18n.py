@@ -439,6 +439,8 @@ MESSAGES_DE: dict[str, str] = {
     "control_running_again": "Regelung läuft wieder",
     "watchdog_stop_failed": "Wächter konnte Akku {id} nicht stoppen: {error}",
     # -- web
+    "web_cannot_listen": "Webserver: kann nicht auf {host}:{port} lauschen: {error}",
+    "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "Web-Oberfläche ohne Passwort auf {host} erreichbar: jeder im Netz kann den Setup-Modus starten. "
         "Bitte web.password setzen."
@@ -542,6 +544,8 @@ MESSAGES_EN: dict[str, str] = {
     "control_running_again": "Control loop running again",
     "watchdog_stop_failed": "Watchdog could not stop battery {id}: {error}",
     # -- web
+    "web_cannot_listen": "Web server: cannot listen on {host}:{port}: {error}",
+    "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "Web UI reachable without a password on {host}: anyone on the network can start setup mode. "
         "Please set web.password."

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import i18n
 from battery_client import MarstekGateway
 from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
@@ -156,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
         return 2
+    i18n.set_language(cfg.web.language)
     if args.check and config_path is not None:
         logging.basicConfig(level=logging.CRITICAL)
         return run_check(cfg, config_path, build_meter(cfg), build_bus(cfg))
@@ -187,12 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
-        print(f"Web server: cannot listen on {cfg.web.host}:{cfg.web.port}: {exc}", file=sys.stderr)
+        print(i18n.Msg("web_cannot_listen", host=cfg.web.host, port=cfg.web.port, error=str(exc)), file=sys.stderr)
         if sim:
             sim.stop()
         return 1
     host = "localhost" if cfg.web.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.web.host
-    log.info("Dashboard: http://%s:%d", host, cfg.web.port)
+    log.info(i18n.Msg("dashboard_at", url=f"http://{host}:{cfg.web.port}"))
     control = threading.Thread(target=loop.run, args=(stop,), name="control", daemon=True)
     control.start()
     watchdog = Watchdog(lambda: loop.heartbeat_s, watchdog_limit_s(cfg),

@@ -102,11 +102,8 @@ def create_app(
     failed_lock = threading.Lock()
 
     if password is None and web_cfg.host not in LOOPBACK_HOSTS:
-        warning = (
-            f"Web-Oberfläche ohne Passwort auf {web_cfg.host} erreichbar: jeder im Netz kann den Setup-Modus "
-            "starten. Bitte web.password setzen. / Web UI reachable without a password: set web.password."
-        )
-        log.warning("%s", warning)
+        warning = i18n.Msg("warning_no_password", host=web_cfg.host)
+        log.warning(warning)
         store.update(warnings=(warning,))
 
     # ------------------------------------------------------------------ auth helpers
@@ -185,7 +182,7 @@ def create_app(
 
     @app.errorhandler(CommandError)
     def command_error(exc: CommandError) -> tuple[Response, int]:
-        return jsonify(error=str(exc)), exc.status
+        return jsonify(error=i18n.render(exc.message, language())), exc.status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int] | HTTPException:
@@ -261,7 +258,7 @@ def create_app(
     # ------------------------------------------------------------------ API
     @app.get("/api/status")
     def api_status() -> Response:
-        return jsonify(store.status_json())
+        return jsonify(store.status_json(language()))
 
     @app.get("/api/history")
     def api_history() -> Response:
@@ -279,15 +276,19 @@ def create_app(
             soc_pct=[s.soc_pct for s in samples],
         )
 
+    def run(command: str, timeout_s: float = 60.0, **args: Any) -> Response:
+        """Run a command on the control thread; its messages in the page's language."""
+        return jsonify(i18n.render(commands.submit(command, timeout_s=timeout_s, **args), language()))
+
     @app.post("/api/setup/enter")
     def setup_enter() -> Response:
         json_body({})
-        return jsonify(commands.submit("enter_setup"))
+        return run("enter_setup")
 
     @app.post("/api/setup/exit")
     def setup_exit() -> Response:
         json_body({})
-        return jsonify(commands.submit("exit_setup"))
+        return run("exit_setup")
 
     @app.post("/api/setup/scan")
     def setup_scan() -> Response:
@@ -298,19 +299,19 @@ def create_app(
             raise ApiError("last_id must not be below first_id")
         if last_id - first_id >= 50:
             raise ApiError("scan at most 50 IDs at once")
-        return jsonify(commands.submit("scan", timeout_s=120.0, first_id=first_id, last_id=last_id))
+        return run("scan", timeout_s=120.0, first_id=first_id, last_id=last_id)
 
     @app.post("/api/setup/set-id")
     def setup_set_id() -> Response:
         data = json_body({"new_id": int}, required=("new_id",))
         new_id = int_in_range(data, "new_id", 2, 247)
-        return jsonify(commands.submit("set_id", new_id=new_id))
+        return run("set_id", new_id=new_id)
 
     @app.post("/api/setup/add-to-config")
     def setup_add_to_config() -> Response:
         data = json_body({"id": int}, required=("id",))
         battery_id = int_in_range(data, "id", 1, 247)
-        return jsonify(commands.submit("add_to_config", battery_id=battery_id))
+        return run("add_to_config", battery_id=battery_id)
 
     @app.get("/api/<path:_rest>")
     def api_not_found(_rest: str) -> Response:
