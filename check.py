@@ -37,15 +37,15 @@ def run_check(cfg: Config, config_path: Path, meter: GridMeter, bus: BatteryBus)
                 what = Msg("check_battery", id=battery_id, gateway=f"{cfg.battery.ip}:{cfg.battery.port}")
                 try:
                     model, soc = bus.probe(battery_id)
-                    reading = bus.read(battery_id)
+                    battery = bus.read(battery_id)
                 except BatteryError as exc:
                     problems += 1
                     print(Msg("check_failed", what=what, error=str(exc)))
                     print(f"  -> {battery_hint(str(exc), cfg)}")
                     continue
-                control = Msg("check_rs485_on" if reading.rs485_control else "check_rs485_off")
+                control = Msg("check_rs485_on" if battery.rs485_control else "check_rs485_off")
                 print(Msg("check_battery_ok", what=what, model=model or "?", soc=soc,
-                          power=f"{reading.ac_power_w:+.0f}", control=control))
+                          power=f"{battery.ac_power_w:+.0f}", control=control))
     finally:
         bus.close()
     print(Msg("check_all_ok") if problems == 0 else Msg("check_problems", count=problems))

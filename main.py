@@ -119,7 +119,8 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     """Close waitress from its own loop thread (closing its sockets from outside races select)."""
     from waitress import wasyncore
 
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    # waitress has no public way to close its sockets from its own loop thread.
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # noqa: SLF001
     thread.join(timeout=3.0)
     server.task_dispatcher.shutdown()
 

@@ -73,7 +73,7 @@ class StatusSnapshot:
     reason: str = ""
     status: str = ""
     meter_error_since: str | None = None
-    quality: Mapping[str, float] = field(default_factory=dict)
+    quality: Mapping[str, float | None] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
 
 

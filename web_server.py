@@ -80,7 +80,7 @@ def int_in_range(data: Mapping[str, Any], name: str, low: int, high: int, defaul
 
 
 # ---------------------------------------------------------------------------- the app
-def create_app(
+def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     store: StatusStore,
     commands: CommandQueue,
     web_cfg: Any,
@@ -150,7 +150,7 @@ def create_app(
             return False
 
     @app.before_request
-    def guard() -> Response | None:
+    def guard() -> Any:
         is_api = request.path.startswith("/api/")
         if request.method == "POST":
             if not same_origin():
