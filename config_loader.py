@@ -615,7 +615,10 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_pairs_hook)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise ConfigError(
+            f"{path}: keine gültige JSON-Datei (Zeile {exc.lineno}, Spalte {exc.colno}) / "
+            f"not a valid JSON file (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
 

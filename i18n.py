@@ -205,6 +205,7 @@ DE: dict[str, str] = {
     "login_password": "Passwort",
     "login_button": "Anmelden",
     "login_wrong_password": "Das Passwort ist falsch.",
+    "login_too_many_attempts": "Zu viele falsche Passwörter. Bitte kurz warten und dann erneut versuchen.",
 }
 
 EN: dict[str, str] = {
@@ -392,6 +393,7 @@ EN: dict[str, str] = {
     "login_password": "Password",
     "login_button": "Log in",
     "login_wrong_password": "Wrong password.",
+    "login_too_many_attempts": "Too many wrong passwords. Please wait a moment and try again.",
 }
 
 STRINGS: Mapping[str, Mapping[str, str]] = {"de": DE, "en": EN}

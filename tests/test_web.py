@@ -51,8 +51,8 @@ def web_cfg(**changes: Any) -> WebConfig:
 
 
 def make_app(store: StatusStore | None = None, **web: Any) -> Flask:
-    """A bare app (no control thread behind the command queue); failed logins do not sleep."""
-    return create_app(store or StatusStore(), CommandQueue(), web_cfg(**web), sleep=lambda _s: None)
+    """A bare app (no control thread behind the command queue)."""
+    return create_app(store or StatusStore(), CommandQueue(), web_cfg(**web))
 
 
 def basic(password: str, user: str = "admin") -> dict[str, str]:
@@ -77,6 +77,7 @@ class Live:
     config_path: Path
     app: Flask
     client: FlaskClient
+    clock_s: list[float]  # the app's clock (blocks after wrong passwords); tests move it by hand
 
 
 @contextlib.contextmanager
@@ -105,11 +106,12 @@ def live_system(tmp_path: Path, **web: Any) -> Iterator[Live]:
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
         thread.start()
-        app = create_app(store, commands, cfg.web, sleep=lambda _s: None)
+        clock_s = [0.0]
+        app = create_app(store, commands, cfg.web, clock=lambda: clock_s[0])
         try:
             wait_until(lambda: store.latest().control_state == "active" and
                        all(b.online for b in store.latest().batteries), 15, "control active, both batteries online")
-            yield Live(sim, store, commands, loop, cfg, config_path, app, app.test_client())
+            yield Live(sim, store, commands, loop, cfg, config_path, app, app.test_client(), clock_s)
         finally:
             stop.set()
             commands.wakeup.set()
@@ -477,6 +479,7 @@ def test_login_form_flow_with_csrf_token(tmp_path: Path) -> None:
         html = resp.get_data(as_text=True)
         assert i18n.DE["login_wrong_password"] in html
         token = CSRF_RE.search(html).group(1)
+        system.clock_s[0] += 1.0  # past the block the wrong password earned (tests/test_security.py)
 
         resp = client.post("/login?next=/setup", data={"password": PASSWORD, "csrf_token": token})
         assert resp.status_code == 302
@@ -680,7 +683,7 @@ def test_every_text_key_the_pages_use_exists() -> None:
     used |= {f"level_{lv}" for lv in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
     used |= {f"quality_{q}" for q in ("rms_error_w", "export_wh_today", "import_wh_today", "battery_export_wh_today",
                                       "writes_per_h", "band_crossings_per_h", "time_in_band_pct")}
-    used |= {"login_wrong_password"}
+    used |= {"login_wrong_password", "login_too_many_attempts"}
     assert used - set(i18n.DE) == set()
 
 
