@@ -118,7 +118,7 @@ class ControlLoop:
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
         """Cycle until ``stop`` is set; always leaves the batteries stopped."""
-        log.info(Msg("control_started", meter=self.meter.name, ids=list(self.batteries),
+        log.info(Msg("control_started", meter=self.meter.name, ids=", ".join(map(str, self.batteries)),
                      algorithm=self.cfg.control.algorithm))
         try:
             while not stop.is_set():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -17,7 +16,7 @@ import requests
 
 import i18n
 from simulator import Simulation, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, running_main, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_W = 20.0  # control.target_grid_power_discharge
@@ -36,26 +35,6 @@ def write_config(path: Path, sim: Simulation, ids: list[int], web_port: int, **s
         cfg[key].update(values)
     path.write_text(json.dumps(cfg), encoding="utf-8")
     return path
-
-
-@contextlib.contextmanager
-def running_main(config_path: Path) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
-        cwd=str(config_path.parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
 
 
 def status(web_port: int) -> dict | None:

@@ -30,11 +30,12 @@ import requests
 
 import main
 from battery_client import MarstekGateway
-from config_loader import Config, parse_config
+from config_loader import Config
 from control_loop import ControlLoop
 from devices import BatteryError
 from simulator import PlantParams, Simulation, SimUnit, UnitSpec
 from status_store import CommandQueue, StatusStore
+from tests import helpers
 from tests.helpers import free_port, wait_until
 from tests.test_end_to_end import running_main, status, write_config
 from web_server import create_app
@@ -49,30 +50,18 @@ QUICK = {"plant": PlantParams(dead_time_s=0.0, tau_s=0.05), "meter_cadence_s": 0
          "meter_noise_w": 5.0}
 
 
-class FakeClock:
-    """Monotonic time the test advances by hand (kept below time.monotonic(), see ControlLoop.cycle)."""
-
-    def __init__(self) -> None:
-        self.now_s = 10.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
+def FakeClock() -> helpers.FakeClock:  # kept below time.monotonic() (see ControlLoop.cycle)
+    return helpers.FakeClock(10.0)
 
 
 def fault_config(sim: Simulation, ids: list[int], **battery: Any) -> Config:
     """Short timeouts; pacing at its minimum (20 ms) because pacing is not what these tests are about."""
-    battery = {"pacing_ms": 20, **battery}
-    return parse_config({
-        "energy_meter": {"type": "shelly"},
-        "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 0.5,
-                   "max_failures_before_stop": MAX_FAILURES, "max_frozen_seconds": 5},
-        "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": ids, "timeout_seconds": 0.5, **battery},
-        "control": {"poll_interval_seconds": 1, "soc_update_interval_seconds": 5},
-        "web": {"host": "127.0.0.1", "port": 8080},
-    })
+    return helpers.sim_config(
+        sim, ids,
+        shelly={"timeout_seconds": 0.5, "max_failures_before_stop": MAX_FAILURES, "max_frozen_seconds": 5},
+        battery={"pacing_ms": 20, **battery},
+        control={"soc_update_interval_seconds": 5},
+    )
 
 
 class Rig:

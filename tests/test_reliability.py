@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 
 from battery_client import MarstekGateway
-from config_loader import Config, parse_config
+from config_loader import Config
 from control_loop import ControlLoop
 from devices import GridReading
 from main import build_bus, build_meter, emergency_bus
 from simulator import Simulation, UnitSpec
 from status_store import CommandQueue, StatusStore
-from tests.helpers import wait_until
+from tests import helpers
+from tests.helpers import FakeClock, wait_until
 from watchdog import Watchdog, emergency_stop
 from zero_feed_control import ControlParams
 
@@ -28,27 +29,8 @@ LAW = ControlParams()
 ROOT = Path(__file__).resolve().parent.parent
 
 
-class FakeClock:
-    """Monotonic time the test advances by hand."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
-
-
 def sim_config(sim: Simulation, ids: list[int], **control: object) -> Config:
-    return parse_config({
-        "energy_meter": {"type": "shelly"},
-        "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1, "max_failures_before_stop": 2},
-        "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": ids, "timeout_seconds": 0.5},
-        "control": {"poll_interval_seconds": 1, **control},
-        "web": {"host": "127.0.0.1", "port": 8080},
-    })
+    return helpers.sim_config(sim, ids, control=dict(control))
 
 
 @pytest.fixture

@@ -15,25 +15,12 @@ from control_loop import ControlLoop
 from main import build_bus, build_meter
 from simulator import Simulation, UnitSpec
 from status_store import CommandQueue, StatusStore, StoreLogHandler
-from tests.helpers import wait_until
+from tests.helpers import FakeClock, wait_until
 from web_server import LoginBlocked, LoginThrottle, create_app
 
 WEB_PASSWORD = "web-Geheimnis-4711"
 SHELLY_PASSWORD = "shelly-Geheimnis-0815"
 CSRF_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
-
-
-class FakeClock:
-    """Monotonic seconds that move only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now_s = 1000.0
-
-    def __call__(self) -> float:
-        return self.now_s
-
-    def advance(self, seconds: float) -> None:
-        self.now_s += seconds
 
 
 def basic(password: str) -> dict[str, str]:
