@@ -157,7 +157,7 @@ class MeterEmulator:
         self.host = "127.0.0.1"
         self.port: int | None = None
         self._stopping = threading.Event()
-        self._server_lock = threading.Lock()
+        self._server_lock = threading.RLock()
         self._server: _HttpServer | None = None
         self._threads: list[threading.Thread] = []
         self._held = 0
@@ -175,7 +175,8 @@ class MeterEmulator:
         """Close the port, cut open connections, release held requests and join the server thread."""
         self._stopping.set()
         self.refuse_connections()
-        threads, self._threads = self._threads, []
+        with self._server_lock:
+            threads, self._threads = self._threads, []
         for t in threads:
             t.join(timeout=5.0)
 
@@ -190,10 +191,10 @@ class MeterEmulator:
 
     def accept_connections(self) -> None:
         """Listen again on the port closed by ``refuse_connections`` (no-op before start, after stop)."""
-        with self._server_lock:
+        with self._server_lock:  # bind under the lock: a concurrent stop() then closes the new server too
             if self.port is None or self._stopping.is_set() or self._server is not None:
                 return
-        self._serve(_HttpServer((self.host, self.port), self.handler_class, self))
+            self._serve(_HttpServer((self.host, self.port), self.handler_class, self))
 
     @property
     def requests_held(self) -> int:
@@ -214,13 +215,13 @@ class MeterEmulator:
                 self._held -= 1
 
     def _serve(self, srv: _HttpServer) -> None:
-        with self._server_lock:
-            self._server = srv
         t = threading.Thread(
             target=srv.serve_forever, kwargs={"poll_interval": 0.05}, name=self.thread_name, daemon=True
         )
-        t.start()
-        self._threads.append(t)
+        with self._server_lock:
+            self._server = srv
+            self._threads = [*(old for old in self._threads if old.is_alive()), t]
+            t.start()
 
 
 class MeterRequestHandler(BaseHTTPRequestHandler):
