@@ -18,7 +18,7 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
@@ -359,8 +359,12 @@ class SimUnit:
             r[32105] = lambda: _u16(plant.soc_pct / 100.0 * plant.params.capacity_wh)  # 1 Wh
             r[32204] = const(500)  # 0.1 Hz
             r[34002] = lambda: _u16(plant.soc_pct * 10.0)  # 0.1 %
+
+            def cell_mv(i: int) -> Callable[[], int]:  # cell voltages 0.001 V, slightly spread
+                return lambda: _u16(self._battery_voltage_v() / 16.0 * 1000.0 + (i % 3) - 1)
+
             for i in range(16):
-                r[34018 + i] = lambda i=i: _u16(self._battery_voltage_v() / 16.0 * 1000.0 + (i % 3) - 1)
+                r[34018 + i] = cell_mv(i)
             r[35010] = const(_s16(240))
             r[35011] = const(_s16(221))
         return r
@@ -440,7 +444,8 @@ class SimGateway:
             server = _SimModbusServer(self, address=(host, port), ignore_missing_devices=True)
             await server.serve_forever(background=True)
             self._server = server
-            self.port = server.transport.sockets[0].getsockname()[1]
+            listener = cast(asyncio.Server, server.transport)  # a listening protocol's transport is the server
+            self.port = listener.sockets[0].getsockname()[1]
             ready.set()
             with contextlib.suppress(asyncio.CancelledError):
                 await server.serving

@@ -140,11 +140,12 @@ class Simulation:
         self._stop = threading.Event()
         self._now_s = 0.0
         specs = units if units is not None else [UnitSpec(1)]
-        self.gateway = SimGateway(
+        primary = SimGateway(
             [SimUnit(spec, self.plant_params, 0.0, self._lock) for spec in specs],
             lock=self._lock,
             close_after_exception=close_after_exception,
         )
+        self._gateways: list[SimGateway] = [primary]  # one per host:port; all share the physics lock
         self._fault: str | None = None
         self._frozen: tuple[float, float] | None = None
         self._avg: deque[tuple[float, float]] = deque()
@@ -158,9 +159,15 @@ class Simulation:
     # -- parts ----------------------------------------------------------------------------------------
 
     @property
+    def gateway(self) -> SimGateway:
+        """The primary Modbus gateway (``modbus_port``, ``add_unit``, ``close_after_exception``)."""
+        return self._gateways[0]
+
+    @property
     def gateways(self) -> list[SimGateway]:
-        """The Modbus gateways, the primary one (``gateway``) first."""
-        return [self.gateway]
+        """All Modbus gateways, the primary one first (a new list)."""
+        with self._lock:
+            return list(self._gateways)
 
     @property
     def meter_emulators(self) -> list[MeterEmulator]:
