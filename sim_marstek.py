@@ -72,6 +72,18 @@ _WRITABLE_COMMON: dict[int, tuple[int, int]] = {
     REG_MAX_DISCHARGE: (0, MAX_SETPOINT_W),
 }
 _WRITABLE_V2_ONLY: dict[int, tuple[int, int]] = {44000: (800, 1000), 44001: (120, 300)}
+# Writable registers that just hold their value: address -> SimUnit attribute.
+_PLAIN_REGISTERS: dict[int, str] = {
+    REG_FORCE_MODE: "force_mode",
+    REG_CHARGE_POWER: "charge_power_w",
+    REG_DISCHARGE_POWER: "discharge_power_w",
+    REG_TARGET_SOC: "target_soc_pct",
+    REG_MAX_CHARGE: "max_charge_power_w",
+    REG_MAX_DISCHARGE: "max_discharge_power_w",
+    REG_BACKUP: "backup_disabled",
+    44000: "cutoff_charge",
+    44001: "cutoff_discharge",
+}
 
 
 def _u16(v: float) -> int:
@@ -213,43 +225,31 @@ class SimUnit:
         self.write_log.append((address, value))
         if len(self.write_log) > _WRITE_LOG_MAX:
             del self.write_log[: len(self.write_log) - _WRITE_LOG_MAX]
+        code = self._check_write(address, value)
+        if code is not None:
+            return code
+        if address == REG_RS485:
+            self.rs485_control = value == RS485_ON
+        elif address == REG_WORK_MODE:
+            self.work_mode = value
+            self.rs485_control = False  # any 43000 write ends RS485 control
+        elif address == REG_RESTART:
+            self._reboot()
+        elif address in _PLAIN_REGISTERS:
+            setattr(self, _PLAIN_REGISTERS[address], value)
+        self._apply()
+        return None
+
+    def _check_write(self, address: int, value: int) -> int | None:
+        """None when ``value`` may be written to ``address`` on this register set, else the exception code."""
         limits = _WRITABLE_COMMON.get(address)
         if limits is None and self.register_set == "v2":
             limits = _WRITABLE_V2_ONLY.get(address)
         if limits is None:
             return EXC_ILLEGAL_ADDRESS
-        if address == REG_RS485:
-            if value not in (RS485_ON, RS485_OFF):
-                return EXC_ILLEGAL_VALUE
-        elif not limits[0] <= value <= limits[1]:
-            return EXC_ILLEGAL_VALUE
-        if address == REG_RS485:
-            self.rs485_control = value == RS485_ON
-        elif address == REG_FORCE_MODE:
-            self.force_mode = value
-        elif address == REG_CHARGE_POWER:
-            self.charge_power_w = value
-        elif address == REG_DISCHARGE_POWER:
-            self.discharge_power_w = value
-        elif address == REG_TARGET_SOC:
-            self.target_soc_pct = value
-        elif address == REG_WORK_MODE:
-            self.work_mode = value
-            self.rs485_control = False  # any 43000 write ends RS485 control
-        elif address == REG_MAX_CHARGE:
-            self.max_charge_power_w = value
-        elif address == REG_MAX_DISCHARGE:
-            self.max_discharge_power_w = value
-        elif address == REG_BACKUP:
-            self.backup_disabled = value
-        elif address == 44000:
-            self.cutoff_charge = value
-        elif address == 44001:
-            self.cutoff_discharge = value
-        elif address == REG_RESTART:
-            self._reboot()
-        self._apply()
-        return None
+        if address == REG_RS485:  # exactly one of the two codes, not the range between them
+            return None if value in (RS485_ON, RS485_OFF) else EXC_ILLEGAL_VALUE
+        return None if limits[0] <= value <= limits[1] else EXC_ILLEGAL_VALUE
 
     def _reboot(self) -> None:
         # RAM registers are 0 after a reboot; RS485 control is off (marstek-modbus.md §4, §5).

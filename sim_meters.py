@@ -36,6 +36,9 @@ SHELLY_PROFILES = ("triphase", "monophase", "gen1")
 ABSURD_POWER_W = 150_000.0
 _PHASE_SHARES = (0.40, 0.25, 0.35)  # how the total is split over the three phases / EM1 channels
 _SHELLY_SERVER = "ShellyHTTP/1.0.0"
+_SHELLY_OPEN_METHODS = ("/shelly", "Shelly.GetDeviceInfo")  # answered without auth
+_SHELLY_KEYS_TRIPHASE = frozenset({"a_act_power", "b_act_power", "c_act_power", "total_act_power"})
+_SHELLY_KEYS_MONOPHASE = frozenset({"act_power"})
 _ECOTRACKER_404 = (
     "everHome Local API: <a href='/v1/json'>/v1/json</a><br>everHome Local API Documentation: "
     "<a href='https://everhome.cloud/en/developer/ecotracker'>Local-API Documentation</a><br>everHome Homepage: "
@@ -331,43 +334,47 @@ class _ShellyHandler(MeterRequestHandler):
     # -- routing --------------------------------------------------------------------------------------
 
     def _handle(self, post_body: bytes | None) -> None:
-        emu = self._emulator
         if self._hang_if_timeout_fault():
             return
+        request = self._parse(post_body)
+        if request is None:
+            return
+        method, params, rpc_id = request
+        if method not in _SHELLY_OPEN_METHODS and not self._authorized():
+            return
+        self._respond(method, params, rpc_id, rpc_post=post_body is not None)
+
+    def _parse(self, post_body: bytes | None) -> tuple[str, dict[str, Any], Any] | None:
+        """(method or Gen1 path, params, RPC id) of the request; None when it has been answered already."""
         parts = urlsplit(self.path)
         path = parts.path
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        gen1 = emu.profile == "gen1"
-        rpc_id: Any = None
-        if post_body is not None:
-            if gen1 or path != "/rpc":
-                self._not_found(None)
-                return
-            try:
-                frame = json.loads(post_body or b"{}")
-                method = str(frame["method"])
-                params = frame.get("params") or {}
-                rpc_id = frame.get("id")
-            except (ValueError, KeyError, TypeError, AttributeError):
-                self._json(400, {"code": -103, "message": "Invalid request"})
-                return
-        elif path.startswith("/rpc/") and not gen1:
-            method = path[5:]
-            params = query
-        else:
-            method = path
-            params = query
-        open_methods = ("/shelly", "Shelly.GetDeviceInfo")
-        if method not in open_methods and not self._authorized():
-            return
+        gen1 = self._emulator.profile == "gen1"
+        if post_body is None:
+            if path.startswith("/rpc/") and not gen1:
+                return path[5:], query, None
+            return path, query, None
+        if gen1 or path != "/rpc":
+            self._not_found(None)
+            return None
+        try:
+            frame = json.loads(post_body or b"{}")
+            return str(frame["method"]), frame.get("params") or {}, frame.get("id")
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self._json(400, {"code": -103, "message": "Invalid request"})
+            return None
+
+    def _respond(self, method: str, params: dict[str, Any], rpc_id: Any, rpc_post: bool) -> None:
+        """Answer an authorised request, with the active fault applied."""
+        emu = self._emulator
         snap = emu.source.meter_snapshot()
         if snap.fault == "http500":
-            if gen1:
+            if emu.profile == "gen1":
                 self._send(500, b"Internal Server Error", "text/plain", [("Server", _SHELLY_SERVER)])
             else:
                 self._json(500, {"code": -114, "message": "Internal error"})
             return
-        if method == "/shelly" and post_body is None:
+        if method == "/shelly" and not rpc_post:
             self._json(200, emu.device_info())
             return
         result = emu.result(method, params, snap)
@@ -386,7 +393,7 @@ class _ShellyHandler(MeterRequestHandler):
                 [("Server", _SHELLY_SERVER)],
             )
             return
-        if post_body is not None:
+        if rpc_post:
             payload = {"id": rpc_id, "src": emu.device_id, "result": payload}
         self._json(200, payload)
 
@@ -503,63 +510,72 @@ class ShellyEmulator(MeterEmulator):
 
     def result(self, method: str, params: dict[str, Any], snap: MeterSnapshot) -> tuple[int, Any] | None:
         """(status, payload) for a Shelly method / Gen1 path, or None for "no such method"."""
-        profile = self.profile
         try:
             comp_id = int(params.get("id", 0))
         except (TypeError, ValueError):
             return 400, {"code": -103, "message": "Invalid argument 'id'"}
-        if profile == "gen1":
+        if self.profile == "gen1":
             return self._gen1_result(method, snap)
         if method == "Shelly.GetDeviceInfo":
             return 200, self.device_info()
-        keys_tri = frozenset({"a_act_power", "b_act_power", "c_act_power", "total_act_power"})
-        keys_mono = frozenset({"act_power"})
-        if profile == "triphase" and method in ("EM.GetStatus", "EMData.GetStatus"):
-            if comp_id != 0:
-                return 500, {"code": -105, "message": f"Argument 'id', value {comp_id} not found!"}
-            if method == "EMData.GetStatus":
-                return 200, self._emdata(snap)
-            return 200, _corrupt(self._em_status(snap), keys_tri, snap.fault)
-        if profile == "monophase" and method in ("EM1.GetStatus", "EM1Data.GetStatus"):
-            if comp_id not in (0, 1, 2):
-                return 500, {"code": -105, "message": f"Argument 'id', value {comp_id} not found!"}
-            if method == "EM1Data.GetStatus":
-                share = _PHASE_SHARES[comp_id]
-                return 200, {
-                    "id": comp_id,
-                    "total_act_energy": round(snap.import_wh * share, 2),
-                    "total_act_ret_energy": round(snap.export_wh * share, 2),
-                }
-            return 200, _corrupt(self._em1_status(snap, comp_id), keys_mono, snap.fault)
         if method == "Shelly.GetStatus":
-            status: dict[str, Any] = {"ble": {}, "cloud": {"connected": False}}
-            if profile == "triphase":
-                status["em:0"] = _corrupt(self._em_status(snap), keys_tri, snap.fault)
-                status["emdata:0"] = self._emdata(snap)
-            else:
-                for ch in range(3):
-                    status[f"em1:{ch}"] = _corrupt(self._em1_status(snap, ch), keys_mono, snap.fault)
-            status.update(
-                {
-                    "eth": {"ip": None},
-                    "modbus": {},
-                    "mqtt": {"connected": False},
-                    "sys": {
-                        "mac": self.mac,
-                        "restart_required": False,
-                        "time": time.strftime("%H:%M", time.localtime(snap.unixtime)),
-                        "unixtime": snap.unixtime,
-                        "uptime": int(snap.uptime_s),
-                        "cfg_rev": 20,
-                        "reset_reason": 3,
-                    },
-                    "temperature:0": {"id": 0, "tC": 39.1, "tF": 102.4},
-                    "wifi": {"sta_ip": self.host, "status": "got ip", "ssid": "sim", "rssi": -60},
-                    "ws": {"connected": False},
-                }
-            )
-            return 200, status
+            return 200, self._shelly_status(snap)
+        if self.profile == "triphase" and method in ("EM.GetStatus", "EMData.GetStatus"):
+            return self._em_result(method, comp_id, snap)
+        if self.profile == "monophase" and method in ("EM1.GetStatus", "EM1Data.GetStatus"):
+            return self._em1_result(method, comp_id, snap)
         return None
+
+    def _em_result(self, method: str, comp_id: int, snap: MeterSnapshot) -> tuple[int, Any]:
+        """Triphase ``EM.GetStatus`` / ``EMData.GetStatus`` (one component, id 0)."""
+        if comp_id != 0:
+            return 500, {"code": -105, "message": f"Argument 'id', value {comp_id} not found!"}
+        if method == "EMData.GetStatus":
+            return 200, self._emdata(snap)
+        return 200, _corrupt(self._em_status(snap), _SHELLY_KEYS_TRIPHASE, snap.fault)
+
+    def _em1_result(self, method: str, comp_id: int, snap: MeterSnapshot) -> tuple[int, Any]:
+        """Monophase ``EM1.GetStatus`` / ``EM1Data.GetStatus`` (channels 0..2)."""
+        if comp_id not in (0, 1, 2):
+            return 500, {"code": -105, "message": f"Argument 'id', value {comp_id} not found!"}
+        if method == "EM1Data.GetStatus":
+            share = _PHASE_SHARES[comp_id]
+            return 200, {
+                "id": comp_id,
+                "total_act_energy": round(snap.import_wh * share, 2),
+                "total_act_ret_energy": round(snap.export_wh * share, 2),
+            }
+        return 200, _corrupt(self._em1_status(snap, comp_id), _SHELLY_KEYS_MONOPHASE, snap.fault)
+
+    def _shelly_status(self, snap: MeterSnapshot) -> dict[str, Any]:
+        """Gen2 ``Shelly.GetStatus``: the meter components of the profile plus the system parts."""
+        status: dict[str, Any] = {"ble": {}, "cloud": {"connected": False}}
+        if self.profile == "triphase":
+            status["em:0"] = _corrupt(self._em_status(snap), _SHELLY_KEYS_TRIPHASE, snap.fault)
+            status["emdata:0"] = self._emdata(snap)
+        else:
+            for ch in range(3):
+                status[f"em1:{ch}"] = _corrupt(self._em1_status(snap, ch), _SHELLY_KEYS_MONOPHASE, snap.fault)
+        status.update(
+            {
+                "eth": {"ip": None},
+                "modbus": {},
+                "mqtt": {"connected": False},
+                "sys": {
+                    "mac": self.mac,
+                    "restart_required": False,
+                    "time": time.strftime("%H:%M", time.localtime(snap.unixtime)),
+                    "unixtime": snap.unixtime,
+                    "uptime": int(snap.uptime_s),
+                    "cfg_rev": 20,
+                    "reset_reason": 3,
+                },
+                "temperature:0": {"id": 0, "tC": 39.1, "tF": 102.4},
+                "wifi": {"sta_ip": self.host, "status": "got ip", "ssid": "sim", "rssi": -60},
+                "ws": {"connected": False},
+            }
+        )
+        return status
 
     def _gen1_result(self, path: str, snap: MeterSnapshot) -> tuple[int, Any] | None:
         keys = frozenset({"power", "total_power"})
