@@ -98,9 +98,9 @@ class Simulation:
     gateway ``close_after_exception`` (as v3 firmware does, marstek-modbus.md §7: after sending any
     exception response the server closes that TCP connection) and ``drop_modbus_connections()``.
 
-    The parts are public for the tests that need one device directly: ``gateway`` (the ``SimGateway``
-    with the units), ``shelly`` (``ShellyEmulator``), ``ecotracker`` (``EcoTrackerEmulator``), ``house``
-    and ``meter``. All public methods are thread-safe.
+    The parts are public so that one device can be reached on its own: ``gateway`` (the primary
+    ``SimGateway`` with its units; ``gateways`` lists all), ``shelly`` (``ShellyEmulator``), ``ecotracker``
+    (``EcoTrackerEmulator``), ``house`` and ``meter``. All public methods are thread-safe.
     """
 
     def __init__(
