@@ -1,116 +1,72 @@
 """Marstek Venus / Duravolt batteries over Modbus TCP (one synchronous client per gateway).
 
-All pymodbus code of the project lives here. The register map is one declarative table per
-register set; the client reads with FC03 and writes with FC06, paces its frames, reconnects
-with back-off and keeps one silent unit from stalling the others.
+All pymodbus code of the project lives here. The register map is ``marstek_registers``; the
+gateway reads with FC03 and writes with FC06, paces its frames, reconnects with back-off and keeps
+one silent unit from stalling the others. It receives its Modbus client from a factory, so the
+benchmark and the soak hand it their simulated wire.
 
 Signs: battery power + discharging, - charging (W). SoC in percent.
 """
 
 from __future__ import annotations
 
-import enum
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from devices import BatteryError, BatteryReading
+from marstek_registers import (
+    DEFAULT_PACING_S,
+    FIRMWARE_MAX_POWER_W,
+    REGISTER_SETS,
+    RS485_CONTROL_ON,
+    ForceMode,
+)
 
 log = logging.getLogger(__name__)
 
 # pymodbus logs every timeout at ERROR; our own messages say it once and with context.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-RS485_CONTROL_ON = 0x55AA  # 21930, written to 42000 before forcing power
-RS485_CONTROL_OFF = 0x55BB  # 21947, restores the stored work mode
-FIRMWARE_MAX_POWER_W = 2500  # 42020/42021 > 2500 -> exception 3
-
-
-class ForceMode(enum.IntEnum):
-    """Register 42010."""
-
-    STOP = 0
-    CHARGE = 1
-    DISCHARGE = 2
-
-
-class Kind(enum.Enum):
-    """Register data type: (registers per value, signed)."""
-
-    U16 = (1, False)
-    S16 = (1, True)
-    U32 = (2, False)
-    S32 = (2, True)
-    STR = (0, False)  # count given per register
-
-
-@dataclass(frozen=True)
-class Register:
-    """One Modbus holding register (or a 32-bit pair / string block), decoded by ``decode``."""
-
-    address: int
-    kind: Kind
-    scale: float = 1.0
-    unit: str = ""
-    writable: bool = False
-    max_value: int = 0xFFFF
-    string_regs: int = 0
-    note: str = ""
-
-    @property
-    def count(self) -> int:
-        return self.string_regs if self.kind is Kind.STR else self.kind.value[0]
-
-    def decode(self, regs: list[int]) -> float | str:
-        """Registers (big-endian, high word first) -> value in ``unit``."""
-        if len(regs) != self.count:
-            raise BatteryError(f"register {self.address}: expected {self.count} registers, got {len(regs)}")
-        if self.kind is Kind.STR:
-            raw = b"".join(r.to_bytes(2, "big") for r in regs)
-            return raw.split(b"\0", 1)[0].decode("ascii", errors="replace").strip()
-        value = 0
-        for r in regs:
-            value = (value << 16) | (r & 0xFFFF)
-        bits = 16 * len(regs)
-        if self.kind.value[1] and value >= 1 << (bits - 1):
-            value -= 1 << bits
-        return value * self.scale
-
-
-# Control registers: identical on both families (marstek-modbus.md section 3).
-_CONTROL = {
-    "unit_id": Register(41100, Kind.U16, writable=True, max_value=247, note="applied at once; write on unit 1"),
-    "rs485_control": Register(42000, Kind.U16, writable=True, note="0x55AA on, 0x55BB off; RAM"),
-    "force_mode": Register(42010, Kind.U16, writable=True, max_value=2, note="0 stop, 1 charge, 2 discharge; RAM"),
-    "charge_power": Register(42020, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
-    "discharge_power": Register(42021, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
-}
-
-REGISTER_SETS: dict[str, dict[str, Register]] = {
-    # Venus E v1/v2, Venus C, Duravolt
-    "v2": {
-        "device_name": Register(31000, Kind.STR, string_regs=10),
-        "soc": Register(32104, Kind.U16, unit="%"),
-        "ac_power": Register(32202, Kind.S32, unit="W", note="+ discharging, - charging"),
-        **_CONTROL,
-    },
-    # Venus E v3, A, D (reads > 32 registers or across gaps are not answered)
-    "v3": {
-        "device_name": Register(31000, Kind.STR, string_regs=10),
-        "soc": Register(34002, Kind.U16, scale=0.1, unit="%"),
-        "ac_power": Register(30006, Kind.S16, unit="W", note="+ discharging, - charging"),
-        **_CONTROL,
-    },
-}
-
-DEFAULT_PACING_S = {"v2": 0.05, "v3": 0.15}
 RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
+
+
+class ModbusClient(Protocol):
+    """The part of a synchronous pymodbus client the gateway uses (``ModbusTcpClient`` or a simulated wire).
+
+    Requests return a response with ``isError()`` and ``registers``, or raise ``ModbusException``.
+    """
+
+    @property
+    def connected(self) -> bool: ...
+
+    def connect(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def read_holding_registers(self, address: int, *, count: int, device_id: int) -> Any: ...
+
+    def write_register(self, address: int, value: int, *, device_id: int) -> Any: ...
+
+
+ClientFactory = Callable[[float], ModbusClient]  # answer timeout in s -> a new, unconnected client
+
+
+def tcp_client_factory(host: str, port: int) -> ClientFactory:
+    """Modbus TCP clients for one gateway: no retries (our back-off decides), no pymodbus reconnect delay."""
+
+    def make(timeout_s: float) -> ModbusClient:
+        return ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+
+    return make
 
 
 @dataclass
@@ -147,6 +103,7 @@ class MarstekGateway:
         soc_interval_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        client_factory: ClientFactory | None = None,
     ) -> None:
         if register_set not in REGISTER_SETS:
             raise ValueError(f"unknown register set {register_set!r}")
@@ -156,14 +113,15 @@ class MarstekGateway:
         self.pacing_s = DEFAULT_PACING_S[register_set] if pacing_s is None else pacing_s
         self.max_power_w = min(int(max_power_w), FIRMWARE_MAX_POWER_W)
         self.soc_interval_s = soc_interval_s
+        self.timeout_s = timeout_s
         self._clock, self._sleep = clock, sleep
-        self._client = ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        self._make_client = client_factory or tcp_client_factory(host, port)
+        self._client = self._make_client(timeout_s)
         self._last_frame_s = float("-inf")
         self._connect_failures = 0
         self._connect_retry_at_s = 0.0
         self._units: dict[int, _UnitState] = {}
         self.writes_total = 0
-        self.reasserts_total = 0
 
     # ------------------------------------------------------------------ frames
     def _unit(self, unit_id: int) -> _UnitState:
@@ -196,7 +154,7 @@ class MarstekGateway:
         if wait_s > 0:
             self._sleep(wait_s)
 
-    def _frame(self, unit_id: int, what: str, call: Callable[[], object]) -> object:
+    def _frame(self, unit_id: int, what: str, call: Callable[[], Any]) -> Any:
         """Run one request with pacing; turn every failure into BatteryError."""
         state = self._unit(unit_id)
         now = self._clock()
@@ -324,7 +282,6 @@ class MarstekGateway:
         if held["rs485_control"] != RS485_CONTROL_ON:
             if state.asserted:
                 log.warning("Battery %d left RS485 control on its own: re-asserting it", unit_id)
-                self.reasserts_total += 1
             self._write(unit_id, "rs485_control", RS485_CONTROL_ON)
             state.asserted = True
         # Power first, then the mode: a mode change starts at the new power at once.
@@ -353,23 +310,29 @@ class MarstekGateway:
         """Read register 41100 on ``unit_id`` (answers only if a unit has that id)."""
         return int(self._read(unit_id, "unit_id"))
 
-    def probe(self, unit_id: int, timeout_s: float | None = None) -> tuple[str, float]:
-        """One unit's model name and SoC for the setup scan; raises BatteryError if silent.
-
-        ``timeout_s`` shortens the answer timeout so a scan over empty IDs stays quick.
-        """
+    def probe(self, unit_id: int) -> tuple[str, float]:
+        """One unit's model name and SoC for the setup scan and ``--check``; raises BatteryError if silent."""
         self._units.pop(unit_id, None)  # no back-off for a deliberate probe
-        params = self._client.comm_params
-        saved_timeout_s = params.timeout_connect
-        if timeout_s is not None:
-            params.timeout_connect = timeout_s
         try:
             name = self.read_device_name(unit_id)
             soc = float(self._read(unit_id, "soc"))
         finally:
-            params.timeout_connect = saved_timeout_s
             self._units.pop(unit_id, None)
         return name, soc
+
+    @contextlib.contextmanager
+    def answer_timeout(self, timeout_s: float) -> Iterator[None]:
+        """Use a client with a shorter answer timeout inside the block (a scan over empty IDs stays quick)."""
+        if timeout_s >= self.timeout_s:
+            yield
+            return
+        self._client.close()
+        self._client = self._make_client(timeout_s)
+        try:
+            yield
+        finally:
+            self._client.close()
+            self._client = self._make_client(self.timeout_s)
 
     def set_unit_id(self, new_id: int, *, current_id: int = 1) -> None:
         """Re-address the single unit answering on ``current_id`` (register 41100)."""

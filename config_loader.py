@@ -22,14 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import i18n
+from marstek_registers import DEFAULT_PACING_S, FIRMWARE_MAX_POWER_W, REGISTER_SETS
+from zero_feed_control import ALGORITHMS, DISTRIBUTIONS, ControlParams
+
 METER_TYPES = ("shelly", "ecotracker")
-REGISTER_SETS = ("v2", "v3")
-ALGORITHMS = ("fast", "seed")
-DISTRIBUTIONS = ("efficient", "balanced")
-LANGUAGES = ("de", "en", "auto")
+LANGUAGES = (*i18n.LANGUAGES, "auto")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
-MAX_BATTERY_POWER_W = 2500  # Marstek Venus hardware limit per unit
+_LAW = ControlParams()  # the control law's defaults are the config's defaults
 DEFAULT_METER_PORT = 80
 MIN_PACING_MS = 20
 _TARGET_RANGE_W = (-1000, 1000)
@@ -48,7 +49,7 @@ class MeterConfig:
     host: str
     port: int
     timeout_seconds: float = 5.0
-    max_failures_before_stop: int = 2
+    max_failures_before_stop: int = _LAW.max_meter_failures
     check_interval_seconds: float = 3.0
     max_frozen_seconds: float = 60.0
     password: str | None = None
@@ -62,19 +63,19 @@ class BatteryConfig:
     port: int = 502
     timeout_seconds: float = 3.0
     akku_ids: tuple[int, ...] = (1,)
-    max_power_per_battery: int = 2500
-    min_power_per_battery: int = 50
-    min_soc_for_discharge: float = 11.0
-    max_soc_for_charge: float = 98.0
+    max_power_per_battery: int = int(_LAW.max_power_w)
+    min_power_per_battery: int = int(_LAW.min_power_w)
+    min_soc_for_discharge: float = _LAW.min_soc_pct
+    max_soc_for_charge: float = _LAW.max_soc_pct
     register_set: str = "v2"
-    pacing_ms: int | None = None  # None: 50 ms for v2, 150 ms for v3
+    pacing_ms: int | None = None  # None: the register set's default (marstek_registers.DEFAULT_PACING_S)
 
     @property
     def effective_pacing_ms(self) -> int:
         """Delay between Modbus frames, with the register-set default applied."""
         if self.pacing_ms is not None:
             return self.pacing_ms
-        return 150 if self.register_set == "v3" else 50
+        return round(DEFAULT_PACING_S[self.register_set] * 1000)
 
 
 @dataclass(frozen=True)
@@ -83,12 +84,12 @@ class ControlConfig:
 
     poll_interval_seconds: float = 2.0
     soc_update_interval_seconds: float = 30.0
-    target_grid_power_charge: float = -20.0
-    target_grid_power_discharge: float = 20.0
-    algorithm: str = "fast"
-    average_readings: bool = False
-    deadband_w: float = 15.0
-    distribution: str = "efficient"  # several batteries: "efficient" (fewest units) | "balanced" (equal shares)
+    target_grid_power_charge: float = _LAW.target_grid_charge_w
+    target_grid_power_discharge: float = _LAW.target_grid_discharge_w
+    algorithm: str = ALGORITHMS[0]
+    average_readings: bool = _LAW.average_readings
+    deadband_w: float = _LAW.deadband_w
+    distribution: str = _LAW.distribution  # several batteries: "efficient" (fewest units) | "balanced"
 
 
 @dataclass(frozen=True)
@@ -447,11 +448,11 @@ def _battery(sec: _Section) -> BatteryConfig | None:
     port = sec.integer("port", _default(b, "port"), 1, 65535)
     timeout = sec.number("timeout_seconds", _default(b, "timeout_seconds"), 0, 60, lo_open=True)
     akku_ids = _akku_ids(sec)
-    max_w = sec.integer("max_power_per_battery", _default(b, "max_power_per_battery"), 1, MAX_BATTERY_POWER_W)
-    min_w = sec.integer("min_power_per_battery", _default(b, "min_power_per_battery"), 1, MAX_BATTERY_POWER_W)
+    max_w = sec.integer("max_power_per_battery", _default(b, "max_power_per_battery"), 1, FIRMWARE_MAX_POWER_W)
+    min_w = sec.integer("min_power_per_battery", _default(b, "min_power_per_battery"), 1, FIRMWARE_MAX_POWER_W)
     min_soc = sec.number("min_soc_for_discharge", _default(b, "min_soc_for_discharge"), 0, 100)
     max_soc = sec.number("max_soc_for_charge", _default(b, "max_soc_for_charge"), 0, 100)
-    register_set = sec.string("register_set", _default(b, "register_set"), choices=REGISTER_SETS)
+    register_set = sec.string("register_set", _default(b, "register_set"), choices=tuple(REGISTER_SETS))
     pacing = sec.integer("pacing_ms", None, MIN_PACING_MS, 5000, nullable=True)
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
@@ -614,7 +615,10 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_pairs_hook)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise ConfigError(
+            f"{path}: keine gültige JSON-Datei (Zeile {exc.lineno}, Spalte {exc.colno}) / "
+            f"not a valid JSON file (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
 

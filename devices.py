@@ -10,6 +10,7 @@ Only ``main.py`` builds concrete drivers; everything else sees these protocols.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,7 +72,9 @@ class BatteryReading:
 
 
 class BatteryBus(Protocol):
-    """All batteries behind one Modbus TCP gateway; used by one thread only."""
+    """All batteries behind one Modbus TCP gateway; used by one thread only (the control thread)."""
+
+    writes_total: int  # register writes so far (for the quality figures)
 
     def read(self, unit_id: int) -> BatteryReading:
         """Read SoC, AC power and the control registers of one unit, or raise BatteryError."""
@@ -87,6 +90,22 @@ class BatteryBus(Protocol):
 
     def stop(self, unit_id: int) -> None:
         """Force mode stop and both power registers 0; raise BatteryError on failure."""
+        ...
+
+    def probe(self, unit_id: int) -> tuple[str, float]:
+        """Model name and SoC (%) of the unit answering on ``unit_id``, or raise BatteryError."""
+        ...
+
+    def set_unit_id(self, new_id: int, *, current_id: int = 1) -> None:
+        """Re-address the single unit answering on ``current_id`` to ``new_id``."""
+        ...
+
+    def forget(self, unit_id: int) -> None:
+        """Drop what is cached about a unit (after re-addressing or setup mode)."""
+        ...
+
+    def answer_timeout(self, timeout_s: float) -> AbstractContextManager[None]:
+        """Inside the block wait at most ``timeout_s`` for an answer (quick scans)."""
         ...
 
     def close(self) -> None:

@@ -7,6 +7,8 @@ control; phase and tariff keys are optional. No authentication.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import requests
@@ -29,8 +31,10 @@ class EcoTrackerClient:
 
     name = "ecotracker"
 
-    def __init__(self, host: str, port: int = 80, timeout_s: float = 5.0) -> None:
+    def __init__(self, host: str, port: int = 80, timeout_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
+        self.clock = clock  # the control loop's clock: readings are stamped on it
         self.port = port
         self.timeout_s = timeout_s
         self._url = f"http://{url_host(host)}:{port}{ECOTRACKER_PATH}"
@@ -38,9 +42,9 @@ class EcoTrackerClient:
         self._session = requests.Session()
 
     @classmethod
-    def from_config(cls, cfg: MeterConfig) -> EcoTrackerClient:
+    def from_config(cls, cfg: MeterConfig, clock: Callable[[], float] = time.monotonic) -> EcoTrackerClient:
         """Build a client from the ``ecotracker`` config section."""
-        return cls(cfg.host, cfg.port, cfg.timeout_seconds)
+        return cls(cfg.host, cfg.port, cfg.timeout_seconds, clock)
 
     def _error(self, message: str) -> EcoTrackerError:
         return EcoTrackerError(f"{self._label}: {message}")
@@ -48,7 +52,8 @@ class EcoTrackerClient:
     def read(self) -> GridReading:
         """Return the current grid power or raise EcoTrackerError."""
         data, received_at_s = get_json_object(
-            self._session, self._url, timeout_s=self.timeout_s, error=self._error, what=ECOTRACKER_PATH
+            self._session, self._url, timeout_s=self.timeout_s, error=self._error, what=ECOTRACKER_PATH,
+            clock=self.clock,
         )
         assert data is not None
         power_w = power_field(data, "power", error=self._error, what=ECOTRACKER_PATH)

@@ -1,16 +1,23 @@
-"""Every text the web pages show, one dictionary per language (German first, English second).
+"""Every text the program shows, one dictionary per language (German first, English second).
 
-The templates get the chosen language's dictionary as ``t``; the page scripts get the same
-dictionary as a JSON block (``<script type="application/json" id="i18n">``), because the
-Content-Security-Policy allows no inline script. Placeholders are written ``{name}`` and are
-filled in by the page scripts (``T.fmt`` in static/common.js).
+UI texts (``DE``/``EN``): the templates get the chosen language's dictionary as ``t``; the page scripts
+get the same dictionary as a JSON block (``<script type="application/json" id="i18n">``), because the
+Content-Security-Policy allows no inline script. Placeholders are written ``{name}`` and are filled in
+by the page scripts (``T.fmt`` in static/common.js).
 
-Both dictionaries must have exactly the same keys (tests/test_web.py checks this).
+Backend messages (``MESSAGES_DE``/``MESSAGES_EN``: errors, notes, the control law's reasons, log
+events, ``--check`` output) are built by code: ``Msg("meter_error", error=...)``. A ``Msg`` is a
+``str`` in the backend language (``set_language``, from ``web.language``) so that logs and tests read
+it as text, and it keeps its code and parameters so that ``/api/status`` renders every message of one
+answer in the language of that answer (``render``). Parameters may themselves be messages.
+
+Each pair of dictionaries must have exactly the same keys (tests/test_web.py checks this).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 LANGUAGES = ("de", "en")
 DEFAULT_LANGUAGE = "de"
@@ -45,7 +52,7 @@ DE: dict[str, str] = {
     "state_unknown": "Status unbekannt",
     "status_tracking": "regelt nach",
     "status_deadband": "Abweichung gering, keine Änderung nötig",
-    "status_settling": "wartet, bis die Akkus den Sollwert erreichen",
+    "status_waiting_for_sample": "wartet auf einen neuen Messwert des Zählers",
     "status_idle": "kein Bedarf",
     "status_soc_limit": "Ladegrenze erreicht, kein Akku darf laden oder entladen",
     "status_no_battery": "kein Akku erreichbar",
@@ -198,6 +205,7 @@ DE: dict[str, str] = {
     "login_password": "Passwort",
     "login_button": "Anmelden",
     "login_wrong_password": "Das Passwort ist falsch.",
+    "login_too_many_attempts": "Zu viele falsche Passwörter. Bitte kurz warten und dann erneut versuchen.",
 }
 
 EN: dict[str, str] = {
@@ -230,7 +238,7 @@ EN: dict[str, str] = {
     "state_unknown": "State unknown",
     "status_tracking": "adjusting",
     "status_deadband": "deviation small, no change needed",
-    "status_settling": "waiting for the batteries to reach the setpoint",
+    "status_waiting_for_sample": "waiting for a new meter sample",
     "status_idle": "no demand",
     "status_soc_limit": "charge limit reached, no battery may charge or discharge",
     "status_no_battery": "no battery reachable",
@@ -385,6 +393,7 @@ EN: dict[str, str] = {
     "login_password": "Password",
     "login_button": "Log in",
     "login_wrong_password": "Wrong password.",
+    "login_too_many_attempts": "Too many wrong passwords. Please wait a moment and try again.",
 }
 
 STRINGS: Mapping[str, Mapping[str, str]] = {"de": DE, "en": EN}
@@ -393,3 +402,279 @@ STRINGS: Mapping[str, Mapping[str, str]] = {"de": DE, "en": EN}
 def strings(lang: str) -> Mapping[str, str]:
     """The UI texts for ``lang`` ("de" or "en"); German for anything else."""
     return STRINGS.get(lang, STRINGS[DEFAULT_LANGUAGE])
+
+
+# ---------------------------------------------------------------------------- backend messages
+MESSAGES_DE: dict[str, str] = {
+    # -- control loop
+    "control_started": "Regelung gestartet: Zähler {meter}, Akkus {ids}, Regelgesetz {algorithm}",
+    "control_stopped": "Regelung beendet, Akkus gestoppt",
+    "control_cycle_failed": "Regeltakt fehlgeschlagen: Akkus gestoppt, neuer Versuch folgt",
+    "internal_error": "Interner Fehler: {error}",
+    "meter_error": "Messgerät: {error}",
+    "battery_error": "Akku {id}: {error}",
+    "meter_read_failed": "Zähler nicht lesbar: {error}",
+    "meter_frozen": "Zählerwert seit {seconds} s unverändert bei {value} W",
+    "meter_ok_again": "Zähler wieder in Ordnung ({value} W)",
+    "battery_offline": "Akku {id} nicht erreichbar: {error}",
+    "battery_online": "Akku {id} erreichbar (SoC {soc} %)",
+    "battery_write_failed": "Akku {id}: Schreiben fehlgeschlagen: {error}",
+    "battery_stop_failed": "Akku {id} konnte nicht gestoppt werden ({why}): {error}",
+    "battery_no_time_to_stop": "keine Zeit mehr, ihn zu stoppen",
+    "setup_entered": "Setup-Modus: Regelung angehalten, alle Akkus gestoppt",
+    "setup_left": "Setup-Modus beendet: die Regelung läuft weiter",
+    "unknown_command": "unbekannter Befehl {name}",
+    "not_in_setup": "Nicht im Setup-Modus – zuerst den Setup-Modus starten (POST /api/setup/enter)",
+    "id_in_use": "ID {id} ist schon belegt",
+    "no_battery_on_id1": "Kein Akku antwortet auf ID 1",
+    "set_id_write_failed": "Schreiben der neuen ID fehlgeschlagen: {error}",
+    "set_id_not_verified": "Der Akku antwortet nach der Änderung nicht auf ID {id}",
+    "readdressed": "Akku umadressiert: ID 1 -> {id} ({model})",
+    "scan_result": "Scan {first}..{last}: gefunden {found}",
+    "scan_nothing": "nichts",
+    "config_not_changed": "config.json nicht geändert: {error}",
+    "already_configured": "ID {id} ist schon eingetragen",
+    "added_to_config": "Akku {id} in battery.akku_ids eingetragen",
+    "added_to_config_demo": "Akku {id} in battery.akku_ids eingetragen (Demo: nicht gespeichert)",
+    # -- watchdog
+    "control_stalled": "Regelung hängt seit {seconds} s: Akkus gestoppt",
+    "control_running_again": "Regelung läuft wieder",
+    "watchdog_stop_failed": "Wächter konnte Akku {id} nicht stoppen: {error}",
+    # -- web
+    "web_cannot_listen": "Webserver: kann nicht auf {host}:{port} lauschen: {error}",
+    "dashboard_at": "Dashboard: {url}",
+    "warning_no_password": (
+        "Web-Oberfläche ohne Passwort auf {host} erreichbar: jeder im Netz kann den Setup-Modus starten. "
+        "Bitte web.password setzen."
+    ),
+    # -- the control law's reasons and notes
+    "reason_meter_failed": "Zähler {count}x ausgefallen: Akkus gestoppt ({error})",
+    "reason_meter_retry": "Zähler {count}x ausgefallen: letzter Sollwert bleibt ({error})",
+    "reason_no_battery": "kein Akku erreichbar",
+    "reason_waiting": "wartet auf einen neuen Messwert",
+    "reason_discharge": "entladen {power} W (Bedarf {demand} W)",
+    "reason_charge": "laden {power} W (Bedarf {demand} W)",
+    "reason_stop": "stoppen (Bedarf {demand} W)",
+    "reason_meter_back": "Zähler wieder da: Regelung läuft weiter",
+    "reason_in_band": "Netz {grid} W innerhalb des Zielbereichs",
+    "reason_below_min_power": "Bedarf {demand} W unter der Mindestleistung",
+    "reason_deadband": "Abweichung {change} W innerhalb des Totbands",
+    "reason_battery_offline": "Akku nicht erreichbar",
+    "reason_notes": "{notes}",
+    "reason_seed_idle": "bereit (gemittelt Netz {grid} W)",
+    "reason_seed_hold": "halten (gemittelt Netz {grid} W)",
+    "reason_seed_track": "Ursprungsregelung: {power} W (gemittelt Netz {grid} W)",
+    "note_offline": "nicht erreichbar",
+    "note_soc_unknown": "Ladestand unbekannt",
+    "note_soc_min": "SoC {soc} % an/unter der Untergrenze {limit} %: kein Entladen",
+    "note_soc_max": "SoC {soc} % an/über der Obergrenze {limit} %: kein Laden",
+    "note_no_delivery_discharge": (
+        "bestätigt den Sollwert, liefert aber keine Leistung: vorerst kein Entladen, neuer Versuch in {minutes} min"
+    ),
+    "note_no_delivery_charge": (
+        "bestätigt den Sollwert, liefert aber keine Leistung: vorerst kein Laden, neuer Versuch in {minutes} min"
+    ),
+    # -- python main.py --check
+    "check_config_ok": "Konfiguration {path}: OK",
+    "check_meter_ok": "Zähler {type} {ip}: OK, {power} W ({direction})",
+    "check_import": "Bezug",
+    "check_export": "Einspeisung",
+    "check_failed": "{what}: FEHLER: {error}",
+    "check_meter": "Zähler {type} {ip}",
+    "check_battery": "Akku ID {id} ({gateway})",
+    "check_battery_ok": "{what}: OK, {model}, SoC {soc} %, {power} W, RS485-Steuerung {control}",
+    "check_rs485_on": "an",
+    "check_rs485_off": "aus (wird beim Start eingeschaltet)",
+    "check_all_ok": "Alles erreichbar.",
+    "check_problems": "{count} Problem(e) gefunden.",
+    "hint_meter_password": "Passwort des Shelly in shelly.password eintragen (Benutzer ist immer 'admin').",
+    "hint_meter_unreachable": (
+        "IP-Adresse in {type}.ip prüfen, 'ping <ip>' versuchen, Gerät eingeschaltet und im selben Netz? "
+        "Richtiger Typ in energy_meter.type?"
+    ),
+    "hint_meter_wrong_type": (
+        "Antwort passt nicht zum Zählertyp: energy_meter.type prüfen (shelly/ecotracker) und im Browser "
+        "http://<ip>/rpc/EM.GetStatus?id=0 bzw. http://<ip>/v1/json öffnen."
+    ),
+    "hint_meter_other": "Zähler neu starten und erneut prüfen; Einzelheiten oben.",
+    "hint_gateway_unreachable": (
+        "Gateway {gateway} nicht erreichbar: IP/Port prüfen, Gateway eingeschaltet, Modus 'Modbus TCP' "
+        "(nicht transparent)?"
+    ),
+    "hint_wrong_register_set": (
+        "Akku antwortet, kennt aber die Register nicht: battery.register_set auf '{other}' stellen?"
+    ),
+    "hint_no_answer": (
+        "Keine Antwort unter dieser ID: ID in battery.akku_ids prüfen (Setup-Seite -> Geräte scannen), "
+        "RS485-Verkabelung A/B, Gateway 115200 8N1."
+    ),
+}
+
+MESSAGES_EN: dict[str, str] = {
+    # -- control loop
+    "control_started": "Control started: {meter} meter, batteries {ids}, {algorithm} control law",
+    "control_stopped": "Control stopped, batteries stopped",
+    "control_cycle_failed": "Control cycle failed: batteries stopped, retrying",
+    "internal_error": "Internal error: {error}",
+    "meter_error": "Meter: {error}",
+    "battery_error": "Battery {id}: {error}",
+    "meter_read_failed": "Meter read failed: {error}",
+    "meter_frozen": "meter value frozen at {value} W for {seconds} s",
+    "meter_ok_again": "Meter OK again ({value} W)",
+    "battery_offline": "Battery {id} offline: {error}",
+    "battery_online": "Battery {id} online (SoC {soc} %)",
+    "battery_write_failed": "Battery {id}: write failed: {error}",
+    "battery_stop_failed": "Could not stop battery {id} ({why}): {error}",
+    "battery_no_time_to_stop": "no time left to stop it",
+    "setup_entered": "Setup mode: control stopped, all batteries stopped",
+    "setup_left": "Setup mode left: control resumes",
+    "unknown_command": "unknown command {name}",
+    "not_in_setup": "Not in setup mode: start setup mode first (POST /api/setup/enter)",
+    "id_in_use": "ID {id} is already in use by another battery",
+    "no_battery_on_id1": "No battery answers on ID 1",
+    "set_id_write_failed": "Writing the new ID failed: {error}",
+    "set_id_not_verified": "No answer on ID {id} after the change",
+    "readdressed": "Battery re-addressed: ID 1 -> {id} ({model})",
+    "scan_result": "Scan {first}..{last}: found {found}",
+    "scan_nothing": "nothing",
+    "config_not_changed": "config.json not changed: {error}",
+    "already_configured": "ID {id} is already configured",
+    "added_to_config": "Battery {id} added to battery.akku_ids",
+    "added_to_config_demo": "Battery {id} added to battery.akku_ids (demo: not saved)",
+    # -- watchdog
+    "control_stalled": "Control loop stalled for {seconds} s: batteries stopped",
+    "control_running_again": "Control loop running again",
+    "watchdog_stop_failed": "Watchdog could not stop battery {id}: {error}",
+    # -- web
+    "web_cannot_listen": "Web server: cannot listen on {host}:{port}: {error}",
+    "dashboard_at": "Dashboard: {url}",
+    "warning_no_password": (
+        "Web UI reachable without a password on {host}: anyone on the network can start setup mode. "
+        "Please set web.password."
+    ),
+    # -- the control law's reasons and notes
+    "reason_meter_failed": "meter failed {count}x: batteries stopped ({error})",
+    "reason_meter_retry": "meter failed {count}x: holding ({error})",
+    "reason_no_battery": "no battery online",
+    "reason_waiting": "waiting for a new meter sample",
+    "reason_discharge": "discharge {power} W (demand {demand} W)",
+    "reason_charge": "charge {power} W (demand {demand} W)",
+    "reason_stop": "stop (demand {demand} W)",
+    "reason_meter_back": "meter back: resuming",
+    "reason_in_band": "grid {grid} W inside the target band",
+    "reason_below_min_power": "demand {demand} W below the minimum power",
+    "reason_deadband": "deviation {change} W inside deadband",
+    "reason_battery_offline": "battery offline",
+    "reason_notes": "{notes}",
+    "reason_seed_idle": "idle (avg grid {grid} W)",
+    "reason_seed_hold": "hold (avg grid {grid} W)",
+    "reason_seed_track": "seed loop: {power} W (avg grid {grid} W)",
+    "note_offline": "offline",
+    "note_soc_unknown": "SoC unknown",
+    "note_soc_min": "SoC {soc} % at/below minimum {limit} %: no discharge",
+    "note_soc_max": "SoC {soc} % at/above maximum {limit} %: no charge",
+    "note_no_delivery_discharge": (
+        "acknowledges its setpoint but delivers nothing: no discharge for now, next try in {minutes} min"
+    ),
+    "note_no_delivery_charge": (
+        "acknowledges its setpoint but delivers nothing: no charge for now, next try in {minutes} min"
+    ),
+    # -- python main.py --check
+    "check_config_ok": "Configuration {path}: OK",
+    "check_meter_ok": "Meter {type} {ip}: OK, {power} W ({direction})",
+    "check_import": "import",
+    "check_export": "export",
+    "check_failed": "{what}: ERROR: {error}",
+    "check_meter": "Meter {type} {ip}",
+    "check_battery": "Battery ID {id} ({gateway})",
+    "check_battery_ok": "{what}: OK, {model}, SoC {soc} %, {power} W, RS485 control {control}",
+    "check_rs485_on": "on",
+    "check_rs485_off": "off (switched on at start)",
+    "check_all_ok": "Everything reachable.",
+    "check_problems": "{count} problem(s) found.",
+    "hint_meter_password": "Enter the Shelly's password in shelly.password (the user is always 'admin').",
+    "hint_meter_unreachable": (
+        "Check the IP address in {type}.ip, try 'ping <ip>': is the device on and in the same network? "
+        "Right type in energy_meter.type?"
+    ),
+    "hint_meter_wrong_type": (
+        "The answer does not fit the meter type: check energy_meter.type (shelly/ecotracker) and open "
+        "http://<ip>/rpc/EM.GetStatus?id=0 or http://<ip>/v1/json in a browser."
+    ),
+    "hint_meter_other": "Restart the meter and check again; details above.",
+    "hint_gateway_unreachable": (
+        "Gateway {gateway} unreachable: check IP/port, is the gateway on, in 'Modbus TCP' mode (not transparent)?"
+    ),
+    "hint_wrong_register_set": (
+        "The battery answers but does not know the registers: set battery.register_set to '{other}'?"
+    ),
+    "hint_no_answer": (
+        "No answer on this ID: check the ID in battery.akku_ids (setup page -> scan), RS485 wiring A/B, "
+        "gateway 115200 8N1."
+    ),
+}
+
+MESSAGES: Mapping[str, Mapping[str, str]] = {"de": MESSAGES_DE, "en": MESSAGES_EN}
+_backend = {"language": "en"}  # set once at start by main.py from web.language
+
+
+def set_language(lang: str) -> None:
+    """The language backend messages are written in (logs, ``--check``); "auto" and unknown mean German."""
+    _backend["language"] = lang if lang in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def language() -> str:
+    """The backend language (see ``set_language``)."""
+    return _backend["language"]
+
+
+class Msg(str):
+    """A backend message: text in the backend language that can be rendered again in another language."""
+
+    code: str
+    params: Mapping[str, Any]
+
+    def __new__(cls, code: str, **params: Any) -> Msg:
+        if code not in MESSAGES_EN:
+            raise KeyError(f"unknown message code {code!r}")
+        obj = super().__new__(cls, _format(code, params, language()))
+        obj.code, obj.params = code, params
+        return obj
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy/pickle: rebuild from code and parameters
+        return (_rebuild, (self.code, dict(self.params)))
+
+    def text(self, lang: str) -> str:
+        """This message in ``lang``."""
+        return _format(self.code, self.params, lang)
+
+
+def _rebuild(code: str, params: dict[str, Any]) -> Msg:
+    return Msg(code, **params)
+
+
+def _format(code: str, params: Mapping[str, Any], lang: str) -> str:
+    table = MESSAGES.get(lang, MESSAGES[DEFAULT_LANGUAGE])
+    shown = {k: _param(v, lang) for k, v in params.items()}
+    return table[code].format(**shown)
+
+
+def _param(value: Any, lang: str) -> str:
+    if isinstance(value, Msg):
+        return value.text(lang)
+    if isinstance(value, (list, tuple)):
+        return "; ".join(_param(v, lang) for v in value)
+    if isinstance(value, float):
+        return f"{value:.0f}"
+    return str(value)
+
+
+def render(value: Any, lang: str) -> Any:
+    """``value`` with every ``Msg`` inside (also in lists, tuples and dicts) rendered in ``lang``."""
+    if isinstance(value, Msg):
+        return value.text(lang)
+    if isinstance(value, dict):
+        return {k: render(v, lang) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [render(v, lang) for v in value]
+    return value

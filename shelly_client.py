@@ -87,8 +87,9 @@ def get_json_object(
     auth: AuthBase | None = None,
     allow_404: bool = False,
     status_advice: Callable[[int], str | None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> tuple[dict[str, Any] | None, float]:
-    """GET ``url`` and return (JSON object, monotonic receive time).
+    """GET ``url`` and return (JSON object, receive time on ``clock``).
 
     Every failure is raised as ``error(message)``; with ``allow_404`` a 404 returns (None, time).
     ``what`` names the request in messages, e.g. "EM.GetStatus"; ``status_advice`` may add a
@@ -96,7 +97,7 @@ def get_json_object(
     """
     try:
         response = session.get(url, timeout=(min(MAX_CONNECT_TIMEOUT_S, timeout_s), timeout_s), auth=auth)
-        received_at_s = time.monotonic()
+        received_at_s = clock()
         body = response.content
     except requests.Timeout:
         raise error(f"no answer to {what} within {timeout_s:g} s") from None
@@ -140,9 +141,11 @@ class ShellyClient:
     name = "shelly"
 
     def __init__(
-        self, host: str, port: int = 80, timeout_s: float = 5.0, password: str | None = None
+        self, host: str, port: int = 80, timeout_s: float = 5.0, password: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.host = host
+        self.clock = clock  # the control loop's clock: readings are stamped on it
         self.port = port
         self.timeout_s = timeout_s
         self._password = password
@@ -155,9 +158,9 @@ class ShellyClient:
         self._backoff_until_s = 0.0
 
     @classmethod
-    def from_config(cls, cfg: MeterConfig) -> ShellyClient:
+    def from_config(cls, cfg: MeterConfig, clock: Callable[[], float] = time.monotonic) -> ShellyClient:
         """Build a client from the ``shelly`` config section."""
-        return cls(cfg.host, cfg.port, cfg.timeout_seconds, cfg.password)
+        return cls(cfg.host, cfg.port, cfg.timeout_seconds, cfg.password, clock)
 
     @property
     def kind(self) -> str | None:
@@ -179,11 +182,12 @@ class ShellyClient:
             auth=self._auth if auth else None,
             allow_404=allow_404,
             status_advice=self._status_advice,
+            clock=self.clock,
         )
 
     def read(self) -> GridReading:
         """Return the current grid power or raise ShellyError."""
-        if time.monotonic() < self._backoff_until_s:
+        if self.clock() < self._backoff_until_s:
             raise self._error("too many auth attempts, backing off")
         if self._kind is None:
             self._detect()
@@ -225,7 +229,7 @@ class ShellyClient:
                 return "the password is wrong (shelly.password)"
             return "the Shelly needs a password: set shelly.password"
         if status == 429:
-            self._backoff_until_s = time.monotonic() + AUTH_BACKOFF_S
+            self._backoff_until_s = self.clock() + AUTH_BACKOFF_S
             return "too many auth attempts, backing off"
         if status == 404:
             self._kind = None  # the profile may have changed (EM <-> EM1): detect again next time

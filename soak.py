@@ -2,7 +2,9 @@
 
 Run it with ``python benchmark.py --soak`` (24 simulated hours); the test suite runs a shortened form.
 It reuses the benchmark's simulated world (house, plants, meter on one clock) and drives the real
-``main.ControlLoop`` with the real ``battery_client.MarstekGateway``; only the wire carries faults.
+``control_loop.ControlLoop`` with the real ``battery_client.MarstekGateway`` on the loop's own schedule
+(``next_cycle_s``, so the back-off after a meter failure and after a contained error is the real one);
+only the wire carries faults.
 
 Checked invariants:
 - no exception escapes the control cycle, and none is contained as an internal error;
@@ -25,11 +27,11 @@ from typing import Any
 
 from pymodbus.exceptions import ModbusIOException
 
-from battery_client import MarstekGateway
-from benchmark import SimMeter, SimMeterTimeout, SimModbusClient, World, day24, loop_config
+from bench_runner import SimMeter, SimMeterTimeout, SimModbusClient, SimResponse, World, loop_config, simulated_gateway
+from bench_scenarios import day24
 from config_loader import parse_config
+from control_loop import ControlLoop, control_params
 from devices import GridReading, MeterError
-from main import ControlLoop, control_params
 from status_store import EVENTS_KEPT, HISTORY_KEPT, CommandQueue, StatusStore, StoreLogHandler
 
 # Longest tolerated discharge of a reachable battery into an exporting grid. Not shorter: while PV
@@ -115,7 +117,7 @@ class FaultyModbusClient(SimModbusClient):
             raise ModbusIOException("no response (soak fault)")
         if self._active("unit_exception", device_id):
             self._frame(0.05)
-            return _exception(4)
+            return SimResponse(exception_code=4)
         return None
 
     def read_holding_registers(self, address: int, count: int = 1, device_id: int = 1) -> Any:
@@ -127,12 +129,6 @@ class FaultyModbusClient(SimModbusClient):
     def unreachable(self, unit_id: int) -> bool:
         return any(self._active(k, unit_id if k != "gateway_down" else None)
                    for k in ("unit_silent", "unit_exception", "gateway_down"))
-
-
-def _exception(code: int) -> Any:
-    from benchmark import _Response
-
-    return _Response(exception_code=code)
 
 
 @dataclass
@@ -171,10 +167,8 @@ def run_soak(hours: float = 24.0, seed: int = 1, track_memory: bool = False) -> 
     episodes = fault_schedule(hours, sc.batteries, seed)
     cfg = parse_config(loop_config(sc, "fast", 1.0, {}))
     world = World(sc, control_params(cfg))
-    bus = MarstekGateway("127.0.0.1", clock=world.clock, sleep=world.sleep,
-                         soc_interval_s=cfg.control.soc_update_interval_seconds)
     client = FaultyModbusClient(world, episodes, cfg.battery.timeout_seconds)
-    bus._client = client  # the wire is simulated (with faults), the gateway's logic is real
+    bus = simulated_gateway(world, cfg, client)  # the wire is simulated (with faults), the gateway's logic is real
     store = StatusStore()
     loop = ControlLoop(cfg, FaultyMeter(world, episodes), bus, store, CommandQueue(), clock=world.clock)
     result = SoakResult(hours, {k: sum(e.kind == k for e in episodes) for k in FAULT_KINDS})
@@ -191,12 +185,11 @@ def run_soak(hours: float = 24.0, seed: int = 1, track_memory: bool = False) -> 
                     world.advance_to(min(t_next, world.t + 0.5))
                     run_s = _check_export(world, client, result, run_s, world.t - t_before)
                 _apply_device_faults(world, pending)
-                started = world.t
-                loop.cycle()  # an exception here ends the soak with a failure: none may escape
+                loop.run_once()  # contained like in production; a contained error is a violation
                 result.cycles += 1
                 if loop.internal_error and loop.internal_error not in result.internal_errors:
                     result.internal_errors.append(loop.internal_error)
-                t_next = max(started + 1.0, world.t)
+                t_next = max(loop.next_cycle_s, world.t)  # the production schedule
             world.advance_to(sc.duration_s)
         if track_memory:
             result.peak_memory_mb = tracemalloc.get_traced_memory()[1] / 1e6
@@ -207,7 +200,7 @@ def run_soak(hours: float = 24.0, seed: int = 1, track_memory: bool = False) -> 
     result.buffer_sizes = {
         "events": len(store.events()),
         "chart_history": len(store.history()),
-        "quality_bins": len(loop.quality._bins),
+        "quality_bins": loop.quality.bins_kept,
         # Every queue the control law keeps (its measured-power history and filters).
         "controller_queues": max((len(v) for v in vars(loop.controller).values() if isinstance(v, deque)), default=0),
     }

@@ -23,13 +23,15 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
+from i18n import Msg
+
 
 class Status(enum.Enum):
     """Why the controller decided what it did (shown in /api/status and the log)."""
 
     TRACKING = "tracking"  # new setpoints written
     DEADBAND = "deadband"  # error too small to act on
-    SETTLING = "settling"  # waiting for the batteries to reach the last command
+    WAITING_FOR_SAMPLE = "waiting_for_sample"  # the meter still shows the sample already acted on
     IDLE = "idle"  # demand inside the target band or below the minimum power
     SOC_LIMIT = "soc_limit"  # demand exists but no battery may serve it
     NO_BATTERY = "no_battery"  # no battery online
@@ -38,6 +40,8 @@ class Status(enum.Enum):
 
 
 STOPPING = frozenset({Status.METER_FAILED, Status.NO_BATTERY})
+ALGORITHMS = ("fast", "seed")  # control.algorithm; the first is the default
+DISTRIBUTIONS = ("efficient", "balanced")  # control.distribution
 
 
 @dataclass(frozen=True)
@@ -70,8 +74,15 @@ class ControlParams:
     # delivers, for limit_hold_s (seconds, not cycles: the law must not depend on the poll interval).
     limit_after_s: float = 5.0
     limit_hold_s: float = 600.0
+    # A battery that acknowledges at least no_delivery_min_w but delivers under no_delivery_share of it
+    # for no_delivery_after_s (firmware quirk, a BMS refusing near its limits) gets nothing in that
+    # direction for no_delivery_hold_s, then it is asked again.
+    no_delivery_min_w: float = 100.0
+    no_delivery_share: float = 0.05
+    no_delivery_after_s: float = 20.0
+    no_delivery_hold_s: float = 300.0
     # "efficient": as few batteries as needed (higher SoC first); "balanced": shared by headroom.
-    distribution: str = "efficient"
+    distribution: str = DISTRIBUTIONS[0]
     # A second battery joins above this share per battery, W (two units beat one above ~1500 W).
     stage_up_w: float = 1500.0
 
@@ -90,16 +101,16 @@ class BatteryState:
     read_s: float | None = None  # when power_w was read (same clock as now_s); None: at the step
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Decision:
     """Setpoints per battery id (+ discharge, - charge, W) and why."""
 
     setpoints_w: Mapping[int, int]
     status: Status
-    reason: str
+    reason: Msg
     grid_power_avg_w: float | None = None
     demand_w: float | None = None
-    battery_notes: Mapping[int, str] = field(default_factory=dict)
+    battery_notes: Mapping[int, Msg] = field(default_factory=dict)
     # The grid power the command aims at (+ import), for the live quality figures; None if unknown.
     target_grid_w: float | None = None
 
@@ -109,19 +120,19 @@ class Decision:
 
 
 # ---------------------------------------------------------------------------- distribution
-def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, str]:
-    """(max charge W, max discharge W, note) for one battery under the SoC rules."""
+def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, Msg | None]:
+    """(max charge W, max discharge W, note or None) for one battery under the SoC rules."""
     if not b.online:
-        return 0.0, 0.0, "offline"
+        return 0.0, 0.0, Msg("note_offline")
     if b.soc_pct is None:
-        return 0.0, 0.0, "SoC unknown"
+        return 0.0, 0.0, Msg("note_soc_unknown")
     can_discharge = b.soc_pct > p.min_soc_pct
     can_charge = b.soc_pct < p.max_soc_pct
-    note = ""
+    note = None
     if not can_discharge:
-        note = f"SoC {b.soc_pct:.0f} % at/below minimum {p.min_soc_pct:.0f} %: no discharge"
+        note = Msg("note_soc_min", soc=b.soc_pct, limit=p.min_soc_pct)
     elif not can_charge:
-        note = f"SoC {b.soc_pct:.0f} % at/above maximum {p.max_soc_pct:.0f} %: no charge"
+        note = Msg("note_soc_max", soc=b.soc_pct, limit=p.max_soc_pct)
     return (p.max_power_w if can_charge else 0.0), (p.max_power_w if can_discharge else 0.0), note
 
 
@@ -130,7 +141,7 @@ def distribute(
     batteries: Sequence[BatteryState],
     p: ControlParams,
     limits_w: Mapping[int, float] | None = None,
-) -> tuple[dict[int, int], dict[int, str]]:
+) -> tuple[dict[int, int], dict[int, Msg]]:
     """Split a total setpoint over the batteries that are online and allowed.
 
     Never exceeds a battery's power limit (``limits_w``: lower limits learned per battery id for the
@@ -138,7 +149,7 @@ def distribute(
     maximum SoC, never commands less than the minimum power.
     """
     setpoints = {b.battery_id: 0 for b in batteries}
-    notes: dict[int, str] = {}
+    notes: dict[int, Msg] = {}
     discharge = total_w > 0
     allowed: list[tuple[BatteryState, float]] = []
     for b in batteries:
@@ -214,12 +225,14 @@ class _MeterFailures:
         self.count += 1
         if self.count >= self.limit:
             return Decision(
-                {i: 0 for i in last_setpoints},
-                Status.METER_FAILED,
-                f"meter failed {self.count}x: batteries stopped ({error})",
+                setpoints_w={i: 0 for i in last_setpoints},
+                status=Status.METER_FAILED,
+                reason=Msg("reason_meter_failed", count=self.count, error=error),
             )
         return Decision(
-            dict(last_setpoints), Status.METER_RETRY, f"meter failed {self.count}x: holding ({error})"
+            setpoints_w=dict(last_setpoints),
+            status=Status.METER_RETRY,
+            reason=Msg("reason_meter_retry", count=self.count, error=error),
         )
 
 
@@ -309,8 +322,9 @@ class FastController:
         self._small_w = 0.0
         self._last_demand_w: float | None = None
         self._demand_steps: deque[float] = deque(maxlen=self.NOISE_SAMPLES)
-        self._limits: dict[tuple[int, int], tuple[float, float]] = {}  # (id, ±1) -> (W, learned at)
+        self._limits: dict[tuple[int, int], tuple[float, float]] = {}  # (id, ±1) -> (W, valid until)
         self._short_since: dict[int, float] = {}  # battery id -> steady and short of its setpoint since
+        self._dead_since: dict[int, float] = {}  # battery id -> delivering (almost) nothing since
         self._last_power: dict[int, tuple[float, float]] = {}  # battery id -> (time, measured W)
         self.ages = SampleAgeEstimator((params.meter_min_age_s, params.meter_max_age_s), params.age_tolerance_w)
 
@@ -326,20 +340,9 @@ class FastController:
         self._last_value = None
         self._small_w = 0.0
 
-    def _power_at(self, t_s: float) -> float:
-        """Total measured battery power at ``t_s``, linearly interpolated in the history."""
-        times, powers = self._power_t, self._power_w
-        i = bisect_left(times, t_s)
-        if i == 0:
-            return powers[0]
-        if i >= len(times):
-            return powers[-1]
-        t0, t1 = times[i - 1], times[i]
-        p0, p1 = powers[i - 1], powers[i]
-        return p0 + (p1 - p0) * (t_s - t0) / (t1 - t0) if t1 > t0 else p1
-
     def _powers_at(self, times_s: Sequence[float]) -> list[float]:
-        """``_power_at`` for many times at once (``times_s`` descending, as the estimator asks)."""
+        """Total measured battery power at each of ``times_s`` (descending, as the estimator asks), linearly
+        interpolated between the read-backs."""
         times, powers = self._power_t, self._power_w
         n = len(times)
         out = []
@@ -368,7 +371,7 @@ class FastController:
         values = [self._power_w[i] for i in range(i0, i1 + 1)]
         return min(values), max(values)
 
-    def step(
+    def step(  # noqa: C901 (the law reads as one ladder of early returns, each with its status)
         self,
         now_s: float,
         grid_power_w: float | None,
@@ -393,7 +396,8 @@ class FastController:
         online = [b for b in batteries if b.online and b.power_w is not None]
         if not online:
             self.reset()
-            return Decision({b.battery_id: 0 for b in batteries}, Status.NO_BATTERY, "no battery online")
+            return Decision(setpoints_w={b.battery_id: 0 for b in batteries}, status=Status.NO_BATTERY,
+                            reason=Msg("reason_no_battery"))
         measured_w = sum(b.power_w or 0.0 for b in online)
         stamps = [b.read_s for b in online if b.read_s is not None]
         stamp_s = min(now_s, sum(stamps) / len(stamps)) if len(stamps) == len(online) else now_s
@@ -409,14 +413,16 @@ class FastController:
         fresh = grid_power_w != self._last_value
         self._last_value = grid_power_w
         received_s = now_s if grid_received_s is None else min(grid_received_s, now_s)
-        notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, p)[2])}
+        notes = self._notes(now_s, batteries)
         held = self._safe_hold(batteries)
-        if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline): drop it now
-            why = "; ".join(notes.values()) or "battery offline"
-            return self._command(held, Decision(dict(held), Status.SOC_LIMIT, why, grid_power_w, None, notes))
+        if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline, paused): drop it now
+            why = Msg("reason_notes", notes=list(notes.values())) if notes else Msg("reason_battery_offline")
+            return self._command(held, Decision(setpoints_w=dict(held), status=Status.SOC_LIMIT, reason=why,
+                                                grid_power_avg_w=grid_power_w, battery_notes=notes))
         if not fresh and not recovered:
-            return Decision(dict(self._setpoints), Status.SETTLING, "waiting for a new meter sample",
-                            grid_power_w, None, notes, self._target_grid_w(grid_power_w))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.WAITING_FOR_SAMPLE,
+                            reason=Msg("reason_waiting"), grid_power_avg_w=grid_power_w,
+                            battery_notes=notes, target_grid_w=self._target_grid_w(grid_power_w))
 
         if fresh:
             self._readings.append(grid_power_w)
@@ -440,18 +446,20 @@ class FastController:
         new_total_w = float(sum(setpoints.values()))
         change_w = new_total_w - command_w
 
-        def decide(status: Status, reason: str, new: Mapping[int, int]) -> Decision:
-            return Decision(dict(new), status, reason, grid_w, demand_w, notes, self._target_grid_w(grid_w, new))
+        def decide(status: Status, reason: Msg, new: Mapping[int, int]) -> Decision:
+            return Decision(setpoints_w=dict(new), status=status, reason=reason, grid_power_avg_w=grid_w,
+                            demand_w=demand_w, battery_notes=notes, target_grid_w=self._target_grid_w(grid_w, new))
 
-        verb = "discharge" if new_total_w > 0 else "charge" if new_total_w < 0 else "stop"
-        reason = f"{verb} {abs(new_total_w):.0f} W (demand {demand_w:.0f} W)"
+        code = "reason_discharge" if new_total_w > 0 else "reason_charge" if new_total_w < 0 else "reason_stop"
+        reason = Msg(code, power=abs(new_total_w), demand=demand_w)
         if recovered:
-            return self._command(setpoints, decide(Status.TRACKING, "meter back: resuming", setpoints))
+            return self._command(setpoints, decide(Status.TRACKING, Msg("reason_meter_back"), setpoints))
         if new_total_w == 0 and command_w == 0:
             self._small_w = 0.0
             if wanted_w == 0:
-                return decide(Status.IDLE, f"grid {grid_w:.0f} W inside the target band", self._setpoints)
-            why = "; ".join(notes.values()) or f"demand {abs(wanted_w):.0f} W below the minimum power"
+                return decide(Status.IDLE, Msg("reason_in_band", grid=grid_w), self._setpoints)
+            why = (Msg("reason_notes", notes=list(notes.values())) if notes
+                   else Msg("reason_below_min_power", demand=abs(wanted_w)))
             return decide(Status.SOC_LIMIT if notes else Status.IDLE, why, self._setpoints)
         moved_w = max((abs(setpoints.get(i, 0) - w) for i, w in self._setpoints.items()), default=0)
         if (abs(change_w) >= max(p.jump_w, p.jump_noise * noise_w) or not self._same_split(setpoints)
@@ -461,18 +469,22 @@ class FastController:
         self._small_w += p.filter_gain * (change_w - self._small_w)
         if abs(self._small_w) >= max(p.deadband_w, p.deadband_noise * noise_w):
             return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
-        return decide(Status.DEADBAND, f"deviation {change_w:+.0f} W inside deadband", self._setpoints)
+        return decide(Status.DEADBAND, Msg("reason_deadband", change=f"{change_w:+.0f}"), self._setpoints)
 
     def limits_w(self, direction: int) -> dict[int, float]:
         """Power limits learned per battery id for discharging (+1) or charging (-1), W."""
         return {i: w for (i, d), (w, _) in self._limits.items() if d == direction}
 
     def _learn_limits(self, now_s: float, batteries: Sequence[BatteryState]) -> None:
-        """A battery that holds steady clearly below its setpoint (a smaller unit, a BMS limit) is only
-        given what it delivers, so that the others take the rest; the limit is forgotten after a while."""
+        """The one policy for a battery that delivers less than commanded.
+
+        One that holds steady clearly below its setpoint (a smaller unit, a BMS limit) is only given what it
+        delivers, so that the others take the rest; one that delivers (almost) nothing at all (a firmware
+        quirk, a BMS refusing near its limits) gets nothing in that direction for a while. Both limits are
+        forgotten after their hold time and the battery is asked in full again."""
         p = self.p
-        for key, (_, since_s) in list(self._limits.items()):
-            if now_s - since_s > p.limit_hold_s:
+        for key, (_, until_s) in list(self._limits.items()):
+            if now_s >= until_s:
                 del self._limits[key]
         for b in batteries:
             i, power_w = b.battery_id, b.power_w or 0.0
@@ -481,6 +493,13 @@ class FastController:
             self._last_power[i] = (now_s, power_w)
             direction = (sp > 0) - (sp < 0)
             delivered_w = direction * power_w
+            if direction and abs(sp) >= p.no_delivery_min_w and delivered_w < p.no_delivery_share * abs(sp):
+                since_s = self._dead_since.setdefault(i, now_s)
+                if now_s - since_s >= p.no_delivery_after_s:
+                    self._limits[i, direction] = (0.0, now_s + p.no_delivery_hold_s)
+                    del self._dead_since[i]
+            else:
+                self._dead_since.pop(i, None)
             # Steady: changing by at most 10 W + 2 % of the setpoint per second, however often we look.
             steady = previous is not None and now_s > previous[0] and abs(power_w - previous[1]) <= (
                 10.0 + 0.02 * abs(sp)) * min(1.0, now_s - previous[0])
@@ -488,10 +507,19 @@ class FastController:
                     50.0, 0.1 * abs(sp)):
                 since_s = self._short_since.setdefault(i, now_s)
                 if now_s - since_s >= p.limit_after_s:
-                    self._limits[i, direction] = (delivered_w, now_s)
+                    self._limits[i, direction] = (delivered_w, now_s + p.limit_hold_s)
                     del self._short_since[i]
             else:
                 self._short_since.pop(i, None)
+
+    def _notes(self, now_s: float, batteries: Sequence[BatteryState]) -> dict[int, Msg]:
+        """Per battery: why it may not take (all of) its share now."""
+        notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, self.p)[2])}
+        for (i, direction), (limit_w, until_s) in self._limits.items():
+            if limit_w == 0.0:
+                code = "note_no_delivery_discharge" if direction > 0 else "note_no_delivery_charge"
+                notes[i] = Msg(code, minutes=max(1, math.ceil((until_s - now_s) / 60)))
+        return notes
 
     def noise_w(self) -> float:
         """Standard deviation of the sample-to-sample demand noise (robust: from the median step), W."""
@@ -507,12 +535,15 @@ class FastController:
         return self.p.target_grid_discharge_w if c > 0 else self.p.target_grid_charge_w if c < 0 else grid_w
 
     def _safe_hold(self, batteries: Sequence[BatteryState]) -> dict[int, int]:
-        """The current setpoints with every one that the SoC rules or the online state forbid set to 0."""
+        """The current setpoints with every one that the SoC rules, the online state or a no-delivery pause
+        forbid set to 0."""
         held = dict(self._setpoints)
         for b in batteries:
             max_chg, max_dis, _ = battery_limits(b, self.p)
             sp = held.get(b.battery_id, 0)
-            if (sp > 0 and max_dis <= 0) or (sp < 0 and max_chg <= 0):
+            direction = (sp > 0) - (sp < 0)
+            paused = self._limits.get((b.battery_id, direction), (None, 0.0))[0] == 0.0
+            if (sp > 0 and max_dis <= 0) or (sp < 0 and max_chg <= 0) or (direction and paused):
                 held[b.battery_id] = 0
         return held
 
@@ -605,23 +636,25 @@ class SeedController:
                 new = 0.0
         setpoints, notes = self._split(new, batteries)
         new_total = float(sum(setpoints.values()))
-        grid_info = f"avg grid {grid_w:.0f} W"
 
         def target(total: float) -> float:
             return t_dis if total > 0 else t_chg if total < 0 else grid_power_w
 
         if new_total == c and new_total == 0:
-            return Decision(dict(self._setpoints), Status.IDLE, f"idle ({grid_info})", grid_w, None, notes,
-                            target(c))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.IDLE,
+                            reason=Msg("reason_seed_idle", grid=grid_w), grid_power_avg_w=grid_w,
+                            battery_notes=notes, target_grid_w=target(c))
         if abs(new_total - c) <= self.WRITE_THRESHOLD_W and (new_total == 0) == (c == 0):
-            return Decision(dict(self._setpoints), Status.DEADBAND, f"hold ({grid_info})", grid_w, None, notes,
-                            target(c))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.DEADBAND,
+                            reason=Msg("reason_seed_hold", grid=grid_w), grid_power_avg_w=grid_w,
+                            battery_notes=notes, target_grid_w=target(c))
         self._setpoints = setpoints
         self._command_total_w = new_total
-        return Decision(dict(setpoints), Status.TRACKING, f"seed loop: {new_total:.0f} W ({grid_info})",
-                        grid_w, None, notes, target(new_total))
+        return Decision(setpoints_w=dict(setpoints), status=Status.TRACKING,
+                        reason=Msg("reason_seed_track", power=new_total, grid=grid_w), grid_power_avg_w=grid_w,
+                        battery_notes=notes, target_grid_w=target(new_total))
 
-    def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, str]]:
+    def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, Msg]]:
         """Equal split over the batteries inside the SoC window, 50..max W each."""
         return distribute(total_w, batteries, replace(self.p, distribution="balanced"))
 

@@ -8,8 +8,9 @@ import time
 
 import pytest
 
-from battery_client import REGISTER_SETS, RS485_CONTROL_ON, Kind, MarstekGateway, Register
+from battery_client import MarstekGateway
 from devices import BatteryError
+from marstek_registers import REGISTER_SETS, RS485_CONTROL_ON, Kind, Register
 from simulator import Simulation, UnitSpec
 from tests.helpers import wait_until
 
@@ -185,7 +186,7 @@ def test_gateway_unreachable_fails_fast_with_back_off():
 def test_set_unit_id_readdresses_and_verifies(sim, gateway):
     gateway.set_unit_id(3)
     assert gateway.read_unit_id(3) == 3
-    with pytest.raises(BatteryError):
-        gateway.probe(1, timeout_s=0.3)
+    with pytest.raises(BatteryError), gateway.answer_timeout(0.3):
+        gateway.probe(1)
     with pytest.raises(ValueError):
         gateway.set_unit_id(248)

@@ -11,14 +11,17 @@ import math
 
 import pytest
 
-import benchmark
-from benchmark import aggregate, beats_naive, evaluate_targets, household_pv_24h, stability
+import bench_report
+import bench_runner
+import bench_scenarios
+from bench_report import aggregate, beats_naive, evaluate_targets, stability
+from bench_scenarios import household_pv_24h
 
 
 @pytest.fixture(scope="module")
 def quick():
-    scenarios = benchmark.scenario_set(quick=True)
-    results = benchmark.run_all(scenarios, jobs=1)
+    scenarios = bench_scenarios.scenario_set(quick=True)
+    results = bench_runner.run_all(scenarios, jobs=1)
     return scenarios, results, aggregate(results)
 
 
@@ -30,7 +33,7 @@ def test_project_beats_the_naive_algorithm_on_every_scenario(quick):
     assert not losers
 
 
-def target(agg, text: str) -> benchmark.Target:
+def target(agg, text: str) -> bench_report.Target:
     hits = [t for t in evaluate_targets(agg) if t.text.startswith(text)]
     assert hits, f"target {text!r} not evaluated"
     return hits[0]
@@ -76,15 +79,15 @@ def test_stable_at_every_swept_meter(quick):
 
 
 def test_runs_are_deterministic():
-    sc = benchmark.step_scenario(2000, False, seed=3)
-    first = benchmark.run(sc, "project").values
-    second = benchmark.run(sc, "project").values
+    sc = bench_scenarios.step_scenario(2000, False, seed=3)
+    first = bench_runner.run(sc, "project").values
+    second = bench_runner.run(sc, "project").values
     assert first == second
 
 
 def test_every_controller_runs_a_scenario_and_the_physics_add_up():
-    sc = benchmark.washer(1, minutes=2)
-    values = {c: benchmark.run(sc, c).values for c in benchmark.CONTROLLERS}
+    sc = bench_scenarios.washer(1, minutes=2)
+    values = {c: bench_runner.run(sc, c).values for c in bench_scenarios.CONTROLLERS}
     assert values["floor"]["avoidable_wh"] <= min(values[c]["avoidable_wh"] for c in ("naive", "ideal", "project"))
     none = values["none"]
     # Without a battery every import is avoidable (a battery could have covered it) and nothing is lost.
@@ -116,7 +119,7 @@ def test_household_day_follows_the_reference_recipe():
 
 def test_markdown_report_has_the_tables_and_the_attribution(quick):
     scenarios, results, _ = quick
-    text = benchmark.markdown(scenarios, results, quick=True, elapsed_s=1.0, plot_name=None)
+    text = bench_report.markdown(scenarios, results, quick=True, elapsed_s=1.0, plot_name=None)
     for heading in ("## Targets", "## Energy", "## Step responses", "## Regulation", "## Several batteries",
                     "## Meter dropout", "## Meter latency and cadence"):
         assert heading in text

@@ -129,7 +129,7 @@ def test_repeated_meter_value_is_not_a_new_sample():
     settled_step(ctrl, 1000.0, [bat(power=0.0)])  # commands 980
     for t in range(1, 6):  # a slow meter repeats its old sample while the battery reaches 980 W
         d = ctrl.step(float(t), 1000.0, [bat(power=980.0)])
-        assert d.status is Status.SETTLING
+        assert d.status is Status.WAITING_FOR_SAMPLE
         assert d.setpoints_w == {1: 980}
     d = ctrl.step(6.0, 20.0, [bat(power=980.0)])  # the fresh sample shows the result
     assert d.setpoints_w == {1: 980}

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+import i18n
 from simulator import Simulation, UnitSpec
 from tests.helpers import free_port, wait_until
 
@@ -143,7 +144,7 @@ def test_signal_stops_every_battery_and_exits_0(sim, tmp_path, sig):
             u = sim.unit(i)
             assert (u.force_mode, u.charge_power_w, u.discharge_power_w) == (0, 0, 0)
         log_text = (tmp_path / "logs" / "marstek.log").read_text(encoding="utf-8")
-        assert "batteries stopped" in log_text
+        assert i18n.MESSAGES_DE["control_stopped"] in log_text  # the log speaks web.language (default de)
 
 
 def test_starts_without_gateway_and_shows_it(tmp_path):

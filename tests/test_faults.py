@@ -8,7 +8,7 @@
   the faulty one shows offline and rejoins by itself.
 * Process: SIGTERM at random moments while writes happen all the time; a view that raises.
 
-In-process tests drive ``main.ControlLoop.cycle()`` against ``simulator.Simulation`` on loopback with
+In-process tests drive ``ControlLoop.cycle()`` against ``simulator.Simulation`` on loopback with
 a FakeClock shared by the loop and the Modbus client (so back-offs and the frozen-value limit run on
 test time); the process test runs ``main.py`` as a subprocess.
 
@@ -31,6 +31,7 @@ import requests
 import main
 from battery_client import MarstekGateway
 from config_loader import Config, parse_config
+from control_loop import ControlLoop
 from devices import BatteryError
 from simulator import PlantParams, Simulation, SimUnit, UnitSpec
 from status_store import CommandQueue, StatusStore
@@ -79,20 +80,20 @@ class Rig:
 
     def __init__(self) -> None:
         self.sims: list[Simulation] = []
-        self.loops: list[main.ControlLoop] = []
+        self.loops: list[ControlLoop] = []
 
     def simulation(self, **kwargs: Any) -> Simulation:
         sim = Simulation(**kwargs).start()
         self.sims.append(sim)
         return sim
 
-    def loop(self, cfg: Config, clock: FakeClock) -> main.ControlLoop:
+    def loop(self, cfg: Config, clock: FakeClock) -> ControlLoop:
         """The real loop, meter and Modbus client; the client runs its back-offs on the test's clock."""
         b = cfg.battery
         bus = MarstekGateway(b.ip, b.port, register_set=b.register_set, timeout_s=b.timeout_seconds,
                              pacing_s=b.effective_pacing_ms / 1000.0, max_power_w=b.max_power_per_battery,
                              soc_interval_s=cfg.control.soc_update_interval_seconds, clock=clock)
-        loop = main.ControlLoop(cfg, main.build_meter(cfg), bus, StatusStore(), CommandQueue(), clock=clock)
+        loop = ControlLoop(cfg, main.build_meter(cfg, clock), bus, StatusStore(), CommandQueue(), clock=clock)
         self.loops.append(loop)
         return loop
 
@@ -114,7 +115,7 @@ def rig() -> Iterator[Rig]:
         r.close()
 
 
-def run_until(loop: main.ControlLoop, clock: FakeClock, predicate: Callable[[], object], timeout_s: float,
+def run_until(loop: ControlLoop, clock: FakeClock, predicate: Callable[[], object], timeout_s: float,
               what: str, step_s: float = 0.5) -> object:
     """Cycle the loop (advancing the clock by ``step_s`` each time) until ``predicate`` holds."""
     def once() -> object:
@@ -133,7 +134,7 @@ def stopped(u: SimUnit) -> bool:
     return (u.force_mode, u.charge_power_w, u.discharge_power_w) == (0, 0, 0)
 
 
-def battery_doc(loop: main.ControlLoop, battery_id: int) -> dict[str, Any]:
+def battery_doc(loop: ControlLoop, battery_id: int) -> dict[str, Any]:
     return next(b for b in loop.store.status_json()["batteries"] if b["id"] == battery_id)
 
 
@@ -327,10 +328,10 @@ def test_bms_standing_by_near_full_while_charging_is_paused(rig: Rig) -> None:
     loop = rig.loop(fault_config(sim, [1], max_soc_for_charge=100), clock)
     run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).charge_power_w > 1000
               and sim.unit(1).power_w == 0.0, 30, "charge commanded (SoC reads 99 % < 100 %), the BMS refuses")
-    run_until(loop, clock, lambda: not loop.batteries[1].usable(clock()), 60, "paused for delivering nothing",
+    run_until(loop, clock, lambda: loop.controller.limits_w(-1).get(1) == 0.0, 60, "paused for delivering nothing",
               step_s=1.0)
     assert stopped(sim.unit(1))
-    assert "keine Leistung" in battery_doc(loop, 1)["note"]
+    assert "delivers nothing" in battery_doc(loop, 1)["note"]
     for _ in range(5):
         loop.cycle()
         clock.advance(1.0)
@@ -413,7 +414,7 @@ def test_a_crashing_view_answers_500_json_and_the_control_keeps_regulating() -> 
         sim.set_load_w(800.0)
         cfg = fault_config(sim, [1])
         store, commands = StatusStore(), CommandQueue()
-        loop = main.ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands)
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands)
         stop = threading.Event()
         control = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
         app = create_app(store, commands, cfg.web)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +14,16 @@ import pytest
 
 from battery_client import MarstekGateway
 from config_loader import Config, parse_config
+from control_loop import ControlLoop
 from devices import GridReading
-from main import NO_DELIVERY_PAUSE_S, NO_DELIVERY_S, ControlLoop, Watchdog, build_bus, build_meter, emergency_stop
+from main import build_bus, build_meter, emergency_bus
 from simulator import Simulation, UnitSpec
 from status_store import CommandQueue, StatusStore
 from tests.helpers import wait_until
+from watchdog import Watchdog, emergency_stop
+from zero_feed_control import ControlParams
+
+LAW = ControlParams()
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,7 +61,8 @@ def sim() -> Iterator[Simulation]:
 def make_loop(sim: Simulation, ids: list[int], clock=None, meter=None) -> ControlLoop:
     cfg = sim_config(sim, ids)
     kwargs = {"clock": clock} if clock else {}
-    return ControlLoop(cfg, meter or build_meter(cfg), build_bus(cfg), StatusStore(), CommandQueue(), **kwargs)
+    return ControlLoop(cfg, meter or build_meter(cfg, clock or time.monotonic), build_bus(cfg), StatusStore(),
+                       CommandQueue(), **kwargs)
 
 
 # ---------------------------------------------------------------------------- firmware quirks
@@ -65,22 +72,21 @@ def test_battery_that_acknowledges_but_delivers_nothing_is_paused_and_retried(si
     sim.unit(1).delivers_nothing = True
     sim.set_load_w(3200.0)  # both batteries needed
     try:
-        for _ in range(int(NO_DELIVERY_S) + 8):
+        for _ in range(int(LAW.no_delivery_after_s) + 8):
             loop.cycle()
             clock.advance(1.0)
-        battery = loop.batteries[1]
-        assert not battery.usable(clock())
+        assert loop.controller.limits_w(1).get(1) == 0.0  # no discharge asked of it for now
         assert sim.unit(1).force_mode == 0  # stopped when paused
         doc = loop.store.status_json()
         note = next(b["note"] for b in doc["batteries"] if b["id"] == 1)
-        assert "keine Leistung" in note
+        assert "delivers nothing" in note
         # The other battery takes over the load.
         wait_until(lambda: (loop.cycle(), clock.advance(1.0), sim.unit(2).power_w > 2000)[-1], 30, "unit 2 covers")
         # After the pause the battery is tried again.
-        clock.advance(NO_DELIVERY_PAUSE_S)
+        clock.advance(LAW.no_delivery_hold_s)
         sim.unit(1).delivers_nothing = False
-        loop.cycle()
-        assert battery.usable(clock())
+        wait_until(lambda: (loop.cycle(), clock.advance(1.0), 1 not in loop.controller.limits_w(1))[-1], 10,
+                   "asked again after its pause")
     finally:
         loop.stop_all("test")
         loop.bus.close()
@@ -231,7 +237,7 @@ def test_emergency_stop_reaches_the_batteries_over_its_own_connection(sim):
         for unit_id in (1, 2):
             held.write_setpoint(unit_id, 600, None)
         store = StatusStore()
-        emergency_stop(cfg, store, 42.0)
+        emergency_stop(cfg, store, 42.0, lambda: emergency_bus(cfg))
         for unit_id in (1, 2):
             u = sim.unit(unit_id)
             assert (u.force_mode, u.charge_power_w, u.discharge_power_w) == (0, 0, 0)

@@ -3,7 +3,7 @@
 Two kinds of app:
 * ``make_app``: a bare app on a fresh StatusStore and CommandQueue, for everything that is decided
   before a command reaches the control thread (validation, auth, headers, pages, languages).
-* ``live_system``: the real control thread (main.ControlLoop) on the simulator (simulator.Simulation),
+* ``live_system``: the real control thread (ControlLoop) on the simulator (simulator.Simulation),
   for the setup commands and the status document the control thread publishes.
 """
 
@@ -31,6 +31,7 @@ from waitress import wasyncore
 import i18n
 import main
 from config_loader import Config, WebConfig, load_config
+from control_loop import ControlLoop
 from shelly_client import ShellyClient
 from simulator import Simulation, UnitSpec
 from status_store import BatteryStatus, CommandQueue, HistorySample, StatusSnapshot, StatusStore, StoreLogHandler
@@ -50,8 +51,8 @@ def web_cfg(**changes: Any) -> WebConfig:
 
 
 def make_app(store: StatusStore | None = None, **web: Any) -> Flask:
-    """A bare app (no control thread behind the command queue); failed logins do not sleep."""
-    return create_app(store or StatusStore(), CommandQueue(), web_cfg(**web), sleep=lambda _s: None)
+    """A bare app (no control thread behind the command queue)."""
+    return create_app(store or StatusStore(), CommandQueue(), web_cfg(**web))
 
 
 def basic(password: str, user: str = "admin") -> dict[str, str]:
@@ -71,11 +72,12 @@ class Live:
     sim: Simulation
     store: StatusStore
     commands: CommandQueue
-    loop: main.ControlLoop
+    loop: ControlLoop
     cfg: Config
     config_path: Path
     app: Flask
     client: FlaskClient
+    clock_s: list[float]  # the app's clock (blocks after wrong passwords); tests move it by hand
 
 
 @contextlib.contextmanager
@@ -99,16 +101,17 @@ def live_system(tmp_path: Path, **web: Any) -> Iterator[Live]:
         app_logger = logging.getLogger("marstek")
         old_level = app_logger.level
         app_logger.setLevel(logging.INFO)
-        loop = main.ControlLoop(cfg, ShellyClient.from_config(cfg.shelly), main.build_bus(cfg), store, commands,
+        loop = ControlLoop(cfg, ShellyClient.from_config(cfg.shelly), main.build_bus(cfg), store, commands,
                                 config_path=config_path)
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
         thread.start()
-        app = create_app(store, commands, cfg.web, sleep=lambda _s: None)
+        clock_s = [0.0]
+        app = create_app(store, commands, cfg.web, clock=lambda: clock_s[0])
         try:
             wait_until(lambda: store.latest().control_state == "active" and
                        all(b.online for b in store.latest().batteries), 15, "control active, both batteries online")
-            yield Live(sim, store, commands, loop, cfg, config_path, app, app.test_client())
+            yield Live(sim, store, commands, loop, cfg, config_path, app, app.test_client(), clock_s)
         finally:
             stop.set()
             commands.wakeup.set()
@@ -476,6 +479,7 @@ def test_login_form_flow_with_csrf_token(tmp_path: Path) -> None:
         html = resp.get_data(as_text=True)
         assert i18n.DE["login_wrong_password"] in html
         token = CSRF_RE.search(html).group(1)
+        system.clock_s[0] += 1.0  # past the block the wrong password earned (tests/test_security.py)
 
         resp = client.post("/login?next=/setup", data={"password": PASSWORD, "csrf_token": token})
         assert resp.status_code == 302
@@ -673,13 +677,13 @@ def test_every_text_key_the_pages_use_exists() -> None:
         used |= set(re.findall(r"\bt\(\"(\w+)\"\s*[,)]", script.read_text(encoding="utf-8")))
     # Keys built at run time from API values.
     used |= {f"state_{s}" for s in ("active", "setup", "stopped", "error", "unknown")}
-    used |= {f"status_{s}" for s in ("tracking", "deadband", "settling", "idle", "soc_limit", "no_battery",
+    used |= {f"status_{s}" for s in ("tracking", "deadband", "waiting_for_sample", "idle", "soc_limit", "no_battery",
                                      "meter_retry", "meter_failed")}
     used |= {f"mode_{m}" for m in ("charge", "discharge", "idle", "stopped")}
     used |= {f"level_{lv}" for lv in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
     used |= {f"quality_{q}" for q in ("rms_error_w", "export_wh_today", "import_wh_today", "battery_export_wh_today",
                                       "writes_per_h", "band_crossings_per_h", "time_in_band_pct")}
-    used |= {"login_wrong_password"}
+    used |= {"login_wrong_password", "login_too_many_attempts"}
     assert used - set(i18n.DE) == set()
 
 

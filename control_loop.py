@@ -1,0 +1,375 @@
+"""The control thread: grid meter in, setpoints out, status published.
+
+``ControlLoop`` owns the meter driver and the Modbus gateway (no other thread touches them). Each
+cycle reads the meter and every battery, asks the pure control law (``zero_feed_control``) for the
+setpoints with one ``now`` for the whole cycle, writes them, and publishes an immutable snapshot to
+the status store. Setup commands from the web thread arrive through the ``CommandQueue`` and run
+here between cycles. ``next_cycle_s`` is the one schedule: the thread, the benchmark and the soak
+all ask it when the next cycle is due.
+
+Signs: grid power + import / - export; battery power and setpoints + discharge / - charge (W).
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import setup_commands
+from config_loader import Config
+from devices import BatteryBus, BatteryError, BatteryReading, GridMeter, MeterError
+from i18n import Msg
+from quality import QualityTracker
+from status_store import (
+    BatteryStatus,
+    CommandError,
+    CommandQueue,
+    HistorySample,
+    StatusSnapshot,
+    StatusStore,
+    now_iso,
+)
+from zero_feed_control import STOPPING, BatteryState, ControlParams, Decision, Status, make_controller
+
+log = logging.getLogger("marstek")
+
+SHUTDOWN_BUDGET_S = 6.0
+CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
+# Statuses whose reason only counts up or repeats ("meter failed 5x"): logged on a change of status only.
+_QUIET = frozenset({Status.WAITING_FOR_SAMPLE, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED})
+
+
+def control_params(cfg: Config) -> ControlParams:
+    """The control law's parameters from the config."""
+    b, c = cfg.battery, cfg.control
+    return ControlParams(
+        target_grid_charge_w=c.target_grid_power_charge,
+        target_grid_discharge_w=c.target_grid_power_discharge,
+        min_power_w=b.min_power_per_battery,
+        max_power_w=b.max_power_per_battery,
+        min_soc_pct=b.min_soc_for_discharge,
+        max_soc_pct=b.max_soc_for_charge,
+        max_meter_failures=cfg.meter.max_failures_before_stop,
+        deadband_w=c.deadband_w,
+        average_readings=c.average_readings,
+        distribution=c.distribution,
+    )
+
+
+@dataclass
+class _Battery:
+    """What the control thread knows about one configured battery."""
+
+    battery_id: int
+    reading: BatteryReading | None = None
+    online: bool = False
+    error: str = ""
+    setpoint_w: int = 0
+    read_s: float | None = None  # when ``reading`` was taken (control clock)
+
+
+class ControlLoop:
+    """The control thread: meter in, setpoints out, status published. Owns meter and bus."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        meter: GridMeter,
+        bus: BatteryBus,
+        store: StatusStore,
+        commands: CommandQueue,
+        *,
+        config_path: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        controller_params: ControlParams | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.meter = meter
+        self.bus = bus
+        self.store = store
+        self.commands = commands
+        self.config_path = config_path
+        self.clock = clock
+        self.controller = make_controller(cfg.control.algorithm, controller_params or control_params(cfg))
+        self.batteries = {i: _Battery(i) for i in cfg.battery.akku_ids}
+        self.setup_mode = False
+        self.last_decision: Decision | None = None
+        self.grid_power_w: float | None = None
+        self.meter_ok = False
+        self.meter_error: Msg | str = ""
+        self.meter_error_since: str | None = None
+        self._last_value: float | None = None
+        self._last_change_s = clock()
+        self._last_reason = ""
+        self._last_status = ""
+        self.internal_error: Msg | str = ""
+        self.quality = QualityTracker()
+        self.heartbeat_s = clock()
+        self._crashes = 0
+        self._cycle_started_s = clock()
+        self._next_cycle_s = clock()
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, stop: threading.Event) -> None:
+        """Cycle until ``stop`` is set; always leaves the batteries stopped."""
+        log.info(Msg("control_started", meter=self.meter.name, ids=list(self.batteries),
+                     algorithm=self.cfg.control.algorithm))
+        try:
+            while not stop.is_set():
+                self.run_once()
+                # Woken early by a web command or by the stop request (both set ``wakeup``).
+                self.commands.wakeup.wait(max(0.0, self.next_cycle_s - self.clock()))
+        finally:
+            self.stop_all("shutdown")
+            self.publish("stopped")
+            self.meter.close()
+            self.bus.close()
+            log.info(Msg("control_stopped"))
+
+    def run_once(self) -> None:
+        """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
+        self._cycle_started_s = self.clock()
+        try:
+            self.cycle()
+        except Exception as exc:
+            # A bug must not leave a battery running on a stale setpoint, nor end the program:
+            # stop everything, say so, and try again later.
+            log.exception(Msg("control_cycle_failed"))
+            self.internal_error = Msg("internal_error", error=f"{type(exc).__name__}: {exc}")
+            self.stop_all("control error")
+            self.publish("error")
+            self._next_cycle_s = self.clock() + CRASH_BACKOFF_S[min(self._crashes, len(CRASH_BACKOFF_S) - 1)]
+            self._crashes += 1
+            return
+        self._crashes, self.internal_error = 0, ""
+        self.heartbeat_s = self.clock()
+        interval_s = self.cfg.control.poll_interval_seconds
+        if self.last_decision is not None and self.last_decision.status is Status.METER_FAILED:
+            # Batteries are stopped: poll the dead meter only every check interval.
+            interval_s = max(interval_s, self.cfg.meter.check_interval_seconds)
+        self._next_cycle_s = self._cycle_started_s + interval_s
+
+    @property
+    def next_cycle_s(self) -> float:
+        """When the next cycle is due (control clock); the thread, the benchmark and the soak all ask this."""
+        return self._next_cycle_s
+
+    def cycle(self) -> None:
+        """One control cycle (also called directly by tests)."""
+        self.commands.run_pending(self.handle_command)
+        if self.setup_mode:
+            # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
+            # stopped and not polled, so their power is unknown rather than the last value.
+            self.read_meter()
+            for b in self.batteries.values():
+                b.reading, b.setpoint_w = None, 0
+            self.publish("setup")
+            return
+        grid_w, received_s = self.read_meter()
+        self.read_batteries()
+        now_s = self.clock()
+        states = [
+            BatteryState(b.battery_id, b.online, b.reading.soc_pct if b.reading else None,
+                         b.reading.ac_power_w if b.reading else None, read_s=b.read_s if b.reading else None)
+            for b in self.batteries.values()
+        ]
+        decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
+                                        meter_error=self.meter_error)
+        self.last_decision = decision
+        self._log_decision(decision)
+        self.apply(decision)
+        self.track_quality(now_s, grid_w, decision)
+        self.publish("error" if decision.status in STOPPING else "active")
+
+    def _log_decision(self, decision: Decision) -> None:
+        """Log transitions; a reason that only counts up ("meter failed 5x") is not a new event."""
+        changed = decision.status.value != self._last_status or (
+            decision.reason != self._last_reason and decision.status not in _QUIET)
+        if changed and decision.status not in (Status.WAITING_FOR_SAMPLE, Status.DEADBAND):
+            level = logging.WARNING if decision.status in STOPPING | {Status.METER_RETRY} else logging.INFO
+            log.log(level, decision.reason)
+        self._last_reason, self._last_status = decision.reason, decision.status.value
+
+    def track_quality(self, now_s: float, grid_w: float | None, decision: Decision) -> None:
+        """Feed the live control-quality figures (RMS error, export today, writes/h)."""
+        measured = [b.reading.ac_power_w for b in self.batteries.values() if b.online and b.reading]
+        self.quality.add(now_s, grid_w, decision.target_grid_w, self.bus.writes_total, datetime.date.today(),
+                         battery_w=sum(measured) if measured else None)
+
+    def read_meter(self) -> tuple[float | None, float | None]:
+        """Grid power (+ import) and its receive time, or (None, None); a value frozen too long is a failure."""
+        meter_cfg = self.cfg.meter
+        try:
+            reading = self.meter.read()
+        except MeterError as exc:
+            self._meter_failed(str(exc))
+            return None, None
+        now_s = self.clock()
+        if reading.grid_power_w != self._last_value:
+            self._last_value, self._last_change_s = reading.grid_power_w, now_s
+        elif now_s - self._last_change_s > meter_cfg.max_frozen_seconds:
+            self._meter_failed(Msg("meter_frozen", value=reading.grid_power_w, seconds=now_s - self._last_change_s))
+            return None, None
+        if not self.meter_ok and self.meter_error:
+            log.info(Msg("meter_ok_again", value=reading.grid_power_w))
+        self.meter_ok, self.meter_error, self.meter_error_since = True, "", None
+        self.grid_power_w = reading.grid_power_w
+        return reading.grid_power_w, reading.received_at_s
+
+    def _meter_failed(self, message: Msg | str) -> None:
+        if self.meter_ok or not self.meter_error:
+            log.warning(Msg("meter_read_failed", error=message))
+            self.meter_error_since = now_iso()
+        self.meter_ok, self.meter_error = False, message
+        self.grid_power_w = None
+
+    def read_batteries(self) -> None:
+        for b in self.batteries.values():
+            try:
+                b.reading = self.bus.read(b.battery_id)
+                b.read_s = self.clock()  # the law matches battery power to the meter's sample instant
+            except BatteryError as exc:
+                if b.online or not b.error:
+                    log.warning(Msg("battery_offline", id=b.battery_id, error=str(exc)))
+                b.online, b.error = False, str(exc)
+                continue
+            if not b.online:
+                log.info(Msg("battery_online", id=b.battery_id, soc=b.reading.soc_pct))
+            b.online, b.error = True, ""
+
+    def apply(self, decision: Decision) -> None:
+        """Write each online battery's setpoint; a failing battery never blocks the others."""
+        stopping = decision.status in STOPPING
+        for b in self.batteries.values():
+            setpoint_w = 0 if stopping else int(decision.setpoints_w.get(b.battery_id, 0))
+            if not b.online:
+                b.setpoint_w = 0
+                continue
+            try:
+                self.bus.write_setpoint(b.battery_id, setpoint_w, b.reading)
+                b.setpoint_w = setpoint_w
+            except BatteryError as exc:
+                log.warning(Msg("battery_write_failed", id=b.battery_id, error=str(exc)))
+                b.online, b.error = False, str(exc)
+
+    def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S) -> list[Msg]:
+        """Force mode stop and both setpoints 0 on every battery; returns the failures."""
+        deadline_s = self.clock() + budget_s
+        failures = []
+        for b in self.batteries.values():
+            error: Msg | str
+            if self.clock() > deadline_s:
+                error = Msg("battery_no_time_to_stop")
+            else:
+                try:
+                    self.bus.stop(b.battery_id)
+                    b.setpoint_w = 0
+                    continue
+                except BatteryError as exc:
+                    error = str(exc)
+            failure = Msg("battery_stop_failed", id=b.battery_id, why=why, error=error)
+            log.error(failure)
+            failures.append(failure)
+        self.controller.reset()
+        return failures
+
+    # ------------------------------------------------------------------ status
+    def publish(self, state: str) -> None:
+        decision = self.last_decision
+        errors: list[Msg | str] = [self.internal_error] if self.internal_error else []
+        if not self.meter_ok and self.meter_error:
+            errors.append(Msg("meter_error", error=self.meter_error))
+        errors += [Msg("battery_error", id=b.battery_id, error=b.error) for b in self.batteries.values() if b.error]
+        batteries = tuple(self._battery_status(b, state) for b in self.batteries.values())
+        snapshot = StatusSnapshot(
+            grid_power_w=self.grid_power_w,
+            grid_power_avg_w=decision.grid_power_avg_w if decision else None,
+            meter_type=self.meter.name,
+            meter_ok=self.meter_ok,
+            control_state="setup" if self.setup_mode else state,
+            setup_mode=self.setup_mode,
+            batteries=batteries,
+            errors=tuple(errors),
+            reason=decision.reason if decision else "",
+            status=decision.status.value if decision else "",
+            meter_error_since=self.meter_error_since,
+            warnings=self.store.latest().warnings,
+            quality=self.quality.figures(),
+        )
+        online = [b for b in batteries if b.online and b.power_w is not None]
+        socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
+        sample = HistorySample(
+            t=time.time(),
+            grid_w=self.grid_power_w,
+            battery_w=sum(b.power_w or 0.0 for b in online) if online else None,
+            soc_pct=sum(socs) / len(socs) if socs else None,
+        )
+        self.store.publish(snapshot, sample)
+
+    def _battery_status(self, b: _Battery, state: str) -> BatteryStatus:
+        r = b.reading if b.online else None
+        if state in ("setup", "stopped") or self.setup_mode:
+            mode = "stopped"
+        else:
+            mode = "discharge" if b.setpoint_w > 0 else "charge" if b.setpoint_w < 0 else "idle"
+        note = b.error or (self.last_decision.battery_notes.get(b.battery_id, "") if self.last_decision else "")
+        return BatteryStatus(
+            id=b.battery_id,
+            online=b.online,
+            soc_pct=r.soc_pct if r else None,
+            setpoint_w=b.setpoint_w,
+            power_w=r.ac_power_w if r else None,
+            mode=mode,
+            note=note,
+        )
+
+    # ------------------------------------------------------------------ commands from the web thread
+    def handle_command(self, name: str, args: Mapping[str, Any]) -> Any:
+        """Commands from the web thread (run here because only this thread owns the bus)."""
+        if name == "enter_setup":
+            return self.enter_setup()
+        if name == "exit_setup":
+            return self.exit_setup()
+        if name == "add_to_config":
+            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, **args)
+            for battery_id in self.cfg.battery.akku_ids:
+                self.batteries.setdefault(battery_id, _Battery(battery_id))
+            return result
+        if name not in ("scan", "set_id"):
+            raise CommandError(Msg("unknown_command", name=name), 400)
+        if not self.setup_mode:
+            raise CommandError(Msg("not_in_setup"), 409)
+        command = setup_commands.scan if name == "scan" else setup_commands.set_id
+        return command(self.bus, set(self.batteries), self._still_alive, **args)
+
+    def _still_alive(self) -> None:
+        """A long scan is progress, not a stall (the watchdog reads the heartbeat)."""
+        self.heartbeat_s = self.clock()
+
+    def enter_setup(self) -> dict[str, Any]:
+        """Stop the control and every battery; the setup page may now re-address batteries."""
+        if self.setup_mode:
+            return {"setup_mode": True, "stop_failures": []}
+        self.setup_mode = True
+        failures = self.stop_all("setup mode")
+        log.warning(Msg("setup_entered"))
+        self.publish("setup")
+        return {"setup_mode": True, "stop_failures": failures}
+
+    def exit_setup(self) -> dict[str, Any]:
+        """Resume the control with a fresh start (the batteries may have new IDs)."""
+        if self.setup_mode:
+            self.setup_mode = False
+            self.controller.reset()
+            for b in self.batteries.values():
+                self.bus.forget(b.battery_id)
+            log.info(Msg("setup_left"))
+            self.publish("active")
+        return {"setup_mode": False}
+

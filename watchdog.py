@@ -1,0 +1,81 @@
+"""The watchdog: notices a control thread that stopped cycling and puts the batteries in the safe state.
+
+The control thread reports progress through its heartbeat; when that is older than the longest a
+healthy cycle can take, ``emergency_stop`` stops every battery over a connection of its own (the
+control thread is stuck in the old one).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from config_loader import Config
+from devices import BatteryBus, BatteryError
+from i18n import Msg
+from status_store import StatusStore
+
+log = logging.getLogger("marstek")
+
+FRAMES_PER_BATTERY = 5  # the most Modbus frames one battery costs in a cycle (reads + writes)
+MARGIN_S = 10.0
+
+
+class Watchdog:
+    """Calls ``on_stall`` once when ``heartbeat_s()`` is older than ``limit_s`` (not while ``paused()``)."""
+
+    def __init__(
+        self,
+        heartbeat_s: Callable[[], float],
+        limit_s: float,
+        on_stall: Callable[[float], None],
+        *,
+        paused: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.heartbeat_s, self.limit_s, self.on_stall = heartbeat_s, limit_s, on_stall
+        self.paused, self.clock = paused, clock
+        self.fired = False
+
+    def check(self) -> bool:
+        """True when a stall was detected by this call."""
+        stalled_s = self.clock() - self.heartbeat_s()
+        if self.paused() or stalled_s <= self.limit_s:
+            if self.fired and stalled_s <= self.limit_s:
+                log.info(Msg("control_running_again"))
+            self.fired = False
+            return False
+        if self.fired:
+            return False
+        self.fired = True
+        self.on_stall(stalled_s)
+        return True
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.wait(1.0):
+            self.check()
+
+
+def watchdog_limit_s(cfg: Config) -> float:
+    """Longest a healthy cycle can take (every timeout hit once) plus a margin."""
+    frames = FRAMES_PER_BATTERY * len(cfg.battery.akku_ids)
+    return (cfg.meter.timeout_seconds + frames * cfg.battery.timeout_seconds + cfg.control.poll_interval_seconds
+            + MARGIN_S)
+
+
+def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_bus: Callable[[], BatteryBus]) -> None:
+    """Stop every battery over a new connection from ``make_bus``: the control thread is stuck in its own."""
+    message = Msg("control_stalled", seconds=stalled_s)
+    log.error(message)
+    store.update(control_state="error", errors=(*store.latest().errors, message))
+    bus = make_bus()
+    try:
+        for battery_id in cfg.battery.akku_ids:
+            try:
+                bus.stop(battery_id)
+            except BatteryError as exc:
+                log.error(Msg("watchdog_stop_failed", id=battery_id, error=str(exc)))
+    finally:
+        bus.close()
