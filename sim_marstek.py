@@ -16,7 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -576,7 +576,12 @@ class _BusContext(ModbusServerContext):
     """
 
     def __init__(self, gateway: SimGateway) -> None:
-        super().__init__(devices={}, single=False)
+        # No super().__init__(): every request is resolved here, its device table is never used, and
+        # pymodbus >= 3.13 refuses an empty one. A context without SimDevices that says ``old_simulator``
+        # is served as it is by pymodbus >= 3.13 (otherwise it is replaced by a SimCore that never calls
+        # the methods below); older releases do not read the two attributes.
+        self.simdevices: list[Any] = []
+        self.old_simulator = True
         self._gateway = gateway
 
     def device_ids(self) -> list[int]:
@@ -593,7 +598,7 @@ class _BusContext(ModbusServerContext):
         return result
 
     async def async_setValues(
-        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+        self, device_id: int, func_code: int, address: int, values: Sequence[int] | Sequence[bool]
     ) -> ExcCodes | None:
         delay_s = self._gateway.answer_delay_s(device_id)
         result = self._gateway.serve_write(device_id, func_code, address, [int(v) for v in values])

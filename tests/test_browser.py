@@ -303,7 +303,7 @@ def test_cancelled_confirm_changes_nothing(browser: Browser, system: System) -> 
         page.locator("#new-id").fill("2")
         page.once("dialog", lambda dialog: dialog.accept())
         page.locator("#set-btn").click()
-        expect(page.locator("#set-result")).to_contain_text("already in use", timeout=30_000)
+        expect(page.locator("#set-result")).to_contain_text("ist schon belegt", timeout=30_000)
         page.locator("#exit-btn").click()
         expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
 

@@ -195,7 +195,8 @@ def test_status_from_the_real_control_thread(live: Live) -> None:
     assert doc["meter_type"] == "shelly" and doc["meter_ok"] is True
     assert [b["id"] for b in doc["batteries"]] == [1, 2]
     assert all(b["online"] and b["soc_pct"] is not None for b in doc["batteries"])
-    assert any("Control started" in e["message"] for e in doc["events"])
+    started = i18n.MESSAGES_DE["control_started"].split(":")[0]  # the page's language: web.language (de)
+    assert any(started in e["message"] for e in doc["events"])
 
 
 def test_history_returns_parallel_arrays_and_filters_by_since() -> None:
@@ -347,7 +348,7 @@ def test_scan_and_set_id_are_refused_outside_setup_mode(live: Live) -> None:
     for path, body in (("/api/setup/scan", {"first_id": 1, "last_id": 2}), ("/api/setup/set-id", {"new_id": 5})):
         resp = live.client.post(path, json=body)
         assert resp.status_code == 409
-        assert "not in setup mode" in resp.get_json()["error"]
+        assert resp.get_json()["error"] == i18n.MESSAGES_DE["not_in_setup"]  # the page's language (de)
     assert live.sim.unit(1).unit_id == 1  # nothing was re-addressed
 
 
@@ -374,7 +375,7 @@ def test_setup_flow_enter_scan_set_add_exit(live: Live) -> None:
     # Refusals: the new ID already answers; then the change 1 -> 3, verified on the new ID.
     resp = client.post("/api/setup/set-id", json={"new_id": 2})
     assert resp.status_code == 409
-    assert "already" in resp.get_json()["error"]
+    assert resp.get_json()["error"] == i18n.MESSAGES_DE["id_in_use"].format(id=2)
     resp = client.post("/api/setup/set-id", json={"new_id": 3})
     assert resp.status_code == 200
     doc = resp.get_json()
@@ -414,7 +415,7 @@ def test_set_id_with_nothing_on_id_1_is_409(live: Live) -> None:
     assert live.client.post("/api/setup/enter", json={}).status_code == 200
     resp = live.client.post("/api/setup/set-id", json={"new_id": 5})
     assert resp.status_code == 409
-    assert "no battery answers on ID 1" in resp.get_json()["error"]
+    assert resp.get_json()["error"] == i18n.MESSAGES_DE["no_battery_on_id1"]
     assert live.client.post("/api/setup/exit", json={}).status_code == 200
 
 
