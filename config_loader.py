@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +55,46 @@ class MeterConfig:
     password: str | None = None
 
 
+FRAMERS = ("socket", "rtu")  # Modbus TCP, or Modbus RTU frames over TCP ("transparent" gateways)
+MAX_NAME_CHARS = 40
+
+
+def gateway_text(host: str, port: int) -> str:
+    """``"<host>:<port>"`` (IPv6 in brackets): how a gateway is named in keys, the API and messages."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    """One battery: its gateway (host, port, framer), Modbus unit ID, register set, power limits and name."""
+
+    host: str
+    port: int
+    unit_id: int
+    register_set: str
+    max_power_per_battery: int
+    min_power_per_battery: int
+    name: str
+    framer: str = "socket"
+
+    @property
+    def gateway(self) -> str:
+        """``"<host>:<port>"``: units with the same gateway share one connection."""
+        return gateway_text(self.host, self.port)
+
+    @property
+    def key(self) -> str:
+        """``"<host>:<port>/<id>"``: unique per battery (status, events, the control's state)."""
+        return f"{self.gateway}/{self.unit_id}"
+
+
 @dataclass(frozen=True)
 class BatteryConfig:
-    """The Modbus TCP gateway and the batteries behind it."""
+    """The batteries and their Modbus TCP gateways.
+
+    ``units`` always lists every battery: from ``battery.units`` (``units_form``) or, for the seed
+    form, one unit per ``akku_ids`` entry behind ``ip``:``port`` (then ``ip`` and ``akku_ids`` are set).
+    """
 
     ip: str
     port: int = 502
@@ -69,13 +106,25 @@ class BatteryConfig:
     max_soc_for_charge: float = _LAW.max_soc_pct
     register_set: str = "v2"
     pacing_ms: int | None = None  # None: the register set's default (marstek_registers.DEFAULT_PACING_S)
+    framer: str = "socket"
+    units: tuple[UnitConfig, ...] = ()
+    units_form: bool = False  # the file uses ``battery.units`` (else the seed form ip + akku_ids)
 
     @property
     def effective_pacing_ms(self) -> int:
         """Delay between Modbus frames, with the register-set default applied."""
+        return self.pacing_ms_for(self.register_set)
+
+    def pacing_ms_for(self, register_set: str) -> int:
+        """Delay between Modbus frames on a gateway of ``register_set``."""
         if self.pacing_ms is not None:
             return self.pacing_ms
-        return round(DEFAULT_PACING_S[self.register_set] * 1000)
+        return round(DEFAULT_PACING_S[register_set] * 1000)
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        """Every gateway ``"<host>:<port>"`` once, in the order of the units."""
+        return tuple(dict.fromkeys(u.gateway for u in self.units))
 
 
 @dataclass(frozen=True)
@@ -433,27 +482,27 @@ def _meter(sec: _Section, *, with_password: bool) -> MeterConfig | None:
 
 def _battery(sec: _Section) -> BatteryConfig | None:
     b = BatteryConfig
-    ip = sec.string("ip")
-    if _ok(ip):
-        shown = json.dumps(ip, ensure_ascii=False)
-        try:
-            host, inline_port = parse_host_port(ip, default_port=0)
-        except ValueError as exc:
-            ip = sec.fail("ip", f"{exc}, got {shown}")
-        else:
-            if inline_port:
-                ip = sec.fail("ip", f"write only the address; the port goes into battery.port, got {shown}")
-            else:
-                ip = host
+    units_form = "units" in sec.data
+    if units_form:
+        for key in ("ip", "akku_ids"):
+            if key in sec.data:
+                sec.fail("units", f"cannot be combined with battery.{key}: list every battery in battery.units "
+                                  f"(with its own ip) and remove battery.{key}")
+        sec.known += ["ip", "akku_ids"]
+        ip, akku_ids = "", ()
+    else:
+        ip = _seed_ip(sec)
+        akku_ids = _akku_ids(sec)
     port = sec.integer("port", _default(b, "port"), 1, 65535)
     timeout = sec.number("timeout_seconds", _default(b, "timeout_seconds"), 0, 60, lo_open=True)
-    akku_ids = _akku_ids(sec)
     max_w = sec.integer("max_power_per_battery", _default(b, "max_power_per_battery"), 1, FIRMWARE_MAX_POWER_W)
     min_w = sec.integer("min_power_per_battery", _default(b, "min_power_per_battery"), 1, FIRMWARE_MAX_POWER_W)
     min_soc = sec.number("min_soc_for_discharge", _default(b, "min_soc_for_discharge"), 0, 100)
     max_soc = sec.number("max_soc_for_charge", _default(b, "max_soc_for_charge"), 0, 100)
     register_set = sec.string("register_set", _default(b, "register_set"), choices=tuple(REGISTER_SETS))
     pacing = sec.integer("pacing_ms", None, MIN_PACING_MS, 5000, nullable=True)
+    framer = sec.string("framer", _default(b, "framer"), choices=FRAMERS)
+    units_value = sec.take("units")
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
         min_w = sec.conflict(
@@ -463,9 +512,111 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         min_soc = sec.conflict(
             "min_soc_for_discharge", min_soc, "must be below", "max_soc_for_charge", max_soc
         )
-    if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing):
+    if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing, framer):
         return None
-    return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing)
+    defaults = UnitConfig("", port, 1, register_set, max_w, min_w, "", framer)
+    if units_form:
+        units = _units(sec, units_value, defaults)
+        if units is None:
+            return None
+    else:
+        units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}") for i in akku_ids)
+    return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing,
+                         framer, units, units_form)
+
+
+def _seed_ip(sec: _Section) -> Any:
+    ip = sec.string("ip")
+    if not _ok(ip):
+        return ip
+    shown = json.dumps(ip, ensure_ascii=False)
+    try:
+        host, inline_port = parse_host_port(ip, default_port=0)
+    except ValueError as exc:
+        return sec.fail("ip", f"{exc}, got {shown}")
+    if inline_port:
+        return sec.fail("ip", f"write only the address; the port goes into battery.port, got {shown}")
+    return host
+
+
+def _units(sec: _Section, value: Any, defaults: UnitConfig) -> tuple[UnitConfig, ...] | None:
+    """``battery.units``: every battery with its own gateway; errors name ``battery.units[<i>].<key>``."""
+    if not isinstance(value, list) or not value:
+        sec.fail("units", f'must be a non-empty list of batteries like [{{"ip": "192.168.1.50"}}], '
+                          f"got {_describe(value)}")
+        return None
+    units: list[UnitConfig] = []
+    ok = True
+    for i, item in enumerate(value):
+        path = f"{sec.key_path('units')}[{i}]"
+        if not isinstance(item, dict):
+            sec.errors.append(f"{path}: must be an object like {{\"ip\": \"192.168.1.50\"}}, got {_describe(item)}")
+            ok = False
+            continue
+        unit = _unit(_Section(sec.errors, path, item), defaults, len(units) + 1)
+        if unit is None:
+            ok = False
+        else:
+            units.append(unit)
+    if not ok:
+        return None
+    return _check_gateways(sec, units)
+
+
+def _unit(sec: _Section, d: UnitConfig, n: int) -> UnitConfig | None:
+    ip = sec.string("ip")
+    host, inline_port = _BAD, None
+    if _ok(ip):
+        try:
+            host, port_in_ip = parse_host_port(ip, default_port=0)
+            inline_port = port_in_ip or None
+        except ValueError as exc:
+            sec.fail("ip", f"{exc}, got {json.dumps(ip, ensure_ascii=False)}")
+    explicit_port = sec.integer("port", None, 1, 65535)
+    port = inline_port or explicit_port or d.port
+    if inline_port and _ok(explicit_port) and explicit_port is not None and explicit_port != inline_port:
+        port = sec.fail("port", f"{explicit_port} contradicts the port {inline_port} written in ip; keep only one")
+    unit_id = sec.integer("id", 1, 1, 247)
+    register_set = sec.string("register_set", d.register_set, choices=tuple(REGISTER_SETS))
+    max_w = sec.integer("max_power_per_battery", d.max_power_per_battery, 1, FIRMWARE_MAX_POWER_W)
+    min_w = sec.integer("min_power_per_battery", d.min_power_per_battery, 1, FIRMWARE_MAX_POWER_W)
+    name = sec.string("name", f"Akku {n}")
+    if _ok(name) and len(name) > MAX_NAME_CHARS:
+        name = sec.fail("name", f"must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
+    framer = sec.string("framer", d.framer, choices=FRAMERS)
+    sec.finish()
+    if _ok(min_w, max_w) and min_w > max_w:
+        min_w = sec.conflict("min_power_per_battery", min_w, "must not be above", "max_power_per_battery", max_w)
+    if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer):
+        return None
+    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer)
+
+
+def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig, ...] | None:
+    """No battery twice; the units of one gateway share its register set and framer (one connection)."""
+    first: dict[str, int] = {}
+    keys: dict[str, int] = {}
+    ok = True
+    for i, u in enumerate(units):
+        path = f"{sec.key_path('units')}[{i}]"
+        key = u.key.lower()
+        if key in keys:
+            sec.errors.append(f"{path}: the same battery as battery.units[{keys[key]}] "
+                              f"(host, port and id {u.key}); give it its own id or remove it")
+            ok = False
+            continue
+        keys[key] = i
+        gateway = u.gateway.lower()
+        j = first.setdefault(gateway, i)
+        other = units[j]
+        for field_name in ("register_set", "framer"):
+            mine, theirs = getattr(u, field_name), getattr(other, field_name)
+            if mine != theirs:
+                sec.errors.append(
+                    f'{path}.{field_name}: "{mine}" differs from "{theirs}" of battery.units[{j}] on the same '
+                    f"gateway {u.gateway}; the units behind one gateway share its connection and must agree")
+                ok = False
+    return tuple(units) if ok else None
 
 
 def _akku_ids(sec: _Section) -> Any:
@@ -648,6 +799,46 @@ def update_akku_ids(path: Path | str, akku_ids: list[int]) -> Config:
     battery["akku_ids"] = list(akku_ids)
     config = parse_config(data, base_dir=path.resolve().parent)
 
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    try:
+        _write_atomically(path, text)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the file: {exc.strerror or exc}") from None
+    return config
+
+
+def unit_entry(battery: BatteryConfig, gateway: str, unit_id: int) -> dict[str, Any]:
+    """The ``battery.units`` item for a new unit on a configured gateway (inherits its register set, framer)."""
+    like = next((u for u in battery.units if u.gateway == gateway), None)
+    if like is None:
+        raise ConfigError(f"battery.units: no configured gateway {gateway}")
+    ip = like.host if like.port == battery.port else gateway
+    entry: dict[str, Any] = {"ip": ip, "id": unit_id}
+    if like.register_set != battery.register_set:
+        entry["register_set"] = like.register_set
+    if like.framer != battery.framer:
+        entry["framer"] = like.framer
+    return entry
+
+
+def add_unit_to_config(path: Path | str, gateway: str, unit_id: int) -> Config:
+    """Add unit ``unit_id`` behind ``gateway`` to the file in the form it uses (``units`` or ``akku_ids``).
+
+    Validated before anything is written; the old file is kept as ``<name>.bak``; atomic replace.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
+    current = parse_config(data, base_dir=path.resolve().parent).battery
+    battery = data["battery"]
+    if current.units_form:
+        battery["units"].append(unit_entry(current, gateway, unit_id))
+    else:
+        if gateway not in current.gateways:
+            raise ConfigError(f"battery.ip: the configured gateway is {current.gateways[0]}, not {gateway}")
+        battery["akku_ids"] = [*current.akku_ids, unit_id]
+    config = parse_config(data, base_dir=path.resolve().parent)
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:
         _write_atomically(path, text)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+
 import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -19,6 +21,7 @@ from config_loader import (
     ControlConfig,
     LoggingConfig,
     MeterConfig,
+    UnitConfig,
     WebConfig,
     default_config_path,
     load_config,
@@ -78,7 +81,8 @@ def test_example_loads_with_the_documented_values() -> None:
     assert cfg.shelly.host == "192.168.1.100"
     assert cfg.shelly.port == 80
     assert cfg.ecotracker.ip == "192.168.1.101"
-    assert cfg.battery == BatteryConfig(ip="192.168.1.200", akku_ids=(1, 2))
+    assert dataclasses.replace(cfg.battery, units=()) == BatteryConfig(ip="192.168.1.200", akku_ids=(1, 2))
+    assert [u.key for u in cfg.battery.units] == ["192.168.1.200:502/1", "192.168.1.200:502/2"]
     assert cfg.control == ControlConfig(poll_interval_seconds=1.0)
     assert cfg.web == WebConfig()
     assert cfg.logging.file == str(REPO_DIR / "logs" / "marstek.log")
@@ -104,6 +108,8 @@ def test_example_lists_every_key_the_loader_knows() -> None:
             expected -= {"host", "port"}  # derived from "ip"
         if section == "ecotracker":
             expected.discard("password")
+        if cls is BatteryConfig:
+            expected -= {"units", "units_form"}  # the other form: config.v3-household.example.json
         assert expected <= set(data[section]), section
 
 
@@ -113,7 +119,8 @@ def test_minimal_config_gets_every_default() -> None:
         energy_meter_type="shelly",
         shelly=MeterConfig(ip="192.168.1.100", host="192.168.1.100", port=80),
         ecotracker=MeterConfig(ip="", host="", port=80),
-        battery=BatteryConfig(ip="192.168.1.200"),
+        battery=BatteryConfig(ip="192.168.1.200", units=(
+            UnitConfig("192.168.1.200", 502, 1, "v2", 2500, 50, "Akku 1"),)),
         control=ControlConfig(),
         web=WebConfig(),
         logging=LoggingConfig(),

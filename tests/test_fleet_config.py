@@ -1,0 +1,135 @@
+"""``battery.units``: several gateways, one IP per battery, mixed register sets (config side)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config_loader import ConfigError, add_unit_to_config, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+V3_EXAMPLE = ROOT / "config.v3-household.example.json"
+
+
+def units_config(*units: dict[str, Any], **battery: Any) -> dict[str, Any]:
+    return {"shelly": {"ip": "192.168.1.100"}, "battery": {**battery, "units": list(units)}}
+
+
+def error_of(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data)
+    return str(info.value)
+
+
+def test_units_get_the_documented_defaults_and_keys() -> None:
+    cfg = parse_config(units_config(
+        {"ip": "192.168.1.50", "register_set": "v3", "name": "Garage"},
+        {"ip": "192.168.1.51:1502", "register_set": "v3", "max_power_per_battery": 800},
+        {"ip": "192.168.1.200", "id": 2},
+        {"ip": "192.168.1.200", "id": 3},
+        port=502, register_set="v2", max_power_per_battery=2500, min_power_per_battery=50))
+    b = cfg.battery
+    assert b.units_form and b.ip == "" and b.akku_ids == ()
+    assert [u.key for u in b.units] == ["192.168.1.50:502/1", "192.168.1.51:1502/1", "192.168.1.200:502/2",
+                                       "192.168.1.200:502/3"]
+    assert [u.name for u in b.units] == ["Garage", "Akku 2", "Akku 3", "Akku 4"]
+    assert [u.register_set for u in b.units] == ["v3", "v3", "v2", "v2"]
+    assert [u.max_power_per_battery for u in b.units] == [2500, 800, 2500, 2500]
+    assert [u.min_power_per_battery for u in b.units] == [50] * 4
+    assert b.gateways == ("192.168.1.50:502", "192.168.1.51:1502", "192.168.1.200:502")
+    assert {u.framer for u in b.units} == {"socket"}
+
+
+def test_a_unit_inherits_the_section_values_and_the_framer() -> None:
+    cfg = parse_config(units_config({"ip": "gw.local", "port": 8899}, port=1502, register_set="v3",
+                                    max_power_per_battery=1200, min_power_per_battery=100, framer="rtu"))
+    (u,) = cfg.battery.units
+    assert (u.host, u.port, u.unit_id, u.register_set, u.max_power_per_battery, u.min_power_per_battery,
+            u.framer) == ("gw.local", 8899, 1, "v3", 1200, 100, "rtu")
+
+
+def test_the_seed_form_means_the_same_units_on_one_gateway() -> None:
+    seed = parse_config({"shelly": {"ip": "192.168.1.100"},
+                         "battery": {"ip": "192.168.1.200", "akku_ids": [1, 3], "max_power_per_battery": 1500}})
+    units = parse_config(units_config({"ip": "192.168.1.200", "id": 1, "name": "Akku 1"},
+                                      {"ip": "192.168.1.200", "id": 3, "name": "Akku 3"},
+                                      max_power_per_battery=1500))
+    assert not seed.battery.units_form
+    assert seed.battery.units == units.battery.units
+
+
+@pytest.mark.parametrize(("units", "battery", "expected"), [
+    ([{"ip": "192.168.1.50"}], {"ip": "192.168.1.200"}, "battery.units: cannot be combined with battery.ip"),
+    ([{"ip": "192.168.1.50"}], {"akku_ids": [1]}, "battery.units: cannot be combined with battery.akku_ids"),
+    ([], {}, "battery.units: must be a non-empty list"),
+    ([{"ip": "192.168.1.50"}, "192.168.1.51"], {}, "battery.units[1]: must be an object"),
+    ([{"id": 2}], {}, "battery.units[0].ip: missing (required)"),
+    ([{"ip": "http://192.168.1.50"}], {}, "battery.units[0].ip: write only the address"),
+    ([{"ip": "192.168.1.50:99999"}], {}, "battery.units[0].ip: port must be 1..65535"),
+    ([{"ip": "192.168.1.50:1502", "port": 502}], {}, "battery.units[0].port: 502 contradicts the port 1502"),
+    ([{"ip": "192.168.1.50", "id": 0}], {}, "battery.units[0].id: must be an integer 1..247, got 0"),
+    ([{"ip": "a"}, {"ip": "b", "register_set": "v4"}], {}, 'battery.units[1].register_set: must be one of "v2"'),
+    ([{"ip": "a", "max_power_per_battery": 3000}], {}, "battery.units[0].max_power_per_battery: must be an integer"),
+    ([{"ip": "a", "min_power_per_battery": 900, "max_power_per_battery": 800}], {},
+     "battery.units[0].min_power_per_battery (900) must not be above battery.units[0].max_power_per_battery (800)"),
+    ([{"ip": "a", "name": ""}], {}, "battery.units[0].name: must be a non-empty text"),
+    ([{"ip": "a", "framer": "ascii"}], {}, 'battery.units[0].framer: must be one of "socket", "rtu"'),
+    ([{"ip": "a", "adress": 1}], {}, "battery.units[0].adress: unknown key"),
+    ([{"ip": "a", "id": 2}, {"ip": "a:502", "id": 2}], {}, "battery.units[1]: the same battery as battery.units[0]"),
+    ([{"ip": "a", "id": 2}, {"ip": "a", "id": 3, "register_set": "v3"}], {},
+     'battery.units[1].register_set: "v3" differs from "v2" of battery.units[0] on the same gateway a:502'),
+    ([{"ip": "a", "id": 2}, {"ip": "a", "id": 3, "framer": "rtu"}], {}, "battery.units[1].framer:"),
+    ([{"ip": "a"}], {"framer": "tcp"}, "battery.framer: must be one of"),
+])
+def test_unit_errors_name_their_key_path(units: list[Any], battery: dict[str, Any], expected: str) -> None:
+    data: dict[str, Any] = {"shelly": {"ip": "192.168.1.100"}, "battery": {**battery, "units": units}}
+    assert expected in error_of(data)
+
+
+def test_same_id_on_different_gateways_is_fine() -> None:
+    cfg = parse_config(units_config({"ip": "192.168.1.50"}, {"ip": "192.168.1.51"}, {"ip": "192.168.1.50:1502"}))
+    assert len({u.key for u in cfg.battery.units}) == 3
+
+
+def test_the_v3_household_example_loads_and_lists_every_unit_key() -> None:
+    cfg = load_config(V3_EXAMPLE)
+    assert cfg.battery.units_form and len(cfg.battery.gateways) == 3
+    data = json.loads(V3_EXAMPLE.read_text(encoding="utf-8"))
+    listed = {key for unit in data["battery"]["units"] for key in unit}
+    assert {"ip", "port", "id", "register_set", "max_power_per_battery", "min_power_per_battery", "name",
+            "framer"} <= listed
+
+
+def test_main_exits_2_naming_the_unit_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(units_config({"ip": "192.168.1.50", "id": 300})), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(path)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "battery.units[0].id" in result.stderr
+
+
+def test_add_unit_keeps_the_form_of_the_file(tmp_path: Path) -> None:
+    units_path = tmp_path / "units.json"
+    units_path.write_text(json.dumps(units_config(
+        {"ip": "192.168.1.50", "register_set": "v3"}, {"ip": "192.168.1.200:1502", "id": 2})), encoding="utf-8")
+    cfg = add_unit_to_config(units_path, "192.168.1.200:1502", 3)
+    saved = json.loads(units_path.read_text(encoding="utf-8"))
+    assert saved["battery"]["units"][-1] == {"ip": "192.168.1.200:1502", "id": 3}
+    assert cfg.battery.units[-1].key == "192.168.1.200:1502/3"
+    assert json.loads((tmp_path / "units.json.bak").read_text(encoding="utf-8"))["battery"]["units"][-1]["id"] == 2
+
+    seed_path = tmp_path / "seed.json"
+    seed_path.write_text(json.dumps({"shelly": {"ip": "192.168.1.100"},
+                                     "battery": {"ip": "192.168.1.200", "akku_ids": [1]}}), encoding="utf-8")
+    add_unit_to_config(seed_path, "192.168.1.200:502", 2)
+    saved = json.loads(seed_path.read_text(encoding="utf-8"))
+    assert saved["battery"]["akku_ids"] == [1, 2] and "units" not in saved["battery"]
+    with pytest.raises(ConfigError):
+        add_unit_to_config(seed_path, "192.168.1.99:502", 2)
