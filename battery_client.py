@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pymodbus import FramerType
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
@@ -60,11 +61,15 @@ class ModbusClient(Protocol):
 ClientFactory = Callable[[float], ModbusClient]  # answer timeout in s -> a new, unconnected client
 
 
-def tcp_client_factory(host: str, port: int) -> ClientFactory:
-    """Modbus TCP clients for one gateway: no retries (our back-off decides), no pymodbus reconnect delay."""
+def tcp_client_factory(host: str, port: int, framer: str = "socket") -> ClientFactory:
+    """Modbus TCP clients for one gateway: no retries (our back-off decides), no pymodbus reconnect delay.
+
+    ``framer`` "rtu" sends Modbus RTU frames over the TCP connection (gateways in "transparent" mode).
+    """
+    framer_type = FramerType(framer)
 
     def make(timeout_s: float) -> ModbusClient:
-        return ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        return ModbusTcpClient(host, port=port, framer=framer_type, timeout=timeout_s, retries=0, reconnect_delay=0)
 
     return make
 

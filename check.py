@@ -5,17 +5,19 @@ Every line is a backend message (``i18n.Msg``) in the configured language (``web
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
-from config_loader import Config
+from config_loader import Config, UnitConfig
 from devices import BatteryBus, BatteryError, GridMeter, MeterError
+from fleet import Fleet, unit_name
 from i18n import Msg
 
 CHECK_TIMEOUT_S = 2.0  # longest answer wait per battery request during the check
 
 
-def run_check(cfg: Config, config_path: Path, meter: GridMeter, bus: BatteryBus) -> int:
-    """Print one line per device and a fix for each problem; 0 when everything answered, else 1."""
+def run_check(cfg: Config, config_path: Path, meter: GridMeter, fleet: Fleet) -> int:
+    """Print one line per device (every gateway, every unit) and a fix for each problem; 0 when all answered."""
     problems = 0
     print(Msg("check_config_ok", path=config_path))
     meter_cfg = cfg.meter
@@ -32,24 +34,34 @@ def run_check(cfg: Config, config_path: Path, meter: GridMeter, bus: BatteryBus)
     finally:
         meter.close()
     try:
-        with bus.answer_timeout(min(CHECK_TIMEOUT_S, cfg.battery.timeout_seconds)):
-            for battery_id in cfg.battery.akku_ids:
-                what = Msg("check_battery", id=battery_id, gateway=f"{cfg.battery.ip}:{cfg.battery.port}")
-                try:
-                    model, soc = bus.probe(battery_id)
-                    battery = bus.read(battery_id)
-                except BatteryError as exc:
-                    problems += 1
-                    print(Msg("check_failed", what=what, error=str(exc)))
-                    print(f"  -> {battery_hint(str(exc), cfg)}")
-                    continue
-                control = Msg("check_rs485_on" if battery.rs485_control else "check_rs485_off")
-                print(Msg("check_battery_ok", what=what, model=model or "?", soc=soc,
-                          power=f"{battery.ac_power_w:+.0f}", control=control))
+        for gateway in fleet.gateways:
+            units = [u for u in cfg.battery.units if u.gateway == gateway]
+            problems += fleet.call(gateway, functools.partial(_check_gateway, cfg=cfg, units=units))
     finally:
-        bus.close()
+        fleet.close()
     print(Msg("check_all_ok") if problems == 0 else Msg("check_problems", count=problems))
     return 0 if problems == 0 else 1
+
+
+def _check_gateway(bus: BatteryBus, cfg: Config, units: list[UnitConfig]) -> int:
+    """Probe and read every unit of one gateway (on its worker); print a line each; returns the problems."""
+    problems = 0
+    with bus.answer_timeout(min(CHECK_TIMEOUT_S, cfg.battery.timeout_seconds)):
+        for unit in units:
+            what = Msg("check_battery", name=unit_name(unit), id=unit.unit_id, gateway=unit.gateway,
+                       register_set=unit.register_set)
+            try:
+                model, soc = bus.probe(unit.unit_id)
+                battery = bus.read(unit.unit_id)
+            except BatteryError as exc:
+                problems += 1
+                print(Msg("check_failed", what=what, error=str(exc)))
+                print(f"  -> {battery_hint(str(exc), unit)}")
+                continue
+            control = Msg("check_rs485_on" if battery.rs485_control else "check_rs485_off")
+            print(Msg("check_battery_ok", what=what, model=model or "?", soc=soc,
+                      power=f"{battery.ac_power_w:+.0f}", control=control))
+    return problems
 
 
 def meter_hint(message: str, meter_type: str) -> Msg:
@@ -64,11 +76,11 @@ def meter_hint(message: str, meter_type: str) -> Msg:
     return Msg("hint_meter_other")
 
 
-def battery_hint(message: str, cfg: Config) -> Msg:
+def battery_hint(message: str, unit: UnitConfig) -> Msg:
     """The likely fix for a battery error message."""
     text = message.lower()
     if "unreachable" in text or "refused" in text:
-        return Msg("hint_gateway_unreachable", gateway=f"{cfg.battery.ip}:{cfg.battery.port}")
+        return Msg("hint_gateway_unreachable", gateway=unit.gateway)
     if "exception" in text:
-        return Msg("hint_wrong_register_set", other="v3" if cfg.battery.register_set == "v2" else "v2")
+        return Msg("hint_wrong_register_set", other="v3" if unit.register_set == "v2" else "v2")
     return Msg("hint_no_answer")

@@ -516,11 +516,13 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         return None
     defaults = UnitConfig("", port, 1, register_set, max_w, min_w, "", framer)
     if units_form:
-        units = _units(sec, units_value, defaults)
-        if units is None:
+        listed = _units(sec, units_value, defaults)
+        if listed is None:
             return None
+        units = listed
     else:
-        units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}") for i in akku_ids)
+        seed_ids: tuple[int, ...] = akku_ids
+        units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}") for i in seed_ids)
     return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing,
                          framer, units, units_form)
 

@@ -1,10 +1,12 @@
 """The control thread: grid meter in, setpoints out, status published.
 
-``ControlLoop`` owns the meter driver and the Modbus gateway (no other thread touches them). Each
-cycle reads the meter and every battery, asks the pure control law (``zero_feed_control``) for the
-setpoints with one ``now`` for the whole cycle, writes them, and publishes an immutable snapshot to
-the status store. Setup commands from the web thread arrive through the ``CommandQueue`` and run
-here between cycles. ``next_cycle_s`` is the one schedule: the thread, the benchmark and the soak
+``ControlLoop`` owns the meter driver and the battery fleet (``fleet.Fleet``: one Modbus gateway per
+host:port, each served by its own worker thread that only the fleet hands work to). Each cycle reads
+the meter and every battery (all gateways at once), asks the pure control law (``zero_feed_control``)
+for the setpoints with one ``now`` for the whole cycle, writes them (all gateways at once), and
+publishes an immutable snapshot to the status store. Batteries are keyed ``"<host>:<port>/<id>"``.
+Setup commands from the web thread arrive through the ``CommandQueue`` and run here between cycles.
+``next_cycle_s`` is the one schedule: the thread, the benchmark and the soak
 all ask it when the next cycle is due.
 
 Signs: grid power + import / - export; battery power and setpoints + discharge / - charge (W).
@@ -22,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import setup_commands
-from config_loader import Config
+from config_loader import Config, UnitConfig
 from devices import BatteryBus, BatteryError, BatteryReading, GridMeter, MeterError
+from fleet import Fleet, unit_name
 from i18n import Msg
 from quality import QualityTracker
 from status_store import (
@@ -66,12 +69,26 @@ def control_params(cfg: Config) -> ControlParams:
 class _Battery:
     """What the control thread knows about one configured battery."""
 
-    battery_id: int
+    unit: UnitConfig
     reading: BatteryReading | None = None
     online: bool = False
     error: str = ""
     setpoint_w: int = 0
     read_s: float | None = None  # when ``reading`` was taken (control clock)
+
+    @property
+    def key(self) -> str:
+        return self.unit.key
+
+    @property
+    def battery_id(self) -> int:
+        """The Modbus unit ID."""
+        return self.unit.unit_id
+
+    @property
+    def name(self) -> Msg | str:
+        """The name for messages: a default name "Akku <n>" reads "Battery <n>" in English."""
+        return unit_name(self.unit)
 
 
 class ControlLoop:
@@ -81,7 +98,7 @@ class ControlLoop:
         self,
         cfg: Config,
         meter: GridMeter,
-        bus: BatteryBus,
+        bus: Fleet | BatteryBus,
         store: StatusStore,
         commands: CommandQueue,
         *,
@@ -91,13 +108,14 @@ class ControlLoop:
     ) -> None:
         self.cfg = cfg
         self.meter = meter
-        self.bus = bus
+        # A single bus (tests, benchmark, soak) is the fleet of the config's one gateway.
+        self.bus = bus if isinstance(bus, Fleet) else Fleet.around(bus, cfg.battery.units)
         self.store = store
         self.commands = commands
         self.config_path = config_path
         self.clock = clock
         self.controller = make_controller(cfg.control.algorithm, controller_params or control_params(cfg))
-        self.batteries = {i: _Battery(i) for i in cfg.battery.akku_ids}
+        self.batteries = {u.key: _Battery(u) for u in cfg.battery.units}
         self.setup_mode = False
         self.last_decision: Decision | None = None
         self.grid_power_w: float | None = None
@@ -115,10 +133,16 @@ class ControlLoop:
         self._cycle_started_s = clock()
         self._next_cycle_s = clock()
 
+    def unit(self, unit_id: int, gateway: str | None = None) -> _Battery:
+        """The battery with Modbus ID ``unit_id`` (on ``gateway``, default: the first that has it)."""
+        return next(b for b in self.batteries.values()
+                    if b.battery_id == unit_id and gateway in (None, b.unit.gateway))
+
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
         """Cycle until ``stop`` is set; always leaves the batteries stopped."""
-        log.info(Msg("control_started", meter=self.meter.name, ids=", ".join(map(str, self.batteries)),
+        names = ", ".join(Msg("battery_label", name=b.name, key=b.key) for b in self.batteries.values())
+        log.info(Msg("control_started", meter=self.meter.name, ids=names,
                      algorithm=self.cfg.control.algorithm))
         try:
             while not stop.is_set():
@@ -175,8 +199,9 @@ class ControlLoop:
         self.read_batteries()
         now_s = self.clock()
         states = [
-            BatteryState(b.battery_id, b.online, b.reading.soc_pct if b.reading else None,
-                         b.reading.ac_power_w if b.reading else None, read_s=b.read_s if b.reading else None)
+            BatteryState(b.key, b.online, b.reading.soc_pct if b.reading else None,
+                         b.reading.ac_power_w if b.reading else None, read_s=b.read_s if b.reading else None,
+                         max_power_w=b.unit.max_power_per_battery, min_power_w=b.unit.min_power_per_battery)
             for b in self.batteries.values()
         ]
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
@@ -230,50 +255,47 @@ class ControlLoop:
         self.grid_power_w = None
 
     def read_batteries(self) -> None:
-        for b in self.batteries.values():
-            try:
-                b.reading = self.bus.read(b.battery_id)
-                b.read_s = self.clock()  # the law matches battery power to the meter's sample instant
-            except BatteryError as exc:
+        """Read every battery, all gateways at once; a gateway that does not answer in time counts as failed."""
+        results = self.bus.read_all(self.batteries)
+        read_s = self.clock()  # the law matches battery power to the meter's sample instant
+        for key, result in results.items():
+            b = self.batteries[key]
+            if isinstance(result, BatteryError):
                 if b.online or not b.error:
-                    log.warning(Msg("battery_offline", id=b.battery_id, error=str(exc)))
-                b.online, b.error = False, str(exc)
+                    log.warning(Msg("battery_offline", name=b.name, id=b.battery_id, error=str(result)))
+                b.online, b.error = False, str(result)
                 continue
+            b.reading, b.read_s = result, read_s
             if not b.online:
-                log.info(Msg("battery_online", id=b.battery_id, soc=b.reading.soc_pct))
+                log.info(Msg("battery_online", name=b.name, id=b.battery_id, soc=result.soc_pct))
             b.online, b.error = True, ""
 
     def apply(self, decision: Decision) -> None:
-        """Write each online battery's setpoint; a failing battery never blocks the others."""
+        """Write each online battery's setpoint, all gateways starting together; a failing one blocks nobody."""
         stopping = decision.status in STOPPING
+        commands: dict[str, tuple[float, BatteryReading | None]] = {}
         for b in self.batteries.values():
-            setpoint_w = 0 if stopping else int(decision.setpoints_w.get(b.battery_id, 0))
             if not b.online:
                 b.setpoint_w = 0
                 continue
-            try:
-                self.bus.write_setpoint(b.battery_id, setpoint_w, b.reading)
-                b.setpoint_w = setpoint_w
-            except BatteryError as exc:
-                log.warning(Msg("battery_write_failed", id=b.battery_id, error=str(exc)))
-                b.online, b.error = False, str(exc)
+            commands[b.key] = (0 if stopping else int(decision.setpoints_w.get(b.key, 0)), b.reading)
+        for key, result in self.bus.write_all(commands).items():
+            b = self.batteries[key]
+            if isinstance(result, BatteryError):
+                log.warning(Msg("battery_write_failed", name=b.name, id=b.battery_id, error=str(result)))
+                b.online, b.error = False, str(result)
+            else:
+                b.setpoint_w = int(commands[key][0])
 
     def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S) -> list[Msg]:
-        """Force mode stop and both setpoints 0 on every battery; returns the failures."""
-        deadline_s = self.clock() + budget_s
+        """Force mode stop and both setpoints 0 on every battery (all gateways at once); returns the failures."""
         failures = []
-        for b in self.batteries.values():
-            error: Msg | str
-            if self.clock() > deadline_s:
-                error = Msg("battery_no_time_to_stop")
-            else:
-                try:
-                    self.bus.stop(b.battery_id)
-                    b.setpoint_w = 0
-                    continue
-                except BatteryError as exc:
-                    error = str(exc)
-            failure = Msg("battery_stop_failed", id=b.battery_id, why=why, error=error)
+        for key, error in self.bus.stop_all(self.batteries, budget_s=budget_s).items():
+            b = self.batteries[key]
+            if error is None:
+                b.setpoint_w = 0
+                continue
+            failure = Msg("battery_stop_failed", name=b.name, id=b.battery_id, why=why, error=str(error))
             log.error(failure)
             failures.append(failure)
         self.controller.reset()
@@ -285,7 +307,8 @@ class ControlLoop:
         errors: list[Msg | str] = [self.internal_error] if self.internal_error else []
         if not self.meter_ok and self.meter_error:
             errors.append(Msg("meter_error", error=self.meter_error))
-        errors += [Msg("battery_error", id=b.battery_id, error=b.error) for b in self.batteries.values() if b.error]
+        errors += [Msg("battery_error", name=b.name, id=b.battery_id, error=b.error)
+                   for b in self.batteries.values() if b.error]
         batteries = tuple(self._battery_status(b, state) for b in self.batteries.values())
         snapshot = StatusSnapshot(
             grid_power_w=self.grid_power_w,
@@ -318,7 +341,7 @@ class ControlLoop:
             mode = "stopped"
         else:
             mode = "discharge" if b.setpoint_w > 0 else "charge" if b.setpoint_w < 0 else "idle"
-        note = b.error or (self.last_decision.battery_notes.get(b.battery_id, "") if self.last_decision else "")
+        note = b.error or (self.last_decision.battery_notes.get(b.key, "") if self.last_decision else "")
         return BatteryStatus(
             id=b.battery_id,
             online=b.online,
@@ -327,6 +350,11 @@ class ControlLoop:
             power_w=r.ac_power_w if r else None,
             mode=mode,
             note=note,
+            key=b.key,
+            name=b.unit.name,
+            gateway=b.unit.gateway,
+            register_set=b.unit.register_set,
+            max_power_w=b.unit.max_power_per_battery,
         )
 
     # ------------------------------------------------------------------ commands from the web thread
@@ -336,17 +364,33 @@ class ControlLoop:
             return self.enter_setup()
         if name == "exit_setup":
             return self.exit_setup()
-        if name == "add_to_config":
-            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, **args)
-            for battery_id in self.cfg.battery.akku_ids:
-                self.batteries.setdefault(battery_id, _Battery(battery_id))
-            return result
-        if name not in ("scan", "set_id"):
+        if name not in ("scan", "set_id", "add_to_config"):
             raise CommandError(Msg("unknown_command", name=name), 400)
+        args = dict(args)
+        gateway = self._gateway(args.pop("gateway", None))
+        if name == "add_to_config":
+            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, gateway=gateway, **args)
+            for unit in self.cfg.battery.units:  # the running control takes the new unit in at once
+                self.bus.add_unit(unit)
+                self.batteries.setdefault(unit.key, _Battery(unit))
+            return result
         if not self.setup_mode:
             raise CommandError(Msg("not_in_setup"), 409)
+        units = [b.unit for b in self.batteries.values() if b.unit.gateway == gateway]
         command = setup_commands.scan if name == "scan" else setup_commands.set_id
-        return command(self.bus, set(self.batteries), self._still_alive, **args)
+        # On a worker thread the heartbeat is kept up here, in ``call`` (the loop's fields stay this thread's).
+        inner_alive = self._still_alive if not self.bus.threaded else lambda: None
+        return self.bus.call(gateway, lambda bus: command(bus, gateway, units, inner_alive, **args),
+                             self._still_alive)
+
+    def _gateway(self, gateway: object) -> str:
+        """The gateway a setup command names ("<host>:<port>"), or the first one."""
+        gateways = self.bus.gateways
+        if gateway is None:
+            return gateways[0]
+        if gateway not in gateways:
+            raise CommandError(Msg("unknown_gateway", gateway=gateway, gateways=", ".join(gateways)), 400)
+        return str(gateway)
 
     def _still_alive(self) -> None:
         """A long scan is progress, not a stall (the watchdog reads the heartbeat)."""
@@ -367,8 +411,8 @@ class ControlLoop:
         if self.setup_mode:
             self.setup_mode = False
             self.controller.reset()
-            for b in self.batteries.values():
-                self.bus.forget(b.battery_id)
+            for key in self.batteries:
+                self.bus.forget(key)
             log.info(Msg("setup_left"))
             self.publish("active")
         return {"setup_mode": False}

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 import i18n
-from battery_client import MarstekGateway
 from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter
 from ecotracker_client import EcoTrackerClient
+from fleet import Fleet
 from shelly_client import ShellyClient
 from status_store import CommandQueue, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
@@ -46,23 +46,18 @@ def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> Gri
     return ShellyClient.from_config(cfg.shelly, clock)
 
 
-def build_bus(cfg: Config, timeout_s: float | None = None) -> MarstekGateway:
-    """The Modbus gateway of ``battery``; ``timeout_s`` overrides ``battery.timeout_seconds``."""
-    b = cfg.battery
-    return MarstekGateway(
-        b.ip,
-        b.port,
-        register_set=b.register_set,
-        timeout_s=b.timeout_seconds if timeout_s is None else timeout_s,
-        pacing_s=None if b.pacing_ms is None else b.pacing_ms / 1000.0,
-        max_power_w=b.max_power_per_battery,
-        soc_interval_s=cfg.control.soc_update_interval_seconds,
-    )
+def build_fleet(cfg: Config, timeout_s: float | None = None) -> Fleet:
+    """Every battery: one Modbus gateway per host:port, served in parallel; ``timeout_s`` overrides
+    ``battery.timeout_seconds``."""
+    return Fleet.from_config(cfg, timeout_s=timeout_s)
 
 
-def emergency_bus(cfg: Config) -> MarstekGateway:
-    """A second connection for the watchdog's and the shutdown's emergency stop."""
-    return build_bus(cfg, timeout_s=EMERGENCY_TIMEOUT_S)
+build_bus = build_fleet  # the name of the single-gateway days
+
+
+def emergency_bus(cfg: Config) -> Fleet:
+    """Second connections for the watchdog's and the shutdown's emergency stop."""
+    return build_fleet(cfg, timeout_s=EMERGENCY_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------------- process
@@ -95,14 +90,32 @@ def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
 
 
 def demo_config(port: int, sim: Any) -> Config:
-    """A config pointing at the built-in simulator."""
+    """A config pointing at the built-in simulator: every gateway of ``sim`` and every unit behind it."""
+    units = [{"ip": f"127.0.0.1:{gateway.port}", "id": unit.unit_id, "register_set": unit.register_set,
+              "name": name}
+             for gateway in sim.gateways for unit, name in zip(gateway.units, _demo_names(gateway), strict=False)]
     return parse_config({
         "energy_meter": {"type": "shelly"},
         "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 2, "max_failures_before_stop": 2},
-        "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
+        "battery": {"timeout_seconds": 1, "units": units},
         "control": {"poll_interval_seconds": 1},
         "web": {"host": "127.0.0.1", "port": port},
     })
+
+
+def _demo_names(gateway: Any) -> list[str]:
+    """Names that say what the demo's batteries stand for."""
+    if len(gateway.units) == 1 and gateway.units[0].register_set == "v3":
+        return ["Venus E v3 (LAN)"]
+    return [f"Venus E v2 #{u.unit_id} (RS485)" for u in gateway.units]
+
+
+def demo_simulation() -> Any:
+    """The demo's mixed fleet: one v2 RS485 gateway with two units and one Venus E v3 on its own LAN port."""
+    from simulator import HouseModel, Simulation, UnitSpec
+
+    return Simulation(units=[UnitSpec(1, soc_pct=55.0), UnitSpec(2, soc_pct=70.0)], house=HouseModel(demo=True),
+                      gateways=[[UnitSpec(1, "v3", soc_pct=62.0)]])
 
 
 def start_web(app: Any, host: str, port: int) -> tuple[Any, threading.Thread]:
@@ -146,10 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     store = StatusStore()
     try:
         if args.demo:
-            from simulator import HouseModel, Simulation, UnitSpec
-
-            sim = Simulation(units=[UnitSpec(1, soc_pct=55.0), UnitSpec(2, soc_pct=70.0)],
-                             house=HouseModel(demo=True))
+            sim = demo_simulation()
             sim.start()
             cfg = demo_config(args.port or 8080, sim)
         else:
@@ -161,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     i18n.set_language(cfg.web.language)
     if args.check and config_path is not None:
         logging.basicConfig(level=logging.CRITICAL)
-        return run_check(cfg, config_path, build_meter(cfg), build_bus(cfg))
+        return run_check(cfg, config_path, build_meter(cfg), build_fleet(cfg))
     web = cfg.web
     web = replace(web, port=args.port or web.port, host=args.host or web.host)
     cfg = replace(cfg, web=web)
@@ -185,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from web_server import create_app
 
-    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path)
+    loop = ControlLoop(cfg, build_meter(cfg), build_fleet(cfg), store, commands, config_path=config_path)
     app = create_app(store, commands, cfg.web)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)

@@ -1,19 +1,20 @@
-"""The setup page's commands: scan for batteries, give one a new Modbus ID, add an ID to the config.
+"""The setup page's commands: scan a gateway for batteries, give one a new Modbus ID, add it to the config.
 
-They run on the control thread (the only owner of the Modbus gateway) while setup mode has stopped
-the control; ``control_loop.ControlLoop.handle_command`` calls them. Refusals raise ``CommandError``
+Scan and set-id run on the chosen gateway's worker (the only thread that touches its client, see
+``fleet.Fleet.call``) while setup mode has stopped the control;
+``control_loop.ControlLoop.handle_command`` calls them. Refusals raise ``CommandError``
 with the message the user sees and its HTTP status.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from config_loader import Config, ConfigError, update_akku_ids
+from config_loader import Config, ConfigError, UnitConfig, add_unit_to_config
 from devices import BatteryBus, BatteryError
 from i18n import Msg
 from status_store import CommandError
@@ -34,20 +35,39 @@ def _probe(bus: BatteryBus, unit_id: int, alive: Callable[[], None]) -> dict[str
     return {"id": unit_id, "model": model, "soc_pct": soc}
 
 
-def scan(bus: BatteryBus, configured: Collection[int], alive: Callable[[], None], *,
+def is_v3_lan(units: Sequence[UnitConfig]) -> bool:
+    """A gateway that is a v3 battery's own LAN port: v3 registers and one battery (it answers on every ID)."""
+    return len(units) <= 1 and all(u.register_set == "v3" for u in units) and bool(units)
+
+
+def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Callable[[], None], *,
          first_id: int = 1, last_id: int = 10) -> dict[str, Any]:
-    """Every unit answering on ``first_id..last_id`` and the next ID that neither answers nor is configured."""
+    """Every unit answering on ``first_id..last_id`` behind ``gateway`` and the next ID neither answering nor
+    configured there. A v3 LAN port answers on every ID: it is reported once, with a note that it needs no new ID."""
+    v3_lan = is_v3_lan(units)
+    found: list[dict[str, Any]] = []
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
-        found = [hit for i in range(first_id, last_id + 1) if (hit := _probe(bus, i, alive))]
-    taken = {f["id"] for f in found} | set(configured)
+        for i in range(first_id, last_id + 1):
+            hit = _probe(bus, i, alive)
+            if hit:
+                found.append(hit)
+                if v3_lan:
+                    break
+    taken = {f["id"] for f in found} | {u.unit_id for u in units}
     next_free = next((i for i in range(FIRST_NEW_ID, MAX_UNIT_ID + 1) if i not in taken), None)
-    log.info(Msg("scan_result", first=first_id, last=last_id, found=[f["id"] for f in found] or Msg("scan_nothing")))
-    return {"found": found, "next_free_id": next_free}
+    log.info(Msg("scan_result", gateway=gateway, first=first_id, last=last_id,
+                 found=[f["id"] for f in found] or Msg("scan_nothing")))
+    result: dict[str, Any] = {"gateway": gateway, "found": found, "next_free_id": next_free}
+    if v3_lan:
+        result["note"] = Msg("v3_lan_no_id_change", gateway=gateway)
+    return result
 
 
-def set_id(bus: BatteryBus, configured: Collection[int], alive: Callable[[], None], *,
+def set_id(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Callable[[], None], *,
            new_id: int) -> dict[str, Any]:
-    """Re-address the single unit on ID 1 to ``new_id`` and check that it answers there."""
+    """Re-address the single unit on ID 1 behind ``gateway`` to ``new_id`` and check that it answers there."""
+    if is_v3_lan(units):
+        raise CommandError(Msg("v3_lan_no_id_change", gateway=gateway), 409)
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
         if _probe(bus, new_id, alive) is not None:
             raise CommandError(Msg("id_in_use", id=new_id), 409)
@@ -60,23 +80,39 @@ def set_id(bus: BatteryBus, configured: Collection[int], alive: Callable[[], Non
         hit = _probe(bus, new_id, alive)
     if hit is None:
         raise CommandError(Msg("set_id_not_verified", id=new_id), 502)
-    log.warning(Msg("readdressed", id=new_id, model=hit["model"]))
-    return {"ok": True, "new_id": new_id, "verified": True, "model": hit["model"], "soc_pct": hit["soc_pct"],
-            "in_config": new_id in configured}
+    log.warning(Msg("readdressed", gateway=gateway, id=new_id, model=hit["model"]))
+    return {"ok": True, "gateway": gateway, "new_id": new_id, "verified": True, "model": hit["model"],
+            "soc_pct": hit["soc_pct"], "in_config": new_id in {u.unit_id for u in units}}
 
 
-def add_to_config(cfg: Config, config_path: Path | None, *, battery_id: int) -> tuple[Config, dict[str, Any]]:
-    """``battery.akku_ids`` with ``battery_id`` added, saved atomically with a backup (not in the demo)."""
-    ids = list(cfg.battery.akku_ids)
-    if battery_id in ids:
-        return cfg, {"akku_ids": ids, "saved": False, "message": Msg("already_configured", id=battery_id)}
-    ids.append(battery_id)
+def add_to_config(cfg: Config, config_path: Path | None, *, gateway: str, battery_id: int
+                  ) -> tuple[Config, dict[str, Any]]:
+    """Unit ``battery_id`` behind ``gateway`` added in the form the config uses (``battery.units`` or
+    ``battery.akku_ids``), saved atomically with a backup (not in the demo)."""
+    b = cfg.battery
+    if any(u.gateway == gateway and u.unit_id == battery_id for u in b.units):
+        return cfg, {**_listing(cfg), "saved": False, "message": Msg("already_configured", id=battery_id)}
     if config_path is None:
-        new_cfg = replace(cfg, battery=replace(cfg.battery, akku_ids=tuple(ids)))
+        # Demo: no file. The new unit as the file would get it (gateway's register set and framer).
+        like = next(u for u in b.units if u.gateway == gateway)
+        name = f"Akku {len(b.units) + 1}" if b.units_form else f"Akku {battery_id}"
+        unit = replace(like, unit_id=battery_id, name=name, max_power_per_battery=b.max_power_per_battery,
+                       min_power_per_battery=b.min_power_per_battery)
+        akku_ids = b.akku_ids if b.units_form else (*b.akku_ids, battery_id)
+        new_cfg = replace(cfg, battery=replace(b, akku_ids=akku_ids, units=(*b.units, unit)))
     else:
         try:
-            new_cfg = update_akku_ids(config_path, ids)
+            new_cfg = add_unit_to_config(config_path, gateway, battery_id)
         except ConfigError as exc:
             raise CommandError(Msg("config_not_changed", error=str(exc)), 409) from exc
-    log.info(Msg("added_to_config" if config_path else "added_to_config_demo", id=battery_id))
-    return new_cfg, {"akku_ids": ids, "saved": config_path is not None}
+    log.info(Msg("added_to_config" if config_path else "added_to_config_demo", id=battery_id, gateway=gateway))
+    return new_cfg, {**_listing(new_cfg), "saved": config_path is not None}
+
+
+def _listing(cfg: Config) -> dict[str, Any]:
+    """What the setup page shows after "add to config": the IDs (seed form) and every unit's key."""
+    b = cfg.battery
+    listing: dict[str, Any] = {"units": [u.key for u in b.units]}
+    if not b.units_form:
+        listing["akku_ids"] = list(b.akku_ids)
+    return listing

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from pymodbus import FramerType
 from pymodbus.constants import ExcCodes
 from pymodbus.datastore import ModbusServerContext
 from pymodbus.exceptions import NoSuchIdException
@@ -397,6 +398,7 @@ class SimGateway:
     ) -> None:
         self.lock = lock if lock is not None else threading.RLock()
         self.close_after_exception = bool(close_after_exception)
+        self.framer = "socket"  # "rtu": Modbus RTU frames over TCP (a gateway in transparent mode)
         self.host = "127.0.0.1"
         self.port: int | None = None
         self._units: list[SimUnit] = list(units)
@@ -441,7 +443,8 @@ class SimGateway:
         failure: list[BaseException] = []
 
         async def serve() -> None:
-            server = _SimModbusServer(self, address=(host, port), ignore_missing_devices=True)
+            server = _SimModbusServer(self, address=(host, port), ignore_missing_devices=True,
+                                      framer=FramerType(self.framer))
             await server.serve_forever(background=True)
             self._server = server
             listener = cast(asyncio.Server, server.transport)  # a listening protocol's transport is the server

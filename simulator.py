@@ -119,6 +119,7 @@ class Simulation:
         meter_delay_s: float = 10.0,
         tick_s: float = 0.02,
         close_after_exception: bool = False,
+        gateways: Sequence[Sequence[UnitSpec]] = (),
     ) -> None:
         self.shelly = ShellyEmulator(self, shelly_profile, shelly_password, seed=seed, delay_s=meter_delay_s)
         if speed <= 0:
@@ -146,6 +147,7 @@ class Simulation:
             close_after_exception=close_after_exception,
         )
         self._gateways: list[SimGateway] = [primary]  # one per host:port; all share the physics lock
+        self._gateway_ports: list[int] = [0]  # the port each gateway asks for at start() (0: ephemeral)
         self._fault: str | None = None
         self._frozen: tuple[float, float] | None = None
         self._avg: deque[tuple[float, float]] = deque()
@@ -155,6 +157,8 @@ class Simulation:
         self._started = False
         self.meter.observe(0.0, self._true_grid_locked(0.0))
         self._record_avg(0.0)
+        for more in gateways:  # further gateways (one IP per v3 battery, a second RS485 gateway)
+            self.add_gateway(more)
 
     # -- parts ----------------------------------------------------------------------------------------
 
@@ -223,6 +227,21 @@ class Simulation:
     def close_after_exception(self, value: bool) -> None:
         self.gateway.close_after_exception = bool(value)
 
+    def add_gateway(self, units: Sequence[UnitSpec], port: int = 0, framer: str = "socket") -> SimGateway:
+        """Another Modbus TCP server (its own host:port) with ``units``; started at once if the simulation runs.
+
+        ``framer`` "rtu": Modbus RTU frames over TCP, like a gateway in transparent mode.
+        """
+        with self._lock:
+            gateway = SimGateway([SimUnit(spec, self.plant_params, self._now_s, self._lock) for spec in units],
+                                 lock=self._lock, close_after_exception=self.gateway.close_after_exception)
+            gateway.framer = framer
+            self._gateways.append(gateway)
+            self._gateway_ports.append(port)
+        if self._started:
+            gateway.start(self.host, port)
+        return gateway
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(
@@ -245,6 +264,8 @@ class Simulation:
                 self.ecotracker.start(host, ecotracker_port)
             if modbus_port is not None:
                 self.gateway.start(host, modbus_port)
+                for gateway, port in zip(self._gateways[1:], self._gateway_ports[1:], strict=True):
+                    gateway.start(host, port)
             if self._fault == "refused":
                 for emulator in self.meter_emulators:
                     emulator.refuse_connections()
@@ -448,16 +469,21 @@ def config_snippet(sim: Simulation, meter_type: str = "shelly") -> dict[str, Any
     if sim.shelly_password:
         shelly["password"] = sim.shelly_password
     units = sim.units
+    battery: dict[str, Any] = {
+        "ip": sim.host,
+        "port": sim.modbus_port,
+        "akku_ids": [u.unit_id for u in units],
+        "register_set": units[0].register_set if units else "v2",
+    }
+    if len(sim.gateways) > 1:  # several gateways: the battery.units form
+        battery = {"units": [{"ip": f"{sim.host}:{g.port}", "id": u.unit_id, "register_set": u.register_set,
+                              **({"framer": g.framer} if g.framer != "socket" else {})}
+                             for g in sim.gateways for u in g.units]}
     return {
         "energy_meter": {"type": meter_type},
         "shelly": shelly,
         "ecotracker": {"ip": f"{sim.host}:{sim.ecotracker_port}"},
-        "battery": {
-            "ip": sim.host,
-            "port": sim.modbus_port,
-            "akku_ids": [u.unit_id for u in units],
-            "register_set": units[0].register_set if units else "v2",
-        },
+        "battery": battery,
     }
 
 

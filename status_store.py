@@ -29,7 +29,10 @@ def now_iso() -> str:
 
 @dataclass(frozen=True)
 class BatteryStatus:
-    """One battery in /api/status. power_w and setpoint_w: + discharge, - charge."""
+    """One battery in /api/status. power_w and setpoint_w: + discharge, - charge.
+
+    ``id`` is the Modbus unit ID; ``key`` ("<host>:<port>/<id>") is unique across gateways.
+    """
 
     id: int
     online: bool
@@ -38,6 +41,11 @@ class BatteryStatus:
     power_w: float | None
     mode: str  # "charge" | "discharge" | "idle" | "stopped"
     note: str = ""
+    key: str = ""
+    name: str = ""
+    gateway: str = ""  # "<host>:<port>"
+    register_set: str = "v2"
+    max_power_w: int = 2500
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from config_loader import Config
-from devices import BatteryBus, BatteryError
+from fleet import Fleet, unit_name
 from i18n import Msg
 from status_store import StatusStore
 
@@ -59,23 +59,24 @@ class Watchdog:
 
 
 def watchdog_limit_s(cfg: Config) -> float:
-    """Longest a healthy cycle can take (every timeout hit once) plus a margin."""
-    frames = FRAMES_PER_BATTERY * len(cfg.battery.akku_ids)
+    """Longest a healthy cycle can take (every timeout hit once, as if the gateways were served in series) plus a
+    margin."""
+    frames = FRAMES_PER_BATTERY * len(cfg.battery.units)
     return (cfg.meter.timeout_seconds + frames * cfg.battery.timeout_seconds + cfg.control.poll_interval_seconds
             + MARGIN_S)
 
 
-def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_bus: Callable[[], BatteryBus]) -> None:
-    """Stop every battery over a new connection from ``make_bus``: the control thread is stuck in its own."""
+def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_fleet: Callable[[], Fleet]) -> None:
+    """Stop every battery over new connections from ``make_fleet`` (all gateways at once): the control thread is
+    stuck in its own."""
     message = Msg("control_stalled", seconds=stalled_s)
     log.error(message)
     store.update(control_state="error", errors=(*store.latest().errors, message))
-    bus = make_bus()
+    fleet = make_fleet()
     try:
-        for battery_id in cfg.battery.akku_ids:
-            try:
-                bus.stop(battery_id)
-            except BatteryError as exc:
-                log.error(Msg("watchdog_stop_failed", id=battery_id, error=str(exc)))
+        for key, error in fleet.stop_all().items():
+            if error is not None:
+                unit = fleet.units[key]
+                log.error(Msg("watchdog_stop_failed", name=unit_name(unit), id=unit.unit_id, error=str(error)))
     finally:
-        bus.close()
+        fleet.close()

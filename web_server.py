@@ -174,6 +174,16 @@ def json_body(allowed: Mapping[str, type], required: tuple[str, ...] = ()) -> di
     return data
 
 
+def gateway_of(data: Mapping[str, Any]) -> dict[str, str]:
+    """The optional ``"gateway": "<host>:<port>"`` of a setup request (the control thread checks that it exists)."""
+    if "gateway" not in data:
+        return {}
+    gateway = data["gateway"].strip()
+    if not gateway or len(gateway) > 300:
+        raise ApiError('gateway must be "<host>:<port>" of a configured gateway')
+    return {"gateway": gateway}
+
+
 def int_in_range(data: Mapping[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
     value = data.get(name, default)
     if value is None:
@@ -408,26 +418,26 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
 
     @app.post("/api/setup/scan")
     def setup_scan() -> Response:
-        data = json_body({"first_id": int, "last_id": int})
+        data = json_body({"first_id": int, "last_id": int, "gateway": str})
         first_id = int_in_range(data, "first_id", 1, 247, 1)
         last_id = int_in_range(data, "last_id", 1, 247, 10)
         if last_id < first_id:
             raise ApiError("last_id must not be below first_id")
         if last_id - first_id >= 50:
             raise ApiError("scan at most 50 IDs at once")
-        return run("scan", timeout_s=120.0, first_id=first_id, last_id=last_id)
+        return run("scan", timeout_s=120.0, first_id=first_id, last_id=last_id, **gateway_of(data))
 
     @app.post("/api/setup/set-id")
     def setup_set_id() -> Response:
-        data = json_body({"new_id": int}, required=("new_id",))
+        data = json_body({"new_id": int, "gateway": str}, required=("new_id",))
         new_id = int_in_range(data, "new_id", 2, 247)
-        return run("set_id", new_id=new_id)
+        return run("set_id", new_id=new_id, **gateway_of(data))
 
     @app.post("/api/setup/add-to-config")
     def setup_add_to_config() -> Response:
-        data = json_body({"id": int}, required=("id",))
+        data = json_body({"id": int, "gateway": str}, required=("id",))
         battery_id = int_in_range(data, "id", 1, 247)
-        return run("add_to_config", battery_id=battery_id)
+        return run("add_to_config", battery_id=battery_id, **gateway_of(data))
 
     @app.get("/api/<path:_rest>")
     def api_not_found(_rest: str) -> Response:

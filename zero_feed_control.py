@@ -87,30 +87,46 @@ class ControlParams:
     stage_up_w: float = 1500.0
 
 
+BatteryId = int | str  # a battery's key: the config's "<host>:<port>/<id>" (ints in the law's own tests)
+
+
 @dataclass(frozen=True)
 class BatteryState:
     """One battery as the control thread last saw it.
 
     soc_pct: 0..100 or None if never read. power_w: measured AC power (+ discharge) or None.
+    max_power_w / min_power_w: this unit's own limits (W); None: ``ControlParams``' values.
     """
 
-    battery_id: int
+    battery_id: BatteryId
     online: bool
     soc_pct: float | None
     power_w: float | None
     read_s: float | None = None  # when power_w was read (same clock as now_s); None: at the step
+    max_power_w: float | None = None
+    min_power_w: float | None = None
+
+
+def unit_max_w(b: BatteryState, p: ControlParams) -> float:
+    """The most this unit may be commanded (W): its own limit or the common one."""
+    return p.max_power_w if b.max_power_w is None else b.max_power_w
+
+
+def unit_min_w(b: BatteryState, p: ControlParams) -> float:
+    """The least a running unit is commanded (W): its own limit or the common one."""
+    return p.min_power_w if b.min_power_w is None else b.min_power_w
 
 
 @dataclass(frozen=True, kw_only=True)
 class Decision:
     """Setpoints per battery id (+ discharge, - charge, W) and why."""
 
-    setpoints_w: Mapping[int, int]
+    setpoints_w: Mapping[BatteryId, int]
     status: Status
     reason: Msg
     grid_power_avg_w: float | None = None
     demand_w: float | None = None
-    battery_notes: Mapping[int, Msg] = field(default_factory=dict)
+    battery_notes: Mapping[BatteryId, Msg] = field(default_factory=dict)
     # The grid power the command aims at (+ import), for the live quality figures; None if unknown.
     target_grid_w: float | None = None
 
@@ -133,15 +149,16 @@ def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, Msg
         note = Msg("note_soc_min", soc=b.soc_pct, limit=p.min_soc_pct)
     elif not can_charge:
         note = Msg("note_soc_max", soc=b.soc_pct, limit=p.max_soc_pct)
-    return (p.max_power_w if can_charge else 0.0), (p.max_power_w if can_discharge else 0.0), note
+    max_w = unit_max_w(b, p)
+    return (max_w if can_charge else 0.0), (max_w if can_discharge else 0.0), note
 
 
 def distribute(
     total_w: float,
     batteries: Sequence[BatteryState],
     p: ControlParams,
-    limits_w: Mapping[int, float] | None = None,
-) -> tuple[dict[int, int], dict[int, Msg]]:
+    limits_w: Mapping[BatteryId, float] | None = None,
+) -> tuple[dict[BatteryId, int], dict[BatteryId, Msg]]:
     """Split a total setpoint over the batteries that are online and allowed.
 
     Never exceeds a battery's power limit (``limits_w``: lower limits learned per battery id for the
@@ -149,7 +166,7 @@ def distribute(
     maximum SoC, never commands less than the minimum power.
     """
     setpoints = {b.battery_id: 0 for b in batteries}
-    notes: dict[int, Msg] = {}
+    notes: dict[BatteryId, Msg] = {}
     discharge = total_w > 0
     allowed: list[tuple[BatteryState, float]] = []
     for b in batteries:
@@ -159,7 +176,7 @@ def distribute(
         headroom = max_dis if discharge else max_chg
         if limits_w and b.battery_id in limits_w and headroom > 0:
             headroom = min(headroom, limits_w[b.battery_id])
-        if headroom > 0 and (not limits_w or headroom >= p.min_power_w):
+        if headroom > 0 and (not limits_w or headroom >= unit_min_w(b, p)):
             allowed.append((b, headroom))
     magnitude = min(abs(total_w), sum(h for _, h in allowed))
     if magnitude < p.min_power_w or not allowed:
@@ -182,8 +199,8 @@ def distribute(
     shares = _water_fill(magnitude, [h for _, h in chosen])
     sign = 1 if discharge else -1
     for (b, headroom), share in zip(chosen, shares, strict=True):
-        watts = round(max(share, p.min_power_w))
-        setpoints[b.battery_id] = sign * min(watts, int(p.max_power_w), math.floor(headroom + 1e-9))
+        watts = round(max(share, unit_min_w(b, p)))
+        setpoints[b.battery_id] = sign * min(watts, int(unit_max_w(b, p)), math.floor(headroom + 1e-9))
     return setpoints, notes
 
 
@@ -221,7 +238,7 @@ class _MeterFailures:
         self.limit = limit
         self.count = 0
 
-    def failed(self, error: str, last_setpoints: Mapping[int, int]) -> Decision:
+    def failed(self, error: str, last_setpoints: Mapping[BatteryId, int]) -> Decision:
         self.count += 1
         if self.count >= self.limit:
             return Decision(
@@ -316,20 +333,20 @@ class FastController:
         self._power_t: deque[float] = deque()
         self._power_w: deque[float] = deque()
         self._readings: deque[float] = deque(maxlen=3)
-        self._setpoints: dict[int, int] = {}
+        self._setpoints: dict[BatteryId, int] = {}
         self._command_total_w = 0.0
         self._last_value: float | None = None
         self._small_w = 0.0
         self._last_demand_w: float | None = None
         self._demand_steps: deque[float] = deque(maxlen=self.NOISE_SAMPLES)
-        self._limits: dict[tuple[int, int], tuple[float, float]] = {}  # (id, ±1) -> (W, valid until)
-        self._short_since: dict[int, float] = {}  # battery id -> steady and short of its setpoint since
-        self._dead_since: dict[int, float] = {}  # battery id -> delivering (almost) nothing since
-        self._last_power: dict[int, tuple[float, float]] = {}  # battery id -> (time, measured W)
+        self._limits: dict[tuple[BatteryId, int], tuple[float, float]] = {}  # (id, ±1) -> (W, valid until)
+        self._short_since: dict[BatteryId, float] = {}  # battery id -> steady and short of its setpoint since
+        self._dead_since: dict[BatteryId, float] = {}  # battery id -> delivering (almost) nothing since
+        self._last_power: dict[BatteryId, tuple[float, float]] = {}  # battery id -> (time, measured W)
         self.ages = SampleAgeEstimator((params.meter_min_age_s, params.meter_max_age_s), params.age_tolerance_w)
 
     @property
-    def setpoints_w(self) -> dict[int, int]:
+    def setpoints_w(self) -> dict[BatteryId, int]:
         return dict(self._setpoints)
 
     def reset(self) -> None:
@@ -446,7 +463,7 @@ class FastController:
         new_total_w = float(sum(setpoints.values()))
         change_w = new_total_w - command_w
 
-        def decide(status: Status, reason: Msg, new: Mapping[int, int]) -> Decision:
+        def decide(status: Status, reason: Msg, new: Mapping[BatteryId, int]) -> Decision:
             return Decision(setpoints_w=dict(new), status=status, reason=reason, grid_power_avg_w=grid_w,
                             demand_w=demand_w, battery_notes=notes, target_grid_w=self._target_grid_w(grid_w, new))
 
@@ -471,7 +488,7 @@ class FastController:
             return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
         return decide(Status.DEADBAND, Msg("reason_deadband", change=f"{change_w:+.0f}"), self._setpoints)
 
-    def limits_w(self, direction: int) -> dict[int, float]:
+    def limits_w(self, direction: int) -> dict[BatteryId, float]:
         """Power limits learned per battery id for discharging (+1) or charging (-1), W."""
         return {i: w for (i, d), (w, _) in self._limits.items() if d == direction}
 
@@ -512,7 +529,7 @@ class FastController:
             else:
                 self._short_since.pop(i, None)
 
-    def _notes(self, now_s: float, batteries: Sequence[BatteryState]) -> dict[int, Msg]:
+    def _notes(self, now_s: float, batteries: Sequence[BatteryState]) -> dict[BatteryId, Msg]:
         """Per battery: why it may not take (all of) its share now."""
         notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, self.p)[2])}
         for (i, direction), (limit_w, until_s) in self._limits.items():
@@ -528,13 +545,13 @@ class FastController:
         steps = sorted(self._demand_steps)
         return steps[len(steps) // 2] / 0.954  # median |N(0, 2σ²)| = 0.954 σ
 
-    def _target_grid_w(self, grid_w: float, setpoints: Mapping[int, int] | None = None) -> float:
+    def _target_grid_w(self, grid_w: float, setpoints: Mapping[BatteryId, int] | None = None) -> float:
         """The grid power the command aims at (for the quality figures): the target of its direction,
         or the grid itself while the batteries rest."""
         c = self._command_total_w if setpoints is None else sum(setpoints.values())
         return self.p.target_grid_discharge_w if c > 0 else self.p.target_grid_charge_w if c < 0 else grid_w
 
-    def _safe_hold(self, batteries: Sequence[BatteryState]) -> dict[int, int]:
+    def _safe_hold(self, batteries: Sequence[BatteryState]) -> dict[BatteryId, int]:
         """The current setpoints with every one that the SoC rules, the online state or a no-delivery pause
         forbid set to 0."""
         held = dict(self._setpoints)
@@ -547,12 +564,12 @@ class FastController:
                 held[b.battery_id] = 0
         return held
 
-    def _same_split(self, setpoints: Mapping[int, int]) -> bool:
+    def _same_split(self, setpoints: Mapping[BatteryId, int]) -> bool:
         """True when the same batteries run in the same direction as commanded now."""
         return all((setpoints.get(i, 0) > 0) - (setpoints.get(i, 0) < 0) == (v > 0) - (v < 0)
                    for i, v in self._setpoints.items())
 
-    def _command(self, setpoints: Mapping[int, int], decision: Decision) -> Decision:
+    def _command(self, setpoints: Mapping[BatteryId, int], decision: Decision) -> Decision:
         self._setpoints = dict(setpoints)
         self._command_total_w = float(sum(setpoints.values()))
         self._small_w = 0.0
@@ -576,11 +593,11 @@ class SeedController:
         self.p = params
         self._failures = _MeterFailures(params.max_meter_failures)
         self._readings: deque[float] = deque(maxlen=3)
-        self._setpoints: dict[int, int] = {}
+        self._setpoints: dict[BatteryId, int] = {}
         self._command_total_w = 0.0
 
     @property
-    def setpoints_w(self) -> dict[int, int]:
+    def setpoints_w(self) -> dict[BatteryId, int]:
         return dict(self._setpoints)
 
     def reset(self) -> None:
@@ -654,7 +671,8 @@ class SeedController:
                         reason=Msg("reason_seed_track", power=new_total, grid=grid_w), grid_power_avg_w=grid_w,
                         battery_notes=notes, target_grid_w=target(new_total))
 
-    def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, Msg]]:
+    def _split(self, total_w: float, batteries: Sequence[BatteryState]
+               ) -> tuple[dict[BatteryId, int], dict[BatteryId, Msg]]:
         """Equal split over the batteries inside the SoC window, 50..max W each."""
         return distribute(total_w, batteries, replace(self.p, distribution="balanced"))
 

@@ -81,11 +81,13 @@
     fillList("errors-list", errors);
   }
 
-  function batteryCard(id) {
+  function batteryCard(b) {
     const card = el("article", "card battery");
-    card.dataset.id = String(id);
+    card.dataset.key = String(b.key || b.id);
     const head = el("div", "battery-head");
-    head.append(el("h3", null, t("battery_name", { id })), el("span", "pill online-pill"));
+    head.append(el("h3", null, b.name || t("battery_name", { id: b.id })), el("span", "pill online-pill"));
+    const unit = el("p", "muted small unit-info",
+      t("battery_unit_info", { id: b.id, register_set: b.register_set || "", max: b.max_power_w || "" }));
     const bar = el("div", "soc-bar");
     bar.setAttribute("role", "meter");
     bar.setAttribute("aria-valuemin", "0");
@@ -100,7 +102,7 @@
     kv.append(el("dt", null, t("battery_setpoint")), el("dd", "setpoint"), el("dt", null, t("battery_mode")),
       el("dd", "mode"));
     const note = el("p", "muted small note");
-    card.append(head, socRow, bar, power, kv, note);
+    card.append(head, unit, socRow, bar, power, kv, note);
     return card;
   }
 
@@ -143,14 +145,34 @@
     card.querySelector(".note").textContent = b.note || "";
   }
 
+  // One grid of cards; with several gateways one titled group per gateway (in the order of the config).
   function renderBatteries(list) {
     const box = $("batteries");
     const batteries = Array.isArray(list) ? list : [];
     $("no-batteries").hidden = batteries.length > 0;
-    const ids = batteries.map((b) => String(b.id)).join(",");
-    const current = Array.from(box.children).map((c) => c.dataset.id).join(",");
-    if (ids !== current) box.replaceChildren(...batteries.map((b) => batteryCard(b.id)));
-    batteries.forEach((b, i) => updateBattery(box.children[i], b));
+    const gateways = [...new Set(batteries.map((b) => b.gateway || ""))];
+    const grouped = gateways.length > 1;
+    const shape = (grouped ? "g|" : "") + batteries.map((b) => (b.gateway || "") + "/" + (b.key || b.id)).join(",");
+    if (box.dataset.shape !== shape) {
+      box.dataset.shape = shape;
+      box.classList.toggle("grid", !grouped);
+      box.classList.toggle("grid-fit", !grouped);
+      if (grouped) {
+        box.replaceChildren(...gateways.map((gw) => {
+          const group = el("section", "gateway-group");
+          group.dataset.gateway = gw;
+          const cards = el("div", "grid grid-fit gateway-cards");
+          cards.append(...batteries.filter((b) => (b.gateway || "") === gw).map(batteryCard));
+          group.append(el("h3", "gateway-title", t("gateway_group", { gateway: gw })), cards);
+          return group;
+        }));
+      } else {
+        box.replaceChildren(...batteries.map(batteryCard));
+      }
+    }
+    const cards = box.querySelectorAll(".battery");
+    const byKey = new Map(Array.from(cards).map((c) => [c.dataset.key, c]));
+    batteries.forEach((b) => updateBattery(byKey.get(String(b.key || b.id)), b));
   }
 
   // Known control-quality figures in this order; unknown ones follow under their own key.

@@ -33,10 +33,39 @@
     updateButtons();
   }
 
+  // ------------------------------------------------------------------ gateways
+  /** Fill the gateway choice from /api/status (several gateways: the user picks which one to work on). */
+  function updateGateways(batteries) {
+    const list = Array.isArray(batteries) ? batteries : [];
+    const gateways = [...new Set(list.map((b) => b.gateway).filter((g) => g))];
+    const select = $("gateway-select");
+    const shown = Array.from(select.options).map((o) => o.value).join(",");
+    if (shown !== gateways.join(",")) {
+      const keep = select.value;
+      select.replaceChildren(...gateways.map((gw) => {
+        const units = list.filter((b) => b.gateway === gw);
+        const option = el("option", null, t("gateway_option", {
+          gateway: gw, register_set: units[0].register_set || "", names: units.map((b) => b.name).join(", "),
+        }));
+        option.value = gw;
+        return option;
+      }));
+      if (gateways.includes(keep)) select.value = keep;
+    }
+    $("gateway-row").hidden = gateways.length < 2;
+  }
+
+  /** The chosen gateway as request fields (nothing when there is only one). */
+  function gatewayField() {
+    const select = $("gateway-select");
+    return select.options.length > 1 && select.value ? { gateway: select.value } : {};
+  }
+
   async function pollStatus() {
     try {
       const s = await api.get("/api/status");
       $("conn-error").hidden = true;
+      updateGateways(s.batteries);
       if (!busy) setSetupMode(s.setup_mode, s.control_state);
     } catch (err) {
       const box = $("conn-error");
@@ -124,7 +153,7 @@
     scanTable.hidden = true;
     nextFree.hidden = true;
     action("scan-result", t("scan_running", { first, last }), async () => {
-      const r = await api.post("/api/setup/scan", { first_id: first, last_id: last });
+      const r = await api.post("/api/setup/scan", { first_id: first, last_id: last, ...gatewayField() });
       const found = Array.isArray(r.found) ? r.found : [];
       const box = $("scan-result");
       box.hidden = false;
@@ -146,7 +175,8 @@
         if (input.value === "" || Number(input.value) === proposedId) input.value = String(r.next_free_id);
         proposedId = r.next_free_id;
       }
-      box.replaceChildren(summary, scanTable, nextFree);
+      const note = r.note ? [el("p", "banner banner-warning scan-note", r.note)] : [];
+      box.replaceChildren(summary, ...note, scanTable, nextFree);
     });
   });
 
@@ -163,7 +193,7 @@
       return;
     }
     action("set-result", t("set_running", { id: newId }), async () => {
-      const r = await api.post("/api/setup/set-id", { new_id: newId });
+      const r = await api.post("/api/setup/set-id", { new_id: newId, ...gatewayField() });
       showResult("set-result", r.ok ? "ok" : "bad", [
         t("set_ok", { id: r.new_id }),
         t("set_details", { model: r.model || t("none_value"), soc: fmt.pct(r.soc_pct) }),
@@ -185,12 +215,14 @@
       return;
     }
     action("add-result", null, async () => {
-      const r = await api.post("/api/setup/add-to-config", { id });
-      const ids = idList(r.akku_ids);
-      const inList = Array.isArray(r.akku_ids) && r.akku_ids.includes(id);
-      let text = t("add_not_saved", { ids });
-      if (r.saved) text = t("add_saved", { ids });
-      else if (r.message && inList) text = t("add_already", { id, ids });
+      const r = await api.post("/api/setup/add-to-config", { id, ...gatewayField() });
+      // The seed form answers with battery.akku_ids, the units form with every unit's key.
+      const seed = Array.isArray(r.akku_ids);
+      const suffix = seed ? "" : "_units";
+      const ids = seed ? idList(r.akku_ids) : idList(r.units);
+      let text = t("add_not_saved" + suffix, { ids });
+      if (r.saved) text = t("add_saved" + suffix, { ids });
+      else if (r.message) text = t("add_already" + suffix, { id, ids });
       showResult("add-result", "ok", [text]);
       $("step-add").classList.add("done");
     });

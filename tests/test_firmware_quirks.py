@@ -48,7 +48,8 @@ def test_bms_standing_by_near_full_while_charging_is_paused(rig: Rig) -> None:
     loop = rig.loop(fault_config(sim, [1], max_soc_for_charge=100), clock)
     run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).charge_power_w > 1000
               and sim.unit(1).power_w == 0.0, 30, "charge commanded (SoC reads 99 % < 100 %), the BMS refuses")
-    run_until(loop, clock, lambda: loop.controller.limits_w(-1).get(1) == 0.0, 60, "paused for delivering nothing",
+    key = loop.unit(1).key
+    run_until(loop, clock, lambda: loop.controller.limits_w(-1).get(key) == 0.0, 60, "paused for delivering nothing",
               step_s=1.0)
     assert stopped(sim.unit(1))
     assert "delivers nothing" in battery_doc(loop, 1)["note"]
@@ -67,7 +68,7 @@ def test_battery_that_acknowledges_but_delivers_nothing_is_paused_and_retried(si
         for _ in range(int(LAW.no_delivery_after_s) + 8):
             loop.cycle()
             clock.advance(1.0)
-        assert loop.controller.limits_w(1).get(1) == 0.0  # no discharge asked of it for now
+        assert loop.controller.limits_w(1).get(loop.unit(1).key) == 0.0  # no discharge asked of it for now
         assert sim.unit(1).force_mode == 0  # stopped when paused
         doc = loop.store.status_json()
         note = next(b["note"] for b in doc["batteries"] if b["id"] == 1)
@@ -77,7 +78,8 @@ def test_battery_that_acknowledges_but_delivers_nothing_is_paused_and_retried(si
         # After the pause the battery is tried again.
         clock.advance(LAW.no_delivery_hold_s)
         sim.unit(1).delivers_nothing = False
-        wait_until(lambda: (loop.cycle(), clock.advance(1.0), 1 not in loop.controller.limits_w(1))[-1], 10,
+        key = loop.unit(1).key
+        wait_until(lambda: (loop.cycle(), clock.advance(1.0), key not in loop.controller.limits_w(1))[-1], 10,
                    "asked again after its pause")
     finally:
         loop.stop_all("test")
@@ -107,7 +109,7 @@ def test_bms_cut_off_near_empty_stops_discharge(sim):
     try:
         wait_until(lambda: (loop.cycle(), sim.unit(1).force_mode == 2)[-1], 20, "discharging")
         sim.unit(1).set_soc(10.0)  # at the BMS floor and below min_soc_for_discharge
-        loop.bus.soc_interval_s = 0.0  # read the SoC every cycle for this test
+        loop.bus.bus(loop.bus.gateways[0]).soc_interval_s = 0.0  # read the SoC every cycle for this test
         wait_until(lambda: (loop.cycle(), sim.unit(1).force_mode == 0)[-1], 20, "discharge stopped")
         assert loop.last_decision is not None and "minimum" in loop.last_decision.reason
     finally:

@@ -57,7 +57,7 @@ def test_one_status_answer_speaks_one_language() -> None:
     handler = StoreLogHandler(store)
     logger.addHandler(handler)
     try:
-        logger.warning(Msg("battery_offline", id=2, error="timeout"))
+        logger.warning(Msg("battery_offline", name=Msg("unit_default_name", n=2), id=2, error="timeout"))
         logger.warning("library text %s", "as is")
     finally:
         logger.removeHandler(handler)

@@ -34,21 +34,21 @@ def test_slow_unit_within_the_timeout_regulates_beyond_it_goes_offline_and_rejoi
     for _ in range(3):
         loop.cycle()
         clock.advance(1.0)
-        assert loop.batteries[2].online and not loop.store.status_json()["errors"]
+        assert loop.unit(2).online and not loop.store.status_json()["errors"]
 
     sim.unit(2).slow_s = 1.5  # beyond the timeout: a failure
-    run_until(loop, clock, lambda: not loop.batteries[2].online, 20, "slow battery 2 offline", step_s=1.0)
+    run_until(loop, clock, lambda: not loop.unit(2).online, 20, "slow battery 2 offline", step_s=1.0)
     assert battery_doc(loop, 2)["online"] is False
     assert any("battery 2" in e.lower() for e in loop.store.status_json()["errors"])
     # Battery 1 keeps regulating on its own: a load step is covered (battery 2 holds its last power).
     sim.set_load_w(2600.0)
     run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - TARGET_W) < 60, 30,
               "battery 1 regulates the grid to the target alone", step_s=1.0)
-    assert loop.batteries[1].online and battery_doc(loop, 1)["online"] is True
+    assert loop.unit(1).online and battery_doc(loop, 1)["online"] is True
 
     sim.unit(2).slow_s = 0.0
     clock.advance(30.0)  # past the longest per-unit back-off
-    run_until(loop, clock, lambda: loop.batteries[2].online, 20, "battery 2 rejoins", step_s=1.0)
+    run_until(loop, clock, lambda: loop.unit(2).online, 20, "battery 2 rejoins", step_s=1.0)
     run_until(loop, clock, lambda: not loop.store.status_json()["errors"], 20, "no errors left", step_s=1.0)
     assert battery_doc(loop, 2)["online"] is True
 
@@ -65,20 +65,20 @@ def test_unit_answering_with_exceptions_goes_offline_the_others_regulate_and_it_
     run_until(loop, clock, lambda: all(discharging(u) for u in sim.units), 30, "both discharging")
 
     sim.unit(2).fail_with_exception = 4  # "device failure" for every request
-    run_until(loop, clock, lambda: not loop.batteries[2].online, 20, "battery 2 offline", step_s=1.0)
+    run_until(loop, clock, lambda: not loop.unit(2).online, 20, "battery 2 offline", step_s=1.0)
     errors = loop.store.status_json()["errors"]
     assert any("battery 2" in e.lower() and "exception 4" in e for e in errors), errors
     assert battery_doc(loop, 2)["online"] is False
     sim.set_load_w(2600.0)
     run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - TARGET_W) < 60, 30,
               "battery 1 regulates the grid to the target alone", step_s=1.0)
-    assert loop.batteries[1].online, loop.batteries[1].error  # the closed connection is not its fault
+    assert loop.unit(1).online, loop.unit(1).error  # the closed connection is not its fault
 
     sim.unit(2).fail_with_exception = None
     clock.advance(30.0)
-    run_until(loop, clock, lambda: loop.batteries[2].online and loop.batteries[2].setpoint_w > 0, 20,
+    run_until(loop, clock, lambda: loop.unit(2).online and loop.unit(2).setpoint_w > 0, 20,
               "battery 2 rejoins and gets a setpoint again", step_s=1.0)
-    run_until(loop, clock, lambda: sim.unit(2).discharge_power_w == loop.batteries[2].setpoint_w, 10,
+    run_until(loop, clock, lambda: sim.unit(2).discharge_power_w == loop.unit(2).setpoint_w, 10,
               "battery 2 follows its setpoint")
 
 
@@ -115,7 +115,7 @@ def test_gateway_closing_the_idle_connection_is_no_battery_failure(rig: Rig, reg
         for _ in range(2):
             loop.cycle()
             clock.advance(1.0)
-            assert loop.batteries[1].online, loop.batteries[1].error
+            assert loop.unit(1).online, loop.unit(1).error
             assert loop.last_decision is not None and loop.last_decision.status is not Status.NO_BATTERY
             assert loop.store.status_json()["control_state"] == "active"
             assert discharging(sim.unit(1))
@@ -131,7 +131,7 @@ def test_one_silent_unit_shows_offline_the_other_regulates_and_it_rejoins(sim):
         assert [b["online"] for b in doc["batteries"]] == [True, False]
         assert any("battery 2" in e.lower() for e in doc["errors"])
         sim.unit(2).silent = False
-        wait_until(lambda: (loop.cycle(), loop.batteries[2].online)[-1], 30, "unit 2 rejoins")
+        wait_until(lambda: (loop.cycle(), loop.unit(2).online)[-1], 30, "unit 2 rejoins")
     finally:
         loop.stop_all("test")
         loop.bus.close()
@@ -147,14 +147,14 @@ def test_gateway_lost_and_back_mid_run(tmp_path):
         shelly_port = first.shelly_port
     # The gateway (and meter) are gone: the loop keeps running and reports the battery offline.
     loop.cycle()
-    assert not loop.batteries[1].online
+    assert not loop.unit(1).online
     with Simulation(units=[UnitSpec(1)]) as second:
         second.stop()
         second.start(modbus_port=port, shelly_port=shelly_port, ecotracker_port=None)
         second.set_load_w(900.0)
         try:
             wait_until(lambda: (loop.cycle(), second.unit(1).power_w > 700)[-1], 45, "regulating after reconnect")
-            assert loop.batteries[1].online
+            assert loop.unit(1).online
         finally:
             loop.stop_all("test")
             loop.bus.close()

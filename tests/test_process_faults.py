@@ -239,7 +239,7 @@ def run_check(tmp_path: Path, sim: Simulation, ids: list[int]) -> subprocess.Com
 def test_check_all_reachable_exits_0(sim, tmp_path):
     result = run_check(tmp_path, sim, [1, 2])
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Akku ID 2" in result.stdout and "Alles erreichbar" in result.stdout
+    assert "Akku 2, ID 2 (127.0.0.1:" in result.stdout and "Alles erreichbar" in result.stdout
 
 
 def test_check_reports_problems_with_a_fix_and_exits_1(sim, tmp_path):
@@ -247,5 +247,5 @@ def test_check_reports_problems_with_a_fix_and_exits_1(sim, tmp_path):
     result = run_check(tmp_path, sim, [1, 7])
     assert result.returncode == 1
     assert "Zähler" in result.stdout and "FEHLER" in result.stdout
-    assert "Akku ID 7" in result.stdout and "battery.akku_ids" in result.stdout
+    assert "Akku 7, ID 7" in result.stdout and "battery.akku_ids" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr

@@ -392,7 +392,9 @@ def test_setup_flow_enter_scan_set_add_exit(live: Live) -> None:
     # Add to config.json: saved, and the running controller knows the battery.
     resp = client.post("/api/setup/add-to-config", json={"id": 3})
     assert resp.status_code == 200
-    assert resp.get_json() == {"akku_ids": [1, 2, 3], "saved": True}
+    answer = resp.get_json()
+    assert answer["akku_ids"] == [1, 2, 3] and answer["saved"] is True
+    assert answer["units"] == [f"127.0.0.1:{live.sim.modbus_port}/{i}" for i in (1, 2, 3)]
     assert json.loads(live.config_path.read_text(encoding="utf-8"))["battery"]["akku_ids"] == [1, 2, 3]
     again = client.post("/api/setup/add-to-config", json={"id": 3}).get_json()
     assert again["saved"] is False and again["akku_ids"] == [1, 2, 3]
@@ -717,3 +719,24 @@ def test_vendored_chart_library_keeps_its_licence() -> None:
     assert "MIT" in licence and "Leon Sorokin" in licence
     readme = (ROOT / "static" / "vendor" / "README.md").read_text(encoding="utf-8")
     assert "uPlot" in readme and "1.6.32" in readme
+
+
+def test_status_items_carry_key_name_gateway_register_set_and_limit(live: Live) -> None:
+    gateway = f"127.0.0.1:{live.sim.modbus_port}"
+    items = live.client.get("/api/status").get_json()["batteries"]
+    assert [(b["id"], b["key"], b["name"], b["gateway"], b["register_set"], b["max_power_w"]) for b in items] == [
+        (1, f"{gateway}/1", "Akku 1", gateway, "v2", 2500), (2, f"{gateway}/2", "Akku 2", gateway, "v2", 2500)]
+
+
+def test_setup_requests_name_a_gateway(live: Live) -> None:
+    client = live.client
+    gateway = f"127.0.0.1:{live.sim.modbus_port}"
+    assert client.post("/api/setup/enter", json={}).status_code == 200
+    resp = client.post("/api/setup/scan", json={"first_id": 1, "last_id": 2, "gateway": gateway})
+    assert resp.status_code == 200 and resp.get_json()["gateway"] == gateway
+    assert [f["id"] for f in resp.get_json()["found"]] == [1, 2]
+    unknown = client.post("/api/setup/scan", json={"gateway": "192.168.9.9:502"})
+    assert unknown.status_code == 400 and "192.168.9.9:502" in unknown.get_json()["error"]
+    assert client.post("/api/setup/set-id", json={"new_id": 5, "gateway": 7}).status_code == 400
+    assert client.post("/api/setup/add-to-config", json={"id": 5, "gateway": " "}).status_code == 400
+    assert client.post("/api/setup/exit", json={}).status_code == 200

@@ -1,0 +1,349 @@
+"""Every battery of the household: one Modbus gateway per host:port, the gateways served in parallel.
+
+A ``Fleet`` holds one ``BatteryBus`` (``battery_client.MarstekGateway``) per gateway, each with its own
+connection, pacing and back-off, and one worker thread per gateway: that thread is the only one that
+touches its gateway's client (pymodbus stays synchronous). The control thread owns the fleet and hands
+each gateway its part of a cycle's reads, writes or stops at the same moment ("a round"), then collects
+the results. It never waits for a gateway that is stuck: a gateway that has not finished by the time it
+usually needs (plus ``GRACE_S``), when the others are done, is left to finish on its own; its units count
+as not answering in this cycle, and a gateway still busy with an old job is skipped. With a single
+gateway nobody can be delayed, so the round waits for it (its own timeouts bound the wait).
+
+Batteries are named by key ``"<host>:<port>/<id>"`` (``config_loader.UnitConfig.key``). ``threaded=False``
+runs every job in the caller's thread, one gateway after the other (the benchmark's simulated clock).
+
+Signs: battery power and setpoints + discharge / - charge (W).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from battery_client import MarstekGateway, tcp_client_factory
+from config_loader import BatteryConfig, Config, UnitConfig
+from devices import BatteryBus, BatteryError, BatteryReading
+from i18n import Msg
+
+log = logging.getLogger("marstek")
+
+T = TypeVar("T")
+
+GRACE_S = 0.25  # beyond a gateway's usual duration before the others stop waiting for it
+DURATIONS_KEPT = 32  # a gateway's usual duration: the longest of its recent rounds that ended in time
+FRAMES_PER_UNIT = 6  # the most frames one unit costs in a round (for a gateway with no history yet)
+CLOSE_WAIT_S = 1.0
+
+BusFactory = Callable[[UnitConfig, float], BatteryBus]  # (first unit of the gateway, answer timeout) -> bus
+
+
+@dataclass
+class GatewayTiming:
+    """One gateway in one round, on the fleet's wait clock (s). ``done_s`` None: cut off or skipped."""
+
+    started_s: float
+    done_s: float | None = None
+    skipped: bool = False
+
+
+@dataclass
+class RoundTiming:
+    """When a round (``phase``: "read", "write", "stop") started and ended, and per gateway."""
+
+    phase: str
+    started_s: float
+    finished_s: float = 0.0
+    gateways: dict[str, GatewayTiming] = field(default_factory=dict)
+
+
+class _Worker:
+    """One gateway's bus and the single thread that uses it (or the caller's thread when not threaded)."""
+
+    def __init__(self, name: str, bus: BatteryBus, timeout_s: float, *, threaded: bool) -> None:
+        self.name, self.bus, self.timeout_s = name, bus, timeout_s
+        self.durations_s: deque[float] = deque(maxlen=DURATIONS_KEPT)
+        self.units = 0
+        self._jobs: queue.SimpleQueue[tuple[Callable[[BatteryBus], Any], Future[Any]] | None] = queue.SimpleQueue()
+        self._current: Future[Any] | None = None
+        self._thread: threading.Thread | None = None
+        if threaded:
+            self._thread = threading.Thread(target=self._run, name=f"gateway {name}", daemon=True)
+            self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, future = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(job(self.bus))
+                except BaseException as exc:  # handed to whoever waits for it
+                    future.set_exception(exc)
+
+    def submit(self, job: Callable[[BatteryBus], T]) -> Future[T]:
+        future: Future[T] = Future()
+        self._current = future
+        if self._thread is None:
+            future.set_running_or_notify_cancel()
+            try:
+                future.set_result(job(self.bus))
+            except BaseException as exc:
+                future.set_exception(exc)
+        else:
+            self._jobs.put((job, future))
+        return future
+
+    @property
+    def busy(self) -> bool:
+        """Still working on an earlier job (a stuck or slow gateway)."""
+        return self._current is not None and not self._current.done()
+
+    def usual_s(self) -> float:
+        """How long a round usually takes here; with no history, every frame of every unit timing out."""
+        if self.durations_s:
+            return max(self.durations_s)
+        return self.timeout_s * (FRAMES_PER_UNIT * max(self.units, 1) + 1)
+
+    def stop_thread(self) -> None:
+        if self._thread is not None:
+            self._jobs.put(None)
+
+
+_DONE = object()
+
+
+class Fleet:
+    """All batteries, by key; the gateways served in parallel. Owned by the control thread."""
+
+    def __init__(self, units: Iterable[UnitConfig], make_bus: BusFactory, *, timeout_s: float = 3.0,
+                 threaded: bool = True, wait_clock: Callable[[], float] = time.monotonic) -> None:
+        self._make_bus, self.timeout_s, self.threaded = make_bus, timeout_s, threaded
+        self._wait_clock = wait_clock
+        self.units: dict[str, UnitConfig] = {}
+        self._workers: dict[str, _Worker] = {}
+        self.last_rounds: dict[str, RoundTiming] = {}
+        for unit in units:
+            self.add_unit(unit)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def from_config(cls, cfg: Config, *, timeout_s: float | None = None, threaded: bool = True,
+                    clock: Callable[[], float] = time.monotonic,
+                    sleep: Callable[[float], None] = time.sleep) -> Fleet:
+        """One ``MarstekGateway`` per gateway of ``battery.units``; ``timeout_s`` overrides the config's."""
+        b = cfg.battery
+        answer_s = b.timeout_seconds if timeout_s is None else timeout_s
+
+        def make(unit: UnitConfig, answer_timeout_s: float) -> BatteryBus:
+            return gateway_bus(b, unit, answer_timeout_s, cfg.control.soc_update_interval_seconds,
+                               clock=clock, sleep=sleep)
+
+        return cls(b.units, make, timeout_s=answer_s, threaded=threaded)
+
+    @classmethod
+    def around(cls, bus: BatteryBus, units: Sequence[UnitConfig]) -> Fleet:
+        """A fleet of one gateway around a ready bus (tests, benchmark, soak): jobs run in the caller's thread."""
+        return cls(units, lambda _unit, _timeout_s: bus, threaded=False)
+
+    def add_unit(self, unit: UnitConfig) -> None:
+        """Take a unit into the fleet (a new gateway gets its bus and worker); a known key is left as is."""
+        if unit.key in self.units:
+            return
+        self.units[unit.key] = unit
+        worker = self._workers.get(unit.gateway)
+        if worker is None:
+            worker = _Worker(unit.gateway, self._make_bus(unit, self.timeout_s), self.timeout_s,
+                             threaded=self.threaded)
+            self._workers[unit.gateway] = worker
+        worker.units += 1
+
+    @property
+    def gateways(self) -> list[str]:
+        """Every gateway ``"<host>:<port>"``, in the order of the units."""
+        return list(self._workers)
+
+    def bus(self, gateway: str) -> BatteryBus:
+        """The bus of one gateway (for code that runs on that gateway's worker through ``call``)."""
+        return self._workers[gateway].bus
+
+    @property
+    def writes_total(self) -> int:
+        """Register writes so far, all gateways (the quality figures)."""
+        return sum(int(w.bus.writes_total) for w in self._workers.values())
+
+    # ------------------------------------------------------------------ rounds
+    def read_all(self, keys: Iterable[str] | None = None) -> dict[str, BatteryReading | BatteryError]:
+        """Read every unit (or ``keys``), all gateways at once; a unit without an answer gets its BatteryError."""
+        jobs = {key: _read_job(self.units[key].unit_id) for key in (self.units if keys is None else keys)}
+        return self._round("read", jobs)
+
+    def write_all(self, commands: Mapping[str, tuple[float, BatteryReading | None]]
+                  ) -> dict[str, int | BatteryError]:
+        """Write each unit's setpoint (+ discharge, - charge, W); every gateway starts at the same moment."""
+        jobs = {key: _write_job(self.units[key].unit_id, setpoint_w, reading)
+                for key, (setpoint_w, reading) in commands.items()}
+        return self._round("write", jobs)
+
+    def stop_all(self, keys: Iterable[str] | None = None, budget_s: float = 6.0) -> dict[str, BatteryError | None]:
+        """Force mode stop and both setpoints 0 on every unit; waits at most ``budget_s`` (queued behind a busy job)."""
+        jobs = {key: _stop_job(self.units[key].unit_id) for key in (self.units if keys is None else keys)}
+        results = self._round("stop", jobs, budget_s=budget_s)
+        return {key: (r if isinstance(r, BatteryError) else None) for key, r in results.items()}
+
+    def _round(self, phase: str, jobs: Mapping[str, Callable[[BatteryBus], T]], *, budget_s: float | None = None
+               ) -> dict[str, T | BatteryError]:
+        by_gateway: dict[str, list[tuple[str, Callable[[BatteryBus], T]]]] = {}
+        for key, job in jobs.items():
+            by_gateway.setdefault(self.units[key].gateway, []).append((key, job))
+        started_s = self._wait_clock()
+        timing = RoundTiming(phase, started_s)
+        self.last_rounds[phase] = timing
+        results: dict[str, T | BatteryError] = {}
+        answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        pending: dict[str, float] = {}  # gateway -> when the others stop waiting for it
+        for name, items in by_gateway.items():
+            worker = self._workers[name]
+            timing.gateways[name] = GatewayTiming(self._wait_clock())
+            if worker.busy and phase != "stop":
+                timing.gateways[name].skipped = True
+                for key, _job in items:
+                    results[key] = BatteryError(Msg("gateway_busy", gateway=name))
+                continue
+            worker.submit(_gateway_job(name, items, answers))
+            # A stop waits for everyone (up to the budget); reads and writes not for a straggler.
+            pending[name] = float("inf") if phase == "stop" else started_s + worker.usual_s() + GRACE_S
+        self._collect(pending, answers, results, timing, budget_s)
+        for key in jobs:
+            if key not in results:
+                results[key] = BatteryError(Msg("gateway_too_slow", gateway=self.units[key].gateway))
+        timing.finished_s = self._wait_clock()
+        return results
+
+    def _collect(self, pending: dict[str, float], answers: queue.SimpleQueue[tuple[str, Any]],
+                 results: dict[str, Any], timing: RoundTiming, budget_s: float | None) -> None:
+        """Take answers until every gateway is done, or every one still working is past its usual time."""
+        several = len(pending) > 1
+        end_s = None if budget_s is None else timing.started_s + budget_s
+        while pending:
+            until_s = max(pending.values()) if several else None
+            if until_s == float("inf"):
+                until_s = None
+            if end_s is not None:
+                until_s = end_s if until_s is None else min(until_s, end_s)
+            wait_s = None if until_s is None else max(0.0, until_s - self._wait_clock())
+            try:
+                key, value = answers.get(timeout=wait_s) if wait_s is not None else answers.get()
+            except queue.Empty:
+                return  # the rest finish on their own; their answers go nowhere
+            if value is _DONE:
+                done_s = self._wait_clock()
+                if pending.pop(key, None) is not None:  # in time: part of its usual duration
+                    self._workers[key].durations_s.append(done_s - timing.gateways[key].started_s)
+                timing.gateways[key].done_s = done_s
+            elif isinstance(value, _Bug):
+                raise value.error
+            else:
+                results[key] = value
+
+    # ------------------------------------------------------------------ one gateway (setup, --check)
+    def call(self, gateway: str, job: Callable[[BatteryBus], T], alive: Callable[[], None] = lambda: None,
+             *, poll_s: float = 0.5) -> T:
+        """Run ``job(bus)`` on ``gateway``'s worker and wait for it, calling ``alive`` while waiting."""
+        future = self._workers[gateway].submit(job)
+        while True:
+            alive()
+            try:
+                return future.result(timeout=poll_s)
+            except TimeoutError:
+                continue
+
+    def forget(self, key: str) -> None:
+        """Drop what the gateway caches about a unit (after setup mode)."""
+        unit = self.units[key]
+        self.call(unit.gateway, lambda bus: bus.forget(unit.unit_id))
+
+    def close(self) -> None:
+        """Close every connection; a gateway stuck in a frame is closed from here to free its socket."""
+        for worker in self._workers.values():
+            if worker.busy:
+                worker.bus.close()  # the stuck frame fails at once; its thread is a daemon
+            else:
+                future = worker.submit(lambda bus: bus.close())
+                try:
+                    future.result(timeout=CLOSE_WAIT_S)
+                except TimeoutError:
+                    worker.bus.close()
+            worker.stop_thread()
+
+
+@dataclass
+class _Bug:
+    """A job raised something that is not a BatteryError: a bug, re-raised in the control thread."""
+
+    error: BaseException
+
+
+def _gateway_job(name: str, items: Sequence[tuple[str, Callable[[BatteryBus], Any]]],
+                 answers: queue.SimpleQueue[tuple[str, Any]]) -> Callable[[BatteryBus], None]:
+    """One gateway's part of a round: its units one after the other, each answer posted as it comes."""
+
+    def run(bus: BatteryBus) -> None:
+        try:
+            for key, job in items:
+                try:
+                    answers.put((key, job(bus)))
+                except BatteryError as exc:
+                    answers.put((key, exc))
+        except Exception as exc:
+            answers.put((name, _Bug(exc)))
+        finally:
+            answers.put((name, _DONE))
+
+    return run
+
+
+def _read_job(unit_id: int) -> Callable[[BatteryBus], BatteryReading]:
+    return lambda bus: bus.read(unit_id)
+
+
+def _write_job(unit_id: int, setpoint_w: float, reading: BatteryReading | None) -> Callable[[BatteryBus], int]:
+    return lambda bus: bus.write_setpoint(unit_id, setpoint_w, reading)
+
+
+def _stop_job(unit_id: int) -> Callable[[BatteryBus], None]:
+    return lambda bus: bus.stop(unit_id)
+
+
+_DEFAULT_NAME = re.compile(r"Akku (\d+)")
+
+
+def unit_name(unit: UnitConfig) -> Msg | str:
+    """A unit's name for messages: the default name "Akku <n>" reads "Battery <n>" in English."""
+    default = _DEFAULT_NAME.fullmatch(unit.name)
+    return Msg("unit_default_name", n=int(default.group(1))) if default else unit.name
+
+
+def gateway_bus(b: BatteryConfig, unit: UnitConfig, timeout_s: float, soc_interval_s: float, *,
+                clock: Callable[[], float] = time.monotonic,
+                sleep: Callable[[float], None] = time.sleep) -> MarstekGateway:
+    """The ``MarstekGateway`` of ``unit``'s gateway (its register set, framer; the strongest unit's limit)."""
+    same = [u for u in b.units if u.gateway == unit.gateway] or [unit]
+    return MarstekGateway(
+        unit.host,
+        unit.port,
+        register_set=unit.register_set,
+        timeout_s=timeout_s,
+        pacing_s=None if b.pacing_ms is None else b.pacing_ms / 1000.0,  # None: the register set's default
+        max_power_w=max(u.max_power_per_battery for u in same),
+        soc_interval_s=soc_interval_s,
+        clock=clock,
+        sleep=sleep,
+        client_factory=tcp_client_factory(unit.host, unit.port, unit.framer),
+    )
