@@ -174,7 +174,7 @@ def json_body(allowed: Mapping[str, type], required: tuple[str, ...] = ()) -> di
     return data
 
 
-def gateway_of(data: Mapping[str, Any]) -> dict[str, str]:
+def gateway_of(data: Mapping[str, Any]) -> dict[str, Any]:
     """The optional ``"gateway": "<host>:<port>"`` of a setup request (the control thread checks that it exists)."""
     if "gateway" not in data:
         return {}
