@@ -301,7 +301,6 @@ def test_cancelled_confirm_changes_nothing(browser: Browser, system: System) -> 
         assert sorted(u.unit_id for u in system.sim.units) == [1, 2]
         # A refusal from the API is shown as it came: ID 2 is taken.
         page.locator("#new-id").fill("2")
-        page.once("dialog", lambda dialog: dialog.accept())
         page.locator("#set-btn").click()
         expect(page.locator("#set-result")).to_contain_text("ist schon belegt", timeout=30_000)
         page.locator("#exit-btn").click()
@@ -353,3 +352,59 @@ def test_no_horizontal_scrolling_at_360_px(browser: Browser, system: System) -> 
         screenshot(page, "setup-360.png")
         page.locator("#exit-btn").click()
         expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
+
+
+# ---------------------------------------------------------------------------- several gateways (the demo's mixed fleet)
+@pytest.fixture
+def demo(tmp_path: Path) -> Iterator[str]:
+    """``main.py --demo``: one v2 RS485 gateway with two units and one Venus E v3 on its own LAN port."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    output_path = tmp_path / "demo-output.txt"
+    with output_path.open("w", encoding="utf-8") as output:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--demo", "--port", str(port)],
+                                cwd=str(tmp_path), stdout=output, stderr=subprocess.STDOUT)
+        try:
+            def up() -> bool:
+                batteries = (get_json(url + "/api/status") or {}).get("batteries", [])
+                return proc.poll() is not None or (len(batteries) == 3 and all(b["online"] for b in batteries))
+
+            wait_until(up, 30, "demo up, three batteries online")
+            assert proc.poll() is None, output_path.read_text(encoding="utf-8")[-3000:]
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_dashboard_groups_batteries_by_gateway_with_their_names(browser: Browser, demo: str) -> None:
+    batteries = get_json(demo + "/api/status")["batteries"]
+    gateways = list(dict.fromkeys(b["gateway"] for b in batteries))
+    assert len(gateways) == 2
+    with open_page(browser, demo + "/") as page:
+        groups = page.locator(".gateway-group")
+        expect(groups).to_have_count(2)
+        expect(groups.locator(".gateway-title")).to_have_text([f"Gateway {g}" for g in gateways])
+        expect(groups.nth(0).locator(".battery h3")).to_have_text(["Venus E v2 #1 (RS485)", "Venus E v2 #2 (RS485)"])
+        expect(groups.nth(1).locator(".battery h3")).to_have_text(["Venus E v3 (LAN)"])
+        expect(groups.nth(1).locator(".unit-info")).to_contain_text("v3")
+        screenshot(page, "dashboard-gateways.png")
+
+
+def test_setup_page_scans_the_chosen_gateway(browser: Browser, demo: str) -> None:
+    batteries = get_json(demo + "/api/status")["batteries"]
+    v3_gateway = next(b["gateway"] for b in batteries if b["register_set"] == "v3")
+    with open_page(browser, demo + "/setup") as page:
+        expect(page.locator("#gateway-select option")).to_have_count(2)
+        page.locator("#enter-btn").click()
+        expect(page.locator("#enter-result")).to_be_visible()
+        page.locator("#gateway-select").select_option(v3_gateway)
+        page.locator("#scan-btn").click()
+        expect(page.locator("#scan-rows tr")).to_have_count(1)
+        expect(page.locator(".scan-note")).to_contain_text("ID")
+        page.locator("#exit-btn").click()
+        expect(page.locator("#exit-result")).to_be_visible()
