@@ -18,6 +18,8 @@ no deadband, no rate limit) and ``project`` (this project's controller with its 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import math
 import random
@@ -30,11 +32,14 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pymodbus.exceptions import ModbusIOException
+
 from battery_client import MarstekGateway, ModbusClient
 from bench_scenarios import Scenario
 from config_loader import parse_config
 from control_loop import ControlLoop, control_params
 from devices import GridReading, MeterError
+from fleet import Fleet
 from quality import IN_BAND_W, CrossingCounter, battery_export_w
 from simulator import MeterModel, PlantParams, SimUnit, UnitSpec
 from status_store import CommandQueue, StatusStore
@@ -80,10 +85,15 @@ class World:
     def __init__(self, sc: Scenario, params: ControlParams) -> None:
         self.sc = sc
         self.t = 0.0
+        ids = [i + 1 for i in range(sc.batteries)] if not sc.gateways else [
+            i + 1 for count in sc.gateways for i in range(count)]  # unit IDs start at 1 on every gateway
+        sets = sc.register_sets or ("v2",) * sc.batteries
         self.units = [
-            SimUnit(UnitSpec(i + 1, soc_pct=soc, max_power_w=pmax), sc.plant)
-            for i, (soc, pmax) in enumerate(zip(sc.socs, sc.max_power_w, strict=True))
+            SimUnit(UnitSpec(unit_id, register_set, soc_pct=soc, max_power_w=pmax), sc.plant)
+            for unit_id, register_set, soc, pmax in zip(ids, sets, sc.socs, sc.max_power_w, strict=True)
         ]
+        self.pending: list[tuple[float, int, SimUnit, int, int]] = []  # writes on a gateway's own time
+        self._write_order = itertools.count()
         self.plants = [u.plant for u in self.units]
         self.max_power = [p.params.max_power_w for p in self.plants]
         self.meter = MeterModel(sc.meter.cadence_s, sc.meter.latency_s, sc.meter.noise_w, seed=sc.seed)
@@ -134,7 +144,21 @@ class World:
         self.busy_until = self.t + pp.dead_time_s + 8.0 * pp.tau_s + 0.5
 
     # -- time
+    def queue_write(self, t: float, unit: SimUnit, address: int, value: int) -> None:
+        """A write sent on a gateway's own (simulated-parallel) time: applied when the world gets there."""
+        heapq.heappush(self.pending, (t, next(self._write_order), unit, address, value))
+
     def advance_to(self, t_end: float) -> None:
+        while self.pending and self.pending[0][0] <= t_end:
+            t, _, unit, address, value = heapq.heappop(self.pending)
+            self._advance(t)
+            for u in self.units:
+                u.plant.advance(self.t)
+            unit.write_register(address, value)
+            self.moved()
+        self._advance(t_end)
+
+    def _advance(self, t_end: float) -> None:
         sc = self.sc
         while self.t < t_end - 1e-9:
             t0 = self.t
@@ -242,24 +266,48 @@ class SimResponse:
         return self.exception_code is not None
 
 
+class GatewayClock:
+    """One gateway's own simulated time in a simulated-parallel round (``VirtualParallel``)."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def clock(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            self.t += seconds
+
+
 class SimModbusClient:
     """Stands in for ``pymodbus.client.ModbusTcpClient`` inside the real ``MarstekGateway``.
 
     Each request takes simulated time (reads ``READ_FRAME_S``, writes ``WRITE_FRAME_S`` until the unit has
-    applied them); the gateway's own pacing sleeps on the simulated clock too.
+    applied them); the gateway's own pacing sleeps on the simulated clock too. With a ``GatewayClock`` the
+    frames run on that gateway's own time and writes reach the units when the world gets there; from
+    ``dies_at_s`` on nothing answers (each request costs ``timeout_s``).
     """
 
-    def __init__(self, world: World) -> None:
+    def __init__(self, world: World, units: Sequence[SimUnit] | None = None, vclock: GatewayClock | None = None,
+                 dies_at_s: float | None = None, timeout_s: float = 1.0) -> None:
         self.world = world
-        self.units = {u.unit_id: u for u in world.units}
+        self.units = {u.unit_id: u for u in (world.units if units is None else units)}
         self.connected = True
         self.min_gap_s = math.inf  # shortest pause between two frames on the bus
         self._frame_end_s = -math.inf
+        self.vclock = vclock
+        self._now = vclock.clock if vclock is not None else world.clock
+        self._sleep = vclock.sleep if vclock is not None else world.sleep
+        self.dies_at_s, self.timeout_s = dies_at_s, timeout_s
 
     def _frame(self, seconds: float) -> None:
-        self.min_gap_s = min(self.min_gap_s, self.world.t - self._frame_end_s)
-        self.world.sleep(seconds)
-        self._frame_end_s = self.world.t
+        self.min_gap_s = min(self.min_gap_s, self._now() - self._frame_end_s)
+        if self.dies_at_s is not None and self._now() >= self.dies_at_s:
+            self._sleep(self.timeout_s)
+            raise ModbusIOException("no answer (simulated dead gateway)")
+        self._sleep(seconds)
+        self._frame_end_s = self._now()
 
     def connect(self) -> bool:
         return True
@@ -270,7 +318,7 @@ class SimModbusClient:
     def read_holding_registers(self, address: int, count: int = 1, device_id: int = 1) -> SimResponse:
         unit = self.units.get(device_id)
         if unit is None:
-            self.world.sleep(1.0)
+            self._sleep(1.0)
             return SimResponse(exception_code=11)
         regs = unit.read_registers(address, count)
         self._frame(READ_FRAME_S)
@@ -281,6 +329,9 @@ class SimModbusClient:
         self._frame(WRITE_FRAME_S)
         if unit is None:
             return SimResponse(exception_code=11)
+        if self.vclock is not None:  # the world applies it at this gateway's moment
+            self.world.queue_write(self._now(), unit, address, value)
+            return SimResponse([value])
         for u in self.world.units:
             u.plant.advance(self.world.t)
         code = unit.write_register(address, value)
@@ -316,10 +367,13 @@ class SimMeter:
 
 
 def loop_config(sc: Scenario, algorithm: str, poll_s: float, extra: dict[str, Any]) -> dict[str, Any]:
+    battery: dict[str, Any] = {"ip": "127.0.0.1", "akku_ids": list(range(1, sc.batteries + 1)), "timeout_seconds": 1}
+    if sc.gateways:
+        battery = {"units": fleet_units(sc), "timeout_seconds": 1}
     return {
         "energy_meter": {"type": "shelly"},
         "shelly": {"ip": "127.0.0.1", "timeout_seconds": sc.meter.timeout_s, "max_failures_before_stop": 2},
-        "battery": {"ip": "127.0.0.1", "akku_ids": list(range(1, sc.batteries + 1)), "timeout_seconds": 1},
+        "battery": battery,
         "control": {"poll_interval_seconds": poll_s, "algorithm": algorithm, **extra},
     }
 
@@ -348,6 +402,74 @@ class RunResult:
     shift_s: float = 0.0
 
 
+class VirtualParallel:
+    """``fleet.RoundRunner`` on the world's clock: every gateway's job starts at the same moment on its own
+    ``GatewayClock``; the world then advances to when the fleet stops waiting (every job done, or every one
+    still running past its usual time), and writes reach the units at their gateway's moment."""
+
+    def __init__(self, world: World, clocks: dict[str, GatewayClock]) -> None:
+        self.world, self.clocks = world, clocks
+
+    def busy(self, gateway: str) -> bool:
+        return self.clocks[gateway].t > self.world.t + 1e-9
+
+    def run(self, jobs: Sequence[tuple[str, Any, float]]) -> dict[str, tuple[float, bool]]:
+        start_s = self.world.t
+        ends: dict[str, float] = {}
+        for name, job, _deadline_s in jobs:
+            clock = self.clocks[name]
+            clock.t = max(clock.t, start_s)
+            job()
+            ends[name] = clock.t
+        stop_s = max(ends.values(), default=start_s)
+        if len(jobs) > 1:
+            stop_s = min(stop_s, max(deadline_s for _name, _job, deadline_s in jobs))
+        self.world.advance_to(stop_s)
+        return {name: (end_s, end_s <= stop_s + 1e-9) for name, end_s in ends.items()}
+
+
+def fleet_units(sc: Scenario) -> list[dict[str, Any]]:
+    """``battery.units`` for a fleet scenario: gateway g at 127.0.0.1:(1502 + g), IDs from 1 on each."""
+    units: list[dict[str, Any]] = []
+    index = 0
+    sets = sc.register_sets or ("v2",) * sc.batteries
+    for g, count in enumerate(sc.gateways):
+        for i in range(count):
+            units.append({"ip": f"127.0.0.1:{1502 + g}", "id": i + 1, "register_set": sets[index],
+                          "max_power_per_battery": int(sc.max_power_w[index])})
+            index += 1
+    return units
+
+
+def simulated_fleet(world: World, cfg: Any, sc: Scenario) -> tuple[Fleet, list[SimModbusClient]]:
+    """One real ``MarstekGateway`` per gateway of the scenario, each on its own simulated wire (and clock)."""
+    clocks: dict[str, GatewayClock] = {}
+    clients: list[SimModbusClient] = []
+    by_gateway: dict[str, list[SimUnit]] = {}
+    for unit_cfg, sim_unit in zip(cfg.battery.units, world.units, strict=True):
+        by_gateway.setdefault(unit_cfg.gateway, []).append(sim_unit)
+    last = list(by_gateway)[-1]
+
+    def make(unit: Any, _timeout_s: float) -> MarstekGateway:
+        clock = clocks.setdefault(unit.gateway, GatewayClock())
+        client = SimModbusClient(world, by_gateway[unit.gateway], clock if sc.parallel else None,
+                                 dies_at_s=sc.gateway_dies_s if unit.gateway == last else None,
+                                 timeout_s=cfg.battery.timeout_seconds)
+        clients.append(client)
+        on_clock = sc.parallel
+        return MarstekGateway(unit.host, unit.port, register_set=unit.register_set,
+                              clock=clock.clock if on_clock else world.clock,
+                              sleep=clock.sleep if on_clock else world.sleep,
+                              client_factory=lambda _t: client, max_power_w=unit.max_power_per_battery,
+                              soc_interval_s=cfg.control.soc_update_interval_seconds,
+                              timeout_s=cfg.battery.timeout_seconds)
+
+    runner = VirtualParallel(world, clocks) if sc.parallel else None
+    fleet = Fleet(cfg.battery.units, make, timeout_s=cfg.battery.timeout_seconds, threaded=False,
+                  wait_clock=world.clock, runner=runner)
+    return fleet, clients
+
+
 def simulated_gateway(world: World, cfg: Any, client: ModbusClient) -> MarstekGateway:
     """The real gateway logic (writes, pacing, back-off) on the simulated wire and clock."""
     return MarstekGateway("127.0.0.1", clock=world.clock, sleep=world.sleep, client_factory=lambda _timeout_s: client,
@@ -361,13 +483,18 @@ def _run_loop(sc: Scenario, controller: str) -> tuple[World, dict[str, float]]:
     cfg = parse_config(loop_config(sc, algorithm, poll_s, extra))
     params = control_params(cfg)
     world = World(sc, params)
-    client = SimModbusClient(world)
-    bus = simulated_gateway(world, cfg, client)
+    bus: Fleet | MarstekGateway
+    if sc.gateways:
+        bus, clients = simulated_fleet(world, cfg, sc)
+    else:
+        clients = [SimModbusClient(world)]
+        bus = simulated_gateway(world, cfg, clients[0])
     loop = ControlLoop(cfg, SimMeter(world), bus, StatusStore(history_kept=4), CommandQueue(), clock=world.clock,
                        controller_params=replace(params, **tuning) if tuning else None)
+    write_delays: tuple[list[float], list[float]] = ([], [])  # write round after read round: before, after death
     t_next = random.Random(3000 + sc.seed).uniform(0.0, cfg.control.poll_interval_seconds)
     extra_values: dict[str, float] = {"mode_switches": 0.0}
-    last_modes = {u.unit_id: u.force_mode for u in world.units}
+    last_modes = {i: u.force_mode for i, u in enumerate(world.units)}
     stop_s = math.inf
     with _quiet_logs():
         while t_next < sc.duration_s:
@@ -380,17 +507,25 @@ def _run_loop(sc: Scenario, controller: str) -> tuple[World, dict[str, float]]:
                 d = loop.last_decision
                 DEBUG.append((started, world.t, loop.grid_power_w, [u.plant.power_w for u in world.units],
                               d.status.value if d else "", d.reason if d else "", dict(d.setpoints_w) if d else {}))
-            for u in world.units:
-                if u.force_mode != last_modes[u.unit_id]:
+            for i, u in enumerate(world.units):
+                if u.force_mode != last_modes[i]:
                     extra_values["mode_switches"] += 1
-                    last_modes[u.unit_id] = u.force_mode
+                    last_modes[i] = u.force_mode
+            rounds = loop.bus.last_rounds
+            if sc.gateway_dies_s is not None and "read" in rounds and "write" in rounds:
+                delay_s = rounds["write"].started_s - rounds["read"].started_s
+                write_delays[started >= sc.gateway_dies_s].append(delay_s)
             if sc.dropouts and stop_s == math.inf and world.meter_dead(started) and all(
                     u.commanded_w == 0 for u in world.units):
                 stop_s = world.t - sc.dropouts[0][0]
             t_next = max(loop.next_cycle_s, world.t)  # the production schedule
         world.advance_to(sc.duration_s)
-    extra_values["writes"] = float(bus.writes_total)
-    extra_values["min_frame_gap_s"] = client.min_gap_s
+    extra_values["writes"] = float(loop.bus.writes_total)
+    extra_values["min_frame_gap_s"] = min(c.min_gap_s for c in clients)
+    if sc.gateway_dies_s is not None:
+        # How much later the healthy unit's writes start once a gateway is dead (worst cycle vs the usual).
+        before, after = write_delays
+        extra_values["dead_gateway_write_delay_s"] = max(after) - statistics.median(before)
     extra_values["stop_cmd_s"] = stop_s
     return world, extra_values
 
@@ -410,11 +545,11 @@ def _run_ideal(sc: Scenario, params: ControlParams) -> tuple[World, dict[str, fl
         assert reading is not None
         value, t_sample = reading
         demand = value + world.power_at(t_sample)
-        states = [BatteryState(u.unit_id, True, round(u.plant.soc_pct), u.plant.power_w) for u in world.units]
+        states = _ideal_states(world, sc)
         setpoints, _ = distribute(target_total(demand, params), states, params)
         world.advance_to(min(sc.duration_s, world.t + WRITE_FRAME_S))
-        for u in world.units:
-            u.plant.command(setpoints[u.unit_id], world.t)
+        for i, u in enumerate(world.units):
+            u.plant.command(setpoints[i], world.t)
             writes += 1
         world.moved()
     world.advance_to(sc.duration_s)
@@ -426,12 +561,19 @@ def _run_floor(sc: Scenario, params: ControlParams) -> tuple[World, dict[str, fl
     world = World(replace(sc, plant=PlantParams(dead_time_s=0.0, tau_s=0.0)), params)
     for k in range(len(sc.load_w)):
         world.advance_to(sc.shift_s + k * sc.slot_s if k else 0.0)
-        states = [BatteryState(u.unit_id, True, round(u.plant.soc_pct), u.plant.power_w) for u in world.units]
+        states = _ideal_states(world, sc)
         setpoints, _ = distribute(target_total(world.demand_w(world.t), params), states, params)
-        for u in world.units:
-            u.plant.command(setpoints[u.unit_id], world.t)
+        for i, u in enumerate(world.units):
+            u.plant.command(setpoints[i], world.t)
     world.advance_to(sc.duration_s)
     return world, {"writes": math.nan, "mode_switches": math.nan, "stop_cmd_s": math.nan}
+
+
+def _ideal_states(world: World, sc: Scenario) -> list[BatteryState]:
+    """The baselines' view of the batteries, by index; a fleet's per-unit limits are known (they are configured)."""
+    return [BatteryState(i, True, round(u.plant.soc_pct), u.plant.power_w,
+                         max_power_w=u.plant.params.max_power_w if sc.gateways else None)
+            for i, u in enumerate(world.units)]
 
 
 def run(sc: Scenario, controller: str) -> RunResult:
@@ -486,6 +628,8 @@ def _summarise(world: World, sc: Scenario, extra: dict[str, float]) -> dict[str,
         v.update(_dropout_metrics(world, sc, extra))
     if "min_frame_gap_s" in extra:
         v["min_frame_gap_s"] = extra["min_frame_gap_s"]
+    if "dead_gateway_write_delay_s" in extra:
+        v["dead_gateway_write_delay_s"] = extra["dead_gateway_write_delay_s"]
     return v
 
 

@@ -11,7 +11,7 @@ import csv
 import io
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,13 @@ class Scenario:
     control: tuple[tuple[str, Any], ...] = ()  # extra config keys for the project controller
     controllers: tuple[str, ...] = CONTROLLERS
     record: bool = False  # keep the 0.1 s trace (step metrics, plots)
+    # Several gateways: units per gateway in order (() = every battery behind one gateway, the seed form),
+    # each battery's register set (() = all "v2"), served in parallel (False: one after the other), and
+    # the moment the last gateway stops answering (None: never).
+    gateways: tuple[int, ...] = ()
+    register_sets: tuple[str, ...] = ()
+    parallel: bool = True
+    gateway_dies_s: float | None = None
 
     @property
     def duration_s(self) -> float:
@@ -236,6 +243,28 @@ def low_demand(seed: int, distribution: str, minutes_each: float = 10.0) -> Scen
                     controllers=("project",))
 
 
+def fleet_scenarios(seeds: Sequence[int]) -> list[Scenario]:
+    """Several gateways: two v3 LAN units, a mixed fleet with an 800 W unit, three batteries on three
+    gateways against the same on one (parallel vs serial I/O), and a gateway that dies mid-run."""
+    out: list[Scenario] = []
+    v3_pair: dict[str, Any] = {"socs": (30.0, 70.0), "max_power_w": (2500.0, 2500.0), "gateways": (1, 1),
+                               "register_sets": ("v3", "v3")}
+    mixed: dict[str, Any] = {"socs": (30.0, 50.0, 70.0), "max_power_w": (2500.0, 2500.0, 800.0),
+                             "gateways": (2, 1), "register_sets": ("v2", "v2", "v3")}
+    three: dict[str, Any] = {"socs": (30.0, 50.0, 70.0), "max_power_w": (2500.0, 2500.0, 1200.0)}
+    for seed in seeds:
+        out.append(step_scenario(2000, False, seed, name="fleet-2v3-step2000-dis", **v3_pair))
+        out.append(step_scenario(2000, True, seed, name="fleet-2v3-step2000-chg", **v3_pair))
+        out.append(step_scenario(3000, False, seed, name="fleet-mixed-step3000-dis", **mixed))
+        out.append(step_scenario(3000, False, seed, name="fleet-3gw-step3000-dis", gateways=(1, 1, 1), **three))
+        out.append(step_scenario(3000, False, seed, name="fleet-3gw-serial-step3000-dis", gateways=(1, 1, 1),
+                                 parallel=False, controllers=("project",), **three))
+        out.append(step_scenario(3000, False, seed, name="fleet-1gw-step3000-dis", controllers=("project",), **three))
+    out.append(step_scenario(1500, False, 1, name="fleet-2v3-gateway-dies", gateway_dies_s=120.0,
+                             controllers=("project",), **v3_pair))
+    return [replace(sc, group="fleet") for sc in out]
+
+
 def scenario_set(quick: bool, data_dir: Path = DATA_DIR) -> list[Scenario]:  # noqa: C901 (the list of scenarios)
     seeds = (1, 2) if quick else (1, 2, 3, 4, 5)
     out: list[Scenario] = []
@@ -265,6 +294,7 @@ def scenario_set(quick: bool, data_dir: Path = DATA_DIR) -> list[Scenario]:  # n
         if not quick:
             out.append(step_scenario(3000, False, seed, name="3bat-step3000-dis", socs=(30.0, 50.0, 70.0),
                                      max_power_w=(2500.0, 2500.0, 1200.0)))
+    out += fleet_scenarios(seeds[:1 if quick else 3])
     # More than the 1200 W unit can take: its share must go to the others.
     out.append(step_scenario(4200, False, 1, name="3bat-step4200-dis", socs=(30.0, 50.0, 70.0),
                              max_power_w=(2500.0, 2500.0, 1200.0)))

@@ -17,6 +17,7 @@ Signs: battery power and setpoints + discharge / - charge (W).
 
 from __future__ import annotations
 
+import functools
 import logging
 import queue
 import re
@@ -26,7 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from battery_client import MarstekGateway, tcp_client_factory
 from config_loader import BatteryConfig, Config, UnitConfig
@@ -43,6 +44,19 @@ FRAMES_PER_UNIT = 6  # the most frames one unit costs in a round (for a gateway 
 CLOSE_WAIT_S = 1.0
 
 BusFactory = Callable[[UnitConfig, float], BatteryBus]  # (first unit of the gateway, answer timeout) -> bus
+
+
+class RoundRunner(Protocol):
+    """Runs a round's gateway jobs on simulated time as if in parallel (the benchmark's single thread).
+
+    Each job starts at the same simulated moment on its gateway's own clock; ``run`` returns per gateway
+    when its job ended and whether the round took its answers (in time), and leaves the world at the moment
+    the fleet stops waiting. ``busy`` says a gateway is still inside an earlier job at the current moment.
+    """
+
+    def run(self, jobs: Sequence[tuple[str, Callable[[], None], float]]) -> dict[str, tuple[float, bool]]: ...
+
+    def busy(self, gateway: str) -> bool: ...
 
 
 @dataclass
@@ -123,9 +137,11 @@ class Fleet:
     """All batteries, by key; the gateways served in parallel. Owned by the control thread."""
 
     def __init__(self, units: Iterable[UnitConfig], make_bus: BusFactory, *, timeout_s: float = 3.0,
-                 threaded: bool = True, wait_clock: Callable[[], float] = time.monotonic) -> None:
-        self._make_bus, self.timeout_s, self.threaded = make_bus, timeout_s, threaded
+                 threaded: bool = True, wait_clock: Callable[[], float] = time.monotonic,
+                 runner: RoundRunner | None = None) -> None:
+        self._make_bus, self.timeout_s, self.threaded = make_bus, timeout_s, threaded and runner is None
         self._wait_clock = wait_clock
+        self._runner = runner
         self.units: dict[str, UnitConfig] = {}
         self._workers: dict[str, _Worker] = {}
         self.last_rounds: dict[str, RoundTiming] = {}
@@ -208,18 +224,27 @@ class Fleet:
         results: dict[str, T | BatteryError] = {}
         answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         pending: dict[str, float] = {}  # gateway -> when the others stop waiting for it
+        simulated: list[tuple[str, Callable[[], None], float]] = []
         for name, items in by_gateway.items():
             worker = self._workers[name]
             timing.gateways[name] = GatewayTiming(self._wait_clock())
-            if worker.busy and phase != "stop":
+            busy = self._runner.busy(name) if self._runner is not None else worker.busy
+            if busy and phase != "stop":
                 timing.gateways[name].skipped = True
                 for key, _job in items:
                     results[key] = BatteryError(Msg("gateway_busy", gateway=name))
                 continue
-            worker.submit(_gateway_job(name, items, answers))
             # A stop waits for everyone (up to the budget); reads and writes not for a straggler.
             pending[name] = float("inf") if phase == "stop" else started_s + worker.usual_s() + GRACE_S
-        self._collect(pending, answers, results, timing, budget_s)
+            if self._runner is not None:
+                part = _gateway_job(name, items, answers)
+                simulated.append((name, functools.partial(part, worker.bus), pending[name]))
+            else:
+                worker.submit(_gateway_job(name, items, answers))
+        if self._runner is not None:
+            self._simulated_round(simulated, answers, results, timing)
+        else:
+            self._collect(pending, answers, results, timing, budget_s)
         for key in jobs:
             if key not in results:
                 results[key] = BatteryError(Msg("gateway_too_slow", gateway=self.units[key].gateway))
@@ -252,10 +277,32 @@ class Fleet:
             else:
                 results[key] = value
 
+    def _simulated_round(self, jobs: Sequence[tuple[str, Callable[[], None], float]],
+                         answers: queue.SimpleQueue[tuple[str, Any]], results: dict[str, Any],
+                         timing: RoundTiming) -> None:
+        """The round on the runner's simulated time: answers of a gateway that was not in time are dropped."""
+        assert self._runner is not None
+        ended = self._runner.run(jobs)
+        taken = {name for name, (_end_s, in_time) in ended.items() if in_time}
+        while not answers.empty():
+            key, value = answers.get()
+            if isinstance(value, _Bug):
+                raise value.error
+            if value is not _DONE and self.units[key].gateway in taken:
+                results[key] = value
+        for name in taken:
+            end_s = ended[name][0]
+            self._workers[name].durations_s.append(end_s - timing.gateways[name].started_s)
+            timing.gateways[name].done_s = end_s
+
     # ------------------------------------------------------------------ one gateway (setup, --check)
     def call(self, gateway: str, job: Callable[[BatteryBus], T], alive: Callable[[], None] = lambda: None,
              *, poll_s: float = 0.5) -> T:
         """Run ``job(bus)`` on ``gateway``'s worker and wait for it, calling ``alive`` while waiting."""
+        if self._runner is not None:
+            box: list[T] = []
+            self._runner.run([(gateway, lambda: box.append(job(self._workers[gateway].bus)), float("inf"))])
+            return box[0]
         future = self._workers[gateway].submit(job)
         while True:
             alive()

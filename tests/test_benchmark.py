@@ -137,3 +137,28 @@ def test_no_metric_is_nan_for_the_controllers_that_ran(quick):
             keys.append("writes_per_h")
         for key in keys:
             assert not math.isnan(r.values[key]), (r.scenario, r.controller, key)
+
+
+# ---------------------------------------------------------------------------- several gateways
+def _fleet_scenario(name: str) -> bench_scenarios.Scenario:
+    return next(sc for sc in bench_scenarios.fleet_scenarios([1]) if sc.name == name)
+
+
+def test_parallel_gateways_beat_the_same_fleet_served_in_series() -> None:
+    parallel = bench_runner.run(_fleet_scenario("fleet-3gw-step3000-dis"), "project").values
+    serial = bench_runner.run(_fleet_scenario("fleet-3gw-serial-step3000-dis"), "project").values
+    assert parallel["avoidable_wh"] < serial["avoidable_wh"]
+    assert parallel["settle_mean_s"] < serial["settle_mean_s"]
+
+
+def test_a_dead_gateway_delays_the_healthy_units_writes_by_less_than_half_a_second() -> None:
+    values = bench_runner.run(_fleet_scenario("fleet-2v3-gateway-dies"), "project").values
+    assert 0.0 <= values["dead_gateway_write_delay_s"] < 0.5
+
+
+def test_a_mixed_fleet_never_commands_a_unit_above_its_own_limit() -> None:
+    world, _extra = bench_runner._run_loop(_fleet_scenario("fleet-mixed-step3000-dis"), "project")
+    small = world.units[2]  # the v3 LAN unit limited to 800 W (its plant would clamp silently)
+    discharge_w = [value for register, value in small.write_log if register == 42021]
+    assert discharge_w and max(discharge_w) <= 800
+    assert max(value for u in world.units[:2] for register, value in u.write_log if register == 42021) > 800
