@@ -37,7 +37,7 @@ def _probe(bus: BatteryBus, unit_id: int, alive: Callable[[], None]) -> dict[str
 
 def is_v3_lan(units: Sequence[UnitConfig]) -> bool:
     """A gateway that is a v3 battery's own LAN port: v3 registers and one battery (it answers on every ID)."""
-    return len(units) <= 1 and all(u.register_set == "v3" for u in units) and bool(units)
+    return len(units) == 1 and units[0].register_set == "v3"
 
 
 def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Callable[[], None], *,
