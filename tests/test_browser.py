@@ -301,6 +301,7 @@ def test_cancelled_confirm_changes_nothing(browser: Browser, system: System) -> 
         assert sorted(u.unit_id for u in system.sim.units) == [1, 2]
         # A refusal from the API is shown as it came: ID 2 is taken.
         page.locator("#new-id").fill("2")
+        page.once("dialog", lambda dialog: dialog.accept())
         page.locator("#set-btn").click()
         expect(page.locator("#set-result")).to_contain_text("ist schon belegt", timeout=30_000)
         page.locator("#exit-btn").click()

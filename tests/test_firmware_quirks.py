@@ -72,7 +72,7 @@ def test_battery_that_acknowledges_but_delivers_nothing_is_paused_and_retried(si
         assert sim.unit(1).force_mode == 0  # stopped when paused
         doc = loop.store.status_json()
         note = next(b["note"] for b in doc["batteries"] if b["id"] == 1)
-        assert "delivers nothing" in note
+        assert "delivers nothing" in note, (doc["batteries"], loop.last_decision)
         # The other battery takes over the load.
         wait_until(lambda: (loop.cycle(), clock.advance(1.0), sim.unit(2).power_w > 2000)[-1], 30, "unit 2 covers")
         # After the pause the battery is tried again.
