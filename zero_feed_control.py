@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from i18n import Msg
+from marstek_registers import FIRMWARE_MAX_POWER_W
 
 
 class Status(enum.Enum):
@@ -51,7 +52,7 @@ class ControlParams:
     target_grid_charge_w: float = -20.0
     target_grid_discharge_w: float = 20.0
     min_power_w: float = 50.0
-    max_power_w: float = 2500.0
+    max_power_w: float = float(FIRMWARE_MAX_POWER_W)
     min_soc_pct: float = 11.0
     max_soc_pct: float = 98.0
     max_meter_failures: int = 2
