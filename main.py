@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from shutdown_windows import install_shutdown_handlers
+
+    stopped = threading.Event()  # set when the batteries are stopped: the Windows handler waits for it
+    install_shutdown_handlers(request_stop, stopped.wait)
 
     from web_server import create_app
 
@@ -218,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             # Free its connection (a v3 device takes only one client) and stop them over a new one.
             loop.bus.close()
             emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
+        stopped.set()
         stop_web(server, web_thread)
         if sim:
             sim.stop()
