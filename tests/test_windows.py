@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
+import config_loader
+import main
 import shutdown_windows
+from config_loader import ConfigError, update_akku_ids
 from shutdown_windows import (
     CTRL_BREAK_EVENT,
     CTRL_C_EVENT,
@@ -182,3 +187,194 @@ def test_the_console_handler_returns_only_when_every_battery_is_stopped(tmp_path
     assert all(state == (0, 0, 0) for state in states.values()), (states, output[-3000:])
     assert "Traceback" not in output and "not finished within" not in output, output[-3000:]
     assert shutdown_windows.EVENT_NAMES[event] in output
+
+
+# ---------------------------------------------------------------------------- nothing assumes POSIX
+def fill_log(handler: logging.Handler, count: int) -> list[str]:
+    logger = logging.getLogger(f"test_windows.rotation.{id(handler)}")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        messages = [f"record {i:03d} " + "x" * 40 for i in range(count)]
+        for message in messages:
+            logger.warning("%s", message)
+    finally:
+        logger.removeHandler(handler)
+    return messages
+
+
+def refuse_renaming_the_open_log(monkeypatch: pytest.MonkeyPatch, log_path: Path) -> None:
+    """As on Windows while another program holds the log open: renaming it fails, other renames work."""
+    real_rename = os.rename
+
+    def rename(src: str, dst: str) -> None:
+        if Path(src) == log_path:
+            raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", src)
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+
+
+def test_the_plain_rotating_handler_loses_records_when_the_rename_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The failure the shared handler exists for (checks that the simulation is faithful)."""
+    log_path = tmp_path / "plain.log"
+    refuse_renaming_the_open_log(monkeypatch, log_path)
+    handler = logging.handlers.RotatingFileHandler(log_path, maxBytes=500, backupCount=2, encoding="utf-8")
+    try:
+        messages = fill_log(handler, 40)
+    finally:
+        handler.close()
+    text = log_path.read_text(encoding="utf-8")
+    assert any(m not in text for m in messages)
+    assert "PermissionError" in capsys.readouterr().err
+
+
+def test_the_log_keeps_every_record_while_another_program_holds_it_open_and_rotates_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    log_path = tmp_path / "marstek.log"
+    with monkeypatch.context() as windows:
+        refuse_renaming_the_open_log(windows, log_path)
+        handler = main.SharedRotatingFileHandler(log_path, maxBytes=500, backupCount=2, encoding="utf-8")
+        try:
+            messages = fill_log(handler, 40)
+        finally:
+            handler.flush()
+        text = log_path.read_text(encoding="utf-8")
+        assert all(m in text for m in messages)
+        assert text.count("Log rotation failed, continuing in this file") == 1  # not once per record
+        assert not Path(f"{log_path}.1").exists()
+    # The other program closed the file: once the retry time has come, the log rotates as usual.
+    handler.retry_after_s = float("-inf")
+    try:
+        later = fill_log(handler, 20)
+    finally:
+        handler.close()
+    assert Path(f"{log_path}.1").exists()
+    rotated = "".join(p.read_text(encoding="utf-8") for p in tmp_path.glob("marstek.log*"))
+    assert all(m in rotated for m in later)
+    assert capsys.readouterr().err == ""  # no "--- Logging error ---" tracebacks
+
+
+def config_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "config.json"
+    shutil.copy(ROOT / "config.example.json", path)
+    return path
+
+
+def test_the_config_write_on_windows_retries_a_briefly_locked_file_and_sets_no_mode_bits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = config_copy(tmp_path)
+    real_replace = os.replace
+    refusals = []
+
+    def replace(src: str, dst: str) -> None:
+        if len(refusals) < 2:  # a virus scanner holds the file for a moment
+            refusals.append(dst)
+            raise PermissionError(13, "Access is denied", str(dst))
+        real_replace(src, dst)
+
+    real_chmod = os.chmod
+
+    def chmod(target: str, mode: int, **kwargs: object) -> None:
+        if str(target).endswith(".tmp"):  # shutil.copy2 of the backup may, the temp file must not
+            raise AssertionError("os.chmod of the temp file on Windows")
+        real_chmod(target, mode, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(os, "chmod", chmod)
+    update_akku_ids(path, [1, 2, 3])
+    assert json.loads(path.read_text(encoding="utf-8"))["battery"]["akku_ids"] == [1, 2, 3]
+    assert len(refusals) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "config.json.bak"]  # no temp file left
+
+
+def test_a_config_that_stays_locked_gives_a_clear_error_and_leaves_the_file_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = config_copy(tmp_path)
+    before = path.read_bytes()
+
+    def replace(_src: str, dst: str) -> None:
+        raise PermissionError(13, "Access is denied", str(dst))
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(ConfigError, match="cannot write the file: Access is denied"):
+        update_akku_ids(path, [1, 2, 3])
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "config.json.bak"]
+
+
+def test_off_windows_a_refused_replace_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = config_copy(tmp_path)
+    calls = []
+
+    def replace(_src: str, dst: str) -> None:
+        calls.append(dst)
+        raise PermissionError(13, "Permission denied", str(dst))
+
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(ConfigError):
+        update_akku_ids(path, [1])
+    assert len(calls) == 1
+
+
+def test_a_folder_that_cannot_be_opened_for_fsync_is_no_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows cannot open a directory with os.open (PermissionError): the write still succeeds."""
+    path = config_copy(tmp_path)
+    real_open = os.open
+
+    def open_(file: str | os.PathLike[str], flags: int, *args: object) -> int:
+        if Path(file).is_dir():
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, flags, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", open_)
+    update_akku_ids(path, [4])
+    config_loader._fsync_dir(tmp_path)
+    assert json.loads(path.read_text(encoding="utf-8"))["battery"]["akku_ids"] == [4]
+
+
+# Like pythonw.exe: no console, sys.stdout and sys.stderr are None.
+WITHOUT_CONSOLE = r"""
+import runpy, sys
+root, config = sys.argv[1], sys.argv[2]
+sys.stdout = sys.stderr = None
+sys.path.insert(0, root)
+sys.argv = [root + "/main.py", "--config", config]
+runpy.run_path(root + "/main.py", run_name="__main__")
+"""
+
+
+def test_without_a_console_like_pythonw_the_program_runs_logs_to_its_file_and_stops_the_batteries(
+    tmp_path: Path,
+) -> None:
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
+        sim.set_load_w(3500.0)
+        config = write_config(tmp_path / "config.json", sim, free_port())
+        log_path = tmp_path / "logs" / "marstek.log"
+        proc = subprocess.Popen([sys.executable, "-c", WITHOUT_CONSOLE, str(ROOT), str(config)], cwd=str(tmp_path),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_until(lambda: all(u.discharge_power_w > 300 for u in sim.units) or proc.poll() is not None,
+                       40, "both batteries discharging")
+            assert proc.poll() is None, "ended early"
+            proc.send_signal(signal.SIGTERM)
+            output, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        states = [(u.force_mode, u.charge_power_w, u.discharge_power_w) for u in sim.units]
+    assert proc.returncode == 0
+    assert output == ""
+    text = log_path.read_text(encoding="utf-8")
+    assert "Dashboard: http://" in text and "Control stopped, batteries stopped" in text
+    assert states == [(0, 0, 0), (0, 0, 0)]
