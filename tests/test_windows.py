@@ -270,7 +270,7 @@ def test_the_config_write_on_windows_retries_a_briefly_locked_file_and_sets_no_m
 ) -> None:
     path = config_copy(tmp_path)
     real_replace = os.replace
-    refusals = []
+    refusals: list[str] = []
 
     def replace(src: str, dst: str) -> None:
         if len(refusals) < 2:  # a virus scanner holds the file for a moment
@@ -313,7 +313,7 @@ def test_a_config_that_stays_locked_gives_a_clear_error_and_leaves_the_file_as_i
 
 def test_off_windows_a_refused_replace_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = config_copy(tmp_path)
-    calls = []
+    calls: list[str] = []
 
     def replace(_src: str, dst: str) -> None:
         calls.append(dst)
