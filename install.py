@@ -150,7 +150,7 @@ def autostart_failure(action: str, output: str, platform: str) -> str:
                 "marstek.service das Programm beim Hochfahren (README, „Installation unter Linux“).\n"
                 f"{action}: Windows only (Task Scheduler); on Linux use the systemd unit marstek.service.")
     return (f"{action} fehlgeschlagen: {output.strip() or 'schtasks meldet einen Fehler'}\n"
-            "Meist fehlen Administratorrechte: Eingabeaufforderung mit Rechtsklick → „Als Administrator "
+            "Meist fehlen Administratorrechte: Eingabeaufforderung mit Rechtsklick, „Als Administrator "
             "ausführen“ öffnen, mit cd in den Projektordner wechseln und den Befehl erneut ausführen.\n"
             f"{action} failed (usually no administrator rights): run it again from an administrator "
             "command prompt in the project folder.")

@@ -294,3 +294,8 @@ def test_install_bat_finds_python_and_hands_everything_to_install_py() -> None:
     assert 'cd /d "%~dp0"' in lines[:run]  # runs in the project folder wherever it was started from
     assert "python.org" in "\n".join(lines[missing:run]) and "exit /b 1" in lines[missing:run]
     assert lines[-1] == "exit /b %RC%"
+
+
+def test_install_py_messages_survive_a_redirected_windows_console() -> None:
+    """Redirected output on Windows is encoded in the ANSI code page (cp1252): no character outside it."""
+    (ROOT / "install.py").read_text(encoding="utf-8").encode("cp1252")
