@@ -1,9 +1,12 @@
 """Windows shutdown paths: closing the console window, Ctrl+C/Ctrl+Break, logoff and shutdown stop the batteries.
 
 On Windows these arrive as console control events, not as SIGTERM. Windows calls the registered handler
-in a new thread and, for CTRL_CLOSE_EVENT, ends the process about 5 s later whatever the handler does
-(for logoff and shutdown it waits a little longer). The handler therefore requests the same stop as
-SIGTERM and *blocks* until main() has stopped every battery, for at most ``HANDLER_BUDGET_S``.
+in a new thread and, for CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT and CTRL_SHUTDOWN_EVENT, ends the process when
+the handler returns or about 5 s after the event, whichever is first. The handler therefore requests the
+same stop as SIGTERM and *blocks* until main() has stopped every battery, for at most ``HANDLER_BUDGET_S``.
+
+Limits (Windows' own): a process without a console (pythonw.exe) gets no console events at all, and one
+that has loaded user32.dll gets no logoff/shutdown events (only a hidden window's WM_ENDSESSION would).
 
 ``handle_console_event`` is the plain logic (tests call it on Linux); ``install_shutdown_handlers``
 registers it with ``SetConsoleCtrlHandler`` (ctypes, only on Windows) and handles SIGBREAK where it exists.
@@ -76,6 +79,8 @@ def register_console_handler(handler: Callable[[int], bool]) -> bool:
     handler_routine = ctypes.WINFUNCTYPE(wintypes.BOOL, wintypes.DWORD)
     callback = handler_routine(lambda event: bool(handler(int(event))))
     kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)
+    kernel32.SetConsoleCtrlHandler.argtypes = (handler_routine, wintypes.BOOL)
+    kernel32.SetConsoleCtrlHandler.restype = wintypes.BOOL
     if not kernel32.SetConsoleCtrlHandler(callback, True):
         log.warning("SetConsoleCtrlHandler failed (error %d): closing the window will not stop the batteries",
                     ctypes.get_last_error())
