@@ -1,6 +1,7 @@
 """Installer: venv, requirements, config.json, editor, start; on Windows also the autostart task.
 
-    python install.py [--demo] [--no-start] [--autostart | --remove-autostart] [--requirements FILE] [main.py options]
+    python install.py [--demo] [--no-start] [--autostart | --remove-autostart | --stop] [--requirements FILE]
+                      [main.py options]
 
 Steps: check the Python version, create ``.venv`` beside this file, install ``requirements.txt`` into it
 (skipped when unchanged since the last run), create ``config.json`` from ``config.example.json`` if it is
@@ -8,6 +9,8 @@ missing (never overwritten), open it in an editor (Notepad on Windows, ``$EDITOR
 just created, then start ``main.py`` in this console (``--demo``: the demo). ``--no-start`` stops before the
 editor. ``--autostart`` registers a Windows Task Scheduler task that runs ``.venv\\Scripts\\pythonw.exe
 main.py`` at system start (no console window) and restarts it on failure; ``--remove-autostart`` deletes it.
+``--stop`` stops every battery through the running program's dashboard (setup mode) and then ends that task:
+ending it directly would kill the windowless program before it can stop the batteries.
 ``install.bat`` is the launcher that finds Python on Windows and runs this file. Unknown options go to main.py.
 
 This file must stay parseable by old Python 3 versions so that they reach the version check.
@@ -16,12 +19,16 @@ This file must stay parseable by old Python 3 versions so that they reach the ve
 from __future__ import annotations
 
 import argparse
+import base64
 import hashlib
+import json
 import os
 import shlex
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -141,6 +148,19 @@ def schtasks_run_command(task_name: str = TASK_NAME) -> list[str]:
 
 def schtasks_delete_command(task_name: str = TASK_NAME) -> list[str]:
     return ["schtasks", "/Delete", "/TN", task_name, "/F"]
+
+
+def schtasks_end_command(task_name: str = TASK_NAME) -> list[str]:
+    return ["schtasks", "/End", "/TN", task_name]
+
+
+def dashboard_url(host: str, port: int) -> str:
+    """Where this machine reaches the dashboard that listens on ``host``."""
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def autostart_failure(action: str, output: str, platform: str) -> str:
@@ -278,6 +298,69 @@ def remove_autostart() -> None:
     say(f"Autostart entfernt: Aufgabe „{TASK_NAME}“ gelöscht / autostart removed.")
 
 
+def stop_batteries(url: str, password: str | None, timeout_s: float = 70.0) -> str | None:
+    """Put the running program into setup mode (control paused, every battery stopped).
+
+    None when every battery is stopped, else the message for the user.
+    """
+    request = urllib.request.Request(url + "/api/setup/enter", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json"})
+    if password:
+        token = base64.b64encode(f"admin:{password}".encode()).decode("ascii")
+        request.add_header("Authorization", f"Basic {token}")
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with opener.open(request, timeout=timeout_s) as response:
+            answer = json.loads(response.read().decode("utf-8"))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            return ("Das Dashboard verlangt ein Passwort, und web.password in config.json passt nicht.\n"
+                    "The dashboard refused the password in config.json (web.password).")
+        return f"Das Dashboard {url} antwortet mit Fehler {exc.code} / answered {exc.code}: {_error_text(exc)}"
+    except (OSError, ValueError) as exc:  # URLError, timeouts and refused connections are OSErrors
+        reason = getattr(exc, "reason", exc)
+        return (f"Dashboard {url} nicht erreichbar ({reason}): läuft das Programm, mit diesem Port?\n"
+                f"Dashboard {url} not reachable: is the program running?")
+    failures = answer.get("stop_failures") if isinstance(answer, dict) else None
+    if not isinstance(answer, dict) or answer.get("setup_mode") is not True or not isinstance(failures, list):
+        return f"Unerwartete Antwort des Dashboards / unexpected answer: {answer!r}"
+    if failures:
+        return ("Nicht jeder Akku hat den Stopp bestätigt / not every battery confirmed the stop: "
+                + "; ".join(str(f) for f in failures))
+    return None
+
+
+def _error_text(exc: urllib.error.HTTPError) -> str:
+    try:
+        return str(json.loads(exc.read().decode("utf-8")).get("error", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def stop_running_program(project_dir: Path) -> None:
+    """Stop every battery through the dashboard, then (Windows) end the autostart task."""
+    from config_loader import ConfigError, load_config  # needs Python >= 3.10: imported after the check
+
+    try:
+        cfg = load_config(project_dir / "config.json")
+    except ConfigError as exc:
+        raise InstallError(f"Konfigurationsfehler / configuration error: {exc}") from None
+    problem = stop_batteries(dashboard_url(cfg.web.host, cfg.web.port), cfg.web.password)
+    if problem:
+        raise InstallError(f"{problem}\nNichts beendet: erst die Ursache beheben, sonst behalten die Akkus ihren "
+                           "letzten Sollwert. / Nothing was ended.")
+    say("Alle Akkus gestoppt, die Regelung ist angehalten (Setup-Modus) / every battery stopped, control paused.")
+    if sys.platform != "win32":
+        say("Das Programm läuft im Setup-Modus weiter; beenden z. B. mit: sudo systemctl stop marstek")
+        return
+    result = _schtasks(schtasks_end_command())
+    if result.returncode == 0:
+        say(f"Aufgabe „{TASK_NAME}“ beendet / autostart task ended.")
+    else:
+        say(f"Die Aufgabe wurde nicht beendet ({result.stdout.strip() or 'schtasks-Fehler'}). Läuft das Programm "
+            "in einem Fenster, dort mit Strg+C beenden; sonst als Administrator erneut versuchen.")
+
+
 def _schtasks(command: list[str]) -> subprocess.CompletedProcess[str]:
     try:
         return subprocess.run(command, capture_output=True, text=True, check=False)
@@ -294,6 +377,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str]]:
     group.add_argument("--autostart", action="store_true",
                        help="Windows: register a Task Scheduler task (at system start, no window); needs admin")
     group.add_argument("--remove-autostart", action="store_true", help="Windows: delete that task")
+    group.add_argument("--stop", action="store_true",
+                       help="stop every battery through the running program's dashboard (setup mode), "
+                            "then end the autostart task (Windows)")
     parser.add_argument("--requirements", type=Path, default=PROJECT_DIR / "requirements.txt",
                         help="requirements file to install (default: requirements.txt)")
     return parser.parse_known_args(argv)
@@ -308,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.remove_autostart:
             remove_autostart()
+            return 0
+        if args.stop:
+            stop_running_program(PROJECT_DIR)
             return 0
         if args.autostart and sys.platform != "win32":
             raise InstallError(autostart_failure("--autostart", "", sys.platform))

@@ -7,19 +7,24 @@ and offline, and importing it from the new venv proves that pip installed into t
 from __future__ import annotations
 
 import ast
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from xml.etree import ElementTree
 
 import pytest
 
 import install
+from simulator import Simulation, SimUnit, UnitSpec
+from tests.helpers import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
@@ -299,3 +304,97 @@ def test_install_bat_finds_python_and_hands_everything_to_install_py() -> None:
 def test_install_py_messages_survive_a_redirected_windows_console() -> None:
     """Redirected output on Windows is encoded in the ANSI code page (cp1252): no character outside it."""
     (ROOT / "install.py").read_text(encoding="utf-8").encode("cp1252")
+
+
+# ---------------------------------------------------------------------------- --stop against the running program
+def stop_project(directory: Path, config: dict[str, Any]) -> Path:
+    """A project copy with the config the running program uses (install.py reads config.json beside it)."""
+    project = project_copy(directory)
+    shutil.copy2(ROOT / "config_loader.py", project / "config_loader.py")
+    (project / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return project
+
+
+def discharging(u: SimUnit) -> bool:
+    return u.force_mode == 2 and u.discharge_power_w > 300
+
+
+@pytest.fixture
+def running_program(tmp_path: Path) -> Iterator[tuple[Simulation, dict[str, Any]]]:
+    """main.py regulating two simulated batteries, its dashboard behind a password."""
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
+        sim.set_load_w(3500.0)
+        config = {
+            "energy_meter": {"type": "shelly"},
+            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1, "max_failures_before_stop": 2},
+            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
+            "control": {"poll_interval_seconds": 1},
+            "web": {"host": "127.0.0.1", "port": free_port(), "password": "geheim-123"},
+            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
+        }
+        config_path = tmp_path / "running.json"
+        config_path.write_text(json.dumps(config), encoding="utf-8")
+        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
+                                cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: all(discharging(u) for u in sim.units) or proc.poll() is not None, 40,
+                       "both batteries discharging")
+            assert proc.poll() is None, "main.py ended early"
+            yield sim, config
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_stop_stops_every_battery_through_the_dashboard(
+    running_program: tuple[Simulation, dict[str, Any]], tmp_path: Path,
+) -> None:
+    sim, config = running_program
+    result = run_install(stop_project(tmp_path / "p", config), "--stop", timeout_s=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The answer comes after the control thread stopped them: nothing to wait for.
+    assert [(u.force_mode, u.charge_power_w, u.discharge_power_w) for u in sim.units] == [(0, 0, 0), (0, 0, 0)]
+    assert "every battery stopped" in result.stdout
+    if sys.platform != "win32":
+        assert "systemctl stop marstek" in result.stdout
+
+
+def test_stop_with_the_wrong_password_says_so_and_touches_nothing(
+    running_program: tuple[Simulation, dict[str, Any]], tmp_path: Path,
+) -> None:
+    sim, config = running_program
+    wrong = {**config, "web": {**config["web"], "password": "falsch"}}
+    result = run_install(stop_project(tmp_path / "p", wrong), "--stop", timeout_s=120)
+    assert result.returncode == 1
+    assert "web.password" in result.stdout and "Nichts beendet" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert all(discharging(u) for u in sim.units)
+
+
+def test_stop_without_a_running_program_says_it_is_not_reachable(tmp_path: Path) -> None:
+    config = {"energy_meter": {"type": "shelly"}, "shelly": {"ip": "127.0.0.1"},
+              "battery": {"ip": "127.0.0.1", "akku_ids": [1]}, "web": {"host": "0.0.0.0", "port": free_port()}}
+    result = run_install(stop_project(tmp_path / "p", config), "--stop", timeout_s=60)
+    assert result.returncode == 1
+    assert "nicht erreichbar" in result.stdout and "http://127.0.0.1:" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_stop_with_a_broken_config_names_the_key(tmp_path: Path) -> None:
+    config = {"energy_meter": {"type": "shelly"}, "shelly": {"ip": "127.0.0.1"},
+              "battery": {"ip": "127.0.0.1", "akku_ids": [1]}, "web": {"port": 0}}
+    result = run_install(stop_project(tmp_path / "p", config), "--stop", timeout_s=60)
+    assert result.returncode == 1
+    assert "configuration error" in result.stdout and "web.port" in result.stdout
+
+
+def test_dashboard_url_and_the_end_command() -> None:
+    assert install.dashboard_url("0.0.0.0", 8080) == "http://127.0.0.1:8080"
+    assert install.dashboard_url("::", 8080) == "http://127.0.0.1:8080"
+    assert install.dashboard_url("192.168.1.5", 80) == "http://192.168.1.5:80"
+    assert install.dashboard_url("::1", 8080) == "http://[::1]:8080"
+    assert install.schtasks_end_command() == ["schtasks", "/End", "/TN", install.TASK_NAME]
