@@ -362,10 +362,14 @@ def stop_running_program(project_dir: Path) -> None:
 
 
 def _schtasks(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run schtasks; its messages (stdout and stderr, in the console's OEM code page) end up in stdout."""
+    encoding = "oem" if sys.platform == "win32" else None
     try:
-        return subprocess.run(command, capture_output=True, text=True, check=False)
+        result = subprocess.run(command, capture_output=True, text=True, encoding=encoding, errors="replace",
+                                check=False)
     except OSError as exc:
         return subprocess.CompletedProcess(command, 1, stdout=f"{command[0]}: {exc}", stderr="")
+    return subprocess.CompletedProcess(command, result.returncode, stdout=f"{result.stdout}{result.stderr}", stderr="")
 
 
 # ---------------------------------------------------------------------------- main

@@ -398,3 +398,12 @@ def test_dashboard_url_and_the_end_command() -> None:
     assert install.dashboard_url("192.168.1.5", 80) == "http://192.168.1.5:80"
     assert install.dashboard_url("::1", 8080) == "http://[::1]:8080"
     assert install.schtasks_end_command() == ["schtasks", "/End", "/TN", install.TASK_NAME]
+
+
+def test_schtasks_errors_on_stderr_reach_the_message() -> None:
+    """schtasks writes "ERROR: Access is denied." to stderr: it must end up in what the user reads."""
+    denied = install._schtasks([sys.executable, "-c",
+                                "import sys; sys.stderr.write('ERROR: Access is denied.\\n'); sys.exit(1)"])
+    assert denied.returncode == 1 and "ERROR: Access is denied." in denied.stdout
+    missing = install._schtasks(["no-such-schtasks-binary", "/Query"])
+    assert missing.returncode == 1 and "no-such-schtasks-binary" in missing.stdout
