@@ -337,15 +337,34 @@ def _error_text(exc: urllib.error.HTTPError) -> str:
         return ""
 
 
+def web_settings(config_path: Path) -> tuple[str, int, str | None]:
+    """``web.host``, ``web.port`` and ``web.password`` of config.json, with the program's defaults.
+
+    Read with json alone: this runs in the system Python, before or without the venv.
+    """
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8-sig"))
+    except OSError as exc:
+        raise InstallError(f"{config_path} nicht lesbar / not readable: {exc}") from None
+    except ValueError as exc:
+        raise InstallError(f"{config_path}: kein gültiges JSON / not valid JSON: {exc}") from None
+    web = data.get("web", {}) if isinstance(data, dict) else None
+    if not isinstance(web, dict):
+        raise InstallError(f"{config_path}: web muss ein Objekt sein / web: must be an object {{...}}")
+    host, port, password = web.get("host", "0.0.0.0"), web.get("port", 8080), web.get("password")
+    if not isinstance(host, str):
+        raise InstallError(f"{config_path}: web.host muss ein Text sein / must be a string")
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InstallError(f"{config_path}: web.port muss eine Zahl 1..65535 sein / must be 1..65535, got {port!r}")
+    if password is not None and not isinstance(password, str):
+        raise InstallError(f"{config_path}: web.password muss ein Text oder null sein / must be a string or null")
+    return host, port, password or None
+
+
 def stop_running_program(project_dir: Path) -> None:
     """Stop every battery through the dashboard, then (Windows) end the autostart task."""
-    from config_loader import ConfigError, load_config  # needs Python >= 3.10: imported after the check
-
-    try:
-        cfg = load_config(project_dir / "config.json")
-    except ConfigError as exc:
-        raise InstallError(f"Konfigurationsfehler / configuration error: {exc}") from None
-    problem = stop_batteries(dashboard_url(cfg.web.host, cfg.web.port), cfg.web.password)
+    host, port, password = web_settings(project_dir / "config.json")
+    problem = stop_batteries(dashboard_url(host, port), password)
     if problem:
         raise InstallError(f"{problem}\nNichts beendet: erst die Ursache beheben, sonst behalten die Akkus ihren "
                            "letzten Sollwert. / Nothing was ended.")

@@ -310,7 +310,6 @@ def test_install_py_messages_survive_a_redirected_windows_console() -> None:
 def stop_project(directory: Path, config: dict[str, Any]) -> Path:
     """A project copy with the config the running program uses (install.py reads config.json beside it)."""
     project = project_copy(directory)
-    shutil.copy2(ROOT / "config_loader.py", project / "config_loader.py")
     (project / "config.json").write_text(json.dumps(config), encoding="utf-8")
     return project
 
@@ -389,7 +388,34 @@ def test_stop_with_a_broken_config_names_the_key(tmp_path: Path) -> None:
               "battery": {"ip": "127.0.0.1", "akku_ids": [1]}, "web": {"port": 0}}
     result = run_install(stop_project(tmp_path / "p", config), "--stop", timeout_s=60)
     assert result.returncode == 1
-    assert "configuration error" in result.stdout and "web.port" in result.stdout
+    assert "web.port muss eine Zahl 1..65535 sein" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("{}", ("0.0.0.0", 8080, None)),
+    ('{"web": {"host": "192.168.1.5", "port": 8081, "password": "x"}}', ("192.168.1.5", 8081, "x")),
+    ('{"web": {"password": ""}}', ("0.0.0.0", 8080, None)),
+])
+def test_web_settings_with_the_program_defaults(tmp_path: Path, text: str, expected: tuple[Any, ...]) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(text, encoding="utf-8")
+    assert install.web_settings(path) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", "kein gültiges JSON"),
+    ('{"web": []}', "web muss ein Objekt sein"),
+    ('{"web": {"port": "8080"}}', "web.port muss eine Zahl"),
+    ('{"web": {"port": true}}', "web.port muss eine Zahl"),
+    ('{"web": {"host": 1}}', "web.host muss ein Text sein"),
+    ('{"web": {"password": 123}}', "web.password muss ein Text oder null sein"),
+])
+def test_web_settings_name_the_bad_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(install.InstallError, match=message):
+        install.web_settings(path)
 
 
 def test_dashboard_url_and_the_end_command() -> None:

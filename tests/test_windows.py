@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 import config_loader
+import i18n
 import main
 import shutdown_windows
 from config_loader import ConfigError, update_akku_ids
@@ -376,5 +377,5 @@ def test_without_a_console_like_pythonw_the_program_runs_logs_to_its_file_and_st
     assert proc.returncode == 0
     assert output == ""
     text = log_path.read_text(encoding="utf-8")
-    assert "Dashboard: http://" in text and "Control stopped, batteries stopped" in text
+    assert "Dashboard: http://" in text and i18n.Msg("control_stopped").text("de") in text
     assert states == [(0, 0, 0), (0, 0, 0)]
