@@ -10,7 +10,6 @@ import ast
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import zipfile
@@ -24,7 +23,7 @@ import pytest
 
 import install
 from simulator import Simulation, SimUnit, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, running_main, sim_config_data, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TASK_NS = {"t": "http://schemas.microsoft.com/windows/2004/02/mit/task"}
@@ -323,30 +322,15 @@ def running_program(tmp_path: Path) -> Iterator[tuple[Simulation, dict[str, Any]
     """main.py regulating two simulated batteries, its dashboard behind a password."""
     with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
         sim.set_load_w(3500.0)
-        config = {
-            "energy_meter": {"type": "shelly"},
-            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1, "max_failures_before_stop": 2},
-            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
-            "control": {"poll_interval_seconds": 1},
-            "web": {"host": "127.0.0.1", "port": free_port(), "password": "geheim-123"},
-            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
-        }
+        config = sim_config_data(sim, [1, 2], web={"port": free_port(), "password": "geheim-123"},
+                                 logging={"file": str(tmp_path / "logs" / "marstek.log")})
         config_path = tmp_path / "running.json"
         config_path.write_text(json.dumps(config), encoding="utf-8")
-        proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
-                                cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
+        with running_main(config_path) as proc:
             wait_until(lambda: all(discharging(u) for u in sim.units) or proc.poll() is not None, 40,
                        "both batteries discharging")
             assert proc.poll() is None, "main.py ended early"
             yield sim, config
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def test_stop_stops_every_battery_through_the_dashboard(

@@ -38,7 +38,7 @@ from shutdown_windows import (
     register_console_handler,
 )
 from simulator import Simulation, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, sim_config_data, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_EVENTS = [CTRL_C_EVENT, CTRL_BREAK_EVENT, CTRL_CLOSE_EVENT, CTRL_LOGOFF_EVENT, CTRL_SHUTDOWN_EVENT]
@@ -148,15 +148,9 @@ def test_sigbreak_where_it_exists_requests_the_stop(monkeypatch: pytest.MonkeyPa
 
 # ---------------------------------------------------------------------------- against the running program
 def write_config(path: Path, sim: Simulation, web_port: int) -> Path:
-    cfg = {
-        "energy_meter": {"type": "shelly"},
-        "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1, "max_failures_before_stop": 2},
-        "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
-        "control": {"poll_interval_seconds": 1, "soc_update_interval_seconds": 5},
-        "web": {"host": "127.0.0.1", "port": web_port},
-        "logging": {"level": "INFO", "file": str(path.parent / "logs" / "marstek.log")},
-    }
-    path.write_text(json.dumps(cfg), encoding="utf-8")
+    data = sim_config_data(sim, [1, 2], web={"port": web_port},
+                           logging={"level": "INFO", "file": str(path.parent / "logs" / "marstek.log")})
+    path.write_text(json.dumps(data), encoding="utf-8")
     return path
 
 
