@@ -17,7 +17,9 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -666,8 +668,18 @@ def _write_atomically(path: Path, text: str) -> None:
             tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
+        if sys.platform != "win32":  # Windows has ACLs (inherited from the folder), not mode bits
+            os.chmod(tmp_name, mode)
+        attempts = 5
+        for attempt in range(attempts):
+            try:
+                os.replace(tmp_name, path)
+                break
+            except PermissionError:
+                # Windows refuses while a virus scanner or indexer briefly holds the file open.
+                if sys.platform != "win32" or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

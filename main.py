@@ -66,19 +66,49 @@ def emergency_bus(cfg: Config) -> MarstekGateway:
 
 
 # ---------------------------------------------------------------------------- process
+class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler that keeps logging when the rollover rename is refused.
+
+    Windows cannot rename a file that another program holds open (a log viewer, ``Get-Content -Wait``):
+    the plain handler then loses every record and prints a traceback for each. This one notes the failure
+    in the file, keeps appending to it and tries again after ``retry_s``.
+    """
+
+    retry_s = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after_s = float("-inf")
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:
+        if time.monotonic() < self.retry_after_s:
+            return 0
+        return super().shouldRollover(record)
+
+    def doRollover(self) -> None:
+        try:
+            super().doRollover()
+        except OSError as exc:
+            self.retry_after_s = time.monotonic() + self.retry_s
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(f"Log rotation failed, continuing in this file (in use by another program?): {exc}\n")
+
+
 def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     root = logging.getLogger()
     root.setLevel(cfg.logging.level)
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    root.addHandler(console)
+    if sys.stderr is not None:  # None under pythonw.exe (the Windows autostart has no console)
+        console = logging.StreamHandler()
+        console.setFormatter(fmt)
+        root.addHandler(console)
     log_path = Path(cfg.logging.file)
     if not log_path.is_absolute():
         log_path = base_dir / log_path
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = SharedRotatingFileHandler(
             log_path, maxBytes=int(cfg.logging.max_file_size_mb * 1024 * 1024),
             backupCount=cfg.logging.backup_count, encoding="utf-8",
         )
@@ -182,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from shutdown_windows import install_shutdown_handlers
+
+    stopped = threading.Event()  # set when the batteries are stopped: the Windows handler waits for it
+    install_shutdown_handlers(request_stop, stopped.wait)
 
     from web_server import create_app
 
@@ -218,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             # Free its connection (a v3 device takes only one client) and stop them over a new one.
             loop.bus.close()
             emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
+        stopped.set()
         stop_web(server, web_thread)
         if sim:
             sim.stop()
