@@ -113,7 +113,7 @@ def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
             backupCount=cfg.logging.backup_count, encoding="utf-8",
         )
     except OSError as exc:
-        log.warning("Cannot write the log file %s (%s): logging to the console only", log_path, exc)
+        log.warning(i18n.Msg("log_file_unwritable", path=log_path, error=str(exc)))
     else:
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         commands.wakeup.set()  # the control loop waits on this event
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("Signal %s received: stopping", signal.Signals(signum).name)
+        log.info(i18n.Msg("signal_received", name=signal.Signals(signum).name))
         request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
@@ -239,10 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not stop.wait(0.5):
             if not control.is_alive():
-                log.error("Control thread ended unexpectedly: stopping")
+                log.error(i18n.Msg("control_thread_ended"))
                 request_stop()
             elif not web_thread.is_alive():
-                log.error("Web server thread ended unexpectedly: restarting it (the control keeps running)")
+                log.error(i18n.Msg("web_thread_ended"))
                 server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     finally:
         request_stop()

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from i18n import Msg
+
 log = logging.getLogger("marstek")
 
 # wincon.h
@@ -59,13 +61,13 @@ def handle_console_event(
     if name is None:
         return False
     try:
-        log.warning("Windows %s received: stopping the batteries", name)
+        log.warning(Msg("windows_event", event=name))
         request_stop()
         if not wait_until_stopped(budget_s):
-            log.error("Shutdown not finished within %.0f s of %s: Windows may end the program first", budget_s, name)
+            log.error(Msg("windows_shutdown_late", seconds=budget_s, event=name))
     except Exception:
         # Raising into ctypes would print a traceback and return FALSE: Windows would kill us at once.
-        log.exception("Handling %s failed", name)
+        log.exception(Msg("windows_event_failed", event=name))
     return True
 
 
@@ -82,8 +84,7 @@ def register_console_handler(handler: Callable[[int], bool]) -> bool:
     kernel32.SetConsoleCtrlHandler.argtypes = (handler_routine, wintypes.BOOL)
     kernel32.SetConsoleCtrlHandler.restype = wintypes.BOOL
     if not kernel32.SetConsoleCtrlHandler(callback, True):
-        log.warning("SetConsoleCtrlHandler failed (error %d): closing the window will not stop the batteries",
-                    ctypes.get_last_error())
+        log.warning(Msg("windows_handler_failed", error=ctypes.get_last_error()))
         return False
     _callbacks.append(callback)
     return True
@@ -105,7 +106,7 @@ def install_shutdown_handlers(
     if sigbreak is not None:
 
         def on_sigbreak(_signum: int, _frame: object) -> None:
-            log.info("Signal SIGBREAK received: stopping")
+            log.info(Msg("signal_received", name="SIGBREAK"))
             request_stop()
 
         signal.signal(sigbreak, on_sigbreak)

@@ -221,7 +221,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
         client = request.remote_addr or "unknown"
         if throttle.attempt(client, lambda: password_ok(candidate)):
             return True
-        log.warning("Failed login from %s; its next try is refused for %.0f s", client, throttle.blocked_s(client))
+        log.warning(i18n.Msg("failed_login", client=client, seconds=throttle.blocked_s(client)))
         return False
 
     def basic_auth_password() -> str | None:
