@@ -28,6 +28,7 @@ from config_loader import Config, ConfigError, default_config_path, load_config,
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter
 from ecotracker_client import EcoTrackerClient
+from modes import ModeFile
 from shelly_client import ShellyClient
 from status_store import CommandQueue, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
@@ -36,6 +37,7 @@ log = logging.getLogger("marstek")
 
 
 EMERGENCY_TIMEOUT_S = 1.0  # answer timeout of the watchdog's own connection
+MODE_FILE = Path("data") / "mode.json"  # the operating mode, beside the config file
 
 
 def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> GridMeter:
@@ -182,8 +184,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from web_server import create_app
 
-    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path)
-    app = create_app(store, commands, cfg.web)
+    # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
+    mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
+    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path,
+                       mode_file=mode_file)
+    app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:

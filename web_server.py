@@ -20,6 +20,7 @@ from flask import Flask, Response, abort, jsonify, redirect, render_template, re
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 
 import i18n
+import modes
 from status_store import CommandError, CommandQueue, StatusStore
 
 log = logging.getLogger(__name__)
@@ -87,8 +88,11 @@ def create_app(
     *,
     secret_key: str | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    max_charge_power_w: Callable[[], int] = lambda: 2500,
 ) -> Flask:
-    """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...)."""
+    """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
+
+    ``max_charge_power_w``: the batteries' total maximum power (the limit of ``POST /api/mode``)."""
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
         SECRET_KEY=secret_key or secrets.token_hex(32),
@@ -278,6 +282,22 @@ def create_app(
             battery_w=[s.battery_w for s in samples],
             soc_pct=[s.soc_pct for s in samples],
         )
+
+    @app.get("/api/mode")
+    def api_mode() -> Response:
+        return jsonify(dict(store.latest().operating_mode))
+
+    @app.post("/api/mode")
+    def api_set_mode() -> Response:
+        data = json_body({"mode": str, "power_w": int, "minutes": int}, required=("mode",))
+        # A browser always sends Origin on a POST (the guard refused any foreign one): the dashboard.
+        # evcc, Home Assistant's REST commands and scripts send none: "api".
+        source = "dashboard" if request.headers.get("Origin") else "api"
+        try:
+            request_ = modes.parse_request(data, max_charge_power_w())
+        except modes.ModeError as exc:
+            raise ApiError(str(exc)) from None
+        return jsonify(commands.submit("set_mode", timeout_s=10.0, request=request_, source=source))
 
     @app.post("/api/setup/enter")
     def setup_enter() -> Response:
