@@ -44,6 +44,10 @@ def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> Gri
     """The grid meter driver that ``energy_meter.type`` selects; it stamps readings on ``clock``."""
     if cfg.energy_meter_type == "ecotracker":
         return EcoTrackerClient.from_config(cfg.ecotracker, clock)
+    if cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
+        from mqtt_meter import MqttMeter
+
+        return MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
     return ShellyClient.from_config(cfg.shelly, clock)
 
 
@@ -125,6 +129,18 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     server.task_dispatcher.shutdown()
 
 
+def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: ControlLoop,
+               stop: threading.Event) -> threading.Thread | None:
+    """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
+    if cfg.mqtt is None:
+        return None
+    from mqtt_bridge import MqttBridge, gateway_of, start_bridge
+
+    bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
+                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version)
+    return start_bridge(bridge, stop)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Marstek PV-Akku Steuerung (Nulleinspeisung)")
     parser.add_argument("--config", type=Path, default=None, help="config file (default: config.json beside main.py)")
@@ -204,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg)),
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
+    mqtt_thread = start_mqtt(cfg, store, commands, loop, stop)
     try:
         while not stop.wait(0.5):
             if not control.is_alive():
@@ -221,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             loop.bus.close()
             emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
         stop_web(server, web_thread)
+        if mqtt_thread is not None:
+            mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends
         if sim:
             sim.stop()
     return 0
