@@ -136,7 +136,7 @@ def parse_request(data: Mapping[str, Any], max_power_w: int) -> ModeRequest:
     return ModeRequest(mode, power_w, minutes)
 
 
-def parse_payload(payload: bytes, max_power_w: int) -> ModeRequest:
+def parse_payload(payload: bytes | bytearray, max_power_w: int) -> ModeRequest:
     """An MQTT ``mode/set`` payload: a bare mode name or the JSON body of ``POST /api/mode``."""
     try:
         text = payload.decode("utf-8").strip()

@@ -30,7 +30,7 @@ class MqttMeterError(MeterError):
     """No grid power from the MQTT topic: none received yet, too old, or an unusable payload."""
 
 
-def power_from_payload(payload: bytes, power_path: str | None) -> float:
+def power_from_payload(payload: bytes | bytearray, power_path: str | None) -> float:
     """The grid power in a payload: a bare number (``power_path`` None) or a number at a dotted path."""
     try:
         text = payload.decode("utf-8").strip()
