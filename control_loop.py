@@ -129,6 +129,7 @@ class ControlLoop:
         self.mode_file = mode_file
         self.wall_clock = wall_clock
         self.mode = mode_file.load() if mode_file else ModeState()
+        store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:

@@ -532,6 +532,7 @@ MESSAGES_DE: dict[str, str] = {
     "mqtt_bad_payload": "MQTT {topic}: Nachricht ignoriert: {error}",
     "mqtt_command_failed": "MQTT {topic}: Befehl nicht ausgeführt: {error}",
     "mqtt_meter_no_value": "noch kein Messwert auf {topic} empfangen",
+    "mqtt_meter_no_broker": "keine Verbindung zum MQTT-Broker {broker} (Topic {topic})",
     "mqtt_meter_too_old": "letzter Messwert auf {topic} ist {age} s alt (erlaubt: {limit} s)",
     "mqtt_meter_bad_payload": "Nachricht auf {topic} unbrauchbar: {error}",
     # -- python main.py --check
@@ -655,6 +656,7 @@ MESSAGES_EN: dict[str, str] = {
     "mqtt_bad_payload": "MQTT {topic}: message ignored: {error}",
     "mqtt_command_failed": "MQTT {topic}: command not applied: {error}",
     "mqtt_meter_no_value": "no reading received on {topic} yet",
+    "mqtt_meter_no_broker": "not connected to the MQTT broker {broker} (topic {topic})",
     "mqtt_meter_too_old": "the last reading on {topic} is {age} s old (allowed: {limit} s)",
     "mqtt_meter_bad_payload": "message on {topic} unusable: {error}",
     # -- python main.py --check

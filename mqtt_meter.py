@@ -23,7 +23,7 @@ import paho.mqtt.client as paho
 from config_loader import MqttConfig, MqttMeterConfig
 from devices import GridReading, MeterError
 from i18n import Msg
-from mqtt_bridge import KEEPALIVE_S, make_client
+from mqtt_bridge import KEEPALIVE_S, broker_name, make_client
 
 
 class MqttMeterError(MeterError):
@@ -83,9 +83,11 @@ class MqttMeter:
         self._latest: GridReading | None = None
         self._bad = ""  # why the newest message was unusable
         self._arrived = threading.Event()
+        self._connected = threading.Event()
         self.client = client or make_client(broker, f"{broker.client_id}-meter")
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda *_args: self._connected.clear()
         self.client.connect_async(broker.host, broker.port, keepalive=KEEPALIVE_S)
         self.client.loop_start()
 
@@ -96,6 +98,7 @@ class MqttMeter:
     def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not reason.is_failure:
             client.subscribe(self.cfg.topic, qos=0)  # again after every reconnect
+            self._connected.set()
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         try:
@@ -127,6 +130,8 @@ class MqttMeter:
         with self._lock:
             latest, bad = self._latest, self._bad
         topic = self.cfg.topic
+        if not self._connected.is_set():
+            raise MqttMeterError(Msg("mqtt_meter_no_broker", topic=topic, broker=broker_name(self.broker)))
         if bad:
             raise MqttMeterError(Msg("mqtt_meter_bad_payload", topic=topic, error=bad))
         if latest is None:

@@ -379,3 +379,49 @@ def test_the_requests_of_the_evcc_recipe_switch_the_modes(tmp_path):
             rig.commands.wakeup.set()
             control.join(10)
             main.stop_web(server, web_thread)
+
+
+def test_main_keeps_the_mode_across_a_restart(tmp_path):
+    """main.py as a subprocess: a mode set over the API is there again after SIGTERM and a new start."""
+    import signal
+    import subprocess
+    import sys
+
+    import requests
+
+    from tests.helpers import free_port
+
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0)]) as sim:
+        port = free_port()
+        config_path = tmp_path / "config.json"
+        config_path.write_text(json.dumps({
+            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
+            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1], "timeout_seconds": 1},
+            "control": {"poll_interval_seconds": 1},
+            "web": {"host": "127.0.0.1", "port": port},
+            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
+        }), encoding="utf-8")
+
+        def mode() -> dict[str, Any] | None:
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/api/mode", timeout=1).json()
+            except requests.RequestException:
+                return None
+
+        answers = []
+        for _run in range(2):
+            proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
+                                    cwd=str(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_until(mode, 20, "main.py answers")
+                if not answers:
+                    answer = requests.post(f"http://127.0.0.1:{port}/api/mode", timeout=10,
+                                           json={"mode": "charge", "power_w": 700, "minutes": 90})
+                    assert answer.status_code == 200
+                answers.append(mode())
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=15) == 0
+        assert answers[0] == answers[1]
+        assert answers[1]["mode"] == "charge" and answers[1]["power_w"] == 700 and answers[1]["until"]
+        assert json.loads((tmp_path / "data" / "mode.json").read_text())["source"] == "api"

@@ -315,6 +315,15 @@ def test_mqtt_meter_never_turns_a_missing_or_old_value_into_0_w(broker):
         meter.close()
 
 
+def test_mqtt_meter_without_a_broker_says_so(tmp_path):
+    meter = MqttMeter(mqtt_cfg(free_port()), MqttMeterConfig("house/grid", None, timeout_seconds=0.2))
+    try:
+        with pytest.raises(MqttMeterError, match="not connected to the MQTT broker 127.0.0.1"):
+            meter.read()
+    finally:
+        meter.close()
+
+
 def _try_read(meter: MqttMeter) -> Any:
     try:
         return meter.read()
