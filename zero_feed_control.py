@@ -12,6 +12,10 @@ flowing into the grid, which are always applied at once.
 readings, fed back on its own last command, at most 750 W change per cycle) for comparison.
 
 Both hand out a ``Decision`` whose ``reason`` the log and the dashboard show.
+
+Both take the operating mode (``OperatingMode``) in each step as pure rules: ``hold`` never discharges
+(a running discharge is stopped in that step), ``charge`` charges at a fixed power without the meter
+until every battery is full and then holds, ``off`` stops every battery (``mode_override``).
 """
 
 from __future__ import annotations

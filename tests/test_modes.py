@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import main
 from config_loader import Config, load_config
@@ -96,6 +98,25 @@ def test_off_stops_every_battery_whatever_the_grid(law):
         d = ctrl.step(1.0, grid_w, [bat(1, power=500.0)], mode=OFF)
         assert d.setpoints_w == {1: 0} and d.status is Status.MODE_OFF
     assert ctrl.step(2.0, 800.0, [bat(1)], mode=AUTO).setpoints_w[1] > 0  # auto resumes
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    law=st.sampled_from([FastController, SeedController]),
+    steps=st.lists(st.tuples(st.one_of(st.none(), st.floats(-4000, 4000)), st.floats(5, 99),
+                             st.sampled_from([AUTO, HOLD, HOLD, CHARGE, OFF])), min_size=1, max_size=40),
+)
+def test_no_mode_but_auto_ever_discharges_and_off_always_stops(law, steps):
+    """Whatever the grid and the SoC do: hold and charge never discharge, off always stops everything."""
+    ctrl = law(P)
+    power = {1: 0.0, 2: 0.0}
+    for t, (grid_w, soc, mode) in enumerate(steps):
+        d = ctrl.step(float(t), grid_w, [bat(1, soc, power[1]), bat(2, 100 - soc, power[2])], mode=mode)
+        if mode is not AUTO:
+            assert all(w <= 0 for w in d.setpoints_w.values()), (mode, d)
+        if mode is OFF:
+            assert all(w == 0 for w in d.setpoints_w.values())
+        power = {i: float(d.setpoints_w.get(i, 0)) for i in power}
 
 
 # ---------------------------------------------------------------------------- validation and the file
