@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import os
 import shutil
 import signal
@@ -272,8 +273,9 @@ def test_state_flows_within_2_s_of_a_grid_change_and_at_least_every_5_s(broker):
         assert all(b - a <= 5.5 for a, b in itertools.pairwise(stamps))
 
 
-def test_a_broker_with_a_password(tmp_path):
+def test_a_broker_with_a_password(tmp_path, caplog):
     broker = Broker(tmp_path / "secured", users={"marstek": "s3cret!"}).start()
+    caplog.set_level(logging.DEBUG)
     try:
         store = StatusStore()
         store.publish(snapshot(10.0))
@@ -281,6 +283,11 @@ def test_a_broker_with_a_password(tmp_path):
                 running_bridge(mqtt_cfg(broker.port, username="marstek", password="s3cret!"), store):
             wait_until(lambda: listener.on("marstek/state"), 10, "state through the password-protected broker")
         assert "s3cret!" not in repr(mqtt_cfg(broker.port, username="marstek", password="s3cret!"))
+        assert "MQTT connected to 127.0.0.1" in caplog.text and "s3cret!" not in caplog.text
+        # A wrong password: the bridge says so (without the password) and keeps trying.
+        with running_bridge(mqtt_cfg(broker.port, username="marstek", password="wrong-pw"), store):
+            wait_until(lambda: "MQTT: cannot connect" in caplog.text, 10, "the refused login is logged")
+        assert "wrong-pw" not in caplog.text
     finally:
         broker.stop()
 
