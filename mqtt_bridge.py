@@ -180,6 +180,11 @@ class MqttBridge:
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
         if message.topic != self.command_topic:
             return
+        if message.retain:
+            # A retained command would be applied again after every reconnect, overriding a newer choice
+            # from the dashboard or an expiry; the mode is kept across restarts by the program itself.
+            log.warning("%s", Msg("mqtt_retained_ignored", topic=message.topic))
+            return
         try:
             request = modes.parse_payload(message.payload, self.max_charge_power_w())
         except modes.ModeError as exc:
