@@ -154,7 +154,7 @@ class MarstekGateway:
         if wait_s > 0:
             self._sleep(wait_s)
 
-    def _frame(self, unit_id: int, what: str, call: Callable[[], object]) -> object:
+    def _frame(self, unit_id: int, what: str, call: Callable[[], Any]) -> Any:
         """Run one request with pacing; turn every failure into BatteryError."""
         state = self._unit(unit_id)
         now = self._clock()

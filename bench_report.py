@@ -202,7 +202,7 @@ LABELS = {"none": "no battery", "floor": "targets alone", "naive": "naive (seed)
           "project": "this project"}
 
 
-def markdown(scenarios: Sequence[Scenario], results: Sequence[RunResult], quick: bool, elapsed_s: float,
+def markdown(scenarios: Sequence[Scenario], results: Sequence[RunResult], quick: bool, elapsed_s: float,  # noqa: C901 (one linear report, section after section)
              plot_name: str | None) -> str:
     agg = aggregate(results)
     order = list(dict.fromkeys(sc.name for sc in scenarios))
@@ -267,11 +267,12 @@ def markdown(scenarios: Sequence[Scenario], results: Sequence[RunResult], quick:
     for name in order:
         if name.startswith("sweep-") or (name, "naive") not in agg:
             continue
-        a = {c: _get(agg, name, c) for c in CONTROLLERS}
-        p, i, n = a["project"], a["ideal"], a["naive"]
+        by_ctrl = {c: _get(agg, name, c) for c in CONTROLLERS}
+        p, i, n = by_ctrl["project"], by_ctrl["ideal"], by_ctrl["naive"]
         r_i = _f(p.mean["avoidable_wh"] / i.mean["avoidable_wh"], 2) if p and i else "–"
         r_n = _f(p.mean["avoidable_wh"] / n.mean["avoidable_wh"], 2) if p and n else "–"
-        w(f"| {name} | {len(seeds[name])} | {_pm(a['none'], 'avoidable_wh')} | {_pm(a['floor'], 'avoidable_wh')} | "
+        w(f"| {name} | {len(seeds[name])} | {_pm(by_ctrl['none'], 'avoidable_wh')} | "
+          f"{_pm(by_ctrl['floor'], 'avoidable_wh')} | "
           f"{_pm(n, 'avoidable_wh')} | "
           f"{_pm(i, 'avoidable_wh')} | **{_pm(p, 'avoidable_wh')}** | {r_i} | {r_n} | {_pm(n, 'battery_export_wh')} | "
           f"{_pm(i, 'battery_export_wh')} | **{_pm(p, 'battery_export_wh')}** | {flows(n)} | {flows(i)} | "
@@ -364,11 +365,12 @@ def markdown(scenarios: Sequence[Scenario], results: Sequence[RunResult], quick:
             no = {c: _get(agg, f"sweep-noisy-{tag}", c) for c in ("ideal", "naive", "project")}
             s = stab[lat, cad]
 
-            def settle(a: Aggregate | None) -> str:
+            def settle_text(a: Aggregate | None) -> str:
                 return "–" if a is None else ("> 600" if a.mean["settle_mean_s"] >= UNSETTLED_S
                                               else _f(a.mean["settle_mean_s"]))
 
-            w(f"| {lat:g} | {cad:g} | {settle(st['ideal'])} | {settle(st['naive'])} | {settle(st['project'])} | "
+            w(f"| {lat:g} | {cad:g} | {settle_text(st['ideal'])} | {settle_text(st['naive'])} | "
+              f"{settle_text(st['project'])} | "
               f"{_f(st['project'].worst['overshoot_w'], 0) if st['project'] else '–'} | "
               f"{_pm(no['ideal'], 'crossings_per_h', 0)} | {_pm(no['naive'], 'crossings_per_h', 0)} | "
               f"{_pm(no['project'], 'crossings_per_h', 0)} | {_f(s['quiet_p95_p5_w'], 0)} | "

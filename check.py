@@ -1,4 +1,7 @@
-"""``python main.py --check``: contact the meter and every battery once and print a diagnosis with likely fixes."""
+"""``python main.py --check``: contact the meter and every battery once and print a diagnosis with likely fixes.
+
+Every line is a backend message (``i18n.Msg``) in the configured language (``web.language``).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 
 from config_loader import Config
 from devices import BatteryBus, BatteryError, GridMeter, MeterError
+from i18n import Msg
 
 CHECK_TIMEOUT_S = 2.0  # longest answer wait per battery request during the check
 
@@ -13,59 +17,58 @@ CHECK_TIMEOUT_S = 2.0  # longest answer wait per battery request during the chec
 def run_check(cfg: Config, config_path: Path, meter: GridMeter, bus: BatteryBus) -> int:
     """Print one line per device and a fix for each problem; 0 when everything answered, else 1."""
     problems = 0
-    print(f"Konfiguration {config_path}: OK")
+    print(Msg("check_config_ok", path=config_path))
     meter_cfg = cfg.meter
+    what = Msg("check_meter", type=cfg.energy_meter_type, ip=meter_cfg.ip)
     try:
         reading = meter.read()
-        sign = "Bezug" if reading.grid_power_w >= 0 else "Einspeisung"
-        print(f"Zähler {cfg.energy_meter_type} {meter_cfg.ip}: OK, {reading.grid_power_w:.0f} W ({sign})")
+        direction = Msg("check_import" if reading.grid_power_w >= 0 else "check_export")
+        print(Msg("check_meter_ok", type=cfg.energy_meter_type, ip=meter_cfg.ip, power=reading.grid_power_w,
+                  direction=direction))
     except MeterError as exc:
         problems += 1
-        print(f"Zähler {cfg.energy_meter_type} {meter_cfg.ip}: FEHLER: {exc}")
+        print(Msg("check_failed", what=what, error=str(exc)))
         print(f"  -> {meter_hint(str(exc), cfg.energy_meter_type)}")
     finally:
         meter.close()
     try:
         with bus.answer_timeout(min(CHECK_TIMEOUT_S, cfg.battery.timeout_seconds)):
             for battery_id in cfg.battery.akku_ids:
-                where = f"Akku ID {battery_id} ({cfg.battery.ip}:{cfg.battery.port})"
+                what = Msg("check_battery", id=battery_id, gateway=f"{cfg.battery.ip}:{cfg.battery.port}")
                 try:
                     model, soc = bus.probe(battery_id)
-                    reading = bus.read(battery_id)
+                    battery = bus.read(battery_id)
                 except BatteryError as exc:
                     problems += 1
-                    print(f"{where}: FEHLER: {exc}")
+                    print(Msg("check_failed", what=what, error=str(exc)))
                     print(f"  -> {battery_hint(str(exc), cfg)}")
                     continue
-                control = "an" if reading.rs485_control else "aus (wird beim Start eingeschaltet)"
-                print(f"{where}: OK, {model or '?'}, SoC {soc:.0f} %, {reading.ac_power_w:+.0f} W, "
-                      f"RS485-Steuerung {control}")
+                control = Msg("check_rs485_on" if battery.rs485_control else "check_rs485_off")
+                print(Msg("check_battery_ok", what=what, model=model or "?", soc=soc,
+                          power=f"{battery.ac_power_w:+.0f}", control=control))
     finally:
         bus.close()
-    print("Alles erreichbar." if problems == 0 else f"{problems} Problem(e) gefunden.")
+    print(Msg("check_all_ok") if problems == 0 else Msg("check_problems", count=problems))
     return 0 if problems == 0 else 1
 
 
-def meter_hint(message: str, meter_type: str) -> str:
+def meter_hint(message: str, meter_type: str) -> Msg:
+    """The likely fix for a meter error message."""
     text = message.lower()
     if "401" in text or "password" in text or "passwort" in text:
-        return "Passwort des Shelly in shelly.password eintragen (Benutzer ist immer 'admin')."
+        return Msg("hint_meter_password")
     if "refused" in text or "timed out" in text or "timeout" in text or "unreachable" in text:
-        return (f"IP-Adresse in {meter_type}.ip prüfen, 'ping <ip>' versuchen, Gerät eingeschaltet und im selben "
-                "Netz? Richtiger Typ in energy_meter.type?")
+        return Msg("hint_meter_unreachable", type=meter_type)
     if "field" in text or "json" in text or "404" in text:
-        return ("Antwort passt nicht zum Zählertyp: energy_meter.type prüfen (shelly/ecotracker) und im Browser "
-                "http://<ip>/rpc/EM.GetStatus?id=0 bzw. http://<ip>/v1/json öffnen.")
-    return "Zähler neu starten und erneut prüfen; Einzelheiten oben."
+        return Msg("hint_meter_wrong_type")
+    return Msg("hint_meter_other")
 
 
-def battery_hint(message: str, cfg: Config) -> str:
+def battery_hint(message: str, cfg: Config) -> Msg:
+    """The likely fix for a battery error message."""
     text = message.lower()
     if "unreachable" in text or "refused" in text:
-        return (f"Gateway {cfg.battery.ip}:{cfg.battery.port} nicht erreichbar: IP/Port prüfen, Gateway "
-                "eingeschaltet, Modus 'Modbus TCP' (nicht transparent)?")
+        return Msg("hint_gateway_unreachable", gateway=f"{cfg.battery.ip}:{cfg.battery.port}")
     if "exception" in text:
-        other = "v3" if cfg.battery.register_set == "v2" else "v2"
-        return f"Akku antwortet, kennt aber die Register nicht: battery.register_set auf '{other}' stellen?"
-    return ("Keine Antwort unter dieser ID: ID in battery.akku_ids prüfen (Setup-Seite -> Geräte scannen), "
-            "RS485-Verkabelung A/B, Gateway 115200 8N1.")
+        return Msg("hint_wrong_register_set", other="v3" if cfg.battery.register_set == "v2" else "v2")
+    return Msg("hint_no_answer")

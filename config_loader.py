@@ -17,7 +17,9 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -719,7 +721,10 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_pairs_hook)
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        raise ConfigError(
+            f"{path}: keine gültige JSON-Datei (Zeile {exc.lineno}, Spalte {exc.colno}) / "
+            f"not a valid JSON file (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
 
@@ -767,8 +772,18 @@ def _write_atomically(path: Path, text: str) -> None:
             tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
+        if sys.platform != "win32":  # Windows has ACLs (inherited from the folder), not mode bits
+            os.chmod(tmp_name, mode)
+        attempts = 5
+        for attempt in range(attempts):
+            try:
+                os.replace(tmp_name, path)
+                break
+            except PermissionError:
+                # Windows refuses while a virus scanner or indexer briefly holds the file open.
+                if sys.platform != "win32" or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -113,13 +113,13 @@ class ControlLoop:
         self.last_decision: Decision | None = None
         self.grid_power_w: float | None = None
         self.meter_ok = False
-        self.meter_error = ""
+        self.meter_error: Msg | str = ""
         self.meter_error_since: str | None = None
         self._last_value: float | None = None
         self._last_change_s = clock()
         self._last_reason = ""
         self._last_status = ""
-        self.internal_error = ""
+        self.internal_error: Msg | str = ""
         self.quality = QualityTracker()
         self.heartbeat_s = clock()
         self._crashes = 0
@@ -134,8 +134,8 @@ class ControlLoop:
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
         """Cycle until ``stop`` is set; always leaves the batteries stopped."""
-        log.info("Control started: %s meter, batteries %s, %s", self.meter.name,
-                 list(self.batteries), self.cfg.control.algorithm)
+        log.info(Msg("control_started", meter=self.meter.name, ids=", ".join(map(str, self.batteries)),
+                     algorithm=self.cfg.control.algorithm))
         try:
             while not stop.is_set():
                 self.run_once()
@@ -146,7 +146,7 @@ class ControlLoop:
             self.publish("stopped")
             self.meter.close()
             self.bus.close()
-            log.info("Control stopped, batteries stopped")
+            log.info(Msg("control_stopped"))
 
     def run_once(self) -> None:
         """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
@@ -156,8 +156,8 @@ class ControlLoop:
         except Exception as exc:
             # A bug must not leave a battery running on a stale setpoint, nor end the program:
             # stop everything, say so, and try again later.
-            log.exception("Control cycle failed: batteries stopped, retrying")
-            self.internal_error = f"Interner Fehler / internal error: {type(exc).__name__}: {exc}"
+            log.exception(Msg("control_cycle_failed"))
+            self.internal_error = Msg("internal_error", error=f"{type(exc).__name__}: {exc}")
             self.stop_all("control error")
             self.publish("error")
             self._next_cycle_s = self.clock() + CRASH_BACKOFF_S[min(self._crashes, len(CRASH_BACKOFF_S) - 1)]
@@ -212,7 +212,7 @@ class ControlLoop:
             decision.reason != self._last_reason and decision.status not in _QUIET)
         if changed and decision.status not in (Status.WAITING_FOR_SAMPLE, Status.DEADBAND):
             level = logging.WARNING if decision.status in STOPPING | {Status.METER_RETRY} else logging.INFO
-            log.log(level, "%s", decision.reason)
+            log.log(level, decision.reason)
         self._last_reason, self._last_status = decision.reason, decision.status.value
 
     def track_quality(self, now_s: float, grid_w: float | None, decision: Decision) -> None:
@@ -233,19 +233,17 @@ class ControlLoop:
         if reading.grid_power_w != self._last_value:
             self._last_value, self._last_change_s = reading.grid_power_w, now_s
         elif now_s - self._last_change_s > meter_cfg.max_frozen_seconds:
-            self._meter_failed(
-                f"meter value frozen at {reading.grid_power_w:.0f} W for {now_s - self._last_change_s:.0f} s"
-            )
+            self._meter_failed(Msg("meter_frozen", value=reading.grid_power_w, seconds=now_s - self._last_change_s))
             return None, None
         if not self.meter_ok and self.meter_error:
-            log.info("Meter OK again (%.0f W)", reading.grid_power_w)
+            log.info(Msg("meter_ok_again", value=reading.grid_power_w))
         self.meter_ok, self.meter_error, self.meter_error_since = True, "", None
         self.grid_power_w = reading.grid_power_w
         return reading.grid_power_w, reading.received_at_s
 
-    def _meter_failed(self, message: str) -> None:
+    def _meter_failed(self, message: Msg | str) -> None:
         if self.meter_ok or not self.meter_error:
-            log.warning("Meter read failed: %s", message)
+            log.warning(Msg("meter_read_failed", error=message))
             self.meter_error_since = now_iso()
         self.meter_ok, self.meter_error = False, message
         self.grid_power_w = None
@@ -257,11 +255,11 @@ class ControlLoop:
                 b.read_s = self.clock()  # the law matches battery power to the meter's sample instant
             except BatteryError as exc:
                 if b.online or not b.error:
-                    log.warning("Battery %d offline: %s", b.battery_id, exc)
+                    log.warning(Msg("battery_offline", id=b.battery_id, error=str(exc)))
                 b.online, b.error = False, str(exc)
                 continue
             if not b.online:
-                log.info("Battery %d online (SoC %.0f %%)", b.battery_id, b.reading.soc_pct)
+                log.info(Msg("battery_online", id=b.battery_id, soc=b.reading.soc_pct))
             b.online, b.error = True, ""
 
     def apply(self, decision: Decision) -> None:
@@ -276,34 +274,37 @@ class ControlLoop:
                 self.bus.write_setpoint(b.battery_id, setpoint_w, b.reading)
                 b.setpoint_w = setpoint_w
             except BatteryError as exc:
-                log.warning("Battery %d: write failed: %s", b.battery_id, exc)
+                log.warning(Msg("battery_write_failed", id=b.battery_id, error=str(exc)))
                 b.online, b.error = False, str(exc)
 
-    def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S) -> list[str]:
+    def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S) -> list[Msg]:
         """Force mode stop and both setpoints 0 on every battery; returns the failures."""
         deadline_s = self.clock() + budget_s
         failures = []
         for b in self.batteries.values():
+            error: Msg | str
             if self.clock() > deadline_s:
-                failures.append(f"battery {b.battery_id}: no time left to stop it")
-                continue
-            try:
-                self.bus.stop(b.battery_id)
-                b.setpoint_w = 0
-            except BatteryError as exc:
-                failures.append(f"battery {b.battery_id}: {exc}")
+                error = Msg("battery_no_time_to_stop")
+            else:
+                try:
+                    self.bus.stop(b.battery_id)
+                    b.setpoint_w = 0
+                    continue
+                except BatteryError as exc:
+                    error = str(exc)
+            failure = Msg("battery_stop_failed", id=b.battery_id, why=why, error=error)
+            log.error(failure)
+            failures.append(failure)
         self.controller.reset()
-        for failure in failures:
-            log.error("Could not stop %s (%s)", failure, why)
         return failures
 
     # ------------------------------------------------------------------ status
     def publish(self, state: str) -> None:
         decision = self.last_decision
-        errors = [self.internal_error] if self.internal_error else []
+        errors: list[Msg | str] = [self.internal_error] if self.internal_error else []
         if not self.meter_ok and self.meter_error:
-            errors.append(f"Messgerät / meter: {self.meter_error}")
-        errors += [f"Akku / battery {b.battery_id}: {b.error}" for b in self.batteries.values() if b.error]
+            errors.append(Msg("meter_error", error=self.meter_error))
+        errors += [Msg("battery_error", id=b.battery_id, error=b.error) for b in self.batteries.values() if b.error]
         batteries = tuple(self._battery_status(b, state) for b in self.batteries.values())
         snapshot = StatusSnapshot(
             grid_power_w=self.grid_power_w,
@@ -363,10 +364,9 @@ class ControlLoop:
                 self.batteries.setdefault(battery_id, _Battery(battery_id))
             return result
         if name not in ("scan", "set_id"):
-            raise CommandError(f"unknown command {name}", 400)
+            raise CommandError(Msg("unknown_command", name=name), 400)
         if not self.setup_mode:
-            raise CommandError("Nicht im Setup-Modus – zuerst den Setup-Modus starten / "
-                               "not in setup mode: POST /api/setup/enter first", 409)
+            raise CommandError(Msg("not_in_setup"), 409)
         command = setup_commands.scan if name == "scan" else setup_commands.set_id
         return command(self.bus, set(self.batteries), self._still_alive, **args)
 
@@ -380,7 +380,7 @@ class ControlLoop:
             return {"setup_mode": True, "stop_failures": []}
         self.setup_mode = True
         failures = self.stop_all("setup mode")
-        log.warning("Setup mode: control stopped, all batteries stopped")
+        log.warning(Msg("setup_entered"))
         self.publish("setup")
         return {"setup_mode": True, "stop_failures": failures}
 
@@ -391,7 +391,7 @@ class ControlLoop:
             self.controller.reset()
             for b in self.batteries.values():
                 self.bus.forget(b.battery_id)
-            log.info("Setup mode left: control resumes")
+            log.info(Msg("setup_left"))
             self.publish("active")
         return {"setup_mode": False}
 

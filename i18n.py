@@ -227,6 +227,7 @@ DE: dict[str, str] = {
     "login_password": "Passwort",
     "login_button": "Anmelden",
     "login_wrong_password": "Das Passwort ist falsch.",
+    "login_too_many_attempts": "Zu viele falsche Passwörter. Bitte kurz warten und dann erneut versuchen.",
 }
 
 EN: dict[str, str] = {
@@ -436,6 +437,7 @@ EN: dict[str, str] = {
     "login_password": "Password",
     "login_button": "Log in",
     "login_wrong_password": "Wrong password.",
+    "login_too_many_attempts": "Too many wrong passwords. Please wait a moment and try again.",
 }
 
 STRINGS: Mapping[str, Mapping[str, str]] = {"de": DE, "en": EN}
@@ -482,7 +484,23 @@ MESSAGES_DE: dict[str, str] = {
     "control_stalled": "Regelung hängt seit {seconds} s: Akkus gestoppt",
     "control_running_again": "Regelung läuft wieder",
     "watchdog_stop_failed": "Wächter konnte Akku {id} nicht stoppen: {error}",
+    # -- process
+    "signal_received": "Signal {name} empfangen: Programm wird beendet",
+    "control_thread_ended": "Regel-Thread unerwartet beendet: Programm wird beendet",
+    "web_thread_ended": "Webserver-Thread unerwartet beendet: wird neu gestartet (die Regelung läuft weiter)",
+    "log_file_unwritable": "Logdatei {path} nicht schreibbar ({error}): Log nur auf der Konsole",
+    "failed_login": "Fehlgeschlagene Anmeldung von {client}; nächster Versuch erst in {seconds} s",
+    "windows_event": "Windows-Ereignis {event}: die Akkus werden gestoppt",
+    "windows_shutdown_late": (
+        "Beenden nicht innerhalb von {seconds} s nach {event} fertig: Windows beendet das Programm womöglich vorher"
+    ),
+    "windows_event_failed": "Behandlung von {event} fehlgeschlagen",
+    "windows_handler_failed": (
+        "SetConsoleCtrlHandler fehlgeschlagen (Fehler {error}): Schließen des Fensters stoppt die Akkus nicht"
+    ),
     # -- web
+    "web_cannot_listen": "Webserver: kann nicht auf {host}:{port} lauschen: {error}",
+    "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "Web-Oberfläche ohne Passwort auf {host} erreichbar: jeder im Netz kann den Setup-Modus starten. "
         "Bitte web.password setzen."
@@ -607,7 +625,21 @@ MESSAGES_EN: dict[str, str] = {
     "control_stalled": "Control loop stalled for {seconds} s: batteries stopped",
     "control_running_again": "Control loop running again",
     "watchdog_stop_failed": "Watchdog could not stop battery {id}: {error}",
+    # -- process
+    "signal_received": "Signal {name} received: stopping",
+    "control_thread_ended": "Control thread ended unexpectedly: stopping",
+    "web_thread_ended": "Web server thread ended unexpectedly: restarting it (the control keeps running)",
+    "log_file_unwritable": "Cannot write the log file {path} ({error}): logging to the console only",
+    "failed_login": "Failed login from {client}; its next try is refused for {seconds} s",
+    "windows_event": "Windows {event} received: stopping the batteries",
+    "windows_shutdown_late": "Shutdown not finished within {seconds} s of {event}: Windows may end the program first",
+    "windows_event_failed": "Handling {event} failed",
+    "windows_handler_failed": (
+        "SetConsoleCtrlHandler failed (error {error}): closing the window will not stop the batteries"
+    ),
     # -- web
+    "web_cannot_listen": "Web server: cannot listen on {host}:{port}: {error}",
+    "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "Web UI reachable without a password on {host}: anyone on the network can start setup mode. "
         "Please set web.password."

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import i18n
 from battery_client import MarstekGateway
 from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
@@ -71,24 +72,54 @@ def emergency_bus(cfg: Config) -> MarstekGateway:
 
 
 # ---------------------------------------------------------------------------- process
+class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler that keeps logging when the rollover rename is refused.
+
+    Windows cannot rename a file that another program holds open (a log viewer, ``Get-Content -Wait``):
+    the plain handler then loses every record and prints a traceback for each. This one notes the failure
+    in the file, keeps appending to it and tries again after ``retry_s``.
+    """
+
+    retry_s = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after_s = float("-inf")
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:
+        if time.monotonic() < self.retry_after_s:
+            return 0
+        return super().shouldRollover(record)
+
+    def doRollover(self) -> None:
+        try:
+            super().doRollover()
+        except OSError as exc:
+            self.retry_after_s = time.monotonic() + self.retry_s
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(f"Log rotation failed, continuing in this file (in use by another program?): {exc}\n")
+
+
 def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     root = logging.getLogger()
     root.setLevel(cfg.logging.level)
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    root.addHandler(console)
+    if sys.stderr is not None:  # None under pythonw.exe (the Windows autostart has no console)
+        console = logging.StreamHandler()
+        console.setFormatter(fmt)
+        root.addHandler(console)
     log_path = Path(cfg.logging.file)
     if not log_path.is_absolute():
         log_path = base_dir / log_path
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = SharedRotatingFileHandler(
             log_path, maxBytes=int(cfg.logging.max_file_size_mb * 1024 * 1024),
             backupCount=cfg.logging.backup_count, encoding="utf-8",
         )
     except OSError as exc:
-        log.warning("Cannot write the log file %s (%s): logging to the console only", log_path, exc)
+        log.warning(i18n.Msg("log_file_unwritable", path=log_path, error=str(exc)))
     else:
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
@@ -124,7 +155,8 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     """Close waitress from its own loop thread (closing its sockets from outside races select)."""
     from waitress import wasyncore
 
-    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+    # waitress has no public way to close its sockets from its own loop thread.
+    server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # noqa: SLF001
     thread.join(timeout=3.0)
     server.task_dispatcher.shutdown()
 
@@ -174,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
         return 2
+    i18n.set_language(cfg.web.language)
     if args.check and config_path is not None:
         logging.basicConfig(level=logging.CRITICAL)
         return run_check(cfg, config_path, build_meter(cfg), build_bus(cfg))
@@ -192,11 +225,15 @@ def main(argv: list[str] | None = None) -> int:
         commands.wakeup.set()  # the control loop waits on this event
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("Signal %s received: stopping", signal.Signals(signum).name)
+        log.info(i18n.Msg("signal_received", name=signal.Signals(signum).name))
         request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from shutdown_windows import install_shutdown_handlers
+
+    stopped = threading.Event()  # set when the batteries are stopped: the Windows handler waits for it
+    install_shutdown_handlers(request_stop, stopped.wait)
 
     from web_server import create_app
 
@@ -208,12 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
-        print(f"Web server: cannot listen on {cfg.web.host}:{cfg.web.port}: {exc}", file=sys.stderr)
+        print(i18n.Msg("web_cannot_listen", host=cfg.web.host, port=cfg.web.port, error=str(exc)), file=sys.stderr)
         if sim:
             sim.stop()
         return 1
     host = "localhost" if cfg.web.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.web.host
-    log.info("Dashboard: http://%s:%d", host, cfg.web.port)
+    log.info(i18n.Msg("dashboard_at", url=f"http://{host}:{cfg.web.port}"))
     control = threading.Thread(target=loop.run, args=(stop,), name="control", daemon=True)
     control.start()
     watchdog = Watchdog(lambda: loop.heartbeat_s, watchdog_limit_s(cfg),
@@ -224,10 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not stop.wait(0.5):
             if not control.is_alive():
-                log.error("Control thread ended unexpectedly: stopping")
+                log.error(i18n.Msg("control_thread_ended"))
                 request_stop()
             elif not web_thread.is_alive():
-                log.error("Web server thread ended unexpectedly: restarting it (the control keeps running)")
+                log.error(i18n.Msg("web_thread_ended"))
                 server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     finally:
         request_stop()
@@ -237,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             # Free its connection (a v3 device takes only one client) and stop them over a new one.
             loop.bus.close()
             emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
+        stopped.set()
         stop_web(server, web_thread)
         if mqtt_thread is not None:
             mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends

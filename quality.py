@@ -123,6 +123,11 @@ class QualityTracker:
             if abs(e) <= IN_BAND_W:
                 b[3] += dt
 
+    @property
+    def bins_kept(self) -> int:
+        """How many time bins the sliding windows hold (bounded whatever the run time)."""
+        return len(self._bins)
+
     def figures(self) -> dict[str, float | None]:
         """The dashboard's figures; None where there is no data yet."""
         now = self._last[0] if self._last else 0.0

@@ -15,6 +15,7 @@ from typing import Any
 
 from config_loader import Config, ConfigError, update_akku_ids
 from devices import BatteryBus, BatteryError
+from i18n import Msg
 from status_store import CommandError
 
 log = logging.getLogger("marstek")
@@ -40,7 +41,7 @@ def scan(bus: BatteryBus, configured: Collection[int], alive: Callable[[], None]
         found = [hit for i in range(first_id, last_id + 1) if (hit := _probe(bus, i, alive))]
     taken = {f["id"] for f in found} | set(configured)
     next_free = next((i for i in range(FIRST_NEW_ID, MAX_UNIT_ID + 1) if i not in taken), None)
-    log.info("Scan %d..%d: found %s", first_id, last_id, [f["id"] for f in found] or "nothing")
+    log.info(Msg("scan_result", first=first_id, last=last_id, found=[f["id"] for f in found] or Msg("scan_nothing")))
     return {"found": found, "next_free_id": next_free}
 
 
@@ -49,20 +50,17 @@ def set_id(bus: BatteryBus, configured: Collection[int], alive: Callable[[], Non
     """Re-address the single unit on ID 1 to ``new_id`` and check that it answers there."""
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
         if _probe(bus, new_id, alive) is not None:
-            raise CommandError(f"ID {new_id} ist schon belegt / ID {new_id} is already in use by another battery",
-                               409)
+            raise CommandError(Msg("id_in_use", id=new_id), 409)
         if _probe(bus, 1, alive) is None:
-            raise CommandError("Kein Akku antwortet auf ID 1 / no battery answers on ID 1", 409)
+            raise CommandError(Msg("no_battery_on_id1"), 409)
         try:
             bus.set_unit_id(new_id, current_id=1)
         except BatteryError as exc:
-            raise CommandError(f"Schreiben der neuen ID fehlgeschlagen / writing the new ID failed: {exc}",
-                               502) from exc
+            raise CommandError(Msg("set_id_write_failed", error=str(exc)), 502) from exc
         hit = _probe(bus, new_id, alive)
     if hit is None:
-        raise CommandError(f"Der Akku antwortet nach der Änderung nicht auf ID {new_id} / "
-                           f"no answer on ID {new_id} after the change", 502)
-    log.warning("Battery re-addressed: ID 1 -> %d (%s)", new_id, hit["model"])
+        raise CommandError(Msg("set_id_not_verified", id=new_id), 502)
+    log.warning(Msg("readdressed", id=new_id, model=hit["model"]))
     return {"ok": True, "new_id": new_id, "verified": True, "model": hit["model"], "soc_pct": hit["soc_pct"],
             "in_config": new_id in configured}
 
@@ -71,7 +69,7 @@ def add_to_config(cfg: Config, config_path: Path | None, *, battery_id: int) -> 
     """``battery.akku_ids`` with ``battery_id`` added, saved atomically with a backup (not in the demo)."""
     ids = list(cfg.battery.akku_ids)
     if battery_id in ids:
-        return cfg, {"akku_ids": ids, "saved": False, "message": f"ID {battery_id} is already configured"}
+        return cfg, {"akku_ids": ids, "saved": False, "message": Msg("already_configured", id=battery_id)}
     ids.append(battery_id)
     if config_path is None:
         new_cfg = replace(cfg, battery=replace(cfg.battery, akku_ids=tuple(ids)))
@@ -79,6 +77,6 @@ def add_to_config(cfg: Config, config_path: Path | None, *, battery_id: int) -> 
         try:
             new_cfg = update_akku_ids(config_path, ids)
         except ConfigError as exc:
-            raise CommandError(f"config.json nicht geändert / config not changed: {exc}", 409) from exc
-    log.info("Battery %d added to battery.akku_ids%s", battery_id, "" if config_path else " (demo: not saved)")
+            raise CommandError(Msg("config_not_changed", error=str(exc)), 409) from exc
+    log.info(Msg("added_to_config" if config_path else "added_to_config_demo", id=battery_id))
     return new_cfg, {"akku_ids": ids, "saved": config_path is not None}

@@ -200,7 +200,7 @@ def run_soak(hours: float = 24.0, seed: int = 1, track_memory: bool = False) -> 
     result.buffer_sizes = {
         "events": len(store.events()),
         "chart_history": len(store.history()),
-        "quality_bins": len(loop.quality._bins),
+        "quality_bins": loop.quality.bins_kept,
         # Every queue the control law keeps (its measured-power history and filters).
         "controller_queues": max((len(v) for v in vars(loop.controller).values() if isinstance(v, deque)), default=0),
     }

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+import i18n
+
 EVENTS_KEPT = 200
 HISTORY_KEPT = 24 * 3600  # one sample per second, one day
 
@@ -71,7 +73,7 @@ class StatusSnapshot:
     reason: str = ""
     status: str = ""
     meter_error_since: str | None = None
-    quality: Mapping[str, float] = field(default_factory=dict)
+    quality: Mapping[str, float | None] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
     # The operating mode object of GET /api/mode (modes.ModeState.to_json()).
     operating_mode: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPERATING_MODE))
@@ -118,8 +120,8 @@ class StatusStore:
                 return tuple(self._history)
             return tuple(s for s in self._history if s.t > since_t)
 
-    def status_json(self) -> dict[str, Any]:
-        """The /api/status document (interfaces.md)."""
+    def status_json(self, lang: str | None = None) -> dict[str, Any]:
+        """The /api/status document (interfaces.md), every message in ``lang`` (default: the backend's)."""
         snap = self.latest()
         doc = asdict(snap)
         doc["batteries"] = [asdict(b) for b in snap.batteries]
@@ -128,7 +130,7 @@ class StatusStore:
         doc["quality"] = dict(snap.quality)
         doc["operating_mode"] = dict(snap.operating_mode)
         doc["events"] = [asdict(e) for e in self.events()]
-        return doc
+        return i18n.render(doc, lang or i18n.language())
 
 
 class StoreLogHandler(logging.Handler):
@@ -140,7 +142,9 @@ class StoreLogHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.store.add_event(record.levelname, record.getMessage())
+            # A message logged by code stays a Msg, so /api/status can show it in its own language.
+            message = record.msg if isinstance(record.msg, i18n.Msg) and not record.args else record.getMessage()
+            self.store.add_event(record.levelname, message)
         except Exception:  # a log handler must never raise into the caller
             self.handleError(record)
 
@@ -150,6 +154,7 @@ class CommandError(Exception):
 
     def __init__(self, message: str, status: int = 409) -> None:
         super().__init__(message)
+        self.message = message  # an i18n.Msg where the text is the program's own
         self.status = status
 
 

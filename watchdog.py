@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from config_loader import Config
 from devices import BatteryBus, BatteryError
+from i18n import Msg
 from status_store import StatusStore
 
 log = logging.getLogger("marstek")
@@ -43,7 +44,7 @@ class Watchdog:
         stalled_s = self.clock() - self.heartbeat_s()
         if self.paused() or stalled_s <= self.limit_s:
             if self.fired and stalled_s <= self.limit_s:
-                log.info("Control loop running again")
+                log.info(Msg("control_running_again"))
             self.fired = False
             return False
         if self.fired:
@@ -66,8 +67,8 @@ def watchdog_limit_s(cfg: Config) -> float:
 
 def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_bus: Callable[[], BatteryBus]) -> None:
     """Stop every battery over a new connection from ``make_bus``: the control thread is stuck in its own."""
-    message = f"Regelung hängt seit {stalled_s:.0f} s: Akkus gestoppt / control loop stalled: batteries stopped"
-    log.error("%s", message)
+    message = Msg("control_stalled", seconds=stalled_s)
+    log.error(message)
     store.update(control_state="error", errors=(*store.latest().errors, message))
     bus = make_bus()
     try:
@@ -75,6 +76,6 @@ def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_bus: 
             try:
                 bus.stop(battery_id)
             except BatteryError as exc:
-                log.error("Watchdog could not stop battery %d: %s", battery_id, exc)
+                log.error(Msg("watchdog_stop_failed", id=battery_id, error=str(exc)))
     finally:
         bus.close()

@@ -9,15 +9,30 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import math
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
+from flask import (
+    Flask,
+    Response,
+    abort,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
+from werkzeug.wrappers import Response as WerkzeugResponse
 
 import i18n
 import modes
@@ -27,7 +42,10 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 MAX_BODY_BYTES = 16 * 1024
-FAILED_LOGIN_DELAY_S = (0.5, 1.0, 2.0, 4.0)
+LOGIN_BLOCK_FIRST_S = 1.0  # blocked after the first wrong password; doubles with each further one
+LOGIN_BLOCK_MAX_S = 60.0
+LOGIN_FORGET_AFTER_S = 900.0  # a client without a wrong password for this long starts again at 1 s
+LOGIN_MAX_CLIENTS = 4096  # bounds the table when many addresses try
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
@@ -40,6 +58,92 @@ class ApiError(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+# ---------------------------------------------------------------------------- failed logins
+class LoginBlocked(Exception):
+    """A client that must wait before its password is checked again (answered with 429 and Retry-After)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"blocked for {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class _Failures:
+    count: int
+    last_failure_s: float
+    blocked_until_s: float
+
+
+class LoginThrottle:
+    """Wrong passwords per client address, and how long each client is blocked.
+
+    After the n-th wrong password in a row a client is blocked for ``first_s * 2**(n-1)`` seconds, at
+    most ``max_s``; a right password forgets it. Memory is bounded: a client without a wrong password
+    for ``forget_after_s`` is forgotten, and at most ``max_clients`` are kept (the one whose last wrong
+    password is oldest goes first). Nothing sleeps: a blocked client is refused at once. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        first_s: float = LOGIN_BLOCK_FIRST_S,
+        max_s: float = LOGIN_BLOCK_MAX_S,
+        forget_after_s: float = LOGIN_FORGET_AFTER_S,
+        max_clients: int = LOGIN_MAX_CLIENTS,
+    ) -> None:
+        if not 0 < first_s <= max_s < forget_after_s or max_clients < 1:
+            raise ValueError("need 0 < first_s <= max_s < forget_after_s and max_clients >= 1")
+        self._clock = clock
+        self._first_s = first_s
+        self._max_s = max_s
+        self._forget_after_s = forget_after_s
+        self._max_clients = max_clients
+        self._clients: OrderedDict[str, _Failures] = OrderedDict()  # oldest last failure first
+        self._lock = threading.Lock()
+
+    def attempt(self, client: str, check: Callable[[], bool]) -> bool:
+        """Run ``check`` (the password comparison) for ``client``; raise LoginBlocked while it is blocked.
+
+        True: right, the client's failures are forgotten. False: wrong, the client is now blocked.
+        Check and bookkeeping happen under one lock, so parallel requests get no extra tries.
+        """
+        with self._lock:
+            now = self._clock()
+            self._forget_old(now)
+            entry = self._clients.get(client)
+            if entry is not None and entry.blocked_until_s > now:
+                raise LoginBlocked(entry.blocked_until_s - now)
+            if check():
+                self._clients.pop(client, None)
+                return True
+            count = 1 if entry is None else entry.count + 1
+            block_s = min(self._first_s * 2.0 ** min(count - 1, 30), self._max_s)
+            self._clients.pop(client, None)
+            self._clients[client] = _Failures(count, now, now + block_s)
+            while len(self._clients) > self._max_clients:
+                self._clients.popitem(last=False)
+            return False
+
+    def blocked_s(self, client: str) -> float:
+        """Seconds until ``client``'s password is checked again (0: now)."""
+        with self._lock:
+            now = self._clock()
+            entry = self._clients.get(client)
+            return 0.0 if entry is None else max(0.0, entry.blocked_until_s - now)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def _forget_old(self, now: float) -> None:
+        while self._clients:
+            oldest = next(iter(self._clients.values()))
+            if now - oldest.last_failure_s < self._forget_after_s:
+                return
+            self._clients.popitem(last=False)
 
 
 # ---------------------------------------------------------------------------- body validation
@@ -81,18 +185,20 @@ def int_in_range(data: Mapping[str, Any], name: str, low: int, high: int, defaul
 
 
 # ---------------------------------------------------------------------------- the app
-def create_app(
+def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     store: StatusStore,
     commands: CommandQueue,
     web_cfg: Any,
     *,
     secret_key: str | None = None,
-    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
     max_charge_power_w: Callable[[], int] = lambda: 2500,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
-    ``max_charge_power_w``: the batteries' total maximum power (the limit of ``POST /api/mode``)."""
+    ``clock`` (monotonic seconds) times the blocks after wrong passwords (LoginThrottle).
+    ``max_charge_power_w``: the batteries' total maximum power (the limit of ``POST /api/mode``).
+    """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
         SECRET_KEY=secret_key or secrets.token_hex(32),
@@ -102,20 +208,24 @@ def create_app(
         JSON_SORT_KEYS=False,
     )
     password: str | None = web_cfg.password or None
-    failed = {"count": 0}
-    failed_lock = threading.Lock()
+    throttle = LoginThrottle(clock)
 
     if password is None and web_cfg.host not in LOOPBACK_HOSTS:
-        warning = (
-            f"Web-Oberfläche ohne Passwort auf {web_cfg.host} erreichbar: jeder im Netz kann den Setup-Modus "
-            "starten. Bitte web.password setzen. / Web UI reachable without a password: set web.password."
-        )
-        log.warning("%s", warning)
+        warning = i18n.Msg("warning_no_password", host=web_cfg.host)
+        log.warning(warning)
         store.update(warnings=(warning,))
 
     # ------------------------------------------------------------------ auth helpers
     def password_ok(candidate: str) -> bool:
         return password is not None and hmac.compare_digest(candidate.encode(), password.encode())
+
+    def check_password(candidate: str) -> bool:
+        """Compare ``candidate`` unless this client is blocked (LoginBlocked); a wrong one blocks it."""
+        client = request.remote_addr or "unknown"
+        if throttle.attempt(client, lambda: password_ok(candidate)):
+            return True
+        log.warning(i18n.Msg("failed_login", client=client, seconds=throttle.blocked_s(client)))
+        return False
 
     def basic_auth_password() -> str | None:
         header = request.headers.get("Authorization", "")
@@ -133,18 +243,7 @@ def create_app(
         supplied = basic_auth_password()
         if supplied is None:
             return False
-        if password_ok(supplied):
-            return True
-        slow_down()
-        return False
-
-    def slow_down() -> None:
-        """Delay after a failed attempt; grows with repeated failures."""
-        with failed_lock:
-            failed["count"] += 1
-            delay_s = FAILED_LOGIN_DELAY_S[min(failed["count"], len(FAILED_LOGIN_DELAY_S)) - 1]
-        log.warning("Failed login from %s", request.remote_addr)
-        sleep(delay_s)
+        return check_password(supplied)
 
     def same_origin() -> bool:
         """CSRF guard: an Origin or Referer, when present, must name this host."""
@@ -157,7 +256,7 @@ def create_app(
             return False
 
     @app.before_request
-    def guard() -> Response | None:
+    def guard() -> WerkzeugResponse | None:
         is_api = request.path.startswith("/api/")
         if request.method == "POST":
             if not same_origin():
@@ -187,9 +286,23 @@ def create_app(
     def api_error(exc: ApiError) -> tuple[Response, int]:
         return jsonify(error=str(exc)), exc.status
 
+    @app.errorhandler(LoginBlocked)
+    def login_blocked(exc: LoginBlocked) -> Response:
+        retry_after_s = max(1, math.ceil(exc.retry_after_s))
+        if request.path == "/login" or (request.method in ("GET", "HEAD") and not request.path.startswith("/api/")):
+            session["csrf_token"] = secrets.token_urlsafe(24)
+            page = render_template("login.html", lang=language(), error="too_many_attempts",
+                                   csrf_token=session["csrf_token"])
+            response = make_response(page, 429)
+        else:
+            response = jsonify(error=f"too many wrong passwords from this address, retry in {retry_after_s} s")
+            response.status_code = 429
+        response.headers["Retry-After"] = str(retry_after_s)
+        return response
+
     @app.errorhandler(CommandError)
     def command_error(exc: CommandError) -> tuple[Response, int]:
-        return jsonify(error=str(exc)), exc.status
+        return jsonify(error=i18n.render(exc.message, language())), exc.status
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int] | HTTPException:
@@ -246,11 +359,10 @@ def create_app(
             # Bytes: compare_digest raises TypeError for str with non-ASCII characters.
             if not token or not hmac.compare_digest(token.encode(), str(session.get("csrf_token", "")).encode()):
                 raise ApiError("invalid or missing CSRF token, reload the login page", 403)
-            if password_ok(request.form.get("password", "")):
+            if check_password(request.form.get("password", "")):
                 session.clear()
                 session["auth"] = True
                 return redirect(local_target(request.args.get("next", "/")))
-            slow_down()
             error = "wrong_password"
         session["csrf_token"] = secrets.token_urlsafe(24)
         return render_template("login.html", lang=language(), error=error, csrf_token=session["csrf_token"]), (
@@ -265,7 +377,7 @@ def create_app(
     # ------------------------------------------------------------------ API
     @app.get("/api/status")
     def api_status() -> Response:
-        return jsonify(store.status_json())
+        return jsonify(store.status_json(language()))
 
     @app.get("/api/history")
     def api_history() -> Response:
@@ -283,6 +395,10 @@ def create_app(
             soc_pct=[s.soc_pct for s in samples],
         )
 
+    def run(command: str, timeout_s: float = 60.0, **args: Any) -> Response:
+        """Run a command on the control thread; its messages in the page's language."""
+        return jsonify(i18n.render(commands.submit(command, timeout_s=timeout_s, **args), language()))
+
     @app.get("/api/mode")
     def api_mode() -> Response:
         return jsonify(dict(store.latest().operating_mode))
@@ -297,17 +413,17 @@ def create_app(
             request_ = modes.parse_request(data, max_charge_power_w())
         except modes.ModeError as exc:
             raise ApiError(str(exc)) from None
-        return jsonify(commands.submit("set_mode", timeout_s=10.0, request=request_, source=source))
+        return run("set_mode", timeout_s=10.0, request=request_, source=source)
 
     @app.post("/api/setup/enter")
     def setup_enter() -> Response:
         json_body({})
-        return jsonify(commands.submit("enter_setup"))
+        return run("enter_setup")
 
     @app.post("/api/setup/exit")
     def setup_exit() -> Response:
         json_body({})
-        return jsonify(commands.submit("exit_setup"))
+        return run("exit_setup")
 
     @app.post("/api/setup/scan")
     def setup_scan() -> Response:
@@ -318,19 +434,19 @@ def create_app(
             raise ApiError("last_id must not be below first_id")
         if last_id - first_id >= 50:
             raise ApiError("scan at most 50 IDs at once")
-        return jsonify(commands.submit("scan", timeout_s=120.0, first_id=first_id, last_id=last_id))
+        return run("scan", timeout_s=120.0, first_id=first_id, last_id=last_id)
 
     @app.post("/api/setup/set-id")
     def setup_set_id() -> Response:
         data = json_body({"new_id": int}, required=("new_id",))
         new_id = int_in_range(data, "new_id", 2, 247)
-        return jsonify(commands.submit("set_id", new_id=new_id))
+        return run("set_id", new_id=new_id)
 
     @app.post("/api/setup/add-to-config")
     def setup_add_to_config() -> Response:
         data = json_body({"id": int}, required=("id",))
         battery_id = int_in_range(data, "id", 1, 247)
-        return jsonify(commands.submit("add_to_config", battery_id=battery_id))
+        return run("add_to_config", battery_id=battery_id)
 
     @app.get("/api/<path:_rest>")
     def api_not_found(_rest: str) -> Response:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from i18n import Msg
+from marstek_registers import FIRMWARE_MAX_POWER_W
 
 
 class Status(enum.Enum):
@@ -67,7 +68,7 @@ class ControlParams:
     target_grid_charge_w: float = -20.0
     target_grid_discharge_w: float = 20.0
     min_power_w: float = 50.0
-    max_power_w: float = 2500.0
+    max_power_w: float = float(FIRMWARE_MAX_POWER_W)
     min_soc_pct: float = 11.0
     max_soc_pct: float = 98.0
     max_meter_failures: int = 2
@@ -123,10 +124,10 @@ class Decision:
 
     setpoints_w: Mapping[int, int]
     status: Status
-    reason: str
+    reason: Msg
     grid_power_avg_w: float | None = None
     demand_w: float | None = None
-    battery_notes: Mapping[int, str] = field(default_factory=dict)
+    battery_notes: Mapping[int, Msg] = field(default_factory=dict)
     # The grid power the command aims at (+ import), for the live quality figures; None if unknown.
     target_grid_w: float | None = None
 
@@ -136,19 +137,19 @@ class Decision:
 
 
 # ---------------------------------------------------------------------------- distribution
-def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, str]:
-    """(max charge W, max discharge W, note) for one battery under the SoC rules."""
+def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, Msg | None]:
+    """(max charge W, max discharge W, note or None) for one battery under the SoC rules."""
     if not b.online:
-        return 0.0, 0.0, "offline"
+        return 0.0, 0.0, Msg("note_offline")
     if b.soc_pct is None:
-        return 0.0, 0.0, "SoC unknown"
+        return 0.0, 0.0, Msg("note_soc_unknown")
     can_discharge = b.soc_pct > p.min_soc_pct
     can_charge = b.soc_pct < p.max_soc_pct
-    note = ""
+    note = None
     if not can_discharge:
-        note = f"SoC {b.soc_pct:.0f} % at/below minimum {p.min_soc_pct:.0f} %: no discharge"
+        note = Msg("note_soc_min", soc=b.soc_pct, limit=p.min_soc_pct)
     elif not can_charge:
-        note = f"SoC {b.soc_pct:.0f} % at/above maximum {p.max_soc_pct:.0f} %: no charge"
+        note = Msg("note_soc_max", soc=b.soc_pct, limit=p.max_soc_pct)
     return (p.max_power_w if can_charge else 0.0), (p.max_power_w if can_discharge else 0.0), note
 
 
@@ -157,7 +158,7 @@ def distribute(
     batteries: Sequence[BatteryState],
     p: ControlParams,
     limits_w: Mapping[int, float] | None = None,
-) -> tuple[dict[int, int], dict[int, str]]:
+) -> tuple[dict[int, int], dict[int, Msg]]:
     """Split a total setpoint over the batteries that are online and allowed.
 
     Never exceeds a battery's power limit (``limits_w``: lower limits learned per battery id for the
@@ -165,7 +166,7 @@ def distribute(
     maximum SoC, never commands less than the minimum power.
     """
     setpoints = {b.battery_id: 0 for b in batteries}
-    notes: dict[int, str] = {}
+    notes: dict[int, Msg] = {}
     discharge = total_w > 0
     allowed: list[tuple[BatteryState, float]] = []
     for b in batteries:
@@ -243,12 +244,12 @@ class _MeterFailures:
             return Decision(
                 setpoints_w={i: 0 for i in last_setpoints},
                 status=Status.METER_FAILED,
-                reason=f"meter failed {self.count}x: batteries stopped ({error})",
+                reason=Msg("reason_meter_failed", count=self.count, error=error),
             )
         return Decision(
             setpoints_w=dict(last_setpoints),
             status=Status.METER_RETRY,
-            reason=f"meter failed {self.count}x: holding ({error})",
+            reason=Msg("reason_meter_retry", count=self.count, error=error),
         )
 
 
@@ -412,7 +413,7 @@ class FastController:
         values = [self._power_w[i] for i in range(i0, i1 + 1)]
         return min(values), max(values)
 
-    def step(
+    def step(  # noqa: C901 (the law reads as one ladder of early returns, each with its status)
         self,
         now_s: float,
         grid_power_w: float | None,
@@ -452,7 +453,7 @@ class FastController:
         if not online:
             self.reset()
             return Decision(setpoints_w={b.battery_id: 0 for b in batteries}, status=Status.NO_BATTERY,
-                            reason="no battery online")
+                            reason=Msg("reason_no_battery"))
         measured_w = sum(b.power_w or 0.0 for b in online)
         stamps = [b.read_s for b in online if b.read_s is not None]
         stamp_s = min(now_s, sum(stamps) / len(stamps)) if len(stamps) == len(online) else now_s
@@ -471,12 +472,12 @@ class FastController:
         notes = self._notes(now_s, batteries)
         held = self._safe_hold(batteries)
         if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline, paused): drop it now
-            why = "; ".join(notes.values()) or "battery offline"
+            why = Msg("reason_notes", notes=list(notes.values())) if notes else Msg("reason_battery_offline")
             return self._command(held, Decision(setpoints_w=dict(held), status=Status.SOC_LIMIT, reason=why,
                                                 grid_power_avg_w=grid_power_w, battery_notes=notes))
         if not fresh and not recovered:
             return Decision(setpoints_w=dict(self._setpoints), status=Status.WAITING_FOR_SAMPLE,
-                            reason="waiting for a new meter sample", grid_power_avg_w=grid_power_w,
+                            reason=Msg("reason_waiting"), grid_power_avg_w=grid_power_w,
                             battery_notes=notes, target_grid_w=self._target_grid_w(grid_power_w))
 
         if fresh:
@@ -504,21 +505,22 @@ class FastController:
         new_total_w = float(sum(setpoints.values()))
         change_w = new_total_w - command_w
 
-        def decide(status: Status, reason: str, new: Mapping[int, int]) -> Decision:
+        def decide(status: Status, reason: Msg, new: Mapping[int, int]) -> Decision:
             return Decision(setpoints_w=dict(new), status=status, reason=reason, grid_power_avg_w=grid_w,
                             demand_w=demand_w, battery_notes=notes, target_grid_w=self._target_grid_w(grid_w, new))
 
-        verb = "discharge" if new_total_w > 0 else "charge" if new_total_w < 0 else "stop"
-        reason = f"{verb} {abs(new_total_w):.0f} W (demand {demand_w:.0f} W)"
+        code = "reason_discharge" if new_total_w > 0 else "reason_charge" if new_total_w < 0 else "reason_stop"
+        reason = Msg(code, power=abs(new_total_w), demand=demand_w)
         if recovered:
-            return self._command(setpoints, decide(Status.TRACKING, "meter back: resuming", setpoints))
+            return self._command(setpoints, decide(Status.TRACKING, Msg("reason_meter_back"), setpoints))
         if new_total_w == 0 and command_w == 0:
             self._small_w = 0.0
             if held_back_w:
                 return decide(Status.MODE_HOLD, Msg("reason_mode_hold", demand=held_back_w), self._setpoints)
             if wanted_w == 0:
-                return decide(Status.IDLE, f"grid {grid_w:.0f} W inside the target band", self._setpoints)
-            why = "; ".join(notes.values()) or f"demand {abs(wanted_w):.0f} W below the minimum power"
+                return decide(Status.IDLE, Msg("reason_in_band", grid=grid_w), self._setpoints)
+            why = (Msg("reason_notes", notes=list(notes.values())) if notes
+                   else Msg("reason_below_min_power", demand=abs(wanted_w)))
             return decide(Status.SOC_LIMIT if notes else Status.IDLE, why, self._setpoints)
         moved_w = max((abs(setpoints.get(i, 0) - w) for i, w in self._setpoints.items()), default=0)
         if (abs(change_w) >= max(p.jump_w, p.jump_noise * noise_w) or not self._same_split(setpoints)
@@ -528,7 +530,7 @@ class FastController:
         self._small_w += p.filter_gain * (change_w - self._small_w)
         if abs(self._small_w) >= max(p.deadband_w, p.deadband_noise * noise_w):
             return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
-        return decide(Status.DEADBAND, f"deviation {change_w:+.0f} W inside deadband", self._setpoints)
+        return decide(Status.DEADBAND, Msg("reason_deadband", change=f"{change_w:+.0f}"), self._setpoints)
 
     def limits_w(self, direction: int) -> dict[int, float]:
         """Power limits learned per battery id for discharging (+1) or charging (-1), W."""
@@ -571,14 +573,13 @@ class FastController:
             else:
                 self._short_since.pop(i, None)
 
-    def _notes(self, now_s: float, batteries: Sequence[BatteryState]) -> dict[int, str]:
+    def _notes(self, now_s: float, batteries: Sequence[BatteryState]) -> dict[int, Msg]:
         """Per battery: why it may not take (all of) its share now."""
         notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, self.p)[2])}
         for (i, direction), (limit_w, until_s) in self._limits.items():
             if limit_w == 0.0:
-                verb = "discharge" if direction > 0 else "charge"
-                notes[i] = (f"acknowledges its setpoint but delivers nothing: no {verb} for now, "
-                            f"next try in {max(1, math.ceil((until_s - now_s) / 60))} min")
+                code = "note_no_delivery_discharge" if direction > 0 else "note_no_delivery_charge"
+                notes[i] = Msg(code, minutes=max(1, math.ceil((until_s - now_s) / 60)))
         return notes
 
     def noise_w(self) -> float:
@@ -648,7 +649,7 @@ class SeedController:
         self._command_total_w = 0.0
         self._readings.clear()
 
-    def step(
+    def step(  # noqa: C901 (the seed loop as it was, plus the two rules of the hold mode)
         self,
         now_s: float,
         grid_power_w: float | None,
@@ -662,18 +663,9 @@ class SeedController:
         p = self.p
         for b in batteries:
             self._setpoints.setdefault(b.battery_id, 0)
-        override = mode_override(mode, charge_power_w, batteries, p)
-        if override is not None:
-            self.reset()
-            if override.status is Status.MODE_CHARGE:
-                self._setpoints = dict(override.setpoints_w)
-                self._command_total_w = float(override.total_w)
-            return override
-        if mode is OperatingMode.CHARGE:
-            mode = OperatingMode.HOLD  # every battery full: hold
-        if mode is OperatingMode.HOLD and (stopped := _hold_stop(self._setpoints)) is not None:
-            self._setpoints, self._command_total_w = stopped, float(sum(stopped.values()))
-            return Decision(setpoints_w=dict(stopped), status=Status.MODE_HOLD, reason=Msg("reason_mode_hold_stop"))
+        early, mode = self._mode_step(mode, charge_power_w, batteries)
+        if early is not None:
+            return early
         if grid_power_w is None or not math.isfinite(grid_power_w):
             decision = self._failures.failed(meter_error, self._setpoints)
             if decision.status is Status.METER_FAILED:
@@ -708,12 +700,10 @@ class SeedController:
             new = max(c - self.MAX_STEP_W, min(c + self.MAX_STEP_W, new))
             if (new > 0) != (c > 0) and c != 0:
                 new = 0.0
-        held_back_w = new if mode is OperatingMode.HOLD and new > 0 else 0.0
-        if held_back_w:
-            new = 0.0  # hold: never discharge
+        held_back_w = max(new, 0.0) if mode is OperatingMode.HOLD else 0.0
+        new -= held_back_w  # hold: never discharge
         setpoints, notes = self._split(new, batteries)
         new_total = float(sum(setpoints.values()))
-        grid_info = f"avg grid {grid_w:.0f} W"
 
         def target(total: float) -> float:
             return t_dis if total > 0 else t_chg if total < 0 else grid_power_w
@@ -723,18 +713,40 @@ class SeedController:
                             reason=Msg("reason_mode_hold", demand=held_back_w), grid_power_avg_w=grid_w,
                             target_grid_w=target(c))
         if new_total == c and new_total == 0:
-            return Decision(setpoints_w=dict(self._setpoints), status=Status.IDLE, reason=f"idle ({grid_info})",
-                            grid_power_avg_w=grid_w, battery_notes=notes, target_grid_w=target(c))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.IDLE,
+                            reason=Msg("reason_seed_idle", grid=grid_w), grid_power_avg_w=grid_w,
+                            battery_notes=notes, target_grid_w=target(c))
         if abs(new_total - c) <= self.WRITE_THRESHOLD_W and (new_total == 0) == (c == 0):
-            return Decision(setpoints_w=dict(self._setpoints), status=Status.DEADBAND, reason=f"hold ({grid_info})",
-                            grid_power_avg_w=grid_w, battery_notes=notes, target_grid_w=target(c))
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.DEADBAND,
+                            reason=Msg("reason_seed_hold", grid=grid_w), grid_power_avg_w=grid_w,
+                            battery_notes=notes, target_grid_w=target(c))
         self._setpoints = setpoints
         self._command_total_w = new_total
         return Decision(setpoints_w=dict(setpoints), status=Status.TRACKING,
-                        reason=f"seed loop: {new_total:.0f} W ({grid_info})", grid_power_avg_w=grid_w,
+                        reason=Msg("reason_seed_track", power=new_total, grid=grid_w), grid_power_avg_w=grid_w,
                         battery_notes=notes, target_grid_w=target(new_total))
 
-    def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, str]]:
+    def _mode_step(
+        self, mode: OperatingMode, charge_power_w: float | None, batteries: Sequence[BatteryState]
+    ) -> tuple[Decision | None, OperatingMode]:
+        """The operating mode's own decision (off, charge, a discharge stopped in hold), and the mode the
+        zero-feed rules then follow (charge with every battery full holds)."""
+        override = mode_override(mode, charge_power_w, batteries, self.p)
+        if override is not None:
+            self.reset()
+            if override.status is Status.MODE_CHARGE:
+                self._setpoints = dict(override.setpoints_w)
+                self._command_total_w = float(override.total_w)
+            return override, mode
+        if mode is OperatingMode.CHARGE:
+            mode = OperatingMode.HOLD  # every battery full: hold
+        if mode is OperatingMode.HOLD and (stopped := _hold_stop(self._setpoints)) is not None:
+            self._setpoints, self._command_total_w = stopped, float(sum(stopped.values()))
+            return Decision(setpoints_w=dict(stopped), status=Status.MODE_HOLD,
+                            reason=Msg("reason_mode_hold_stop")), mode
+        return None, mode
+
+    def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, Msg]]:
         """Equal split over the batteries inside the SoC window, 50..max W each."""
         return distribute(total_w, batteries, replace(self.p, distribution="balanced"))
 

@@ -1,10 +1,21 @@
-"""Small helpers shared by the tests (no fixed sleeps: poll with a deadline)."""
+"""Helpers shared by the tests (no fixed sleeps: poll with a deadline); conftest.py offers them as fixtures."""
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from config_loader import Config, parse_config
+from simulator import Simulation
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def wait_until(
@@ -26,3 +37,61 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class FakeClock:
+    """Monotonic seconds that move only when the test says so (start well above 0, like time.monotonic())."""
+
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.now_s = start_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+    def advance(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+def sim_config_data(sim: Simulation, ids: list[int], **sections: dict[str, Any]) -> dict[str, Any]:
+    """A config.json document pointing at a started simulation; ``sections`` update its sections."""
+    data: dict[str, Any] = {
+        "energy_meter": {"type": "shelly"},
+        "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1, "max_failures_before_stop": 2},
+        "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": ids, "timeout_seconds": 0.5},
+        "control": {"poll_interval_seconds": 1},
+        "web": {"host": "127.0.0.1", "port": 8080},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return data
+
+
+def sim_config(sim: Simulation, ids: list[int], **sections: dict[str, Any]) -> Config:
+    """``sim_config_data`` validated like a real config file."""
+    return parse_config(sim_config_data(sim, ids, **sections))
+
+
+@contextlib.contextmanager
+def running_main(config_path: Path, *extra_args: str) -> Iterator[subprocess.Popen]:
+    """``main.py --config config_path`` as its own process; SIGTERM (then kill) when the block ends."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "main.py"), "--config", str(config_path), *extra_args],
+        cwd=str(config_path.parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        yield proc
+    finally:
+        stop_process(proc)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (the program's clean shutdown), then kill if it does not end within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

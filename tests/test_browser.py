@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from simulator import Simulation, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, stop_process, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,13 +112,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             )
             yield system
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             output.close()
 
 
@@ -303,7 +296,7 @@ def test_cancelled_confirm_changes_nothing(browser: Browser, system: System) -> 
         page.locator("#new-id").fill("2")
         page.once("dialog", lambda dialog: dialog.accept())
         page.locator("#set-btn").click()
-        expect(page.locator("#set-result")).to_contain_text("already in use", timeout=30_000)
+        expect(page.locator("#set-result")).to_contain_text("ist schon belegt", timeout=30_000)
         page.locator("#exit-btn").click()
         expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -358,10 +360,27 @@ def load_error(path: Path) -> str:
     return str(info.value)
 
 
-def test_bad_json_reports_line_and_column(tmp_path: Path) -> None:
+def test_bad_json_says_it_is_not_json_with_line_column_and_reason(tmp_path: Path) -> None:
     text = '{\n  "battery": {\n    "ip": "1.2.3.4"\n    "port": 502\n  }\n}\n'
     message = load_error(write(tmp_path, text))
-    assert "config.json line 4, column 5: Expecting ',' delimiter" in message
+    assert message == (
+        f"{tmp_path / 'config.json'}: keine gültige JSON-Datei (Zeile 4, Spalte 5) / "
+        "not a valid JSON file (line 4, column 5): Expecting ',' delimiter"
+    )
+
+
+def test_bad_json_exits_2_with_the_message_and_no_traceback(tmp_path: Path) -> None:
+    path = write(tmp_path, '{\n  "battery": {\n    "ip": "1.2.3.4",\n  },\n}\n')
+    result = subprocess.run(
+        [sys.executable, str(REPO_DIR / "main.py"), "--config", str(path)],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "keine gültige JSON-Datei (Zeile 4, Spalte 3)" in result.stderr
+    assert "not a valid JSON file (line 4, column 3): Expecting property name enclosed in double quotes" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr + result.stdout
 
 
 def test_missing_file_says_to_copy_the_example(tmp_path: Path) -> None:

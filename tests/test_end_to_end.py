@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -15,8 +14,9 @@ from pathlib import Path
 import pytest
 import requests
 
+import i18n
 from simulator import Simulation, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, running_main, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_W = 20.0  # control.target_grid_power_discharge
@@ -35,26 +35,6 @@ def write_config(path: Path, sim: Simulation, ids: list[int], web_port: int, **s
         cfg[key].update(values)
     path.write_text(json.dumps(cfg), encoding="utf-8")
     return path
-
-
-@contextlib.contextmanager
-def running_main(config_path: Path) -> Iterator[subprocess.Popen]:
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
-        cwd=str(config_path.parent), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        if proc.stdout:
-            proc.stdout.close()
 
 
 def status(web_port: int) -> dict | None:
@@ -143,7 +123,7 @@ def test_signal_stops_every_battery_and_exits_0(sim, tmp_path, sig):
             u = sim.unit(i)
             assert (u.force_mode, u.charge_power_w, u.discharge_power_w) == (0, 0, 0)
         log_text = (tmp_path / "logs" / "marstek.log").read_text(encoding="utf-8")
-        assert "batteries stopped" in log_text
+        assert i18n.MESSAGES_DE["control_stopped"] in log_text  # the log speaks web.language (default de)
 
 
 def test_starts_without_gateway_and_shows_it(tmp_path):

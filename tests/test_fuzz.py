@@ -13,6 +13,7 @@ the Flask test client cannot even build (bytes that are not UTF-8 in the path, b
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import os
 import socket
@@ -71,9 +72,11 @@ def system() -> Iterator[System]:
         thread = threading.Thread(target=loop.run, args=(stop,), name="fuzz-control", daemon=True)
         thread.start()
         apps = {
-            "open": create_app(store, commands, WebConfig(host="127.0.0.1", port=8080), sleep=lambda _s: None),
+            "open": create_app(store, commands, WebConfig(host="127.0.0.1", port=8080)),
+            # A clock an hour further on every read: a wrong password never blocks the next request, so
+            # the examples with the right one still reach the commands (blocking: tests/test_security.py).
             "locked": create_app(store, commands, WebConfig(host="127.0.0.1", port=8080, password=PASSWORD),
-                                 sleep=lambda _s: None),
+                                 clock=itertools.count(0.0, 3600.0).__next__),
         }
         try:
             wait_until(lambda: store.latest().control_state == "active", 20, "control active")
@@ -366,8 +369,7 @@ def raw_exchange(port: int, request: bytes) -> bytes:
 
 @pytest.mark.parametrize("password", [None, PASSWORD])
 def test_raw_garbage_through_the_real_server_gets_no_5xx(system: System, password: str | None) -> None:
-    app = create_app(system.store, system.commands, WebConfig(host="127.0.0.1", port=8080, password=password),
-                     sleep=lambda _s: None)
+    app = create_app(system.store, system.commands, WebConfig(host="127.0.0.1", port=8080, password=password))
     server, thread = main.start_web(app, "127.0.0.1", free_port())
     port = server.effective_port
     try:
@@ -389,8 +391,7 @@ def test_raw_garbage_through_the_real_server_gets_no_5xx(system: System, passwor
 @pytest.mark.parametrize("token", ["ü", "\u20ac" * 30, "abc\u00e9"])
 def test_login_with_a_non_ascii_csrf_token_is_403_not_500(token: str) -> None:
     """hmac.compare_digest raises TypeError for non-ASCII str: it was a 500 with a logged traceback."""
-    app = create_app(StatusStore(), CommandQueue(), WebConfig(host="127.0.0.1", port=8080, password=PASSWORD),
-                     sleep=lambda _s: None)
+    app = create_app(StatusStore(), CommandQueue(), WebConfig(host="127.0.0.1", port=8080, password=PASSWORD))
     client = app.test_client()
     client.get("/login")  # the session now holds a real token
     resp = client.post("/login", data={"csrf_token": token, "password": PASSWORD})

@@ -7,7 +7,6 @@ http.server; part 2 runs the clients against the simulator's meter emulators.
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from config_loader import MeterConfig
 from devices import GridMeter, GridReading, MeterError
 from ecotracker_client import EcoTrackerClient, EcoTrackerError
 from shelly_client import ShellyClient, ShellyError
+from tests.helpers import free_port
 
 # --------------------------------------------------------------------------- payloads from energy-meters.md
 
@@ -358,13 +358,6 @@ def test_shelly_429_backs_off_without_asking_again(device: ScriptedDevice) -> No
     asked = len(device.requests)
     assert "too many auth attempts, backing off" in read_error(client)
     assert len(device.requests) == asked
-
-
-def free_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("make", [ShellyClient, EcoTrackerClient], ids=["shelly", "ecotracker"])

@@ -319,7 +319,7 @@ def test_setup_mode_overrides_every_mode(tmp_path):
 # ---------------------------------------------------------------------------- the API without a control thread
 def bare_app(**web: Any) -> Any:
     from config_loader import WebConfig
-    return create_app(StatusStore(), CommandQueue(), WebConfig(host="127.0.0.1", **web), sleep=lambda _s: None,
+    return create_app(StatusStore(), CommandQueue(), WebConfig(host="127.0.0.1", **web),
                       max_charge_power_w=lambda: 5000)
 
 

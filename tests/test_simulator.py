@@ -13,8 +13,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,8 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from requests.auth import HTTPDigestAuth
 
+from sim_marstek import SimGateway, SimUnit
+from sim_meters import EcoTrackerEmulator, MeterSnapshot, ShellyEmulator
 from simulator import (
     EFFICIENCY_CHARGE,
     EFFICIENCY_DISCHARGE,
@@ -820,3 +824,58 @@ def test_cli_prints_config_and_exits_cleanly_on_ctrl_c() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
+
+
+# ============================================================================ the parts on their own
+
+
+@dataclass
+class FixedMeter:
+    """A ``MeterSource`` that serves one given snapshot: the emulators need nothing else from a simulation."""
+
+    snapshot: MeterSnapshot
+
+    def meter_snapshot(self) -> MeterSnapshot:
+        return self.snapshot
+
+
+def test_meter_emulators_serve_any_meter_source() -> None:
+    source = FixedMeter(MeterSnapshot(grid_w=-432.1, sample_age_s=0.25, avg_w=-400.0, import_wh=1000.0,
+                                      export_wh=2000.0, fault=None, unixtime=1_700_000_000, uptime_s=12.0))
+    shelly = ShellyEmulator(source, profile="triphase")
+    eco = EcoTrackerEmulator(source)
+    try:
+        shelly_url = f"http://127.0.0.1:{shelly.start()}/rpc/EM.GetStatus?id=0"
+        eco_url = f"http://127.0.0.1:{eco.start()}/v1/json"
+        assert get_json(shelly_url)["total_act_power"] == pytest.approx(-432.1)
+        body = get_json(eco_url)
+        assert (body["power"], body["powerAvg"], body["agePower"], body["energyCounterIn"]) == (-432, -400, 250, 1000.0)
+        source.snapshot = replace(source.snapshot, fault="http500")
+        assert requests.get(eco_url, timeout=2).status_code == 500
+        shelly.refuse_connections()
+        with pytest.raises(requests.ConnectionError):
+            requests.get(shelly_url, timeout=2)
+        shelly.accept_connections()  # same port again
+        assert requests.get(shelly_url, timeout=2).status_code == 500
+    finally:
+        shelly.stop()
+        eco.stop()
+
+
+def test_gateway_serves_its_units_without_a_simulation() -> None:
+    lock = threading.RLock()
+    gateway = SimGateway([SimUnit(UnitSpec(3, "v3", soc_pct=61.0), FAST_PLANT, lock=lock)], lock=lock)
+    try:
+        port = gateway.start()
+        with ModbusTcpClient("127.0.0.1", port=port, timeout=0.3, retries=0) as c:
+            assert read(c, 32104, 1, 3) == [61]
+            assert_no_answer(c, 32104, 1, 4)
+            added = gateway.add_unit(SimUnit(UnitSpec(4, soc_pct=55.0), FAST_PLANT, lock=lock))
+            assert gateway.unit(4) is added
+            assert read(c, 32104, 1, 4) == [55]
+            assert gateway.drop_connections() == 1
+        with pytest.raises(KeyError):
+            gateway.unit(5)
+    finally:
+        gateway.stop()
+    assert gateway.stopping

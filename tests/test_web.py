@@ -51,8 +51,8 @@ def web_cfg(**changes: Any) -> WebConfig:
 
 
 def make_app(store: StatusStore | None = None, **web: Any) -> Flask:
-    """A bare app (no control thread behind the command queue); failed logins do not sleep."""
-    return create_app(store or StatusStore(), CommandQueue(), web_cfg(**web), sleep=lambda _s: None)
+    """A bare app (no control thread behind the command queue)."""
+    return create_app(store or StatusStore(), CommandQueue(), web_cfg(**web))
 
 
 def basic(password: str, user: str = "admin") -> dict[str, str]:
@@ -77,6 +77,7 @@ class Live:
     config_path: Path
     app: Flask
     client: FlaskClient
+    clock_s: list[float]  # the app's clock (blocks after wrong passwords); tests move it by hand
 
 
 @contextlib.contextmanager
@@ -105,11 +106,12 @@ def live_system(tmp_path: Path, **web: Any) -> Iterator[Live]:
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
         thread.start()
-        app = create_app(store, commands, cfg.web, sleep=lambda _s: None)
+        clock_s = [0.0]
+        app = create_app(store, commands, cfg.web, clock=lambda: clock_s[0])
         try:
             wait_until(lambda: store.latest().control_state == "active" and
                        all(b.online for b in store.latest().batteries), 15, "control active, both batteries online")
-            yield Live(sim, store, commands, loop, cfg, config_path, app, app.test_client())
+            yield Live(sim, store, commands, loop, cfg, config_path, app, app.test_client(), clock_s)
         finally:
             stop.set()
             commands.wakeup.set()
@@ -193,7 +195,8 @@ def test_status_from_the_real_control_thread(live: Live) -> None:
     assert doc["meter_type"] == "shelly" and doc["meter_ok"] is True
     assert [b["id"] for b in doc["batteries"]] == [1, 2]
     assert all(b["online"] and b["soc_pct"] is not None for b in doc["batteries"])
-    assert any("Control started" in e["message"] for e in doc["events"])
+    started = i18n.MESSAGES_DE["control_started"].split(":")[0]  # the page's language: web.language (de)
+    assert any(started in e["message"] for e in doc["events"])
 
 
 def test_history_returns_parallel_arrays_and_filters_by_since() -> None:
@@ -345,7 +348,7 @@ def test_scan_and_set_id_are_refused_outside_setup_mode(live: Live) -> None:
     for path, body in (("/api/setup/scan", {"first_id": 1, "last_id": 2}), ("/api/setup/set-id", {"new_id": 5})):
         resp = live.client.post(path, json=body)
         assert resp.status_code == 409
-        assert "not in setup mode" in resp.get_json()["error"]
+        assert resp.get_json()["error"] == i18n.MESSAGES_DE["not_in_setup"]  # the page's language (de)
     assert live.sim.unit(1).unit_id == 1  # nothing was re-addressed
 
 
@@ -372,7 +375,7 @@ def test_setup_flow_enter_scan_set_add_exit(live: Live) -> None:
     # Refusals: the new ID already answers; then the change 1 -> 3, verified on the new ID.
     resp = client.post("/api/setup/set-id", json={"new_id": 2})
     assert resp.status_code == 409
-    assert "already" in resp.get_json()["error"]
+    assert resp.get_json()["error"] == i18n.MESSAGES_DE["id_in_use"].format(id=2)
     resp = client.post("/api/setup/set-id", json={"new_id": 3})
     assert resp.status_code == 200
     doc = resp.get_json()
@@ -412,7 +415,7 @@ def test_set_id_with_nothing_on_id_1_is_409(live: Live) -> None:
     assert live.client.post("/api/setup/enter", json={}).status_code == 200
     resp = live.client.post("/api/setup/set-id", json={"new_id": 5})
     assert resp.status_code == 409
-    assert "no battery answers on ID 1" in resp.get_json()["error"]
+    assert resp.get_json()["error"] == i18n.MESSAGES_DE["no_battery_on_id1"]
     assert live.client.post("/api/setup/exit", json={}).status_code == 200
 
 
@@ -477,6 +480,7 @@ def test_login_form_flow_with_csrf_token(tmp_path: Path) -> None:
         html = resp.get_data(as_text=True)
         assert i18n.DE["login_wrong_password"] in html
         token = CSRF_RE.search(html).group(1)
+        system.clock_s[0] += 1.0  # past the block the wrong password earned (tests/test_security.py)
 
         resp = client.post("/login?next=/setup", data={"password": PASSWORD, "csrf_token": token})
         assert resp.status_code == 302
@@ -680,7 +684,7 @@ def test_every_text_key_the_pages_use_exists() -> None:
     used |= {f"level_{lv}" for lv in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")}
     used |= {f"quality_{q}" for q in ("rms_error_w", "export_wh_today", "import_wh_today", "battery_export_wh_today",
                                       "writes_per_h", "band_crossings_per_h", "time_in_band_pct")}
-    used |= {"login_wrong_password"}
+    used |= {"login_wrong_password", "login_too_many_attempts"}
     assert used - set(i18n.DE) == set()
 
 

@@ -1,0 +1,59 @@
+"""Shared fixtures: a fake clock, a free port, a config pointing at the simulator, a running main.py,
+a two-battery simulation and the control-loop rig of the fault tests.
+
+The implementations live in ``tests/helpers.py`` so that tests can also call them directly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from simulator import Simulation, UnitSpec
+from tests import helpers
+from tests.loop_rig import Rig
+
+
+@pytest.fixture
+def fake_clock() -> helpers.FakeClock:
+    """Monotonic time the test advances by hand."""
+    return helpers.FakeClock()
+
+
+@pytest.fixture
+def port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    return helpers.free_port()
+
+
+@pytest.fixture
+def sim_config() -> Callable[..., Any]:
+    """``sim_config(sim, ids, **sections)``: a validated Config pointing at a started simulation."""
+    return helpers.sim_config
+
+
+@pytest.fixture
+def run_main() -> Callable[..., Any]:
+    """``with run_main(config_path) as proc``: main.py as its own process, stopped with SIGTERM afterwards."""
+    return helpers.running_main
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulation]:
+    """A started simulation with two batteries (SoC 50 % and 60 %) and a 300 W house load (test files may
+    define their own ``sim``)."""
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)], meter_noise_w=5.0) as s:
+        s.set_load_w(300.0)
+        yield s
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    """Simulations and real control loops on test time (tests/loop_rig.py), cleaned up in the right order."""
+    r = Rig()
+    try:
+        yield r
+    finally:
+        r.close()

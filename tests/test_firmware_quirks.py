@@ -1,0 +1,116 @@
+"""How the batteries really behave: BMS limits near full and empty, acknowledged setpoints that deliver
+nothing, RS485 control dropped by the firmware (marstek-modbus.md §4, §10)."""
+
+from __future__ import annotations
+
+from simulator import PlantParams, UnitSpec
+from tests.helpers import wait_until
+from tests.loop_rig import (
+    LAW,
+    QUICK,
+    Rig,
+    battery_doc,
+    fake_clock,
+    fault_config,
+    make_loop,
+    run_until,
+    stopped,
+)
+
+
+def test_full_battery_stops_charging_at_max_soc(rig: Rig) -> None:
+    """The mirror of the cut-off near empty (below): charging ends at battery.max_soc_for_charge."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=97.0)], **QUICK)
+    sim.set_load_w(300.0)
+    sim.set_pv_w(2500.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)  # max_soc_for_charge 98 (default)
+    run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).power_w < -1000, 30, "charging")
+    sim.unit(1).set_soc(99.0)
+    run_until(loop, clock, lambda: sim.unit(1).force_mode != 1 and sim.unit(1).charge_power_w == 0, 30,
+              "charging stopped at the maximum SoC", step_s=1.0)
+    assert "maximum" in battery_doc(loop, 1)["note"]
+    for _ in range(5):  # and it stays stopped while the surplus lasts
+        loop.cycle()
+        clock.advance(1.0)
+        assert sim.unit(1).force_mode != 1
+
+
+def test_bms_standing_by_near_full_while_charging_is_paused(rig: Rig) -> None:
+    """max_soc_for_charge 100, but the BMS stops at 99 % (top cell voltage): the setpoint is acknowledged and
+    nothing flows. The no-delivery rule must catch it on the charge side too: pause, stop, say so."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=99.3)], plant=PlantParams(dead_time_s=0.0, tau_s=0.05,
+                                                                               bms_max_soc_pct=99.0),
+                         meter_cadence_s=0.1, meter_latency_s=0.05, meter_noise_w=5.0)
+    sim.set_load_w(300.0)
+    sim.set_pv_w(2500.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], max_soc_for_charge=100), clock)
+    run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).charge_power_w > 1000
+              and sim.unit(1).power_w == 0.0, 30, "charge commanded (SoC reads 99 % < 100 %), the BMS refuses")
+    run_until(loop, clock, lambda: loop.controller.limits_w(-1).get(1) == 0.0, 60, "paused for delivering nothing",
+              step_s=1.0)
+    assert stopped(sim.unit(1))
+    assert "delivers nothing" in battery_doc(loop, 1)["note"]
+    for _ in range(5):
+        loop.cycle()
+        clock.advance(1.0)
+        assert stopped(sim.unit(1))
+
+
+def test_battery_that_acknowledges_but_delivers_nothing_is_paused_and_retried(sim):
+    clock = fake_clock()
+    loop = make_loop(sim, [1, 2], clock=clock)
+    sim.unit(1).delivers_nothing = True
+    sim.set_load_w(3200.0)  # both batteries needed
+    try:
+        for _ in range(int(LAW.no_delivery_after_s) + 8):
+            loop.cycle()
+            clock.advance(1.0)
+        assert loop.controller.limits_w(1).get(1) == 0.0  # no discharge asked of it for now
+        assert sim.unit(1).force_mode == 0  # stopped when paused
+        doc = loop.store.status_json()
+        note = next(b["note"] for b in doc["batteries"] if b["id"] == 1)
+        assert "delivers nothing" in note
+        # The other battery takes over the load.
+        wait_until(lambda: (loop.cycle(), clock.advance(1.0), sim.unit(2).power_w > 2000)[-1], 30, "unit 2 covers")
+        # After the pause the battery is tried again.
+        clock.advance(LAW.no_delivery_hold_s)
+        sim.unit(1).delivers_nothing = False
+        wait_until(lambda: (loop.cycle(), clock.advance(1.0), 1 not in loop.controller.limits_w(1))[-1], 10,
+                   "asked again after its pause")
+    finally:
+        loop.stop_all("test")
+        loop.bus.close()
+        loop.meter.close()
+
+
+def test_rs485_control_dropped_is_reasserted_by_the_loop(sim, caplog):
+    loop = make_loop(sim, [1])
+    sim.set_load_w(800.0)
+    try:
+        wait_until(lambda: (loop.cycle(), sim.unit(1).force_mode == 2)[-1], 20, "discharging")
+        sim.unit(1).drop_rs485()
+        with caplog.at_level("WARNING"):
+            wait_until(lambda: (loop.cycle(), sim.unit(1).rs485_control)[-1], 20, "RS485 control re-asserted")
+        assert "RS485" in caplog.text
+    finally:
+        loop.stop_all("test")
+        loop.bus.close()
+        loop.meter.close()
+
+
+def test_bms_cut_off_near_empty_stops_discharge(sim):
+    loop = make_loop(sim, [1])
+    sim.unit(1).set_soc(11.5)
+    sim.set_load_w(1500.0)
+    try:
+        wait_until(lambda: (loop.cycle(), sim.unit(1).force_mode == 2)[-1], 20, "discharging")
+        sim.unit(1).set_soc(10.0)  # at the BMS floor and below min_soc_for_discharge
+        loop.bus.soc_interval_s = 0.0  # read the SoC every cycle for this test
+        wait_until(lambda: (loop.cycle(), sim.unit(1).force_mode == 0)[-1], 20, "discharge stopped")
+        assert loop.last_decision is not None and "minimum" in loop.last_decision.reason
+    finally:
+        loop.stop_all("test")
+        loop.bus.close()
+        loop.meter.close()

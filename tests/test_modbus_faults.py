@@ -1,0 +1,161 @@
+"""Modbus faults: slow, silent and exception-answering units, a gateway that closes idle connections or
+disappears. The others keep regulating; the faulty one shows offline and rejoins by itself."""
+
+from __future__ import annotations
+
+import pytest
+
+from battery_client import MarstekGateway
+from devices import BatteryError
+from simulator import Simulation, UnitSpec
+from tests.helpers import wait_until
+from tests.loop_rig import (
+    QUICK,
+    TARGET_W,
+    Rig,
+    battery_doc,
+    discharging,
+    fake_clock,
+    fault_config,
+    make_loop,
+    run_until,
+)
+from zero_feed_control import Status
+
+
+def test_slow_unit_within_the_timeout_regulates_beyond_it_goes_offline_and_rejoins(rig: Rig) -> None:
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=70.0)], **QUICK)
+    sim.set_load_w(3400.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1, 2]), clock)  # battery.timeout_seconds 0.5
+    run_until(loop, clock, lambda: all(discharging(u) for u in sim.units), 30, "both discharging")
+
+    sim.unit(2).slow_s = 0.15  # slow, but within the timeout: nothing to complain about
+    for _ in range(3):
+        loop.cycle()
+        clock.advance(1.0)
+        assert loop.batteries[2].online and not loop.store.status_json()["errors"]
+
+    sim.unit(2).slow_s = 1.5  # beyond the timeout: a failure
+    run_until(loop, clock, lambda: not loop.batteries[2].online, 20, "slow battery 2 offline", step_s=1.0)
+    assert battery_doc(loop, 2)["online"] is False
+    assert any("battery 2" in e.lower() for e in loop.store.status_json()["errors"])
+    # Battery 1 keeps regulating on its own: a load step is covered (battery 2 holds its last power).
+    sim.set_load_w(2600.0)
+    run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - TARGET_W) < 60, 30,
+              "battery 1 regulates the grid to the target alone", step_s=1.0)
+    assert loop.batteries[1].online and battery_doc(loop, 1)["online"] is True
+
+    sim.unit(2).slow_s = 0.0
+    clock.advance(30.0)  # past the longest per-unit back-off
+    run_until(loop, clock, lambda: loop.batteries[2].online, 20, "battery 2 rejoins", step_s=1.0)
+    run_until(loop, clock, lambda: not loop.store.status_json()["errors"], 20, "no errors left", step_s=1.0)
+    assert battery_doc(loop, 2)["online"] is True
+
+
+@pytest.mark.parametrize(("register_set", "close_after_exception"), [("v2", False), ("v3", True)])
+def test_unit_answering_with_exceptions_goes_offline_the_others_regulate_and_it_rejoins(
+    rig: Rig, register_set: str, close_after_exception: bool
+) -> None:
+    units = [UnitSpec(1, register_set, soc_pct=50.0), UnitSpec(2, register_set, soc_pct=70.0)]
+    sim = rig.simulation(units=units, close_after_exception=close_after_exception, **QUICK)
+    sim.set_load_w(3400.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1, 2], register_set=register_set), clock)
+    run_until(loop, clock, lambda: all(discharging(u) for u in sim.units), 30, "both discharging")
+
+    sim.unit(2).fail_with_exception = 4  # "device failure" for every request
+    run_until(loop, clock, lambda: not loop.batteries[2].online, 20, "battery 2 offline", step_s=1.0)
+    errors = loop.store.status_json()["errors"]
+    assert any("battery 2" in e.lower() and "exception 4" in e for e in errors), errors
+    assert battery_doc(loop, 2)["online"] is False
+    sim.set_load_w(2600.0)
+    run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - TARGET_W) < 60, 30,
+              "battery 1 regulates the grid to the target alone", step_s=1.0)
+    assert loop.batteries[1].online, loop.batteries[1].error  # the closed connection is not its fault
+
+    sim.unit(2).fail_with_exception = None
+    clock.advance(30.0)
+    run_until(loop, clock, lambda: loop.batteries[2].online and loop.batteries[2].setpoint_w > 0, 20,
+              "battery 2 rejoins and gets a setpoint again", step_s=1.0)
+    run_until(loop, clock, lambda: sim.unit(2).discharge_power_w == loop.batteries[2].setpoint_w, 10,
+              "battery 2 follows its setpoint")
+
+
+@pytest.mark.parametrize("close_after_exception", [False, True])
+def test_exception_answer_does_not_cost_the_next_unit_anything(close_after_exception: bool) -> None:
+    """v3 firmware closes the connection after an exception; the next request to another unit must not fail."""
+    with Simulation(units=[UnitSpec(1), UnitSpec(2)], close_after_exception=close_after_exception) as sim:
+        gateway = MarstekGateway("127.0.0.1", sim.modbus_port, timeout_s=0.5)
+        try:
+            sim.unit(2).fail_with_exception = 4
+            for _ in range(3):
+                gateway.forget(2)  # no back-off between these deliberate tries
+                with pytest.raises(BatteryError, match="exception 4"):
+                    gateway.read(2)
+                assert gateway.read(1).soc_pct == pytest.approx(50.0)
+                gateway.write_setpoint(1, 300)
+            assert sim.unit(1).discharge_power_w == 300
+        finally:
+            gateway.close()
+
+
+@pytest.mark.parametrize("register_set", ["v3"])  # an RS485 gateway that restarts (v2) behaves the same
+def test_gateway_closing_the_idle_connection_is_no_battery_failure(rig: Rig, register_set: str) -> None:
+    """A gateway restart or the v3 firmware's Ethernet reset every 30 min (marstek-modbus.md §9) closes the
+    client's idle connection. The next request finds it closed: that says nothing about the battery. It used
+    to count as a failure of whichever unit came next: offline for its 2 s back-off, "no battery online"."""
+    sim = rig.simulation(units=[UnitSpec(1, register_set, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(1500.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], register_set=register_set), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+    for _ in range(3):
+        assert sim.drop_modbus_connections() == 1
+        for _ in range(2):
+            loop.cycle()
+            clock.advance(1.0)
+            assert loop.batteries[1].online, loop.batteries[1].error
+            assert loop.last_decision is not None and loop.last_decision.status is not Status.NO_BATTERY
+            assert loop.store.status_json()["control_state"] == "active"
+            assert discharging(sim.unit(1))
+
+
+def test_one_silent_unit_shows_offline_the_other_regulates_and_it_rejoins(sim):
+    loop = make_loop(sim, [1, 2])
+    sim.set_load_w(1200.0)
+    try:
+        sim.unit(2).silent = True
+        wait_until(lambda: (loop.cycle(), sim.unit(1).power_w > 1000)[-1], 30, "unit 1 regulates alone")
+        doc = loop.store.status_json()
+        assert [b["online"] for b in doc["batteries"]] == [True, False]
+        assert any("battery 2" in e.lower() for e in doc["errors"])
+        sim.unit(2).silent = False
+        wait_until(lambda: (loop.cycle(), loop.batteries[2].online)[-1], 30, "unit 2 rejoins")
+    finally:
+        loop.stop_all("test")
+        loop.bus.close()
+        loop.meter.close()
+
+
+def test_gateway_lost_and_back_mid_run(tmp_path):
+    with Simulation(units=[UnitSpec(1)]) as first:
+        port = first.modbus_port
+        first.set_load_w(900.0)
+        loop = make_loop(first, [1])
+        wait_until(lambda: (loop.cycle(), first.unit(1).power_w > 700)[-1], 20, "discharging")
+        shelly_port = first.shelly_port
+    # The gateway (and meter) are gone: the loop keeps running and reports the battery offline.
+    loop.cycle()
+    assert not loop.batteries[1].online
+    with Simulation(units=[UnitSpec(1)]) as second:
+        second.stop()
+        second.start(modbus_port=port, shelly_port=shelly_port, ecotracker_port=None)
+        second.set_load_w(900.0)
+        try:
+            wait_until(lambda: (loop.cycle(), second.unit(1).power_w > 700)[-1], 45, "regulating after reconnect")
+            assert loop.batteries[1].online
+        finally:
+            loop.stop_all("test")
+            loop.bus.close()
+            loop.meter.close()
