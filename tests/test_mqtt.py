@@ -29,6 +29,7 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
+import i18n
 from config_loader import MqttConfig, MqttMeterConfig, parse_config
 from mqtt_bridge import MqttBridge
 from mqtt_meter import MqttMeter, MqttMeterError, power_from_payload
@@ -45,6 +46,17 @@ if not Path(MOSQUITTO).exists():
     if os.environ.get("CI") == "true":
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def english_messages() -> Iterator[None]:
+    """The log texts these tests read are the English ones (main() in another test may have switched)."""
+    before = i18n.language()
+    i18n.set_language("en")
+    try:
+        yield
+    finally:
+        i18n.set_language(before)
 
 
 # ---------------------------------------------------------------------------- the broker
@@ -355,7 +367,7 @@ def write_config(path: Path, sim: Simulation, web_port: int, mqtt_port: int, **s
         "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1, "max_failures_before_stop": 2},
         "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
         "control": {"poll_interval_seconds": 1, "soc_update_interval_seconds": 5},
-        "web": {"host": "127.0.0.1", "port": web_port},
+        "web": {"host": "127.0.0.1", "port": web_port, "language": "en"},  # the events' texts below are English
         "logging": {"level": "INFO", "file": str(path.parent / "logs" / "marstek.log")},
         "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "client_id": "marstek-e2e"},
     }
