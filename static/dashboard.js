@@ -50,7 +50,7 @@
     $("grid-unit").hidden = !isNum(w);
     setText("grid-avg", isNum(s.grid_power_avg_w) ? t("grid_avg", { value: fmt.watts(s.grid_power_avg_w) }) : "");
 
-    const names = { shelly: "Shelly", ecotracker: "EcoTracker" };
+    const names = { shelly: "Shelly", ecotracker: "EcoTracker", mqtt: "MQTT" };
     setText("meter-type", names[s.meter_type] || s.meter_type || t("none_value"));
     const health = $("meter-health");
     health.classList.toggle("ok", !!s.meter_ok);
