@@ -29,6 +29,7 @@ from config_loader import Config, ConfigError, default_config_path, load_config,
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter
 from ecotracker_client import EcoTrackerClient
+from modes import ModeFile
 from shelly_client import ShellyClient
 from status_store import CommandQueue, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
@@ -37,12 +38,17 @@ log = logging.getLogger("marstek")
 
 
 EMERGENCY_TIMEOUT_S = 1.0  # answer timeout of the watchdog's own connection
+MODE_FILE = Path("data") / "mode.json"  # the operating mode, beside the config file
 
 
 def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> GridMeter:
     """The grid meter driver that ``energy_meter.type`` selects; it stamps readings on ``clock``."""
     if cfg.energy_meter_type == "ecotracker":
         return EcoTrackerClient.from_config(cfg.ecotracker, clock)
+    if cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
+        from mqtt_meter import MqttMeter
+
+        return MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
     return ShellyClient.from_config(cfg.shelly, clock)
 
 
@@ -155,6 +161,18 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     server.task_dispatcher.shutdown()
 
 
+def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: ControlLoop,
+               stop: threading.Event) -> threading.Thread | None:
+    """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
+    if cfg.mqtt is None:
+        return None
+    from mqtt_bridge import MqttBridge, gateway_of, start_bridge
+
+    bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
+                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version)
+    return start_bridge(bridge, stop)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Marstek PV-Akku Steuerung (Nulleinspeisung)")
     parser.add_argument("--config", type=Path, default=None, help="config file (default: config.json beside main.py)")
@@ -219,8 +237,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from web_server import create_app
 
-    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path)
-    app = create_app(store, commands, cfg.web)
+    # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
+    mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
+    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path,
+                       mode_file=mode_file)
+    app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
@@ -236,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg)),
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
+    mqtt_thread = start_mqtt(cfg, store, commands, loop, stop)
     try:
         while not stop.wait(0.5):
             if not control.is_alive():
@@ -254,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
             emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
         stopped.set()
         stop_web(server, web_thread)
+        if mqtt_thread is not None:
+            mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends
         if sim:
             sim.stop()
     return 0
