@@ -445,7 +445,8 @@ class FastController:
             decision = self._failures.failed(meter_error, self._setpoints)
             if decision.status is Status.METER_FAILED:
                 self.reset()
-            return decision
+            # The batteries' own notes (SoC limits, a no-delivery pause) stay visible while the meter is out.
+            return replace(decision, battery_notes=self._notes(now_s, batteries))
         recovered = self._failures.count >= self._failures.limit
         self._failures.count = 0
 
