@@ -154,6 +154,17 @@ class MqttMeterConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """The SQLite history (chart samples and daily energy); ``path`` is resolved against the config's directory.
+
+    ``path`` ":memory:" keeps the history in memory only (the demo).
+    """
+
+    path: str = "data/history.sqlite3"
+    retention_days: int = 30
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -164,6 +175,7 @@ class Config:
     control: ControlConfig
     web: WebConfig
     logging: LoggingConfig
+    history: HistoryConfig = HistoryConfig()
     description: str = ""
     version: str = ""
     mqtt: MqttConfig | None = None  # None: MQTT off
@@ -636,6 +648,20 @@ def _mqtt_meter(sec: _Section) -> MqttMeterConfig | None:
     return MqttMeterConfig(topic, path, max_age, timeout, failures, check, frozen)
 
 
+def _history(sec: _Section | None, base_dir: Path | None) -> HistoryConfig | None:
+    hc = HistoryConfig
+    if sec is None:
+        sec = _Section([], "history", {})  # all defaults, but the path still gets resolved
+    path = sec.string("path", _default(hc, "path"))
+    retention = sec.integer("retention_days", _default(hc, "retention_days"), 1, 3650)
+    sec.finish()
+    if not _ok(path, retention):
+        return None
+    if base_dir is not None and path != ":memory:" and not Path(path).is_absolute():
+        path = str(Path(base_dir) / path)
+    return HistoryConfig(path, retention)
+
+
 def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     """Validate an already-loaded JSON value; raise ConfigError listing every problem."""
     if not isinstance(data, dict):
@@ -671,11 +697,12 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         mqtt_meter = _mqtt_meter(mqtt_meter_sec)
     if meter_type == "mqtt" and mqtt is None:
         errors.append('mqtt.host: energy_meter.type "mqtt" needs a broker: the mqtt section with a host')
+    history = _history(top.section("history", required=False), base_dir)
     top.finish()
 
     if errors:
         raise ConfigError(errors)
-    assert battery and control and web and log and meters["shelly"] and meters["ecotracker"]
+    assert battery and control and web and log and history and meters["shelly"] and meters["ecotracker"]
     return Config(
         energy_meter_type=meter_type,
         shelly=meters["shelly"],
@@ -684,6 +711,7 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         control=control,
         web=web,
         logging=log,
+        history=history,
         description=description,
         version=version,
         mqtt=mqtt,

@@ -588,6 +588,17 @@ MESSAGES_DE: dict[str, str] = {
         "Keine Antwort unter dieser ID: ID in battery.akku_ids prüfen (Setup-Seite -> Geräte scannen), "
         "RS485-Verkabelung A/B, Gateway 115200 8N1."
     ),
+    # -- history database (history.py)
+    "history_moved_aside": (
+        "Verlaufsdatenbank {path} war beschädigt oder nicht beschreibbar ({error}): beiseitegelegt als "
+        "{moved}, eine neue wurde angelegt"
+    ),
+    "history_in_memory": (
+        "Verlaufsdatenbank {path} nicht nutzbar ({error}): Verlauf und Energie werden nur im Speicher "
+        "gehalten und gehen beim Neustart verloren. Ordner und Rechte von history.path prüfen."
+    ),
+    "history_disk_full": "Verlaufsdatenbank {path}: Speicher voll ({error}), neue Messwerte werden nicht gespeichert",
+    "history_ok_again": "Verlaufsdatenbank {path} wieder beschreibbar",
 }
 
 MESSAGES_EN: dict[str, str] = {
@@ -726,6 +737,17 @@ MESSAGES_EN: dict[str, str] = {
         "No answer on this ID: check the ID in battery.akku_ids (setup page -> scan), RS485 wiring A/B, "
         "gateway 115200 8N1."
     ),
+    # -- history database (history.py)
+    "history_moved_aside": (
+        "History database {path} was damaged or not writable ({error}): moved aside as {moved}, "
+        "a new one was started"
+    ),
+    "history_in_memory": (
+        "History database {path} not usable ({error}): history and energy are kept in memory only and are "
+        "lost on a restart. Check the folder and permissions of history.path."
+    ),
+    "history_disk_full": "History database {path}: disk full ({error}), new samples are not stored",
+    "history_ok_again": "History database {path} writable again",
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = {"de": MESSAGES_DE, "en": MESSAGES_EN}

@@ -21,6 +21,7 @@ import i18n
 
 EVENTS_KEPT = 200
 HISTORY_KEPT = 24 * 3600  # one sample per second, one day
+PENDING_KEPT = 600  # samples waiting for the history writer; older ones are dropped if it is stuck
 
 
 def now_iso() -> str:
@@ -77,6 +78,8 @@ class StatusSnapshot:
     warnings: tuple[str, ...] = ()
     # The operating mode object of GET /api/mode (modes.ModeState.to_json()).
     operating_mode: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPERATING_MODE))
+    # Monotonic counters for /metrics: control_cycles_total, meter_failures_total, modbus_writes_total.
+    counters: Mapping[str, int] = field(default_factory=dict)
 
 
 DEFAULT_OPERATING_MODE: Mapping[str, Any] = {"mode": "auto", "power_w": None, "until": None, "source": "default"}
@@ -90,12 +93,42 @@ class StatusStore:
         self._snapshot = StatusSnapshot()
         self._events: deque[Event] = deque(maxlen=events_kept)
         self._history: deque[HistorySample] = deque(maxlen=history_kept)
+        # Samples for the history writer (history.py): bounded, so a stuck disk costs memory, never time.
+        self._pending: deque[HistorySample] = deque(maxlen=PENDING_KEPT)
+        self._problems: dict[str, tuple[str, bool]] = {}  # source -> (message, is_error)
+        self._facts: dict[str, dict[str, Any]] = {}  # battery -> what was read from it at start
 
     def publish(self, snapshot: StatusSnapshot, sample: HistorySample | None = None) -> None:
         with self._lock:
             self._snapshot = snapshot
             if sample is not None:
                 self._history.append(sample)
+                self._pending.append(sample)
+
+    def take_samples(self) -> list[HistorySample]:
+        """The samples published since the last call (the history writer's feed; never blocks long)."""
+        with self._lock:
+            taken = list(self._pending)
+            self._pending.clear()
+            return taken
+
+    def set_problem(self, source: str, message: str | None, *, error: bool = False) -> None:
+        """A problem of a thread other than the control thread (e.g. the history database), shown in
+        /api/status ``errors`` (``error``) or ``warnings``; ``None`` clears it."""
+        with self._lock:
+            if message is None:
+                self._problems.pop(source, None)
+            else:
+                self._problems[source] = (message, error)
+
+    def set_battery_facts(self, battery: str, facts: Mapping[str, Any]) -> None:
+        """What was read from one battery at start (model name, ...), for the diagnostics bundle."""
+        with self._lock:
+            self._facts[battery] = dict(facts)
+
+    def battery_facts(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._facts.items()}
 
     def update(self, **changes: Any) -> None:
         """Replace some fields of the current snapshot (e.g. setup_mode from a command)."""
@@ -125,8 +158,11 @@ class StatusStore:
         snap = self.latest()
         doc = asdict(snap)
         doc["batteries"] = [asdict(b) for b in snap.batteries]
-        doc["errors"] = list(snap.errors)
-        doc["warnings"] = list(snap.warnings)
+        with self._lock:
+            problems = list(self._problems.values())
+        doc["errors"] = list(snap.errors) + [m for m, is_error in problems if is_error]
+        doc["warnings"] = list(snap.warnings) + [m for m, is_error in problems if not is_error]
+        doc["counters"] = dict(snap.counters)
         doc["quality"] = dict(snap.quality)
         doc["operating_mode"] = dict(snap.operating_mode)
         doc["events"] = [asdict(e) for e in self.events()]
