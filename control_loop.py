@@ -32,6 +32,7 @@ from status_store import (
     CommandError,
     CommandQueue,
     HistorySample,
+    QuirkCounter,
     StatusSnapshot,
     StatusStore,
     now_iso,
@@ -130,6 +131,9 @@ class ControlLoop:
         self.wall_clock = wall_clock
         self.mode = mode_file.load() if mode_file else ModeState()
         store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
+        self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
+        self.quirks = QuirkCounter()
+        self._named: set[int] = set()  # batteries whose device name is recorded in the store
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
@@ -151,6 +155,7 @@ class ControlLoop:
     def run_once(self) -> None:
         """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
         self._cycle_started_s = self.clock()
+        self.cycles_total += 1
         try:
             self.cycle()
         except Exception as exc:
@@ -200,6 +205,7 @@ class ControlLoop:
                                         meter_error=self.meter_error, mode=self.mode.mode,
                                         charge_power_w=self.mode.power_w)
         self.last_decision = decision
+        self.quirks.notes(decision.battery_notes)
         self._log_decision(decision)
         self.apply(decision)
         self.track_quality(now_s, grid_w, decision)
@@ -242,6 +248,7 @@ class ControlLoop:
         return reading.grid_power_w, reading.received_at_s
 
     def _meter_failed(self, message: Msg | str) -> None:
+        self.quirks.note("meter_failure")
         if self.meter_ok or not self.meter_error:
             log.warning(Msg("meter_read_failed", error=message))
             self.meter_error_since = now_iso()
@@ -261,6 +268,14 @@ class ControlLoop:
             if not b.online:
                 log.info(Msg("battery_online", id=b.battery_id, soc=b.reading.soc_pct))
             b.online, b.error = True, ""
+            if b.battery_id not in self._named:  # once, for the diagnostics bundle
+                self._named.add(b.battery_id)
+                facts: dict[str, Any]
+                try:
+                    facts = {"device_name": self.bus.read_device_name(b.battery_id)}
+                except BatteryError as exc:
+                    facts = {"device_name": None, "error": str(exc)}
+                self.store.set_battery_facts(str(b.battery_id), facts)
 
     def apply(self, decision: Decision) -> None:
         """Write each online battery's setpoint; a failing battery never blocks the others."""
@@ -319,6 +334,8 @@ class ControlLoop:
             status=decision.status.value if decision else "",
             meter_error_since=self.meter_error_since,
             warnings=self.store.latest().warnings,
+            counters={"control_cycles_total": self.cycles_total, "modbus_writes_total": self.bus.writes_total,
+                      "meter_failures_total": self.quirks.count("meter_failure")},
             quality=self.quality.figures(),
             operating_mode=self.mode.to_json(),
         )

@@ -169,6 +169,56 @@ class StatusStore:
         return i18n.render(doc, lang or i18n.language())
 
 
+class QuirkCounter:
+    """Counts device quirks (meter failures, RS485 re-asserts, no-delivery pauses, reconnects) with the
+    time each was last seen; any thread may ``note``, the diagnostics bundle reads ``figures``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[int, str]] = {}
+        self._paused: set[int] = set()
+
+    def note(self, name: str) -> None:
+        with self._lock:
+            count, _ = self._seen.get(name, (0, ""))
+            self._seen[name] = (count + 1, now_iso())
+
+    def count(self, name: str) -> int:
+        with self._lock:
+            return self._seen.get(name, (0, ""))[0]
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: {"count": count, "last": last} for name, (count, last) in self._seen.items()}
+
+    def notes(self, battery_notes: Mapping[int, str]) -> None:
+        """Count each battery's entry into a no-delivery pause (the law's ``note_no_delivery_*`` notes)."""
+        paused = {i for i, note in battery_notes.items() if getattr(note, "code", "").startswith("note_no_delivery")}
+        for _ in paused - self._paused:
+            self.note("no_delivery_pause")
+        self._paused = paused
+
+
+# The battery driver logs these (battery_client.py); counted from its log records, message templates as keys.
+LOGGED_QUIRKS = {
+    "Battery %d left RS485 control on its own: re-asserting it": "rs485_reassert",
+    "Modbus gateway %s:%s reachable again": "modbus_reconnect",
+}
+
+
+class QuirkLogHandler(logging.Handler):
+    """Counts the quirks the drivers only log (``LOGGED_QUIRKS``) into a ``QuirkCounter``."""
+
+    def __init__(self, quirks: QuirkCounter) -> None:
+        super().__init__(logging.INFO)
+        self.quirks = quirks
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = LOGGED_QUIRKS.get(str(getattr(record.msg, "code", record.msg)))
+        if name is not None:
+            self.quirks.note(name)
+
+
 class StoreLogHandler(logging.Handler):
     """Feeds log records (INFO and above) into the store's live event list."""
 
