@@ -127,6 +127,21 @@ def energy_between(a: HistorySample, b: HistorySample) -> DayEnergy:
     return e
 
 
+def bucket_samples(samples: Sequence[HistorySample], step_s: int) -> list[HistorySample]:
+    """Means of ``samples`` in buckets of ``step_s`` seconds (t = the bucket's middle), oldest first."""
+    buckets: dict[int, list[HistorySample]] = {}
+    for s in samples:
+        buckets.setdefault(int(s.t // step_s), []).append(s)
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
+    return [HistorySample(n * step_s + step_s / 2, mean([s.grid_w for s in group]),
+                          mean([s.battery_w for s in group]), mean([s.soc_pct for s in group]))
+            for n, group in sorted(buckets.items())]
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -142,8 +157,11 @@ class History:
         *,
         clock: Callable[[], float] = time.time,
         on_connect: Callable[[sqlite3.Connection], None] | None = None,
+        open_now: bool = True,
     ) -> None:
-        """``on_connect`` runs on every new connection (tests use it to simulate a slow or full disk)."""
+        """``on_connect`` runs on every new connection (tests use it to simulate a slow or full disk).
+        ``open_now=False``: the file is opened by ``run`` in the history thread (a hanging disk then never
+        delays the start of the control)."""
         self.path = str(path)
         self.retention_days = retention_days
         self.store = store
@@ -156,7 +174,21 @@ class History:
         self._prev: HistorySample | None = None
         self._last_prune_s = -math.inf
         self._full = False
-        self._conn: sqlite3.Connection = self._open()
+        self._conn: sqlite3.Connection | None = None
+        if open_now:
+            self.open()
+
+    def open(self) -> None:
+        """Open (or recover) the database file; readers get ``HistoryBusy`` until it is open."""
+        with self._db_lock:
+            if self._conn is None:
+                self._conn = self._open()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise HistoryBusy("history database not open yet")
+        return self._conn
 
     # ------------------------------------------------------------------ opening, recovery
     def _connect(self, path: str) -> sqlite3.Connection:
@@ -241,6 +273,7 @@ class History:
         """The history thread: write the store's new samples every second until ``stop``."""
         if self.store is None:
             raise ValueError("History.run needs the status store")
+        self.open()
         while not stop.wait(WRITE_INTERVAL_S):
             self.add(self.store.take_samples())
         self.add(self.store.take_samples())
@@ -275,9 +308,9 @@ class History:
         try:
             with self._db_lock:
                 with self._transaction():
-                    self._conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
+                    self.conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
                     placeholders = ", ".join("?" * (1 + len(ENERGY_FIELDS)))
-                    self._conn.executemany(f"INSERT OR REPLACE INTO energy VALUES ({placeholders})", energy_rows)
+                    self.conn.executemany(f"INSERT OR REPLACE INTO energy VALUES ({placeholders})", energy_rows)
                 now_s = self.clock()
                 if now_s - self._last_prune_s >= PRUNE_INTERVAL_S:
                     self._last_prune_s = now_s
@@ -298,14 +331,14 @@ class History:
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[None]:
-        self._conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+                self.conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        self.conn.execute("COMMIT")
 
     def _disk_full(self, exc: Exception) -> None:
         if not self._full:
@@ -317,8 +350,9 @@ class History:
     def _failed(self, exc: Exception) -> None:
         """A write failed for another reason than a full disk: the file is damaged or unwritable."""
         with self._db_lock:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
             if self.in_memory:  # nothing left to move aside
                 self._conn = self._connect(MEMORY)
                 return
@@ -328,15 +362,15 @@ class History:
         """Old raw samples become one-minute means; beyond the retention everything goes (lock held)."""
         cut = math.floor((now_s - RAW_KEEP_S) / MINUTE_S) * MINUTE_S  # whole minutes only
         with self._transaction():
-            self._conn.execute(
+            self.conn.execute(
                 "INSERT OR REPLACE INTO samples_1m SELECT CAST(t / ?1 AS INTEGER) * ?1 + ?1 / 2.0, AVG(grid_w), "
                 "AVG(battery_w), AVG(soc_pct) FROM samples WHERE t < ?2 GROUP BY CAST(t / ?1 AS INTEGER)",
                 (MINUTE_S, cut),
             )
-            self._conn.execute("DELETE FROM samples WHERE t < ?", (cut,))
-            self._conn.execute("DELETE FROM samples_1m WHERE t < ?", (now_s - self.retention_days * 86400,))
+            self.conn.execute("DELETE FROM samples WHERE t < ?", (cut,))
+            self.conn.execute("DELETE FROM samples_1m WHERE t < ?", (now_s - self.retention_days * 86400,))
             oldest_day = local_day(now_s - max(self.retention_days, ENERGY_KEEP_DAYS) * 86400)
-            self._conn.execute("DELETE FROM energy WHERE day < ?", (oldest_day,))
+            self.conn.execute("DELETE FROM energy WHERE day < ?", (oldest_day,))
 
     def prune(self) -> None:
         """Downsample and apply the retention now (the writer does it every ``PRUNE_INTERVAL_S``)."""
@@ -346,7 +380,9 @@ class History:
 
     def close(self) -> None:
         with self._db_lock, contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     # ------------------------------------------------------------------ readers (web thread)
     @contextlib.contextmanager
@@ -354,7 +390,7 @@ class History:
         if not self._db_lock.acquire(timeout=READ_TIMEOUT_S):
             raise HistoryBusy("history database busy (slow disk?), try again")
         try:
-            yield self._conn
+            yield self.conn
         finally:
             self._db_lock.release()
 

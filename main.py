@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -28,10 +30,12 @@ from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter
+from diagnostics import Diagnostics
 from ecotracker_client import EcoTrackerClient
+from history import History
 from modes import ModeFile
 from shelly_client import ShellyClient
-from status_store import CommandQueue, StatusStore, StoreLogHandler
+from status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
 
 log = logging.getLogger("marstek")
@@ -130,14 +134,15 @@ def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth" is not an event
 
 
-def demo_config(port: int, sim: Any) -> Config:
-    """A config pointing at the built-in simulator."""
+def demo_config(port: int, sim: Any, history_path: str = ":memory:") -> Config:
+    """A config pointing at the built-in simulator; the history in ``history_path`` (a temp dir)."""
     return parse_config({
         "energy_meter": {"type": "shelly"},
         "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 2, "max_failures_before_stop": 2},
         "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
         "control": {"poll_interval_seconds": 1},
         "web": {"host": "127.0.0.1", "port": port},
+        "history": {"path": history_path},
     })
 
 
@@ -173,6 +178,14 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
     return start_bridge(bridge, stop)
 
 
+def stop_demo(sim: Any, demo_dir: str | None) -> None:
+    """Stop the demo's simulator and remove its temporary history."""
+    if sim:
+        sim.stop()
+    if demo_dir:
+        shutil.rmtree(demo_dir, ignore_errors=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Marstek PV-Akku Steuerung (Nulleinspeisung)")
     parser.add_argument("--config", type=Path, default=None, help="config file (default: config.json beside main.py)")
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         print("--port: must be 1..65535", file=sys.stderr)
         return 2
     sim = None
+    demo_dir: str | None = None
     config_path: Path | None = None
     store = StatusStore()
     try:
@@ -199,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
             sim = Simulation(units=[UnitSpec(1, soc_pct=55.0), UnitSpec(2, soc_pct=70.0)],
                              house=HouseModel(demo=True))
             sim.start()
-            cfg = demo_config(args.port or 8080, sim)
+            demo_dir = tempfile.mkdtemp(prefix="marstek-demo-")
+            cfg = demo_config(args.port or 8080, sim, str(Path(demo_dir) / "history.sqlite3"))
         else:
             config_path = (args.config or default_config_path()).resolve()
             cfg = load_config(config_path)
@@ -239,20 +254,26 @@ def main(argv: list[str] | None = None) -> int:
 
     # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
     mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
-    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path,
-                       mode_file=mode_file)
-    app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w)
+    meter = build_meter(cfg)
+    loop = ControlLoop(cfg, meter, build_bus(cfg), store, commands, config_path=config_path, mode_file=mode_file)
+    logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
+    # Opened by its own thread: a hanging disk never delays the control.
+    history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
+    diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
+    app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
+                     history=history, diagnostics=diagnostics.bundle)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
         print(i18n.Msg("web_cannot_listen", host=cfg.web.host, port=cfg.web.port, error=str(exc)), file=sys.stderr)
-        if sim:
-            sim.stop()
+        stop_demo(sim, demo_dir)
         return 1
     host = "localhost" if cfg.web.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.web.host
     log.info(i18n.Msg("dashboard_at", url=f"http://{host}:{cfg.web.port}"))
     control = threading.Thread(target=loop.run, args=(stop,), name="control", daemon=True)
     control.start()
+    history_thread = threading.Thread(target=history.run, args=(stop,), name="history", daemon=True)
+    history_thread.start()
     watchdog = Watchdog(lambda: loop.heartbeat_s, watchdog_limit_s(cfg),
                         lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg)),
                         paused=lambda: loop.setup_mode)
@@ -278,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
         stop_web(server, web_thread)
         if mqtt_thread is not None:
             mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends
-        if sim:
-            sim.stop()
+        history_thread.join(timeout=3.0)  # its last batch; a hanging disk must not keep the program alive
+        stop_demo(sim, demo_dir)
     return 0
 
 
