@@ -13,14 +13,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from status_store import BatteryStatus, StatusStore
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 COUNTERS = (
     ("modbus_writes_total", "marstek_modbus_writes", "Modbus register writes to the batteries"),
     ("meter_failures_total", "marstek_meter_failures", "Failed or frozen grid meter readings"),
@@ -101,6 +100,8 @@ def make_registry(store: StatusStore) -> CollectorRegistry:
     return registry
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
-    """The registry in the Prometheus text format."""
-    return generate_latest(registry)
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The registry in the format the scraper's Accept header asks for (the library's own negotiation:
+    the Prometheus text format 0.0.4 by default, OpenMetrics when asked) and its content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type

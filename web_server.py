@@ -412,7 +412,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             if samples is None:
                 samples = bucket_samples(store.history(lower_t), step_s)
         else:
-            memory = store.history(lower_t)
+            memory = store.history(since_t)  # without since: all of memory, as before (one day at most)
             samples = list(memory)
             if history is not None and (not memory or memory[0].t > lower_t):
                 # Older than this run's memory: from the file (the memory's samples are in it too: skip those).
@@ -453,7 +453,8 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
-        return Response(metrics.exposition(registry), headers={"Content-Type": metrics.CONTENT_TYPE})
+        body, content_type = metrics.exposition(registry, request.headers.get("Accept"))
+        return Response(body, headers={"Content-Type": content_type})
 
     @app.get("/api/diagnostics")
     def api_diagnostics() -> Response:
