@@ -122,7 +122,26 @@ DE: dict[str, str] = {
     "range_3h": "3 h",
     "range_24h": "24 h",
     "energy_title": "Energie heute",
-    "energy_since": "gezählt seit {time} (Programmstart)",
+    "energy_avoided": "Vom Akku eingespart (Netzbezug vermieden)",
+    "energy_unavailable": "Die Energiewerte sind gerade nicht abrufbar (Verlaufsdatenbank belegt).",
+    "energy_chart_title": "Energie pro Tag",
+    "energy_chart_empty": "Noch keine Tageswerte.",
+    "energy_chart_hint": (
+        "Links: Netzbezug (nach oben) und Einspeisung (nach unten). Rechts: Entladen (nach oben) und "
+        "Laden (nach unten) der Akkus. In kWh, pro Kalendertag."
+    ),
+    "energy_chart_day": "Tag",
+    "range_7d": "7 Tage",
+    "range_30d": "30 Tage",
+    "week_chart_title": "Leistung der letzten 7 Tage",
+    "week_chart_hint": "Mittelwerte über je 5 Minuten. Netz: + Bezug / − Einspeisung. Akkus: + Entladen / − Laden.",
+    "diagnostics_title": "Hilfe bei Problemen",
+    "diagnostics_hint": (
+        "Die Diagnose-Datei enthält Versionen, Einstellungen (Passwörter durch *** ersetzt), den Zustand, "
+        "die letzten Ereignisse und was von Akkus und Zähler gelesen wurde. Bitte einer Fehlermeldung beilegen."
+    ),
+    "diagnostics_download": "Diagnose herunterladen",
+    "diagnostics_login": "Zum Herunterladen der Diagnose bitte zuerst anmelden.",
     "energy_charged": "Geladen",
     "energy_discharged": "Entladen",
     "energy_imported": "Netzbezug",
@@ -332,7 +351,26 @@ EN: dict[str, str] = {
     "range_3h": "3 h",
     "range_24h": "24 h",
     "energy_title": "Energy today",
-    "energy_since": "counted since {time} (program start)",
+    "energy_avoided": "Saved by the battery (grid import avoided)",
+    "energy_unavailable": "The energy figures cannot be fetched right now (history database busy).",
+    "energy_chart_title": "Energy per day",
+    "energy_chart_empty": "No daily figures yet.",
+    "energy_chart_hint": (
+        "Left: grid import (up) and export (down). Right: battery discharge (up) and charge (down). "
+        "In kWh, per calendar day."
+    ),
+    "energy_chart_day": "Day",
+    "range_7d": "7 days",
+    "range_30d": "30 days",
+    "week_chart_title": "Power over the last 7 days",
+    "week_chart_hint": "Means over 5 minutes each. Grid: + import / − export. Batteries: + discharge / − charge.",
+    "diagnostics_title": "Help with problems",
+    "diagnostics_hint": (
+        "The diagnostics file holds versions, settings (passwords replaced by ***), the state, the recent "
+        "events and what was read from the batteries and the meter. Please attach it to a bug report."
+    ),
+    "diagnostics_download": "Download diagnostics",
+    "diagnostics_login": "Please log in first to download the diagnostics.",
     "energy_charged": "Charged",
     "energy_discharged": "Discharged",
     "energy_imported": "Grid import",

@@ -390,3 +390,134 @@ def test_mode_buttons_switch_the_mode_and_show_the_remaining_time(browser: Brows
         wait_until(lambda: any(w > 0 for w in commanded()), 20, "auto: discharging again")
         expect(page.locator("#control-state-text")).to_have_text("Regelung aktiv")
         assert json.loads(mode_file.read_text())["mode"] == "auto"
+
+
+# ---------------------------------------------------------------------------- energy, 7 days, diagnostics
+def canvas_pixels(page: Page, selector: str) -> int:
+    """Painted pixels on the chart canvas in ``selector``."""
+    return page.evaluate(
+        """(sel) => {
+            const canvas = document.querySelector(sel + ' canvas');
+            if (!canvas) return 0;
+            const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            let n = 0;
+            for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) n++;
+            return n;
+        }""",
+        selector,
+    )
+
+
+def seed_earlier_runs(db_path: Path, days: int = 12) -> None:
+    """What earlier runs of the program left in its history file: daily energy and 5-minute power means
+    for the days before today (today belongs to the running program)."""
+    import math
+    import sqlite3
+    from datetime import date, datetime, timedelta
+
+    from history import History
+
+    History(db_path).close()  # the file and its tables, as the program creates them
+    today = date.today()
+    conn = sqlite3.connect(db_path, timeout=10)
+    with conn:
+        for n in range(1, days + 1):
+            day = today - timedelta(days=n)
+            sunny = 0.5 + 0.5 * math.sin(n)
+            conn.execute("INSERT OR REPLACE INTO energy VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (day.isoformat(), 2500 + 1500 * (1 - sunny), 300 + 900 * sunny, 2000 + 3000 * sunny,
+                          1800 + 2500 * sunny, 1700 + 2300 * sunny, 1900 + 2800 * sunny))
+        start = datetime.combine(today - timedelta(days=6), datetime.min.time()).timestamp()
+        rows = []
+        for i in range(0, 6 * 86400, 300):
+            hour = (i % 86400) / 3600
+            pv = max(0.0, math.sin((hour - 6) / 12 * math.pi)) * 2400
+            battery = max(-1800.0, min(1200.0, 450 - pv))
+            soc = 50 + 40 * math.sin((hour - 10) / 24 * 2 * math.pi)
+            rows.append((start + i + 150, 450 - pv - battery, battery, soc))  # grid = load - PV - battery
+        conn.executemany("INSERT OR REPLACE INTO samples_1m VALUES (?, ?, ?, ?)", rows)
+    conn.close()
+
+
+def test_energy_chart_week_chart_and_diagnostics_button(browser: Browser, system: System) -> None:
+    seed_earlier_runs(system.config_path.parent / "data" / "history.sqlite3")
+    # Let the batteries work a while so that today's bars have a height.
+    wait_until(lambda: (get_json(system.url + "/api/energy?days=1") or {"days": [{}]})["days"][0].get(
+        "discharge_wh", 0) > 0.05, 30, "the server counts some discharge energy")
+    with open_page(browser, system.url + "/") as page:
+        page.wait_for_function(
+            "() => { const c = window.marstekDashboard.energyChart(); return c && c.data[0].length === 7; }",
+            timeout=TIMEOUT_MS,
+        )
+        imports = page.evaluate("window.marstekDashboard.energyChart().data[1]")
+        assert all(v > 1 for v in imports[:-1]), f"the earlier days come from the history file: {imports}"
+        labels = page.evaluate("window.marstekDashboard.energyChart().series.map(s => s.label)")
+        assert labels[1:] == ["Netzbezug", "Einspeisung", "Entladen", "Geladen"]
+        expect(page.locator("#energy-chart-empty")).to_be_hidden()
+        expect(page.locator("#energy-discharged")).to_have_text(re.compile(r"[1-9]"))
+        base = canvas_pixels(page, "#energy-chart")
+        assert base > 500, f"only {base} painted pixels on the energy chart"
+        page.locator("[data-days='30']").click()
+        expect(page.locator("[data-days='30']")).to_have_attribute("aria-pressed", "true")
+        assert page.evaluate("window.marstekDashboard.energyChart().data[0].length") == 30
+
+        page.wait_for_function(
+            "() => { const c = window.marstekDashboard.weekChart(); return c && c.data[0].length >= 1000; }",
+            timeout=TIMEOUT_MS,
+        )
+        week = canvas_pixels(page, "#week-chart")
+        assert week > 2000, f"only {week} painted pixels on the 7-day chart"
+        expect(page.locator("#week-chart-empty")).to_be_hidden()
+        assert page.evaluate("window.marstekDashboard.weekChart().series.map(s => s.label)")[1:] == [
+            "Netz", "Akkus", "Ladestand"]
+
+        link = page.locator("#diagnostics-download")
+        expect(link).to_have_text("Diagnose herunterladen")
+        with page.expect_download() as download_info:
+            link.click()
+        download = download_info.value
+        assert re.match(r"marstek-diagnose-\d{8}-\d{6}\.json$", download.suggested_filename)
+        bundle = json.loads(Path(download.path()).read_text(encoding="utf-8"))
+        assert bundle["status"]["control_state"] == "active" and len(bundle["batteries"]) == 2
+        page.locator("#energy-chart-card").scroll_into_view_if_needed()
+        screenshot(page, "dashboard-energy.png")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#energy-chart-card").screenshot(path=str(ARTIFACTS / "energy-chart.png"))
+        page.locator("#week-card").screenshot(path=str(ARTIFACTS / "week-chart.png"))
+    with open_page(browser, system.url + "/", width=360, height=740) as page:
+        page.wait_for_function("() => window.marstekDashboard.energyChart() && "
+                               "window.marstekDashboard.energyChart().data[0].length === 7", timeout=TIMEOUT_MS)
+        assert no_horizontal_scroll(page)
+        page.locator("#energy-chart-card").screenshot(path=str(ARTIFACTS / "energy-chart-360.png"))
+
+
+def test_todays_energy_survives_a_restart(browser: Browser, system: System, tmp_path: Path) -> None:
+    def discharged_wh() -> float:
+        doc = get_json(system.url + "/api/energy?days=1")
+        return float(doc["days"][0]["discharge_wh"]) if doc else -1.0
+
+    wait_until(lambda: discharged_wh() > 1.0, 40, "the server counts over 1 Wh of discharge")
+    system.proc.send_signal(signal.SIGTERM)
+    assert system.proc.wait(timeout=15) == 0
+    before = float(json.loads(subprocess.run(  # what the file holds now, read by its own reader
+        [sys.executable, "-c", "import json, sys; from history import History; "
+         "print(json.dumps(History(sys.argv[1]).energy_days(1)[0]['discharge_wh']))",
+         str(system.config_path.parent / "data" / "history.sqlite3")],
+        cwd=str(ROOT), capture_output=True, text=True, check=True, timeout=30).stdout))
+    assert before > 1.0
+    output = (tmp_path / "restart-output.txt").open("w", encoding="utf-8")
+    again = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(system.config_path)],
+                             cwd=str(tmp_path), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: discharged_wh() >= 0, 30, "main.py up again")
+        assert discharged_wh() >= before, "today's energy carries on from the file, it does not start at 0"
+        with open_page(browser, system.url + "/") as page:
+            expect(page.locator("#energy-discharged")).to_have_text(re.compile(r"[1-9]"))
+    finally:
+        again.send_signal(signal.SIGTERM)  # the fixture stops only the first program
+        try:
+            again.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            again.kill()
+            again.wait()
+        output.close()
