@@ -133,16 +133,18 @@ class ControlLoop:
         store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
         self.quirks = QuirkCounter()
-        self._named: set[int] = set()  # batteries whose device name is recorded in the store
+        self._unnamed: set[int] = set()  # batteries whose device name run() still has to read
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
         """Cycle until ``stop`` is set; always leaves the batteries stopped."""
         log.info(Msg("control_started", meter=self.meter.name, ids=", ".join(map(str, self.batteries)),
                      algorithm=self.cfg.control.algorithm))
+        self._unnamed = set(self.batteries)
         try:
             while not stop.is_set():
                 self.run_once()
+                self.read_device_names()
                 # Woken early by a web command or by the stop request (both set ``wakeup``).
                 self.commands.wakeup.wait(max(0.0, self.next_cycle_s - self.clock()))
         finally:
@@ -255,6 +257,18 @@ class ControlLoop:
         self.meter_ok, self.meter_error = False, message
         self.grid_power_w = None
 
+    def read_device_names(self) -> None:
+        """Once per battery, when it is first online after the start: its model name, for the diagnostics."""
+        for b in self.batteries.values():
+            if b.battery_id in self._unnamed and b.online:
+                self._unnamed.discard(b.battery_id)
+                facts: dict[str, Any]
+                try:
+                    facts = {"device_name": self.bus.read_device_name(b.battery_id)}
+                except BatteryError as exc:
+                    facts = {"device_name": None, "error": str(exc)}
+                self.store.set_battery_facts(str(b.battery_id), facts)
+
     def read_batteries(self) -> None:
         for b in self.batteries.values():
             try:
@@ -268,14 +282,6 @@ class ControlLoop:
             if not b.online:
                 log.info(Msg("battery_online", id=b.battery_id, soc=b.reading.soc_pct))
             b.online, b.error = True, ""
-            if b.battery_id not in self._named:  # once, for the diagnostics bundle
-                self._named.add(b.battery_id)
-                facts: dict[str, Any]
-                try:
-                    facts = {"device_name": self.bus.read_device_name(b.battery_id)}
-                except BatteryError as exc:
-                    facts = {"device_name": None, "error": str(exc)}
-                self.store.set_battery_facts(str(b.battery_id), facts)
 
     def apply(self, decision: Decision) -> None:
         """Write each online battery's setpoint; a failing battery never blocks the others."""

@@ -497,8 +497,8 @@ def test_todays_energy_survives_a_restart(browser: Browser, system: System, tmp_
         return float(doc["days"][0]["discharge_wh"]) if doc else -1.0
 
     wait_until(lambda: discharged_wh() > 1.0, 40, "the server counts over 1 Wh of discharge")
-    system.proc.send_signal(signal.SIGTERM)
-    assert system.proc.wait(timeout=15) == 0
+    stop_process(system.proc)
+    assert system.proc.returncode == 0
     before = float(json.loads(subprocess.run(  # what the file holds now, read by its own reader
         [sys.executable, "-c", "import json, sys; from history import History; "
          "print(json.dumps(History(sys.argv[1]).energy_days(1)[0]['discharge_wh']))",
@@ -514,10 +514,5 @@ def test_todays_energy_survives_a_restart(browser: Browser, system: System, tmp_
         with open_page(browser, system.url + "/") as page:
             expect(page.locator("#energy-discharged")).to_have_text(re.compile(r"[1-9]"))
     finally:
-        again.send_signal(signal.SIGTERM)  # the fixture stops only the first program
-        try:
-            again.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            again.kill()
-            again.wait()
+        stop_process(again)  # the fixture stops only the first program
         output.close()
