@@ -197,6 +197,7 @@ class History:
             if path != MEMORY:
                 conn.execute("PRAGMA journal_mode=WAL")  # fewer fsyncs (SD cards) and no rewrite per batch
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA cache_size=-1024")  # 1 MB page cache: writes append, reads are rare
             if self.on_connect is not None and path != MEMORY:  # the hook simulates the disk, not memory
                 self.on_connect(conn)
             check = conn.execute("PRAGMA quick_check").fetchone()

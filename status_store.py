@@ -20,7 +20,7 @@ from typing import Any
 import i18n
 
 EVENTS_KEPT = 200
-HISTORY_KEPT = 24 * 3600  # one sample per second, one day
+HISTORY_KEPT = 2 * 3600  # one sample per second, two hours; older ones come from the history database
 PENDING_KEPT = 600  # samples waiting for the history writer; older ones are dropped if it is stuck
 
 
@@ -48,7 +48,7 @@ class Event:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands of them are kept
 class HistorySample:
     """One point of the dashboard chart: epoch seconds, grid W (+ import), battery W (+ discharge), mean SoC."""
 

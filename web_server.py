@@ -412,7 +412,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             if samples is None:
                 samples = bucket_samples(store.history(lower_t), step_s)
         else:
-            memory = store.history(since_t)  # without since: all of memory, as before (one day at most)
+            memory = store.history(since_t)  # no since: all of memory (2 h), the rest of the day from the file
             samples = list(memory)
             if history is not None and (not memory or memory[0].t > lower_t):
                 # Older than this run's memory: from the file (the memory's samples are in it too: skip those).
