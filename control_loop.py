@@ -15,6 +15,7 @@ Signs: grid power + import / - export; battery power and setpoints + discharge /
 from __future__ import annotations
 
 import datetime
+import functools
 import logging
 import threading
 import time
@@ -28,17 +29,27 @@ from config_loader import Config, UnitConfig
 from devices import BatteryBus, BatteryError, BatteryReading, GridMeter, MeterError
 from fleet import Fleet, unit_name
 from i18n import Msg
+from modes import ModeFile, ModeRequest, ModeState
 from quality import QualityTracker
 from status_store import (
     BatteryStatus,
     CommandError,
     CommandQueue,
     HistorySample,
+    QuirkCounter,
     StatusSnapshot,
     StatusStore,
     now_iso,
 )
-from zero_feed_control import STOPPING, BatteryState, ControlParams, Decision, Status, make_controller
+from zero_feed_control import (
+    STOPPING,
+    BatteryState,
+    ControlParams,
+    Decision,
+    OperatingMode,
+    Status,
+    make_controller,
+)
 
 log = logging.getLogger("marstek")
 
@@ -91,6 +102,10 @@ class _Battery:
         return unit_name(self.unit)
 
 
+def _device_name(bus: BatteryBus, *, unit_id: int) -> str:
+    return bus.read_device_name(unit_id)
+
+
 class ControlLoop:
     """The control thread: meter in, setpoints out, status published. Owns meter and bus."""
 
@@ -105,6 +120,8 @@ class ControlLoop:
         config_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         controller_params: ControlParams | None = None,
+        mode_file: ModeFile | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.meter = meter
@@ -132,6 +149,14 @@ class ControlLoop:
         self._crashes = 0
         self._cycle_started_s = clock()
         self._next_cycle_s = clock()
+        # The operating mode (modes.py): kept across restarts in ``mode_file``; expiry on ``wall_clock``.
+        self.mode_file = mode_file
+        self.wall_clock = wall_clock
+        self.mode = mode_file.load() if mode_file else ModeState()
+        store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
+        self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
+        self.quirks = QuirkCounter()
+        self._unnamed: set[str] = set()  # keys of the batteries whose device name run() still has to read
 
     def unit(self, unit_id: int, gateway: str | None = None) -> _Battery:
         """The battery with Modbus ID ``unit_id`` (on ``gateway``, default: the first that has it)."""
@@ -144,9 +169,11 @@ class ControlLoop:
         names = ", ".join(Msg("battery_label", name=b.name, key=b.key) for b in self.batteries.values())
         log.info(Msg("control_started", meter=self.meter.name, ids=names,
                      algorithm=self.cfg.control.algorithm))
+        self._unnamed = set(self.batteries)
         try:
             while not stop.is_set():
                 self.run_once()
+                self.read_device_names()
                 # Woken early by a web command or by the stop request (both set ``wakeup``).
                 self.commands.wakeup.wait(max(0.0, self.next_cycle_s - self.clock()))
         finally:
@@ -159,6 +186,7 @@ class ControlLoop:
     def run_once(self) -> None:
         """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
         self._cycle_started_s = self.clock()
+        self.cycles_total += 1
         try:
             self.cycle()
         except Exception as exc:
@@ -187,6 +215,7 @@ class ControlLoop:
     def cycle(self) -> None:
         """One control cycle (also called directly by tests)."""
         self.commands.run_pending(self.handle_command)
+        self.expire_mode()
         if self.setup_mode:
             # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
             # stopped and not polled, so their power is unknown rather than the last value.
@@ -205,12 +234,15 @@ class ControlLoop:
             for b in self.batteries.values()
         ]
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
-                                        meter_error=self.meter_error)
+                                        meter_error=self.meter_error, mode=self.mode.mode,
+                                        charge_power_w=self.mode.power_w)
         self.last_decision = decision
+        self.quirks.notes(decision.battery_notes)
         self._log_decision(decision)
         self.apply(decision)
         self.track_quality(now_s, grid_w, decision)
-        self.publish("error" if decision.status in STOPPING else "active")
+        self.publish("error" if decision.status in STOPPING else "stopped" if decision.status is Status.MODE_OFF
+                     else "active")
 
     def _log_decision(self, decision: Decision) -> None:
         """Log transitions; a reason that only counts up ("meter failed 5x") is not a new event."""
@@ -248,11 +280,25 @@ class ControlLoop:
         return reading.grid_power_w, reading.received_at_s
 
     def _meter_failed(self, message: Msg | str) -> None:
+        self.quirks.note("meter_failure")
         if self.meter_ok or not self.meter_error:
             log.warning(Msg("meter_read_failed", error=message))
             self.meter_error_since = now_iso()
         self.meter_ok, self.meter_error = False, message
         self.grid_power_w = None
+
+    def read_device_names(self) -> None:
+        """Once per battery, when it is first online after the start: its model name, for the diagnostics."""
+        for b in self.batteries.values():
+            if b.key in self._unnamed and b.online:
+                self._unnamed.discard(b.key)
+                facts: dict[str, Any]
+                try:
+                    name = self.bus.call(b.unit.gateway, functools.partial(_device_name, unit_id=b.battery_id))
+                    facts = {"device_name": name}
+                except BatteryError as exc:
+                    facts = {"device_name": None, "error": str(exc)}
+                self.store.set_battery_facts(b.key, facts)
 
     def read_batteries(self) -> None:
         """Read every battery, all gateways at once; a gateway that does not answer in time counts as failed."""
@@ -323,7 +369,10 @@ class ControlLoop:
             status=decision.status.value if decision else "",
             meter_error_since=self.meter_error_since,
             warnings=self.store.latest().warnings,
+            counters={"control_cycles_total": self.cycles_total, "modbus_writes_total": self.bus.writes_total,
+                      "meter_failures_total": self.quirks.count("meter_failure")},
             quality=self.quality.figures(),
+            operating_mode=self.mode.to_json(),
         )
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
@@ -364,6 +413,8 @@ class ControlLoop:
             return self.enter_setup()
         if name == "exit_setup":
             return self.exit_setup()
+        if name == "set_mode":
+            return self.set_mode(args["request"], args["source"])
         if name not in ("scan", "set_id", "add_to_config"):
             raise CommandError(Msg("unknown_command", name=name), 400)
         args = dict(args)
@@ -417,3 +468,32 @@ class ControlLoop:
             self.publish("active")
         return {"setup_mode": False}
 
+
+    # ------------------------------------------------------------------ operating mode
+    @property
+    def max_charge_power_w(self) -> int:
+        """The batteries' total maximum power: the default and the limit of the "charge" mode, W."""
+        return self.cfg.battery.max_power_per_battery * len(self.batteries)
+
+    def set_mode(self, request: ModeRequest, source: str) -> dict[str, Any]:
+        """Apply a validated mode request (web or MQTT thread, via the command queue); answers the mode object."""
+        self._change_mode(ModeState.from_request(request, source, self.wall_clock()))
+        until = self.mode.to_json()["until"]
+        log.info("%s", Msg("mode_set", mode=self.mode.mode.value, source=source,
+                           until=Msg("mode_until", time=until) if until else ""))
+        return self.mode.to_json()
+
+    def expire_mode(self) -> None:
+        """Back to auto once the mode's time is up (wall clock: the expiry survives a restart)."""
+        if self.mode.expired(self.wall_clock()):
+            log.info("%s", Msg("mode_expired", mode=self.mode.mode.value))
+            self._change_mode(ModeState(OperatingMode.AUTO))
+
+    def _change_mode(self, state: ModeState) -> None:
+        self.mode = state
+        self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it before the next publish
+        if self.mode_file is not None:
+            try:
+                self.mode_file.save(state)
+            except OSError as exc:
+                log.error("%s", Msg("mode_file_write_failed", path=str(self.mode_file.path), error=str(exc)))

@@ -96,6 +96,10 @@ class BatteryBus(Protocol):
         """Model name and SoC (%) of the unit answering on ``unit_id``, or raise BatteryError."""
         ...
 
+    def read_device_name(self, unit_id: int) -> str:
+        """The unit's model name (register 31000..), or raise BatteryError."""
+        ...
+
     def set_unit_id(self, new_id: int, *, current_id: int = 1) -> None:
         """Re-address the single unit answering on ``current_id`` to ``new_id``."""
         ...

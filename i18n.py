@@ -58,6 +58,28 @@ DE: dict[str, str] = {
     "status_no_battery": "kein Akku erreichbar",
     "status_meter_retry": "Messwert fehlt, der letzte Sollwert bleibt",
     "status_meter_failed": "Messgerät ausgefallen, Akkus gestoppt",
+    "status_mode_off": "Betriebsart Aus: Regelung pausiert, Akkus gestoppt",
+    "status_mode_hold": "Betriebsart Halten: Entladen gesperrt",
+    "status_mode_charge": "Betriebsart Laden: lädt mit fester Leistung",
+    "opmode_title": "Betriebsart",
+    "opmode_auto": "Automatik",
+    "opmode_hold": "Halten",
+    "opmode_charge": "Laden",
+    "opmode_off": "Aus",
+    "opmode_hint_auto": "Nulleinspeisung: Akkus laden aus Überschuss und entladen bei Bezug.",
+    "opmode_hint_hold": "Nulleinspeisung, aber die Akkus entladen nie (z. B. während das Auto lädt).",
+    "opmode_hint_charge": "Akkus laden mit {power} aus Netz und PV bis zum Höchst-Ladestand, dann Halten.",
+    "opmode_hint_off": "Regelung pausiert, alle Akkus gestoppt.",
+    "opmode_until": "bis {time} (noch {remaining})",
+    "opmode_source": "gesetzt von: {source}",
+    "opmode_source_api": "API",
+    "opmode_source_mqtt": "MQTT",
+    "opmode_source_dashboard": "Dashboard",
+    "opmode_source_default": "Standard",
+    "opmode_duration_label": "Dauer",
+    "opmode_duration_none": "unbegrenzt",
+    "opmode_minutes": "{minutes} min",
+    "opmode_setup_overrides": "Der Setup-Modus hat Vorrang vor der Betriebsart.",
     # -- dashboard
     "grid_title": "Stromnetz",
     "grid_import": "Bezug aus dem Netz",
@@ -100,7 +122,26 @@ DE: dict[str, str] = {
     "range_3h": "3 h",
     "range_24h": "24 h",
     "energy_title": "Energie heute",
-    "energy_since": "gezählt seit {time} (Programmstart)",
+    "energy_avoided": "Vom Akku eingespart (Netzbezug vermieden)",
+    "energy_unavailable": "Die Energiewerte sind gerade nicht abrufbar (Verlaufsdatenbank belegt).",
+    "energy_chart_title": "Energie pro Tag",
+    "energy_chart_empty": "Noch keine Tageswerte.",
+    "energy_chart_hint": (
+        "Links: Netzbezug (nach oben) und Einspeisung (nach unten). Rechts: Entladen (nach oben) und "
+        "Laden (nach unten) der Akkus. In kWh, pro Kalendertag."
+    ),
+    "energy_chart_day": "Tag",
+    "range_7d": "7 Tage",
+    "range_30d": "30 Tage",
+    "week_chart_title": "Leistung der letzten 7 Tage",
+    "week_chart_hint": "Mittelwerte über je 5 Minuten. Netz: + Bezug / − Einspeisung. Akkus: + Entladen / − Laden.",
+    "diagnostics_title": "Hilfe bei Problemen",
+    "diagnostics_hint": (
+        "Die Diagnose-Datei enthält Versionen, Einstellungen (Passwörter durch *** ersetzt), den Zustand, "
+        "die letzten Ereignisse und was von Akkus und Zähler gelesen wurde. Bitte einer Fehlermeldung beilegen."
+    ),
+    "diagnostics_download": "Diagnose herunterladen",
+    "diagnostics_login": "Zum Herunterladen der Diagnose bitte zuerst anmelden.",
     "energy_charged": "Geladen",
     "energy_discharged": "Entladen",
     "energy_imported": "Netzbezug",
@@ -252,6 +293,28 @@ EN: dict[str, str] = {
     "status_no_battery": "no battery reachable",
     "status_meter_retry": "meter value missing, keeping the last setpoint",
     "status_meter_failed": "meter failed, batteries stopped",
+    "status_mode_off": "Mode off: control paused, batteries stopped",
+    "status_mode_hold": "Mode hold: discharging blocked",
+    "status_mode_charge": "Mode charge: charging at a fixed power",
+    "opmode_title": "Operating mode",
+    "opmode_auto": "Automatic",
+    "opmode_hold": "Hold",
+    "opmode_charge": "Charge",
+    "opmode_off": "Off",
+    "opmode_hint_auto": "Zero feed-in: the batteries charge from surplus and discharge on import.",
+    "opmode_hint_hold": "Zero feed-in, but the batteries never discharge (e.g. while the car charges).",
+    "opmode_hint_charge": "The batteries charge at {power} from grid and PV up to the maximum SoC, then hold.",
+    "opmode_hint_off": "Control paused, every battery stopped.",
+    "opmode_until": "until {time} ({remaining} left)",
+    "opmode_source": "set by: {source}",
+    "opmode_source_api": "API",
+    "opmode_source_mqtt": "MQTT",
+    "opmode_source_dashboard": "dashboard",
+    "opmode_source_default": "default",
+    "opmode_duration_label": "Duration",
+    "opmode_duration_none": "unlimited",
+    "opmode_minutes": "{minutes} min",
+    "opmode_setup_overrides": "Setup mode overrides the operating mode.",
     # -- dashboard
     "grid_title": "Grid",
     "grid_import": "Importing from the grid",
@@ -296,7 +359,26 @@ EN: dict[str, str] = {
     "range_3h": "3 h",
     "range_24h": "24 h",
     "energy_title": "Energy today",
-    "energy_since": "counted since {time} (program start)",
+    "energy_avoided": "Saved by the battery (grid import avoided)",
+    "energy_unavailable": "The energy figures cannot be fetched right now (history database busy).",
+    "energy_chart_title": "Energy per day",
+    "energy_chart_empty": "No daily figures yet.",
+    "energy_chart_hint": (
+        "Left: grid import (up) and export (down). Right: battery discharge (up) and charge (down). "
+        "In kWh, per calendar day."
+    ),
+    "energy_chart_day": "Day",
+    "range_7d": "7 days",
+    "range_30d": "30 days",
+    "week_chart_title": "Power over the last 7 days",
+    "week_chart_hint": "Means over 5 minutes each. Grid: + import / − export. Batteries: + discharge / − charge.",
+    "diagnostics_title": "Help with problems",
+    "diagnostics_hint": (
+        "The diagnostics file holds versions, settings (passwords replaced by ***), the state, the recent "
+        "events and what was read from the batteries and the meter. Please attach it to a bug report."
+    ),
+    "diagnostics_download": "Download diagnostics",
+    "diagnostics_login": "Please log in first to download the diagnostics.",
     "energy_charged": "Charged",
     "energy_discharged": "Discharged",
     "energy_imported": "Grid import",
@@ -458,6 +540,20 @@ MESSAGES_DE: dict[str, str] = {
     "control_stalled": "Regelung hängt seit {seconds} s: Akkus gestoppt",
     "control_running_again": "Regelung läuft wieder",
     "watchdog_stop_failed": "Wächter konnte {name} nicht stoppen: {error}",
+    # -- process
+    "signal_received": "Signal {name} empfangen: Programm wird beendet",
+    "control_thread_ended": "Regel-Thread unerwartet beendet: Programm wird beendet",
+    "web_thread_ended": "Webserver-Thread unerwartet beendet: wird neu gestartet (die Regelung läuft weiter)",
+    "log_file_unwritable": "Logdatei {path} nicht schreibbar ({error}): Log nur auf der Konsole",
+    "failed_login": "Fehlgeschlagene Anmeldung von {client}; nächster Versuch erst in {seconds} s",
+    "windows_event": "Windows-Ereignis {event}: die Akkus werden gestoppt",
+    "windows_shutdown_late": (
+        "Beenden nicht innerhalb von {seconds} s nach {event} fertig: Windows beendet das Programm womöglich vorher"
+    ),
+    "windows_event_failed": "Behandlung von {event} fehlgeschlagen",
+    "windows_handler_failed": (
+        "SetConsoleCtrlHandler fehlgeschlagen (Fehler {error}): Schließen des Fensters stoppt die Akkus nicht"
+    ),
     "gateway_busy": "Gateway {gateway} ist noch mit der letzten Anfrage beschäftigt",
     "gateway_too_slow": "Gateway {gateway} hat nicht rechtzeitig geantwortet",
     "unknown_gateway": "Unbekanntes Gateway {gateway}; eingetragen sind: {gateways}",
@@ -499,6 +595,28 @@ MESSAGES_DE: dict[str, str] = {
     "note_no_delivery_charge": (
         "bestätigt den Sollwert, liefert aber keine Leistung: vorerst kein Laden, neuer Versuch in {minutes} min"
     ),
+    # -- operating modes
+    "reason_mode_off": "Betriebsart Aus: Regelung pausiert, alle Akkus gestoppt",
+    "reason_mode_charge": "Betriebsart Laden: lädt mit {power} W",
+    "reason_mode_hold_stop": "Betriebsart Halten: Entladen gestoppt",
+    "reason_mode_hold": "Betriebsart Halten: Bedarf {demand} W wird nicht aus dem Akku gedeckt",
+    "mode_set": "Betriebsart {mode} (von {source}){until}",
+    "mode_until": " bis {time}",
+    "mode_expired": "Betriebsart {mode} abgelaufen: zurück auf Automatik",
+    "mode_file_damaged": "Gespeicherte Betriebsart {path} unlesbar ({error}): Automatik",
+    "mode_file_unreadable": "Gespeicherte Betriebsart {path} nicht lesbar ({error}): Automatik",
+    "mode_file_write_failed": "Betriebsart nicht gespeichert ({path}): {error}",
+    # -- MQTT
+    "mqtt_connected": "MQTT verbunden mit {broker}",
+    "mqtt_connect_failed": "MQTT: keine Verbindung zu {broker} ({error}); neuer Versuch läuft",
+    "mqtt_disconnected": "MQTT-Verbindung zu {broker} getrennt ({error}); verbinde neu",
+    "mqtt_bad_payload": "MQTT {topic}: Nachricht ignoriert: {error}",
+    "mqtt_command_failed": "MQTT {topic}: Befehl nicht ausgeführt: {error}",
+    "mqtt_retained_ignored": "MQTT {topic}: gespeicherte (retained) Nachricht ignoriert; Befehle ohne Retain senden",
+    "mqtt_meter_no_value": "noch kein Messwert auf {topic} empfangen",
+    "mqtt_meter_no_broker": "keine Verbindung zum MQTT-Broker {broker} (Topic {topic})",
+    "mqtt_meter_too_old": "letzter Messwert auf {topic} ist {age} s alt (erlaubt: {limit} s)",
+    "mqtt_meter_bad_payload": "Nachricht auf {topic} unbrauchbar: {error}",
     # -- python main.py --check
     "check_config_ok": "Konfiguration {path}: OK",
     "check_meter_ok": "Zähler {type} {ip}: OK, {power} W ({direction})",
@@ -533,6 +651,17 @@ MESSAGES_DE: dict[str, str] = {
         "Keine Antwort unter dieser ID: ID in battery.akku_ids prüfen (Setup-Seite -> Geräte scannen), "
         "RS485-Verkabelung A/B, Gateway 115200 8N1."
     ),
+    # -- history database (history.py)
+    "history_moved_aside": (
+        "Verlaufsdatenbank {path} war beschädigt oder nicht beschreibbar ({error}): beiseitegelegt als "
+        "{moved}, eine neue wurde angelegt"
+    ),
+    "history_in_memory": (
+        "Verlaufsdatenbank {path} nicht nutzbar ({error}): Verlauf und Energie werden nur im Speicher "
+        "gehalten und gehen beim Neustart verloren. Ordner und Rechte von history.path prüfen."
+    ),
+    "history_disk_full": "Verlaufsdatenbank {path}: Speicher voll ({error}), neue Messwerte werden nicht gespeichert",
+    "history_ok_again": "Verlaufsdatenbank {path} wieder beschreibbar",
 }
 
 MESSAGES_EN: dict[str, str] = {
@@ -572,6 +701,18 @@ MESSAGES_EN: dict[str, str] = {
     "control_stalled": "Control loop stalled for {seconds} s: batteries stopped",
     "control_running_again": "Control loop running again",
     "watchdog_stop_failed": "Watchdog could not stop {name}: {error}",
+    # -- process
+    "signal_received": "Signal {name} received: stopping",
+    "control_thread_ended": "Control thread ended unexpectedly: stopping",
+    "web_thread_ended": "Web server thread ended unexpectedly: restarting it (the control keeps running)",
+    "log_file_unwritable": "Cannot write the log file {path} ({error}): logging to the console only",
+    "failed_login": "Failed login from {client}; its next try is refused for {seconds} s",
+    "windows_event": "Windows {event} received: stopping the batteries",
+    "windows_shutdown_late": "Shutdown not finished within {seconds} s of {event}: Windows may end the program first",
+    "windows_event_failed": "Handling {event} failed",
+    "windows_handler_failed": (
+        "SetConsoleCtrlHandler failed (error {error}): closing the window will not stop the batteries"
+    ),
     "gateway_busy": "Gateway {gateway} is still busy with its last request",
     "gateway_too_slow": "Gateway {gateway} did not answer in time",
     "unknown_gateway": "Unknown gateway {gateway}; configured: {gateways}",
@@ -613,6 +754,28 @@ MESSAGES_EN: dict[str, str] = {
     "note_no_delivery_charge": (
         "acknowledges its setpoint but delivers nothing: no charge for now, next try in {minutes} min"
     ),
+    # -- operating modes
+    "reason_mode_off": "mode off: control paused, every battery stopped",
+    "reason_mode_charge": "mode charge: charging at {power} W",
+    "reason_mode_hold_stop": "mode hold: discharge stopped",
+    "reason_mode_hold": "mode hold: demand {demand} W is not served from the battery",
+    "mode_set": "Operating mode {mode} (from {source}){until}",
+    "mode_until": " until {time}",
+    "mode_expired": "Operating mode {mode} expired: back to auto",
+    "mode_file_damaged": "Stored operating mode {path} is damaged ({error}): auto",
+    "mode_file_unreadable": "Stored operating mode {path} cannot be read ({error}): auto",
+    "mode_file_write_failed": "Operating mode not saved ({path}): {error}",
+    # -- MQTT
+    "mqtt_connected": "MQTT connected to {broker}",
+    "mqtt_connect_failed": "MQTT: cannot connect to {broker} ({error}); retrying",
+    "mqtt_disconnected": "MQTT connection to {broker} lost ({error}); reconnecting",
+    "mqtt_bad_payload": "MQTT {topic}: message ignored: {error}",
+    "mqtt_command_failed": "MQTT {topic}: command not applied: {error}",
+    "mqtt_retained_ignored": "MQTT {topic}: retained message ignored; send commands without the retain flag",
+    "mqtt_meter_no_value": "no reading received on {topic} yet",
+    "mqtt_meter_no_broker": "not connected to the MQTT broker {broker} (topic {topic})",
+    "mqtt_meter_too_old": "the last reading on {topic} is {age} s old (allowed: {limit} s)",
+    "mqtt_meter_bad_payload": "message on {topic} unusable: {error}",
     # -- python main.py --check
     "check_config_ok": "Configuration {path}: OK",
     "check_meter_ok": "Meter {type} {ip}: OK, {power} W ({direction})",
@@ -646,6 +809,17 @@ MESSAGES_EN: dict[str, str] = {
         "No answer on this ID: check the ID in battery.akku_ids (setup page -> scan), RS485 wiring A/B, "
         "gateway 115200 8N1."
     ),
+    # -- history database (history.py)
+    "history_moved_aside": (
+        "History database {path} was damaged or not writable ({error}): moved aside as {moved}, "
+        "a new one was started"
+    ),
+    "history_in_memory": (
+        "History database {path} not usable ({error}): history and energy are kept in memory only and are "
+        "lost on a restart. Check the folder and permissions of history.path."
+    ),
+    "history_disk_full": "History database {path}: disk full ({error}), new samples are not stored",
+    "history_ok_again": "History database {path} writable again",
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = {"de": MESSAGES_DE, "en": MESSAGES_EN}

@@ -13,8 +13,10 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -27,22 +29,30 @@ from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter
+from diagnostics import Diagnostics
 from ecotracker_client import EcoTrackerClient
 from fleet import Fleet
+from history import History
+from modes import ModeFile
 from shelly_client import ShellyClient
-from status_store import CommandQueue, StatusStore, StoreLogHandler
+from status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
 
 log = logging.getLogger("marstek")
 
 
 EMERGENCY_TIMEOUT_S = 1.0  # answer timeout of the watchdog's own connection
+MODE_FILE = Path("data") / "mode.json"  # the operating mode, beside the config file
 
 
 def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> GridMeter:
     """The grid meter driver that ``energy_meter.type`` selects; it stamps readings on ``clock``."""
     if cfg.energy_meter_type == "ecotracker":
         return EcoTrackerClient.from_config(cfg.ecotracker, clock)
+    if cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
+        from mqtt_meter import MqttMeter
+
+        return MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
     return ShellyClient.from_config(cfg.shelly, clock)
 
 
@@ -61,24 +71,54 @@ def emergency_bus(cfg: Config) -> Fleet:
 
 
 # ---------------------------------------------------------------------------- process
+class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler that keeps logging when the rollover rename is refused.
+
+    Windows cannot rename a file that another program holds open (a log viewer, ``Get-Content -Wait``):
+    the plain handler then loses every record and prints a traceback for each. This one notes the failure
+    in the file, keeps appending to it and tries again after ``retry_s``.
+    """
+
+    retry_s = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after_s = float("-inf")
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:
+        if time.monotonic() < self.retry_after_s:
+            return 0
+        return super().shouldRollover(record)
+
+    def doRollover(self) -> None:
+        try:
+            super().doRollover()
+        except OSError as exc:
+            self.retry_after_s = time.monotonic() + self.retry_s
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(f"Log rotation failed, continuing in this file (in use by another program?): {exc}\n")
+
+
 def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     root = logging.getLogger()
     root.setLevel(cfg.logging.level)
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    root.addHandler(console)
+    if sys.stderr is not None:  # None under pythonw.exe (the Windows autostart has no console)
+        console = logging.StreamHandler()
+        console.setFormatter(fmt)
+        root.addHandler(console)
     log_path = Path(cfg.logging.file)
     if not log_path.is_absolute():
         log_path = base_dir / log_path
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = SharedRotatingFileHandler(
             log_path, maxBytes=int(cfg.logging.max_file_size_mb * 1024 * 1024),
             backupCount=cfg.logging.backup_count, encoding="utf-8",
         )
     except OSError as exc:
-        log.warning("Cannot write the log file %s (%s): logging to the console only", log_path, exc)
+        log.warning(i18n.Msg("log_file_unwritable", path=log_path, error=str(exc)))
     else:
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
@@ -89,8 +129,9 @@ def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth" is not an event
 
 
-def demo_config(port: int, sim: Any) -> Config:
-    """A config pointing at the built-in simulator: every gateway of ``sim`` and every unit behind it."""
+def demo_config(port: int, sim: Any, history_path: str = ":memory:") -> Config:
+    """A config pointing at the built-in simulator: every gateway of ``sim`` and every unit behind it; the
+    history in ``history_path`` (a temp dir)."""
     units = [{"ip": f"127.0.0.1:{gateway.port}", "id": unit.unit_id, "register_set": unit.register_set,
               "name": name}
              for gateway in sim.gateways for unit, name in zip(gateway.units, _demo_names(gateway), strict=False)]
@@ -100,6 +141,7 @@ def demo_config(port: int, sim: Any) -> Config:
         "battery": {"timeout_seconds": 1, "units": units},
         "control": {"poll_interval_seconds": 1},
         "web": {"host": "127.0.0.1", "port": port},
+        "history": {"path": history_path},
     })
 
 
@@ -138,6 +180,26 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     server.task_dispatcher.shutdown()
 
 
+def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: ControlLoop,
+               stop: threading.Event) -> threading.Thread | None:
+    """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
+    if cfg.mqtt is None:
+        return None
+    from mqtt_bridge import MqttBridge, gateway_of, start_bridge
+
+    bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
+                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version)
+    return start_bridge(bridge, stop)
+
+
+def stop_demo(sim: Any, demo_dir: str | None) -> None:
+    """Stop the demo's simulator and remove its temporary history."""
+    if sim:
+        sim.stop()
+    if demo_dir:
+        shutil.rmtree(demo_dir, ignore_errors=True)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Marstek PV-Akku Steuerung (Nulleinspeisung)")
     parser.add_argument("--config", type=Path, default=None, help="config file (default: config.json beside main.py)")
@@ -155,13 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         print("--port: must be 1..65535", file=sys.stderr)
         return 2
     sim = None
+    demo_dir: str | None = None
     config_path: Path | None = None
     store = StatusStore()
     try:
         if args.demo:
             sim = demo_simulation()
             sim.start()
-            cfg = demo_config(args.port or 8080, sim)
+            demo_dir = tempfile.mkdtemp(prefix="marstek-demo-")
+            cfg = demo_config(args.port or 8080, sim, str(Path(demo_dir) / "history.sqlite3"))
         else:
             config_path = (args.config or default_config_path()).resolve()
             cfg = load_config(config_path)
@@ -187,38 +251,52 @@ def main(argv: list[str] | None = None) -> int:
         commands.wakeup.set()  # the control loop waits on this event
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("Signal %s received: stopping", signal.Signals(signum).name)
+        log.info(i18n.Msg("signal_received", name=signal.Signals(signum).name))
         request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from shutdown_windows import install_shutdown_handlers
+
+    stopped = threading.Event()  # set when the batteries are stopped: the Windows handler waits for it
+    install_shutdown_handlers(request_stop, stopped.wait)
 
     from web_server import create_app
 
-    loop = ControlLoop(cfg, build_meter(cfg), build_fleet(cfg), store, commands, config_path=config_path)
-    app = create_app(store, commands, cfg.web)
+    # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
+    mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
+    meter = build_meter(cfg)
+    loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file)
+    logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
+    # Opened by its own thread: a hanging disk never delays the control.
+    history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
+    diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
+    app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
+                     history=history, diagnostics=diagnostics.bundle)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
         print(i18n.Msg("web_cannot_listen", host=cfg.web.host, port=cfg.web.port, error=str(exc)), file=sys.stderr)
-        if sim:
-            sim.stop()
+        stop_demo(sim, demo_dir)
         return 1
     host = "localhost" if cfg.web.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.web.host
     log.info(i18n.Msg("dashboard_at", url=f"http://{host}:{cfg.web.port}"))
     control = threading.Thread(target=loop.run, args=(stop,), name="control", daemon=True)
     control.start()
+    history_thread = threading.Thread(target=history.run, args=(stop,), name="history", daemon=True)
+    history_thread.start()
     watchdog = Watchdog(lambda: loop.heartbeat_s, watchdog_limit_s(cfg),
                         lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg)),
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
+    mqtt_thread = start_mqtt(cfg, store, commands, loop, stop)
     try:
         while not stop.wait(0.5):
             if not control.is_alive():
-                log.error("Control thread ended unexpectedly: stopping")
+                log.error(i18n.Msg("control_thread_ended"))
                 request_stop()
             elif not web_thread.is_alive():
-                log.error("Web server thread ended unexpectedly: restarting it (the control keeps running)")
+                log.error(i18n.Msg("web_thread_ended"))
                 server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     finally:
         request_stop()
@@ -228,9 +306,12 @@ def main(argv: list[str] | None = None) -> int:
             # Free its connection (a v3 device takes only one client) and stop them over a new one.
             loop.bus.close()
             emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
+        stopped.set()
         stop_web(server, web_thread)
-        if sim:
-            sim.stop()
+        if mqtt_thread is not None:
+            mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends
+        history_thread.join(timeout=3.0)  # its last batch; a hanging disk must not keep the program alive
+        stop_demo(sim, demo_dir)
     return 0
 
 

@@ -20,7 +20,8 @@ from typing import Any
 import i18n
 
 EVENTS_KEPT = 200
-HISTORY_KEPT = 24 * 3600  # one sample per second, one day
+HISTORY_KEPT = 2 * 3600  # one sample per second, two hours; older ones come from the history database
+PENDING_KEPT = 600  # samples waiting for the history writer; older ones are dropped if it is stuck
 
 
 def now_iso() -> str:
@@ -55,7 +56,7 @@ class Event:
     message: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: thousands of them are kept
 class HistorySample:
     """One point of the dashboard chart: epoch seconds, grid W (+ import), battery W (+ discharge), mean SoC."""
 
@@ -83,6 +84,13 @@ class StatusSnapshot:
     meter_error_since: str | None = None
     quality: Mapping[str, float | None] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # The operating mode object of GET /api/mode (modes.ModeState.to_json()).
+    operating_mode: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPERATING_MODE))
+    # Monotonic counters for /metrics: control_cycles_total, meter_failures_total, modbus_writes_total.
+    counters: Mapping[str, int] = field(default_factory=dict)
+
+
+DEFAULT_OPERATING_MODE: Mapping[str, Any] = {"mode": "auto", "power_w": None, "until": None, "source": "default"}
 
 
 class StatusStore:
@@ -93,12 +101,42 @@ class StatusStore:
         self._snapshot = StatusSnapshot()
         self._events: deque[Event] = deque(maxlen=events_kept)
         self._history: deque[HistorySample] = deque(maxlen=history_kept)
+        # Samples for the history writer (history.py): bounded, so a stuck disk costs memory, never time.
+        self._pending: deque[HistorySample] = deque(maxlen=PENDING_KEPT)
+        self._problems: dict[str, tuple[str, bool]] = {}  # source -> (message, is_error)
+        self._facts: dict[str, dict[str, Any]] = {}  # battery -> what was read from it at start
 
     def publish(self, snapshot: StatusSnapshot, sample: HistorySample | None = None) -> None:
         with self._lock:
             self._snapshot = snapshot
             if sample is not None:
                 self._history.append(sample)
+                self._pending.append(sample)
+
+    def take_samples(self) -> list[HistorySample]:
+        """The samples published since the last call (the history writer's feed; never blocks long)."""
+        with self._lock:
+            taken = list(self._pending)
+            self._pending.clear()
+            return taken
+
+    def set_problem(self, source: str, message: str | None, *, error: bool = False) -> None:
+        """A problem of a thread other than the control thread (e.g. the history database), shown in
+        /api/status ``errors`` (``error``) or ``warnings``; ``None`` clears it."""
+        with self._lock:
+            if message is None:
+                self._problems.pop(source, None)
+            else:
+                self._problems[source] = (message, error)
+
+    def set_battery_facts(self, battery: str, facts: Mapping[str, Any]) -> None:
+        """What was read from one battery at start (model name, ...), for the diagnostics bundle."""
+        with self._lock:
+            self._facts[battery] = dict(facts)
+
+    def battery_facts(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {k: dict(v) for k, v in self._facts.items()}
 
     def update(self, **changes: Any) -> None:
         """Replace some fields of the current snapshot (e.g. setup_mode from a command)."""
@@ -128,11 +166,65 @@ class StatusStore:
         snap = self.latest()
         doc = asdict(snap)
         doc["batteries"] = [asdict(b) for b in snap.batteries]
-        doc["errors"] = list(snap.errors)
-        doc["warnings"] = list(snap.warnings)
+        with self._lock:
+            problems = list(self._problems.values())
+        doc["errors"] = list(snap.errors) + [m for m, is_error in problems if is_error]
+        doc["warnings"] = list(snap.warnings) + [m for m, is_error in problems if not is_error]
+        doc["counters"] = dict(snap.counters)
         doc["quality"] = dict(snap.quality)
+        doc["operating_mode"] = dict(snap.operating_mode)
         doc["events"] = [asdict(e) for e in self.events()]
         return i18n.render(doc, lang or i18n.language())
+
+
+class QuirkCounter:
+    """Counts device quirks (meter failures, RS485 re-asserts, no-delivery pauses, reconnects) with the
+    time each was last seen; any thread may ``note``, the diagnostics bundle reads ``figures``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[str, tuple[int, str]] = {}
+        self._paused: set[int] = set()
+
+    def note(self, name: str) -> None:
+        with self._lock:
+            count, _ = self._seen.get(name, (0, ""))
+            self._seen[name] = (count + 1, now_iso())
+
+    def count(self, name: str) -> int:
+        with self._lock:
+            return self._seen.get(name, (0, ""))[0]
+
+    def figures(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {name: {"count": count, "last": last} for name, (count, last) in self._seen.items()}
+
+    def notes(self, battery_notes: Mapping[Any, str]) -> None:
+        """Count each battery's entry into a no-delivery pause (the law's ``note_no_delivery_*`` notes)."""
+        paused = {i for i, note in battery_notes.items() if getattr(note, "code", "").startswith("note_no_delivery")}
+        for _ in paused - self._paused:
+            self.note("no_delivery_pause")
+        self._paused = paused
+
+
+# The battery driver logs these (battery_client.py); counted from its log records, message templates as keys.
+LOGGED_QUIRKS = {
+    "Battery %d left RS485 control on its own: re-asserting it": "rs485_reassert",
+    "Modbus gateway %s:%s reachable again": "modbus_reconnect",
+}
+
+
+class QuirkLogHandler(logging.Handler):
+    """Counts the quirks the drivers only log (``LOGGED_QUIRKS``) into a ``QuirkCounter``."""
+
+    def __init__(self, quirks: QuirkCounter) -> None:
+        super().__init__(logging.INFO)
+        self.quirks = quirks
+
+    def emit(self, record: logging.LogRecord) -> None:
+        name = LOGGED_QUIRKS.get(str(getattr(record.msg, "code", record.msg)))
+        if name is not None:
+            self.quirks.note(name)
 
 
 class StoreLogHandler(logging.Handler):

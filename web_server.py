@@ -7,6 +7,8 @@ setup commands to the control thread through the ``CommandQueue``.
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime
 import hmac
 import logging
 import math
@@ -35,12 +37,16 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import i18n
-from status_store import CommandError, CommandQueue, StatusStore
+import metrics
+import modes
+from history import History, HistoryBusy, bucket_samples
+from status_store import CommandError, CommandQueue, HistorySample, StatusStore
 
 log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS = {"127.0.0.1", "::1", "localhost"}
 MAX_BODY_BYTES = 16 * 1024
+DAY_S = 86400.0
 LOGIN_BLOCK_FIRST_S = 1.0  # blocked after the first wrong password; doubles with each further one
 LOGIN_BLOCK_MAX_S = 60.0
 LOGIN_FORGET_AFTER_S = 900.0  # a client without a wrong password for this long starts again at 1 s
@@ -201,12 +207,19 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     *,
     secret_key: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    max_charge_power_w: Callable[[], int] = lambda: 2500,
+    history: History | None = None,
+    diagnostics: Callable[[], dict[str, Any]] | None = None,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
     ``clock`` (monotonic seconds) times the blocks after wrong passwords (LoginThrottle).
+    ``max_charge_power_w``: the batteries' total maximum power (the limit of ``POST /api/mode``).
+    ``history`` serves /api/history from before a restart and /api/energy; ``diagnostics`` builds the
+    bundle of /api/diagnostics (diagnostics.Diagnostics.bundle).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
+    registry = metrics.make_registry(store)
     app.config.update(
         SECRET_KEY=secret_key or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
@@ -231,7 +244,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
         client = request.remote_addr or "unknown"
         if throttle.attempt(client, lambda: password_ok(candidate)):
             return True
-        log.warning("Failed login from %s; its next try is refused for %.0f s", client, throttle.blocked_s(client))
+        log.warning(i18n.Msg("failed_login", client=client, seconds=throttle.blocked_s(client)))
         return False
 
     def basic_auth_password() -> str | None:
@@ -264,7 +277,10 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
 
     @app.before_request
     def guard() -> WerkzeugResponse | None:
-        is_api = request.path.startswith("/api/")
+        is_api = request.path.startswith("/api/") or request.path == "/metrics"
+        if request.path == "/api/diagnostics" and password is not None and not logged_in():
+            # The bundle shows the whole setup: never read-only without the password.
+            raise ApiError("password required (web.password)", 401)
         if request.method == "POST":
             if not same_origin():
                 raise ApiError("cross-origin request refused", 403)
@@ -388,13 +404,30 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
 
     @app.get("/api/history")
     def api_history() -> Response:
-        """Chart samples newer than ?since= (epoch seconds), at most one day."""
-        since = request.args.get("since")
-        try:
-            since_t = float(since) if since is not None else None
-        except ValueError:
-            raise ApiError("since must be a number (epoch seconds)") from None
-        samples = store.history(since_t)
+        """Chart samples newer than ?since= (epoch seconds; default: the last day), also from before the last
+        restart; ?step=<s> averages them into buckets of that many seconds (long ranges)."""
+        since_t = finite_arg("since")
+        step = request.args.get("step")
+        step_s = None
+        if step is not None:
+            if not step.isdigit() or not 1 <= int(step) <= 86400:
+                raise ApiError("step must be an integer 1..86400 (seconds)")
+            step_s = int(step)
+        lower_t = since_t if since_t is not None else time.time() - DAY_S
+        samples: list[HistorySample] | None = None
+        if step_s is not None:
+            if history is not None:
+                with contextlib.suppress(HistoryBusy):  # busy: the day in memory
+                    samples = history.samples(lower_t, None, step_s)
+            if samples is None:
+                samples = bucket_samples(store.history(lower_t), step_s)
+        else:
+            memory = store.history(since_t)  # no since: all of memory (2 h), the rest of the day from the file
+            samples = list(memory)
+            if history is not None and (not memory or memory[0].t > lower_t):
+                # Older than this run's memory: from the file (the memory's samples are in it too: skip those).
+                with contextlib.suppress(HistoryBusy):  # busy: what is in memory
+                    samples = history.samples(lower_t, memory[0].t if memory else None) + samples
         return jsonify(
             t=[s.t for s in samples],
             grid_w=[s.grid_w for s in samples],
@@ -402,9 +435,65 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             soc_pct=[s.soc_pct for s in samples],
         )
 
+    def finite_arg(name: str) -> float | None:
+        raw = request.args.get(name)
+        if raw is None:
+            return None
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ApiError(f"{name} must be a number (epoch seconds)") from None
+        if not math.isfinite(value):
+            raise ApiError(f"{name} must be a finite number (epoch seconds)")
+        return value
+
+    @app.get("/api/energy")
+    def api_energy() -> Response | tuple[Response, int, dict[str, str]]:
+        """Energy per local day, the last ?days=N (1..366, default 7), oldest first, today included."""
+        raw = request.args.get("days", "7")
+        if not raw.isdigit() or not 1 <= int(raw) <= 366:
+            raise ApiError(f"days must be an integer 1..366, got {raw!r}")
+        if history is None:
+            return jsonify(error="no history database in this program"), 503, {}
+        try:
+            days = history.energy_days(int(raw))
+        except HistoryBusy as exc:
+            return jsonify(error=str(exc)), 503, {"Retry-After": "5"}
+        return jsonify(days=days)
+
+    @app.get("/metrics")
+    def prometheus_metrics() -> Response:
+        body, content_type = metrics.exposition(registry, request.headers.get("Accept"))
+        return Response(body, headers={"Content-Type": content_type})
+
+    @app.get("/api/diagnostics")
+    def api_diagnostics() -> Response:
+        if diagnostics is None:
+            abort(404)
+        response = jsonify(diagnostics())
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        response.headers["Content-Disposition"] = f'attachment; filename="marstek-diagnose-{stamp}.json"'
+        return response
+
     def run(command: str, timeout_s: float = 60.0, **args: Any) -> Response:
         """Run a command on the control thread; its messages in the page's language."""
         return jsonify(i18n.render(commands.submit(command, timeout_s=timeout_s, **args), language()))
+
+    @app.get("/api/mode")
+    def api_mode() -> Response:
+        return jsonify(dict(store.latest().operating_mode))
+
+    @app.post("/api/mode")
+    def api_set_mode() -> Response:
+        data = json_body({"mode": str, "power_w": int, "minutes": int}, required=("mode",))
+        # A browser always sends Origin on a POST (the guard refused any foreign one): the dashboard.
+        # evcc, Home Assistant's REST commands and scripts send none: "api".
+        source = "dashboard" if request.headers.get("Origin") else "api"
+        try:
+            request_ = modes.parse_request(data, max_charge_power_w())
+        except modes.ModeError as exc:
+            raise ApiError(str(exc)) from None
+        return run("set_mode", timeout_s=10.0, request=request_, source=source)
 
     @app.post("/api/setup/enter")
     def setup_enter() -> Response:

@@ -1,10 +1,9 @@
 /* Dashboard: polls /api/status (every second) and /api/history (every 2 s), draws the live
-   values, the chart (uPlot, vendored under static/vendor/uplot) and today's energy figures.
+   values and the charts (uPlot, vendored under static/vendor/uplot).
 
-   Today's energy is computed here from the history samples (one per control cycle, kept by the
-   server for a day): grid import/export from the grid power, charged/discharged from the total
-   battery power, both integrated over time from local midnight on (trapezoids; gaps longer than
-   GAP_S, e.g. while the program was not running, are not counted). */
+   The energy figures (today's and the bars per day) come from /api/energy: the server counts them
+   and keeps them in its history database, so they survive a restart. The 7-day power chart asks
+   /api/history for 5-minute means. */
 "use strict";
 
 (function () {
@@ -50,7 +49,7 @@
     $("grid-unit").hidden = !isNum(w);
     setText("grid-avg", isNum(s.grid_power_avg_w) ? t("grid_avg", { value: fmt.watts(s.grid_power_avg_w) }) : "");
 
-    const names = { shelly: "Shelly", ecotracker: "EcoTracker" };
+    const names = { shelly: "Shelly", ecotracker: "EcoTracker", mqtt: "MQTT" };
     setText("meter-type", names[s.meter_type] || s.meter_type || t("none_value"));
     const health = $("meter-health");
     health.classList.toggle("ok", !!s.meter_ok);
@@ -228,7 +227,55 @@
     if (stale) setText("stale", t("err_stale", { time: fmt.time(s.updated_at) }));
   }
 
+  // ------------------------------------------------------------------ operating mode
+  const MODES = ["auto", "hold", "charge", "off"];
+  let lastMode = null;
+
+  /** "1 h 05 min" / "12 min" / "< 1 min" for a duration in milliseconds. */
+  function remainingText(ms) {
+    const minutes = Math.ceil(ms / 60000);
+    if (minutes < 1) return "< 1 min";
+    const h = Math.floor(minutes / 60);
+    const m = minutes % 60;
+    return h > 0 ? h + " h " + String(m).padStart(2, "0") + " min" : m + " min";
+  }
+
+  function renderMode(m, setupMode) {
+    if (!m || !MODES.includes(m.mode)) return;
+    lastMode = m;
+    for (const b of document.querySelectorAll("[data-mode]")) {
+      b.setAttribute("aria-pressed", String(b.dataset.mode === m.mode));
+    }
+    setText("mode-hint", t("opmode_hint_" + m.mode, { power: fmt.watts(m.power_w) }));
+    const until = $("mode-until");
+    until.hidden = !m.until;
+    if (m.until) {
+      const left = new Date(m.until).getTime() - Date.now();
+      setText("mode-until", t("opmode_until", { time: fmt.hm(m.until), remaining: remainingText(Math.max(0, left)) }));
+    }
+    setText("mode-source", t("opmode_source", { source: t("opmode_source_" + m.source) }));
+    $("mode-setup").hidden = !setupMode;
+  }
+
+  const modeError = $("mode-error");
+  for (const button of document.querySelectorAll("[data-mode]")) {
+    if (M.auth.required && !M.auth.loggedIn) button.disabled = true; // read-only without login
+    button.addEventListener("click", async () => {
+      const body = { mode: button.dataset.mode };
+      const minutes = $("mode-minutes").value;
+      if (minutes && body.mode !== "auto") body.minutes = Number(minutes);
+      modeError.hidden = true;
+      try {
+        renderMode(await api.post("/api/mode", body), false);
+      } catch (err) {
+        modeError.hidden = false;
+        modeError.textContent = M.errorText(err);
+      }
+    });
+  }
+
   function renderStatus(s) {
+    renderMode(s.operating_mode, !!s.setup_mode);
     renderBanners(s);
     renderGrid(s);
     renderControl(s);
@@ -241,66 +288,156 @@
   // ------------------------------------------------------------------ history, energy, chart
   const H = { t: [], grid: [], batt: [], soc: [] };
   let lastT = null; // newest sample time (server clock, epoch s)
-  let prevSample = null; // the newest sample, for integrating the energy
   let rangeS = 1800;
 
-  const energy = {
-    day: null, // local date string of the day being counted
-    since: null, // epoch s of the first sample counted today
-    importWh: 0,
-    exportWh: 0,
-    chargeWh: 0,
-    dischargeWh: 0,
-  };
+  const ENERGY_INTERVAL_MS = 10000;
+  const WEEK_INTERVAL_MS = 60000;
+  const WEEK_S = 7 * 86400;
+  const WEEK_STEP_S = 300;
+  const DAY_S = 86400;
 
-  function dayOf(epochS) {
-    return new Date(epochS * 1000).toDateString();
-  }
-
-  /** Positive and negative area (W·s) of a linear segment from a to b over dt seconds. */
-  function areas(a, b, dt) {
-    if (a >= 0 && b >= 0) return [((a + b) / 2) * dt, 0];
-    if (a <= 0 && b <= 0) return [0, ((a + b) / 2) * dt];
-    const hi = Math.max(a, b);
-    const lo = Math.min(a, b);
-    const f = hi / (hi - lo); // share of dt above zero
-    return [(hi * f * dt) / 2, (lo * (1 - f) * dt) / 2];
-  }
-
-  function countEnergy(prev, cur) {
-    const day = dayOf(cur.t);
-    if (day !== energy.day) {
-      Object.assign(energy, { day, since: cur.t, importWh: 0, exportWh: 0, chargeWh: 0, dischargeWh: 0 });
-      return;
-    }
-    if (!prev) return;
-    const dt = cur.t - prev.t;
-    if (!(dt > 0) || dt > GAP_S || dayOf(prev.t) !== day) return;
-    if (isNum(prev.grid) && isNum(cur.grid)) {
-      const [pos, neg] = areas(prev.grid, cur.grid, dt);
-      energy.importWh += pos / 3600;
-      energy.exportWh += -neg / 3600;
-    }
-    if (isNum(prev.batt) && isNum(cur.batt)) {
-      const [pos, neg] = areas(prev.batt, cur.batt, dt);
-      energy.dischargeWh += pos / 3600;
-      energy.chargeWh += -neg / 3600;
-    }
-  }
+  const energy = { days: [], shownDays: 7 };
 
   function renderEnergy() {
-    if (energy.day === null) return;
-    setText("energy-imported", fmt.energy(energy.importWh));
-    setText("energy-exported", fmt.energy(energy.exportWh));
-    setText("energy-charged", fmt.energy(energy.chargeWh));
-    setText("energy-discharged", fmt.energy(energy.dischargeWh));
-    const need = energy.dischargeWh + energy.importWh;
-    setText("energy-share", need > 0 ? fmt.pct((100 * energy.dischargeWh) / need) : t("none_value"));
-    const midnight = new Date(energy.since * 1000);
-    midnight.setHours(0, 0, 0, 0);
-    const late = energy.since * 1000 - midnight.getTime() > 5 * 60 * 1000;
-    $("energy-since").hidden = !late;
-    if (late) setText("energy-since", t("energy_since", { time: fmt.hm(energy.since * 1000) }));
+    const today = energy.days.length ? energy.days[energy.days.length - 1] : null;
+    if (!today) return;
+    setText("energy-imported", fmt.energy(today.import_wh));
+    setText("energy-exported", fmt.energy(today.export_wh));
+    setText("energy-charged", fmt.energy(today.charge_wh));
+    setText("energy-discharged", fmt.energy(today.discharge_wh));
+    setText("energy-avoided", isNum(today.avoided_import_wh) ? fmt.energy(today.avoided_import_wh) : t("none_value"));
+    const need = today.discharge_wh + today.import_wh;
+    setText("energy-share", need > 0 ? fmt.pct((100 * today.discharge_wh) / need) : t("none_value"));
+  }
+
+  /** Local noon of a "YYYY-MM-DD" day, epoch s (the bar's place on the time axis). */
+  function dayNoon(date) {
+    const [y, m, d] = date.split("-").map(Number);
+    return new Date(y, m - 1, d, 12, 0, 0).getTime() / 1000;
+  }
+
+  function energyData() {
+    const days = energy.days.slice(-energy.shownDays);
+    const kwh = (v) => (isNum(v) ? v / 1000 : null);
+    return [
+      days.map((d) => dayNoon(d.date)),
+      days.map((d) => kwh(d.import_wh)),
+      days.map((d) => (isNum(d.export_wh) ? -d.export_wh / 1000 : null)),
+      days.map((d) => kwh(d.discharge_wh)),
+      days.map((d) => (isNum(d.charge_wh) ? -d.charge_wh / 1000 : null)),
+    ];
+  }
+
+  let energyChart = null;
+  const dayFmt = new Intl.DateTimeFormat(M.locale, { day: "2-digit", month: "2-digit" });
+  const weekdayFmt = new Intl.DateTimeFormat(M.locale, { weekday: "short", day: "2-digit", month: "2-digit" });
+
+  function makeEnergyChart() {
+    const box = $("energy-chart");
+    if (typeof window.uPlot !== "function" || !window.uPlot.paths || !window.uPlot.paths.bars) return null;
+    const text = cssVar("--text", "#1b2530");
+    const line = cssVar("--line", "#dde3e9");
+    const axis = { stroke: text, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    // Two bars per day: grid (import up, export down) left of the day, batteries (discharge up, charge down) right.
+    const left = window.uPlot.paths.bars({ size: [0.38, 40], align: -1 });
+    const right = window.uPlot.paths.bars({ size: [0.38, 40], align: 1 });
+    const kwhValue = (u, v) => (isNum(v) ? fmt.energy(Math.abs(v) * 1000) : t("none_value"));
+    const bar = (label, color, paths) => ({ label, stroke: color, fill: color, width: 0, paths, points: { show: false },
+      scale: "kwh", value: kwhValue });
+    const opts = {
+      width: Math.max(200, box.clientWidth),
+      height: chartHeight(),
+      cursor: { drag: { x: false, y: false }, points: { show: false } },
+      legend: { live: true },
+      scales: {
+        x: { time: true, range: (u, min, max) => [(isNum(min) ? min : 0) - DAY_S / 2, (isNum(max) ? max : 0) + DAY_S / 2] },
+        kwh: {
+          range: (u, min, max) => {
+            const lo = Math.min(isNum(min) ? min : 0, -0.01);
+            const hi = Math.max(isNum(max) ? max : 0, 0.01);
+            const pad = (hi - lo) * 0.08;
+            return [lo - pad, hi + pad];
+          },
+        },
+      },
+      series: [
+        { label: t("energy_chart_day"), value: (u, v) => (v === null ? "" : weekdayFmt.format(new Date(v * 1000))) },
+        bar(t("energy_imported"), cssVar("--import", "#c2410c"), left),
+        bar(t("energy_exported"), cssVar("--export", "#15803d"), left),
+        bar(t("energy_discharged"), cssVar("--battery", "#2563eb"), right),
+        bar(t("energy_charged"), cssVar("--soc", "#7c3aed"), right),
+      ],
+      axes: [
+        Object.assign({}, axis, {
+          space: 44,
+          incrs: [DAY_S, 2 * DAY_S, 7 * DAY_S],
+          values: (u, vals) => vals.map((v) => (v === null ? "" : dayFmt.format(new Date(v * 1000)))),
+        }),
+        Object.assign({}, axis, {
+          scale: "kwh", size: 58, label: t("unit_kwh"), labelSize: 18,
+          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.number(v))),
+        }),
+      ],
+    };
+    const u = new window.uPlot(opts, energyData(), box);
+    resizeWith(u, box);
+    return u;
+  }
+
+  function redrawEnergyChart() {
+    const any = energy.days.some((d) => d.import_wh || d.export_wh || d.charge_wh || d.discharge_wh);
+    $("energy-chart-empty").hidden = any;
+    if (!energyChart) energyChart = makeEnergyChart();
+    if (energyChart) energyChart.setData(energyData());
+  }
+
+  for (const button of document.querySelectorAll("[data-days]")) {
+    button.addEventListener("click", () => {
+      energy.shownDays = Number(button.dataset.days);
+      for (const b of document.querySelectorAll("[data-days]")) b.setAttribute("aria-pressed", String(b === button));
+      redrawEnergyChart();
+    });
+  }
+
+  function resizeWith(u, box) {
+    if (typeof ResizeObserver !== "function") return;
+    new ResizeObserver(() => {
+      const w = Math.max(200, box.clientWidth);
+      if (w !== u.width || chartHeight() !== u.height) u.setSize({ width: w, height: chartHeight() });
+    }).observe(box);
+  }
+
+  // The 7-day power chart: 5-minute means, a null where a gap (program not running) lies.
+  const W = { t: [], grid: [], batt: [], soc: [] };
+  let weekChart = null;
+
+  function setWeek(d) {
+    for (const k of Object.keys(W)) W[k] = [];
+    if (!d || !Array.isArray(d.t)) return;
+    for (let i = 0; i < d.t.length; i++) {
+      if (i > 0 && d.t[i] - d.t[i - 1] > 2.5 * WEEK_STEP_S) {
+        W.t.push(d.t[i - 1] + 1);
+        W.grid.push(null);
+        W.batt.push(null);
+        W.soc.push(null);
+      }
+      W.t.push(d.t[i]);
+      W.grid.push(isNum(d.grid_w[i]) ? d.grid_w[i] : null);
+      W.batt.push(isNum(d.battery_w[i]) ? d.battery_w[i] : null);
+      W.soc.push(isNum(d.soc_pct[i]) ? d.soc_pct[i] : null);
+    }
+  }
+
+  function redrawWeekChart() {
+    $("week-chart-empty").hidden = W.t.length > 0;
+    if (!weekChart) {
+      const box = $("week-chart");
+      weekChart = makeLineChart(box, () => {
+        const end = Date.now() / 1000;
+        return [end - WEEK_S, end];
+      }, (v, incr) => (incr < DAY_S ? fmt.hm(v * 1000) : dayFmt.format(new Date(v * 1000))), [W.t, W.grid, W.batt, W.soc]);
+    }
+    if (weekChart) weekChart.setData([W.t, W.grid, W.batt, W.soc]);
   }
 
   function appendHistory(d) {
@@ -316,8 +453,6 @@
         H.batt.push(null);
         H.soc.push(null);
       }
-      countEnergy(prevSample, cur);
-      prevSample = cur;
       H.t.push(cur.t);
       H.grid.push(isNum(cur.grid) ? cur.grid : null);
       H.batt.push(isNum(cur.batt) ? cur.batt : null);
@@ -345,7 +480,19 @@
   }
 
   function makeChart() {
-    const box = $("chart");
+    // The chosen range, or less while the history is shorter (the chart then shows all there is).
+    const range = () => {
+      const end = lastT !== null ? lastT : Date.now() / 1000;
+      const first = H.t.length ? H.t[0] : end;
+      return [Math.max(end - rangeS, Math.min(first, end - 60)), end];
+    };
+    // Ticks closer than a minute get seconds (a young history spans only a few minutes).
+    const tick = (v, incr) => (incr < 60 ? fmt.time(v * 1000) : fmt.hm(v * 1000));
+    return makeLineChart($("chart"), range, tick, [H.t, H.grid, H.batt, H.soc]);
+  }
+
+  /** A power chart (grid, batteries, SoC) over time in ``box``; ``range`` gives the x range, ``tick`` a label. */
+  function makeLineChart(box, range, tick, data) {
     if (typeof window.uPlot !== "function") return null;
     const text = cssVar("--text", "#1b2530");
     const line = cssVar("--line", "#dde3e9");
@@ -357,15 +504,7 @@
       cursor: { drag: { x: false, y: false } },
       legend: { live: true },
       scales: {
-        x: {
-          time: true,
-          // The chosen range, or less while the history is shorter (the chart then shows all there is).
-          range: () => {
-            const end = lastT !== null ? lastT : Date.now() / 1000;
-            const first = H.t.length ? H.t[0] : end;
-            return [Math.max(end - rangeS, Math.min(first, end - 60)), end];
-          },
-        },
+        x: { time: true, range },
         w: {
           range: (u, min, max) => {
             const lo = Math.min(isNum(min) ? min : 0, -100);
@@ -393,9 +532,7 @@
       ],
       axes: [
         Object.assign({}, axis, {
-          // Ticks closer than a minute get seconds (a young history spans only a few minutes).
-          values: (u, vals, axisIdx, space, incr) =>
-            vals.map((v) => (v === null ? "" : incr < 60 ? fmt.time(v * 1000) : fmt.hm(v * 1000))),
+          values: (u, vals, axisIdx, space, incr) => vals.map((v) => (v === null ? "" : tick(v, incr))),
           space: 70,
         }),
         Object.assign({}, axis, { scale: "w", values: wattsAxis, size: 58, label: t("unit_w"), labelSize: 18 }),
@@ -405,13 +542,8 @@
         }),
       ],
     };
-    const u = new window.uPlot(opts, [H.t, H.grid, H.batt, H.soc], box);
-    if (typeof ResizeObserver === "function") {
-      new ResizeObserver(() => {
-        const w = Math.max(200, box.clientWidth);
-        if (w !== u.width || chartHeight() !== u.height) u.setSize({ width: w, height: chartHeight() });
-      }).observe(box);
-    }
+    const u = new window.uPlot(opts, data, box);
+    resizeWith(u, box);
     return u;
   }
 
@@ -459,7 +591,6 @@
       const q = lastT === null ? "" : "?since=" + encodeURIComponent(String(lastT));
       const d = await api.get("/api/history" + q);
       appendHistory(d);
-      renderEnergy();
       redrawChart();
     } catch (err) {
       next = ERROR_RETRY_MS;
@@ -467,13 +598,45 @@
     setTimeout(pollHistory, delay(next));
   }
 
+  async function pollEnergy() {
+    let next = ENERGY_INTERVAL_MS;
+    try {
+      const d = await api.get("/api/energy?days=30");
+      energy.days = Array.isArray(d.days) ? d.days : [];
+      $("energy-unavailable").hidden = true;
+      renderEnergy();
+      redrawEnergyChart();
+    } catch (err) {
+      $("energy-unavailable").hidden = err.status !== 503;
+      next = ERROR_RETRY_MS;
+    }
+    setTimeout(pollEnergy, delay(next));
+  }
+
+  async function pollWeek() {
+    let next = WEEK_INTERVAL_MS;
+    try {
+      const since = Math.floor(Date.now() / 1000 - WEEK_S);
+      setWeek(await api.get("/api/history?since=" + since + "&step=" + WEEK_STEP_S));
+      redrawWeekChart();
+    } catch (err) {
+      next = ERROR_RETRY_MS;
+    }
+    setTimeout(pollWeek, delay(next));
+  }
+
   document.addEventListener("visibilitychange", () => {
     if (!document.hidden && chart) redrawChart();
   });
 
   // For the browser tests and for curious users in the developer tools.
-  window.marstekDashboard = { history: H, energy, chart: () => chart };
+  window.marstekDashboard = {
+    history: H, energy, week: W, chart: () => chart, energyChart: () => energyChart, weekChart: () => weekChart,
+    mode: () => lastMode,
+  };
 
   pollStatus();
   pollHistory();
+  pollEnergy();
+  pollWeek();
 })();

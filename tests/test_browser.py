@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from simulator import Simulation, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, stop_process, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,13 +112,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             )
             yield system
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             output.close()
 
 
@@ -355,6 +348,176 @@ def test_no_horizontal_scrolling_at_360_px(browser: Browser, system: System) -> 
         expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
 
 
+# ---------------------------------------------------------------------------- operating mode buttons
+def test_mode_buttons_switch_the_mode_and_show_the_remaining_time(browser: Browser, system: System) -> None:
+    """Automatik / Halten / Laden / Aus on the dashboard: each click reaches the control (the simulated
+    batteries follow) and survives in data/mode.json beside the config."""
+    mode_file = system.config_path.parent / "data" / "mode.json"
+
+    def commanded() -> list[float]:
+        return [system.sim.unit(i).commanded_w for i in (1, 2)]
+
+    with open_page(browser, system.url + "/") as page:
+        expect(page.locator("[data-mode='auto']")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#mode-source")).to_have_text("gesetzt von: Standard")
+        wait_until(lambda: any(w > 0 for w in commanded()), 20, "the batteries discharge for the 600 W load")
+
+        page.locator("#mode-minutes").select_option("30")
+        page.locator("[data-mode='hold']").click()
+        expect(page.locator("[data-mode='hold']")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("[data-mode='auto']")).to_have_attribute("aria-pressed", "false")
+        expect(page.locator("#mode-until")).to_have_text(re.compile(r"^bis \d\d:\d\d \(noch (30|29) min\)$"))
+        expect(page.locator("#mode-source")).to_have_text("gesetzt von: Dashboard")
+        wait_until(lambda: all(w <= 0 for w in commanded()), 10, "hold: no battery discharges")
+        expect(page.locator("#control-status")).to_have_text("Betriebsart Halten: Entladen gesperrt")
+        assert json.loads(mode_file.read_text())["mode"] == "hold"
+
+        page.locator("#mode-minutes").select_option("")
+        page.locator("[data-mode='charge']").click()
+        expect(page.locator("[data-mode='charge']")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#mode-until")).to_be_hidden()
+        expect(page.locator("#mode-hint")).to_contain_text("5.000")  # both batteries' maximum, German format
+        wait_until(lambda: sum(commanded()) < -1000, 10, "charge: the batteries charge from the grid")
+
+        page.locator("[data-mode='off']").click()
+        expect(page.locator("[data-mode='off']")).to_have_attribute("aria-pressed", "true")
+        wait_until(lambda: all(w == 0 for w in commanded()), 10, "off: every battery stopped")
+        expect(page.locator("#control-state-text")).to_have_text("Steuerung gestoppt")
+        screenshot(page, "dashboard-mode-off.png")
+
+        page.locator("[data-mode='auto']").click()
+        expect(page.locator("[data-mode='auto']")).to_have_attribute("aria-pressed", "true")
+        wait_until(lambda: any(w > 0 for w in commanded()), 20, "auto: discharging again")
+        expect(page.locator("#control-state-text")).to_have_text("Regelung aktiv")
+        assert json.loads(mode_file.read_text())["mode"] == "auto"
+
+
+# ---------------------------------------------------------------------------- energy, 7 days, diagnostics
+def canvas_pixels(page: Page, selector: str) -> int:
+    """Painted pixels on the chart canvas in ``selector``."""
+    return page.evaluate(
+        """(sel) => {
+            const canvas = document.querySelector(sel + ' canvas');
+            if (!canvas) return 0;
+            const pixels = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+            let n = 0;
+            for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) n++;
+            return n;
+        }""",
+        selector,
+    )
+
+
+def seed_earlier_runs(db_path: Path, days: int = 12) -> None:
+    """What earlier runs of the program left in its history file: daily energy and 5-minute power means
+    for the days before today (today belongs to the running program)."""
+    import math
+    import sqlite3
+    from datetime import date, datetime, timedelta
+
+    from history import History
+
+    History(db_path).close()  # the file and its tables, as the program creates them
+    today = date.today()
+    conn = sqlite3.connect(db_path, timeout=10)
+    with conn:
+        for n in range(1, days + 1):
+            day = today - timedelta(days=n)
+            sunny = 0.5 + 0.5 * math.sin(n)
+            conn.execute("INSERT OR REPLACE INTO energy VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (day.isoformat(), 2500 + 1500 * (1 - sunny), 300 + 900 * sunny, 2000 + 3000 * sunny,
+                          1800 + 2500 * sunny, 1700 + 2300 * sunny, 1900 + 2800 * sunny))
+        start = datetime.combine(today - timedelta(days=6), datetime.min.time()).timestamp()
+        rows = []
+        for i in range(0, 6 * 86400, 300):
+            hour = (i % 86400) / 3600
+            pv = max(0.0, math.sin((hour - 6) / 12 * math.pi)) * 2400
+            battery = max(-1800.0, min(1200.0, 450 - pv))
+            soc = 50 + 40 * math.sin((hour - 10) / 24 * 2 * math.pi)
+            rows.append((start + i + 150, 450 - pv - battery, battery, soc))  # grid = load - PV - battery
+        conn.executemany("INSERT OR REPLACE INTO samples_1m VALUES (?, ?, ?, ?)", rows)
+    conn.close()
+
+
+def test_energy_chart_week_chart_and_diagnostics_button(browser: Browser, system: System) -> None:
+    seed_earlier_runs(system.config_path.parent / "data" / "history.sqlite3")
+    # Let the batteries work a while so that today's bars have a height.
+    wait_until(lambda: (get_json(system.url + "/api/energy?days=1") or {"days": [{}]})["days"][0].get(
+        "discharge_wh", 0) > 0.05, 30, "the server counts some discharge energy")
+    with open_page(browser, system.url + "/") as page:
+        page.wait_for_function(
+            "() => { const c = window.marstekDashboard.energyChart(); return c && c.data[0].length === 7; }",
+            timeout=TIMEOUT_MS,
+        )
+        imports = page.evaluate("window.marstekDashboard.energyChart().data[1]")
+        assert all(v > 1 for v in imports[:-1]), f"the earlier days come from the history file: {imports}"
+        labels = page.evaluate("window.marstekDashboard.energyChart().series.map(s => s.label)")
+        assert labels[1:] == ["Netzbezug", "Einspeisung", "Entladen", "Geladen"]
+        expect(page.locator("#energy-chart-empty")).to_be_hidden()
+        expect(page.locator("#energy-discharged")).to_have_text(re.compile(r"[1-9]"))
+        base = canvas_pixels(page, "#energy-chart")
+        assert base > 500, f"only {base} painted pixels on the energy chart"
+        page.locator("[data-days='30']").click()
+        expect(page.locator("[data-days='30']")).to_have_attribute("aria-pressed", "true")
+        assert page.evaluate("window.marstekDashboard.energyChart().data[0].length") == 30
+
+        page.wait_for_function(
+            "() => { const c = window.marstekDashboard.weekChart(); return c && c.data[0].length >= 1000; }",
+            timeout=TIMEOUT_MS,
+        )
+        week = canvas_pixels(page, "#week-chart")
+        assert week > 2000, f"only {week} painted pixels on the 7-day chart"
+        expect(page.locator("#week-chart-empty")).to_be_hidden()
+        assert page.evaluate("window.marstekDashboard.weekChart().series.map(s => s.label)")[1:] == [
+            "Netz", "Akkus", "Ladestand"]
+
+        link = page.locator("#diagnostics-download")
+        expect(link).to_have_text("Diagnose herunterladen")
+        with page.expect_download() as download_info:
+            link.click()
+        download = download_info.value
+        assert re.match(r"marstek-diagnose-\d{8}-\d{6}\.json$", download.suggested_filename)
+        bundle = json.loads(Path(download.path()).read_text(encoding="utf-8"))
+        assert bundle["status"]["control_state"] == "active" and len(bundle["batteries"]) == 2
+        page.locator("#energy-chart-card").scroll_into_view_if_needed()
+        screenshot(page, "dashboard-energy.png")
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#energy-chart-card").screenshot(path=str(ARTIFACTS / "energy-chart.png"))
+        page.locator("#week-card").screenshot(path=str(ARTIFACTS / "week-chart.png"))
+    with open_page(browser, system.url + "/", width=360, height=740) as page:
+        page.wait_for_function("() => window.marstekDashboard.energyChart() && "
+                               "window.marstekDashboard.energyChart().data[0].length === 7", timeout=TIMEOUT_MS)
+        assert no_horizontal_scroll(page)
+        page.locator("#energy-chart-card").screenshot(path=str(ARTIFACTS / "energy-chart-360.png"))
+
+
+def test_todays_energy_survives_a_restart(browser: Browser, system: System, tmp_path: Path) -> None:
+    def discharged_wh() -> float:
+        doc = get_json(system.url + "/api/energy?days=1")
+        return float(doc["days"][0]["discharge_wh"]) if doc else -1.0
+
+    wait_until(lambda: discharged_wh() > 1.0, 40, "the server counts over 1 Wh of discharge")
+    stop_process(system.proc)
+    assert system.proc.returncode == 0
+    before = float(json.loads(subprocess.run(  # what the file holds now, read by its own reader
+        [sys.executable, "-c", "import json, sys; from history import History; "
+         "print(json.dumps(History(sys.argv[1]).energy_days(1)[0]['discharge_wh']))",
+         str(system.config_path.parent / "data" / "history.sqlite3")],
+        cwd=str(ROOT), capture_output=True, text=True, check=True, timeout=30).stdout))
+    assert before > 1.0
+    output = (tmp_path / "restart-output.txt").open("w", encoding="utf-8")
+    again = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(system.config_path)],
+                             cwd=str(tmp_path), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: discharged_wh() >= 0, 30, "main.py up again")
+        assert discharged_wh() >= before, "today's energy carries on from the file, it does not start at 0"
+        with open_page(browser, system.url + "/") as page:
+            expect(page.locator("#energy-discharged")).to_have_text(re.compile(r"[1-9]"))
+    finally:
+        stop_process(again)  # the fixture stops only the first program
+        output.close()
+
+
 # ---------------------------------------------------------------------------- several gateways (the demo's mixed fleet)
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[str]:
@@ -374,12 +537,7 @@ def demo(tmp_path: Path) -> Iterator[str]:
             assert proc.poll() is None, output_path.read_text(encoding="utf-8")[-3000:]
             yield url
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc)
 
 
 def test_dashboard_groups_batteries_by_gateway_with_their_names(browser: Browser, demo: str) -> None:

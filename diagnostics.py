@@ -1,0 +1,157 @@
+"""The diagnostics bundle for a bug report (``GET /api/diagnostics``): one JSON file that says what runs,
+how it is configured, what it sees and which device quirks it has met.
+
+Every secret is replaced by ``"***"``: each value under a key named like a password, token, secret or
+key (anywhere in the configuration), and then every occurrence of those secret values anywhere in the
+bundle (a log message that quoted one, say).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import platform
+import re
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from config_loader import Config
+from status_store import QuirkCounter, StatusStore, now_iso
+
+REDACTED = "***"
+SECRET_KEY_RE = re.compile(r"pass(word|wd)?$|password|token|secret|api_?key|credential|private", re.I)
+LIBRARIES = ("flask", "waitress", "pymodbus", "requests", "prometheus-client")
+ROOT = Path(__file__).resolve().parent
+
+
+def is_secret_key(key: str) -> bool:
+    return bool(SECRET_KEY_RE.search(key))
+
+
+def redact(value: Any) -> tuple[Any, set[str]]:
+    """``value`` with every secret-named key's value replaced by "***"; also the secret strings found."""
+    found: set[str] = set()
+
+    def walk(v: Any, key: str = "") -> Any:
+        if key and is_secret_key(key) and v not in (None, ""):
+            if isinstance(v, str):
+                found.add(v)
+            return REDACTED
+        if isinstance(v, dict):
+            return {k: walk(item, str(k)) for k, item in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(item) for item in v]
+        return v
+
+    return walk(value), found
+
+
+def scrub(value: Any, secrets: set[str]) -> Any:
+    """Every occurrence of a secret string (also inside longer texts) replaced by "***"."""
+    wanted = sorted((s for s in secrets if s), key=len, reverse=True)
+    if not wanted:
+        return value
+    pattern = re.compile("|".join(re.escape(s) for s in wanted))
+
+    def walk(v: Any) -> Any:
+        if isinstance(v, str):
+            return pattern.sub(REDACTED, v)
+        if isinstance(v, dict):
+            return {walk(k): walk(item) for k, item in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(item) for item in v]
+        return v
+
+    return walk(value)
+
+
+def _git_version() -> str | None:
+    """``git describe`` of the program's folder, when it is a git checkout (asked once at start)."""
+    try:
+        done = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=3, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None if done.returncode == 0 else None
+
+
+def versions() -> dict[str, Any]:
+    libs: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            libs[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            libs[name] = None
+    libs["sqlite"] = sqlite3.sqlite_version
+    return {
+        "program": _git_version(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "libraries": libs,
+    }
+
+
+class Diagnostics:
+    """Builds the bundle from the config, the status store and what the threads have counted."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        store: StatusStore,
+        *,
+        meter: Any = None,
+        quirks: QuirkCounter | None = None,
+        history: Any = None,
+        clock: Callable[[], str] = now_iso,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.meter = meter
+        self.quirks = quirks
+        self.history = history
+        self.clock = clock
+        self._versions = versions()
+
+    def meter_identity(self) -> dict[str, Any]:
+        """Type and address from the config; the detected device kind where the driver knows one (Shelly)."""
+        meter_cfg = self.cfg.meter
+        identity: dict[str, Any] = {"type": self.cfg.energy_meter_type, "address": meter_cfg.ip}
+        if self.meter is not None:
+            identity["driver"] = getattr(self.meter, "name", type(self.meter).__name__)
+            if hasattr(self.meter, "kind"):
+                identity["kind"] = self.meter.kind
+        return identity
+
+    def batteries(self) -> list[dict[str, Any]]:
+        """Per configured battery: where it is and what was read from it at start."""
+        b = self.cfg.battery
+        facts = self.store.battery_facts()
+        return [{"id": unit_id, "gateway": f"{b.ip}:{b.port}", "register_set": b.register_set,
+                 "read_at_start": facts.get(str(unit_id), {})} for unit_id in b.akku_ids]
+
+    def history_info(self) -> dict[str, Any] | None:
+        if self.history is None:
+            return None
+        return {"path": self.history.path, "in_memory": self.history.in_memory,
+                "disk_bytes": self.history.disk_bytes(), "retention_days": self.history.retention_days}
+
+    def bundle(self) -> dict[str, Any]:
+        config, secrets = redact(dataclasses.asdict(self.cfg))
+        status = self.store.status_json("en")
+        events = status.pop("events", [])
+        doc = {
+            "generated_at": self.clock(),
+            "versions": self._versions,
+            "config": config,
+            "status": status,
+            "events": events[-200:],
+            "batteries": self.batteries(),
+            "meter": self.meter_identity(),
+            "quirks": self.quirks.figures() if self.quirks is not None else {},
+            "history": self.history_info(),
+        }
+        return scrub(redact(doc)[0], secrets)

@@ -1,0 +1,450 @@
+"""The history that survives a restart: chart samples and daily energy in SQLite.
+
+``History`` is the only writer of the database. Its thread (``run``) takes the samples the control
+thread published to the status store (``StatusStore.take_samples``, a bounded queue) once a second and
+writes them; the control thread never waits on the disk or on the database. The web thread reads
+through the same object (``samples``, ``energy_days``); a reader waits at most ``READ_TIMEOUT_S`` for a
+writer that hangs on a slow disk, then gets ``HistoryBusy``.
+
+Storage: every sample for the last ``RAW_KEEP_S`` (the 24 h chart at full resolution), one-minute means
+for older samples until ``retention_days``, and one row of energy counters per local day (kept for at
+least ``ENERGY_KEEP_DAYS``). Energy is integrated here from consecutive samples (trapezoids; gaps longer
+than ``GAP_S``, e.g. while the program was not running, are not counted). Today's counters live in
+memory and are written with every batch, so a failing disk never loses them during a run.
+
+A damaged or unwritable database file is moved aside (renamed with a timestamp) and a fresh one is
+started; if no file can be written at all (read-only directory) the history runs in memory. Both are
+reported in /api/status and the log. A full disk is reported and retried with every batch.
+
+Signs: grid + import / - export; battery + discharge / - charge (W).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import i18n
+from status_store import HistorySample, StatusStore
+
+log = logging.getLogger("marstek")
+
+MEMORY = ":memory:"
+WRITE_INTERVAL_S = 1.0
+PRUNE_INTERVAL_S = 600.0
+RAW_KEEP_S = 26 * 3600  # full resolution for the 24 h chart (plus a margin)
+MINUTE_S = 60
+GAP_S = 15.0  # samples further apart are a gap: not integrated
+ENERGY_KEEP_DAYS = 366  # one small row per day; /api/energy may ask for up to 366 days
+READ_TIMEOUT_S = 2.0
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS samples (t REAL PRIMARY KEY, grid_w REAL, battery_w REAL, soc_pct REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS samples_1m (t REAL PRIMARY KEY, grid_w REAL, battery_w REAL, soc_pct REAL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS energy (
+    day TEXT PRIMARY KEY, import_wh REAL NOT NULL, export_wh REAL NOT NULL, charge_wh REAL NOT NULL,
+    discharge_wh REAL NOT NULL, avoided_import_wh REAL NOT NULL, stored_surplus_wh REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+
+class HistoryBusy(Exception):
+    """The database is held by a write that takes too long (slow disk); try again later."""
+
+
+@dataclass
+class DayEnergy:
+    """Energy of one local day, Wh. ``avoided_import_wh``: battery discharge that covered house load
+    (not exported); ``stored_surplus_wh``: battery charge that came from PV surplus (not imported)."""
+
+    import_wh: float = 0.0
+    export_wh: float = 0.0
+    charge_wh: float = 0.0
+    discharge_wh: float = 0.0
+    avoided_import_wh: float = 0.0
+    stored_surplus_wh: float = 0.0
+
+    def add(self, other: DayEnergy) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def as_dict(self) -> dict[str, float]:
+        return {f.name: round(getattr(self, f.name), 3) for f in fields(self)}
+
+
+ENERGY_FIELDS = tuple(f.name for f in fields(DayEnergy))
+
+
+def local_day(t: float) -> str:
+    """The local calendar day of epoch seconds ``t`` (YYYY-MM-DD)."""
+    return datetime.datetime.fromtimestamp(t).date().isoformat()
+
+
+def _areas(a: float, b: float, dt: float) -> tuple[float, float]:
+    """Positive and negative area (W·s) of a linear segment from a to b over dt seconds."""
+    if a >= 0 and b >= 0:
+        return (a + b) / 2 * dt, 0.0
+    if a <= 0 and b <= 0:
+        return 0.0, (a + b) / 2 * dt
+    hi, lo = max(a, b), min(a, b)
+    share = hi / (hi - lo)  # part of dt above zero
+    return hi * share * dt / 2, lo * (1 - share) * dt / 2
+
+
+def energy_between(a: HistorySample, b: HistorySample) -> DayEnergy:
+    """The energy from sample ``a`` to the next sample ``b`` (nothing across a gap or a missing value)."""
+    e = DayEnergy()
+    dt = b.t - a.t
+    if not 0 < dt <= GAP_S:
+        return e
+    grid = a.grid_w is not None and b.grid_w is not None
+    batt = a.battery_w is not None and b.battery_w is not None
+    if grid:
+        pos, neg = _areas(a.grid_w, b.grid_w, dt)  # type: ignore[arg-type]
+        e.import_wh, e.export_wh = pos / 3600, -neg / 3600
+    if batt:
+        pos, neg = _areas(a.battery_w, b.battery_w, dt)  # type: ignore[arg-type]
+        e.discharge_wh, e.charge_wh = pos / 3600, -neg / 3600
+    if grid and batt:
+        def avoided(s: HistorySample) -> float:  # discharge minus what went on to the grid
+            return max(0.0, max(0.0, s.battery_w or 0.0) - max(0.0, -(s.grid_w or 0.0)))
+
+        def stored(s: HistorySample) -> float:  # charge minus what came from the grid
+            return max(0.0, max(0.0, -(s.battery_w or 0.0)) - max(0.0, s.grid_w or 0.0))
+
+        e.avoided_import_wh = (avoided(a) + avoided(b)) / 2 * dt / 3600
+        e.stored_surplus_wh = (stored(a) + stored(b)) / 2 * dt / 3600
+    return e
+
+
+def bucket_samples(samples: Sequence[HistorySample], step_s: int) -> list[HistorySample]:
+    """Means of ``samples`` in buckets of ``step_s`` seconds (t = the bucket's middle), oldest first."""
+    buckets: dict[int, list[HistorySample]] = {}
+    for s in samples:
+        buckets.setdefault(int(s.t // step_s), []).append(s)
+
+    def mean(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
+    return [HistorySample(n * step_s + step_s / 2, mean([s.grid_w for s in group]),
+                          mean([s.battery_w for s in group]), mean([s.soc_pct for s in group]))
+            for n, group in sorted(buckets.items())]
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class History:
+    """The SQLite history: one writer thread (``run``), readers from the web thread."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        retention_days: int = 30,
+        store: StatusStore | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        on_connect: Callable[[sqlite3.Connection], None] | None = None,
+        open_now: bool = True,
+    ) -> None:
+        """``on_connect`` runs on every new connection (tests use it to simulate a slow or full disk).
+        ``open_now=False``: the file is opened by ``run`` in the history thread (a hanging disk then never
+        delays the start of the control)."""
+        self.path = str(path)
+        self.retention_days = retention_days
+        self.store = store
+        self.clock = clock
+        self.on_connect = on_connect
+        self.in_memory = self.path == MEMORY
+        self._db_lock = threading.Lock()  # the connection, shared by the writer and the readers
+        self._energy_lock = threading.Lock()  # today's counters (never held during disk I/O)
+        self._energy: dict[str, DayEnergy] = {}
+        self._prev: HistorySample | None = None
+        self._last_prune_s = -math.inf
+        self._full = False
+        self._conn: sqlite3.Connection | None = None
+        if open_now:
+            self.open()
+
+    def open(self) -> None:
+        """Open (or recover) the database file; readers get ``HistoryBusy`` until it is open."""
+        with self._db_lock:
+            if self._conn is None:
+                self._conn = self._open()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise HistoryBusy("history database not open yet")
+        return self._conn
+
+    # ------------------------------------------------------------------ opening, recovery
+    def _connect(self, path: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(path, check_same_thread=False, timeout=READ_TIMEOUT_S, isolation_level=None)
+        try:
+            if path != MEMORY:
+                conn.execute("PRAGMA journal_mode=WAL")  # fewer fsyncs (SD cards) and no rewrite per batch
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA cache_size=-1024")  # 1 MB page cache: writes append, reads are rare
+            if self.on_connect is not None and path != MEMORY:  # the hook simulates the disk, not memory
+                self.on_connect(conn)
+            check = conn.execute("PRAGMA quick_check").fetchone()
+            if check is None or check[0] != "ok":
+                raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
+            conn.executescript(SCHEMA)
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            return conn
+        except BaseException:
+            conn.close()
+            raise
+
+    def _open(self) -> sqlite3.Connection:
+        """The database at ``path``; a damaged one is moved aside; no usable file at all: memory."""
+        if self.in_memory:
+            return self._connect(MEMORY)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            conn = self._recover(exc)
+        self._load(conn)
+        return conn
+
+    def _recover(self, exc: Exception) -> sqlite3.Connection:
+        """Move the unusable file aside and start a fresh one; if that fails too, run in memory."""
+        moved = self._move_aside()
+        if moved is not None:
+            try:
+                conn = self._connect(self.path)
+            except (sqlite3.Error, OSError) as again:
+                exc = again
+            else:
+                message = i18n.Msg("history_moved_aside", path=self.path, error=str(exc), moved=moved)
+                log.warning(message)
+                self._report(message, error=False)
+                return conn
+        message = i18n.Msg("history_in_memory", path=self.path, error=str(exc))
+        log.error(message)
+        self._report(message, error=True)
+        self.in_memory = True
+        return self._connect(MEMORY)
+
+    def _move_aside(self) -> str | None:
+        """Rename the database (and its -wal/-shm/-journal files) with a timestamp; the new name or None."""
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        target = f"{self.path}.broken-{stamp}"
+        try:
+            if Path(self.path).exists():
+                Path(self.path).rename(target)
+            for suffix in ("-wal", "-shm", "-journal"):
+                side = Path(self.path + suffix)
+                if side.exists():
+                    side.rename(target + suffix)
+        except OSError:
+            return None
+        return target
+
+    def _load(self, conn: sqlite3.Connection) -> None:
+        """Today's counters and the newest sample from the file (a quick restart integrates across)."""
+        today = local_day(self.clock())
+        row = conn.execute(f"SELECT {', '.join(ENERGY_FIELDS)} FROM energy WHERE day = ?", (today,)).fetchone()
+        with self._energy_lock:
+            self._energy = {today: DayEnergy(*row)} if row else {}
+        last = conn.execute("SELECT t, grid_w, battery_w, soc_pct FROM samples ORDER BY t DESC LIMIT 1").fetchone()
+        self._prev = HistorySample(*last) if last else None
+
+    def _report(self, message: str | None, *, error: bool) -> None:
+        if self.store is not None:
+            self.store.set_problem("history", message, error=error)
+
+    # ------------------------------------------------------------------ the writer
+    def run(self, stop: threading.Event) -> None:
+        """The history thread: write the store's new samples every second until ``stop``."""
+        if self.store is None:
+            raise ValueError("History.run needs the status store")
+        self.open()
+        while not stop.wait(WRITE_INTERVAL_S):
+            self.add(self.store.take_samples())
+        self.add(self.store.take_samples())
+        self.close()
+
+    def add(self, samples: Sequence[HistorySample]) -> None:
+        """Count the energy of ``samples`` and write them (the writer thread only)."""
+        rows = []
+        touched: set[str] = set()
+        with self._energy_lock:
+            for s in samples:
+                s = HistorySample(s.t, _finite(s.grid_w), _finite(s.battery_w), _finite(s.soc_pct))
+                if self._prev is not None and s.t <= self._prev.t:
+                    continue  # a clock step backwards: never count twice
+                day = local_day(s.t)
+                if self._prev is not None and local_day(self._prev.t) == day:
+                    self._energy.setdefault(day, DayEnergy()).add(energy_between(self._prev, s))
+                else:
+                    self._energy.setdefault(day, DayEnergy())
+                touched.add(day)
+                self._prev = s
+                rows.append((s.t, s.grid_w, s.battery_w, s.soc_pct))
+            energy_rows = [(day, *(getattr(self._energy[day], f) for f in ENERGY_FIELDS)) for day in touched]
+            today = local_day(self.clock())
+            for day in [d for d in self._energy if d < today and d not in touched]:
+                del self._energy[day]  # written already; only today's figures are needed in memory
+        if not rows:
+            return
+        self._write(rows, energy_rows)
+
+    def _write(self, rows: list[tuple[Any, ...]], energy_rows: list[tuple[Any, ...]]) -> None:
+        try:
+            with self._db_lock:
+                with self._transaction():
+                    self.conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
+                    placeholders = ", ".join("?" * (1 + len(ENERGY_FIELDS)))
+                    self.conn.executemany(f"INSERT OR REPLACE INTO energy VALUES ({placeholders})", energy_rows)
+                now_s = self.clock()
+                if now_s - self._last_prune_s >= PRUNE_INTERVAL_S:
+                    self._last_prune_s = now_s
+                    self._prune(now_s)
+        except sqlite3.OperationalError as exc:
+            if "full" in str(exc).lower():
+                self._disk_full(exc)
+                return
+            self._failed(exc)
+            return
+        except sqlite3.DatabaseError as exc:
+            self._failed(exc)
+            return
+        if self._full:
+            self._full = False
+            log.info(i18n.Msg("history_ok_again", path=self.path))
+            self._report(None, error=False)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    def _disk_full(self, exc: Exception) -> None:
+        if not self._full:
+            message = i18n.Msg("history_disk_full", path=self.path, error=str(exc))
+            log.error(message)
+            self._report(message, error=True)
+        self._full = True
+
+    def _failed(self, exc: Exception) -> None:
+        """A write failed for another reason than a full disk: the file is damaged or unwritable."""
+        with self._db_lock:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+            if self.in_memory:  # nothing left to move aside
+                self._conn = self._connect(MEMORY)
+                return
+            self._conn = self._recover(exc)
+
+    def _prune(self, now_s: float) -> None:
+        """Old raw samples become one-minute means; beyond the retention everything goes (lock held)."""
+        cut = math.floor((now_s - RAW_KEEP_S) / MINUTE_S) * MINUTE_S  # whole minutes only
+        with self._transaction():
+            self.conn.execute(
+                "INSERT OR REPLACE INTO samples_1m SELECT CAST(t / ?1 AS INTEGER) * ?1 + ?1 / 2.0, AVG(grid_w), "
+                "AVG(battery_w), AVG(soc_pct) FROM samples WHERE t < ?2 GROUP BY CAST(t / ?1 AS INTEGER)",
+                (MINUTE_S, cut),
+            )
+            self.conn.execute("DELETE FROM samples WHERE t < ?", (cut,))
+            self.conn.execute("DELETE FROM samples_1m WHERE t < ?", (now_s - self.retention_days * 86400,))
+            oldest_day = local_day(now_s - max(self.retention_days, ENERGY_KEEP_DAYS) * 86400)
+            self.conn.execute("DELETE FROM energy WHERE day < ?", (oldest_day,))
+
+    def prune(self) -> None:
+        """Downsample and apply the retention now (the writer does it every ``PRUNE_INTERVAL_S``)."""
+        with self._db_lock:
+            self._last_prune_s = self.clock()
+            self._prune(self._last_prune_s)
+
+    def close(self) -> None:
+        with self._db_lock, contextlib.suppress(sqlite3.Error):
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    # ------------------------------------------------------------------ readers (web thread)
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        if not self._db_lock.acquire(timeout=READ_TIMEOUT_S):
+            raise HistoryBusy("history database busy (slow disk?), try again")
+        try:
+            yield self.conn
+        finally:
+            self._db_lock.release()
+
+    def samples(self, since_t: float, until_t: float | None = None, step_s: int | None = None) -> list[HistorySample]:
+        """Stored samples with since_t < t < until_t, oldest first: full resolution where kept, else
+        one-minute means; ``step_s`` averages them into buckets of that many seconds."""
+        until = math.inf if until_t is None else until_t
+        try:
+            with self._reading() as conn:
+                raw_first = conn.execute("SELECT MIN(t) FROM samples").fetchone()[0]
+                minute_until = min(until, raw_first) if raw_first is not None else until
+                union = (
+                    "SELECT t, grid_w, battery_w, soc_pct FROM samples_1m WHERE t > :since AND t < :minute_until "
+                    "UNION ALL SELECT t, grid_w, battery_w, soc_pct FROM samples WHERE t > :since AND t < :until"
+                )
+                params: dict[str, Any] = {"since": since_t, "until": until, "minute_until": minute_until}
+                if step_s is None:
+                    rows = conn.execute(f"SELECT * FROM ({union}) ORDER BY t", params).fetchall()
+                else:
+                    params["step"] = step_s
+                    rows = conn.execute(
+                        "SELECT CAST(t / :step AS INTEGER) * :step + :step / 2.0 AS b, AVG(grid_w), AVG(battery_w), "
+                        f"AVG(soc_pct) FROM ({union}) GROUP BY CAST(t / :step AS INTEGER) ORDER BY b", params
+                    ).fetchall()
+        except sqlite3.Error as exc:
+            raise HistoryBusy(f"history database not readable: {exc}") from exc
+        return [HistorySample(*row) for row in rows]
+
+    def energy_days(self, days: int) -> list[dict[str, Any]]:
+        """The last ``days`` local days (today included, oldest first), every day present (0 without data)."""
+        today = datetime.date.fromtimestamp(self.clock())
+        first = today - datetime.timedelta(days=days - 1)
+        stored: dict[str, DayEnergy] = {}
+        try:
+            with self._reading() as conn:
+                for row in conn.execute(
+                    f"SELECT day, {', '.join(ENERGY_FIELDS)} FROM energy WHERE day >= ? AND day <= ?",
+                    (first.isoformat(), today.isoformat()),
+                ):
+                    stored[row[0]] = DayEnergy(*row[1:])
+        except sqlite3.Error as exc:
+            raise HistoryBusy(f"history database not readable: {exc}") from exc
+        with self._energy_lock:  # today's figures from memory: newer than the file, and there when it is not
+            for day, e in self._energy.items():
+                stored[day] = DayEnergy(**e.as_dict())
+        out = []
+        for n in range(days):
+            day = (first + datetime.timedelta(days=n)).isoformat()
+            out.append({"date": day, **stored.get(day, DayEnergy()).as_dict()})
+        return out
+
+    def disk_bytes(self) -> int:
+        """Size of the database file and its WAL (0 in memory)."""
+        if self.in_memory:
+            return 0
+        return sum(p.stat().st_size for p in (Path(self.path), Path(self.path + "-wal")) if p.exists())

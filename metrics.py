@@ -1,0 +1,107 @@
+"""Prometheus metrics for ``GET /metrics``, with the official ``prometheus_client`` library.
+
+A custom collector reads the latest status snapshot at every scrape, so nothing is counted twice and
+the control thread does no extra work. The counters come from the control loop's own monotonic
+counters (``StatusSnapshot.counters``); a counter never goes backwards during a run (``_Monotonic``
+holds the highest value seen, also across a snapshot that lacks it, e.g. before the first cycle).
+
+Signs: grid power + import / - export; battery power and setpoints + discharge / - charge (W).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from status_store import BatteryStatus, StatusStore
+
+COUNTERS = (
+    ("modbus_writes_total", "marstek_modbus_writes", "Modbus register writes to the batteries"),
+    ("meter_failures_total", "marstek_meter_failures", "Failed or frozen grid meter readings"),
+    ("control_cycles_total", "marstek_control_cycles", "Control cycles run"),
+)
+
+
+def battery_label(b: BatteryStatus) -> str:
+    """The ``battery`` label: the battery's ``key`` (``"<host>:<port>/<id>"``) where the status has one."""
+    key = getattr(b, "key", "")
+    return str(key) if key else str(b.id)
+
+
+class _Monotonic:
+    """The highest value seen per counter: a scrape never sees a counter go backwards."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: dict[str, float] = {}
+
+    def update(self, name: str, value: float | None) -> float:
+        with self._lock:
+            best = max(self._values.get(name, 0.0), float(value) if value is not None else 0.0)
+            self._values[name] = best
+            return best
+
+
+class StatusCollector(Collector):
+    """Turns the latest snapshot into metric families at scrape time."""
+
+    def __init__(self, store: StatusStore) -> None:
+        self.store = store
+        self._counters = _Monotonic()
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.store.latest()
+        grid = GaugeMetricFamily("marstek_grid_power_watts", "Grid power from the meter, W (+ import, - export)")
+        if snap.grid_power_w is not None:  # an unknown value is absent, never 0
+            grid.add_metric([], snap.grid_power_w)
+        yield grid
+        avg = GaugeMetricFamily("marstek_grid_power_avg_watts", "Grid power the controller acts on, W")
+        if snap.grid_power_avg_w is not None:
+            avg.add_metric([], snap.grid_power_avg_w)
+        yield avg
+        yield GaugeMetricFamily("marstek_meter_ok", "1 when the last meter reading was good", value=int(snap.meter_ok))
+        state = GaugeMetricFamily("marstek_control_state", "1 for the current control state", labels=["state"])
+        for name in ("active", "setup", "stopped", "error"):
+            state.add_metric([name], int(snap.control_state == name))
+        yield state
+
+        labels = ["battery"]
+        power = GaugeMetricFamily("marstek_battery_power_watts", "Battery AC power, W (+ discharge, - charge)",
+                                  labels=labels)
+        soc = GaugeMetricFamily("marstek_battery_soc_percent", "Battery state of charge, %", labels=labels)
+        setpoint = GaugeMetricFamily("marstek_battery_setpoint_watts", "Commanded power, W (+ discharge, - charge)",
+                                     labels=labels)
+        online = GaugeMetricFamily("marstek_battery_online", "1 when the battery answers", labels=labels)
+        for b in snap.batteries:
+            key = [battery_label(b)]
+            if b.power_w is not None:
+                power.add_metric(key, b.power_w)
+            if b.soc_pct is not None:
+                soc.add_metric(key, b.soc_pct)
+            setpoint.add_metric(key, b.setpoint_w)
+            online.add_metric(key, int(b.online))
+        yield from (power, soc, setpoint, online)
+
+        for field, name, documentation in COUNTERS:
+            counter = CounterMetricFamily(name, documentation)
+            counter.add_metric([], self._counters.update(field, snap.counters.get(field)))
+            yield counter
+
+
+def make_registry(store: StatusStore) -> CollectorRegistry:
+    """A registry of its own per app (tests run several apps in one process)."""
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(StatusCollector(store))
+    return registry
+
+
+def exposition(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]:
+    """The registry in the format the scraper's Accept header asks for (the library's own negotiation:
+    the Prometheus text format 0.0.4 by default, OpenMetrics when asked) and its content type."""
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type

@@ -1,0 +1,111 @@
+"""GET /metrics (metrics.py), read back with prometheus_client's own parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
+from tests.helpers import wait_until
+from tests.test_web import basic, live_system, web_cfg
+from web_server import create_app
+
+CONTRACT = {
+    "marstek_grid_power_watts", "marstek_meter_ok", "marstek_battery_power_watts", "marstek_battery_soc_percent",
+    "marstek_battery_setpoint_watts", "marstek_battery_online", "marstek_modbus_writes",
+    "marstek_meter_failures", "marstek_control_cycles",
+}
+
+
+def scrape(client: Any, **kwargs: Any) -> dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]]:
+    """{family name: {(sample name, labels): value}} of one scrape."""
+    resp = client.get("/metrics", **kwargs)
+    assert resp.status_code == 200, resp.data
+    assert resp.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    families: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for family in text_string_to_metric_families(resp.get_data(as_text=True)):
+        families[family.name] = {(s.name, tuple(sorted(s.labels.items()))): s.value for s in family.samples}
+    return families
+
+
+def snapshot(**changes: Any) -> StatusSnapshot:
+    values: dict[str, Any] = {
+        "grid_power_w": -123.0, "meter_ok": True, "control_state": "active",
+        "batteries": (BatteryStatus(1, True, 55.0, -800, -790.0, "charge"),
+                      BatteryStatus(2, False, None, 0, None, "idle")),
+        "counters": {"control_cycles_total": 10, "modbus_writes_total": 4, "meter_failures_total": 1},
+    }
+    values.update(changes)
+    return StatusSnapshot(**values)
+
+
+def test_metrics_have_the_contract_names_labels_and_values() -> None:
+    store = StatusStore()
+    store.publish(snapshot())
+    m = scrape(create_app(store, CommandQueue(), web_cfg()).test_client())
+    assert set(m) >= CONTRACT
+    assert m["marstek_grid_power_watts"] == {("marstek_grid_power_watts", ()): -123.0}
+    assert m["marstek_meter_ok"][("marstek_meter_ok", ())] == 1
+    b1, b2 = (("battery", "1"),), (("battery", "2"),)
+    assert m["marstek_battery_power_watts"] == {("marstek_battery_power_watts", b1): -790.0}, "unknown is absent"
+    assert m["marstek_battery_soc_percent"] == {("marstek_battery_soc_percent", b1): 55.0}
+    assert m["marstek_battery_setpoint_watts"][("marstek_battery_setpoint_watts", b1)] == -800
+    assert m["marstek_battery_online"] == {("marstek_battery_online", b1): 1, ("marstek_battery_online", b2): 0}
+    assert m["marstek_control_cycles"][("marstek_control_cycles_total", ())] == 10
+    assert m["marstek_modbus_writes"][("marstek_modbus_writes_total", ())] == 4
+    assert m["marstek_meter_failures"][("marstek_meter_failures_total", ())] == 1
+
+
+def test_unknown_grid_power_is_absent_not_zero() -> None:
+    store = StatusStore()
+    store.publish(snapshot(grid_power_w=None, meter_ok=False))
+    m = scrape(create_app(store, CommandQueue(), web_cfg()).test_client())
+    assert m["marstek_grid_power_watts"] == {}
+    assert m["marstek_meter_ok"][("marstek_meter_ok", ())] == 0
+
+
+def test_counters_never_go_backwards() -> None:
+    store = StatusStore()
+    client = create_app(store, CommandQueue(), web_cfg()).test_client()
+    store.publish(snapshot())
+    first = scrape(client)["marstek_control_cycles"][("marstek_control_cycles_total", ())]
+    store.publish(snapshot(counters={}))  # e.g. a snapshot published by someone else than the loop
+    second = scrape(client)["marstek_control_cycles"][("marstek_control_cycles_total", ())]
+    assert second == first == 10
+
+
+def test_metrics_from_the_running_control_count_up(tmp_path: Path) -> None:
+    with live_system(tmp_path) as live:
+        first = scrape(live.client)
+        name = ("marstek_control_cycles_total", ())
+        wait_until(lambda: scrape(live.client)["marstek_control_cycles"][name] > first["marstek_control_cycles"][name],
+                   10, "the control cycle counter counts up")
+        m = scrape(live.client)
+        assert m["marstek_modbus_writes"][("marstek_modbus_writes_total", ())] >= 1
+        assert {labels for _, labels in m["marstek_battery_online"]} == {(("battery", "1"),), (("battery", "2"),)}
+        assert set(m) >= CONTRACT
+
+
+def test_metrics_follow_read_only_without_login() -> None:
+    store = StatusStore()
+    open_app = create_app(store, CommandQueue(), web_cfg(password="pw-123", read_only_without_login=True))
+    assert open_app.test_client().get("/metrics").status_code == 200
+    closed = create_app(store, CommandQueue(), web_cfg(password="pw-123", read_only_without_login=False))
+    client = closed.test_client()
+    resp = client.get("/metrics")
+    assert resp.status_code == 401 and "password" in resp.get_json()["error"]
+    scrape(client, headers=basic("pw-123"))
+
+
+def test_openmetrics_when_the_scraper_asks_for_it() -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+
+    store = StatusStore()
+    store.publish(snapshot())
+    resp = create_app(store, CommandQueue(), web_cfg()).test_client().get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
+    names = {f.name for f in parse_openmetrics(resp.get_data(as_text=True))}
+    assert names >= CONTRACT
