@@ -36,6 +36,9 @@ log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
 RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# 42000 is a RAM register (no flash wear): re-written this often while forcing, because some v3 firmware
+# leaves RS485 control after 90-120 s otherwise (marstek-modbus.md section 4, MVEM #244).
+RS485_REASSERT_S = 25.0
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 
 
@@ -76,6 +79,7 @@ class _UnitState:
     failures: int = 0
     retry_at_s: float = 0.0
     asserted: bool = False  # we switched RS485 control on since the last (re)connect
+    asserted_at_s: float = float("-inf")  # when 42000 was last written with 0x55AA
     soc_pct: float | None = None
     soc_read_at_s: float = float("-inf")
     # Register values as last read back or written; None = unknown, must be written.
@@ -83,6 +87,11 @@ class _UnitState:
         default_factory=lambda: {"rs485_control": None, "force_mode": None, "charge_power": None,
                                  "discharge_power": None}
     )
+
+    def forget_registers(self) -> None:
+        """Every control register unknown: all of them are written again with the next setpoint."""
+        for name in self.held:
+            self.held[name] = None
 
 
 class MarstekGateway:
@@ -141,7 +150,7 @@ class MarstekGateway:
             self._connect_failures = 0
             # After a reconnect the device may have rebooted: RAM registers are unknown again.
             for state in self._units.values():
-                state.held = {name: None for name in state.held}
+                state.forget_registers()
                 state.asserted = False
             return
         delay = RECONNECT_BACKOFF_S[min(self._connect_failures, len(RECONNECT_BACKOFF_S) - 1)]
@@ -244,6 +253,10 @@ class MarstekGateway:
         state = self._unit(unit_id)
         ac_power_w = float(self._read(unit_id, "ac_power"))
         rs485 = int(self._read(unit_id, "rs485_control"))
+        if rs485 != RS485_CONTROL_ON:
+            # Leaving RS485 control resets force mode and setpoints on the firmware (Omnibattery #477):
+            # what we cached is void, so the next setpoint writes all four registers.
+            state.forget_registers()
         state.held["rs485_control"] = rs485
         now = self._clock()
         if state.soc_pct is None or now - state.soc_read_at_s >= self.soc_interval_s:
@@ -275,15 +288,16 @@ class MarstekGateway:
         else:
             mode, wanted = ForceMode.DISCHARGE, {"discharge_power": power_w}
         held = self._unit(unit_id).held
-        if reading is not None and not reading.rs485_control:
-            held["rs485_control"] = None
-        before = self.writes_total
         state = self._unit(unit_id)
-        if held["rs485_control"] != RS485_CONTROL_ON:
-            if state.asserted:
+        if reading is not None and not reading.rs485_control:
+            state.forget_registers()
+        before = self.writes_total
+        due = mode is not ForceMode.STOP and self._clock() - state.asserted_at_s >= RS485_REASSERT_S
+        if held["rs485_control"] != RS485_CONTROL_ON or due:
+            if state.asserted and held["rs485_control"] != RS485_CONTROL_ON:
                 log.warning("Battery %d left RS485 control on its own: re-asserting it", unit_id)
             self._write(unit_id, "rs485_control", RS485_CONTROL_ON)
-            state.asserted = True
+            state.asserted, state.asserted_at_s = True, self._clock()
         # Power first, then the mode: a mode change starts at the new power at once.
         for name, value in wanted.items():
             if mode is not ForceMode.STOP and held[name] != value:

@@ -118,6 +118,9 @@ class UnitSpec:
     soc_pct: float = 50.0
     max_power_w: float = 2500.0
     capacity_wh: float = 5120.0
+    # Firmware quirks (marstek-modbus.md §4): the defaults are what the real firmware does.
+    drop_clears_setpoints: bool = True  # leaving RS485 control resets 42010/42020/42021 to 0
+    rs485_watchdog_s: float | None = None  # leave RS485 control unless 42000 is re-written this often (uncertain)
 
 
 class SimUnit:
@@ -165,6 +168,9 @@ class SimUnit:
         self.cutoff_charge = 1000  # v2 44000, ×0.1 %
         self.cutoff_discharge = 120  # v2 44001, ×0.1 %
         self.write_log: list[tuple[int, int]] = []
+        self.drop_clears_setpoints = bool(spec.drop_clears_setpoints)
+        self.rs485_watchdog_s = spec.rs485_watchdog_s
+        self._rs485_written_s = now_s
         self._commanded_w = 0.0
         self._regs = self._build_register_map()
 
@@ -200,15 +206,31 @@ class SimUnit:
             self.plant.soc_pct = max(0.0, min(100.0, float(pct)))
 
     def drop_rs485(self) -> None:
-        """Leave RS485 control silently, as the firmware sometimes does (setpoints stay but are ignored)."""
+        """Leave RS485 control silently, as the firmware sometimes does (after read timeouts, a client restart,
+        marstek-modbus.md §4). With ``drop_clears_setpoints`` (the default) force mode and both setpoints
+        read 0 afterwards (Omnibattery #477); without it they stay but are ignored."""
         with self._lock:
             self.rs485_control = False
+            if self.drop_clears_setpoints:
+                self._clear_setpoints()
             self._apply()
+
+    def _clear_setpoints(self) -> None:
+        self.force_mode = FORCE_STOP
+        self.charge_power_w = 0
+        self.discharge_power_w = 0
+
+    def _watchdog(self) -> None:
+        """Firmware that leaves RS485 control unless 42000 is re-written every ``rs485_watchdog_s`` (MVEM #244)."""
+        if (self.rs485_watchdog_s is not None and self.rs485_control
+                and self.plant.now_s - self._rs485_written_s >= self.rs485_watchdog_s):
+            self.drop_rs485()
 
     # -- register access (called by the SimGateway under the simulation lock) ------------------------
 
     def read_registers(self, address: int, count: int) -> list[int] | int:
         """Register values for a FC03 read, or a Modbus exception code."""
+        self._watchdog()
         out: list[int] = []
         for addr in range(address, address + count):
             getter = self._regs.get(addr)
@@ -222,6 +244,7 @@ class SimUnit:
 
         41100 (unit id) is validated here and applied by the ``SimGateway`` (re-addressing).
         """
+        self._watchdog()
         self.write_log.append((address, value))
         if len(self.write_log) > _WRITE_LOG_MAX:
             del self.write_log[: len(self.write_log) - _WRITE_LOG_MAX]
@@ -229,6 +252,10 @@ class SimUnit:
         if code is not None:
             return code
         if address == REG_RS485:
+            if value == RS485_ON:
+                self._rs485_written_s = self.plant.now_s
+            elif self.rs485_control and self.drop_clears_setpoints:
+                self._clear_setpoints()
             self.rs485_control = value == RS485_ON
         elif address == REG_WORK_MODE:
             self.work_mode = value
@@ -254,9 +281,7 @@ class SimUnit:
     def _reboot(self) -> None:
         # RAM registers are 0 after a reboot; RS485 control is off (marstek-modbus.md §4, §5).
         self.rs485_control = False
-        self.force_mode = FORCE_STOP
-        self.charge_power_w = 0
-        self.discharge_power_w = 0
+        self._clear_setpoints()
         self.target_soc_pct = 0
 
     def _apply(self) -> None:

@@ -442,7 +442,8 @@ class FastController:
         wanted_w = min(max(command_w, want_lo), want_hi)
         demand_w = wanted_w + (p.target_grid_discharge_w if wanted_w > 0 else p.target_grid_charge_w
                                if wanted_w < 0 else 0.0)
-        setpoints, notes = distribute(wanted_w, batteries, p, self.limits_w(1 if wanted_w > 0 else -1))
+        setpoints, split_notes = distribute(wanted_w, batteries, p, self.limits_w(1 if wanted_w > 0 else -1))
+        notes = {**split_notes, **notes}  # a paused battery keeps its note while the others take its share
         new_total_w = float(sum(setpoints.values()))
         change_w = new_total_w - command_w
 

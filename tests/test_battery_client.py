@@ -81,7 +81,9 @@ def test_reads_soc_power_and_control_state(register_set):
 def test_discharge_then_charge_then_stop_write_the_documented_registers(sim, gateway):
     unit = sim.unit(1)
     writes = gateway.write_setpoint(1, 800, gateway.read(1))
-    assert writes == 3  # 42000, 42021, 42010
+    # RS485 control reads off: every control register is unknown -> 42000, 42021, 42010 and 42020 <- 0.
+    assert writes == 4
+    assert [a for a, _ in unit.write_log[-4:]] == [42000, 42021, 42010, 42020]
     assert unit.rs485_control and unit.force_mode == 2 and unit.discharge_power_w == 800
     wait_until(lambda: unit.power_w > 760, 10.0, "battery discharges")
     assert gateway.read(1).ac_power_w > 700  # + discharge
@@ -118,7 +120,9 @@ def test_rs485_control_is_reasserted_when_the_read_back_shows_it_dropped(sim, ga
     assert reading.rs485_control is False
     gateway.write_setpoint(1, 700, reading)
     assert unit.rs485_control is True
-    assert (42000, RS485_CONTROL_ON) in list(unit.write_log)[-3:]
+    # The drop reset force mode and setpoints (firmware default): all of them are written again.
+    assert (unit.force_mode, unit.discharge_power_w) == (2, 700)
+    assert (42000, RS485_CONTROL_ON) in list(unit.write_log)[-4:]
 
 
 def test_pacing_between_frames(sim):

@@ -3,13 +3,16 @@ nothing, RS485 control dropped by the firmware (marstek-modbus.md §4, §10)."""
 
 from __future__ import annotations
 
-from simulator import PlantParams, UnitSpec
+import itertools
+
+from simulator import PlantParams, Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.loop_rig import (
     LAW,
     QUICK,
     Rig,
     battery_doc,
+    discharging,
     fake_clock,
     fault_config,
     make_loop,
@@ -114,3 +117,61 @@ def test_bms_cut_off_near_empty_stops_discharge(sim):
         loop.stop_all("test")
         loop.bus.close()
         loop.meter.close()
+
+
+def test_rs485_drop_clears_the_setpoints_and_one_cycle_writes_them_all_again(rig: Rig) -> None:
+    """Leaving RS485 control resets 42010/42020/42021 to 0 (Omnibattery #477, Viper #267/#277). The next cycle
+    sees 42000 off and writes all four control registers, not just 42000: delivery is back after one cycle."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)) and sim.unit(1).power_w > 500, 30, "discharging")
+    for _ in range(3):
+        setpoint_w = sim.unit(1).discharge_power_w
+        sim.unit(1).drop_rs485()
+        assert stopped(sim.unit(1)) and not sim.unit(1).rs485_control  # what the firmware does
+        loop.cycle()
+        clock.advance(1.0)
+        u = sim.unit(1)
+        assert u.rs485_control and u.force_mode == 2 and abs(u.discharge_power_w - setpoint_w) <= 150, (
+            u.rs485_control, u.force_mode, u.discharge_power_w, setpoint_w)
+    assert 1 not in loop.controller.limits_w(1)  # never taken for "delivers nothing"
+
+
+def test_rs485_control_is_reasserted_at_least_every_30_s_while_forcing(rig: Rig) -> None:
+    """Some v3 firmware leaves RS485 control after 90-120 s unless 42000 is re-written (MVEM #244): the client
+    re-writes the RAM register 42000 while forcing, even when every read-back says it is on."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+    written_at: list[float] = []
+    for _ in range(130):
+        before = len([w for w in sim.unit(1).write_log if w == (42000, 0x55AA)])
+        loop.cycle()
+        if len([w for w in sim.unit(1).write_log if w == (42000, 0x55AA)]) > before:
+            written_at.append(clock())
+        clock.advance(1.0)
+    assert sim.unit(1).rs485_control and discharging(sim.unit(1))
+    gaps = [b - a for a, b in itertools.pairwise(written_at)]
+    assert len(written_at) >= 4 and max(gaps) <= 30.0, written_at
+
+
+def test_simulated_rs485_watchdog_leaves_control_unless_42000_is_rewritten() -> None:
+    """The simulator's option for the firmware watchdog (uncertain, so off by default): without a 42000 write
+    for ``rs485_watchdog_s`` the unit leaves RS485 control and, like every drop, clears its setpoints."""
+    sim = Simulation(units=[UnitSpec(1, rs485_watchdog_s=90.0)], plant=PlantParams(dead_time_s=0.0, tau_s=0.05))
+    unit = sim.unit(1)
+    for address, value in ((42000, 0x55AA), (42021, 800), (42010, 2)):
+        assert unit.write_register(address, value) is None
+    sim.step(60.0)
+    assert unit.read_registers(42000, 1) == [0x55AA] and unit.power_w > 700
+    assert unit.write_register(42000, 0x55AA) is None  # re-asserted: the 90 s start again
+    sim.step(80.0)
+    assert unit.read_registers(42000, 1) == [0x55AA]
+    sim.step(15.0)
+    assert unit.read_registers(42000, 1) == [0x55BB] and stopped(unit)
+    sim.step(5.0)
+    assert abs(unit.power_w) < 1.0
