@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from devices import BatteryError, BatteryReading
+from devices import BatteryError, BatteryReading, BatteryUnreachable
 from marstek_registers import (
     DEFAULT_PACING_S,
     FIRMWARE_MAX_POWER_W,
@@ -35,7 +35,12 @@ log = logging.getLogger(__name__)
 # pymodbus logs every timeout at ERROR; our own messages say it once and with context.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# A gateway that stops taking connections is first retried at once and then every RECONNECT_FAST_S for
+# RECONNECT_FAST_FOR_S (the v3 firmware's periodic network reset lasts 2-5 s, marstek-modbus.md section 9),
+# then with the growing back-off.
+RECONNECT_FAST_S = 0.5
+RECONNECT_FAST_FOR_S = 10.0
+RECONNECT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 # 42000 is a RAM register (no flash wear): re-written this often while forcing, because some v3 firmware
 # leaves RS485 control after 90-120 s otherwise (marstek-modbus.md section 4, MVEM #244).
 RS485_REASSERT_S = 25.0
@@ -129,6 +134,8 @@ class MarstekGateway:
         self._last_frame_s = float("-inf")
         self._connect_failures = 0
         self._connect_retry_at_s = 0.0
+        self._slow_failures = 0
+        self._unreachable_since_s: float | None = None
         self._units: dict[int, _UnitState] = {}
         self.writes_total = 0
 
@@ -141,22 +148,37 @@ class MarstekGateway:
             return
         now = self._clock()
         if now < self._connect_retry_at_s:
-            raise BatteryError(
-                f"gateway {self.host}:{self.port} unreachable, next attempt in {self._connect_retry_at_s - now:.0f} s"
-            )
+            raise self._unreachable(f"next attempt in {self._connect_retry_at_s - now:.1f} s")
         if self._client.connect():
             if self._connect_failures:
                 log.info("Modbus gateway %s:%s reachable again", self.host, self.port)
-            self._connect_failures = 0
+            self._connect_failures = self._slow_failures = 0
+            self._unreachable_since_s = None
             # After a reconnect the device may have rebooted: RAM registers are unknown again.
             for state in self._units.values():
                 state.forget_registers()
                 state.asserted = False
             return
-        delay = RECONNECT_BACKOFF_S[min(self._connect_failures, len(RECONNECT_BACKOFF_S) - 1)]
+        self._gateway_failed()
+        raise self._unreachable("connection refused or timed out")
+
+    def _gateway_failed(self) -> None:
+        """The gateway took no connection (or dropped it at once): retry fast first, then back off."""
+        now = self._clock()
+        if self._unreachable_since_s is None:
+            self._unreachable_since_s = now
+        if now - self._unreachable_since_s < RECONNECT_FAST_FOR_S:
+            delay = RECONNECT_FAST_S
+        else:
+            delay = RECONNECT_BACKOFF_S[min(self._slow_failures, len(RECONNECT_BACKOFF_S) - 1)]
+            self._slow_failures += 1
         self._connect_failures += 1
         self._connect_retry_at_s = now + delay
-        raise BatteryError(f"gateway {self.host}:{self.port} unreachable (connection refused or timed out)")
+
+    def _unreachable(self, detail: str) -> BatteryUnreachable:
+        since_s = self._unreachable_since_s if self._unreachable_since_s is not None else self._clock()
+        return BatteryUnreachable(f"gateway {self.host}:{self.port} unreachable ({detail})",
+                                  outage_s=self._clock() - since_s)
 
     def _pace(self) -> None:
         wait_s = self._last_frame_s + self.pacing_s - self._clock()
@@ -180,6 +202,11 @@ class MarstekGateway:
                 self._client.close()
                 self._connect()
                 response = call()
+        except ConnectionException as exc:
+            # Closed again at once: the gateway (a network reset), not this unit.
+            self._client.close()
+            self._gateway_failed()
+            raise self._unreachable(_short(exc)) from exc
         except ModbusException as exc:
             # A timeout may leave a late answer in the socket, and v3 closes after exceptions.
             self._client.close()

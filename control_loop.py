@@ -23,7 +23,7 @@ from typing import Any
 
 import setup_commands
 from config_loader import Config
-from devices import BatteryBus, BatteryError, BatteryReading, GridMeter, MeterError
+from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable, GridMeter, MeterError
 from i18n import Msg
 from quality import QualityTracker
 from status_store import (
@@ -41,6 +41,9 @@ log = logging.getLogger("marstek")
 
 SHUTDOWN_BUDGET_S = 6.0
 CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
+# A gateway that takes no connections for up to this long (the v3 firmware's network reset, 2-5 s) is shown
+# as "reconnecting", not offline; the law leaves its battery out meanwhile.
+RECONNECT_GRACE_S = 10.0
 # Statuses whose reason only counts up or repeats ("meter failed 5x"): logged on a change of status only.
 _QUIET = frozenset({Status.WAITING_FOR_SAMPLE, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED})
 
@@ -72,6 +75,7 @@ class _Battery:
     error: str = ""
     setpoint_w: int = 0
     read_s: float | None = None  # when ``reading`` was taken (control clock)
+    reconnecting: bool = False  # its gateway is briefly unreachable (within RECONNECT_GRACE_S)
 
 
 class ControlLoop:
@@ -235,13 +239,17 @@ class ControlLoop:
                 b.reading = self.bus.read(b.battery_id)
                 b.read_s = self.clock()  # the law matches battery power to the meter's sample instant
             except BatteryError as exc:
-                if b.online or not b.error:
+                if (isinstance(exc, BatteryUnreachable) and exc.outage_s < RECONNECT_GRACE_S
+                        and (b.online or b.reconnecting)):
+                    b.online, b.reconnecting = False, True  # not shown offline yet (network reset)
+                    continue
+                if b.online or b.reconnecting or not b.error:
                     log.warning(Msg("battery_offline", id=b.battery_id, error=str(exc)))
-                b.online, b.error = False, str(exc)
+                b.online, b.reconnecting, b.error = False, False, str(exc)
                 continue
-            if not b.online:
+            if not b.online and not b.reconnecting:
                 log.info(Msg("battery_online", id=b.battery_id, soc=b.reading.soc_pct))
-            b.online, b.error = True, ""
+            b.online, b.reconnecting, b.error = True, False, ""
 
     def apply(self, decision: Decision) -> None:
         """Write each online battery's setpoint; a failing battery never blocks the others."""
@@ -318,10 +326,13 @@ class ControlLoop:
             mode = "stopped"
         else:
             mode = "discharge" if b.setpoint_w > 0 else "charge" if b.setpoint_w < 0 else "idle"
-        note = b.error or (self.last_decision.battery_notes.get(b.battery_id, "") if self.last_decision else "")
+        note: Msg | str = b.error or (self.last_decision.battery_notes.get(b.battery_id, "")
+                                      if self.last_decision else "")
+        if b.reconnecting:
+            note = Msg("note_reconnecting")
         return BatteryStatus(
             id=b.battery_id,
-            online=b.online,
+            online=b.online or b.reconnecting,
             soc_pct=r.soc_pct if r else None,
             setpoint_w=b.setpoint_w,
             power_w=r.ac_power_w if r else None,

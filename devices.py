@@ -26,6 +26,17 @@ class BatteryError(Exception):
     """A Modbus exchange with one battery failed (no answer, exception response, bad data)."""
 
 
+class BatteryUnreachable(BatteryError):
+    """The battery's gateway does not take connections (a network reset, a restart, unplugged).
+
+    outage_s: how long it has been unreachable, s (the v3 firmware's periodic network reset lasts 2-5 s).
+    """
+
+    def __init__(self, message: str, outage_s: float) -> None:
+        super().__init__(message)
+        self.outage_s = outage_s
+
+
 @dataclass(frozen=True)
 class GridReading:
     """One grid meter sample.

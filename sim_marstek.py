@@ -215,6 +215,12 @@ class SimUnit:
                 self._clear_setpoints()
             self._apply()
 
+    def reset_setpoints(self) -> None:
+        """Force mode stop and both setpoints 0 (RS485 control unchanged), as after a v3 LAN reconnect."""
+        with self._lock:
+            self._clear_setpoints()
+            self._apply()
+
     def _clear_setpoints(self) -> None:
         self.force_mode = FORCE_STOP
         self.charge_power_w = 0
@@ -418,18 +424,23 @@ class SimGateway:
         self,
         units: Iterable[SimUnit] = (),
         lock: threading.RLock | None = None,
-        close_after_exception: bool = False,
+        close_after_exception: bool | None = None,
+        lan: bool | None = None,
     ) -> None:
         self.lock = lock if lock is not None else threading.RLock()
-        self.close_after_exception = bool(close_after_exception)
+        self._units: list[SimUnit] = list(units)
+        # A v3 battery on its own LAN port (default: a gateway whose only unit is v3); else an RS485 gateway.
+        self.lan = (len(self._units) == 1 and self._units[0].register_set == "v3") if lan is None else bool(lan)
+        # v3 LAN firmware closes the connection after every exception response (marstek-modbus.md section 7).
+        self.close_after_exception = self.lan if close_after_exception is None else bool(close_after_exception)
         self.host = "127.0.0.1"
         self.port: int | None = None
-        self._units: list[SimUnit] = list(units)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
         self._echo: tuple[int, int, list[int]] | None = None  # (device id, address, values) of the last FC06
+        self._outage_port: int | None = None  # the port to listen on again after a network reset
 
     # -- units ----------------------------------------------------------------------------------------
 
@@ -537,7 +548,39 @@ class SimGateway:
 
         return asyncio.run_coroutine_threadsafe(drop(), loop).result(timeout=5.0)
 
+    def network_reset(self, outage_s: float | None = None) -> None:
+        """The firmware resets its network chip (v150 without cloud access: every 1800 s on LAN, 900 s on
+        Wi-Fi, 2-5 s each, marstek-modbus.md section 9): every connection drops and none is taken until
+        ``network_back()``, or for ``outage_s`` seconds of wall time when given. The units keep running."""
+        port = self.port
+        if port is None:
+            raise RuntimeError("Modbus gateway not started")
+        self._outage_port = port
+        self.stop()
+        self.port = port  # where it will listen again
+        if outage_s is not None:
+            timer = threading.Timer(outage_s, self.network_back)
+            timer.daemon = True
+            timer.start()
+
+    def network_back(self) -> None:
+        """End a ``network_reset``: listen on the same port again."""
+        port = self._outage_port
+        if port is None or self._thread is not None:
+            return
+        self._outage_port = None
+        self.start(self.host, port)
+
     # -- requests (called from the server's asyncio thread) -----------------------------------------
+
+    def connection_opened(self) -> None:
+        """A client connected. On a v3 LAN port force mode and setpoints read 0 after a reconnect
+        (firmware V150, Omnibattery #477, evcc #33459): the client must write them again."""
+        if not self.lan:
+            return
+        with self.lock:
+            for unit in self._units:
+                unit.reset_setpoints()
 
     def answer_delay_s(self, device_id: int) -> float:
         """How late the unit on ``device_id`` answers (``SimUnit.slow_s``), s."""
@@ -660,4 +703,5 @@ class _SimModbusServer(ModbusTcpServer):
         super().__init__(_BusContext(gateway), **kwargs)
 
     def callback_new_connection(self) -> ServerRequestHandler:
+        self.gateway.connection_opened()
         return _SimRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
