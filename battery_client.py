@@ -44,6 +44,8 @@ RECONNECT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 # 42000 is a RAM register (no flash wear): re-written this often while forcing, because some v3 firmware
 # leaves RS485 control after 90-120 s otherwise (marstek-modbus.md section 4, MVEM #244).
 RS485_REASSERT_S = 25.0
+# A v3 LAN port frees its one client slot only about a second after a connection ended (MVEM waits 1 s).
+V3_RECONNECT_GAP_S = 1.0
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 
 
@@ -68,11 +70,26 @@ class ModbusClient(Protocol):
 ClientFactory = Callable[[float], ModbusClient]  # answer timeout in s -> a new, unconnected client
 
 
+def fix_v3_exception_frame(sending: bool, packet: bytes) -> bytes:
+    """pymodbus ``trace_packet`` hook: repair the v3 LAN firmware's exception frame.
+
+    The firmware sends MBAP length 4 with only 3 bytes following (unit, function | 0x80, code); pymodbus
+    would wait for the missing byte until its timeout and lose the code (marstek-modbus.md section 7;
+    MVEM ``_marstek_v3_packet_correction``). A correct exception frame has length 3, and a correct frame
+    with length 4 is 10 bytes long, so rewriting exactly this case cannot hurt another device.
+    """
+    if not sending and len(packet) == 9 and packet[4:6] == b"\x00\x04" and packet[7] & 0x80:
+        return packet[:4] + b"\x00\x03" + packet[6:]
+    return packet
+
+
 def tcp_client_factory(host: str, port: int) -> ClientFactory:
-    """Modbus TCP clients for one gateway: no retries (our back-off decides), no pymodbus reconnect delay."""
+    """Modbus TCP clients for one gateway: no retries (our back-off decides), no pymodbus reconnect delay,
+    v3 exception frames repaired."""
 
     def make(timeout_s: float) -> ModbusClient:
-        return ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0)
+        return ModbusTcpClient(host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0,
+                               trace_packet=fix_v3_exception_frame)
 
     return make
 
@@ -118,6 +135,7 @@ class MarstekGateway:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         client_factory: ClientFactory | None = None,
+        reconnect_gap_s: float | None = None,
     ) -> None:
         if register_set not in REGISTER_SETS:
             raise ValueError(f"unknown register set {register_set!r}")
@@ -132,6 +150,10 @@ class MarstekGateway:
         self._make_client = client_factory or tcp_client_factory(host, port)
         self._client = self._make_client(timeout_s)
         self._last_frame_s = float("-inf")
+        # Between closing and opening a connection (v3: the LAN port's one slot must be free again), s.
+        self.reconnect_gap_s = (V3_RECONNECT_GAP_S if register_set == "v3" else 0.0) if reconnect_gap_s is None \
+            else reconnect_gap_s
+        self._closed_at_s = float("-inf")
         self._connect_failures = 0
         self._connect_retry_at_s = 0.0
         self._slow_failures = 0
@@ -149,6 +171,9 @@ class MarstekGateway:
         now = self._clock()
         if now < self._connect_retry_at_s:
             raise self._unreachable(f"next attempt in {self._connect_retry_at_s - now:.1f} s")
+        gap_s = self._closed_at_s + self.reconnect_gap_s - now
+        if gap_s > 0:
+            self._sleep(gap_s)
         if self._client.connect():
             if self._connect_failures:
                 log.info("Modbus gateway %s:%s reachable again", self.host, self.port)
@@ -161,6 +186,10 @@ class MarstekGateway:
             return
         self._gateway_failed()
         raise self._unreachable("connection refused or timed out")
+
+    def _disconnect(self) -> None:
+        self._client.close()
+        self._closed_at_s = self._clock()
 
     def _gateway_failed(self) -> None:
         """The gateway took no connection (or dropped it at once): retry fast first, then back off."""
@@ -199,23 +228,23 @@ class MarstekGateway:
             except ConnectionException:
                 # The gateway closed our idle connection (restart, v3 Ethernet reset): that says
                 # nothing about this unit. Once more on a fresh connection.
-                self._client.close()
+                self._disconnect()
                 self._connect()
                 response = call()
         except ConnectionException as exc:
             # Closed again at once: the gateway (a network reset), not this unit.
-            self._client.close()
+            self._disconnect()
             self._gateway_failed()
             raise self._unreachable(_short(exc)) from exc
         except ModbusException as exc:
             # A timeout may leave a late answer in the socket, and v3 closes after exceptions.
-            self._client.close()
+            self._disconnect()
             self._unit_failed(unit_id)
             raise BatteryError(f"unit {unit_id}: {what} failed: {_short(exc)}") from exc
         finally:
             self._last_frame_s = self._clock()
         if response is None or response.isError():
-            self._client.close()  # v3 devices close the connection after an exception response
+            self._disconnect()  # v3 devices close the connection after an exception response
             self._unit_failed(unit_id)
             code = getattr(response, "exception_code", "?")
             raise BatteryError(f"unit {unit_id}: {what} answered with Modbus exception {code}")
@@ -367,12 +396,12 @@ class MarstekGateway:
         if timeout_s >= self.timeout_s:
             yield
             return
-        self._client.close()
+        self.close()
         self._client = self._make_client(timeout_s)
         try:
             yield
         finally:
-            self._client.close()
+            self.close()
             self._client = self._make_client(self.timeout_s)
 
     def set_unit_id(self, new_id: int, *, current_id: int = 1) -> None:
@@ -388,6 +417,8 @@ class MarstekGateway:
         self._units.pop(unit_id, None)
 
     def close(self) -> None:
+        if self._client.connected:
+            self._closed_at_s = self._clock()
         self._client.close()
 
 

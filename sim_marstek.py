@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -50,6 +51,7 @@ RS485_OFF = 0x55BB  # 21947
 FORCE_STOP, FORCE_CHARGE, FORCE_DISCHARGE = 0, 1, 2
 MAX_SETPOINT_W = 2500
 V3_MAX_READ_COUNT = 32  # larger reads get no answer at all on v3
+LAN_SLOT_FREE_S = 1.0  # a v3 LAN port takes a new client only this long after the last one left (MVEM)
 
 EXC_ILLEGAL_FUNCTION = 1
 EXC_ILLEGAL_ADDRESS = 2
@@ -433,6 +435,14 @@ class SimGateway:
         self.lan = (len(self._units) == 1 and self._units[0].register_set == "v3") if lan is None else bool(lan)
         # v3 LAN firmware closes the connection after every exception response (marstek-modbus.md section 7).
         self.close_after_exception = self.lan if close_after_exception is None else bool(close_after_exception)
+        # v3 LAN exception frames say MBAP length 4 but carry 3 bytes (schau; MVEM).
+        self.malformed_exceptions = self.lan
+        self.one_client = self.lan  # one TCP client at a time, the slot freed LAN_SLOT_FREE_S after it left
+        self.answers_every_id = self.lan  # the unit ID is ignored on the LAN port
+        self.requests_total = 0  # requests answered or refused (not counting ones nobody answers)
+        self.connections_log: list[tuple[str, float]] = []  # ("open"/"refused"/"closed", time.monotonic())
+        self._clients = 0
+        self._slot_freed_s = float("-inf")
         self.host = "127.0.0.1"
         self.port: int | None = None
         self._stopping = threading.Event()
@@ -543,6 +553,8 @@ class SimGateway:
         async def drop() -> int:
             connections = list(server.active_connections.values())
             for connection in connections:
+                if isinstance(connection, _SimRequestHandler):
+                    connection.free_at_once = True  # a reset: the slot is free at once
                 connection.close()
             return len(connections)
 
@@ -573,14 +585,35 @@ class SimGateway:
 
     # -- requests (called from the server's asyncio thread) -----------------------------------------
 
-    def connection_opened(self) -> None:
-        """A client connected. On a v3 LAN port force mode and setpoints read 0 after a reconnect
-        (firmware V150, Omnibattery #477, evcc #33459): the client must write them again."""
-        if not self.lan:
-            return
+    def admit(self) -> bool:
+        """A client connected: False when a v3 LAN port refuses it (another client holds the one slot, or
+        it left less than LAN_SLOT_FREE_S ago). On a v3 LAN port force mode and setpoints read 0 after a
+        reconnect (firmware V150, Omnibattery #477, evcc #33459): the client must write them again."""
         with self.lock:
-            for unit in self._units:
-                unit.reset_setpoints()
+            now = time.monotonic()
+            if self.one_client and (self._clients > 0 or now - self._slot_freed_s < LAN_SLOT_FREE_S):
+                self.connections_log.append(("refused", now))
+                return False
+            self._clients += 1
+            self.connections_log.append(("open", now))
+            if self.lan:
+                for unit in self._units:
+                    unit.reset_setpoints()
+            return True
+
+    def released(self, at_once: bool = False) -> None:
+        """An admitted client left; its slot is free again LAN_SLOT_FREE_S later (at once after a reset)."""
+        with self.lock:
+            self._clients = max(0, self._clients - 1)
+            self._slot_freed_s = time.monotonic() - (LAN_SLOT_FREE_S if at_once else 0.0)
+            self.connections_log.append(("closed", self._slot_freed_s))
+
+    def malform(self, sending: bool, packet: bytes) -> bytes:
+        """The server's raw-frame hook: v3 LAN exception frames go out with MBAP length 4 for 3 bytes."""
+        if (sending and self.malformed_exceptions and len(packet) == 9 and packet[7] & 0x80
+                and packet[4:6] == b"\x00\x03"):
+            return packet[:4] + b"\x00\x04" + packet[6:]
+        return packet
 
     def answer_delay_s(self, device_id: int) -> float:
         """How late the unit on ``device_id`` answers (``SimUnit.slow_s``), s."""
@@ -589,8 +622,12 @@ class SimGateway:
 
     def _unit_for_request(self, device_id: int) -> SimUnit:
         """The unit that answers ``device_id``; NoSuchIdException (= no answer at all) when none does."""
+        if self.answers_every_id and len(self._units) == 1 and not self._units[0].silent:
+            self.requests_total += 1
+            return self._units[0]
         for u in self._units:
             if u.unit_id == device_id and not u.silent:
+                self.requests_total += 1
                 return u
         raise NoSuchIdException(f"no unit answers on id {device_id}")
 
@@ -685,9 +722,31 @@ class _BusContext(ModbusServerContext):
 
 
 class _SimRequestHandler(ServerRequestHandler):
-    """One client connection; closes it after an exception response when the gateway asks for it (v3)."""
+    """One client connection; closes it after an exception response when the gateway asks for it (v3), and
+    at once when a v3 LAN port's one client slot is taken."""
 
     server: _SimModbusServer
+    _admitted = False
+    free_at_once = False
+
+    def callback_connected(self) -> None:
+        super().callback_connected()
+        self._admitted = self.server.gateway.admit()
+        if not self._admitted:
+            self.close()
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        self._release()
+        super().callback_disconnected(exc)
+
+    def close(self, reconnect: bool = False) -> None:
+        self._release()
+        super().close(reconnect)
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.server.gateway.released(self.free_at_once)
 
     def server_send(self, pdu: ModbusPDU | None, addr: Any) -> None:
         super().server_send(pdu, addr)
@@ -703,5 +762,4 @@ class _SimModbusServer(ModbusTcpServer):
         super().__init__(_BusContext(gateway), **kwargs)
 
     def callback_new_connection(self) -> ServerRequestHandler:
-        self.gateway.connection_opened()
-        return _SimRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+        return _SimRequestHandler(self, self.gateway.malform, self.trace_pdu, self.trace_connect)

@@ -873,7 +873,8 @@ def test_meter_emulators_serve_any_meter_source() -> None:
 
 def test_gateway_serves_its_units_without_a_simulation() -> None:
     lock = threading.RLock()
-    gateway = SimGateway([SimUnit(UnitSpec(3, "v3", soc_pct=61.0), FAST_PLANT, lock=lock)], lock=lock)
+    # An RS485 gateway (lan=False): a lone v3 unit would otherwise be a v3 LAN port answering every ID.
+    gateway = SimGateway([SimUnit(UnitSpec(3, "v3", soc_pct=61.0), FAST_PLANT, lock=lock)], lock=lock, lan=False)
     try:
         port = gateway.start()
         with ModbusTcpClient("127.0.0.1", port=port, timeout=0.3, retries=0) as c:
