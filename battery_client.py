@@ -104,6 +104,8 @@ class _UnitState:
     asserted_at_s: float = float("-inf")  # when 42000 was last written with 0x55AA
     soc_pct: float | None = None
     soc_read_at_s: float = float("-inf")
+    limits_w: tuple[int | None, int | None] = (None, None)  # 44002 / 44003 as read (charge, discharge)
+    limits_readable: bool = True
     # Register values as last read back or written; None = unknown, must be written.
     held: dict[str, int | None] = field(
         default_factory=lambda: {"rs485_control": None, "force_mode": None, "charge_power": None,
@@ -324,6 +326,8 @@ class MarstekGateway:
             state.held["force_mode"] = int(self._read(unit_id, "force_mode"))
             charge_w, discharge_w = self._read_block(unit_id, ("charge_power", "discharge_power"))
             state.held["charge_power"], state.held["discharge_power"] = int(charge_w), int(discharge_w)
+            self._read_limits(unit_id, state)
+        max_charge_w, max_discharge_w = state.limits_w
         return BatteryReading(
             unit_id=unit_id,
             soc_pct=state.soc_pct,
@@ -332,7 +336,31 @@ class MarstekGateway:
             force_mode=state.held["force_mode"] if state.held["force_mode"] is not None else -1,
             charge_power_w=state.held["charge_power"] or 0,
             discharge_power_w=state.held["discharge_power"] or 0,
+            max_charge_w=max_charge_w,
+            max_discharge_w=max_discharge_w,
         )
+
+    def _read_limits(self, unit_id: int, state: _UnitState) -> None:
+        """The EEPROM power limits 44002/44003 (read only: never written by the loop, no flash wear).
+
+        A firmware that does not have them (exception) is not asked again and loses nothing: the failure
+        is undone. On v3 a 0 is not trusted: a Venus D v150 reads 0 while charging at 1.3 kW
+        (marstek-modbus.md section 5), so 0 there means "unknown" rather than "delivers nothing".
+        """
+        if not state.limits_readable:
+            return
+        try:
+            charge_w, discharge_w = self._read_block(unit_id, ("max_charge_power", "max_discharge_power"))
+        except BatteryError as exc:
+            log.info("Battery %d: power limits 44002/44003 not readable (%s): not asked again", unit_id, exc)
+            state.limits_readable, state.failures, state.retry_at_s = False, 0, 0.0
+            return
+
+        def trusted(value: float | str) -> int | None:
+            watts = int(float(value))
+            return None if watts == 0 and self.register_set == "v3" else watts
+
+        state.limits_w = (trusted(charge_w), trusted(discharge_w))
 
     def write_setpoint(self, unit_id: int, setpoint_w: float, reading: BatteryReading | None = None) -> int:
         """Command ``setpoint_w`` (+ discharge, - charge, 0 stop); write only what differs. Returns writes."""

@@ -71,6 +71,8 @@ class BatteryReading:
     rs485_control: True when register 42000 reads 0x55AA.
     force_mode: 0 stop, 1 charge, 2 discharge (register 42010).
     charge_power_w / discharge_power_w: registers 42020 / 42021, W, always >= 0.
+    max_charge_w / max_discharge_w: the firmware's own power limits (EEPROM registers 44002 / 44003, capped
+    at the model's limit), W, >= 0; None = unknown (not read yet, not readable, or not trustworthy).
     """
 
     unit_id: int
@@ -80,6 +82,8 @@ class BatteryReading:
     force_mode: int
     charge_power_w: int
     discharge_power_w: int
+    max_charge_w: int | None = None
+    max_discharge_w: int | None = None
 
 
 class BatteryBus(Protocol):

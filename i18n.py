@@ -418,6 +418,10 @@ MESSAGES_DE: dict[str, str] = {
     "meter_ok_again": "Zähler wieder in Ordnung ({value} W)",
     "battery_offline": "Akku {id} nicht erreichbar: {error}",
     "battery_online": "Akku {id} erreichbar (SoC {soc} %)",
+    "device_limit_register": (
+        "Akku {id}: Register {register} = {value} W liegt unter battery.max_power_per_battery ({max} W); "
+        "die Regelung nutzt {value} W – in der Marstek-App die maximale Lade-/Entladeleistung erhöhen"
+    ),
     "battery_write_failed": "Akku {id}: Schreiben fehlgeschlagen: {error}",
     "battery_stop_failed": "Akku {id} konnte nicht gestoppt werden ({why}): {error}",
     "battery_no_time_to_stop": "keine Zeit mehr, ihn zu stoppen",
@@ -466,6 +470,14 @@ MESSAGES_DE: dict[str, str] = {
     "reason_seed_track": "Ursprungsregelung: {power} W (gemittelt Netz {grid} W)",
     "note_offline": "nicht erreichbar",
     "note_reconnecting": "Verbindung kurz unterbrochen (Netzwerk-Reset der Firmware?): verbindet neu",
+    "note_device_limit_discharge": (
+        "Akku begrenzt das Entladen selbst auf {limit} W (statt {max} W): Register 44003 – "
+        "in der Marstek-App die maximale Entladeleistung erhöhen"
+    ),
+    "note_device_limit_charge": (
+        "Akku begrenzt das Laden selbst auf {limit} W (statt {max} W): Register 44002 – "
+        "in der Marstek-App die maximale Ladeleistung erhöhen"
+    ),
     "note_soc_unknown": "Ladestand unbekannt",
     "note_soc_min": "SoC {soc} % an/unter der Untergrenze {limit} %: kein Entladen",
     "note_soc_max": "SoC {soc} % an/über der Obergrenze {limit} %: kein Laden",
@@ -523,6 +535,10 @@ MESSAGES_EN: dict[str, str] = {
     "meter_frozen": "meter value frozen at {value} W for {seconds} s",
     "meter_ok_again": "Meter OK again ({value} W)",
     "battery_offline": "Battery {id} offline: {error}",
+    "device_limit_register": (
+        "Battery {id}: register {register} = {value} W is below battery.max_power_per_battery ({max} W); "
+        "the control uses {value} W - raise the maximum charge/discharge power in the Marstek app"
+    ),
     "battery_online": "Battery {id} online (SoC {soc} %)",
     "battery_write_failed": "Battery {id}: write failed: {error}",
     "battery_stop_failed": "Could not stop battery {id} ({why}): {error}",
@@ -572,6 +588,14 @@ MESSAGES_EN: dict[str, str] = {
     "reason_seed_track": "seed loop: {power} W (avg grid {grid} W)",
     "note_offline": "offline",
     "note_reconnecting": "connection briefly lost (firmware network reset?): reconnecting",
+    "note_device_limit_discharge": (
+        "the battery itself limits discharging to {limit} W (instead of {max} W): register 44003 - "
+        "raise the maximum discharge power in the Marstek app"
+    ),
+    "note_device_limit_charge": (
+        "the battery itself limits charging to {limit} W (instead of {max} W): register 44002 - "
+        "raise the maximum charge power in the Marstek app"
+    ),
     "note_soc_unknown": "SoC unknown",
     "note_soc_min": "SoC {soc} % at/below minimum {limit} %: no discharge",
     "note_soc_max": "SoC {soc} % at/above maximum {limit} %: no charge",

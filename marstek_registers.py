@@ -78,6 +78,11 @@ _CONTROL = {
     "force_mode": Register(42010, Kind.U16, writable=True, max_value=2, note="0 stop, 1 charge, 2 discharge; RAM"),
     "charge_power": Register(42020, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
     "discharge_power": Register(42021, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
+    "work_mode": Register(43000, Kind.U16, writable=True, max_value=2,
+                          note="0 manual, 1 anti-feed, 2 AI; EEPROM: written only when leaving control"),
+    # EEPROM, set in the Marstek app (or by another tool): read only, never a control variable.
+    "max_charge_power": Register(44002, Kind.U16, unit="W", note="clamps every forced charge; EEPROM"),
+    "max_discharge_power": Register(44003, Kind.U16, unit="W", note="clamps every forced discharge; EEPROM"),
 }
 
 REGISTER_SETS: dict[str, dict[str, Register]] = {

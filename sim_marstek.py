@@ -121,6 +121,8 @@ class UnitSpec:
     max_power_w: float = 2500.0
     capacity_wh: float = 5120.0
     # Firmware quirks (marstek-modbus.md §4): the defaults are what the real firmware does.
+    max_charge_power_w: int = MAX_SETPOINT_W  # EEPROM 44002, as set in the app (a reset or evcc may lower it)
+    max_discharge_power_w: int = MAX_SETPOINT_W  # EEPROM 44003
     drop_clears_setpoints: bool = True  # leaving RS485 control resets 42010/42020/42021 to 0
     rs485_watchdog_s: float | None = None  # leave RS485 control unless 42000 is re-written this often (uncertain)
 
@@ -165,8 +167,8 @@ class SimUnit:
         self.target_soc_pct = 100
         self.work_mode = 1
         self.backup_disabled = 0
-        self.max_charge_power_w = MAX_SETPOINT_W
-        self.max_discharge_power_w = MAX_SETPOINT_W
+        self.max_charge_power_w = int(spec.max_charge_power_w)
+        self.max_discharge_power_w = int(spec.max_discharge_power_w)
         self.cutoff_charge = 1000  # v2 44000, ×0.1 %
         self.cutoff_discharge = 120  # v2 44001, ×0.1 %
         self.write_log: list[tuple[int, int]] = []

@@ -99,6 +99,9 @@ class BatteryState:
     soc_pct: float | None
     power_w: float | None
     read_s: float | None = None  # when power_w was read (same clock as now_s); None: at the step
+    # The battery's own power limits (EEPROM 44002/44003, the model's limit), W; None = not known.
+    max_charge_w: float | None = None
+    max_discharge_w: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,12 +131,18 @@ def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, Msg
         return 0.0, 0.0, Msg("note_soc_unknown")
     can_discharge = b.soc_pct > p.min_soc_pct
     can_charge = b.soc_pct < p.max_soc_pct
+    max_charge_w = p.max_power_w if b.max_charge_w is None else min(p.max_power_w, b.max_charge_w)
+    max_discharge_w = p.max_power_w if b.max_discharge_w is None else min(p.max_power_w, b.max_discharge_w)
     note = None
     if not can_discharge:
         note = Msg("note_soc_min", soc=b.soc_pct, limit=p.min_soc_pct)
     elif not can_charge:
         note = Msg("note_soc_max", soc=b.soc_pct, limit=p.max_soc_pct)
-    return (p.max_power_w if can_charge else 0.0), (p.max_power_w if can_discharge else 0.0), note
+    elif max_discharge_w < p.max_power_w:
+        note = Msg("note_device_limit_discharge", limit=round(max_discharge_w), max=round(p.max_power_w))
+    elif max_charge_w < p.max_power_w:
+        note = Msg("note_device_limit_charge", limit=round(max_charge_w), max=round(p.max_power_w))
+    return (max_charge_w if can_charge else 0.0), (max_discharge_w if can_discharge else 0.0), note
 
 
 def distribute(

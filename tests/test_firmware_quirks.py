@@ -175,3 +175,38 @@ def test_simulated_rs485_watchdog_leaves_control_unless_42000_is_rewritten() -> 
     assert unit.read_registers(42000, 1) == [0x55BB] and stopped(unit)
     sim.step(5.0)
     assert abs(unit.power_w) < 1.0
+
+
+def test_eeprom_limit_below_the_maximum_is_used_and_explained_instead_of_pausing(rig: Rig, caplog) -> None:
+    """44003 (max discharge power, EEPROM) set low by the app, a reset or another tool clamps every forced
+    discharge: the law gives the battery only that much (the other takes the rest) instead of pausing it as
+    "delivers nothing", and the note and the log name the register and the fix."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0, max_discharge_power_w=300), UnitSpec(2, soc_pct=60.0)],
+                         **QUICK)
+    sim.set_load_w(2000.0)
+    clock = fake_clock()
+    with caplog.at_level("WARNING"):
+        loop = rig.loop(fault_config(sim, [1, 2]), clock)
+        run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - 20.0) < 60 and discharging(sim.unit(1)), 40,
+                  "regulated with battery 1 at its limit", step_s=1.0)
+    assert "44003" in caplog.text
+    for _ in range(40):  # and it stays that way: no pause, never more than 300 W asked of it
+        loop.cycle()
+        clock.advance(1.0)
+        assert sim.unit(1).discharge_power_w <= 300
+    assert sim.unit(1).power_w > 250 and 1 not in loop.controller.limits_w(1)
+    note = battery_doc(loop, 1)["note"]
+    assert "44003" in note and "300" in note, note
+
+
+def test_eeprom_charge_limit_zero_means_no_charging_on_v2(rig: Rig) -> None:
+    """evcc's "hold" writes 44002 <- 0: on a v2 unit that is trusted, the battery is not asked to charge."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=40.0, max_charge_power_w=0), UnitSpec(2, soc_pct=40.0)],
+                         **QUICK)
+    sim.set_load_w(300.0)
+    sim.set_pv_w(1500.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1, 2]), clock)
+    run_until(loop, clock, lambda: sim.unit(2).force_mode == 1 and sim.unit(2).power_w < -900, 40,
+              "battery 2 takes the surplus", step_s=1.0)
+    assert sim.unit(1).force_mode != 1 and "44002" in battery_doc(loop, 1)["note"]
