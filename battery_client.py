@@ -26,7 +26,9 @@ from marstek_registers import (
     DEFAULT_PACING_S,
     FIRMWARE_MAX_POWER_W,
     REGISTER_SETS,
+    RS485_CONTROL_OFF,
     RS485_CONTROL_ON,
+    WORK_MODE_AUTO,
     ForceMode,
 )
 
@@ -106,6 +108,7 @@ class _UnitState:
     soc_read_at_s: float = float("-inf")
     limits_w: tuple[int | None, int | None] = (None, None)  # 44002 / 44003 as read (charge, discharge)
     limits_readable: bool = True
+    limits_due: bool = False
     # Register values as last read back or written; None = unknown, must be written.
     held: dict[str, int | None] = field(
         default_factory=lambda: {"rs485_control": None, "force_mode": None, "charge_power": None,
@@ -326,6 +329,9 @@ class MarstekGateway:
             state.held["force_mode"] = int(self._read(unit_id, "force_mode"))
             charge_w, discharge_w = self._read_block(unit_id, ("charge_power", "discharge_power"))
             state.held["charge_power"], state.held["discharge_power"] = int(charge_w), int(discharge_w)
+            state.limits_due = True  # read in the next cycle: one cycle's reads stay short
+        elif state.limits_due:
+            state.limits_due = False
             self._read_limits(unit_id, state)
         max_charge_w, max_discharge_w = state.limits_w
         return BatteryReading(
@@ -400,6 +406,17 @@ class MarstekGateway:
         self._write(unit_id, "force_mode", int(ForceMode.STOP))
         self._write(unit_id, "charge_power", 0)
         self._write(unit_id, "discharge_power", 0)
+
+    def release(self, unit_id: int) -> None:
+        """Leave control for good: 43000 <- 1 (work mode "anti-feed"/auto), then 42000 <- 0x55BB.
+
+        What evcc's "normal" does. The 43000 write is what reliably ends RS485 control (0x55BB alone did
+        nothing on one v3, marstek-modbus.md section 3); it is an EEPROM register, written only here, once.
+        """
+        self._unit(unit_id).retry_at_s = 0.0
+        self._write(unit_id, "work_mode", WORK_MODE_AUTO)
+        self._write(unit_id, "rs485_control", RS485_CONTROL_OFF)
+        self._unit(unit_id).asserted = False
 
     def read_device_name(self, unit_id: int) -> str:
         return str(self._read(unit_id, "device_name"))

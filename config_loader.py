@@ -55,6 +55,9 @@ class MeterConfig:
     password: str | None = None
 
 
+ON_EXIT_CHOICES = ("stop", "release")
+
+
 @dataclass(frozen=True)
 class BatteryConfig:
     """The Modbus TCP gateway and the batteries behind it."""
@@ -69,6 +72,9 @@ class BatteryConfig:
     max_soc_for_charge: float = _LAW.max_soc_pct
     register_set: str = "v2"
     pacing_ms: int | None = None  # None: the register set's default (marstek_registers.DEFAULT_PACING_S)
+    # When the program stops: "stop" (force mode 0, RS485 control stays on: the battery idles) or "release"
+    # (43000 <- 1 and 42000 <- 0x55BB: the battery runs its own anti-feed mode again).
+    on_exit: str = "stop"
 
     @property
     def effective_pacing_ms(self) -> int:
@@ -454,6 +460,7 @@ def _battery(sec: _Section) -> BatteryConfig | None:
     max_soc = sec.number("max_soc_for_charge", _default(b, "max_soc_for_charge"), 0, 100)
     register_set = sec.string("register_set", _default(b, "register_set"), choices=tuple(REGISTER_SETS))
     pacing = sec.integer("pacing_ms", None, MIN_PACING_MS, 5000, nullable=True)
+    on_exit = sec.string("on_exit", _default(b, "on_exit"), choices=ON_EXIT_CHOICES)
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
         min_w = sec.conflict(
@@ -463,9 +470,10 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         min_soc = sec.conflict(
             "min_soc_for_discharge", min_soc, "must be below", "max_soc_for_charge", max_soc
         )
-    if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing):
+    if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing, on_exit):
         return None
-    return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing)
+    return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing,
+                         on_exit=on_exit)
 
 
 def _akku_ids(sec: _Section) -> Any:

@@ -131,6 +131,8 @@ class ControlLoop:
                 self.commands.wakeup.wait(max(0.0, self.next_cycle_s - self.clock()))
         finally:
             self.stop_all("shutdown")
+            if self.cfg.battery.on_exit == "release":
+                self.release_all()
             self.publish("stopped")
             self.meter.close()
             self.bus.close()
@@ -298,6 +300,15 @@ class ControlLoop:
             failures.append(failure)
         self.controller.reset()
         return failures
+
+    def release_all(self) -> None:
+        """battery.on_exit "release": hand every battery back to its own logic (after stop_all)."""
+        for b in self.batteries.values():
+            try:
+                self.bus.release(b.battery_id)
+                log.info(Msg("battery_released", id=b.battery_id))
+            except BatteryError as exc:
+                log.error(Msg("battery_release_failed", id=b.battery_id, error=str(exc)))
 
     # ------------------------------------------------------------------ status
     def publish(self, state: str) -> None:

@@ -107,6 +107,10 @@ class BatteryBus(Protocol):
         """Force mode stop and both power registers 0; raise BatteryError on failure."""
         ...
 
+    def release(self, unit_id: int) -> None:
+        """Hand the unit back to its own logic (work mode auto, RS485 control off); raise BatteryError."""
+        ...
+
     def probe(self, unit_id: int) -> tuple[str, float]:
         """Model name and SoC (%) of the unit answering on ``unit_id``, or raise BatteryError."""
         ...

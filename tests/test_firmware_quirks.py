@@ -4,7 +4,11 @@ nothing, RS485 control dropped by the firmware (marstek-modbus.md §4, §10)."""
 from __future__ import annotations
 
 import itertools
+import threading
 
+import pytest
+
+from config_loader import ConfigError, parse_config
 from simulator import PlantParams, Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.loop_rig import (
@@ -210,3 +214,31 @@ def test_eeprom_charge_limit_zero_means_no_charging_on_v2(rig: Rig) -> None:
     run_until(loop, clock, lambda: sim.unit(2).force_mode == 1 and sim.unit(2).power_w < -900, 40,
               "battery 2 takes the surplus", step_s=1.0)
     assert sim.unit(1).force_mode != 1 and "44002" in battery_doc(loop, 1)["note"]
+
+
+@pytest.mark.parametrize("on_exit", ["stop", "release"])
+def test_leaving_control_stops_or_hands_the_battery_back(rig: Rig, on_exit: str) -> None:
+    """battery.on_exit: "stop" (default) leaves force mode 0 with RS485 control on (the battery idles until it
+    reboots); "release" writes 43000 <- 1 and then 42000 <- 0x55BB, as evcc's "normal" does."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], on_exit=on_exit), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+    stop = threading.Event()
+    stop.set()
+    loop.run(stop)  # the thread's exit path: stop, then (maybe) release
+    u = sim.unit(1)
+    assert stopped(u)
+    if on_exit == "stop":
+        assert u.rs485_control and (43000, 1) not in u.write_log
+    else:
+        assert not u.rs485_control and u.work_mode == 1
+        assert u.write_log[-2:] == [(43000, 1), (42000, 0x55BB)]
+
+
+def test_on_exit_is_checked_in_the_config() -> None:
+    shelly = {"ip": "192.168.1.100"}
+    assert parse_config({"shelly": shelly, "battery": {"ip": "192.168.1.5"}}).battery.on_exit == "stop"
+    with pytest.raises(ConfigError, match=r"battery\.on_exit"):
+        parse_config({"shelly": shelly, "battery": {"ip": "192.168.1.5", "on_exit": "idle"}})
