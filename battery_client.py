@@ -22,6 +22,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
 from devices import BatteryError, BatteryReading, BatteryUnreachable
+from i18n import Msg
 from marstek_registers import (
     DEFAULT_PACING_S,
     FIRMWARE_MAX_POWER_W,
@@ -30,6 +31,7 @@ from marstek_registers import (
     RS485_CONTROL_ON,
     WORK_MODE_AUTO,
     ForceMode,
+    model_limit_w,
 )
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,8 @@ class _UnitState:
     limits_w: tuple[int | None, int | None] = (None, None)  # 44002 / 44003 as read (charge, discharge)
     limits_readable: bool = True
     limits_due: bool = False
+    model: str | None = None  # device name (31000) and firmware, read once
+    model_limit_w: int = FIRMWARE_MAX_POWER_W
     # Register values as last read back or written; None = unknown, must be written.
     held: dict[str, int | None] = field(
         default_factory=lambda: {"rs485_control": None, "force_mode": None, "charge_power": None,
@@ -353,7 +357,10 @@ class MarstekGateway:
         is undone. On v3 a 0 is not trusted: a Venus D v150 reads 0 while charging at 1.3 kW
         (marstek-modbus.md section 5), so 0 there means "unknown" rather than "delivers nothing".
         """
+        if state.model is None:
+            self._read_model(unit_id, state)
         if not state.limits_readable:
+            state.limits_w = (state.model_limit_w, state.model_limit_w)
             return
         try:
             charge_w, discharge_w = self._read_block(unit_id, ("max_charge_power", "max_discharge_power"))
@@ -366,7 +373,30 @@ class MarstekGateway:
             watts = int(float(value))
             return None if watts == 0 and self.register_set == "v3" else watts
 
-        state.limits_w = (trusted(charge_w), trusted(discharge_w))
+        def capped(limit: int | None) -> int | None:
+            return state.model_limit_w if limit is None else min(limit, state.model_limit_w)
+
+        limits = (trusted(charge_w), trusted(discharge_w))
+        for register, before, now in zip((44002, 44003), state.limits_w, limits, strict=True):
+            if now is not None and now < self.max_power_w and now != before:
+                log.warning(Msg("device_limit_register", id=unit_id, register=register, value=now,
+                                max=self.max_power_w))
+        state.limits_w = (capped(limits[0]), capped(limits[1]))
+
+    def _read_model(self, unit_id: int, state: _UnitState) -> None:
+        """Device name (31000) and EMS firmware once: the model's power limit (Venus A 1200/1500 W, ...)."""
+        try:
+            name = str(self._read(unit_id, "device_name"))
+            firmware: int | None = int(float(self._read(unit_id, "firmware")))
+        except BatteryError as exc:
+            log.info("Battery %d: model not readable (%s): assuming %d W", unit_id, exc, FIRMWARE_MAX_POWER_W)
+            state.failures, state.retry_at_s = 0, 0.0
+            name, firmware = "?", None
+        state.model = name
+        state.model_limit_w = model_limit_w(name, firmware)
+        if state.model_limit_w < self.max_power_w:
+            log.warning("Battery %d is a %s (firmware %s): its limit is %d W, below the configured %d W",
+                        unit_id, name, firmware, state.model_limit_w, self.max_power_w)
 
     def write_setpoint(self, unit_id: int, setpoint_w: float, reading: BatteryReading | None = None) -> int:
         """Command ``setpoint_w`` (+ discharge, - charge, 0 stop); write only what differs. Returns writes."""

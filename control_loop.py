@@ -240,10 +240,8 @@ class ControlLoop:
     def read_batteries(self) -> None:
         for b in self.batteries.values():
             try:
-                previous = b.reading
                 b.reading = self.bus.read(b.battery_id)
                 b.read_s = self.clock()  # the law matches battery power to the meter's sample instant
-                self._log_device_limits(b.battery_id, previous, b.reading)
             except BatteryError as exc:
                 if (isinstance(exc, BatteryUnreachable) and exc.outage_s < RECONNECT_GRACE_S
                         and (b.online or b.reconnecting)):
@@ -256,14 +254,6 @@ class ControlLoop:
             if not b.online and not b.reconnecting:
                 log.info(Msg("battery_online", id=b.battery_id, soc=b.reading.soc_pct))
             b.online, b.reconnecting, b.error = True, False, ""
-
-    def _log_device_limits(self, battery_id: int, before: BatteryReading | None, now: BatteryReading) -> None:
-        """Say once (per change) that the firmware's own limit 44002/44003 is below the configured maximum."""
-        max_w = self.cfg.battery.max_power_per_battery
-        for register, attr in ((44003, "max_discharge_w"), (44002, "max_charge_w")):
-            value = getattr(now, attr)
-            if value is not None and value < max_w and (before is None or getattr(before, attr) != value):
-                log.warning(Msg("device_limit_register", id=battery_id, register=register, value=value, max=max_w))
 
     def apply(self, decision: Decision) -> None:
         """Write each online battery's setpoint; a failing battery never blocks the others."""

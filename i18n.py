@@ -473,12 +473,12 @@ MESSAGES_DE: dict[str, str] = {
     "note_offline": "nicht erreichbar",
     "note_reconnecting": "Verbindung kurz unterbrochen (Netzwerk-Reset der Firmware?): verbindet neu",
     "note_device_limit_discharge": (
-        "Akku begrenzt das Entladen selbst auf {limit} W (statt {max} W): Register 44003 – "
-        "in der Marstek-App die maximale Entladeleistung erhöhen"
+        "Akku entlädt höchstens mit {limit} W (statt {max} W): Grenze des Modells oder Register 44003 – "
+        "die maximale Entladeleistung in der Marstek-App erhöhen"
     ),
     "note_device_limit_charge": (
-        "Akku begrenzt das Laden selbst auf {limit} W (statt {max} W): Register 44002 – "
-        "in der Marstek-App die maximale Ladeleistung erhöhen"
+        "Akku lädt höchstens mit {limit} W (statt {max} W): Grenze des Modells oder Register 44002 – "
+        "die maximale Ladeleistung in der Marstek-App erhöhen"
     ),
     "note_soc_unknown": "Ladestand unbekannt",
     "note_soc_min": "SoC {soc} % an/unter der Untergrenze {limit} %: kein Entladen",
@@ -593,11 +593,11 @@ MESSAGES_EN: dict[str, str] = {
     "note_offline": "offline",
     "note_reconnecting": "connection briefly lost (firmware network reset?): reconnecting",
     "note_device_limit_discharge": (
-        "the battery itself limits discharging to {limit} W (instead of {max} W): register 44003 - "
+        "the battery discharges at most {limit} W (instead of {max} W): the model's limit or register 44003 - "
         "raise the maximum discharge power in the Marstek app"
     ),
     "note_device_limit_charge": (
-        "the battery itself limits charging to {limit} W (instead of {max} W): register 44002 - "
+        "the battery charges at most {limit} W (instead of {max} W): the model's limit or register 44002 - "
         "raise the maximum charge power in the Marstek app"
     ),
     "note_soc_unknown": "SoC unknown",

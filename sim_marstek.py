@@ -88,6 +88,16 @@ _PLAIN_REGISTERS: dict[int, str] = {
 }
 
 
+def _model_limit_w(model: str, firmware: int) -> int:
+    """What the model delivers at most (marstek-modbus.md section 1): Venus A 1200 W (1500 W from firmware
+    148 on), Venus D 2200 W (2500 W from 148 on), everything else 2500 W."""
+    limits = {"VNSA": (1200, 1500), "VNSD": (2200, 2500)}
+    for prefix, (before_w, since_w) in limits.items():
+        if model.upper().startswith(prefix):
+            return since_w if firmware >= 148 else before_w
+    return MAX_SETPOINT_W
+
+
 def _u16(v: float) -> int:
     return max(0, min(0xFFFF, round(v)))
 
@@ -121,6 +131,8 @@ class UnitSpec:
     max_power_w: float = 2500.0
     capacity_wh: float = 5120.0
     # Firmware quirks (marstek-modbus.md §4): the defaults are what the real firmware does.
+    model: str | None = None  # device name in 31000; None: "VNSE-2" (v2) / "VNSE3-0" (v3). "VNSA-0": Venus A
+    firmware: int | None = None  # EMS firmware (31101 v2, default 153 / 30200 v3, default 150); A/D: more from 148
     max_charge_power_w: int = MAX_SETPOINT_W  # EEPROM 44002, as set in the app (a reset or evcc may lower it)
     max_discharge_power_w: int = MAX_SETPOINT_W  # EEPROM 44003
     drop_clears_setpoints: bool = True  # leaving RS485 control resets 42010/42020/42021 to 0
@@ -154,7 +166,9 @@ class SimUnit:
         self.unit_id = int(spec.unit_id)
         self.register_set = spec.register_set
         plant_params = PlantParams(**{**params.__dict__})
-        plant_params.max_power_w = float(spec.max_power_w)
+        self.model = spec.model or ("VNSE3-0" if spec.register_set == "v3" else "VNSE-2")
+        self.firmware = int(spec.firmware if spec.firmware is not None else 150 if spec.register_set == "v3" else 153)
+        plant_params.max_power_w = min(float(spec.max_power_w), float(_model_limit_w(self.model, self.firmware)))
         plant_params.capacity_wh = float(spec.capacity_wh)
         self.plant = BatteryPlant(plant_params, soc_pct=spec.soc_pct, now_s=now_s)
         self.silent = False
@@ -338,7 +352,7 @@ class SimUnit:
             r[addr] = lambda: fn()[0]
             r[addr + 1] = lambda: fn()[1]
 
-        name = _ascii_regs("VNSE3-0" if v3 else "VNSE-2")
+        name = _ascii_regs(self.model)
         for i, word in enumerate(name):
             r[REG_DEVICE_NAME + i] = const(word)
         soc_int = lambda: _u16(plant.soc_pct)  # noqa: E731
@@ -367,7 +381,7 @@ class SimUnit:
         r[REG_MAX_DISCHARGE] = lambda: self.max_discharge_power_w
         if not v3:
             r[31100] = const(103)  # SW version 0.01 → 1.03
-            r[31101] = const(153)  # EMS firmware
+            r[31101] = lambda: self.firmware  # EMS firmware
             r[31102] = const(213)  # BMS version
             r[32100] = lambda: _u16(self._battery_voltage_v() * 100.0)  # 0.01 V
             # battery current 0.01 A, + discharging
@@ -388,7 +402,7 @@ class SimUnit:
             r[30007] = const(0)  # off-grid power
             r[30100] = lambda: _u16(self._battery_voltage_v() * 100.0)  # 0.01 V
             r[30101] = lambda: _s16(-self._dc_power_w() / self._battery_voltage_v() * 10.0)  # 0.1 A
-            r[30200] = const(150)  # EMS version
+            r[30200] = lambda: self.firmware  # EMS version
             r[30202] = const(108)  # VMS version
             r[30204] = const(215)  # BMS version
             r[32105] = lambda: _u16(plant.soc_pct / 100.0 * plant.params.capacity_wh)  # 1 Wh
