@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +50,10 @@ RECONNECT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 # 42000 is a RAM register (no flash wear): re-written this often while forcing, because some v3 firmware
 # leaves RS485 control after 90-120 s otherwise (marstek-modbus.md section 4, MVEM #244).
 RS485_REASSERT_S = 25.0
+# Idle runaway (Omnibattery #434/#145): commanded stop, yet this much AC power for this long means the
+# firmware runs its own logic. First all four control registers are written again, then a hard reconnect.
+RUNAWAY_POWER_W = 100.0
+RUNAWAY_AFTER_S = 15.0
 # A v3 LAN port frees its one client slot only about a second after a connection ended (MVEM waits 1 s).
 V3_RECONNECT_GAP_S = 1.0
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
@@ -111,6 +117,8 @@ class _UnitState:
     limits_w: tuple[int | None, int | None] = (None, None)  # 44002 / 44003 as read (charge, discharge)
     limits_readable: bool = True
     limits_due: bool = False
+    runaway_since_s: float | None = None  # commanded stop but |AC power| > RUNAWAY_POWER_W since then
+    runaway_stage: int = 0  # 0 none, 1 registers re-written, 2 reconnected
     model: str | None = None  # device name (31000) and firmware, read once
     model_limit_w: int = FIRMWARE_MAX_POWER_W
     # Register values as last read back or written; None = unknown, must be written.
@@ -323,6 +331,7 @@ class MarstekGateway:
             # what we cached is void, so the next setpoint writes all four registers.
             state.forget_registers()
         state.held["rs485_control"] = rs485
+        self._check_runaway(unit_id, state, ac_power_w)
         now = self._clock()
         if state.soc_pct is None or now - state.soc_read_at_s >= self.soc_interval_s:
             soc = float(self._read(unit_id, "soc"))
@@ -348,7 +357,46 @@ class MarstekGateway:
             discharge_power_w=state.held["discharge_power"] or 0,
             max_charge_w=max_charge_w,
             max_discharge_w=max_discharge_w,
+            runaway=state.runaway_stage > 0,
         )
+
+    def _check_runaway(self, unit_id: int, state: _UnitState, ac_power_w: float) -> None:
+        """Commanded stop (force mode 0 written) but the unit keeps charging or discharging on its own."""
+        if state.held["force_mode"] is None:
+            return  # being written again (after a reconnect or the first step below)
+        commanded_stop = state.held["force_mode"] == ForceMode.STOP
+        if not commanded_stop or abs(ac_power_w) <= RUNAWAY_POWER_W:
+            if state.runaway_stage:
+                log.info(Msg("runaway_over", id=unit_id))
+            state.runaway_since_s, state.runaway_stage = None, 0
+            return
+        now = self._clock()
+        if state.runaway_since_s is None:
+            state.runaway_since_s = now
+        if now - state.runaway_since_s <= RUNAWAY_AFTER_S:
+            return
+        state.runaway_since_s = now  # the next step only after another RUNAWAY_AFTER_S
+        if state.runaway_stage == 0:
+            log.warning(Msg("runaway_rewrite", id=unit_id, power=round(ac_power_w)))
+            state.runaway_stage = 1
+            state.forget_registers()  # the next (stop) setpoint writes all four registers
+            return
+        log.warning(Msg("runaway_reconnect", id=unit_id, power=round(ac_power_w)))
+        state.runaway_stage = 2
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection hard (RST, no lingering) so that the next request starts a fresh one.
+
+        For a stuck connection: a v3 LAN port takes one client only, and a half-dead socket holds the slot."""
+        sock = getattr(self._client, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._disconnect()
+        for state in self._units.values():
+            state.forget_registers()
+            state.asserted = False
 
     def _read_limits(self, unit_id: int, state: _UnitState) -> None:
         """The EEPROM power limits 44002/44003 (read only: never written by the loop, no flash wear).

@@ -343,6 +343,8 @@ class ControlLoop:
                                       if self.last_decision else "")
         if b.reconnecting:
             note = Msg("note_reconnecting")
+        elif r is not None and r.runaway:
+            note = Msg("note_runaway", power=round(r.ac_power_w))
         return BatteryStatus(
             id=b.battery_id,
             online=b.online or b.reconnecting,

@@ -84,6 +84,7 @@ class BatteryReading:
     discharge_power_w: int
     max_charge_w: int | None = None
     max_discharge_w: int | None = None
+    runaway: bool = False  # commanded stop, yet it charges/discharges on its own (being handled)
 
 
 class BatteryBus(Protocol):

@@ -425,6 +425,13 @@ MESSAGES_DE: dict[str, str] = {
     "battery_write_failed": "Akku {id}: Schreiben fehlgeschlagen: {error}",
     "battery_stop_failed": "Akku {id} konnte nicht gestoppt werden ({why}): {error}",
     "battery_no_time_to_stop": "keine Zeit mehr, ihn zu stoppen",
+    "runaway_rewrite": (
+        "Akku {id}: Sollwert Stopp, liefert aber {power} W (eigene Logik der Firmware): alle Steuerregister "
+        "werden neu geschrieben"
+    ),
+    "runaway_reconnect": "Akku {id}: liefert weiter {power} W trotz Stopp: Verbindung wird hart neu aufgebaut",
+    "runaway_over": "Akku {id} folgt seinem Sollwert wieder",
+    "note_runaway": "folgt dem Stopp nicht ({power} W, eigene Logik der Firmware): wird neu angesteuert",
     "battery_released": "Akku {id} an seine eigene Regelung zurückgegeben (43000 = 1, RS485-Steuerung aus)",
     "battery_release_failed": "Akku {id} konnte nicht zurückgegeben werden: {error}",
     "setup_entered": "Setup-Modus: Regelung angehalten, alle Akkus gestoppt",
@@ -545,6 +552,13 @@ MESSAGES_EN: dict[str, str] = {
     "battery_write_failed": "Battery {id}: write failed: {error}",
     "battery_stop_failed": "Could not stop battery {id} ({why}): {error}",
     "battery_no_time_to_stop": "no time left to stop it",
+    "runaway_rewrite": (
+        "Battery {id}: commanded stop but delivers {power} W (the firmware's own logic): writing all control "
+        "registers again"
+    ),
+    "runaway_reconnect": "Battery {id}: still {power} W despite the stop: reconnecting hard",
+    "runaway_over": "Battery {id} follows its setpoint again",
+    "note_runaway": "does not follow the stop ({power} W, the firmware's own logic): taking control again",
     "battery_released": "Battery {id} handed back to its own control (43000 = 1, RS485 control off)",
     "battery_release_failed": "Battery {id} could not be handed back: {error}",
     "setup_entered": "Setup mode: control stopped, all batteries stopped",

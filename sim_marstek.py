@@ -186,6 +186,8 @@ class SimUnit:
         self.cutoff_charge = 1000  # v2 44000, ×0.1 %
         self.cutoff_discharge = 120  # v2 44001, ×0.1 %
         self.write_log: list[tuple[int, int]] = []
+        self.runaway_w: float | None = None  # own logic at this power despite the registers (slip_out)
+        self.deaf = False  # writes ACKed but ignored until the next connection
         self.drop_clears_setpoints = bool(spec.drop_clears_setpoints)
         self.rs485_watchdog_s = spec.rs485_watchdog_s
         self._rs485_written_s = now_s
@@ -275,6 +277,10 @@ class SimUnit:
         code = self._check_write(address, value)
         if code is not None:
             return code
+        if self.deaf:
+            return None  # ACKed, ignored
+        if address == REG_RS485 and value == RS485_ON and self.runaway_w is not None:
+            self.runaway_w = None  # back under control
         if address == REG_RS485:
             if value == RS485_ON:
                 self._rs485_written_s = self.plant.now_s
@@ -308,10 +314,30 @@ class SimUnit:
         self._clear_setpoints()
         self.target_soc_pct = 0
 
+    def slip_out(self, own_power_w: float, deaf: bool = True) -> None:
+        """The unit slips out of forced mode and runs its own logic at ``own_power_w`` (+ discharge) while the
+        registers still read what was written (Omnibattery #434/#145). ``deaf``: writes over the live
+        connection are ACKed but ignored until the client connects anew; otherwise writing 0x55AA to 42000
+        brings it back."""
+        with self._lock:
+            self.runaway_w = float(own_power_w)
+            self.deaf = bool(deaf)
+            self._apply()
+
+    def connection_reset(self) -> None:
+        """A client connected anew: a deaf unit listens again and is back under control (RS485 gateways
+        and v3 LAN ports alike: the firmware's Modbus task restarts with the connection)."""
+        with self._lock:
+            if self.runaway_w is not None and self.deaf:
+                self.runaway_w, self.deaf = None, False
+                self._apply()
+
     def _apply(self) -> None:
         """Recompute the commanded power from the registers and hand it to the plant."""
         wanted = 0.0
-        if self.rs485_control:
+        if self.runaway_w is not None:
+            wanted = self.runaway_w
+        elif self.rs485_control:
             if self.force_mode == FORCE_CHARGE:
                 wanted = -float(min(self.charge_power_w, self.max_charge_power_w))
             elif self.force_mode == FORCE_DISCHARGE:
@@ -612,6 +638,8 @@ class SimGateway:
                 return False
             self._clients += 1
             self.connections_log.append(("open", now))
+            for unit in self._units:
+                unit.connection_reset()
             if self.lan:
                 for unit in self._units:
                     unit.reset_setpoints()

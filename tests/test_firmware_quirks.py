@@ -261,3 +261,30 @@ def test_venus_a_is_capped_at_its_model_limit(rig: Rig, firmware: int, limit_w: 
         assert 0 < sim.unit(1).discharge_power_w <= limit_w
     assert sim.unit(1).power_w == pytest.approx(limit_w, abs=60)
     assert str(limit_w) in battery_doc(loop, 1)["note"]
+
+
+@pytest.mark.parametrize("deaf", [False, True])
+def test_idle_runaway_is_rewritten_then_reconnected(rig: Rig, deaf: bool) -> None:
+    """Commanded stop, yet the unit runs its own logic (Omnibattery #434/#145): after 15 s all four control
+    registers are written again; if the writes are ignored on the live connection (``deaf``), a hard reconnect
+    follows 15 s later. The log and the battery's note say so."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=25.0)], **QUICK)
+    sim.set_load_w(700.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], min_soc_for_discharge=30), clock)  # the law may not discharge
+    run_until(loop, clock, lambda: loop.last_decision is not None and stopped(sim.unit(1))
+              and sim.unit(1).rs485_control, 20, "commanded stop")
+    sim.unit(1).slip_out(400.0, deaf=deaf)
+    opened = sum(1 for kind, _ in sim.gateway.connections_log if kind == "open")
+    run_until(loop, clock, lambda: sim.unit(1).power_w > 350, 10, "running on its own")
+    start_s = clock()
+    writes = len(sim.unit(1).write_log)
+    run_until(loop, clock, lambda: len(sim.unit(1).write_log) >= writes + 4, 30, "all four written", step_s=1.0)
+    assert clock() - start_s >= 15.0
+    assert {a for a, _ in sim.unit(1).write_log[writes:]} == {42000, 42010, 42020, 42021}
+    assert battery_doc(loop, 1)["note"].startswith(("folgt dem Stopp nicht", "does not follow the stop"))
+    run_until(loop, clock, lambda: abs(sim.unit(1).power_w) < 20, 40, "back under control", step_s=1.0)
+    reconnected = sum(1 for kind, _ in sim.gateway.connections_log if kind == "open") > opened
+    assert reconnected == deaf
+    run_until(loop, clock, lambda: not battery_doc(loop, 1)["note"].startswith(("folgt", "does not")), 10,
+              "note cleared", step_s=1.0)
