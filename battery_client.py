@@ -28,6 +28,7 @@ from i18n import Msg
 from marstek_registers import (
     DEFAULT_PACING_S,
     FIRMWARE_MAX_POWER_W,
+    FIRMWARE_MIN_POWER_W,
     REGISTER_SETS,
     RS485_CONTROL_OFF,
     RS485_CONTROL_ON,
@@ -449,6 +450,8 @@ class MarstekGateway:
     def write_setpoint(self, unit_id: int, setpoint_w: float, reading: BatteryReading | None = None) -> int:
         """Command ``setpoint_w`` (+ discharge, - charge, 0 stop); write only what differs. Returns writes."""
         power_w = min(abs(round(setpoint_w)), self.max_power_w)
+        if 0 < power_w < FIRMWARE_MIN_POWER_W:
+            power_w = FIRMWARE_MIN_POWER_W  # the firmware ignores smaller ones: the nearest power it delivers
         if power_w == 0:
             mode, wanted = ForceMode.STOP, {"charge_power": 0, "discharge_power": 0}
         elif setpoint_w < 0:

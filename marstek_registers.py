@@ -19,6 +19,7 @@ RS485_CONTROL_ON = 0x55AA  # 21930, written to 42000 before forcing power
 RS485_CONTROL_OFF = 0x55BB  # 21947, restores the stored work mode
 WORK_MODE_AUTO = 1  # 43000: the firmware's own anti-feed mode ("auto" in the app)
 FIRMWARE_MAX_POWER_W = 2500  # 42020/42021 > 2500 -> exception 3
+FIRMWARE_MIN_POWER_W = 50  # smaller forced powers are ignored (seed clamps 50-2500 W, section 10)
 
 
 class ForceMode(enum.IntEnum):

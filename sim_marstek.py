@@ -135,6 +135,7 @@ class UnitSpec:
     firmware: int | None = None  # EMS firmware (31101 v2, default 153 / 30200 v3, default 150); A/D: more from 148
     max_charge_power_w: int = MAX_SETPOINT_W  # EEPROM 44002, as set in the app (a reset or evcc may lower it)
     max_discharge_power_w: int = MAX_SETPOINT_W  # EEPROM 44003
+    min_setpoint_w: float = 50.0  # smaller forced powers are ignored by the firmware (seed clamps >= 50 W)
     drop_clears_setpoints: bool = True  # leaving RS485 control resets 42010/42020/42021 to 0
     rs485_watchdog_s: float | None = None  # leave RS485 control unless 42000 is re-written this often (uncertain)
 
@@ -189,6 +190,7 @@ class SimUnit:
         self.runaway_w: float | None = None  # own logic at this power despite the registers (slip_out)
         self.deaf = False  # writes ACKed but ignored until the next connection
         self.drop_clears_setpoints = bool(spec.drop_clears_setpoints)
+        self.min_setpoint_w = float(spec.min_setpoint_w)
         self.rs485_watchdog_s = spec.rs485_watchdog_s
         self._rs485_written_s = now_s
         self._commanded_w = 0.0
@@ -342,6 +344,8 @@ class SimUnit:
                 wanted = -float(min(self.charge_power_w, self.max_charge_power_w))
             elif self.force_mode == FORCE_DISCHARGE:
                 wanted = float(min(self.discharge_power_w, self.max_discharge_power_w))
+            if abs(wanted) < self.min_setpoint_w:
+                wanted = 0.0  # below what the firmware acts on
         if wanted != self._commanded_w:
             self._commanded_w = wanted
             self.plant.command(wanted, self.plant.now_s)

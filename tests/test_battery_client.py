@@ -195,3 +195,15 @@ def test_set_unit_id_readdresses_and_verifies(sim, gateway):
         gateway.probe(1)
     with pytest.raises(ValueError):
         gateway.set_unit_id(248)
+
+
+def test_setpoints_below_50_w_are_raised_to_what_the_firmware_acts_on(sim, gateway):
+    """The firmware ignores forced powers below ~50 W (the simulator too): a 30 W setpoint becomes 50 W."""
+    unit = sim.unit(1)
+    write = unit.write_register  # the simulator on its own first: 30 W is acknowledged and ignored
+    for address, value in ((42000, 0x55AA), (42021, 30), (42010, 2)):
+        assert write(address, value) is None
+    assert unit.commanded_w == 0.0
+    gateway.write_setpoint(1, 30, gateway.read(1))
+    assert unit.discharge_power_w == 50
+    wait_until(lambda: unit.power_w > 45, 10.0, "the battery delivers 50 W")
