@@ -445,6 +445,10 @@ MESSAGES_DE: dict[str, str] = {
     "readdressed": "Akku umadressiert: ID 1 -> {id} ({model})",
     "scan_result": "Scan {first}..{last}: gefunden {found}",
     "scan_nothing": "nichts",
+    "scan_one_battery_every_id": (
+        "Ein Akku antwortet auf jeder ID: das ist ein v3-LAN-Anschluss (Venus E v3 / A / D) – ein Akku je IP, "
+        "nur eine ID in der Konfiguration"
+    ),
     "config_not_changed": "config.json nicht geändert: {error}",
     "already_configured": "ID {id} ist schon eingetragen",
     "added_to_config": "Akku {id} in battery.akku_ids eingetragen",
@@ -572,6 +576,10 @@ MESSAGES_EN: dict[str, str] = {
     "readdressed": "Battery re-addressed: ID 1 -> {id} ({model})",
     "scan_result": "Scan {first}..{last}: found {found}",
     "scan_nothing": "nothing",
+    "scan_one_battery_every_id": (
+        "One battery answering on every ID: this is a v3 LAN port (Venus E v3 / A / D) - one battery per IP, "
+        "one ID in the config"
+    ),
     "config_not_changed": "config.json not changed: {error}",
     "already_configured": "ID {id} is already configured",
     "added_to_config": "Battery {id} added to battery.akku_ids",

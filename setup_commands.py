@@ -36,13 +36,23 @@ def _probe(bus: BatteryBus, unit_id: int, alive: Callable[[], None]) -> dict[str
 
 def scan(bus: BatteryBus, configured: Collection[int], alive: Callable[[], None], *,
          first_id: int = 1, last_id: int = 10) -> dict[str, Any]:
-    """Every unit answering on ``first_id..last_id`` and the next ID that neither answers nor is configured."""
+    """Every unit answering on ``first_id..last_id`` and the next ID that neither answers nor is configured.
+
+    Several IDs answering and also the unused ID 247: one v3 battery on its own LAN port, which ignores the
+    unit ID (marstek-modbus.md section 1) - said in ``message`` and the log, ``one_battery_on_every_id``.
+    """
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
         found = [hit for i in range(first_id, last_id + 1) if (hit := _probe(bus, i, alive))]
+        every_id = (len(found) > 1 and MAX_UNIT_ID not in configured and last_id < MAX_UNIT_ID
+                    and _probe(bus, MAX_UNIT_ID, alive) is not None)
     taken = {f["id"] for f in found} | set(configured)
     next_free = next((i for i in range(FIRST_NEW_ID, MAX_UNIT_ID + 1) if i not in taken), None)
     log.info(Msg("scan_result", first=first_id, last=last_id, found=[f["id"] for f in found] or Msg("scan_nothing")))
-    return {"found": found, "next_free_id": next_free}
+    result: dict[str, Any] = {"found": found, "next_free_id": next_free, "one_battery_on_every_id": every_id}
+    if every_id:
+        result["message"] = Msg("scan_one_battery_every_id")
+        log.warning(result["message"])
+    return result
 
 
 def set_id(bus: BatteryBus, configured: Collection[int], alive: Callable[[], None], *,

@@ -10,6 +10,7 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
+import setup_commands
 from battery_client import MarstekGateway
 from devices import BatteryError
 from simulator import Simulation, UnitSpec
@@ -107,3 +108,26 @@ def test_every_unit_id_reaches_the_same_battery(lan: Simulation) -> None:
         assert gw.read_unit_id(2) == 1 and gw.read_unit_id(9) == 1
     finally:
         gw.close()
+
+
+def test_scan_says_one_battery_answers_on_every_id(lan: Simulation) -> None:
+    gw = MarstekGateway("127.0.0.1", lan.modbus_port, register_set="v3", timeout_s=0.5)
+    try:
+        result = setup_commands.scan(gw, {1}, lambda: None, first_id=1, last_id=3)
+    finally:
+        gw.close()
+    assert [f["id"] for f in result["found"]] == [1, 2, 3]
+    assert result["one_battery_on_every_id"] is True
+    assert "v3" in result["message"] and ("IP" in result["message"])
+
+
+def test_scan_behind_an_rs485_gateway_finds_separate_batteries() -> None:
+    with Simulation(units=[UnitSpec(1, "v3"), UnitSpec(2, "v3")]) as sim:
+        assert not sim.gateway.lan
+        gw = MarstekGateway("127.0.0.1", sim.modbus_port, register_set="v3", timeout_s=0.5)
+        try:
+            result = setup_commands.scan(gw, {1}, lambda: None, first_id=1, last_id=3)
+        finally:
+            gw.close()
+    assert [f["id"] for f in result["found"]] == [1, 2]
+    assert result["one_battery_on_every_id"] is False and "message" not in result
