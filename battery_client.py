@@ -55,6 +55,7 @@ RS485_REASSERT_S = 25.0
 # firmware runs its own logic. First all four control registers are written again, then a hard reconnect.
 RUNAWAY_POWER_W = 100.0
 RUNAWAY_AFTER_S = 15.0
+PROBE_UNUSED_ID = 247  # asked once to tell a v3 LAN port (answers every ID) from an RS485 gateway
 # A v3 LAN port frees its one client slot only about a second after a connection ended (MVEM waits 1 s).
 V3_RECONNECT_GAP_S = 1.0
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
@@ -172,6 +173,8 @@ class MarstekGateway:
         self.reconnect_gap_s = (V3_RECONNECT_GAP_S if register_set == "v3" else 0.0) if reconnect_gap_s is None \
             else reconnect_gap_s
         self._closed_at_s = float("-inf")
+        self._lan_owner: int | None = None  # v3 LAN port (answers every ID): the one ID that drives it
+        self._lan_checked = False
         self._connect_failures = 0
         self._connect_retry_at_s = 0.0
         self._slow_failures = 0
@@ -324,6 +327,7 @@ class MarstekGateway:
     # ------------------------------------------------------------------ public
     def read(self, unit_id: int) -> BatteryReading:
         """AC power and RS485 state every call; SoC and the setpoint registers every ``soc_interval_s``."""
+        self._refuse_second_id_on_lan_port(unit_id)
         state = self._unit(unit_id)
         ac_power_w = float(self._read(unit_id, "ac_power"))
         rs485 = int(self._read(unit_id, "rs485_control"))
@@ -360,6 +364,26 @@ class MarstekGateway:
             max_discharge_w=max_discharge_w,
             runaway=state.runaway_stage > 0,
         )
+
+    def _refuse_second_id_on_lan_port(self, unit_id: int) -> None:
+        """A v3 battery on its own LAN port answers every unit ID: a second configured ID would drive the same
+        battery twice. Checked once, when a second ID is read on a v3 gateway: the unused ID 247 answering too
+        means a LAN port; from then on only the first ID is served, the others fail with the explanation."""
+        if self.register_set != "v3":
+            return
+        if not self._lan_checked and self._units and unit_id not in self._units:
+            self._lan_checked = True
+            try:
+                self._read(PROBE_UNUSED_ID, "device_name")
+            except BatteryError:
+                pass  # an RS485 gateway: 247 is silent
+            else:
+                self._lan_owner = next(iter(self._units))
+                log.error(Msg("v3_lan_several_ids", host=self.host, id=self._lan_owner))
+            finally:
+                self._units.pop(PROBE_UNUSED_ID, None)
+        if self._lan_owner is not None and unit_id != self._lan_owner:
+            raise BatteryError(str(Msg("v3_lan_several_ids", host=self.host, id=self._lan_owner)))
 
     def _check_runaway(self, unit_id: int, state: _UnitState, ac_power_w: float) -> None:
         """Commanded stop (force mode 0 written) but the unit keeps charging or discharging on its own."""

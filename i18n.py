@@ -445,6 +445,10 @@ MESSAGES_DE: dict[str, str] = {
     "readdressed": "Akku umadressiert: ID 1 -> {id} ({model})",
     "scan_result": "Scan {first}..{last}: gefunden {found}",
     "scan_nothing": "nichts",
+    "v3_lan_several_ids": (
+        "{host} ist ein v3-LAN-Anschluss (ein Akku antwortet auf jeder ID): nur ID {id} wird angesteuert – "
+        "ein Akku je IP, in battery.akku_ids nur eine ID für diese Adresse"
+    ),
     "scan_one_battery_every_id": (
         "Ein Akku antwortet auf jeder ID: das ist ein v3-LAN-Anschluss (Venus E v3 / A / D) – ein Akku je IP, "
         "nur eine ID in der Konfiguration"
@@ -576,6 +580,10 @@ MESSAGES_EN: dict[str, str] = {
     "readdressed": "Battery re-addressed: ID 1 -> {id} ({model})",
     "scan_result": "Scan {first}..{last}: found {found}",
     "scan_nothing": "nothing",
+    "v3_lan_several_ids": (
+        "{host} is a v3 LAN port (one battery answering on every ID): only ID {id} is driven - "
+        "one battery per IP, only one ID in battery.akku_ids for this address"
+    ),
     "scan_one_battery_every_id": (
         "One battery answering on every ID: this is a v3 LAN port (Venus E v3 / A / D) - one battery per IP, "
         "one ID in the config"

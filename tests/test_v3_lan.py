@@ -15,6 +15,7 @@ from battery_client import MarstekGateway
 from devices import BatteryError
 from simulator import Simulation, UnitSpec
 from tests.helpers import wait_until
+from tests.loop_rig import QUICK, Rig, fake_clock, fault_config, run_until
 
 
 def _outcome(client: ModbusTcpClient) -> object:
@@ -131,3 +132,17 @@ def test_scan_behind_an_rs485_gateway_finds_separate_batteries() -> None:
             gw.close()
     assert [f["id"] for f in result["found"]] == [1, 2]
     assert result["one_battery_on_every_id"] is False and "message" not in result
+
+
+def test_two_ids_on_one_v3_lan_port_drive_the_battery_once(rig: Rig) -> None:
+    """``akku_ids: [1, 2]`` on one v3 LAN host would drive the same battery twice: the second ID is refused
+    with the explanation (offline, in the errors), the first one regulates."""
+    sim = rig.simulation(units=[UnitSpec(1, "v3", soc_pct=60.0)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1, 2], register_set="v3"), clock)
+    run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - 20.0) < 60, 40, "regulated by one ID",
+              step_s=1.0)
+    assert loop.batteries[1].online and not loop.batteries[2].online
+    assert "v3" in loop.batteries[2].error and "247" not in loop.batteries[2].error
+    assert any("battery.akku_ids" in e for e in loop.store.status_json()["errors"])
