@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -22,13 +24,18 @@ from pymodbus import FramerType
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from devices import BatteryError, BatteryReading
+from devices import BatteryError, BatteryReading, BatteryUnreachable
+from i18n import Msg
 from marstek_registers import (
     DEFAULT_PACING_S,
     FIRMWARE_MAX_POWER_W,
+    FIRMWARE_MIN_POWER_W,
     REGISTER_SETS,
+    RS485_CONTROL_OFF,
     RS485_CONTROL_ON,
+    WORK_MODE_AUTO,
     ForceMode,
+    model_limit_w,
 )
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,22 @@ log = logging.getLogger(__name__)
 # pymodbus logs every timeout at ERROR; our own messages say it once and with context.
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
-RECONNECT_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+# A gateway that stops taking connections is first retried at once and then every RECONNECT_FAST_S for
+# RECONNECT_FAST_FOR_S (the v3 firmware's periodic network reset lasts 2-5 s, marstek-modbus.md section 9),
+# then with the growing back-off.
+RECONNECT_FAST_S = 0.5
+RECONNECT_FAST_FOR_S = 10.0
+RECONNECT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
+# 42000 is a RAM register (no flash wear): re-written this often while forcing, because some v3 firmware
+# leaves RS485 control after 90-120 s otherwise (marstek-modbus.md section 4, MVEM #244).
+RS485_REASSERT_S = 25.0
+# Idle runaway (Omnibattery #434/#145): commanded stop, yet this much AC power for this long means the
+# firmware runs its own logic. First all four control registers are written again, then a hard reconnect.
+RUNAWAY_POWER_W = 100.0
+RUNAWAY_AFTER_S = 15.0
+PROBE_UNUSED_ID = 247  # asked once to tell a v3 LAN port (answers every ID) from an RS485 gateway
+# A v3 LAN port frees its one client slot only about a second after a connection ended (MVEM waits 1 s).
+V3_RECONNECT_GAP_S = 1.0
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 
 
@@ -61,15 +83,29 @@ class ModbusClient(Protocol):
 ClientFactory = Callable[[float], ModbusClient]  # answer timeout in s -> a new, unconnected client
 
 
-def tcp_client_factory(host: str, port: int, framer: str = "socket") -> ClientFactory:
-    """Modbus TCP clients for one gateway: no retries (our back-off decides), no pymodbus reconnect delay.
+def fix_v3_exception_frame(sending: bool, packet: bytes) -> bytes:
+    """pymodbus ``trace_packet`` hook: repair the v3 LAN firmware's exception frame.
 
-    ``framer`` "rtu" sends Modbus RTU frames over the TCP connection (gateways in "transparent" mode).
+    The firmware sends MBAP length 4 with only 3 bytes following (unit, function | 0x80, code); pymodbus
+    would wait for the missing byte until its timeout and lose the code (marstek-modbus.md section 7;
+    MVEM ``_marstek_v3_packet_correction``). A correct exception frame has length 3, and a correct frame
+    with length 4 is 10 bytes long, so rewriting exactly this case cannot hurt another device.
+    """
+    if not sending and len(packet) == 9 and packet[4:6] == b"\x00\x04" and packet[7] & 0x80:
+        return packet[:4] + b"\x00\x03" + packet[6:]
+    return packet
+
+
+def tcp_client_factory(host: str, port: int, framer: str = "socket") -> ClientFactory:
+    """Modbus TCP clients for one gateway: no retries (our back-off decides), no pymodbus reconnect delay,
+    v3 exception frames repaired. ``framer`` "rtu" sends Modbus RTU frames over the TCP connection (gateways
+    in "transparent" mode).
     """
     framer_type = FramerType(framer)
 
     def make(timeout_s: float) -> ModbusClient:
-        return ModbusTcpClient(host, port=port, framer=framer_type, timeout=timeout_s, retries=0, reconnect_delay=0)
+        return ModbusTcpClient(host, port=port, framer=framer_type, timeout=timeout_s, retries=0, reconnect_delay=0,
+                               trace_packet=fix_v3_exception_frame)
 
     return make
 
@@ -81,13 +117,26 @@ class _UnitState:
     failures: int = 0
     retry_at_s: float = 0.0
     asserted: bool = False  # we switched RS485 control on since the last (re)connect
+    asserted_at_s: float = float("-inf")  # when 42000 was last written with 0x55AA
     soc_pct: float | None = None
     soc_read_at_s: float = float("-inf")
+    limits_w: tuple[int | None, int | None] = (None, None)  # 44002 / 44003 as read (charge, discharge)
+    limits_readable: bool = True
+    limits_due: bool = False
+    runaway_since_s: float | None = None  # commanded stop but |AC power| > RUNAWAY_POWER_W since then
+    runaway_stage: int = 0  # 0 none, 1 registers re-written, 2 reconnected
+    model: str | None = None  # device name (31000) and firmware, read once
+    model_limit_w: int = FIRMWARE_MAX_POWER_W
     # Register values as last read back or written; None = unknown, must be written.
     held: dict[str, int | None] = field(
         default_factory=lambda: {"rs485_control": None, "force_mode": None, "charge_power": None,
                                  "discharge_power": None}
     )
+
+    def forget_registers(self) -> None:
+        """Every control register unknown: all of them are written again with the next setpoint."""
+        for name in self.held:
+            self.held[name] = None
 
 
 class MarstekGateway:
@@ -109,6 +158,7 @@ class MarstekGateway:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         client_factory: ClientFactory | None = None,
+        reconnect_gap_s: float | None = None,
     ) -> None:
         if register_set not in REGISTER_SETS:
             raise ValueError(f"unknown register set {register_set!r}")
@@ -123,8 +173,16 @@ class MarstekGateway:
         self._make_client = client_factory or tcp_client_factory(host, port)
         self._client = self._make_client(timeout_s)
         self._last_frame_s = float("-inf")
+        # Between closing and opening a connection (v3: the LAN port's one slot must be free again), s.
+        self.reconnect_gap_s = (V3_RECONNECT_GAP_S if register_set == "v3" else 0.0) if reconnect_gap_s is None \
+            else reconnect_gap_s
+        self._closed_at_s = float("-inf")
+        self._lan_owner: int | None = None  # v3 LAN port (answers every ID): the one ID that drives it
+        self._lan_checked = False
         self._connect_failures = 0
         self._connect_retry_at_s = 0.0
+        self._slow_failures = 0
+        self._unreachable_since_s: float | None = None
         self._units: dict[int, _UnitState] = {}
         self.writes_total = 0
 
@@ -137,22 +195,44 @@ class MarstekGateway:
             return
         now = self._clock()
         if now < self._connect_retry_at_s:
-            raise BatteryError(
-                f"gateway {self.host}:{self.port} unreachable, next attempt in {self._connect_retry_at_s - now:.0f} s"
-            )
+            raise self._unreachable(f"next attempt in {self._connect_retry_at_s - now:.1f} s")
+        gap_s = self._closed_at_s + self.reconnect_gap_s - now
+        if gap_s > 0:
+            self._sleep(gap_s)
         if self._client.connect():
             if self._connect_failures:
                 log.info("Modbus gateway %s:%s reachable again", self.host, self.port)
-            self._connect_failures = 0
+            self._connect_failures = self._slow_failures = 0
+            self._unreachable_since_s = None
             # After a reconnect the device may have rebooted: RAM registers are unknown again.
             for state in self._units.values():
-                state.held = {name: None for name in state.held}
+                state.forget_registers()
                 state.asserted = False
             return
-        delay = RECONNECT_BACKOFF_S[min(self._connect_failures, len(RECONNECT_BACKOFF_S) - 1)]
+        self._gateway_failed()
+        raise self._unreachable("connection refused or timed out")
+
+    def _disconnect(self) -> None:
+        self._client.close()
+        self._closed_at_s = self._clock()
+
+    def _gateway_failed(self) -> None:
+        """The gateway took no connection (or dropped it at once): retry fast first, then back off."""
+        now = self._clock()
+        if self._unreachable_since_s is None:
+            self._unreachable_since_s = now
+        if now - self._unreachable_since_s < RECONNECT_FAST_FOR_S:
+            delay = RECONNECT_FAST_S
+        else:
+            delay = RECONNECT_BACKOFF_S[min(self._slow_failures, len(RECONNECT_BACKOFF_S) - 1)]
+            self._slow_failures += 1
         self._connect_failures += 1
         self._connect_retry_at_s = now + delay
-        raise BatteryError(f"gateway {self.host}:{self.port} unreachable (connection refused or timed out)")
+
+    def _unreachable(self, detail: str) -> BatteryUnreachable:
+        since_s = self._unreachable_since_s if self._unreachable_since_s is not None else self._clock()
+        return BatteryUnreachable(f"gateway {self.host}:{self.port} unreachable ({detail})",
+                                  outage_s=self._clock() - since_s)
 
     def _pace(self) -> None:
         wait_s = self._last_frame_s + self.pacing_s - self._clock()
@@ -173,18 +253,23 @@ class MarstekGateway:
             except ConnectionException:
                 # The gateway closed our idle connection (restart, v3 Ethernet reset): that says
                 # nothing about this unit. Once more on a fresh connection.
-                self._client.close()
+                self._disconnect()
                 self._connect()
                 response = call()
+        except ConnectionException as exc:
+            # Closed again at once: the gateway (a network reset), not this unit.
+            self._disconnect()
+            self._gateway_failed()
+            raise self._unreachable(_short(exc)) from exc
         except ModbusException as exc:
             # A timeout may leave a late answer in the socket, and v3 closes after exceptions.
-            self._client.close()
+            self._disconnect()
             self._unit_failed(unit_id)
             raise BatteryError(f"unit {unit_id}: {what} failed: {_short(exc)}") from exc
         finally:
             self._last_frame_s = self._clock()
         if response is None or response.isError():
-            self._client.close()  # v3 devices close the connection after an exception response
+            self._disconnect()  # v3 devices close the connection after an exception response
             self._unit_failed(unit_id)
             code = getattr(response, "exception_code", "?")
             raise BatteryError(f"unit {unit_id}: {what} answered with Modbus exception {code}")
@@ -246,10 +331,16 @@ class MarstekGateway:
     # ------------------------------------------------------------------ public
     def read(self, unit_id: int) -> BatteryReading:
         """AC power and RS485 state every call; SoC and the setpoint registers every ``soc_interval_s``."""
+        self._refuse_second_id_on_lan_port(unit_id)
         state = self._unit(unit_id)
         ac_power_w = float(self._read(unit_id, "ac_power"))
         rs485 = int(self._read(unit_id, "rs485_control"))
+        if rs485 != RS485_CONTROL_ON:
+            # Leaving RS485 control resets force mode and setpoints on the firmware (Omnibattery #477):
+            # what we cached is void, so the next setpoint writes all four registers.
+            state.forget_registers()
         state.held["rs485_control"] = rs485
+        self._check_runaway(unit_id, state, ac_power_w)
         now = self._clock()
         if state.soc_pct is None or now - state.soc_read_at_s >= self.soc_interval_s:
             soc = float(self._read(unit_id, "soc"))
@@ -260,6 +351,11 @@ class MarstekGateway:
             state.held["force_mode"] = int(self._read(unit_id, "force_mode"))
             charge_w, discharge_w = self._read_block(unit_id, ("charge_power", "discharge_power"))
             state.held["charge_power"], state.held["discharge_power"] = int(charge_w), int(discharge_w)
+            state.limits_due = True  # read in the next cycle: one cycle's reads stay short
+        elif state.limits_due:
+            state.limits_due = False
+            self._read_limits(unit_id, state)
+        max_charge_w, max_discharge_w = state.limits_w
         return BatteryReading(
             unit_id=unit_id,
             soc_pct=state.soc_pct,
@@ -268,11 +364,122 @@ class MarstekGateway:
             force_mode=state.held["force_mode"] if state.held["force_mode"] is not None else -1,
             charge_power_w=state.held["charge_power"] or 0,
             discharge_power_w=state.held["discharge_power"] or 0,
+            max_charge_w=max_charge_w,
+            max_discharge_w=max_discharge_w,
+            runaway=state.runaway_stage > 0,
         )
+
+    def _refuse_second_id_on_lan_port(self, unit_id: int) -> None:
+        """A v3 battery on its own LAN port answers every unit ID: a second configured ID would drive the same
+        battery twice. Checked once, when a second ID is read on a v3 gateway: the unused ID 247 answering too
+        means a LAN port; from then on only the first ID is served, the others fail with the explanation."""
+        if self.register_set != "v3":
+            return
+        if not self._lan_checked and self._units and unit_id not in self._units:
+            self._lan_checked = True
+            try:
+                self._read(PROBE_UNUSED_ID, "device_name")
+            except BatteryError:
+                pass  # an RS485 gateway: 247 is silent
+            else:
+                self._lan_owner = next(iter(self._units))
+                log.error(Msg("v3_lan_several_ids", host=self.host, id=self._lan_owner))
+            finally:
+                self._units.pop(PROBE_UNUSED_ID, None)
+        if self._lan_owner is not None and unit_id != self._lan_owner:
+            raise BatteryError(str(Msg("v3_lan_several_ids", host=self.host, id=self._lan_owner)))
+
+    def _check_runaway(self, unit_id: int, state: _UnitState, ac_power_w: float) -> None:
+        """Commanded stop (force mode 0 written) but the unit keeps charging or discharging on its own."""
+        if state.held["force_mode"] is None:
+            return  # being written again (after a reconnect or the first step below)
+        commanded_stop = state.held["force_mode"] == ForceMode.STOP
+        if not commanded_stop or abs(ac_power_w) <= RUNAWAY_POWER_W:
+            if state.runaway_stage:
+                log.info(Msg("runaway_over", id=unit_id))
+            state.runaway_since_s, state.runaway_stage = None, 0
+            return
+        now = self._clock()
+        if state.runaway_since_s is None:
+            state.runaway_since_s = now
+        if now - state.runaway_since_s <= RUNAWAY_AFTER_S:
+            return
+        state.runaway_since_s = now  # the next step only after another RUNAWAY_AFTER_S
+        if state.runaway_stage == 0:
+            log.warning(Msg("runaway_rewrite", id=unit_id, power=round(ac_power_w)))
+            state.runaway_stage = 1
+            state.forget_registers()  # the next (stop) setpoint writes all four registers
+            return
+        log.warning(Msg("runaway_reconnect", id=unit_id, power=round(ac_power_w)))
+        state.runaway_stage = 2
+        self.abort()
+
+    def abort(self) -> None:
+        """Close the connection hard (RST, no lingering) so that the next request starts a fresh one.
+
+        For a stuck connection: a v3 LAN port takes one client only, and a half-dead socket holds the slot."""
+        sock = getattr(self._client, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self._disconnect()
+        for state in self._units.values():
+            state.forget_registers()
+            state.asserted = False
+
+    def _read_limits(self, unit_id: int, state: _UnitState) -> None:
+        """The EEPROM power limits 44002/44003 (read only: never written by the loop, no flash wear).
+
+        A firmware that does not have them (exception) is not asked again and loses nothing: the failure
+        is undone. On v3 a 0 is not trusted: a Venus D v150 reads 0 while charging at 1.3 kW
+        (marstek-modbus.md section 5), so 0 there means "unknown" rather than "delivers nothing".
+        """
+        if state.model is None:
+            self._read_model(unit_id, state)
+        if not state.limits_readable:
+            state.limits_w = (state.model_limit_w, state.model_limit_w)
+            return
+        try:
+            charge_w, discharge_w = self._read_block(unit_id, ("max_charge_power", "max_discharge_power"))
+        except BatteryError as exc:
+            log.info("Battery %d: power limits 44002/44003 not readable (%s): not asked again", unit_id, exc)
+            state.limits_readable, state.failures, state.retry_at_s = False, 0, 0.0
+            return
+
+        def trusted(value: float | str) -> int | None:
+            watts = int(float(value))
+            return None if watts == 0 and self.register_set == "v3" else watts
+
+        def capped(limit: int | None) -> int | None:
+            return state.model_limit_w if limit is None else min(limit, state.model_limit_w)
+
+        limits = (trusted(charge_w), trusted(discharge_w))
+        for register, before, now in zip((44002, 44003), state.limits_w, limits, strict=True):
+            if now is not None and now < self.max_power_w and now != before:
+                log.warning(Msg("device_limit_register", id=unit_id, register=register, value=now,
+                                max=self.max_power_w))
+        state.limits_w = (capped(limits[0]), capped(limits[1]))
+
+    def _read_model(self, unit_id: int, state: _UnitState) -> None:
+        """Device name (31000) and EMS firmware once: the model's power limit (Venus A 1200/1500 W, ...)."""
+        try:
+            name = str(self._read(unit_id, "device_name"))
+            firmware: int | None = int(float(self._read(unit_id, "firmware")))
+        except BatteryError as exc:
+            log.info("Battery %d: model not readable (%s): assuming %d W", unit_id, exc, FIRMWARE_MAX_POWER_W)
+            state.failures, state.retry_at_s = 0, 0.0
+            name, firmware = "?", None
+        state.model = name
+        state.model_limit_w = model_limit_w(name, firmware)
+        if state.model_limit_w < self.max_power_w:
+            log.warning("Battery %d is a %s (firmware %s): its limit is %d W, below the configured %d W",
+                        unit_id, name, firmware, state.model_limit_w, self.max_power_w)
 
     def write_setpoint(self, unit_id: int, setpoint_w: float, reading: BatteryReading | None = None) -> int:
         """Command ``setpoint_w`` (+ discharge, - charge, 0 stop); write only what differs. Returns writes."""
         power_w = min(abs(round(setpoint_w)), self.max_power_w)
+        if 0 < power_w < FIRMWARE_MIN_POWER_W:
+            power_w = FIRMWARE_MIN_POWER_W  # the firmware ignores smaller ones: the nearest power it delivers
         if power_w == 0:
             mode, wanted = ForceMode.STOP, {"charge_power": 0, "discharge_power": 0}
         elif setpoint_w < 0:
@@ -280,15 +487,16 @@ class MarstekGateway:
         else:
             mode, wanted = ForceMode.DISCHARGE, {"discharge_power": power_w}
         held = self._unit(unit_id).held
-        if reading is not None and not reading.rs485_control:
-            held["rs485_control"] = None
-        before = self.writes_total
         state = self._unit(unit_id)
-        if held["rs485_control"] != RS485_CONTROL_ON:
-            if state.asserted:
+        if reading is not None and not reading.rs485_control:
+            state.forget_registers()
+        before = self.writes_total
+        due = mode is not ForceMode.STOP and self._clock() - state.asserted_at_s >= RS485_REASSERT_S
+        if held["rs485_control"] != RS485_CONTROL_ON or due:
+            if state.asserted and held["rs485_control"] != RS485_CONTROL_ON:
                 log.warning("Battery %d left RS485 control on its own: re-asserting it", unit_id)
             self._write(unit_id, "rs485_control", RS485_CONTROL_ON)
-            state.asserted = True
+            state.asserted, state.asserted_at_s = True, self._clock()
         # Power first, then the mode: a mode change starts at the new power at once.
         for name, value in wanted.items():
             if mode is not ForceMode.STOP and held[name] != value:
@@ -307,6 +515,17 @@ class MarstekGateway:
         self._write(unit_id, "force_mode", int(ForceMode.STOP))
         self._write(unit_id, "charge_power", 0)
         self._write(unit_id, "discharge_power", 0)
+
+    def release(self, unit_id: int) -> None:
+        """Leave control for good: 43000 <- 1 (work mode "anti-feed"/auto), then 42000 <- 0x55BB.
+
+        What evcc's "normal" does. The 43000 write is what reliably ends RS485 control (0x55BB alone did
+        nothing on one v3, marstek-modbus.md section 3); it is an EEPROM register, written only here, once.
+        """
+        self._unit(unit_id).retry_at_s = 0.0
+        self._write(unit_id, "work_mode", WORK_MODE_AUTO)
+        self._write(unit_id, "rs485_control", RS485_CONTROL_OFF)
+        self._unit(unit_id).asserted = False
 
     def read_device_name(self, unit_id: int) -> str:
         return str(self._read(unit_id, "device_name"))
@@ -331,12 +550,12 @@ class MarstekGateway:
         if timeout_s >= self.timeout_s:
             yield
             return
-        self._client.close()
+        self.close()
         self._client = self._make_client(timeout_s)
         try:
             yield
         finally:
-            self._client.close()
+            self.close()
             self._client = self._make_client(self.timeout_s)
 
     def set_unit_id(self, new_id: int, *, current_id: int = 1) -> None:
@@ -352,6 +571,8 @@ class MarstekGateway:
         self._units.pop(unit_id, None)
 
     def close(self) -> None:
+        if self._client.connected:
+            self._closed_at_s = self._clock()
         self._client.close()
 
 

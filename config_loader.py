@@ -91,6 +91,8 @@ class UnitConfig:
         """``"<host>:<port>/<id>"``: unique per battery (status, events, the control's state)."""
         return f"{self.gateway}/{self.unit_id}"
 
+ON_EXIT_CHOICES = ("stop", "release")
+
 
 @dataclass(frozen=True)
 class BatteryConfig:
@@ -113,6 +115,9 @@ class BatteryConfig:
     framer: str = "socket"
     units: tuple[UnitConfig, ...] = ()
     units_form: bool = False  # the file uses ``battery.units`` (else the seed form ip + akku_ids)
+    # When the program stops: "stop" (force mode 0, RS485 control stays on: the battery idles) or "release"
+    # (43000 <- 1 and 42000 <- 0x55BB: the battery runs its own anti-feed mode again).
+    on_exit: str = "stop"
 
     @property
     def effective_pacing_ms(self) -> int:
@@ -559,6 +564,7 @@ def _battery(sec: _Section) -> BatteryConfig | None:
     pacing = sec.integer("pacing_ms", None, MIN_PACING_MS, 5000, nullable=True)
     framer = sec.string("framer", _default(b, "framer"), choices=FRAMERS)
     units_value = sec.take("units")
+    on_exit = sec.string("on_exit", _default(b, "on_exit"), choices=ON_EXIT_CHOICES)
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
         min_w = sec.conflict(
@@ -568,7 +574,8 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         min_soc = sec.conflict(
             "min_soc_for_discharge", min_soc, "must be below", "max_soc_for_charge", max_soc
         )
-    if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing, framer):
+    if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing, framer,
+                on_exit):
         return None
     defaults = UnitConfig("", port, 1, register_set, max_w, min_w, "", framer)
     if units_form:
@@ -580,7 +587,7 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         seed_ids: tuple[int, ...] = akku_ids
         units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}") for i in seed_ids)
     return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing,
-                         framer, units, units_form)
+                         framer, units, units_form, on_exit)
 
 
 def _seed_ip(sec: _Section) -> Any:

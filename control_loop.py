@@ -26,7 +26,7 @@ from typing import Any
 
 import setup_commands
 from config_loader import Config, UnitConfig
-from devices import BatteryBus, BatteryError, BatteryReading, GridMeter, MeterError
+from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable, GridMeter, MeterError
 from fleet import Fleet, unit_name
 from i18n import Msg
 from modes import ModeFile, ModeRequest, ModeState
@@ -55,6 +55,9 @@ log = logging.getLogger("marstek")
 
 SHUTDOWN_BUDGET_S = 6.0
 CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
+# A gateway that takes no connections for up to this long (the v3 firmware's network reset, 2-5 s) is shown
+# as "reconnecting", not offline; the law leaves its battery out meanwhile.
+RECONNECT_GRACE_S = 10.0
 # Statuses whose reason only counts up or repeats ("meter failed 5x"): logged on a change of status only.
 _QUIET = frozenset({Status.WAITING_FOR_SAMPLE, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED})
 
@@ -86,6 +89,7 @@ class _Battery:
     error: str = ""
     setpoint_w: int = 0
     read_s: float | None = None  # when ``reading`` was taken (control clock)
+    reconnecting: bool = False  # its gateway is briefly unreachable (within RECONNECT_GRACE_S)
 
     @property
     def key(self) -> str:
@@ -178,6 +182,8 @@ class ControlLoop:
                 self.commands.wakeup.wait(max(0.0, self.next_cycle_s - self.clock()))
         finally:
             self.stop_all("shutdown")
+            if self.cfg.battery.on_exit == "release":
+                self.release_all()
             self.publish("stopped")
             self.meter.close()
             self.bus.close()
@@ -230,7 +236,9 @@ class ControlLoop:
         states = [
             BatteryState(b.key, b.online, b.reading.soc_pct if b.reading else None,
                          b.reading.ac_power_w if b.reading else None, read_s=b.read_s if b.reading else None,
-                         max_power_w=b.unit.max_power_per_battery, min_power_w=b.unit.min_power_per_battery)
+                         max_power_w=b.unit.max_power_per_battery, min_power_w=b.unit.min_power_per_battery,
+                         max_charge_w=b.reading.max_charge_w if b.reading else None,
+                         max_discharge_w=b.reading.max_discharge_w if b.reading else None)
             for b in self.batteries.values()
         ]
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
@@ -307,14 +315,18 @@ class ControlLoop:
         for key, result in results.items():
             b = self.batteries[key]
             if isinstance(result, BatteryError):
-                if b.online or not b.error:
+                if (isinstance(result, BatteryUnreachable) and result.outage_s < RECONNECT_GRACE_S
+                        and (b.online or b.reconnecting)):
+                    b.online, b.reconnecting = False, True  # not shown offline yet (network reset)
+                    continue
+                if b.online or b.reconnecting or not b.error:
                     log.warning(Msg("battery_offline", name=b.name, id=b.battery_id, error=str(result)))
-                b.online, b.error = False, str(result)
+                b.online, b.reconnecting, b.error = False, False, str(result)
                 continue
             b.reading, b.read_s = result, read_s
-            if not b.online:
+            if not b.online and not b.reconnecting:
                 log.info(Msg("battery_online", name=b.name, id=b.battery_id, soc=result.soc_pct))
-            b.online, b.error = True, ""
+            b.online, b.reconnecting, b.error = True, False, ""
 
     def apply(self, decision: Decision) -> None:
         """Write each online battery's setpoint, all gateways starting together; a failing one blocks nobody."""
@@ -346,6 +358,15 @@ class ControlLoop:
             failures.append(failure)
         self.controller.reset()
         return failures
+
+    def release_all(self) -> None:
+        """battery.on_exit "release": hand every battery back to its own logic (after stop_all)."""
+        for key, error in self.bus.release_all(self.batteries).items():
+            b = self.batteries[key]
+            if error is None:
+                log.info(Msg("battery_released", name=b.name, id=b.battery_id))
+            else:
+                log.error(Msg("battery_release_failed", name=b.name, id=b.battery_id, error=str(error)))
 
     # ------------------------------------------------------------------ status
     def publish(self, state: str) -> None:
@@ -390,10 +411,14 @@ class ControlLoop:
             mode = "stopped"
         else:
             mode = "discharge" if b.setpoint_w > 0 else "charge" if b.setpoint_w < 0 else "idle"
-        note = b.error or (self.last_decision.battery_notes.get(b.key, "") if self.last_decision else "")
+        note: Msg | str = b.error or (self.last_decision.battery_notes.get(b.key, "") if self.last_decision else "")
+        if b.reconnecting:
+            note = Msg("note_reconnecting")
+        elif r is not None and r.runaway:
+            note = Msg("note_runaway", power=round(r.ac_power_w))
         return BatteryStatus(
             id=b.battery_id,
-            online=b.online,
+            online=b.online or b.reconnecting,
             soc_pct=r.soc_pct if r else None,
             setpoint_w=b.setpoint_w,
             power_w=r.ac_power_w if r else None,

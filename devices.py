@@ -26,6 +26,17 @@ class BatteryError(Exception):
     """A Modbus exchange with one battery failed (no answer, exception response, bad data)."""
 
 
+class BatteryUnreachable(BatteryError):
+    """The battery's gateway does not take connections (a network reset, a restart, unplugged).
+
+    outage_s: how long it has been unreachable, s (the v3 firmware's periodic network reset lasts 2-5 s).
+    """
+
+    def __init__(self, message: str, outage_s: float) -> None:
+        super().__init__(message)
+        self.outage_s = outage_s
+
+
 @dataclass(frozen=True)
 class GridReading:
     """One grid meter sample.
@@ -60,6 +71,8 @@ class BatteryReading:
     rs485_control: True when register 42000 reads 0x55AA.
     force_mode: 0 stop, 1 charge, 2 discharge (register 42010).
     charge_power_w / discharge_power_w: registers 42020 / 42021, W, always >= 0.
+    max_charge_w / max_discharge_w: the firmware's own power limits (EEPROM registers 44002 / 44003, capped
+    at the model's limit), W, >= 0; None = unknown (not read yet, not readable, or not trustworthy).
     """
 
     unit_id: int
@@ -69,6 +82,9 @@ class BatteryReading:
     force_mode: int
     charge_power_w: int
     discharge_power_w: int
+    max_charge_w: int | None = None
+    max_discharge_w: int | None = None
+    runaway: bool = False  # commanded stop, yet it charges/discharges on its own (being handled)
 
 
 class BatteryBus(Protocol):
@@ -90,6 +106,10 @@ class BatteryBus(Protocol):
 
     def stop(self, unit_id: int) -> None:
         """Force mode stop and both power registers 0; raise BatteryError on failure."""
+        ...
+
+    def release(self, unit_id: int) -> None:
+        """Hand the unit back to its own logic (work mode auto, RS485 control off); raise BatteryError."""
         ...
 
     def probe(self, unit_id: int) -> tuple[str, float]:

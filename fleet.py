@@ -213,6 +213,12 @@ class Fleet:
         results = self._round("stop", jobs, budget_s=budget_s)
         return {key: (r if isinstance(r, BatteryError) else None) for key, r in results.items()}
 
+    def release_all(self, keys: Iterable[str] | None = None, budget_s: float = 6.0) -> dict[str, BatteryError | None]:
+        """battery.on_exit "release": hand every unit back to its own logic (after ``stop_all``)."""
+        jobs = {key: _release_job(self.units[key].unit_id) for key in (self.units if keys is None else keys)}
+        results = self._round("release", jobs, budget_s=budget_s)
+        return {key: (r if isinstance(r, BatteryError) else None) for key, r in results.items()}
+
     def _round(self, phase: str, jobs: Mapping[str, Callable[[BatteryBus], T]], *, budget_s: float | None = None
                ) -> dict[str, T | BatteryError]:
         by_gateway: dict[str, list[tuple[str, Callable[[BatteryBus], T]]]] = {}
@@ -362,6 +368,13 @@ def _read_job(unit_id: int) -> Callable[[BatteryBus], BatteryReading]:
 
 def _write_job(unit_id: int, setpoint_w: float, reading: BatteryReading | None) -> Callable[[BatteryBus], int]:
     return lambda bus: bus.write_setpoint(unit_id, setpoint_w, reading)
+
+
+def _release_job(unit_id: int) -> Callable[[BatteryBus], None]:
+    def job(bus: BatteryBus) -> None:
+        bus.release(unit_id)
+
+    return job
 
 
 def _stop_job(unit_id: int) -> Callable[[BatteryBus], None]:

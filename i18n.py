@@ -520,7 +520,20 @@ MESSAGES_DE: dict[str, str] = {
     "battery_online": "{name} erreichbar (SoC {soc} %)",
     "battery_write_failed": "{name}: Schreiben fehlgeschlagen: {error}",
     "battery_stop_failed": "{name} konnte nicht gestoppt werden ({why}): {error}",
+    "device_limit_register": (
+        "Akku {id}: Register {register} = {value} W liegt unter battery.max_power_per_battery ({max} W); "
+        "die Regelung nutzt {value} W – in der Marstek-App die maximale Lade-/Entladeleistung erhöhen"
+    ),
     "battery_no_time_to_stop": "keine Zeit mehr, ihn zu stoppen",
+    "runaway_rewrite": (
+        "Akku {id}: Sollwert Stopp, liefert aber {power} W (eigene Logik der Firmware): alle Steuerregister "
+        "werden neu geschrieben"
+    ),
+    "runaway_reconnect": "Akku {id}: liefert weiter {power} W trotz Stopp: Verbindung wird hart neu aufgebaut",
+    "runaway_over": "Akku {id} folgt seinem Sollwert wieder",
+    "note_runaway": "folgt dem Stopp nicht ({power} W, eigene Logik der Firmware): wird neu angesteuert",
+    "battery_released": "{name} an seine eigene Regelung zurückgegeben (43000 = 1, RS485-Steuerung aus)",
+    "battery_release_failed": "{name} konnte nicht zurückgegeben werden: {error}",
     "setup_entered": "Setup-Modus: Regelung angehalten, alle Akkus gestoppt",
     "setup_left": "Setup-Modus beendet: die Regelung läuft weiter",
     "unknown_command": "unbekannter Befehl {name}",
@@ -532,6 +545,14 @@ MESSAGES_DE: dict[str, str] = {
     "readdressed": "Akku an {gateway} umadressiert: ID 1 -> {id} ({model})",
     "scan_result": "Scan {gateway} {first}..{last}: gefunden {found}",
     "scan_nothing": "nichts",
+    "v3_lan_several_ids": (
+        "{host} ist ein v3-LAN-Anschluss (ein Akku antwortet auf jeder ID): nur ID {id} wird angesteuert – "
+        "ein Akku je IP, in battery.akku_ids nur eine ID für diese Adresse"
+    ),
+    "scan_one_battery_every_id": (
+        "Ein Akku antwortet auf jeder ID: das ist ein v3-LAN-Anschluss (Venus E v3 / A / D) – ein Akku je IP, "
+        "nur eine ID in der Konfiguration"
+    ),
     "config_not_changed": "config.json nicht geändert: {error}",
     "already_configured": "ID {id} ist schon eingetragen",
     "added_to_config": "Akku {id} an {gateway} in die config.json eingetragen",
@@ -586,6 +607,15 @@ MESSAGES_DE: dict[str, str] = {
     "reason_seed_hold": "halten (gemittelt Netz {grid} W)",
     "reason_seed_track": "Ursprungsregelung: {power} W (gemittelt Netz {grid} W)",
     "note_offline": "nicht erreichbar",
+    "note_reconnecting": "Verbindung kurz unterbrochen (Netzwerk-Reset der Firmware?): verbindet neu",
+    "note_device_limit_discharge": (
+        "Akku entlädt höchstens mit {limit} W (statt {max} W): Grenze des Modells oder Register 44003 – "
+        "die maximale Entladeleistung in der Marstek-App erhöhen"
+    ),
+    "note_device_limit_charge": (
+        "Akku lädt höchstens mit {limit} W (statt {max} W): Grenze des Modells oder Register 44002 – "
+        "die maximale Ladeleistung in der Marstek-App erhöhen"
+    ),
     "note_soc_unknown": "Ladestand unbekannt",
     "note_soc_min": "SoC {soc} % an/unter der Untergrenze {limit} %: kein Entladen",
     "note_soc_max": "SoC {soc} % an/über der Obergrenze {limit} %: kein Laden",
@@ -681,7 +711,20 @@ MESSAGES_EN: dict[str, str] = {
     "battery_online": "{name} online (SoC {soc} %)",
     "battery_write_failed": "{name}: write failed: {error}",
     "battery_stop_failed": "Could not stop {name} ({why}): {error}",
+    "device_limit_register": (
+        "Battery {id}: register {register} = {value} W is below battery.max_power_per_battery ({max} W); "
+        "the control uses {value} W - raise the maximum charge/discharge power in the Marstek app"
+    ),
     "battery_no_time_to_stop": "no time left to stop it",
+    "runaway_rewrite": (
+        "Battery {id}: commanded stop but delivers {power} W (the firmware's own logic): writing all control "
+        "registers again"
+    ),
+    "runaway_reconnect": "Battery {id}: still {power} W despite the stop: reconnecting hard",
+    "runaway_over": "Battery {id} follows its setpoint again",
+    "note_runaway": "does not follow the stop ({power} W, the firmware's own logic): taking control again",
+    "battery_released": "{name} handed back to its own control (43000 = 1, RS485 control off)",
+    "battery_release_failed": "{name} could not be handed back: {error}",
     "setup_entered": "Setup mode: control stopped, all batteries stopped",
     "setup_left": "Setup mode left: control resumes",
     "unknown_command": "unknown command {name}",
@@ -693,6 +736,14 @@ MESSAGES_EN: dict[str, str] = {
     "readdressed": "Battery on {gateway} re-addressed: ID 1 -> {id} ({model})",
     "scan_result": "Scan {gateway} {first}..{last}: found {found}",
     "scan_nothing": "nothing",
+    "v3_lan_several_ids": (
+        "{host} is a v3 LAN port (one battery answering on every ID): only ID {id} is driven - "
+        "one battery per IP, only one ID in battery.akku_ids for this address"
+    ),
+    "scan_one_battery_every_id": (
+        "One battery answering on every ID: this is a v3 LAN port (Venus E v3 / A / D) - one battery per IP, "
+        "one ID in the config"
+    ),
     "config_not_changed": "config.json not changed: {error}",
     "already_configured": "ID {id} is already configured",
     "added_to_config": "Battery {id} on {gateway} added to config.json",
@@ -745,6 +796,15 @@ MESSAGES_EN: dict[str, str] = {
     "reason_seed_hold": "hold (avg grid {grid} W)",
     "reason_seed_track": "seed loop: {power} W (avg grid {grid} W)",
     "note_offline": "offline",
+    "note_reconnecting": "connection briefly lost (firmware network reset?): reconnecting",
+    "note_device_limit_discharge": (
+        "the battery discharges at most {limit} W (instead of {max} W): the model's limit or register 44003 - "
+        "raise the maximum discharge power in the Marstek app"
+    ),
+    "note_device_limit_charge": (
+        "the battery charges at most {limit} W (instead of {max} W): the model's limit or register 44002 - "
+        "raise the maximum charge power in the Marstek app"
+    ),
     "note_soc_unknown": "SoC unknown",
     "note_soc_min": "SoC {soc} % at/below minimum {limit} %: no discharge",
     "note_soc_max": "SoC {soc} % at/above maximum {limit} %: no charge",

@@ -17,7 +17,9 @@ from devices import BatteryError
 
 RS485_CONTROL_ON = 0x55AA  # 21930, written to 42000 before forcing power
 RS485_CONTROL_OFF = 0x55BB  # 21947, restores the stored work mode
+WORK_MODE_AUTO = 1  # 43000: the firmware's own anti-feed mode ("auto" in the app)
 FIRMWARE_MAX_POWER_W = 2500  # 42020/42021 > 2500 -> exception 3
+FIRMWARE_MIN_POWER_W = 50  # smaller forced powers are ignored (seed clamps 50-2500 W, section 10)
 
 
 class ForceMode(enum.IntEnum):
@@ -78,6 +80,11 @@ _CONTROL = {
     "force_mode": Register(42010, Kind.U16, writable=True, max_value=2, note="0 stop, 1 charge, 2 discharge; RAM"),
     "charge_power": Register(42020, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
     "discharge_power": Register(42021, Kind.U16, unit="W", writable=True, max_value=FIRMWARE_MAX_POWER_W),
+    "work_mode": Register(43000, Kind.U16, writable=True, max_value=2,
+                          note="0 manual, 1 anti-feed, 2 AI; EEPROM: written only when leaving control"),
+    # EEPROM, set in the Marstek app (or by another tool): read only, never a control variable.
+    "max_charge_power": Register(44002, Kind.U16, unit="W", note="clamps every forced charge; EEPROM"),
+    "max_discharge_power": Register(44003, Kind.U16, unit="W", note="clamps every forced discharge; EEPROM"),
 }
 
 REGISTER_SETS: dict[str, dict[str, Register]] = {
@@ -85,6 +92,7 @@ REGISTER_SETS: dict[str, dict[str, Register]] = {
     "v2": {
         "device_name": Register(31000, Kind.STR, string_regs=10),
         "soc": Register(32104, Kind.U16, unit="%"),
+        "firmware": Register(31101, Kind.U16, note="EMS firmware version"),
         "ac_power": Register(32202, Kind.S32, unit="W", note="+ discharging, - charging"),
         **_CONTROL,
     },
@@ -92,9 +100,24 @@ REGISTER_SETS: dict[str, dict[str, Register]] = {
     "v3": {
         "device_name": Register(31000, Kind.STR, string_regs=10),
         "soc": Register(34002, Kind.U16, scale=0.1, unit="%"),
+        "firmware": Register(30200, Kind.U16, note="EMS firmware version"),
         "ac_power": Register(30006, Kind.S16, unit="W", note="+ discharging, - charging"),
         **_CONTROL,
     },
 }
 
 DEFAULT_PACING_S = {"v2": 0.05, "v3": 0.15}
+
+# Model power limits by device-name prefix (register 31000): (limit W, limit W from firmware 148 on).
+# Venus A 1200 -> 1500 W and Venus D 2200 -> 2500 W with EMS firmware 148 (marstek-modbus.md section 1;
+# the 1500 W figure is a user report). Venus E and anything unknown: the firmware limit 2500 W.
+MODEL_LIMITS_W: dict[str, tuple[int, int]] = {"VNSA": (1200, 1500), "VNSD": (2200, 2500)}
+MODEL_LIMIT_FIRMWARE = 148
+
+
+def model_limit_w(device_name: str, firmware: int | None) -> int:
+    """The model's documented AC power limit, W (2500 when the model is not known)."""
+    for prefix, (before_w, since_w) in MODEL_LIMITS_W.items():
+        if device_name.upper().startswith(prefix):
+            return since_w if firmware is not None and firmware >= MODEL_LIMIT_FIRMWARE else before_w
+    return FIRMWARE_MAX_POWER_W

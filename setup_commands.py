@@ -43,8 +43,14 @@ def is_v3_lan(units: Sequence[UnitConfig]) -> bool:
 def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Callable[[], None], *,
          first_id: int = 1, last_id: int = 10) -> dict[str, Any]:
     """Every unit answering on ``first_id..last_id`` behind ``gateway`` and the next ID neither answering nor
-    configured there. A v3 LAN port answers on every ID: it is reported once, with a note that it needs no new ID."""
+    configured there.
+
+    A v3 LAN port answers on every ID (marstek-modbus.md section 1): a configured v3 LAN host is reported once,
+    with a note that it needs no new ID. Elsewhere, several IDs answering and the unused ID 247 too means the
+    same: one v3 battery on its LAN port - said in ``message`` and the log, ``one_battery_on_every_id``.
+    """
     v3_lan = is_v3_lan(units)
+    configured = {u.unit_id for u in units}
     found: list[dict[str, Any]] = []
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
         for i in range(first_id, last_id + 1):
@@ -53,13 +59,19 @@ def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Call
                 found.append(hit)
                 if v3_lan:
                     break
-    taken = {f["id"] for f in found} | {u.unit_id for u in units}
+        every_id = v3_lan or (len(found) > 1 and MAX_UNIT_ID not in configured and last_id < MAX_UNIT_ID
+                              and _probe(bus, MAX_UNIT_ID, alive) is not None)
+    taken = {f["id"] for f in found} | configured
     next_free = next((i for i in range(FIRST_NEW_ID, MAX_UNIT_ID + 1) if i not in taken), None)
     log.info(Msg("scan_result", gateway=gateway, first=first_id, last=last_id,
                  found=[f["id"] for f in found] or Msg("scan_nothing")))
-    result: dict[str, Any] = {"gateway": gateway, "found": found, "next_free_id": next_free}
+    result: dict[str, Any] = {"gateway": gateway, "found": found, "next_free_id": next_free,
+                              "one_battery_on_every_id": every_id}
     if v3_lan:
         result["note"] = Msg("v3_lan_no_id_change", gateway=gateway)
+    elif every_id:
+        result["message"] = Msg("scan_one_battery_every_id")
+        log.warning(result["message"])
     return result
 
 

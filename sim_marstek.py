@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -51,6 +52,7 @@ RS485_OFF = 0x55BB  # 21947
 FORCE_STOP, FORCE_CHARGE, FORCE_DISCHARGE = 0, 1, 2
 MAX_SETPOINT_W = 2500
 V3_MAX_READ_COUNT = 32  # larger reads get no answer at all on v3
+LAN_SLOT_FREE_S = 1.0  # a v3 LAN port takes a new client only this long after the last one left (MVEM)
 
 EXC_ILLEGAL_FUNCTION = 1
 EXC_ILLEGAL_ADDRESS = 2
@@ -87,6 +89,16 @@ _PLAIN_REGISTERS: dict[int, str] = {
 }
 
 
+def _model_limit_w(model: str, firmware: int) -> int:
+    """What the model delivers at most (marstek-modbus.md section 1): Venus A 1200 W (1500 W from firmware
+    148 on), Venus D 2200 W (2500 W from 148 on), everything else 2500 W."""
+    limits = {"VNSA": (1200, 1500), "VNSD": (2200, 2500)}
+    for prefix, (before_w, since_w) in limits.items():
+        if model.upper().startswith(prefix):
+            return since_w if firmware >= 148 else before_w
+    return MAX_SETPOINT_W
+
+
 def _u16(v: float) -> int:
     return max(0, min(0xFFFF, round(v)))
 
@@ -119,6 +131,14 @@ class UnitSpec:
     soc_pct: float = 50.0
     max_power_w: float = 2500.0
     capacity_wh: float = 5120.0
+    # Firmware quirks (marstek-modbus.md §4): the defaults are what the real firmware does.
+    model: str | None = None  # device name in 31000; None: "VNSE-2" (v2) / "VNSE3-0" (v3). "VNSA-0": Venus A
+    firmware: int | None = None  # EMS firmware (31101 v2, default 153 / 30200 v3, default 150); A/D: more from 148
+    max_charge_power_w: int = MAX_SETPOINT_W  # EEPROM 44002, as set in the app (a reset or evcc may lower it)
+    max_discharge_power_w: int = MAX_SETPOINT_W  # EEPROM 44003
+    min_setpoint_w: float = 50.0  # smaller forced powers are ignored by the firmware (seed clamps >= 50 W)
+    drop_clears_setpoints: bool = True  # leaving RS485 control resets 42010/42020/42021 to 0
+    rs485_watchdog_s: float | None = None  # leave RS485 control unless 42000 is re-written this often (uncertain)
 
 
 class SimUnit:
@@ -148,7 +168,9 @@ class SimUnit:
         self.unit_id = int(spec.unit_id)
         self.register_set = spec.register_set
         plant_params = PlantParams(**{**params.__dict__})
-        plant_params.max_power_w = float(spec.max_power_w)
+        self.model = spec.model or ("VNSE3-0" if spec.register_set == "v3" else "VNSE-2")
+        self.firmware = int(spec.firmware if spec.firmware is not None else 150 if spec.register_set == "v3" else 153)
+        plant_params.max_power_w = min(float(spec.max_power_w), float(_model_limit_w(self.model, self.firmware)))
         plant_params.capacity_wh = float(spec.capacity_wh)
         self.plant = BatteryPlant(plant_params, soc_pct=spec.soc_pct, now_s=now_s)
         self.silent = False
@@ -161,11 +183,17 @@ class SimUnit:
         self.target_soc_pct = 100
         self.work_mode = 1
         self.backup_disabled = 0
-        self.max_charge_power_w = MAX_SETPOINT_W
-        self.max_discharge_power_w = MAX_SETPOINT_W
+        self.max_charge_power_w = int(spec.max_charge_power_w)
+        self.max_discharge_power_w = int(spec.max_discharge_power_w)
         self.cutoff_charge = 1000  # v2 44000, ×0.1 %
         self.cutoff_discharge = 120  # v2 44001, ×0.1 %
         self.write_log: list[tuple[int, int]] = []
+        self.runaway_w: float | None = None  # own logic at this power despite the registers (slip_out)
+        self.deaf = False  # writes ACKed but ignored until the next connection
+        self.drop_clears_setpoints = bool(spec.drop_clears_setpoints)
+        self.min_setpoint_w = float(spec.min_setpoint_w)
+        self.rs485_watchdog_s = spec.rs485_watchdog_s
+        self._rs485_written_s = now_s
         self._commanded_w = 0.0
         self._regs = self._build_register_map()
 
@@ -201,15 +229,37 @@ class SimUnit:
             self.plant.soc_pct = max(0.0, min(100.0, float(pct)))
 
     def drop_rs485(self) -> None:
-        """Leave RS485 control silently, as the firmware sometimes does (setpoints stay but are ignored)."""
+        """Leave RS485 control silently, as the firmware sometimes does (after read timeouts, a client restart,
+        marstek-modbus.md §4). With ``drop_clears_setpoints`` (the default) force mode and both setpoints
+        read 0 afterwards (Omnibattery #477); without it they stay but are ignored."""
         with self._lock:
             self.rs485_control = False
+            if self.drop_clears_setpoints:
+                self._clear_setpoints()
             self._apply()
+
+    def reset_setpoints(self) -> None:
+        """Force mode stop and both setpoints 0 (RS485 control unchanged), as after a v3 LAN reconnect."""
+        with self._lock:
+            self._clear_setpoints()
+            self._apply()
+
+    def _clear_setpoints(self) -> None:
+        self.force_mode = FORCE_STOP
+        self.charge_power_w = 0
+        self.discharge_power_w = 0
+
+    def _watchdog(self) -> None:
+        """Firmware that leaves RS485 control unless 42000 is re-written every ``rs485_watchdog_s`` (MVEM #244)."""
+        if (self.rs485_watchdog_s is not None and self.rs485_control
+                and self.plant.now_s - self._rs485_written_s >= self.rs485_watchdog_s):
+            self.drop_rs485()
 
     # -- register access (called by the SimGateway under the simulation lock) ------------------------
 
     def read_registers(self, address: int, count: int) -> list[int] | int:
         """Register values for a FC03 read, or a Modbus exception code."""
+        self._watchdog()
         out: list[int] = []
         for addr in range(address, address + count):
             getter = self._regs.get(addr)
@@ -223,13 +273,22 @@ class SimUnit:
 
         41100 (unit id) is validated here and applied by the ``SimGateway`` (re-addressing).
         """
+        self._watchdog()
         self.write_log.append((address, value))
         if len(self.write_log) > _WRITE_LOG_MAX:
             del self.write_log[: len(self.write_log) - _WRITE_LOG_MAX]
         code = self._check_write(address, value)
         if code is not None:
             return code
+        if self.deaf:
+            return None  # ACKed, ignored
+        if address == REG_RS485 and value == RS485_ON and self.runaway_w is not None:
+            self.runaway_w = None  # back under control
         if address == REG_RS485:
+            if value == RS485_ON:
+                self._rs485_written_s = self.plant.now_s
+            elif self.rs485_control and self.drop_clears_setpoints:
+                self._clear_setpoints()
             self.rs485_control = value == RS485_ON
         elif address == REG_WORK_MODE:
             self.work_mode = value
@@ -255,19 +314,39 @@ class SimUnit:
     def _reboot(self) -> None:
         # RAM registers are 0 after a reboot; RS485 control is off (marstek-modbus.md §4, §5).
         self.rs485_control = False
-        self.force_mode = FORCE_STOP
-        self.charge_power_w = 0
-        self.discharge_power_w = 0
+        self._clear_setpoints()
         self.target_soc_pct = 0
+
+    def slip_out(self, own_power_w: float, deaf: bool = True) -> None:
+        """The unit slips out of forced mode and runs its own logic at ``own_power_w`` (+ discharge) while the
+        registers still read what was written (Omnibattery #434/#145). ``deaf``: writes over the live
+        connection are ACKed but ignored until the client connects anew; otherwise writing 0x55AA to 42000
+        brings it back."""
+        with self._lock:
+            self.runaway_w = float(own_power_w)
+            self.deaf = bool(deaf)
+            self._apply()
+
+    def connection_reset(self) -> None:
+        """A client connected anew: a deaf unit listens again and is back under control (RS485 gateways
+        and v3 LAN ports alike: the firmware's Modbus task restarts with the connection)."""
+        with self._lock:
+            if self.runaway_w is not None and self.deaf:
+                self.runaway_w, self.deaf = None, False
+                self._apply()
 
     def _apply(self) -> None:
         """Recompute the commanded power from the registers and hand it to the plant."""
         wanted = 0.0
-        if self.rs485_control:
+        if self.runaway_w is not None:
+            wanted = self.runaway_w
+        elif self.rs485_control:
             if self.force_mode == FORCE_CHARGE:
                 wanted = -float(min(self.charge_power_w, self.max_charge_power_w))
             elif self.force_mode == FORCE_DISCHARGE:
                 wanted = float(min(self.discharge_power_w, self.max_discharge_power_w))
+            if abs(wanted) < self.min_setpoint_w:
+                wanted = 0.0  # below what the firmware acts on
         if wanted != self._commanded_w:
             self._commanded_w = wanted
             self.plant.command(wanted, self.plant.now_s)
@@ -304,7 +383,7 @@ class SimUnit:
             r[addr] = lambda: fn()[0]
             r[addr + 1] = lambda: fn()[1]
 
-        name = _ascii_regs("VNSE3-0" if v3 else "VNSE-2")
+        name = _ascii_regs(self.model)
         for i, word in enumerate(name):
             r[REG_DEVICE_NAME + i] = const(word)
         soc_int = lambda: _u16(plant.soc_pct)  # noqa: E731
@@ -333,7 +412,7 @@ class SimUnit:
         r[REG_MAX_DISCHARGE] = lambda: self.max_discharge_power_w
         if not v3:
             r[31100] = const(103)  # SW version 0.01 → 1.03
-            r[31101] = const(153)  # EMS firmware
+            r[31101] = lambda: self.firmware  # EMS firmware
             r[31102] = const(213)  # BMS version
             r[32100] = lambda: _u16(self._battery_voltage_v() * 100.0)  # 0.01 V
             # battery current 0.01 A, + discharging
@@ -354,7 +433,7 @@ class SimUnit:
             r[30007] = const(0)  # off-grid power
             r[30100] = lambda: _u16(self._battery_voltage_v() * 100.0)  # 0.01 V
             r[30101] = lambda: _s16(-self._dc_power_w() / self._battery_voltage_v() * 10.0)  # 0.1 A
-            r[30200] = const(150)  # EMS version
+            r[30200] = lambda: self.firmware  # EMS version
             r[30202] = const(108)  # VMS version
             r[30204] = const(215)  # BMS version
             r[32105] = lambda: _u16(plant.soc_pct / 100.0 * plant.params.capacity_wh)  # 1 Wh
@@ -394,19 +473,32 @@ class SimGateway:
         self,
         units: Iterable[SimUnit] = (),
         lock: threading.RLock | None = None,
-        close_after_exception: bool = False,
+        close_after_exception: bool | None = None,
+        lan: bool | None = None,
     ) -> None:
         self.lock = lock if lock is not None else threading.RLock()
-        self.close_after_exception = bool(close_after_exception)
+        self._units: list[SimUnit] = list(units)
+        # A v3 battery on its own LAN port (default: a gateway whose only unit is v3); else an RS485 gateway.
+        self.lan = (len(self._units) == 1 and self._units[0].register_set == "v3") if lan is None else bool(lan)
+        # v3 LAN firmware closes the connection after every exception response (marstek-modbus.md section 7).
+        self.close_after_exception = self.lan if close_after_exception is None else bool(close_after_exception)
+        # v3 LAN exception frames say MBAP length 4 but carry 3 bytes (schau; MVEM).
+        self.malformed_exceptions = self.lan
+        self.one_client = self.lan  # one TCP client at a time, the slot freed LAN_SLOT_FREE_S after it left
+        self.answers_every_id = self.lan  # the unit ID is ignored on the LAN port
+        self.requests_total = 0  # requests answered or refused (not counting ones nobody answers)
+        self.connections_log: list[tuple[str, float]] = []  # ("open"/"refused"/"closed", time.monotonic())
+        self._clients = 0
+        self._slot_freed_s = float("-inf")
         self.framer = "socket"  # "rtu": Modbus RTU frames over TCP (a gateway in transparent mode)
         self.host = "127.0.0.1"
         self.port: int | None = None
-        self._units: list[SimUnit] = list(units)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: ModbusTcpServer | None = None
         self._echo: tuple[int, int, list[int]] | None = None  # (device id, address, values) of the last FC06
+        self._outage_port: int | None = None  # the port to listen on again after a network reset
 
     # -- units ----------------------------------------------------------------------------------------
 
@@ -510,12 +602,69 @@ class SimGateway:
         async def drop() -> int:
             connections = list(server.active_connections.values())
             for connection in connections:
+                if isinstance(connection, _SimRequestHandler):
+                    connection.free_at_once = True  # a reset: the slot is free at once
                 connection.close()
             return len(connections)
 
         return asyncio.run_coroutine_threadsafe(drop(), loop).result(timeout=5.0)
 
+    def network_reset(self, outage_s: float | None = None) -> None:
+        """The firmware resets its network chip (v150 without cloud access: every 1800 s on LAN, 900 s on
+        Wi-Fi, 2-5 s each, marstek-modbus.md section 9): every connection drops and none is taken until
+        ``network_back()``, or for ``outage_s`` seconds of wall time when given. The units keep running."""
+        port = self.port
+        if port is None:
+            raise RuntimeError("Modbus gateway not started")
+        self._outage_port = port
+        self.stop()
+        self.port = port  # where it will listen again
+        if outage_s is not None:
+            timer = threading.Timer(outage_s, self.network_back)
+            timer.daemon = True
+            timer.start()
+
+    def network_back(self) -> None:
+        """End a ``network_reset``: listen on the same port again."""
+        port = self._outage_port
+        if port is None or self._thread is not None:
+            return
+        self._outage_port = None
+        self.start(self.host, port)
+
     # -- requests (called from the server's asyncio thread) -----------------------------------------
+
+    def admit(self) -> bool:
+        """A client connected: False when a v3 LAN port refuses it (another client holds the one slot, or
+        it left less than LAN_SLOT_FREE_S ago). On a v3 LAN port force mode and setpoints read 0 after a
+        reconnect (firmware V150, Omnibattery #477, evcc #33459): the client must write them again."""
+        with self.lock:
+            now = time.monotonic()
+            if self.one_client and (self._clients > 0 or now - self._slot_freed_s < LAN_SLOT_FREE_S):
+                self.connections_log.append(("refused", now))
+                return False
+            self._clients += 1
+            self.connections_log.append(("open", now))
+            for unit in self._units:
+                unit.connection_reset()
+            if self.lan:
+                for unit in self._units:
+                    unit.reset_setpoints()
+            return True
+
+    def released(self, at_once: bool = False) -> None:
+        """An admitted client left; its slot is free again LAN_SLOT_FREE_S later (at once after a reset)."""
+        with self.lock:
+            self._clients = max(0, self._clients - 1)
+            self._slot_freed_s = time.monotonic() - (LAN_SLOT_FREE_S if at_once else 0.0)
+            self.connections_log.append(("closed", self._slot_freed_s))
+
+    def malform(self, sending: bool, packet: bytes) -> bytes:
+        """The server's raw-frame hook: v3 LAN exception frames go out with MBAP length 4 for 3 bytes."""
+        if (sending and self.malformed_exceptions and len(packet) == 9 and packet[7] & 0x80
+                and packet[4:6] == b"\x00\x03"):
+            return packet[:4] + b"\x00\x04" + packet[6:]
+        return packet
 
     def answer_delay_s(self, device_id: int) -> float:
         """How late the unit on ``device_id`` answers (``SimUnit.slow_s``), s."""
@@ -524,8 +673,12 @@ class SimGateway:
 
     def _unit_for_request(self, device_id: int) -> SimUnit:
         """The unit that answers ``device_id``; NoSuchIdException (= no answer at all) when none does."""
+        if self.answers_every_id and len(self._units) == 1 and not self._units[0].silent:
+            self.requests_total += 1
+            return self._units[0]
         for u in self._units:
             if u.unit_id == device_id and not u.silent:
+                self.requests_total += 1
                 return u
         raise NoSuchIdException(f"no unit answers on id {device_id}")
 
@@ -620,9 +773,31 @@ class _BusContext(ModbusServerContext):
 
 
 class _SimRequestHandler(ServerRequestHandler):
-    """One client connection; closes it after an exception response when the gateway asks for it (v3)."""
+    """One client connection; closes it after an exception response when the gateway asks for it (v3), and
+    at once when a v3 LAN port's one client slot is taken."""
 
     server: _SimModbusServer
+    _admitted = False
+    free_at_once = False
+
+    def callback_connected(self) -> None:
+        super().callback_connected()
+        self._admitted = self.server.gateway.admit()
+        if not self._admitted:
+            self.close()
+
+    def callback_disconnected(self, exc: Exception | None) -> None:
+        self._release()
+        super().callback_disconnected(exc)
+
+    def close(self, reconnect: bool = False) -> None:
+        self._release()
+        super().close(reconnect)
+
+    def _release(self) -> None:
+        if self._admitted:
+            self._admitted = False
+            self.server.gateway.released(self.free_at_once)
 
     def server_send(self, pdu: ModbusPDU | None, addr: Any) -> None:
         super().server_send(pdu, addr)
@@ -638,4 +813,4 @@ class _SimModbusServer(ModbusTcpServer):
         super().__init__(_BusContext(gateway), **kwargs)
 
     def callback_new_connection(self) -> ServerRequestHandler:
-        return _SimRequestHandler(self, self.trace_packet, self.trace_pdu, self.trace_connect)
+        return _SimRequestHandler(self, self.gateway.malform, self.trace_pdu, self.trace_connect)

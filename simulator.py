@@ -118,7 +118,8 @@ class Simulation:
         meter_noise_w: float = 10.0,
         meter_delay_s: float = 10.0,
         tick_s: float = 0.02,
-        close_after_exception: bool = False,
+        close_after_exception: bool | None = None,
+        lan: bool | None = None,
         gateways: Sequence[Sequence[UnitSpec]] = (),
     ) -> None:
         self.shelly = ShellyEmulator(self, shelly_profile, shelly_password, seed=seed, delay_s=meter_delay_s)
@@ -145,6 +146,7 @@ class Simulation:
             [SimUnit(spec, self.plant_params, 0.0, self._lock) for spec in specs],
             lock=self._lock,
             close_after_exception=close_after_exception,
+            lan=lan,
         )
         self._gateways: list[SimGateway] = [primary]  # one per host:port; all share the physics lock
         self._gateway_ports: list[int] = [0]  # the port each gateway asks for at start() (0: ephemeral)

@@ -120,6 +120,9 @@ class BatteryState:
     soc_pct: float | None
     power_w: float | None
     read_s: float | None = None  # when power_w was read (same clock as now_s); None: at the step
+    # The battery's own power limits (EEPROM 44002/44003, the model's limit), W; None = not known.
+    max_charge_w: float | None = None
+    max_discharge_w: float | None = None
     max_power_w: float | None = None
     min_power_w: float | None = None
 
@@ -161,13 +164,19 @@ def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, Msg
         return 0.0, 0.0, Msg("note_soc_unknown")
     can_discharge = b.soc_pct > p.min_soc_pct
     can_charge = b.soc_pct < p.max_soc_pct
+    unit_w = unit_max_w(b, p)  # the configured limit of this unit
+    max_charge_w = unit_w if b.max_charge_w is None else min(unit_w, b.max_charge_w)
+    max_discharge_w = unit_w if b.max_discharge_w is None else min(unit_w, b.max_discharge_w)
     note = None
     if not can_discharge:
         note = Msg("note_soc_min", soc=b.soc_pct, limit=p.min_soc_pct)
     elif not can_charge:
         note = Msg("note_soc_max", soc=b.soc_pct, limit=p.max_soc_pct)
-    max_w = unit_max_w(b, p)
-    return (max_w if can_charge else 0.0), (max_w if can_discharge else 0.0), note
+    elif max_discharge_w < unit_w:
+        note = Msg("note_device_limit_discharge", limit=round(max_discharge_w), max=round(unit_w))
+    elif max_charge_w < unit_w:
+        note = Msg("note_device_limit_charge", limit=round(max_charge_w), max=round(unit_w))
+    return (max_charge_w if can_charge else 0.0), (max_discharge_w if can_discharge else 0.0), note
 
 
 def distribute(
@@ -519,7 +528,8 @@ class FastController:
             wanted_w = 0.0
         demand_w = wanted_w + (p.target_grid_discharge_w if wanted_w > 0 else p.target_grid_charge_w
                                if wanted_w < 0 else 0.0)
-        setpoints, notes = distribute(wanted_w, batteries, p, self.limits_w(1 if wanted_w > 0 else -1))
+        setpoints, split_notes = distribute(wanted_w, batteries, p, self.limits_w(1 if wanted_w > 0 else -1))
+        notes = {**split_notes, **notes}  # a paused battery keeps its note while the others take its share
         new_total_w = float(sum(setpoints.values()))
         change_w = new_total_w - command_w
 

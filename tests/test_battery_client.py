@@ -41,7 +41,8 @@ def test_register_table_is_consistent(name):
             assert 0 < reg.max_value <= 2500 or reg.address == 42000, key
     needed = {"soc", "ac_power", "rs485_control", "force_mode", "charge_power", "discharge_power", "unit_id"}
     assert needed <= set(table)
-    assert 44002 not in {r.address for r in table.values()}  # EEPROM: never a control variable
+    # EEPROM: read (the firmware's own limits), never written, never a control variable.
+    assert {r.address for r in table.values() if not r.writable} >= {44002, 44003}
 
 
 @pytest.mark.parametrize(
@@ -81,7 +82,9 @@ def test_reads_soc_power_and_control_state(register_set):
 def test_discharge_then_charge_then_stop_write_the_documented_registers(sim, gateway):
     unit = sim.unit(1)
     writes = gateway.write_setpoint(1, 800, gateway.read(1))
-    assert writes == 3  # 42000, 42021, 42010
+    # RS485 control reads off: every control register is unknown -> 42000, 42021, 42010 and 42020 <- 0.
+    assert writes == 4
+    assert [a for a, _ in unit.write_log[-4:]] == [42000, 42021, 42010, 42020]
     assert unit.rs485_control and unit.force_mode == 2 and unit.discharge_power_w == 800
     wait_until(lambda: unit.power_w > 760, 10.0, "battery discharges")
     assert gateway.read(1).ac_power_w > 700  # + discharge
@@ -118,7 +121,9 @@ def test_rs485_control_is_reasserted_when_the_read_back_shows_it_dropped(sim, ga
     assert reading.rs485_control is False
     gateway.write_setpoint(1, 700, reading)
     assert unit.rs485_control is True
-    assert (42000, RS485_CONTROL_ON) in list(unit.write_log)[-3:]
+    # The drop reset force mode and setpoints (firmware default): all of them are written again.
+    assert (unit.force_mode, unit.discharge_power_w) == (2, 700)
+    assert (42000, RS485_CONTROL_ON) in list(unit.write_log)[-4:]
 
 
 def test_pacing_between_frames(sim):
@@ -190,3 +195,15 @@ def test_set_unit_id_readdresses_and_verifies(sim, gateway):
         gateway.probe(1)
     with pytest.raises(ValueError):
         gateway.set_unit_id(248)
+
+
+def test_setpoints_below_50_w_are_raised_to_what_the_firmware_acts_on(sim, gateway):
+    """The firmware ignores forced powers below ~50 W (the simulator too): a 30 W setpoint becomes 50 W."""
+    unit = sim.unit(1)
+    write = unit.write_register  # the simulator on its own first: 30 W is acknowledged and ignored
+    for address, value in ((42000, 0x55AA), (42021, 30), (42010, 2)):
+        assert write(address, value) is None
+    assert unit.commanded_w == 0.0
+    gateway.write_setpoint(1, 30, gateway.read(1))
+    assert unit.discharge_power_w == 50
+    wait_until(lambda: unit.power_w > 45, 10.0, "the battery delivers 50 W")

@@ -3,13 +3,20 @@ nothing, RS485 control dropped by the firmware (marstek-modbus.md §4, §10)."""
 
 from __future__ import annotations
 
-from simulator import PlantParams, UnitSpec
+import itertools
+import threading
+
+import pytest
+
+from config_loader import ConfigError, parse_config
+from simulator import PlantParams, Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.loop_rig import (
     LAW,
     QUICK,
     Rig,
     battery_doc,
+    discharging,
     fake_clock,
     fault_config,
     make_loop,
@@ -116,3 +123,170 @@ def test_bms_cut_off_near_empty_stops_discharge(sim):
         loop.stop_all("test")
         loop.bus.close()
         loop.meter.close()
+
+
+def test_rs485_drop_clears_the_setpoints_and_one_cycle_writes_them_all_again(rig: Rig) -> None:
+    """Leaving RS485 control resets 42010/42020/42021 to 0 (Omnibattery #477, Viper #267/#277). The next cycle
+    sees 42000 off and writes all four control registers, not just 42000: delivery is back after one cycle."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)) and sim.unit(1).power_w > 500, 30, "discharging")
+    for _ in range(3):
+        setpoint_w = sim.unit(1).discharge_power_w
+        sim.unit(1).drop_rs485()
+        assert stopped(sim.unit(1)) and not sim.unit(1).rs485_control  # what the firmware does
+        loop.cycle()
+        clock.advance(1.0)
+        u = sim.unit(1)
+        # The setpoint is back (the law may raise it: the drop cost power, the grid imported meanwhile).
+        assert u.rs485_control and u.force_mode == 2 and u.discharge_power_w >= 0.8 * setpoint_w, (
+            u.rs485_control, u.force_mode, u.discharge_power_w, setpoint_w)
+    assert 1 not in loop.controller.limits_w(1)  # never taken for "delivers nothing"
+
+
+def test_rs485_control_is_reasserted_at_least_every_30_s_while_forcing(rig: Rig) -> None:
+    """Some v3 firmware leaves RS485 control after 90-120 s unless 42000 is re-written (MVEM #244): the client
+    re-writes the RAM register 42000 while forcing, even when every read-back says it is on."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+    written_at: list[float] = []
+    for _ in range(130):
+        before = len([w for w in sim.unit(1).write_log if w == (42000, 0x55AA)])
+        loop.cycle()
+        if len([w for w in sim.unit(1).write_log if w == (42000, 0x55AA)]) > before:
+            written_at.append(clock())
+        clock.advance(1.0)
+    assert sim.unit(1).rs485_control and discharging(sim.unit(1))
+    gaps = [b - a for a, b in itertools.pairwise(written_at)]
+    assert len(written_at) >= 4 and max(gaps) <= 30.0, written_at
+
+
+def test_simulated_rs485_watchdog_leaves_control_unless_42000_is_rewritten() -> None:
+    """The simulator's option for the firmware watchdog (uncertain, so off by default): without a 42000 write
+    for ``rs485_watchdog_s`` the unit leaves RS485 control and, like every drop, clears its setpoints."""
+    sim = Simulation(units=[UnitSpec(1, rs485_watchdog_s=90.0)], plant=PlantParams(dead_time_s=0.0, tau_s=0.05))
+    unit = sim.unit(1)
+    for address, value in ((42000, 0x55AA), (42021, 800), (42010, 2)):
+        assert unit.write_register(address, value) is None
+    sim.step(60.0)
+    assert unit.read_registers(42000, 1) == [0x55AA] and unit.power_w > 700
+    assert unit.write_register(42000, 0x55AA) is None  # re-asserted: the 90 s start again
+    sim.step(80.0)
+    assert unit.read_registers(42000, 1) == [0x55AA]
+    sim.step(15.0)
+    assert unit.read_registers(42000, 1) == [0x55BB] and stopped(unit)
+    sim.step(5.0)
+    assert abs(unit.power_w) < 1.0
+
+
+def test_eeprom_limit_below_the_maximum_is_used_and_explained_instead_of_pausing(rig: Rig, caplog) -> None:
+    """44003 (max discharge power, EEPROM) set low by the app, a reset or another tool clamps every forced
+    discharge: the law gives the battery only that much (the other takes the rest) instead of pausing it as
+    "delivers nothing", and the note and the log name the register and the fix."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0, max_discharge_power_w=300), UnitSpec(2, soc_pct=60.0)],
+                         **QUICK)
+    sim.set_load_w(2000.0)
+    clock = fake_clock()
+    with caplog.at_level("WARNING"):
+        loop = rig.loop(fault_config(sim, [1, 2]), clock)
+        run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - 20.0) < 60 and discharging(sim.unit(1)), 40,
+                  "regulated with battery 1 at its limit", step_s=1.0)
+    assert "44003" in caplog.text
+    for _ in range(40):  # and it stays that way: no pause, never more than 300 W asked of it
+        loop.cycle()
+        clock.advance(1.0)
+        assert sim.unit(1).discharge_power_w <= 300
+    assert sim.unit(1).power_w > 250 and 1 not in loop.controller.limits_w(1)
+    note = battery_doc(loop, 1)["note"]
+    assert "44003" in note and "300" in note, note
+
+
+def test_eeprom_charge_limit_zero_means_no_charging_on_v2(rig: Rig) -> None:
+    """evcc's "hold" writes 44002 <- 0: on a v2 unit that is trusted, the battery is not asked to charge."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=40.0, max_charge_power_w=0), UnitSpec(2, soc_pct=40.0)],
+                         **QUICK)
+    sim.set_load_w(300.0)
+    sim.set_pv_w(1500.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1, 2]), clock)
+    run_until(loop, clock, lambda: sim.unit(2).force_mode == 1 and sim.unit(2).power_w < -900, 40,
+              "battery 2 takes the surplus", step_s=1.0)
+    assert sim.unit(1).force_mode != 1 and "44002" in battery_doc(loop, 1)["note"]
+
+
+@pytest.mark.parametrize("on_exit", ["stop", "release"])
+def test_leaving_control_stops_or_hands_the_battery_back(rig: Rig, on_exit: str) -> None:
+    """battery.on_exit: "stop" (default) leaves force mode 0 with RS485 control on (the battery idles until it
+    reboots); "release" writes 43000 <- 1 and then 42000 <- 0x55BB, as evcc's "normal" does."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], on_exit=on_exit), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+    stop = threading.Event()
+    stop.set()
+    loop.run(stop)  # the thread's exit path: stop, then (maybe) release
+    u = sim.unit(1)
+    assert stopped(u)
+    if on_exit == "stop":
+        assert u.rs485_control and (43000, 1) not in u.write_log
+    else:
+        assert not u.rs485_control and u.work_mode == 1
+        assert u.write_log[-2:] == [(43000, 1), (42000, 0x55BB)]
+
+
+def test_on_exit_is_checked_in_the_config() -> None:
+    shelly = {"ip": "192.168.1.100"}
+    assert parse_config({"shelly": shelly, "battery": {"ip": "192.168.1.5"}}).battery.on_exit == "stop"
+    with pytest.raises(ConfigError, match=r"battery\.on_exit"):
+        parse_config({"shelly": shelly, "battery": {"ip": "192.168.1.5", "on_exit": "idle"}})
+
+
+@pytest.mark.parametrize(("firmware", "limit_w"), [(147, 1200), (150, 1500)])
+def test_venus_a_is_capped_at_its_model_limit(rig: Rig, firmware: int, limit_w: int) -> None:
+    """A Venus A (device name VNSA in 31000) delivers 1200 W, 1500 W from EMS firmware 148 on: read once at the
+    start, it caps the battery's setpoints so that the other battery takes the rest at once."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0, model="VNSA-0", firmware=firmware),
+                                UnitSpec(2, soc_pct=60.0)], lan=False, **QUICK)
+    sim.set_load_w(3400.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1, 2]), clock)
+    run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - 20.0) < 60, 40, "regulated", step_s=1.0)
+    for _ in range(10):
+        loop.cycle()
+        clock.advance(1.0)
+        assert 0 < sim.unit(1).discharge_power_w <= limit_w
+    assert sim.unit(1).power_w == pytest.approx(limit_w, abs=60)
+    assert str(limit_w) in battery_doc(loop, 1)["note"]
+
+
+@pytest.mark.parametrize("deaf", [False, True])
+def test_idle_runaway_is_rewritten_then_reconnected(rig: Rig, deaf: bool) -> None:
+    """Commanded stop, yet the unit runs its own logic (Omnibattery #434/#145): after 15 s all four control
+    registers are written again; if the writes are ignored on the live connection (``deaf``), a hard reconnect
+    follows 15 s later. The log and the battery's note say so."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=25.0)], **QUICK)
+    sim.set_load_w(700.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], min_soc_for_discharge=30), clock)  # the law may not discharge
+    run_until(loop, clock, lambda: loop.last_decision is not None and stopped(sim.unit(1))
+              and sim.unit(1).rs485_control, 20, "commanded stop")
+    sim.unit(1).slip_out(400.0, deaf=deaf)
+    opened = sum(1 for kind, _ in sim.gateway.connections_log if kind == "open")
+    run_until(loop, clock, lambda: sim.unit(1).power_w > 350, 10, "running on its own")
+    start_s = clock()
+    writes = len(sim.unit(1).write_log)
+    run_until(loop, clock, lambda: len(sim.unit(1).write_log) >= writes + 4, 30, "all four written", step_s=1.0)
+    assert clock() - start_s >= 15.0
+    assert {a for a, _ in sim.unit(1).write_log[writes:]} == {42000, 42010, 42020, 42021}
+    assert battery_doc(loop, 1)["note"].startswith(("folgt dem Stopp nicht", "does not follow the stop"))
+    run_until(loop, clock, lambda: abs(sim.unit(1).power_w) < 20, 40, "back under control", step_s=1.0)
+    reconnected = sum(1 for kind, _ in sim.gateway.connections_log if kind == "open") > opened
+    assert reconnected == deaf
+    run_until(loop, clock, lambda: not battery_doc(loop, 1)["note"].startswith(("folgt", "does not")), 10,
+              "note cleared", step_s=1.0)

@@ -159,3 +159,51 @@ def test_gateway_lost_and_back_mid_run(tmp_path):
             loop.stop_all("test")
             loop.bus.close()
             loop.meter.close()
+
+
+@pytest.mark.parametrize("register_set", ["v2", "v3"])
+def test_firmware_network_reset_is_bridged_and_regulation_resumes_with_the_full_state(
+        rig: Rig, register_set: str) -> None:
+    """Firmware v150 without cloud access resets its network chip every 1800 s (LAN) for 2-5 s
+    (marstek-modbus.md section 9). The client retries at once and then every <= 1 s, the battery is shown
+    "reconnecting" (not offline) for up to 10 s, and the first cycle with the gateway back writes every
+    control register (a v3 LAN port has reset force mode and setpoints on the reconnect)."""
+    sim = rig.simulation(units=[UnitSpec(1, register_set, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(1200.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], register_set=register_set), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+    for _ in range(2):
+        sim.gateway.network_reset()
+        attempts_before = len(sim.unit(1).write_log)
+        for _ in range(8):  # 4 s of outage
+            loop.cycle()
+            clock.advance(0.5)
+            doc = battery_doc(loop, 1)
+            assert doc["online"] is True and "reconnect" in doc["note"], doc
+            assert not loop.store.status_json()["errors"]
+        assert len(sim.unit(1).write_log) == attempts_before  # nothing reached it
+        sim.gateway.network_back()
+        if register_set == "v3":
+            wait_until(lambda: sim.modbus_port is not None, 5, "listening again")
+        loop.cycle()
+        clock.advance(0.5)
+        assert loop.batteries[1].online, loop.batteries[1].error
+        run_until(loop, clock, lambda: discharging(sim.unit(1)) and sim.unit(1).rs485_control, 3,
+                  "regulating again", step_s=0.5)
+
+
+def test_gateway_unreachable_past_ten_seconds_shows_the_battery_offline(rig: Rig) -> None:
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(1200.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+    sim.gateway.network_reset()
+    reset_s = clock()
+    run_until(loop, clock, lambda: battery_doc(loop, 1)["online"] is False, 15, "shown offline", step_s=0.5)
+    assert clock() - reset_s >= 10.0  # not before the grace
+    assert any("unreachable" in e for e in loop.store.status_json()["errors"])
+    sim.gateway.network_back()
+    clock.advance(30.0)
+    run_until(loop, clock, lambda: loop.batteries[1].online and discharging(sim.unit(1)), 10, "back")

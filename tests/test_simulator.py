@@ -319,9 +319,18 @@ def test_rs485_gate_setpoints_acked_but_ignored_until_0x55aa(bus: Simulation, cl
     wait_until(lambda: abs(unit.power_w - 1000.0) < 1.0)
     assert read(client, 43000, 1, 1) == [1]
 
-    unit.drop_rs485()  # firmware leaves RS485 mode silently
+    unit.drop_rs485()  # firmware leaves RS485 mode silently and resets the setpoints (default)
     assert read(client, 42000, 1, 1) == [0x55BB]
-    assert read(client, 42021, 1, 1) == [1000]  # the setpoint stays, ignored
+    assert read(client, 42010, 1, 1) == [0] and read(client, 42021, 1, 1) == [0]
+    wait_until(lambda: unit.power_w == 0.0)
+    write(client, 42000, 0x55AA, 1)
+    write(client, 42021, 1000, 1)
+    write(client, 42010, 2, 1)
+    wait_until(lambda: unit.power_w > 999.0)
+
+    unit.drop_clears_setpoints = False  # the other behaviour: setpoints stay, but are ignored
+    unit.drop_rs485()
+    assert read(client, 42021, 1, 1) == [1000]
     wait_until(lambda: unit.power_w == 0.0)
 
     write(client, 42000, 0x55AA, 1)
@@ -864,7 +873,8 @@ def test_meter_emulators_serve_any_meter_source() -> None:
 
 def test_gateway_serves_its_units_without_a_simulation() -> None:
     lock = threading.RLock()
-    gateway = SimGateway([SimUnit(UnitSpec(3, "v3", soc_pct=61.0), FAST_PLANT, lock=lock)], lock=lock)
+    # An RS485 gateway (lan=False): a lone v3 unit would otherwise be a v3 LAN port answering every ID.
+    gateway = SimGateway([SimUnit(UnitSpec(3, "v3", soc_pct=61.0), FAST_PLANT, lock=lock)], lock=lock, lan=False)
     try:
         port = gateway.start()
         with ModbusTcpClient("127.0.0.1", port=port, timeout=0.3, retries=0) as c:
