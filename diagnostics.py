@@ -128,10 +128,9 @@ class Diagnostics:
 
     def batteries(self) -> list[dict[str, Any]]:
         """Per configured battery: where it is and what was read from it at start."""
-        b = self.cfg.battery
         facts = self.store.battery_facts()
-        return [{"id": unit_id, "gateway": f"{b.ip}:{b.port}", "register_set": b.register_set,
-                 "read_at_start": facts.get(str(unit_id), {})} for unit_id in b.akku_ids]
+        return [{"key": u.key, "name": u.name, "id": u.unit_id, "gateway": u.gateway, "register_set": u.register_set,
+                 "read_at_start": facts.get(u.key, {})} for u in self.cfg.battery.units]
 
     def history_info(self) -> dict[str, Any] | None:
         if self.history is None:

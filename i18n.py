@@ -549,10 +549,6 @@ MESSAGES_DE: dict[str, str] = {
         "{host} ist ein v3-LAN-Anschluss (ein Akku antwortet auf jeder ID): nur ID {id} wird angesteuert – "
         "ein Akku je IP, in battery.akku_ids nur eine ID für diese Adresse"
     ),
-    "scan_one_battery_every_id": (
-        "Ein Akku antwortet auf jeder ID: das ist ein v3-LAN-Anschluss (Venus E v3 / A / D) – ein Akku je IP, "
-        "nur eine ID in der Konfiguration"
-    ),
     "config_not_changed": "config.json nicht geändert: {error}",
     "already_configured": "ID {id} ist schon eingetragen",
     "added_to_config": "Akku {id} an {gateway} in die config.json eingetragen",
@@ -739,10 +735,6 @@ MESSAGES_EN: dict[str, str] = {
     "v3_lan_several_ids": (
         "{host} is a v3 LAN port (one battery answering on every ID): only ID {id} is driven - "
         "one battery per IP, only one ID in battery.akku_ids for this address"
-    ),
-    "scan_one_battery_every_id": (
-        "One battery answering on every ID: this is a v3 LAN port (Venus E v3 / A / D) - one battery per IP, "
-        "one ID in the config"
     ),
     "config_not_changed": "config.json not changed: {error}",
     "already_configured": "ID {id} is already configured",

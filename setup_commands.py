@@ -9,7 +9,7 @@ with the message the user sees and its HTTP status.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,10 @@ def _probe(bus: BatteryBus, unit_id: int, alive: Callable[[], None]) -> dict[str
     return {"id": unit_id, "model": model, "soc_pct": soc}
 
 
-def is_v3_lan(units: Sequence[UnitConfig]) -> bool:
-    """A gateway that is a v3 battery's own LAN port: v3 registers and one battery (it answers on every ID)."""
-    return len(units) == 1 and units[0].register_set == "v3"
+def answers_every_id(bus: BatteryBus, configured: Collection[int], alive: Callable[[], None]) -> bool:
+    """True when the unused ID 247 answers too: one v3 battery on its own LAN port, which ignores the unit ID
+    (marstek-modbus.md section 1). Behind an RS485 gateway (v2 or v3 batteries) nothing answers there."""
+    return MAX_UNIT_ID not in configured and _probe(bus, MAX_UNIT_ID, alive) is not None
 
 
 def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Callable[[], None], *,
@@ -45,32 +46,23 @@ def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Call
     """Every unit answering on ``first_id..last_id`` behind ``gateway`` and the next ID neither answering nor
     configured there.
 
-    A v3 LAN port answers on every ID (marstek-modbus.md section 1): a configured v3 LAN host is reported once,
-    with a note that it needs no new ID. Elsewhere, several IDs answering and the unused ID 247 too means the
-    same: one v3 battery on its LAN port - said in ``message`` and the log, ``one_battery_on_every_id``.
+    Several IDs answering and the unused ID 247 too: one v3 battery on its LAN port, reported once with a note
+    that it needs no new ID (``one_battery_on_every_id``, ``note``, ``message`` and a warning in the log).
     """
-    v3_lan = is_v3_lan(units)
     configured = {u.unit_id for u in units}
-    found: list[dict[str, Any]] = []
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
-        for i in range(first_id, last_id + 1):
-            hit = _probe(bus, i, alive)
-            if hit:
-                found.append(hit)
-                if v3_lan:
-                    break
-        every_id = v3_lan or (len(found) > 1 and MAX_UNIT_ID not in configured and last_id < MAX_UNIT_ID
-                              and _probe(bus, MAX_UNIT_ID, alive) is not None)
+        found = [hit for i in range(first_id, last_id + 1) if (hit := _probe(bus, i, alive))]
+        every_id = len(found) > 1 and last_id < MAX_UNIT_ID and answers_every_id(bus, configured, alive)
+    if every_id:
+        found = found[:1]  # one battery, not one per ID
     taken = {f["id"] for f in found} | configured
     next_free = next((i for i in range(FIRST_NEW_ID, MAX_UNIT_ID + 1) if i not in taken), None)
     log.info(Msg("scan_result", gateway=gateway, first=first_id, last=last_id,
                  found=[f["id"] for f in found] or Msg("scan_nothing")))
     result: dict[str, Any] = {"gateway": gateway, "found": found, "next_free_id": next_free,
                               "one_battery_on_every_id": every_id}
-    if v3_lan:
-        result["note"] = Msg("v3_lan_no_id_change", gateway=gateway)
-    elif every_id:
-        result["message"] = Msg("scan_one_battery_every_id")
+    if every_id:
+        result["note"] = result["message"] = Msg("v3_lan_no_id_change", gateway=gateway)
         log.warning(result["message"])
     return result
 
@@ -78,9 +70,9 @@ def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Call
 def set_id(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Callable[[], None], *,
            new_id: int) -> dict[str, Any]:
     """Re-address the single unit on ID 1 behind ``gateway`` to ``new_id`` and check that it answers there."""
-    if is_v3_lan(units):
-        raise CommandError(Msg("v3_lan_no_id_change", gateway=gateway), 409)
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
+        if answers_every_id(bus, {u.unit_id for u in units}, alive):
+            raise CommandError(Msg("v3_lan_no_id_change", gateway=gateway), 409)
         if _probe(bus, new_id, alive) is not None:
             raise CommandError(Msg("id_in_use", id=new_id), 409)
         if _probe(bus, 1, alive) is None:

@@ -84,7 +84,9 @@ def test_metrics_from_the_running_control_count_up(tmp_path: Path) -> None:
                    10, "the control cycle counter counts up")
         m = scrape(live.client)
         assert m["marstek_modbus_writes"][("marstek_modbus_writes_total", ())] >= 1
-        assert {labels for _, labels in m["marstek_battery_online"]} == {(("battery", "1"),), (("battery", "2"),)}
+        keys = {b["key"] for b in live.client.get("/api/status").get_json()["batteries"]}
+        assert len(keys) == 2 and all(k.endswith(("/1", "/2")) for k in keys)
+        assert {labels for _, labels in m["marstek_battery_online"]} == {(("battery", k),) for k in keys}
         assert set(m) >= CONTRACT
 
 

@@ -188,7 +188,7 @@ def test_firmware_network_reset_is_bridged_and_regulation_resumes_with_the_full_
             wait_until(lambda: sim.modbus_port is not None, 5, "listening again")
         loop.cycle()
         clock.advance(0.5)
-        assert loop.batteries[1].online, loop.batteries[1].error
+        assert loop.unit(1).online, loop.unit(1).error
         run_until(loop, clock, lambda: discharging(sim.unit(1)) and sim.unit(1).rs485_control, 3,
                   "regulating again", step_s=0.5)
 
@@ -206,4 +206,4 @@ def test_gateway_unreachable_past_ten_seconds_shows_the_battery_offline(rig: Rig
     assert any("unreachable" in e for e in loop.store.status_json()["errors"])
     sim.gateway.network_back()
     clock.advance(30.0)
-    run_until(loop, clock, lambda: loop.batteries[1].online and discharging(sim.unit(1)), 10, "back")
+    run_until(loop, clock, lambda: loop.unit(1).online and discharging(sim.unit(1)), 10, "back")

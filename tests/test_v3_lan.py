@@ -12,6 +12,7 @@ from pymodbus.exceptions import ModbusException
 
 import setup_commands
 from battery_client import MarstekGateway
+from config_loader import UnitConfig
 from devices import BatteryError
 from simulator import Simulation, UnitSpec
 from tests.helpers import wait_until
@@ -111,13 +112,18 @@ def test_every_unit_id_reaches_the_same_battery(lan: Simulation) -> None:
         gw.close()
 
 
+def v3_unit(port: int, unit_id: int) -> UnitConfig:
+    return UnitConfig("127.0.0.1", port, unit_id, "v3", 2500, 50, f"Akku {unit_id}")
+
+
 def test_scan_says_one_battery_answers_on_every_id(lan: Simulation) -> None:
     gw = MarstekGateway("127.0.0.1", lan.modbus_port, register_set="v3", timeout_s=0.5)
     try:
-        result = setup_commands.scan(gw, {1}, lambda: None, first_id=1, last_id=3)
+        result = setup_commands.scan(gw, f"127.0.0.1:{lan.modbus_port}", [v3_unit(lan.modbus_port, 1)],
+                                     lambda: None, first_id=1, last_id=3)
     finally:
         gw.close()
-    assert [f["id"] for f in result["found"]] == [1, 2, 3]
+    assert [f["id"] for f in result["found"]] == [1]  # one battery, not one per ID
     assert result["one_battery_on_every_id"] is True
     assert "v3" in result["message"] and ("IP" in result["message"])
 
@@ -127,7 +133,8 @@ def test_scan_behind_an_rs485_gateway_finds_separate_batteries() -> None:
         assert not sim.gateway.lan
         gw = MarstekGateway("127.0.0.1", sim.modbus_port, register_set="v3", timeout_s=0.5)
         try:
-            result = setup_commands.scan(gw, {1}, lambda: None, first_id=1, last_id=3)
+            result = setup_commands.scan(gw, f"127.0.0.1:{sim.modbus_port}", [v3_unit(sim.modbus_port, 1)],
+                                         lambda: None, first_id=1, last_id=3)
         finally:
             gw.close()
     assert [f["id"] for f in result["found"]] == [1, 2]
@@ -143,6 +150,6 @@ def test_two_ids_on_one_v3_lan_port_drive_the_battery_once(rig: Rig) -> None:
     loop = rig.loop(fault_config(sim, [1, 2], register_set="v3"), clock)
     run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - 20.0) < 60, 40, "regulated by one ID",
               step_s=1.0)
-    assert loop.batteries[1].online and not loop.batteries[2].online
-    assert "v3" in loop.batteries[2].error and "247" not in loop.batteries[2].error
+    assert loop.unit(1).online and not loop.unit(2).online
+    assert "v3" in loop.unit(2).error and "247" not in loop.unit(2).error
     assert any("battery.akku_ids" in e for e in loop.store.status_json()["errors"])
