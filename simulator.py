@@ -5,7 +5,8 @@
 * ``sim_physics``: battery plant, house (load, PV) and grid meter model on explicit time (pure).
 * ``sim_marstek``: the Marstek units' registers (``SimUnit``) and the Modbus TCP gateway they sit
   behind (``SimGateway``, register sets v2 and v3).
-* ``sim_meters``: the Shelly (Pro 3EM triphase / monophase, 3EM Gen1) and EcoTracker HTTP emulators,
+* ``sim_meters``: the Shelly (every model of ``SHELLY_MODELS``), EcoTracker, HomeWizard P1 and JSON meter
+  HTTP emulators,
   which read the meter through ``MeterSource.meter_snapshot()``.
 
 and adds a physics thread that advances simulated time at wall clock × ``speed``. The names other modules
@@ -33,6 +34,8 @@ from sim_marstek import SimGateway, SimUnit, UnitSpec
 from sim_meters import (
     ABSURD_POWER_W,
     METER_FAULTS,
+    SECOND_CHANNEL_W,
+    SHELLY_MODELS,
     SHELLY_PROFILES,
     EcoTrackerEmulator,
     MeterEmulator,
@@ -55,6 +58,7 @@ __all__ = [
     "EFFICIENCY_CHARGE",
     "EFFICIENCY_DISCHARGE",
     "METER_FAULTS",
+    "SHELLY_MODELS",
     "SHELLY_PROFILES",
     "BatteryPlant",
     "EcoTrackerEmulator",
@@ -113,6 +117,9 @@ class Simulation:
         seed: int = 1,
         shelly_password: str | None = None,
         shelly_profile: str = "triphase",
+        shelly_model: str | None = None,
+        shelly_user: str = "admin",
+        second_channel_w: float = SECOND_CHANNEL_W,
         meter_cadence_s: float = 1.0,
         meter_latency_s: float = 0.3,
         meter_noise_w: float = 10.0,
@@ -120,7 +127,8 @@ class Simulation:
         tick_s: float = 0.02,
         close_after_exception: bool = False,
     ) -> None:
-        self.shelly = ShellyEmulator(self, shelly_profile, shelly_password, seed=seed, delay_s=meter_delay_s)
+        self.shelly = ShellyEmulator(self, shelly_profile, shelly_password, seed=seed, delay_s=meter_delay_s,
+                                     model=shelly_model, second_channel_w=second_channel_w, user=shelly_user)
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.ecotracker = EcoTrackerEmulator(self, delay_s=meter_delay_s)
@@ -476,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--demo-house", action="store_true", help="lively house profile (appliances, PV, clouds)")
     parser.add_argument("--shelly-password", default=None, help="require digest (Gen2) / basic (Gen1) auth")
     parser.add_argument("--shelly-profile", choices=SHELLY_PROFILES, default="triphase")
+    parser.add_argument("--shelly-model", choices=tuple(SHELLY_MODELS), default=None,
+                        help="Shelly device model (default: Pro 3EM, or Gen1 3EM with --shelly-profile gen1)")
     parser.add_argument("--soc", type=float, default=50.0, help="initial state of charge, %% (default 50)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines, 0 = off")
@@ -494,6 +504,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         shelly_password=args.shelly_password,
         shelly_profile=args.shelly_profile,
+        shelly_model=args.shelly_model,
     )
     stop = threading.Event()
 
