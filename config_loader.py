@@ -654,19 +654,21 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
 
     if errors:
         raise ConfigError(errors)
-    assert battery and control and web and log and all(meters.values())
+    assert battery and control and web and log
+    checked = {name: m for name, m in meters.items() if m is not None}
+    assert len(checked) == len(meters)
     return Config(
         energy_meter_type=meter_type,
-        shelly=meters["shelly"],
-        ecotracker=meters["ecotracker"],
+        shelly=checked["shelly"],
+        ecotracker=checked["ecotracker"],
         battery=battery,
         control=control,
         web=web,
         logging=log,
         description=description,
         version=version,
-        homewizard=meters["homewizard"] or MeterConfig(ip="", host="", port=DEFAULT_METER_PORT),
-        http_json=meters["http_json"] or MeterConfig(ip="", host="", port=DEFAULT_METER_PORT),
+        homewizard=checked["homewizard"],
+        http_json=checked["http_json"],
         energy_meter_invert=invert,
     )
 

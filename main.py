@@ -27,8 +27,9 @@ from battery_client import MarstekGateway
 from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
-from devices import GridMeter
+from devices import GridMeter, InvertedMeter
 from ecotracker_client import EcoTrackerClient
+from http_meters import HomeWizardClient, HttpJsonClient
 from shelly_client import ShellyClient
 from status_store import CommandQueue, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
@@ -40,10 +41,20 @@ EMERGENCY_TIMEOUT_S = 1.0  # answer timeout of the watchdog's own connection
 
 
 def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> GridMeter:
-    """The grid meter driver that ``energy_meter.type`` selects; it stamps readings on ``clock``."""
+    """The grid meter driver that ``energy_meter.type`` selects; it stamps readings on ``clock``.
+
+    With ``energy_meter.invert`` every reading is negated before anything else sees it.
+    """
+    meter: GridMeter
     if cfg.energy_meter_type == "ecotracker":
-        return EcoTrackerClient.from_config(cfg.ecotracker, clock)
-    return ShellyClient.from_config(cfg.shelly, clock)
+        meter = EcoTrackerClient.from_config(cfg.ecotracker, clock)
+    elif cfg.energy_meter_type == "homewizard":
+        meter = HomeWizardClient.from_config(cfg.homewizard, clock)
+    elif cfg.energy_meter_type == "http_json":
+        meter = HttpJsonClient.from_config(cfg.http_json, clock)
+    else:
+        meter = ShellyClient.from_config(cfg.shelly, clock)
+    return InvertedMeter(meter) if cfg.energy_meter_invert else meter
 
 
 def build_bus(cfg: Config, timeout_s: float | None = None) -> MarstekGateway:

@@ -764,3 +764,153 @@ class EcoTrackerEmulator(MeterEmulator):
         fields = _corrupt(fields, keys, snap.fault)
         lines = [f"\t{json.dumps(k)}:\t{json.dumps(v)}" for k, v in fields.items()]
         return ("{\n" + ",\n".join(lines) + "\n}").encode()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# HomeWizard P1 (local API v1)
+# ---------------------------------------------------------------------------------------------------------
+
+_HOMEWIZARD_KEYS = frozenset({"active_power_w", "active_power_l1_w", "active_power_l2_w", "active_power_l3_w"})
+
+
+class _HomeWizardHandler(MeterRequestHandler):
+    """HTTP side of ``HomeWizardEmulator``."""
+
+    def do_GET(self) -> None:
+        emu = self.server.emulator
+        assert isinstance(emu, HomeWizardEmulator)
+        if self._hang_if_timeout_fault():
+            return
+        path = urlsplit(self.path).path
+        snap = emu.source.meter_snapshot()
+        if snap.fault == "http500":
+            self._send(500, b'{"error":{"id":500,"description":"Internal error"}}')
+            return
+        if path == "/api":
+            self._send(200, json.dumps(emu.device_info()).encode())
+            return
+        if path != "/api/v1/data":
+            self._send(404, b'{"error":{"id":404,"description":"Not found"}}')
+            return
+        if not emu.api_enabled:
+            self._send(403, b'{"error":{"id":202,"description":"API not enabled"}}')
+            return
+        if snap.fault == "not_json":
+            self._send(200, b"<html><body>Service Unavailable</body></html>")
+            return
+        self._send(200, json.dumps(_corrupt(emu.data(snap), _HOMEWIZARD_KEYS, snap.fault)).encode())
+
+
+class HomeWizardEmulator(MeterEmulator):
+    """HomeWizard Wi-Fi P1 meter (HWE-P1), local API v1: ``GET /api`` and ``GET /api/v1/data`` (the shape of
+    home-assistant/core's homewizard fixtures). ``api_enabled = False`` answers 403 like a device whose local
+    API is switched off in the app."""
+
+    handler_class = _HomeWizardHandler
+    thread_name = "sim-homewizard"
+
+    def __init__(self, source: MeterSource, delay_s: float = 10.0) -> None:
+        super().__init__(source, delay_s)
+        self.api_enabled = True
+
+    @staticmethod
+    def device_info() -> dict[str, Any]:
+        return {"product_name": "P1 meter", "product_type": "HWE-P1", "serial": "3c39e7aabbcc",
+                "firmware_version": "4.19", "api_version": "v1"}
+
+    @staticmethod
+    def data(snap: MeterSnapshot) -> dict[str, Any]:
+        phases = _split_phases(snap.grid_w)
+        return {
+            "wifi_ssid": "sim", "wifi_strength": 100, "smr_version": 50, "meter_model": "ISKRA  2M550T-101",
+            "unique_id": "00112233445566778899AABBCCDDEEFF", "active_tariff": 2,
+            "total_power_import_kwh": round(snap.import_wh / 1000.0, 3),
+            "total_power_import_t1_kwh": round(snap.import_wh / 2000.0, 3),
+            "total_power_import_t2_kwh": round(snap.import_wh / 2000.0, 3),
+            "total_power_export_kwh": round(snap.export_wh / 1000.0, 3),
+            "total_power_export_t1_kwh": round(snap.export_wh / 2000.0, 3),
+            "total_power_export_t2_kwh": round(snap.export_wh / 2000.0, 3),
+            "active_power_w": round(snap.grid_w, 3),
+            "active_power_l1_w": phases[0], "active_power_l2_w": phases[1], "active_power_l3_w": phases[2],
+            "active_voltage_l1_v": 230.111, "active_voltage_l2_v": 230.222, "active_voltage_l3_v": 230.333,
+            "active_current_l1_a": round(phases[0] / 230.111, 3), "active_current_l2_a": round(phases[1] / 230.222, 3),
+            "active_current_l3_a": round(phases[2] / 230.333, 3), "active_frequency_hz": 50.0,
+            "voltage_sag_l1_count": 1, "voltage_sag_l2_count": 2, "voltage_sag_l3_count": 3,
+            "voltage_swell_l1_count": 4, "voltage_swell_l2_count": 5, "voltage_swell_l3_count": 6,
+            "any_power_fail_count": 4, "long_power_fail_count": 5,
+            "active_power_average_w": round(snap.avg_w, 1),
+            "total_gas_m3": 1122.333, "gas_timestamp": 210314112233,
+        }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A JSON meter: Tasmota SML reader ("Status 10")
+# ---------------------------------------------------------------------------------------------------------
+
+_TASMOTA_KEYS = frozenset({"Power_curr"})
+
+
+class _JsonMeterHandler(MeterRequestHandler):
+    """HTTP side of ``JsonMeterEmulator``."""
+
+    def do_GET(self) -> None:
+        emu = self.server.emulator
+        assert isinstance(emu, JsonMeterEmulator)
+        if self._hang_if_timeout_fault():
+            return
+        parts = urlsplit(self.path)
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        if parts.path != "/cm":
+            self._send(404, b"Not found", "text/html")
+            return
+        if not emu.authorized(self.headers.get("Authorization", ""), query):
+            self._send(401, b'{"WARNING":"Need user=<username>&password=<password>"}',
+                       headers=[("WWW-Authenticate", 'Basic realm="tasmota"')])
+            return
+        snap = emu.source.meter_snapshot()
+        if snap.fault == "http500":
+            self._send(500, b"Internal Server Error", "text/html")
+            return
+        if query.get("cmnd", "").replace("+", " ").strip().lower() != "status 10":
+            self._send(200, b'{"Command":"Unknown"}')
+            return
+        if snap.fault == "not_json":
+            self._send(200, b"<html><body>Tasmota busy</body></html>")
+            return
+        self._send(200, json.dumps(_corrupt(emu.status10(snap), _TASMOTA_KEYS, snap.fault)).encode())
+
+
+class JsonMeterEmulator(MeterEmulator):
+    """A Tasmota SML reading head (IR reader on the utility meter): ``GET /cm?cmnd=Status%2010`` answers
+    ``{"StatusSNS": {"Time": ..., "SML": {"Total_in", "Total_out", "Power_curr", "Meter_number"}}}``.
+    With a ``password`` it wants HTTP Basic auth or Tasmota's ``&user=&password=`` query."""
+
+    handler_class = _JsonMeterHandler
+    thread_name = "sim-jsonmeter"
+
+    def __init__(self, source: MeterSource, delay_s: float = 10.0, user: str = "admin",
+                 password: str | None = None) -> None:
+        super().__init__(source, delay_s)
+        self.user = user
+        self.password = password
+
+    def authorized(self, header: str, query: dict[str, str]) -> bool:
+        if not self.password:
+            return True
+        if query.get("user") == self.user and hmac.compare_digest(query.get("password", ""), self.password):
+            return True
+        if header.startswith("Basic "):
+            try:
+                user, _, pw = base64.b64decode(header[6:].strip()).decode().partition(":")
+            except (binascii.Error, UnicodeDecodeError):
+                return False
+            return user == self.user and hmac.compare_digest(pw, self.password)
+        return False
+
+    @staticmethod
+    def status10(snap: MeterSnapshot) -> dict[str, Any]:
+        return {"StatusSNS": {
+            "Time": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(snap.unixtime)),
+            "SML": {"Total_in": round(snap.import_wh / 1000.0, 4), "Total_out": round(snap.export_wh / 1000.0, 4),
+                    "Power_curr": round(snap.grid_w), "Meter_number": "0a01484c5902000a0b12"},
+        }}

@@ -38,6 +38,8 @@ from sim_meters import (
     SHELLY_MODELS,
     SHELLY_PROFILES,
     EcoTrackerEmulator,
+    HomeWizardEmulator,
+    JsonMeterEmulator,
     MeterEmulator,
     MeterSnapshot,
     MeterSource,
@@ -62,7 +64,9 @@ __all__ = [
     "SHELLY_PROFILES",
     "BatteryPlant",
     "EcoTrackerEmulator",
+    "HomeWizardEmulator",
     "HouseModel",
+    "JsonMeterEmulator",
     "MeterModel",
     "MeterSnapshot",
     "MeterSource",
@@ -120,6 +124,7 @@ class Simulation:
         shelly_model: str | None = None,
         shelly_user: str = "admin",
         second_channel_w: float = SECOND_CHANNEL_W,
+        json_meter_password: str | None = None,
         meter_cadence_s: float = 1.0,
         meter_latency_s: float = 0.3,
         meter_noise_w: float = 10.0,
@@ -132,6 +137,8 @@ class Simulation:
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.ecotracker = EcoTrackerEmulator(self, delay_s=meter_delay_s)
+        self.homewizard = HomeWizardEmulator(self, delay_s=meter_delay_s)
+        self.json_meter = JsonMeterEmulator(self, delay_s=meter_delay_s, password=json_meter_password)
         self.speed = float(speed)
         self.seed = seed
         self.plant_params = plant if plant is not None else PlantParams()
@@ -180,7 +187,7 @@ class Simulation:
     @property
     def meter_emulators(self) -> list[MeterEmulator]:
         """The HTTP meter emulators, all serving this simulation's meter."""
-        return [self.shelly, self.ecotracker]
+        return [self.shelly, self.ecotracker, self.homewizard, self.json_meter]
 
     @property
     def modbus_port(self) -> int | None:
@@ -196,6 +203,21 @@ class Simulation:
     def ecotracker_port(self) -> int | None:
         """Port of the EcoTracker emulator once started, else None."""
         return self.ecotracker.port
+
+    @property
+    def homewizard_port(self) -> int | None:
+        """Port of the HomeWizard P1 emulator once started, else None."""
+        return self.homewizard.port
+
+    @property
+    def json_meter_port(self) -> int | None:
+        """Port of the JSON meter (Tasmota SML) emulator once started, else None."""
+        return self.json_meter.port
+
+    @property
+    def json_meter_url(self) -> str:
+        """The URL a ``http_json`` meter section reads (Tasmota ``Status 10``)."""
+        return f"http://{self.host}:{self.json_meter_port}/cm?cmnd=Status%2010"
 
     @property
     def shelly_password(self) -> str | None:
@@ -239,6 +261,8 @@ class Simulation:
         modbus_port: int | None = 0,
         shelly_port: int | None = 0,
         ecotracker_port: int | None = 0,
+        homewizard_port: int | None = 0,
+        json_meter_port: int | None = 0,
     ) -> Simulation:
         """Bind the servers (port 0 = ephemeral, None = don't start that one) and start the physics thread."""
         if self._started:
@@ -251,6 +275,10 @@ class Simulation:
                 self.shelly.start(host, shelly_port)
             if ecotracker_port is not None:
                 self.ecotracker.start(host, ecotracker_port)
+            if homewizard_port is not None:
+                self.homewizard.start(host, homewizard_port)
+            if json_meter_port is not None:
+                self.json_meter.start(host, json_meter_port)
             if modbus_port is not None:
                 self.gateway.start(host, modbus_port)
             if self._fault == "refused":
@@ -460,6 +488,8 @@ def config_snippet(sim: Simulation, meter_type: str = "shelly") -> dict[str, Any
         "energy_meter": {"type": meter_type},
         "shelly": shelly,
         "ecotracker": {"ip": f"{sim.host}:{sim.ecotracker_port}"},
+        "homewizard": {"ip": f"{sim.host}:{sim.homewizard_port}"},
+        "http_json": {"url": sim.json_meter_url, "power_path": "StatusSNS.SML.Power_curr"},
         "battery": {
             "ip": sim.host,
             "port": sim.modbus_port,
@@ -523,6 +553,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Modbus TCP   {sim.host}:{sim.modbus_port}  units {ids} ({args.register_set})")
         print(f"Shelly       http://{sim.host}:{sim.shelly_port}/  ({args.shelly_profile})")
         print(f"EcoTracker   http://{sim.host}:{sim.ecotracker_port}/v1/json")
+        print(f"HomeWizard   http://{sim.host}:{sim.homewizard_port}/api/v1/data")
+        print(f"JSON meter   {sim.json_meter_url}")
         print("config.json snippet:")
         print(json.dumps(config_snippet(sim), indent=2))
         print("Ctrl+C to stop.", flush=True)

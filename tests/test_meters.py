@@ -19,6 +19,7 @@ import pytest
 from config_loader import MeterConfig
 from devices import GridMeter, GridReading, MeterError
 from ecotracker_client import EcoTrackerClient, EcoTrackerError
+from http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError
 from shelly_client import ShellyClient, ShellyError
 from tests.helpers import free_port
 
@@ -380,7 +381,9 @@ def test_from_config() -> None:
 
 SIM_SPEED = 5.0  # simulated seconds per wall second: the 1 s meter cadence passes quickly
 FOLLOW_TIMEOUT_S = 10.0
-METER_NAMES = ("shelly", "ecotracker")
+METER_NAMES = ("shelly", "ecotracker", "homewizard", "http_json")
+ERROR_TYPES = {"shelly": ShellyError, "ecotracker": EcoTrackerError, "homewizard": HomeWizardError,
+               "http_json": HttpJsonError}
 
 
 @pytest.fixture
@@ -404,6 +407,11 @@ def make_sim() -> Iterator[Any]:
 def sim_client(sim: Any, meter: str, timeout_s: float = 2.0, password: str | None = None) -> GridMeter:
     if meter == "shelly":
         return ShellyClient("127.0.0.1", sim.shelly_port, timeout_s=timeout_s, password=password)
+    if meter == "homewizard":
+        return HomeWizardClient("127.0.0.1", sim.homewizard_port, timeout_s=timeout_s)
+    if meter == "http_json":
+        return HttpJsonClient(sim.json_meter_url, "StatusSNS.SML.Power_curr", timeout_s=timeout_s,
+                              username="admin" if password else None, password=password)
     return EcoTrackerClient("127.0.0.1", sim.ecotracker_port, timeout_s=timeout_s)
 
 
@@ -431,7 +439,8 @@ def wait_for_sim_time(sim: Any, duration_s: float) -> None:
 
 @pytest.mark.parametrize(
     ("meter", "profile"),
-    [("shelly", "triphase"), ("shelly", "monophase"), ("shelly", "gen1"), ("ecotracker", "triphase")],
+    [("shelly", "triphase"), ("shelly", "monophase"), ("shelly", "gen1"), ("ecotracker", "triphase"),
+     ("homewizard", "triphase"), ("http_json", "triphase")],
 )
 def test_readings_follow_the_load_with_export_negative(make_sim: Any, meter: str, profile: str) -> None:
     sim = make_sim(shelly_profile=profile)
@@ -498,8 +507,7 @@ def test_meter_faults_raise_the_driver_error(make_sim: Any, meter: str, fault: s
     client = sim_client(sim, meter)
     wait_for_reading(client, 500)  # detected and working before the fault
     sim.set_meter_fault(fault)
-    error_type = ShellyError if meter == "shelly" else EcoTrackerError
-    with pytest.raises(error_type) as info:
+    with pytest.raises(ERROR_TYPES[meter]) as info:
         client.read()
     assert fragment in str(info.value)
     sim.set_meter_fault(None)
