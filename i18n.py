@@ -415,6 +415,11 @@ MESSAGES_DE: dict[str, str] = {
     "battery_error": "Akku {id}: {error}",
     "meter_read_failed": "Zähler nicht lesbar: {error}",
     "meter_frozen": "Zählerwert seit {seconds} s unverändert bei {value} W",
+    "meter_sign_wrong": (
+        "Vorzeichen des Zählers verkehrt: der Netzbezug stieg {count}x, als die Akkus mehr entluden. Akkus "
+        "gestoppt. Abhilfe: energy_meter.invert auf true setzen (oder im Shelly beim Kanal die Einstellung "
+        "„reverse“ umschalten) und das Programm neu starten."
+    ),
     "meter_ok_again": "Zähler wieder in Ordnung ({value} W)",
     "battery_offline": "Akku {id} nicht erreichbar: {error}",
     "battery_online": "Akku {id} erreichbar (SoC {soc} %)",
@@ -520,6 +525,11 @@ MESSAGES_EN: dict[str, str] = {
     "battery_error": "Battery {id}: {error}",
     "meter_read_failed": "Meter read failed: {error}",
     "meter_frozen": "meter value frozen at {value} W for {seconds} s",
+    "meter_sign_wrong": (
+        "meter sign reversed: grid import rose {count}x when the batteries discharged more. Batteries "
+        "stopped. Fix: set energy_meter.invert to true (or switch the channel's \"reverse\" setting in the "
+        "Shelly) and restart the program."
+    ),
     "meter_ok_again": "Meter OK again ({value} W)",
     "battery_offline": "Battery {id} offline: {error}",
     "battery_online": "Battery {id} online (SoC {soc} %)",

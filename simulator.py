@@ -125,6 +125,7 @@ class Simulation:
         shelly_user: str = "admin",
         second_channel_w: float = SECOND_CHANNEL_W,
         json_meter_password: str | None = None,
+        meter_reversed: bool = False,
         meter_cadence_s: float = 1.0,
         meter_latency_s: float = 0.3,
         meter_noise_w: float = 10.0,
@@ -150,6 +151,7 @@ class Simulation:
         )
         self.tick_s = float(tick_s)
         self.host = "127.0.0.1"
+        self.meter_reversed = bool(meter_reversed)  # the clamp is mounted the wrong way round: every meter serves -grid
 
         self._lock = threading.RLock()  # one lock for the physics and every request that touches it
         self._stop = threading.Event()
@@ -437,6 +439,8 @@ class Simulation:
             if self._fault == "frozen" and self._frozen is not None:
                 reading = self._frozen
             value, sample_t = reading if reading is not None else (0.0, now)
+            if self.meter_reversed:
+                value = -value + 0.0
             if self._fault == "absurd":
                 value = ABSURD_POWER_W if value >= 0 else -ABSURD_POWER_W
             avg = sum(v for _, v in self._avg) / len(self._avg) if self._avg else value

@@ -37,9 +37,10 @@ class Status(enum.Enum):
     NO_BATTERY = "no_battery"  # no battery online
     METER_RETRY = "meter_retry"  # a meter read failed; holding the last command
     METER_FAILED = "meter_failed"  # too many meter failures: batteries stopped
+    METER_SIGN = "meter_sign"  # the meter's sign looks reversed (sign_check): batteries stopped
 
 
-STOPPING = frozenset({Status.METER_FAILED, Status.NO_BATTERY})
+STOPPING = frozenset({Status.METER_FAILED, Status.NO_BATTERY, Status.METER_SIGN})
 ALGORITHMS = ("fast", "seed")  # control.algorithm; the first is the default
 DISTRIBUTIONS = ("efficient", "balanced")  # control.distribution
 
