@@ -62,7 +62,8 @@ class EcoTrackerClient:
 
     def describe(self) -> dict[str, Any]:
         """Identification for --check, the dashboard and diagnostics."""
-        return {"type": self.name, "model": "everHome EcoTracker", "kind": None, "profile": None, "channels": []}
+        return {"type": self.name, "model": "everHome EcoTracker", "kind": None, "profile": None, "channels": [],
+                "field": "power"}
 
     def _error(self, message: str) -> EcoTrackerError:
         return EcoTrackerError(f"{self._label}: {message}")

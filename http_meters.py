@@ -68,7 +68,8 @@ class HomeWizardClient:
 
     def describe(self) -> dict[str, Any]:
         """Identification for --check, the dashboard and diagnostics."""
-        return {"type": self.name, "model": self._model, "kind": None, "profile": None, "channels": []}
+        return {"type": self.name, "model": self._model, "kind": None, "profile": None, "channels": [],
+                "field": "active_power_w"}
 
     def _error(self, message: str) -> HomeWizardError:
         return HomeWizardError(f"{self._label}: {message}")
@@ -151,7 +152,8 @@ class HttpJsonClient:
 
     def describe(self) -> dict[str, Any]:
         """Identification for --check, the dashboard and diagnostics."""
-        return {"type": self.name, "model": self.model, "kind": None, "profile": None, "channels": []}
+        return {"type": self.name, "model": self.model, "kind": None, "profile": None, "channels": [],
+                "field": self.power_path}
 
     def _error(self, message: str) -> HttpJsonError:
         return HttpJsonError(f"{self._label}: {message}")

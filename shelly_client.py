@@ -248,8 +248,11 @@ class ShellyClient:
 
     def describe(self) -> dict[str, Any]:
         """Identification for --check, the dashboard and diagnostics (after the first read)."""
+        fields = {"triphase": "total_act_power", "monophase": "act_power", "gen1": "power"}
         return {"type": self.name, "model": self._model_name, "kind": self._kind, "profile": self._profile,
-                "channels": list(self._channels)}
+                "channels": list(self._channels), "channel_count": self._model.channels if self._model else None,
+                "field": fields.get(self._kind or ""),
+                "configured_channels": self._configured_channels is not None}
 
     def _error(self, message: str) -> ShellyError:
         return ShellyError(f"{self._label}: {message}")
