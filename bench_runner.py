@@ -390,6 +390,7 @@ def _run_loop(sc: Scenario, controller: str) -> tuple[World, dict[str, float]]:
             t_next = max(loop.next_cycle_s, world.t)  # the production schedule
         world.advance_to(sc.duration_s)
     extra_values["writes"] = float(bus.writes_total)
+    extra_values["sign_trips"] = float(loop.sign_check.tripped)  # a right meter must never trip it
     extra_values["min_frame_gap_s"] = client.min_gap_s
     extra_values["stop_cmd_s"] = stop_s
     return world, extra_values
@@ -486,6 +487,8 @@ def _summarise(world: World, sc: Scenario, extra: dict[str, float]) -> dict[str,
         v.update(_dropout_metrics(world, sc, extra))
     if "min_frame_gap_s" in extra:
         v["min_frame_gap_s"] = extra["min_frame_gap_s"]
+    if "sign_trips" in extra:
+        v["sign_trips"] = extra["sign_trips"]
     return v
 
 
