@@ -132,3 +132,14 @@ def test_shelly_channels_user_and_invert_reach_the_driver() -> None:
     meter = build_meter(cfg)
     assert getattr(meter, "inverted", False) is True
     assert json.dumps(meter.describe())  # the wrapper forwards the driver's identification
+
+
+def test_ecotracker_age_power_dates_the_sample(sim: Simulation) -> None:
+    from ecotracker_client import EcoTrackerClient
+
+    reading = EcoTrackerClient("127.0.0.1", sim.ecotracker_port or 0, timeout_s=2.0).read()
+    assert reading.sample_age_s is not None and 0.0 <= reading.sample_age_s < 2.0
+    assert reading.sampled_at_s == pytest.approx(reading.received_at_s - reading.sample_age_s)
+    # A driver without a sample age dates the sample at its arrival.
+    hw = HomeWizardClient("127.0.0.1", sim.homewizard_port or 0, timeout_s=2.0).read()
+    assert hw.sample_age_s is None and hw.sampled_at_s == hw.received_at_s
