@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from config_loader import ConfigError, parse_config
+from devices import describe_meter
 from http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError, value_at
 from main import build_meter
 from simulator import Simulation
@@ -131,7 +132,9 @@ def test_shelly_channels_user_and_invert_reach_the_driver() -> None:
     assert cfg.energy_meter_invert and cfg.shelly.channels == (0, 2) and cfg.shelly.user == "zaehler"
     meter = build_meter(cfg)
     assert getattr(meter, "inverted", False) is True
-    assert json.dumps(meter.describe())  # the wrapper forwards the driver's identification
+    info = describe_meter(meter)  # the wrapper forwards the driver's identification
+    assert (info["type"], info["inverted"], info["model"]) == ("shelly", True, None)  # None: not read yet
+    assert json.dumps(info)
 
 
 def test_ecotracker_age_power_dates_the_sample(sim: Simulation) -> None:
