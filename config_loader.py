@@ -639,7 +639,7 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
 
     meters: dict[str, MeterConfig | None] = {}
     for name in METER_TYPES:
-        sec = top.section(name, required=meter_type == name)
+        sec = top.section(METER_SECTIONS[name], required=meter_type == name)
         if sec is None:
             meters[name] = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
         else:

@@ -564,3 +564,40 @@ def test_stopped_simulator_refuses_connections(make_sim: Any) -> None:
     sim.stop()
     with pytest.raises(ShellyError, match=r"connection refused|connection reset|cannot connect"):
         client.read()
+
+
+# /shelly of the meters without a "profile" key (evcc #20060; aioshelly PR #738 for the 3EM-63)
+PRO_EM_50_INFO = '{"name":null,"id":"shellyproem50-08f9e0e67204","model":"SPEM-002CEBEU50","gen":2,"app":"ProEM"}'
+EM_GEN3_INFO = '{"name":null,"id":"shellyemg3-aabbccddeeff","model":"S3EM-002CXCEU","gen":3,"app":"EMG3"}'
+S3EM63_INFO = ('{"name":null,"id":"shelly3em63g3-redacted","mac":"redacted","slot":1,"model":"S3EM-003CXCEU63","gen":3,'
+               '"fw_id":"20241114-135317/1.4.99-3emg3prod1-g2299489","ver":"1.4.99-3emg3prod1","app":"S3EMG3",'
+               '"auth_en":false,"auth_domain":null,"profile":"triphase"}')
+RPC_105 = '{"code":-105,"message":"Argument \'id\', value 1 not found!"}'
+
+
+@pytest.mark.parametrize("info", [PRO_EM_50_INFO, EM_GEN3_INFO], ids=["pro-em-50", "em-gen3"])
+def test_two_channel_meters_without_profile_read_channel_0_at_once(device: ScriptedDevice, info: str) -> None:
+    device.set("/shelly", info)
+    device.set("/rpc/EM1.GetStatus?id=0", EM1_STATUS_EXPORT_STRING_ID)
+    device.set("/rpc/EM1.GetStatus?id=1", EM1_STATUS_SHDOC)  # the PV clamp: not the grid
+    client = shelly(device)
+    for _ in range(3):
+        assert client.read().grid_power_w == -332.2
+    assert device.paths() == ["/shelly"] + ["/rpc/EM1.GetStatus?id=0"] * 3  # never EM.GetStatus, never detected again
+    assert client.kind == "monophase" and client.channels == (0,)
+
+
+def test_configured_channel_answering_105_is_an_error_naming_the_key(device: ScriptedDevice) -> None:
+    device.set("/shelly", PRO_EM_50_INFO)
+    device.set("/rpc/EM1.GetStatus?id=0", EM1_STATUS_SHDOC)
+    device.set("/rpc/EM1.GetStatus?id=1", RPC_105, status=500)
+    assert "channel 1 does not exist on this device (RPC -105); check shelly.channels" in read_error(
+        shelly(device, channels=[0, 1]))
+
+
+def test_3em63_gen3_capture_is_detected_triphase(device: ScriptedDevice) -> None:
+    device.set("/shelly", S3EM63_INFO)
+    device.set("/rpc/EM.GetStatus?id=0", EM_STATUS_REAL)
+    client = shelly(device)
+    assert client.read().grid_power_w == 480.924
+    assert (client.model, client.kind, client.profile) == ("Shelly 3EM-63 Gen3", "triphase", "triphase")
