@@ -17,7 +17,9 @@ import math
 import os
 import re
 import shutil
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,12 @@ import i18n
 from marstek_registers import DEFAULT_PACING_S, FIRMWARE_MAX_POWER_W, REGISTER_SETS
 from zero_feed_control import ALGORITHMS, DISTRIBUTIONS, ControlParams
 
-METER_TYPES = ("shelly", "ecotracker", "homewizard", "http_json")
-# energy_meter.type -> the config section of that meter (a type may name a section of another name).
-METER_SECTIONS: dict[str, str] = {name: name for name in METER_TYPES}
+METER_TYPES = ("shelly", "ecotracker", "homewizard", "http_json", "mqtt")
+_HTTP_METERS = ("shelly", "ecotracker", "homewizard", "http_json")  # a section of their own name (mqtt: "mqtt_meter")
+# energy_meter.type -> the config section of that meter.
+METER_SECTIONS: dict[str, str] = {**{name: name for name in _HTTP_METERS}, "mqtt": "mqtt_meter"}
 _MAX_SHELLY_CHANNEL = 2
+DEFAULT_MQTT_PORT = 1883
 LANGUAGES = (*i18n.LANGUAGES, "auto")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -123,6 +127,42 @@ class LoggingConfig:
 
 
 @dataclass(frozen=True)
+class MqttConfig:
+    """The MQTT broker (section ``mqtt``); absent or ``host`` null: MQTT is off (Config.mqtt is None)."""
+
+    host: str
+    port: int = DEFAULT_MQTT_PORT
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # never in a log line
+    topic_prefix: str = "marstek"
+    discovery_prefix: str = "homeassistant"
+    client_id: str = "marstek-pv"
+
+
+@dataclass(frozen=True)
+class MqttMeterConfig:
+    """The grid power from an MQTT topic (section ``mqtt_meter``; the broker is the ``mqtt`` section).
+
+    ``power_path``: dotted path into a JSON payload, None for a payload that is a bare number.
+    ``max_age_seconds``: a value older than this is a failed read. ``timeout_seconds``: how long a read
+    waits for a fresh value when the last one is missing or too old (like an HTTP meter's answer).
+    """
+
+    topic: str
+    power_path: str | None = None
+    max_age_seconds: float = 10.0
+    timeout_seconds: float = 5.0
+    max_failures_before_stop: int = _LAW.max_meter_failures
+    check_interval_seconds: float = 3.0
+    max_frozen_seconds: float = 60.0
+
+    @property
+    def ip(self) -> str:
+        """Where the meter is (shown by ``--check`` like an HTTP meter's address)."""
+        return self.topic
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -135,13 +175,17 @@ class Config:
     logging: LoggingConfig
     description: str = ""
     version: str = ""
+    mqtt: MqttConfig | None = None  # None: MQTT off
+    mqtt_meter: MqttMeterConfig | None = None  # set when energy_meter.type is "mqtt"
     homewizard: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     http_json: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     energy_meter_invert: bool = False  # energy_meter.invert: negate every reading (clamp mounted reversed)
 
     @property
-    def meter(self) -> MeterConfig:
+    def meter(self) -> MeterConfig | MqttMeterConfig:
         """The section of the meter selected by ``energy_meter.type``."""
+        if self.energy_meter_type == "mqtt" and self.mqtt_meter is not None:
+            return self.mqtt_meter
         section = getattr(self, METER_SECTIONS.get(self.energy_meter_type, "shelly"), None)
         return section if isinstance(section, MeterConfig) else self.shelly
 
@@ -620,6 +664,59 @@ def _logging(sec: _Section | None, base_dir: Path | None) -> LoggingConfig | Non
     return LoggingConfig(level, file, size, backups)
 
 
+def _mqtt(sec: _Section | None) -> MqttConfig | Any | None:
+    """The broker section; None when absent or ``host`` is null (MQTT off)."""
+    if sec is None:
+        return None
+    m = MqttConfig
+    host = sec.take("host")
+    if host is None or host is _MISSING:
+        host = None
+    elif not isinstance(host, str) or not host.strip():
+        host = sec.fail("host", f"must be a host name or IP address, or null (MQTT off), got {_describe(host)}")
+    elif (problem := _check_host(host.strip())) is not None:
+        host = sec.fail("host", f"{problem}, got {json.dumps(host, ensure_ascii=False)}")
+    else:
+        host = host.strip()
+    port = sec.integer("port", _default(m, "port"), 1, 65535)
+    username = sec.optional_string("username")
+    password = sec.optional_string("password")
+    prefix = sec.string("topic_prefix", _default(m, "topic_prefix"))
+    discovery = sec.string("discovery_prefix", _default(m, "discovery_prefix"))
+    client_id = sec.string("client_id", _default(m, "client_id"))
+    for key, value in (("topic_prefix", prefix), ("discovery_prefix", discovery)):
+        if _ok(value) and (any(c in value for c in "#+") or value.startswith("/") or value.endswith("/")):
+            sec.fail(key, f"must be a topic without wildcards (# +) and without a leading or trailing /, got "
+                          f"{json.dumps(value, ensure_ascii=False)}")
+            prefix = _BAD if key == "topic_prefix" else prefix
+            discovery = _BAD if key == "discovery_prefix" else discovery
+    sec.finish()
+    if not _ok(host, port, username, password, prefix, discovery, client_id):
+        return _BAD
+    if host is None:
+        return None
+    return MqttConfig(host, port, username, password, prefix, discovery, client_id)
+
+
+def _mqtt_meter(sec: _Section) -> MqttMeterConfig | None:
+    m = MqttMeterConfig
+    topic = sec.string("topic")
+    if _ok(topic) and any(c in topic for c in "#+"):
+        topic = sec.fail("topic", f"must be one topic without wildcards (# +), got {json.dumps(topic)}")
+    path = sec.optional_string("power_path")
+    if _ok(path) and path is not None and any(not part for part in path.split(".")):
+        path = sec.fail("power_path", f'must be a dotted path like "ENERGY.Power" or null, got {json.dumps(path)}')
+    max_age = sec.number("max_age_seconds", _default(m, "max_age_seconds"), 0, 3600, lo_open=True)
+    timeout = sec.number("timeout_seconds", _default(m, "timeout_seconds"), 0, 60, lo_open=True)
+    failures = sec.integer("max_failures_before_stop", _default(m, "max_failures_before_stop"), 1, 100)
+    check = sec.number("check_interval_seconds", _default(m, "check_interval_seconds"), 0.2, 3600)
+    frozen = sec.number("max_frozen_seconds", _default(m, "max_frozen_seconds"), 5, 86400)
+    sec.finish()
+    if not _ok(topic, path, max_age, timeout, failures, check, frozen):
+        return None
+    return MqttMeterConfig(topic, path, max_age, timeout, failures, check, frozen)
+
+
 def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     """Validate an already-loaded JSON value; raise ConfigError listing every problem."""
     if not isinstance(data, dict):
@@ -638,7 +735,7 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         em.finish()
 
     meters: dict[str, MeterConfig | None] = {}
-    for name in METER_TYPES:
+    for name in _HTTP_METERS:
         sec = top.section(METER_SECTIONS[name], required=meter_type == name)
         if sec is None:
             meters[name] = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
@@ -650,6 +747,13 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     control = _control(top.section("control", required=False))
     web = _web(top.section("web", required=False))
     log = _logging(top.section("logging", required=False), base_dir)
+    mqtt = _mqtt(top.section("mqtt", required=False))
+    mqtt_meter: MqttMeterConfig | None = None
+    mqtt_meter_sec = top.section("mqtt_meter", required=meter_type == "mqtt")
+    if mqtt_meter_sec is not None:
+        mqtt_meter = _mqtt_meter(mqtt_meter_sec)
+    if meter_type == "mqtt" and mqtt is None:
+        errors.append('mqtt.host: energy_meter.type "mqtt" needs a broker: the mqtt section with a host')
     top.finish()
 
     if errors:
@@ -667,6 +771,8 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         logging=log,
         description=description,
         version=version,
+        mqtt=mqtt,
+        mqtt_meter=mqtt_meter,
         homewizard=checked["homewizard"],
         http_json=checked["http_json"],
         energy_meter_invert=invert,
@@ -754,8 +860,18 @@ def _write_atomically(path: Path, text: str) -> None:
             tmp.write(text)
             tmp.flush()
             os.fsync(tmp.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
+        if sys.platform != "win32":  # Windows has ACLs (inherited from the folder), not mode bits
+            os.chmod(tmp_name, mode)
+        attempts = 5
+        for attempt in range(attempts):
+            try:
+                os.replace(tmp_name, path)
+                break
+            except PermissionError:
+                # Windows refuses while a virus scanner or indexer briefly holds the file open.
+                if sys.platform != "win32" or attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * (attempt + 1))
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise

@@ -25,6 +25,7 @@ import setup_commands
 from config_loader import Config
 from devices import BatteryBus, BatteryError, BatteryReading, GridMeter, MeterError, describe_meter
 from i18n import Msg
+from modes import ModeFile, ModeRequest, ModeState
 from quality import QualityTracker
 from sign_check import SignCheck
 from status_store import (
@@ -36,7 +37,15 @@ from status_store import (
     StatusStore,
     now_iso,
 )
-from zero_feed_control import STOPPING, BatteryState, ControlParams, Decision, Status, make_controller
+from zero_feed_control import (
+    STOPPING,
+    BatteryState,
+    ControlParams,
+    Decision,
+    OperatingMode,
+    Status,
+    make_controller,
+)
 
 log = logging.getLogger("marstek")
 
@@ -89,6 +98,8 @@ class ControlLoop:
         config_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         controller_params: ControlParams | None = None,
+        mode_file: ModeFile | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
         self.meter = meter
@@ -116,6 +127,11 @@ class ControlLoop:
         self._crashes = 0
         self._cycle_started_s = clock()
         self._next_cycle_s = clock()
+        # The operating mode (modes.py): kept across restarts in ``mode_file``; expiry on ``wall_clock``.
+        self.mode_file = mode_file
+        self.wall_clock = wall_clock
+        self.mode = mode_file.load() if mode_file else ModeState()
+        store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
@@ -165,6 +181,7 @@ class ControlLoop:
     def cycle(self) -> None:
         """One control cycle (also called directly by tests)."""
         self.commands.run_pending(self.handle_command)
+        self.expire_mode()
         if self.setup_mode:
             # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
             # stopped and not polled, so their power is unknown rather than the last value.
@@ -182,13 +199,15 @@ class ControlLoop:
             for b in self.batteries.values()
         ]
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
-                                        meter_error=self.meter_error)
+                                        meter_error=self.meter_error, mode=self.mode.mode,
+                                        charge_power_w=self.mode.power_w)
         decision = self.check_sign(now_s, grid_w, states, decision)
         self.last_decision = decision
         self._log_decision(decision)
         self.apply(decision)
         self.track_quality(now_s, grid_w, decision)
-        self.publish("error" if decision.status in STOPPING else "active")
+        self.publish("error" if decision.status in STOPPING else "stopped" if decision.status is Status.MODE_OFF
+                     else "active")
 
     def check_sign(self, now_s: float, grid_w: float | None, states: list[BatteryState],
                    decision: Decision) -> Decision:
@@ -320,6 +339,7 @@ class ControlLoop:
             meter_error_since=self.meter_error_since,
             warnings=self.store.latest().warnings,
             quality=self.quality.figures(),
+            operating_mode=self.mode.to_json(),
         )
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
@@ -355,6 +375,8 @@ class ControlLoop:
             return self.enter_setup()
         if name == "exit_setup":
             return self.exit_setup()
+        if name == "set_mode":
+            return self.set_mode(args["request"], args["source"])
         if name == "add_to_config":
             self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, **args)
             for battery_id in self.cfg.battery.akku_ids:
@@ -393,3 +415,32 @@ class ControlLoop:
             self.publish("active")
         return {"setup_mode": False}
 
+
+    # ------------------------------------------------------------------ operating mode
+    @property
+    def max_charge_power_w(self) -> int:
+        """The batteries' total maximum power: the default and the limit of the "charge" mode, W."""
+        return self.cfg.battery.max_power_per_battery * len(self.batteries)
+
+    def set_mode(self, request: ModeRequest, source: str) -> dict[str, Any]:
+        """Apply a validated mode request (web or MQTT thread, via the command queue); answers the mode object."""
+        self._change_mode(ModeState.from_request(request, source, self.wall_clock()))
+        until = self.mode.to_json()["until"]
+        log.info("%s", Msg("mode_set", mode=self.mode.mode.value, source=source,
+                           until=Msg("mode_until", time=until) if until else ""))
+        return self.mode.to_json()
+
+    def expire_mode(self) -> None:
+        """Back to auto once the mode's time is up (wall clock: the expiry survives a restart)."""
+        if self.mode.expired(self.wall_clock()):
+            log.info("%s", Msg("mode_expired", mode=self.mode.mode.value))
+            self._change_mode(ModeState(OperatingMode.AUTO))
+
+    def _change_mode(self, state: ModeState) -> None:
+        self.mode = state
+        self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it before the next publish
+        if self.mode_file is not None:
+            try:
+                self.mode_file.save(state)
+            except OSError as exc:
+                log.error("%s", Msg("mode_file_write_failed", path=str(self.mode_file.path), error=str(exc)))

@@ -30,6 +30,7 @@ from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter, InvertedMeter
 from ecotracker_client import EcoTrackerClient
 from http_meters import HomeWizardClient, HttpJsonClient
+from modes import ModeFile
 from shelly_client import ShellyClient
 from status_store import CommandQueue, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
@@ -38,6 +39,7 @@ log = logging.getLogger("marstek")
 
 
 EMERGENCY_TIMEOUT_S = 1.0  # answer timeout of the watchdog's own connection
+MODE_FILE = Path("data") / "mode.json"  # the operating mode, beside the config file
 
 
 def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> GridMeter:
@@ -52,6 +54,10 @@ def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> Gri
         meter = HomeWizardClient.from_config(cfg.homewizard, clock)
     elif cfg.energy_meter_type == "http_json":
         meter = HttpJsonClient.from_config(cfg.http_json, clock)
+    elif cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
+        from mqtt_meter import MqttMeter
+
+        meter = MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
     else:
         meter = ShellyClient.from_config(cfg.shelly, clock)
     return InvertedMeter(meter) if cfg.energy_meter_invert else meter
@@ -77,24 +83,54 @@ def emergency_bus(cfg: Config) -> MarstekGateway:
 
 
 # ---------------------------------------------------------------------------- process
+class SharedRotatingFileHandler(logging.handlers.RotatingFileHandler):
+    """A RotatingFileHandler that keeps logging when the rollover rename is refused.
+
+    Windows cannot rename a file that another program holds open (a log viewer, ``Get-Content -Wait``):
+    the plain handler then loses every record and prints a traceback for each. This one notes the failure
+    in the file, keeps appending to it and tries again after ``retry_s``.
+    """
+
+    retry_s = 60.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.retry_after_s = float("-inf")
+
+    def shouldRollover(self, record: logging.LogRecord) -> int:
+        if time.monotonic() < self.retry_after_s:
+            return 0
+        return super().shouldRollover(record)
+
+    def doRollover(self) -> None:
+        try:
+            super().doRollover()
+        except OSError as exc:
+            self.retry_after_s = time.monotonic() + self.retry_s
+            if self.stream is None:
+                self.stream = self._open()
+            self.stream.write(f"Log rotation failed, continuing in this file (in use by another program?): {exc}\n")
+
+
 def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     root = logging.getLogger()
     root.setLevel(cfg.logging.level)
     fmt = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-    console = logging.StreamHandler()
-    console.setFormatter(fmt)
-    root.addHandler(console)
+    if sys.stderr is not None:  # None under pythonw.exe (the Windows autostart has no console)
+        console = logging.StreamHandler()
+        console.setFormatter(fmt)
+        root.addHandler(console)
     log_path = Path(cfg.logging.file)
     if not log_path.is_absolute():
         log_path = base_dir / log_path
     try:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.handlers.RotatingFileHandler(
+        file_handler = SharedRotatingFileHandler(
             log_path, maxBytes=int(cfg.logging.max_file_size_mb * 1024 * 1024),
             backupCount=cfg.logging.backup_count, encoding="utf-8",
         )
     except OSError as exc:
-        log.warning("Cannot write the log file %s (%s): logging to the console only", log_path, exc)
+        log.warning(i18n.Msg("log_file_unwritable", path=log_path, error=str(exc)))
     else:
         file_handler.setFormatter(fmt)
         root.addHandler(file_handler)
@@ -134,6 +170,18 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))  # noqa: SLF001
     thread.join(timeout=3.0)
     server.task_dispatcher.shutdown()
+
+
+def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: ControlLoop,
+               stop: threading.Event) -> threading.Thread | None:
+    """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
+    if cfg.mqtt is None:
+        return None
+    from mqtt_bridge import MqttBridge, gateway_of, start_bridge
+
+    bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
+                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version)
+    return start_bridge(bridge, stop)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -188,16 +236,23 @@ def main(argv: list[str] | None = None) -> int:
         commands.wakeup.set()  # the control loop waits on this event
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("Signal %s received: stopping", signal.Signals(signum).name)
+        log.info(i18n.Msg("signal_received", name=signal.Signals(signum).name))
         request_stop()
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from shutdown_windows import install_shutdown_handlers
+
+    stopped = threading.Event()  # set when the batteries are stopped: the Windows handler waits for it
+    install_shutdown_handlers(request_stop, stopped.wait)
 
     from web_server import create_app
 
-    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path)
-    app = create_app(store, commands, cfg.web)
+    # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
+    mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
+    loop = ControlLoop(cfg, build_meter(cfg), build_bus(cfg), store, commands, config_path=config_path,
+                       mode_file=mode_file)
+    app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
@@ -213,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
                         lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg)),
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
+    mqtt_thread = start_mqtt(cfg, store, commands, loop, stop)
     try:
         while not stop.wait(0.5):
             if not control.is_alive():
-                log.error("Control thread ended unexpectedly: stopping")
+                log.error(i18n.Msg("control_thread_ended"))
                 request_stop()
             elif not web_thread.is_alive():
-                log.error("Web server thread ended unexpectedly: restarting it (the control keeps running)")
+                log.error(i18n.Msg("web_thread_ended"))
                 server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     finally:
         request_stop()
@@ -229,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             # Free its connection (a v3 device takes only one client) and stop them over a new one.
             loop.bus.close()
             emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
+        stopped.set()
         stop_web(server, web_thread)
+        if mqtt_thread is not None:
+            mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends
         if sim:
             sim.stop()
     return 0

@@ -76,6 +76,11 @@ class StatusSnapshot:
     meter_error_since: str | None = None
     quality: Mapping[str, float | None] = field(default_factory=dict)
     warnings: tuple[str, ...] = ()
+    # The operating mode object of GET /api/mode (modes.ModeState.to_json()).
+    operating_mode: Mapping[str, Any] = field(default_factory=lambda: dict(DEFAULT_OPERATING_MODE))
+
+
+DEFAULT_OPERATING_MODE: Mapping[str, Any] = {"mode": "auto", "power_w": None, "until": None, "source": "default"}
 
 
 class StatusStore:
@@ -124,6 +129,7 @@ class StatusStore:
         doc["errors"] = list(snap.errors)
         doc["warnings"] = list(snap.warnings)
         doc["quality"] = dict(snap.quality)
+        doc["operating_mode"] = dict(snap.operating_mode)
         doc["events"] = [asdict(e) for e in self.events()]
         return i18n.render(doc, lang or i18n.language())
 

@@ -35,6 +35,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response as WerkzeugResponse
 
 import i18n
+import modes
 from status_store import CommandError, CommandQueue, StatusStore
 
 log = logging.getLogger(__name__)
@@ -191,10 +192,12 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     *,
     secret_key: str | None = None,
     clock: Callable[[], float] = time.monotonic,
+    max_charge_power_w: Callable[[], int] = lambda: 2500,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
     ``clock`` (monotonic seconds) times the blocks after wrong passwords (LoginThrottle).
+    ``max_charge_power_w``: the batteries' total maximum power (the limit of ``POST /api/mode``).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
@@ -221,7 +224,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
         client = request.remote_addr or "unknown"
         if throttle.attempt(client, lambda: password_ok(candidate)):
             return True
-        log.warning("Failed login from %s; its next try is refused for %.0f s", client, throttle.blocked_s(client))
+        log.warning(i18n.Msg("failed_login", client=client, seconds=throttle.blocked_s(client)))
         return False
 
     def basic_auth_password() -> str | None:
@@ -395,6 +398,22 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     def run(command: str, timeout_s: float = 60.0, **args: Any) -> Response:
         """Run a command on the control thread; its messages in the page's language."""
         return jsonify(i18n.render(commands.submit(command, timeout_s=timeout_s, **args), language()))
+
+    @app.get("/api/mode")
+    def api_mode() -> Response:
+        return jsonify(dict(store.latest().operating_mode))
+
+    @app.post("/api/mode")
+    def api_set_mode() -> Response:
+        data = json_body({"mode": str, "power_w": int, "minutes": int}, required=("mode",))
+        # A browser always sends Origin on a POST (the guard refused any foreign one): the dashboard.
+        # evcc, Home Assistant's REST commands and scripts send none: "api".
+        source = "dashboard" if request.headers.get("Origin") else "api"
+        try:
+            request_ = modes.parse_request(data, max_charge_power_w())
+        except modes.ModeError as exc:
+            raise ApiError(str(exc)) from None
+        return run("set_mode", timeout_s=10.0, request=request_, source=source)
 
     @app.post("/api/setup/enter")
     def setup_enter() -> Response:

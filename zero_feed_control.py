@@ -12,6 +12,10 @@ flowing into the grid, which are always applied at once.
 readings, fed back on its own last command, at most 750 W change per cycle) for comparison.
 
 Both hand out a ``Decision`` whose ``reason`` the log and the dashboard show.
+
+Both take the operating mode (``OperatingMode``) in each step as pure rules: ``hold`` never discharges
+(a running discharge is stopped in that step), ``charge`` charges at a fixed power without the meter
+until every battery is full and then holds, ``off`` stops every battery (``mode_override``).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from i18n import Msg
+from marstek_registers import FIRMWARE_MAX_POWER_W
 
 
 class Status(enum.Enum):
@@ -38,6 +43,18 @@ class Status(enum.Enum):
     METER_RETRY = "meter_retry"  # a meter read failed; holding the last command
     METER_FAILED = "meter_failed"  # too many meter failures: batteries stopped
     METER_SIGN = "meter_sign"  # the meter's sign looks reversed (sign_check): batteries stopped
+    MODE_OFF = "mode_off"  # operating mode "off": control paused, every battery stopped
+    MODE_HOLD = "mode_hold"  # operating mode "hold" (or "charge" when full): a discharge was held back
+    MODE_CHARGE = "mode_charge"  # operating mode "charge": charging at the requested power
+
+
+class OperatingMode(enum.Enum):
+    """The operating mode passed to each step (interfaces.md "Operating modes"; modes.py keeps it)."""
+
+    AUTO = "auto"  # zero feed-in
+    HOLD = "hold"  # zero feed-in, but never discharge (charging from surplus is fine)
+    CHARGE = "charge"  # charge at a fixed power from grid and PV up to max_soc_pct, then hold
+    OFF = "off"  # control paused, every battery stopped
 
 
 STOPPING = frozenset({Status.METER_FAILED, Status.NO_BATTERY, Status.METER_SIGN})
@@ -52,7 +69,7 @@ class ControlParams:
     target_grid_charge_w: float = -20.0
     target_grid_discharge_w: float = 20.0
     min_power_w: float = 50.0
-    max_power_w: float = 2500.0
+    max_power_w: float = float(FIRMWARE_MAX_POWER_W)
     min_soc_pct: float = 11.0
     max_soc_pct: float = 98.0
     max_meter_failures: int = 2
@@ -246,6 +263,31 @@ def target_total(demand_w: float, p: ControlParams) -> float:
     return 0.0
 
 
+def mode_override(
+    mode: OperatingMode, charge_power_w: float | None, batteries: Sequence[BatteryState], p: ControlParams
+) -> Decision | None:
+    """The decision a mode makes on its own, without the meter: "off" stops every battery; "charge"
+    charges at ``charge_power_w`` (None: every battery's maximum) while a battery may still charge.
+    None: the zero-feed law decides (auto, hold, and charge once every battery is full)."""
+    if mode is OperatingMode.OFF:
+        return Decision(setpoints_w={b.battery_id: 0 for b in batteries}, status=Status.MODE_OFF,
+                        reason=Msg("reason_mode_off"))
+    if mode is OperatingMode.CHARGE:
+        power_w = p.max_power_w * len(batteries) if charge_power_w is None else charge_power_w
+        setpoints, notes = distribute(-abs(power_w), batteries, p)
+        if any(setpoints.values()):
+            return Decision(setpoints_w=setpoints, status=Status.MODE_CHARGE, battery_notes=notes,
+                            reason=Msg("reason_mode_charge", power=float(-sum(setpoints.values()))))
+    return None
+
+
+def _hold_stop(setpoints: Mapping[int, int]) -> dict[int, int] | None:
+    """In hold: the setpoints with every discharge set to 0, or None when nothing discharges."""
+    if not any(w > 0 for w in setpoints.values()):
+        return None
+    return {i: min(w, 0) for i, w in setpoints.items()}
+
+
 # ---------------------------------------------------------------------------- the fast law
 class SampleAgeEstimator:
     """Learns how old a fresh meter sample is when it arrives (transport latency plus hold phase).
@@ -380,17 +422,32 @@ class FastController:
         *,
         grid_received_s: float | None = None,
         meter_error: str = "no reading",
+        mode: OperatingMode = OperatingMode.AUTO,
+        charge_power_w: float | None = None,
     ) -> Decision:
-        """One control cycle. ``grid_power_w`` None means the meter read failed."""
+        """One control cycle. ``grid_power_w`` None means the meter read failed. ``mode``: the operating
+        mode (``charge_power_w``: its charge power, W > 0; None: every battery's maximum)."""
         p = self.p
         for b in batteries:
             self._setpoints.setdefault(b.battery_id, 0)
+        override = mode_override(mode, charge_power_w, batteries, p)
+        if override is not None:
+            if override.status is Status.MODE_OFF:
+                self.reset()
+                return override
+            return self._command(override.setpoints_w, override)
+        if mode is OperatingMode.CHARGE:
+            mode = OperatingMode.HOLD  # every battery full: hold
+        if mode is OperatingMode.HOLD and (stopped := _hold_stop(self._setpoints)) is not None:
+            return self._command(stopped, Decision(setpoints_w=dict(stopped), status=Status.MODE_HOLD,
+                                                   reason=Msg("reason_mode_hold_stop")))
         if grid_power_w is None or not math.isfinite(grid_power_w):
             self._last_value = None
             decision = self._failures.failed(meter_error, self._setpoints)
             if decision.status is Status.METER_FAILED:
                 self.reset()
-            return decision
+            # The batteries' own notes (SoC limits, a no-delivery pause) stay visible while the meter is out.
+            return replace(decision, battery_notes=self._notes(now_s, batteries))
         recovered = self._failures.count >= self._failures.limit
         self._failures.count = 0
 
@@ -441,6 +498,9 @@ class FastController:
         want_lo, want_hi = target_total(grid_w + p_lo, p), target_total(grid_w + p_hi, p)
         # Cautious: move only as far as every plausible sample instant demands.
         wanted_w = min(max(command_w, want_lo), want_hi)
+        held_back_w = wanted_w if mode is OperatingMode.HOLD and wanted_w > 0 else 0.0
+        if held_back_w:
+            wanted_w = 0.0
         demand_w = wanted_w + (p.target_grid_discharge_w if wanted_w > 0 else p.target_grid_charge_w
                                if wanted_w < 0 else 0.0)
         setpoints, notes = distribute(wanted_w, batteries, p, self.limits_w(1 if wanted_w > 0 else -1))
@@ -457,6 +517,8 @@ class FastController:
             return self._command(setpoints, decide(Status.TRACKING, Msg("reason_meter_back"), setpoints))
         if new_total_w == 0 and command_w == 0:
             self._small_w = 0.0
+            if held_back_w:
+                return decide(Status.MODE_HOLD, Msg("reason_mode_hold", demand=held_back_w), self._setpoints)
             if wanted_w == 0:
                 return decide(Status.IDLE, Msg("reason_in_band", grid=grid_w), self._setpoints)
             why = (Msg("reason_notes", notes=list(notes.values())) if notes
@@ -589,7 +651,7 @@ class SeedController:
         self._command_total_w = 0.0
         self._readings.clear()
 
-    def step(
+    def step(  # noqa: C901 (the seed loop as it was, plus the two rules of the hold mode)
         self,
         now_s: float,
         grid_power_w: float | None,
@@ -597,10 +659,15 @@ class SeedController:
         *,
         grid_received_s: float | None = None,
         meter_error: str = "no reading",
+        mode: OperatingMode = OperatingMode.AUTO,
+        charge_power_w: float | None = None,
     ) -> Decision:
         p = self.p
         for b in batteries:
             self._setpoints.setdefault(b.battery_id, 0)
+        early, mode = self._mode_step(mode, charge_power_w, batteries)
+        if early is not None:
+            return early
         if grid_power_w is None or not math.isfinite(grid_power_w):
             decision = self._failures.failed(meter_error, self._setpoints)
             if decision.status is Status.METER_FAILED:
@@ -635,12 +702,18 @@ class SeedController:
             new = max(c - self.MAX_STEP_W, min(c + self.MAX_STEP_W, new))
             if (new > 0) != (c > 0) and c != 0:
                 new = 0.0
+        held_back_w = max(new, 0.0) if mode is OperatingMode.HOLD else 0.0
+        new -= held_back_w  # hold: never discharge
         setpoints, notes = self._split(new, batteries)
         new_total = float(sum(setpoints.values()))
 
         def target(total: float) -> float:
             return t_dis if total > 0 else t_chg if total < 0 else grid_power_w
 
+        if held_back_w and new_total == c == 0:
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.MODE_HOLD, battery_notes=notes,
+                            reason=Msg("reason_mode_hold", demand=held_back_w), grid_power_avg_w=grid_w,
+                            target_grid_w=target(c))
         if new_total == c and new_total == 0:
             return Decision(setpoints_w=dict(self._setpoints), status=Status.IDLE,
                             reason=Msg("reason_seed_idle", grid=grid_w), grid_power_avg_w=grid_w,
@@ -654,6 +727,26 @@ class SeedController:
         return Decision(setpoints_w=dict(setpoints), status=Status.TRACKING,
                         reason=Msg("reason_seed_track", power=new_total, grid=grid_w), grid_power_avg_w=grid_w,
                         battery_notes=notes, target_grid_w=target(new_total))
+
+    def _mode_step(
+        self, mode: OperatingMode, charge_power_w: float | None, batteries: Sequence[BatteryState]
+    ) -> tuple[Decision | None, OperatingMode]:
+        """The operating mode's own decision (off, charge, a discharge stopped in hold), and the mode the
+        zero-feed rules then follow (charge with every battery full holds)."""
+        override = mode_override(mode, charge_power_w, batteries, self.p)
+        if override is not None:
+            self.reset()
+            if override.status is Status.MODE_CHARGE:
+                self._setpoints = dict(override.setpoints_w)
+                self._command_total_w = float(override.total_w)
+            return override, mode
+        if mode is OperatingMode.CHARGE:
+            mode = OperatingMode.HOLD  # every battery full: hold
+        if mode is OperatingMode.HOLD and (stopped := _hold_stop(self._setpoints)) is not None:
+            self._setpoints, self._command_total_w = stopped, float(sum(stopped.values()))
+            return Decision(setpoints_w=dict(stopped), status=Status.MODE_HOLD,
+                            reason=Msg("reason_mode_hold_stop")), mode
+        return None, mode
 
     def _split(self, total_w: float, batteries: Sequence[BatteryState]) -> tuple[dict[int, int], dict[int, Msg]]:
         """Equal split over the batteries inside the SoC window, 50..max W each."""

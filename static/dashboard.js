@@ -50,7 +50,7 @@
     $("grid-unit").hidden = !isNum(w);
     setText("grid-avg", isNum(s.grid_power_avg_w) ? t("grid_avg", { value: fmt.watts(s.grid_power_avg_w) }) : "");
 
-    const names = { shelly: "Shelly", ecotracker: "EcoTracker", homewizard: "HomeWizard", http_json: "JSON" };
+    const names = { shelly: "Shelly", ecotracker: "EcoTracker", homewizard: "HomeWizard", http_json: "JSON", mqtt: "MQTT" };
     // The identified model ("Shelly Pro EM-50") once the meter has answered, else the configured type.
     setText("meter-type", s.meter_model || names[s.meter_type] || s.meter_type || t("none_value"));
     const health = $("meter-health");
@@ -207,7 +207,55 @@
     if (stale) setText("stale", t("err_stale", { time: fmt.time(s.updated_at) }));
   }
 
+  // ------------------------------------------------------------------ operating mode
+  const MODES = ["auto", "hold", "charge", "off"];
+  let lastMode = null;
+
+  /** "1 h 05 min" / "12 min" / "< 1 min" for a duration in milliseconds. */
+  function remainingText(ms) {
+    const minutes = Math.ceil(ms / 60000);
+    if (minutes < 1) return "< 1 min";
+    const h = Math.floor(minutes / 60);
+    const m = minutes % 60;
+    return h > 0 ? h + " h " + String(m).padStart(2, "0") + " min" : m + " min";
+  }
+
+  function renderMode(m, setupMode) {
+    if (!m || !MODES.includes(m.mode)) return;
+    lastMode = m;
+    for (const b of document.querySelectorAll("[data-mode]")) {
+      b.setAttribute("aria-pressed", String(b.dataset.mode === m.mode));
+    }
+    setText("mode-hint", t("opmode_hint_" + m.mode, { power: fmt.watts(m.power_w) }));
+    const until = $("mode-until");
+    until.hidden = !m.until;
+    if (m.until) {
+      const left = new Date(m.until).getTime() - Date.now();
+      setText("mode-until", t("opmode_until", { time: fmt.hm(m.until), remaining: remainingText(Math.max(0, left)) }));
+    }
+    setText("mode-source", t("opmode_source", { source: t("opmode_source_" + m.source) }));
+    $("mode-setup").hidden = !setupMode;
+  }
+
+  const modeError = $("mode-error");
+  for (const button of document.querySelectorAll("[data-mode]")) {
+    if (M.auth.required && !M.auth.loggedIn) button.disabled = true; // read-only without login
+    button.addEventListener("click", async () => {
+      const body = { mode: button.dataset.mode };
+      const minutes = $("mode-minutes").value;
+      if (minutes && body.mode !== "auto") body.minutes = Number(minutes);
+      modeError.hidden = true;
+      try {
+        renderMode(await api.post("/api/mode", body), false);
+      } catch (err) {
+        modeError.hidden = false;
+        modeError.textContent = M.errorText(err);
+      }
+    });
+  }
+
   function renderStatus(s) {
+    renderMode(s.operating_mode, !!s.setup_mode);
     renderBanners(s);
     renderGrid(s);
     renderControl(s);
@@ -451,7 +499,7 @@
   });
 
   // For the browser tests and for curious users in the developer tools.
-  window.marstekDashboard = { history: H, energy, chart: () => chart };
+  window.marstekDashboard = { history: H, energy, chart: () => chart, mode: () => lastMode };
 
   pollStatus();
   pollHistory();

@@ -81,12 +81,17 @@ def running_main(config_path: Path, *extra_args: str) -> Iterator[subprocess.Pop
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         if proc.stdout:
             proc.stdout.close()
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (the program's clean shutdown), then kill if it does not end within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import urllib.request
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from simulator import Simulation, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, stop_process, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,13 +112,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             )
             yield system
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             output.close()
 
 
@@ -353,3 +346,47 @@ def test_no_horizontal_scrolling_at_360_px(browser: Browser, system: System) -> 
         screenshot(page, "setup-360.png")
         page.locator("#exit-btn").click()
         expect(page.locator("#setup-state-text")).to_have_text("Regelung aktiv")
+
+
+# ---------------------------------------------------------------------------- operating mode buttons
+def test_mode_buttons_switch_the_mode_and_show_the_remaining_time(browser: Browser, system: System) -> None:
+    """Automatik / Halten / Laden / Aus on the dashboard: each click reaches the control (the simulated
+    batteries follow) and survives in data/mode.json beside the config."""
+    mode_file = system.config_path.parent / "data" / "mode.json"
+
+    def commanded() -> list[float]:
+        return [system.sim.unit(i).commanded_w for i in (1, 2)]
+
+    with open_page(browser, system.url + "/") as page:
+        expect(page.locator("[data-mode='auto']")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#mode-source")).to_have_text("gesetzt von: Standard")
+        wait_until(lambda: any(w > 0 for w in commanded()), 20, "the batteries discharge for the 600 W load")
+
+        page.locator("#mode-minutes").select_option("30")
+        page.locator("[data-mode='hold']").click()
+        expect(page.locator("[data-mode='hold']")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("[data-mode='auto']")).to_have_attribute("aria-pressed", "false")
+        expect(page.locator("#mode-until")).to_have_text(re.compile(r"^bis \d\d:\d\d \(noch (30|29) min\)$"))
+        expect(page.locator("#mode-source")).to_have_text("gesetzt von: Dashboard")
+        wait_until(lambda: all(w <= 0 for w in commanded()), 10, "hold: no battery discharges")
+        expect(page.locator("#control-status")).to_have_text("Betriebsart Halten: Entladen gesperrt")
+        assert json.loads(mode_file.read_text())["mode"] == "hold"
+
+        page.locator("#mode-minutes").select_option("")
+        page.locator("[data-mode='charge']").click()
+        expect(page.locator("[data-mode='charge']")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#mode-until")).to_be_hidden()
+        expect(page.locator("#mode-hint")).to_contain_text("5.000")  # both batteries' maximum, German format
+        wait_until(lambda: sum(commanded()) < -1000, 10, "charge: the batteries charge from the grid")
+
+        page.locator("[data-mode='off']").click()
+        expect(page.locator("[data-mode='off']")).to_have_attribute("aria-pressed", "true")
+        wait_until(lambda: all(w == 0 for w in commanded()), 10, "off: every battery stopped")
+        expect(page.locator("#control-state-text")).to_have_text("Steuerung gestoppt")
+        screenshot(page, "dashboard-mode-off.png")
+
+        page.locator("[data-mode='auto']").click()
+        expect(page.locator("[data-mode='auto']")).to_have_attribute("aria-pressed", "true")
+        wait_until(lambda: any(w > 0 for w in commanded()), 20, "auto: discharging again")
+        expect(page.locator("#control-state-text")).to_have_text("Regelung aktiv")
+        assert json.loads(mode_file.read_text())["mode"] == "auto"

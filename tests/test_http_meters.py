@@ -91,7 +91,8 @@ def test_config_builds_each_new_meter() -> None:
     cfg = parse_config({"energy_meter": {"type": "http_json"}, "battery": BATTERY, "http_json": {
         "url": "http://tasmota.local/cm?cmnd=Status%2010", "power_path": SML_PATH, "username": "admin",
         "password": "x"}})
-    assert (cfg.meter.host, cfg.meter.port, cfg.meter.power_path) == ("tasmota.local", 80, SML_PATH)
+    assert cfg.meter is cfg.http_json
+    assert (cfg.http_json.host, cfg.http_json.port, cfg.http_json.power_path) == ("tasmota.local", 80, SML_PATH)
     meter = build_meter(cfg)
     assert isinstance(meter, HttpJsonClient) and meter.url == "http://tasmota.local/cm?cmnd=Status%2010"
 

@@ -1,0 +1,300 @@
+"""MQTT for Home Assistant and friends: availability, the state topic, the mode command, discovery.
+
+``MqttBridge`` runs in its own thread and never touches the hardware or the control thread's objects:
+it reads the snapshots the control thread publishes to the ``StatusStore`` and hands mode commands to
+the control thread through the ``CommandQueue`` (from a small worker thread, so that a slow control
+cycle never holds up the state topic). paho-mqtt's network thread (``loop_start``) connects, keeps the
+connection and reconnects by itself; a broker that is down at start or goes away never slows the control,
+which does not know MQTT exists.
+
+Topics (``p`` = ``mqtt.topic_prefix``, interfaces.md "MQTT and Home Assistant"):
+- ``p/availability``: ``online`` (retained) while running, ``offline`` on a clean shutdown and as the will;
+- ``p/state``: JSON, not retained, at least every ``STATE_EVERY_S`` and within ``POLL_S`` of a change;
+- ``p/mode/set``: ``auto`` | ``normal`` | ``hold`` | ``charge`` | ``off`` or the JSON body of POST /api/mode;
+- ``<discovery_prefix>/<component>/<node>/<object>/config``: Home Assistant discovery (retained),
+  published again after every (re)connect.
+
+The broker password goes to paho only; it is never logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+
+import modes
+from config_loader import MqttConfig
+from i18n import Msg
+from status_store import BatteryStatus, CommandError, CommandQueue, StatusSnapshot, StatusStore
+
+log = logging.getLogger("marstek")
+
+STATE_EVERY_S = 5.0  # the state topic at least this often
+POLL_S = 0.25  # how often the store is looked at (a grid change is published within this + one cycle)
+KEEPALIVE_S = 30
+RECONNECT_DELAY_S = (1, 30)  # paho's back-off between reconnect attempts, min..max
+COMMAND_TIMEOUT_S = 10.0
+SHUTDOWN_PUBLISH_S = 2.0
+CONTROL_STATES = ("active", "setup", "stopped", "error")
+MODE_OPTIONS = ("auto", "hold", "charge", "off")
+DEVICE_NAME = "Marstek PV-Akku Steuerung"
+
+
+def make_client(cfg: MqttConfig, client_id: str) -> paho.Client:
+    """A paho client (callback API 2) with the section's credentials and a reconnect back-off."""
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    if cfg.username is not None:
+        client.username_pw_set(cfg.username, cfg.password)
+    client.reconnect_delay_set(*RECONNECT_DELAY_S)
+    return client
+
+
+def broker_name(cfg: MqttConfig) -> str:
+    return f"{cfg.host}:{cfg.port}"
+
+
+def object_id(text: str) -> str:
+    """``text`` as a discovery node/object id (Home Assistant allows [a-zA-Z0-9_-])."""
+    return re.sub(r"[^a-zA-Z0-9_-]", "_", text)
+
+
+class MqttBridge:
+    """Publishes the status to MQTT and takes mode commands from it (one thread, see the module doc)."""
+
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        store: StatusStore,
+        commands: CommandQueue,
+        *,
+        gateway: str,
+        max_charge_power_w: Callable[[], int],
+        sw_version: str = "",
+        client: paho.Client | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.commands = commands
+        self.gateway = gateway  # "<host>:<port>" of the batteries' Modbus gateway (battery keys)
+        self.max_charge_power_w = max_charge_power_w
+        self.sw_version = sw_version or "dev"
+        self.node = object_id(cfg.client_id)
+        prefix = cfg.topic_prefix
+        self.availability_topic = f"{prefix}/availability"
+        self.state_topic = f"{prefix}/state"
+        self.command_topic = f"{prefix}/mode/set"
+        self.client = client or make_client(cfg, cfg.client_id)
+        self.client.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_message = self._on_message
+        self._pending: queue.Queue[modes.ModeRequest] = queue.Queue(maxsize=16)
+        self._connected = threading.Event()
+        self._discovery_due = threading.Event()
+        self._discovered_keys: tuple[str, ...] = ()
+        self._last_state: tuple[Any, ...] | None = None
+        self._last_state_s = 0.0
+        self._connect_failed_logged = False
+        self.discovery_published = 0  # how often the whole discovery went out (tests, diagnostics)
+
+    # ------------------------------------------------------------------ the thread
+    def run(self, stop: threading.Event) -> None:
+        """Publish until ``stop`` is set; then say ``offline`` and disconnect."""
+        worker = threading.Thread(target=self._command_worker, args=(stop,), name="mqtt-commands", daemon=True)
+        worker.start()
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=KEEPALIVE_S)
+        self.client.loop_start()  # paho's own network thread: connects, reconnects, delivers messages
+        try:
+            while not stop.wait(POLL_S):
+                try:
+                    self.tick(time.monotonic())
+                except Exception:  # a bug here must not end the bridge (nor touch the control)
+                    log.exception("MQTT publishing failed")
+        finally:
+            self._shutdown()
+            worker.join(timeout=COMMAND_TIMEOUT_S + 1)
+
+    def tick(self, now_s: float) -> None:
+        """Publish the discovery when due and the state when it changed or is old (bridge thread)."""
+        if not self._connected.is_set():
+            return
+        snap = self.store.latest()
+        keys = tuple(self.battery_key(b) for b in snap.batteries)
+        if self._discovery_due.is_set() or keys != self._discovered_keys:
+            self._discovery_due.clear()
+            self.publish_discovery(snap)
+        state = self.state_document(snap)
+        signature = (state["grid_power_w"], state["control_state"], state["operating_mode"], state["meter_ok"],
+                     tuple((b["online"], b["setpoint_w"]) for b in state["batteries"]))
+        if signature != self._last_state or now_s - self._last_state_s >= STATE_EVERY_S:
+            self.client.publish(self.state_topic, json.dumps(state, ensure_ascii=False), qos=0, retain=False)
+            self._last_state, self._last_state_s = signature, now_s
+
+    def _shutdown(self) -> None:
+        if self._connected.is_set():
+            info = self.client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            # The connection may go away meanwhile: then the will says it.
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(timeout=SHUTDOWN_PUBLISH_S)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # ------------------------------------------------------------------ paho callbacks (paho's thread)
+    def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        if reason.is_failure:
+            self._log_connect_failure(str(reason))
+            return
+        self._connect_failed_logged = False
+        log.info("%s", Msg("mqtt_connected", broker=broker_name(self.cfg)))
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        client.subscribe(self.command_topic, qos=1)
+        self._last_state = None  # a fresh state at once
+        self._discovery_due.set()
+        self._connected.set()
+
+    def _on_disconnect(self, _client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected and reason.value != 0:
+            log.warning("%s", Msg("mqtt_disconnected", broker=broker_name(self.cfg), error=str(reason)))
+
+    def _on_connect_fail(self, _client: paho.Client, _userdata: Any) -> None:
+        self._log_connect_failure("no answer")
+
+    def _log_connect_failure(self, error: str) -> None:
+        if not self._connect_failed_logged:  # once per outage, not every retry
+            self._connect_failed_logged = True
+            log.warning("%s", Msg("mqtt_connect_failed", broker=broker_name(self.cfg), error=error))
+
+    def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.topic != self.command_topic:
+            return
+        if message.retain:
+            # A retained command would be applied again after every reconnect, overriding a newer choice
+            # from the dashboard or an expiry; the mode is kept across restarts by the program itself.
+            log.warning("%s", Msg("mqtt_retained_ignored", topic=message.topic))
+            return
+        try:
+            request = modes.parse_payload(message.payload, self.max_charge_power_w())
+        except modes.ModeError as exc:
+            log.warning("%s", Msg("mqtt_bad_payload", topic=message.topic, error=str(exc)))
+            return
+        try:
+            self._pending.put_nowait(request)
+        except queue.Full:
+            log.warning("%s", Msg("mqtt_command_failed", topic=message.topic, error="busy"))
+
+    def _command_worker(self, stop: threading.Event) -> None:
+        """Hands MQTT mode commands to the control thread (and waits for it) off paho's thread."""
+        while not stop.is_set():
+            try:
+                request = self._pending.get(timeout=POLL_S)
+            except queue.Empty:
+                continue
+            try:
+                self.commands.submit("set_mode", timeout_s=COMMAND_TIMEOUT_S, request=request, source="mqtt")
+            except CommandError as exc:
+                log.warning("%s", Msg("mqtt_command_failed", topic=self.command_topic, error=str(exc)))
+            self._last_state = None  # show the new mode at once
+
+    # ------------------------------------------------------------------ documents
+    def battery_key(self, b: BatteryStatus) -> str:
+        """``"<host>:<port>/<id>"`` (the battery's ``key`` in /api/status when it has one)."""
+        return str(getattr(b, "key", "") or f"{self.gateway}/{b.id}")
+
+    @staticmethod
+    def battery_name(b: BatteryStatus) -> str:
+        return str(getattr(b, "name", "") or f"Akku {b.id}")
+
+    def state_document(self, snap: StatusSnapshot) -> dict[str, Any]:
+        """The JSON of ``<prefix>/state``."""
+        mode = snap.operating_mode
+        return {
+            "grid_power_w": snap.grid_power_w,
+            "grid_power_avg_w": snap.grid_power_avg_w,
+            "meter_ok": snap.meter_ok,
+            "control_state": snap.control_state,
+            "operating_mode": mode.get("mode", "auto"),
+            "operating_mode_until": mode.get("until"),
+            "operating_mode_power_w": mode.get("power_w"),
+            "status": snap.status,
+            "reason": str(snap.reason),
+            "batteries": [
+                {"key": self.battery_key(b), "name": self.battery_name(b), "id": b.id, "soc_pct": b.soc_pct,
+                 "power_w": b.power_w, "setpoint_w": b.setpoint_w, "online": b.online}
+                for b in snap.batteries
+            ],
+            "updated_at": snap.updated_at,
+        }
+
+    def device(self) -> dict[str, Any]:
+        return {"identifiers": [self.node], "name": DEVICE_NAME, "manufacturer": "Marstek PV-Akku Steuerung",
+                "model": "Nulleinspeisung für Marstek Venus / Duravolt", "sw_version": self.sw_version}
+
+    def discovery(self, snap: StatusSnapshot) -> dict[str, dict[str, Any]]:
+        """Every discovery config message: topic -> payload."""
+        common = {"availability_topic": self.availability_topic, "payload_available": "online",
+                  "payload_not_available": "offline", "device": self.device(), "state_topic": self.state_topic}
+        power = {"device_class": "power", "unit_of_measurement": "W", "state_class": "measurement"}
+        entities: list[tuple[str, str, dict[str, Any]]] = [
+            ("sensor", "grid_power", {"name": "Netzleistung", "value_template": "{{ value_json.grid_power_w }}",
+                                      **power}),
+            ("sensor", "control_state", {"name": "Regelung", "device_class": "enum", "options": list(CONTROL_STATES),
+                                         "value_template": "{{ value_json.control_state }}"}),
+            ("binary_sensor", "meter_ok", {"name": "Zähler", "device_class": "connectivity",
+                                           "value_template": "{{ 'ON' if value_json.meter_ok else 'OFF' }}"}),
+            ("select", "operating_mode", {"name": "Betriebsart", "options": list(MODE_OPTIONS),
+                                          "command_topic": self.command_topic,
+                                          "value_template": "{{ value_json.operating_mode }}"}),
+        ]
+        for b in snap.batteries:
+            key = self.battery_key(b)
+            name = self.battery_name(b)
+            pick = f"{{% set b = value_json.batteries | selectattr('key', 'equalto', {json.dumps(key)}) | first %}}"
+            oid = "battery_" + object_id(key)
+            entities += [
+                ("sensor", f"{oid}_soc", {"name": f"{name} Ladestand", "device_class": "battery",
+                                          "unit_of_measurement": "%", "state_class": "measurement",
+                                          "value_template": pick + "{{ b.soc_pct if b is defined else None }}"}),
+                ("sensor", f"{oid}_power", {"name": f"{name} Leistung", **power,
+                                            "value_template": pick + "{{ b.power_w if b is defined else None }}"}),
+                ("sensor", f"{oid}_setpoint", {
+                    "name": f"{name} Sollwert", **power,
+                    "value_template": pick + "{{ b.setpoint_w if b is defined else None }}"}),
+                ("binary_sensor", f"{oid}_online", {
+                    "name": f"{name} online", "device_class": "connectivity",
+                    "value_template": pick + "{{ 'ON' if b is defined and b.online else 'OFF' }}"}),
+            ]
+        return {
+            f"{self.cfg.discovery_prefix}/{component}/{self.node}/{obj}/config": {
+                **config, "unique_id": f"{self.node}_{obj}", **common}
+            for component, obj, config in entities
+        }
+
+    def publish_discovery(self, snap: StatusSnapshot) -> None:
+        for topic, payload in self.discovery(snap).items():
+            self.client.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1, retain=True)
+        self._discovered_keys = tuple(self.battery_key(b) for b in snap.batteries)
+        self.discovery_published += 1
+
+
+def start_bridge(bridge: MqttBridge, stop: threading.Event) -> threading.Thread:
+    thread = threading.Thread(target=bridge.run, args=(stop,), name="mqtt", daemon=True)
+    thread.start()
+    return thread
+
+
+def gateway_of(battery: Any) -> str:
+    """``"<host>:<port>"`` of config_loader.BatteryConfig."""
+    return f"{battery.ip}:{battery.port}"

@@ -1,0 +1,514 @@
+"""MQTT against a real broker: Debian's mosquitto, started here on a free loopback port with a generated
+config. Discovery, the state topic, mode commands, the last will, broker loss and return, the MQTT meter.
+
+Without /usr/sbin/mosquitto these tests are skipped (apt-get install mosquitto), except under CI=true,
+where a missing broker is a failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as paho
+import pytest
+import requests
+from paho.mqtt.enums import CallbackAPIVersion
+
+import i18n
+from config_loader import MqttConfig, MqttMeterConfig, parse_config
+from mqtt_bridge import MqttBridge
+from mqtt_meter import MqttMeter, MqttMeterError, power_from_payload
+from simulator import Simulation, UnitSpec
+from status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
+from tests.helpers import free_port, wait_until
+
+ROOT = Path(__file__).resolve().parent.parent
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+TARGET_W = 20.0
+
+if not Path(MOSQUITTO).exists():
+    reason = "mosquitto is missing (apt-get install mosquitto); the MQTT tests need a real broker"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture(autouse=True)
+def english_messages() -> Iterator[None]:
+    """The log texts these tests read are the English ones (main() in another test may have switched)."""
+    before = i18n.language()
+    i18n.set_language("en")
+    try:
+        yield
+    finally:
+        i18n.set_language(before)
+
+
+# ---------------------------------------------------------------------------- the broker
+class Broker:
+    """mosquitto on 127.0.0.1:<port> with a generated config; stop() and start() keep the port."""
+
+    def __init__(self, directory: Path, port: int | None = None, users: dict[str, str] | None = None) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = port or free_port()
+        self.users = users or {}
+        self.proc: subprocess.Popen | None = None
+        lines = [f"listener {self.port} 127.0.0.1", "persistence false", "log_dest stderr"]
+        if os.geteuid() == 0:
+            lines.append("user root")  # do not drop to the mosquitto user (the files are in a temp dir)
+        if self.users:
+            password_file = self.dir / "passwords"
+            password_file.write_text("", encoding="utf-8")
+            for user, password in self.users.items():
+                subprocess.run([shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd", "-b",
+                                str(password_file), user, password], check=True, capture_output=True)
+            password_file.chmod(0o600)
+            lines += ["allow_anonymous false", f"password_file {password_file}"]
+        else:
+            lines.append("allow_anonymous true")
+        self.config = self.dir / "mosquitto.conf"
+        self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.log = self.dir / "mosquitto.log"
+
+    def start(self) -> Broker:
+        log = self.log.open("a", encoding="utf-8")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.config)], stdout=log, stderr=log)
+        log.close()
+
+        def listening() -> bool:
+            assert self.proc is not None and self.proc.poll() is None, self.log.read_text(encoding="utf-8")
+            with socket.socket() as s:
+                return s.connect_ex(("127.0.0.1", self.port)) == 0
+        wait_until(listening, 10, f"mosquitto listening on {self.port}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path / "mosquitto").start()
+    try:
+        yield b
+    finally:
+        b.stop()
+
+
+@dataclass
+class Received:
+    topic: str
+    payload: str
+    retain: bool
+    at_s: float
+
+
+@dataclass
+class Listener:
+    """A paho client that records every message under ``topics`` (and resubscribes after a reconnect)."""
+
+    port: int
+    topics: tuple[str, ...] = ("#",)
+    username: str | None = None
+    password: str | None = None
+    messages: list[Received] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self.connected = threading.Event()
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"test-listener-{id(self)}")
+        if self.username:
+            self.client.username_pw_set(self.username, self.password)
+        self.client.reconnect_delay_set(1, 1)
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.on_disconnect = lambda *_a: self.connected.clear()
+        self.client.connect_async("127.0.0.1", self.port, keepalive=10)
+        self.client.loop_start()
+        wait_until(self.connected.is_set, 10, "the test listener connected")
+
+    def _on_connect(self, client: paho.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not reason.is_failure:
+            for topic in self.topics:
+                client.subscribe(topic, qos=1)
+            self.connected.set()
+
+    def _on_message(self, _c: paho.Client, _u: Any, msg: paho.MQTTMessage) -> None:
+        with self._lock:
+            self.messages.append(Received(msg.topic, msg.payload.decode(), bool(msg.retain), time.monotonic()))
+
+    def on(self, topic: str, since_s: float = 0.0) -> list[Received]:
+        with self._lock:
+            return [m for m in self.messages if m.topic == topic and m.at_s >= since_s]
+
+    def latest(self, topic: str) -> Received | None:
+        found = self.on(topic)
+        return found[-1] if found else None
+
+    def under(self, prefix: str, since_s: float = 0.0) -> dict[str, Received]:
+        with self._lock:
+            return {m.topic: m for m in self.messages if m.topic.startswith(prefix) and m.at_s >= since_s}
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@contextlib.contextmanager
+def listening(port: int, *topics: str, **auth: Any) -> Iterator[Listener]:
+    listener = Listener(port, topics or ("#",), **auth)
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def mqtt_cfg(port: int, **changes: Any) -> MqttConfig:
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": port, "client_id": "marstek-test"}
+    values.update(changes)
+    return MqttConfig(**values)
+
+
+def snapshot(grid_w: float | None, **changes: Any) -> StatusSnapshot:
+    batteries = (BatteryStatus(1, True, 55.0, 400, 398.0, "discharge"), BatteryStatus(2, False, None, 0, None, "idle"))
+    values: dict[str, Any] = {"grid_power_w": grid_w, "grid_power_avg_w": grid_w, "meter_type": "shelly",
+                              "meter_ok": grid_w is not None, "control_state": "active", "batteries": batteries}
+    values.update(changes)
+    return StatusSnapshot(**values)
+
+
+@contextlib.contextmanager
+def running_bridge(cfg: MqttConfig, store: StatusStore, commands: CommandQueue | None = None) -> Iterator[MqttBridge]:
+    bridge = MqttBridge(cfg, store, commands or CommandQueue(), gateway="192.168.1.200:502",
+                        max_charge_power_w=lambda: 5000, sw_version="3.1")
+    stop = threading.Event()
+    thread = threading.Thread(target=bridge.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        yield bridge
+    finally:
+        stop.set()
+        thread.join(10)
+        assert not thread.is_alive(), "the MQTT bridge did not stop"
+
+
+# ---------------------------------------------------------------------------- the bridge in-process
+def test_discovery_has_unique_ids_device_classes_and_the_device_block(broker):
+    store = StatusStore()
+    store.publish(snapshot(120.0))
+    with listening(broker.port, "homeassistant/#", "marstek/#") as listener, running_bridge(mqtt_cfg(broker.port),
+                                                                                            store):
+        wait_until(lambda: len(listener.under("homeassistant/")) >= 12, 10, "12 discovery messages")
+        configs = {topic: json.loads(m.payload) for topic, m in listener.under("homeassistant/").items()}
+        with listening(broker.port, "homeassistant/#") as late:  # retained: a late subscriber gets them all
+            wait_until(lambda: len(late.under("homeassistant/")) >= 12, 5, "the retained discovery")
+            assert all(m.retain for m in late.under("homeassistant/").values())
+        ids = [c["unique_id"] for c in configs.values()]
+        assert len(ids) == len(set(ids)) == 12
+        key = "battery_192_168_1_200_502_1"
+        grid = configs["homeassistant/sensor/marstek-test/grid_power/config"]
+        assert (grid["device_class"], grid["unit_of_measurement"], grid["state_class"]) == ("power", "W", "measurement")
+        soc = configs[f"homeassistant/sensor/marstek-test/{key}_soc/config"]
+        assert (soc["device_class"], soc["unit_of_measurement"], soc["state_class"]) == ("battery", "%", "measurement")
+        assert "192.168.1.200:502/1" in soc["value_template"] and soc["name"] == "Akku 1 Ladestand"
+        for obj in ("power", "setpoint"):
+            c = configs[f"homeassistant/sensor/marstek-test/{key}_{obj}/config"]
+            assert (c["device_class"], c["unit_of_measurement"]) == ("power", "W")
+        online = configs[f"homeassistant/binary_sensor/marstek-test/{key}_online/config"]
+        assert online["device_class"] == "connectivity"
+        state = configs["homeassistant/sensor/marstek-test/control_state/config"]
+        assert state["device_class"] == "enum" and state["options"] == ["active", "setup", "stopped", "error"]
+        select = configs["homeassistant/select/marstek-test/operating_mode/config"]
+        assert select["command_topic"] == "marstek/mode/set"
+        assert select["options"] == ["auto", "hold", "charge", "off"]
+        for c in configs.values():
+            assert c["availability_topic"] == "marstek/availability" and c["state_topic"] == "marstek/state"
+            assert set(c["device"]) == {"identifiers", "name", "manufacturer", "model", "sw_version"}
+            assert c["device"]["sw_version"] == "3.1"
+        online_msg = listener.latest("marstek/availability")
+        assert online_msg is not None and online_msg.payload == "online"
+        with listening(broker.port, "marstek/availability") as late:
+            wait_until(lambda: late.latest("marstek/availability"), 5, "the retained availability")
+            assert late.latest("marstek/availability").retain  # type: ignore[union-attr]
+    # A clean shutdown says offline (retained).
+    with listening(broker.port, "marstek/availability") as late:
+        wait_until(lambda: late.latest("marstek/availability"), 5, "the retained availability")
+        assert late.latest("marstek/availability").payload == "offline"  # type: ignore[union-attr]
+
+
+def test_state_flows_within_2_s_of_a_grid_change_and_at_least_every_5_s(broker):
+    store = StatusStore()
+    store.publish(snapshot(100.0, operating_mode={"mode": "hold", "power_w": None, "until": None, "source": "api"}))
+    with listening(broker.port, "marstek/state") as listener, running_bridge(mqtt_cfg(broker.port), store):
+        wait_until(lambda: listener.on("marstek/state"), 10, "a first state")
+        doc = json.loads(listener.latest("marstek/state").payload)  # type: ignore[union-attr]
+        assert doc["grid_power_w"] == 100.0 and doc["control_state"] == "active" and doc["meter_ok"] is True
+        assert doc["operating_mode"] == "hold"
+        assert doc["batteries"][0] == {"key": "192.168.1.200:502/1", "name": "Akku 1", "id": 1, "soc_pct": 55.0,
+                                       "power_w": 398.0, "setpoint_w": 400, "online": True}
+        assert doc["batteries"][1]["online"] is False and doc["batteries"][1]["soc_pct"] is None
+        assert not listener.latest("marstek/state").retain  # type: ignore[union-attr]
+        changed_s = time.monotonic()
+        store.publish(snapshot(-345.0))
+        wait_until(lambda: any(json.loads(m.payload)["grid_power_w"] == -345.0
+                               for m in listener.on("marstek/state", changed_s)), 2.0, "the new grid power within 2 s")
+        # Nothing changes: still a state at least every 5 s.
+        quiet_s = time.monotonic()
+        wait_until(lambda: len(listener.on("marstek/state", quiet_s)) >= 2, 11, "two states in ~10 s")
+        stamps = [m.at_s for m in listener.on("marstek/state", quiet_s)]
+        assert all(b - a <= 5.5 for a, b in itertools.pairwise(stamps))
+
+
+def test_a_broker_with_a_password(tmp_path, caplog):
+    broker = Broker(tmp_path / "secured", users={"marstek": "s3cret!"}).start()
+    caplog.set_level(logging.DEBUG)
+    try:
+        store = StatusStore()
+        store.publish(snapshot(10.0))
+        with listening(broker.port, "marstek/#", username="marstek", password="s3cret!") as listener, \
+                running_bridge(mqtt_cfg(broker.port, username="marstek", password="s3cret!"), store):
+            wait_until(lambda: listener.on("marstek/state"), 10, "state through the password-protected broker")
+        assert "s3cret!" not in repr(mqtt_cfg(broker.port, username="marstek", password="s3cret!"))
+        assert "MQTT connected to 127.0.0.1" in caplog.text and "s3cret!" not in caplog.text
+        # A wrong password: the bridge says so (without the password) and keeps trying.
+        with running_bridge(mqtt_cfg(broker.port, username="marstek", password="wrong-pw"), store):
+            wait_until(lambda: "MQTT: cannot connect" in caplog.text, 10, "the refused login is logged")
+        assert "wrong-pw" not in caplog.text
+    finally:
+        broker.stop()
+
+
+# ---------------------------------------------------------------------------- the MQTT meter
+def test_power_from_payload_bare_number_and_dotted_path():
+    assert power_from_payload(b" -123.5 ", None) == -123.5
+    assert power_from_payload(b'{"SML": {"Power_curr": 456}}', "SML.Power_curr") == 456.0
+    assert power_from_payload(b'{"a": ["7", 8]}', "a.0") == 7.0
+    for payload, path in ((b"unknown", None), (b"{}", "x"), (b'{"x": true}', "x"), (b"nan", None),
+                          (b'{"x": "abc"}', "x"), (b"\xff", None), (b"[1", "x")):
+        with pytest.raises(ValueError):
+            power_from_payload(payload, path)
+
+
+def test_mqtt_meter_never_turns_a_missing_or_old_value_into_0_w(broker):
+    now = [1000.0]
+    meter = MqttMeter(mqtt_cfg(broker.port), MqttMeterConfig("house/grid", "power", max_age_seconds=10,
+                                                             timeout_seconds=0.3), clock=lambda: now[0])
+    try:
+        with pytest.raises(MqttMeterError, match="no reading received on house/grid"):
+            meter.read()
+        with listening(broker.port, "none") as pub:
+            pub.publish("house/grid", '{"power": 742}')
+            reading = wait_until(lambda: _try_read(meter), 5, "the meter has the value")
+            assert reading.grid_power_w == 742.0 and reading.received_at_s == 1000.0  # type: ignore[union-attr]
+            now[0] += 11  # older than max_age_seconds
+            with pytest.raises(MqttMeterError, match="11 s old"):
+                meter.read()
+            pub.publish("house/grid", '{"power": "broken"}')
+            wait_until(lambda: _raises_with(meter, "unusable"), 5, "an unusable payload is a failed read")
+    finally:
+        meter.close()
+
+
+def test_mqtt_meter_without_a_broker_says_so(tmp_path):
+    meter = MqttMeter(mqtt_cfg(free_port()), MqttMeterConfig("house/grid", None, timeout_seconds=0.2))
+    try:
+        with pytest.raises(MqttMeterError, match=r"not connected to the MQTT broker 127\.0\.0\.1"):
+            meter.read()
+    finally:
+        meter.close()
+
+
+def _try_read(meter: MqttMeter) -> Any:
+    try:
+        return meter.read()
+    except MqttMeterError:
+        return None
+
+
+def _raises_with(meter: MqttMeter, words: str) -> bool:
+    try:
+        meter.read()
+    except MqttMeterError as exc:
+        return words in str(exc)
+    return False
+
+
+# ---------------------------------------------------------------------------- main.py as a subprocess
+def write_config(path: Path, sim: Simulation, web_port: int, mqtt_port: int, **sections: Any) -> Path:
+    cfg: dict[str, Any] = {
+        "version": "3.1",
+        "energy_meter": {"type": "shelly"},
+        "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1, "max_failures_before_stop": 2},
+        "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
+        "control": {"poll_interval_seconds": 1, "soc_update_interval_seconds": 5},
+        "web": {"host": "127.0.0.1", "port": web_port, "language": "en"},  # the events' texts below are English
+        "logging": {"level": "INFO", "file": str(path.parent / "logs" / "marstek.log")},
+        "mqtt": {"host": "127.0.0.1", "port": mqtt_port, "client_id": "marstek-e2e"},
+    }
+    cfg.update(sections)
+    parse_config(cfg)  # the test's own config must be valid
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path
+
+
+@contextlib.contextmanager
+def running_main(config_path: Path) -> Iterator[subprocess.Popen]:
+    output = (config_path.parent / "main-output.txt").open("w", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config_path)],
+                            cwd=str(config_path.parent), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        output.close()
+
+
+def api(port: int, path: str = "/api/status") -> dict[str, Any]:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}{path}", timeout=2).json()
+    except requests.RequestException:
+        return {}
+
+
+@pytest.fixture
+def sim() -> Iterator[Simulation]:
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as s:
+        s.set_load_w(900.0)
+        s.set_pv_w(0.0)
+        yield s
+
+
+def discharging(sim: Simulation) -> bool:
+    return any(sim.unit(i).commanded_w > 0 for i in (1, 2))
+
+
+def test_main_with_mqtt_commands_hold_and_the_last_will_on_kill(broker, sim, tmp_path):
+    web_port = free_port()
+    config = write_config(tmp_path / "config.json", sim, web_port, broker.port)
+    with listening(broker.port, "none") as stale:  # a retained command from long ago: must not apply at start
+        stale.publish("marstek/mode/set", "off", retain=True)
+    with listening(broker.port, "homeassistant/#", "marstek/#") as listener, running_main(config) as proc:
+        wait_until(lambda: api(web_port).get("control_state") == "active", 20, "control active")
+        wait_until(lambda: any("retained message ignored" in e["message"] for e in api(web_port).get("events", [])),
+                   10, "the retained command is ignored")
+        listener.publish("marstek/mode/set", "", retain=True)  # clear it (an empty payload is ignored too)
+        assert api(web_port, "/api/mode")["mode"] == "auto"
+        wait_until(lambda: listener.latest("marstek/availability") and
+                   listener.latest("marstek/availability").payload == "online", 10, "online")  # type: ignore[union-attr]
+        wait_until(lambda: len(listener.under("homeassistant/")) >= 12, 10, "discovery for two batteries")
+        wait_until(lambda: discharging(sim), 20, "the batteries discharge into the 900 W load")
+
+        listener.publish("marstek/mode/set", "hold")
+        wait_until(lambda: not discharging(sim), 4, "hold from MQTT: no discharge (one cycle is 1 s)")
+        mode = api(web_port, "/api/mode")
+        assert mode["mode"] == "hold" and mode["source"] == "mqtt"
+        wait_until(lambda: any(json.loads(m.payload)["operating_mode"] == "hold" for m in listener.on("marstek/state")),
+                   5, "the state topic shows hold")
+
+        listener.publish("marstek/mode/set", "turbo")  # invalid: logged and ignored
+        listener.publish("marstek/mode/set", '{"mode": "charge", "power_w": 5}')
+        wait_until(lambda: sum("mode/set" in e["message"] for e in api(web_port).get("events", [])) >= 3, 5,
+                   "the invalid payloads (and the stale retained one) logged")
+        assert api(web_port, "/api/mode")["mode"] == "hold"
+
+        listener.publish("marstek/mode/set", '{"mode": "charge", "power_w": 1000, "minutes": 5}')
+        wait_until(lambda: api(web_port, "/api/mode").get("power_w") == 1000, 5, "charge 1000 W from MQTT")
+        wait_until(lambda: sum(sim.unit(i).commanded_w for i in (1, 2)) == -1000, 5, "charging at 1000 W")
+        listener.publish("marstek/mode/set", "normal")
+        wait_until(lambda: api(web_port, "/api/mode").get("mode") == "auto", 5, "normal = auto")
+
+        killed_s = time.monotonic()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: any(m.payload == "offline" for m in listener.on("marstek/availability", killed_s)), 10,
+                   "the broker sends the last will: offline")
+
+
+def test_broker_down_at_start_lost_and_back_never_stops_the_control(broker, sim, tmp_path):
+    broker.stop()  # down at start
+    web_port = free_port()
+    config = write_config(tmp_path / "config.json", sim, web_port, broker.port)
+    with running_main(config):
+        wait_until(lambda: api(web_port).get("control_state") == "active", 20, "control active without a broker")
+        wait_until(lambda: discharging(sim), 20, "regulating without a broker")
+
+        broker.start()
+        with listening(broker.port, "homeassistant/#", "marstek/#") as listener:
+            wait_until(lambda: len(listener.under("homeassistant/")) >= 12, 20, "discovery once the broker is up")
+            broker.stop()  # the broker goes away
+            first = api(web_port)["updated_at"]
+            wait_until(lambda: api(web_port).get("updated_at") not in (None, first), 5, "the control keeps cycling")
+            sim.set_load_w(2000.0)
+            wait_until(lambda: sum(sim.unit(i).commanded_w for i in (1, 2)) > 1500, 20,
+                       "a load step is followed while the broker is down")
+            assert api(web_port)["control_state"] == "active"
+            back_s = time.monotonic()
+            broker.start()
+            wait_until(lambda: len(listener.under("homeassistant/", back_s)) >= 12, 40,
+                       "discovery published again after the broker returned")
+            wait_until(lambda: listener.on("marstek/state", back_s), 10, "state flows again")
+            assert listener.latest("marstek/availability").payload == "online"  # type: ignore[union-attr]
+
+
+def test_the_mqtt_meter_regulates_a_load_step(broker, sim, tmp_path):
+    web_port = free_port()
+    config = write_config(tmp_path / "config.json", sim, web_port, broker.port,
+                          energy_meter={"type": "mqtt"},
+                          mqtt_meter={"topic": "house/grid/SENSOR", "power_path": "SML.Power_curr",
+                                      "max_age_seconds": 5, "timeout_seconds": 1})
+    stop = threading.Event()
+    with listening(broker.port, "none") as publisher:
+        def feed() -> None:  # a Tasmota SML reader: the simulator's meter reading, twice a second
+            while not stop.wait(0.5):
+                value = sim.meter_reading_w()
+                if value is not None:
+                    publisher.client.publish("house/grid/SENSOR", json.dumps({"SML": {"Power_curr": value}}))
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        try:
+            sim.set_load_w(300.0)
+            with running_main(config):
+                wait_until(lambda: api(web_port).get("meter_type") == "mqtt" and api(web_port).get("meter_ok"), 20,
+                           "the MQTT meter delivers")
+                wait_until(lambda: abs(sim.true_grid_power_w() - TARGET_W) < 50, 40, "300 W load covered")
+                sim.set_load_w(1100.0)
+                wait_until(lambda: abs(sim.true_grid_power_w() - TARGET_W) < 50
+                           and sum(sim.unit(i).power_w for i in (1, 2)) > 1000, 40, "800 W step settled")
+                stop.set()  # the meter goes silent: its values age, the batteries stop (never 0 W)
+                wait_until(lambda: not api(web_port).get("meter_ok", True), 15, "silent topic: meter failed")
+                wait_until(lambda: all(sim.unit(i).commanded_w == 0 for i in (1, 2)), 20, "batteries stopped")
+        finally:
+            stop.set()
+            feeder.join(5)
