@@ -8,7 +8,8 @@ With the meter's sign right the grid moves by about minus the battery's change (
 importing less); a meter whose clamp is mounted the wrong way round shows the grid moving *with* it.
 Observations in between (a load change at the same moment) count for nothing.
 
-``NEEDED`` wrong-way observations in a row, without a right-way one between them, trip the check: the
+``NEEDED`` wrong-way observations in a row (within ``RUN_WINDOW_S``), without a right-way one between them,
+trip the check: the
 loop stops the batteries and names ``energy_meter.invert``. Two are enough and few enough: a reversed
 meter makes the law double its wrong-way command on every step, so the second observation comes a few
 seconds after the first, before the batteries reach full power in the wrong direction for long. A
@@ -36,11 +37,12 @@ class _Pending:
 class SignCheck:
     """Watches the law's setpoint steps for a meter whose grid power moves with the battery's discharge."""
 
-    MIN_STEP_W = 150.0  # smaller steps drown in load noise
+    MIN_STEP_W = 300.0  # smaller steps drown in load noise and passing clouds (benchmark: 150 W tripped on PV days)
     FOLLOWED_SHARE = 0.5  # the battery must have delivered this share of the step
     RATIO = 0.5  # |Δgrid / Δbattery| at least this to count (1.0 ideally)
     NEEDED = 2  # wrong-way observations in a row that trip the check
     MAX_WAIT_S = 90.0  # an observation not closed by then is dropped (a 30 s meter needs two samples)
+    RUN_WINDOW_S = 120.0  # wrong-way observations further apart than this are not one runaway
 
     def __init__(self) -> None:
         self.wrong = 0  # wrong-way observations in a row
@@ -50,6 +52,7 @@ class SignCheck:
         self._last_grid_w: float | None = None
         self._last_command_w = 0.0
         self.last_ratio: float | None = None  # Δgrid / Δbattery of the last closed observation
+        self._last_wrong_s = -float("inf")
 
     def reset(self) -> None:
         """Forget an open observation (setup mode, a restart of the control); a trip is kept."""
@@ -65,7 +68,7 @@ class SignCheck:
         if pending is not None and (now_s - pending.started_s > self.MAX_WAIT_S or battery_w is None):
             pending = self._pending = None
         if pending is not None and fresh and grid_w is not None and battery_w is not None:
-            self._close(pending, grid_w, battery_w)
+            self._close(now_s, pending, grid_w, battery_w)
         if grid_w is not None:
             self._last_grid_w = grid_w
         step_w = command_w - self._last_command_w
@@ -74,7 +77,7 @@ class SignCheck:
             self._pending = _Pending(now_s, grid_w, battery_w, step_w)
         return self.tripped
 
-    def _close(self, pending: _Pending, grid_w: float, battery_w: float) -> None:
+    def _close(self, now_s: float, pending: _Pending, grid_w: float, battery_w: float) -> None:
         moved_w = battery_w - pending.battery_before_w
         if moved_w * pending.step_w <= 0 or abs(moved_w) < self.FOLLOWED_SHARE * abs(pending.step_w):
             return  # the batteries have not followed yet: wait for a later sample
@@ -82,7 +85,9 @@ class SignCheck:
         if ratio <= -self.RATIO:
             self.wrong, self.right, self._pending, self.last_ratio = 0, self.right + 1, None, ratio
         elif ratio >= self.RATIO:
-            self.wrong, self._pending, self.last_ratio = self.wrong + 1, None, ratio
+            in_run = now_s - self._last_wrong_s <= self.RUN_WINDOW_S
+            self.wrong = self.wrong + 1 if in_run else 1
+            self._pending, self.last_ratio, self._last_wrong_s = None, ratio, now_s
             self.tripped = self.wrong >= self.NEEDED
         # In between: the sample shows only part of the battery's move (or a load change): wait for the next.
 
