@@ -77,3 +77,18 @@ def test_a_noisy_house_with_a_right_meter_does_not_trip() -> None:
         command_w = min(2500.0, max(-2500.0, grid_w + battery_w - 20.0)) if i % 2 == 0 else command_w
         assert not check.observe(float(i), grid_w, battery_w, command_w), i
         battery_w += 0.7 * (command_w - battery_w)
+
+
+def test_wrong_way_observations_far_apart_are_not_one_runaway() -> None:
+    check = SignCheck()
+    # A wrong-way looking observation (a cloud passing during a 480 W step), and another one 5 minutes later.
+    run(check, [(0.0, 500.0, 0.0, 480.0), (1.0, 1020.0 + 480.0, 480.0, 480.0)])
+    assert check.wrong == 1
+    run(check, [(300.0, 1500.0, 480.0, 0.0), (301.0, 1500.0 - 480.0, 0.0, 0.0)])  # grid falls with the battery
+    assert check.wrong == 1 and check.last_ratio == 1.0 and not check.tripped  # a new run, not the second
+
+
+def test_steps_below_the_minimum_open_no_observation() -> None:
+    check = SignCheck()
+    run(check, [(0.0, 500.0, 0.0, SignCheck.MIN_STEP_W - 1), (1.0, 800.0, 299.0, SignCheck.MIN_STEP_W - 1)])
+    assert (check.wrong, check.right) == (0, 0)
