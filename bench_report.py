@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench_runner import SAFE_W, UNSETTLED_S, RunResult
-from bench_scenarios import CONTROLLERS, CYPRUS_SCALE, CYPRUS_SOC, Scenario, household_pv_24h
+from bench_scenarios import CADENCE_ROWS, CONTROLLERS, CYPRUS_SCALE, CYPRUS_SOC, Scenario, household_pv_24h
 
 
 @dataclass
@@ -102,6 +102,48 @@ def stability(agg: dict[tuple[str, str], Aggregate]) -> dict[tuple[float, float]
     return out
 
 
+CADENCE_RATIO = 1.15  # target: avoidable energy ≤ this × the ideal deadbeat at the same meter cadence
+
+
+@dataclass(frozen=True)
+class CadenceRow:
+    """One meter cadence of the benchmark's cadence rows."""
+
+    cadence_s: float
+    latency_s: float
+    label: str
+    project_wh: float
+    ideal_wh: float
+    ratio: float
+    crossings_project: float
+    crossings_ideal: float
+    stable: bool
+    sign_trips: float
+    per: dict[str, tuple[float, float]]  # scenario -> (project Wh, ideal Wh)
+
+
+def cadence_rows(agg: dict[tuple[str, str], Aggregate]) -> list[CadenceRow]:
+    """Per meter cadence: avoidable energy of the project and of the ideal deadbeat at that cadence (summed over the
+    cadence scenarios), band crossings, and whether the project stays free of sustained oscillation (crossings at
+    most 2 × the ideal's)."""
+    rows: list[CadenceRow] = []
+    for cad, lat, label in CADENCE_ROWS:
+        names = sorted({n for (n, c) in agg if n.startswith(f"cadence{cad:g}-")})
+        pairs = [(p, i) for n in names if (p := _get(agg, n, "project")) and (i := _get(agg, n, "ideal"))]
+        if not pairs:
+            continue
+        av_p = sum(p.mean["avoidable_wh"] for p, _ in pairs)
+        av_i = sum(i.mean["avoidable_wh"] for _, i in pairs)
+        cr_p = statistics.fmean(p.mean["crossings_per_h"] for p, _ in pairs)
+        cr_i = statistics.fmean(i.mean["crossings_per_h"] for _, i in pairs)
+        trips = sum(p.mean.get("sign_trips", 0.0) for p, _ in pairs)
+        per = {n.split("-", 1)[1]: (p.mean["avoidable_wh"], i.mean["avoidable_wh"])
+               for n, (p, i) in zip(names, pairs, strict=False)}
+        rows.append(CadenceRow(cad, lat, label, av_p, av_i, av_p / av_i if av_i else math.nan, cr_p, cr_i,
+                               cr_p <= 2 * cr_i, trips, per))
+    return rows
+
+
 def _per_seed(a: Aggregate, other: Aggregate, key: str) -> str:
     """Range of a / other over the seeds both ran, as a note."""
     if a.seeds < 2:
@@ -163,6 +205,19 @@ def evaluate_targets(agg: dict[tuple[str, str], Aggregate]) -> list[Target]:
             out.append(Target(f"no sustained oscillation with {label}",
                               f"{s['crossings_per_h']:.0f} crossings/h (nominal {s['nominal_crossings_per_h']:.0f}),"
                               f" quiet p95−p5 {s['quiet_p95_p5_w']:.0f} W", bool(s["stable"])))
+    for row in cadence_rows(agg):
+        parts = ", ".join(f"{k} {a / b:.2f} ×" for k, (a, b) in row.per.items() if b)
+        out.append(Target(f"meter cadence {row.label}: avoidable ≤ {CADENCE_RATIO:g} × ideal at that cadence",
+                          f"{row.project_wh:.0f} Wh = {row.ratio:.2f} × ideal ({row.ideal_wh:.0f} Wh)",
+                          row.ratio <= CADENCE_RATIO, parts))
+        out.append(Target(f"meter cadence {row.label}: no sustained oscillation",
+                          f"{row.crossings_project:.0f} crossings/h (ideal {row.crossings_ideal:.0f})",
+                          row.stable, "crossings ≤ 2 × the ideal deadbeat's at that cadence"))
+    trips = [(a.mean["sign_trips"], name) for (name, c), a in agg.items() if c == "project" and "sign_trips" in a.mean]
+    if trips:
+        tripped = [name for t, name in trips if t > 0]
+        out.append(Target("sign check: never trips on a right meter", f"tripped in {len(tripped)} of {len(trips)} "
+                          "scenarios", not tripped, ", ".join(tripped)))
     drops = [a for (name, c), a in agg.items() if c == "project" and name.startswith("dropout-")
              and "timeout" not in name]
     if drops:
@@ -444,6 +499,26 @@ def markdown(scenarios: Sequence[Scenario], results: Sequence[RunResult], quick:
               f"{_pm(no['ideal'], 'crossings_per_h', 0)} | {_pm(no['naive'], 'crossings_per_h', 0)} | "
               f"{_pm(no['project'], 'crossings_per_h', 0)} | {_f(s['quiet_p95_p5_w'], 0)} | "
               f"{'yes' if s['stable'] else 'no'} |")
+        w("")
+    cad_rows = cadence_rows(agg)
+    if cad_rows:
+        w("## Meter cadence")
+        w("")
+        w("Slow meters (issue 11): the same house with a meter that delivers a new value only every 1 s (Shelly), "
+          "2 s, 5 s (HomeWizard-like), 10 s (P1 DSMR 4) or 30 s (IR reading head), against the ideal deadbeat at "
+          "the same cadence and latency. Scenarios: `day24-pv800` 07:00–13:00"
+          + (" (quick: 1 h)" if quick else "") + " and `trace-rae`" + (" 30 min" if quick else " 3 h") + ". "
+          f"Target: avoidable energy ≤ {CADENCE_RATIO:g} × the ideal's at every cadence, and no sustained "
+          "oscillation (band crossings ≤ 2 × the ideal's).")
+        w("")
+        w("| Cadence, s | Latency, s | Meter | Avoidable, Wh: ideal | this project | project / ideal | per scenario "
+          "| Crossings /h: ideal | this project | Stable | Sign check tripped |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for row in cad_rows:
+            per = ", ".join(f"{k} {a / b:.2f}" for k, (a, b) in row.per.items() if b)
+            w(f"| {row.cadence_s:g} | {row.latency_s:g} | {row.label} | {_f(row.ideal_wh)} | {_f(row.project_wh)} | "
+              f"{row.ratio:.2f} | {per} | {row.crossings_ideal:.0f} | {row.crossings_project:.0f} | "
+              f"{'yes' if row.stable else 'no'} | {'yes' if row.sign_trips else 'no'} |")
         w("")
     variants = [n for n in order if n.startswith("targets")]
     if variants:

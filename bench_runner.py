@@ -521,6 +521,7 @@ def _run_loop(sc: Scenario, controller: str) -> tuple[World, dict[str, float]]:
             t_next = max(loop.next_cycle_s, world.t)  # the production schedule
         world.advance_to(sc.duration_s)
     extra_values["writes"] = float(loop.bus.writes_total)
+    extra_values["sign_trips"] = float(loop.sign_check.tripped)  # a right meter must never trip it
     extra_values["min_frame_gap_s"] = min(c.min_gap_s for c in clients)
     if sc.gateway_dies_s is not None:
         # How much later the healthy unit's writes start once a gateway is dead (worst cycle vs the usual).
@@ -630,6 +631,8 @@ def _summarise(world: World, sc: Scenario, extra: dict[str, float]) -> dict[str,
         v["min_frame_gap_s"] = extra["min_frame_gap_s"]
     if "dead_gateway_write_delay_s" in extra:
         v["dead_gateway_write_delay_s"] = extra["dead_gateway_write_delay_s"]
+    if "sign_trips" in extra:
+        v["sign_trips"] = extra["sign_trips"]
     return v
 
 

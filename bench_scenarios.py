@@ -265,6 +265,31 @@ def fleet_scenarios(seeds: Sequence[int]) -> list[Scenario]:
     return [replace(sc, group="fleet") for sc in out]
 
 
+# Meter cadence rows (issue 11): (cadence s, latency s, what reads that slowly).
+CADENCE_ROWS: tuple[tuple[float, float, str], ...] = (
+    (1.0, 0.3, "1 s Shelly"),
+    (2.0, 0.3, "2 s"),
+    (5.0, 0.5, "5 s HomeWizard-like"),
+    (10.0, 0.5, "10 s P1 DSMR 4"),
+    (30.0, 1.0, "30 s IR reader"),
+)
+
+
+def cadence_scenarios(quick: bool, data_dir: Path = DATA_DIR) -> list[Scenario]:
+    """The same house at every meter cadence of ``CADENCE_ROWS``, against the ideal deadbeat at that cadence."""
+    out: list[Scenario] = []
+    for cad, lat, _ in CADENCE_ROWS:
+        spec = MeterSpec(cadence_s=cad, latency_s=lat)
+        base = day24(1, 800.0, start_h=7.0, hours=1.0 if quick else 6.0)
+        out.append(replace(base, name=f"cadence{cad:g}-day24-pv800", group="cadence", meter=spec,
+                           controllers=("ideal", "project")))
+        if (data_dir / "rae_household_1hz.csv").exists():
+            rae = rae_trace(data_dir, hours=0.5 if quick else 3.0)
+            out.append(replace(rae, name=f"cadence{cad:g}-trace-rae", group="cadence", meter=spec,
+                               controllers=("ideal", "project")))
+    return out
+
+
 def scenario_set(quick: bool, data_dir: Path = DATA_DIR) -> list[Scenario]:  # noqa: C901 (the list of scenarios)
     seeds = (1, 2) if quick else (1, 2, 3, 4, 5)
     out: list[Scenario] = []
@@ -328,4 +353,5 @@ def scenario_set(quick: bool, data_dir: Path = DATA_DIR) -> list[Scenario]:  # n
         out.append(step_scenario(2000, False, 1, name=f"sweep-step2000-{tag}", meter=spec, controllers=ctrls))
         out.append(replace(noisy(1, minutes=10 if quick else 30, name=f"sweep-noisy-{tag}", meter=spec),
                            group="sweep", controllers=ctrls))
+    out += cadence_scenarios(quick, data_dir)
     return [replace(sc, group="sweep") if sc.name.startswith("sweep-") else sc for sc in out]

@@ -9,7 +9,7 @@ import functools
 from pathlib import Path
 
 from config_loader import Config, UnitConfig
-from devices import BatteryBus, BatteryError, GridMeter, MeterError
+from devices import BatteryBus, BatteryError, GridMeter, MeterError, describe_meter
 from fleet import Fleet, unit_name
 from i18n import Msg
 
@@ -27,6 +27,8 @@ def run_check(cfg: Config, config_path: Path, meter: GridMeter, fleet: Fleet) ->
         direction = Msg("check_import" if reading.grid_power_w >= 0 else "check_export")
         print(Msg("check_meter_ok", type=cfg.energy_meter_type, ip=meter_cfg.ip, power=reading.grid_power_w,
                   direction=direction))
+        for line in meter_identification(meter):
+            print(line)
     except MeterError as exc:
         problems += 1
         print(Msg("check_failed", what=what, error=str(exc)))
@@ -62,6 +64,24 @@ def _check_gateway(bus: BatteryBus, cfg: Config, units: list[UnitConfig]) -> int
             print(Msg("check_battery_ok", what=what, model=model or "?", soc=soc,
                       power=f"{battery.ac_power_w:+.0f}", control=control))
     return problems
+
+
+def meter_identification(meter: GridMeter) -> list[Msg]:
+    """What --check says about the meter after a good read: model, profile, the channels summed, the sign."""
+    info = describe_meter(meter)
+    lines = [Msg("check_meter_model", model=info["model"])] if info.get("model") else []
+    if info.get("kind") == "triphase":
+        lines.append(Msg("check_meter_total", profile=info.get("profile") or "triphase"))
+    elif info.get("kind") in ("monophase", "gen1"):
+        source = Msg("check_channels_configured" if info.get("configured_channels") else "check_channels_default")
+        lines.append(Msg("check_meter_channels", channels=", ".join(map(str, info["channels"])),
+                         count=info.get("channel_count") or "?", source=source))
+    elif info.get("field"):
+        lines.append(Msg("check_meter_field", field=info["field"]))
+    if info["inverted"]:
+        lines.append(Msg("check_meter_inverted"))
+    lines.append(Msg("check_meter_sign_hint"))
+    return lines
 
 
 def meter_hint(message: str, meter_type: str) -> Msg:

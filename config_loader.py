@@ -28,8 +28,11 @@ import i18n
 from marstek_registers import DEFAULT_PACING_S, FIRMWARE_MAX_POWER_W, REGISTER_SETS
 from zero_feed_control import ALGORITHMS, DISTRIBUTIONS, ControlParams
 
-METER_TYPES = ("shelly", "ecotracker", "mqtt")
-_HTTP_METERS = ("shelly", "ecotracker")  # meters with a section of their own name (mqtt: "mqtt_meter")
+METER_TYPES = ("shelly", "ecotracker", "homewizard", "http_json", "mqtt")
+_HTTP_METERS = ("shelly", "ecotracker", "homewizard", "http_json")  # a section of their own name (mqtt: "mqtt_meter")
+# energy_meter.type -> the config section of that meter.
+METER_SECTIONS: dict[str, str] = {**{name: name for name in _HTTP_METERS}, "mqtt": "mqtt_meter"}
+_MAX_SHELLY_CHANNEL = 2
 DEFAULT_MQTT_PORT = 1883
 LANGUAGES = (*i18n.LANGUAGES, "auto")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -42,11 +45,12 @@ _TARGET_RANGE_W = (-1000, 1000)
 
 @dataclass(frozen=True)
 class MeterConfig:
-    """One grid meter section ("shelly" or "ecotracker").
+    """One grid meter section ("shelly", "ecotracker", "homewizard" or "http_json").
 
     ``host`` is the bare host: an IPv4 address, a hostname or an IPv6 address
     without brackets (written ``[v6]:port`` in ``ip``); URLs need brackets around IPv6.
     A section that is absent and not selected by ``energy_meter.type`` yields ip = host = "".
+    ``http_json`` has ``url`` instead of ``ip`` (``ip`` then holds the URL, ``host``/``port`` its parts).
     """
 
     ip: str
@@ -57,6 +61,11 @@ class MeterConfig:
     check_interval_seconds: float = 3.0
     max_frozen_seconds: float = 60.0
     password: str | None = None
+    channels: tuple[int, ...] | None = None  # shelly.channels; None: the model's default
+    user: str = "admin"  # shelly.user (Gen1 Basic auth)
+    url: str = ""  # http_json.url
+    power_path: str = ""  # http_json.power_path, dotted
+    username: str | None = None  # http_json.username (Basic auth)
 
 
 FRAMERS = ("socket", "rtu")  # Modbus TCP, or Modbus RTU frames over TCP ("transparent" gateways)
@@ -234,13 +243,17 @@ class Config:
     version: str = ""
     mqtt: MqttConfig | None = None  # None: MQTT off
     mqtt_meter: MqttMeterConfig | None = None  # set when energy_meter.type is "mqtt"
+    homewizard: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
+    http_json: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
+    energy_meter_invert: bool = False  # energy_meter.invert: negate every reading (clamp mounted reversed)
 
     @property
     def meter(self) -> MeterConfig | MqttMeterConfig:
         """The section of the meter selected by ``energy_meter.type``."""
         if self.energy_meter_type == "mqtt" and self.mqtt_meter is not None:
             return self.mqtt_meter
-        return self.shelly if self.energy_meter_type == "shelly" else self.ecotracker
+        section = getattr(self, METER_SECTIONS.get(self.energy_meter_type, "shelly"), None)
+        return section if isinstance(section, MeterConfig) else self.shelly
 
 
 class ConfigError(Exception):
@@ -519,26 +532,94 @@ def parse_host_port(text: str, default_port: int = DEFAULT_METER_PORT) -> tuple[
 # --------------------------------------------------------------------------- sections
 
 
-def _meter(sec: _Section, *, with_password: bool) -> MeterConfig | None:
-    ip = sec.string("ip")
+def _meter(sec: _Section, kind: str) -> MeterConfig | None:
+    """One meter section; ``kind`` is its energy_meter.type ("shelly", "ecotracker", "homewizard", "http_json")."""
+    url, power_path, username = "", "", None
     host, port = _BAD, _BAD
-    if _ok(ip):
-        try:
-            host, port = parse_host_port(ip)
-        except ValueError as exc:
-            sec.fail("ip", f"{exc}, got {json.dumps(ip, ensure_ascii=False)}")
+    if kind == "http_json":
+        ip = url = sec.string("url")
+        if _ok(url):
+            try:
+                host, port = _parse_url(url)
+            except ValueError as exc:
+                ip = url = sec.fail("url", f"{exc}, got {json.dumps(url, ensure_ascii=False)}")
+        power_path = _power_path(sec)
+        username = sec.optional_string("username")
+    else:
+        ip = sec.string("ip")
+        if _ok(ip):
+            try:
+                host, port = parse_host_port(ip)
+            except ValueError as exc:
+                sec.fail("ip", f"{exc}, got {json.dumps(ip, ensure_ascii=False)}")
     m = MeterConfig
     timeout = sec.number("timeout_seconds", _default(m, "timeout_seconds"), 0, 60, lo_open=True)
     failures = sec.integer("max_failures_before_stop", _default(m, "max_failures_before_stop"), 1, 100)
     check = sec.number("check_interval_seconds", _default(m, "check_interval_seconds"), 0.2, 3600)
     # Up to a day: a very large value effectively switches the frozen-reading check off.
     frozen = sec.number("max_frozen_seconds", _default(m, "max_frozen_seconds"), 5, 86400)
+    with_password = kind in ("shelly", "http_json")
     password = sec.optional_string("password") if with_password else None
-    hints = {} if with_password else {"password": "the EcoTracker has no password; remove this key"}
-    sec.finish(hints)
-    if not _ok(ip, host, port, timeout, failures, check, frozen, password):
+    channels: Any = None
+    user: Any = _default(m, "user")
+    if kind == "shelly":
+        channels = _shelly_channels(sec)
+        user = sec.string("user", _default(m, "user"))
+    no_password = {"ecotracker": "the EcoTracker has no password; remove this key",
+                   "homewizard": "the HomeWizard local API v1 has no password; remove this key"}
+    sec.finish({"password": no_password[kind]} if kind in no_password else {})
+    if not _ok(ip, host, port, timeout, failures, check, frozen, password, channels, user, url, power_path,
+               username):
         return None
-    return MeterConfig(ip, host, port, timeout, failures, check, frozen, password)
+    return MeterConfig(ip, host, port, timeout, failures, check, frozen, password, channels, user, url,
+                       power_path, username)
+
+
+def _shelly_channels(sec: _Section) -> Any:
+    value = sec.take("channels")
+    if value is _MISSING or value is None:
+        return None
+    wanted = f"a non-empty list of channel numbers 0..{_MAX_SHELLY_CHANNEL} like [0] or [0, 1, 2]"
+    if not isinstance(value, list) or not value:
+        return sec.fail("channels", f"must be {wanted}, got {_describe(value)}")
+    for item in value:
+        if type(item) is not int or not 0 <= item <= _MAX_SHELLY_CHANNEL:
+            return sec.fail("channels", f"must be {wanted}, got {_describe(item)} in the list")
+    if len(set(value)) != len(value):
+        return sec.fail("channels", "names a channel more than once")
+    return tuple(value)
+
+
+_PATH_PART_RE = re.compile(r"^[^.\s]+$")
+
+
+def _power_path(sec: _Section) -> Any:
+    path = sec.string("power_path")
+    if _ok(path) and not all(_PATH_PART_RE.match(part) for part in path.split(".")):
+        return sec.fail("power_path", f"must be keys separated by dots like \"StatusSNS.SML.Power_curr\", "
+                                      f"got {json.dumps(path, ensure_ascii=False)}")
+    return path
+
+
+def _parse_url(url: str) -> tuple[str, int]:
+    """(host, port) of an http:// or https:// URL; ValueError with a plain reason."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() for c in url):
+        raise ValueError("must not contain spaces")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ValueError("not a valid URL (port 1..65535?)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("must be a full URL like http://192.168.1.50/cm?cmnd=Status%2010")
+    if parts.username or parts.password:
+        raise ValueError("put the user name and password into username / password, not into the URL")
+    problem = _check_host(parts.hostname)
+    if problem:
+        raise ValueError(problem)
+    return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
 def _battery(sec: _Section) -> BatteryConfig | None:
@@ -832,18 +913,20 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     version = top.string("version", "", empty_ok=True)
 
     meter_type: Any = "shelly"
+    invert: Any = False
     em = top.section("energy_meter", required=False)
     if em is not None:
         meter_type = em.string("type", "shelly", choices=METER_TYPES)
+        invert = em.boolean("invert", False)
         em.finish()
 
     meters: dict[str, MeterConfig | None] = {}
     for name in _HTTP_METERS:
-        sec = top.section(name, required=meter_type == name)
+        sec = top.section(METER_SECTIONS[name], required=meter_type == name)
         if sec is None:
             meters[name] = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
         else:
-            meters[name] = _meter(sec, with_password=name == "shelly")
+            meters[name] = _meter(sec, name)
 
     battery_sec = top.section("battery", required=True)
     battery = _battery(battery_sec) if battery_sec is not None else None
@@ -863,10 +946,12 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     if errors:
         raise ConfigError(errors)
     assert battery and control and web and log and history and meters["shelly"] and meters["ecotracker"]
+    checked = {name: m for name, m in meters.items() if m is not None}
+    assert len(checked) == len(meters)
     return Config(
         energy_meter_type=meter_type,
-        shelly=meters["shelly"],
-        ecotracker=meters["ecotracker"],
+        shelly=checked["shelly"],
+        ecotracker=checked["ecotracker"],
         battery=battery,
         control=control,
         web=web,
@@ -876,6 +961,9 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         version=version,
         mqtt=mqtt,
         mqtt_meter=mqtt_meter,
+        homewizard=checked["homewizard"],
+        http_json=checked["http_json"],
+        energy_meter_invert=invert,
     )
 
 

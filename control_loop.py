@@ -26,11 +26,12 @@ from typing import Any
 
 import setup_commands
 from config_loader import Config, UnitConfig
-from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable, GridMeter, MeterError
+from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable, GridMeter, MeterError, describe_meter
 from fleet import Fleet, unit_name
 from i18n import Msg
 from modes import ModeFile, ModeRequest, ModeState
 from quality import QualityTracker
+from sign_check import SignCheck
 from status_store import (
     BatteryStatus,
     CommandError,
@@ -149,6 +150,7 @@ class ControlLoop:
         self._last_status = ""
         self.internal_error: Msg | str = ""
         self.quality = QualityTracker()
+        self.sign_check = SignCheck()  # a meter whose sign looks reversed stops the batteries
         self.heartbeat_s = clock()
         self._crashes = 0
         self._cycle_started_s = clock()
@@ -244,6 +246,7 @@ class ControlLoop:
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
                                         meter_error=self.meter_error, mode=self.mode.mode,
                                         charge_power_w=self.mode.power_w)
+        decision = self.check_sign(now_s, grid_w, states, decision)
         self.last_decision = decision
         self.quirks.notes(decision.battery_notes)
         self._log_decision(decision)
@@ -251,6 +254,23 @@ class ControlLoop:
         self.track_quality(now_s, grid_w, decision)
         self.publish("error" if decision.status in STOPPING else "stopped" if decision.status is Status.MODE_OFF
                      else "active")
+
+    def check_sign(self, now_s: float, grid_w: float | None, states: list[BatteryState],
+                   decision: Decision) -> Decision:
+        """Feed the sign check; once it trips, every battery stays stopped with a reason naming the fix.
+
+        Only with the default law: the seed law's own oscillation moves grid and battery power the same way
+        for a while and would look like a reversed clamp (the benchmark's naive baseline tripped it)."""
+        if self.cfg.control.algorithm != "fast":
+            return decision
+        measured = [s.power_w for s in states if s.online and s.power_w is not None]
+        command_w = 0 if decision.status in STOPPING else decision.total_w
+        if not self.sign_check.observe(now_s, grid_w, sum(measured) if measured else None, command_w):
+            return decision
+        if self.last_decision is None or self.last_decision.status is not Status.METER_SIGN:
+            self.controller.reset()
+        return Decision(setpoints_w={i: 0 for i in decision.setpoints_w}, status=Status.METER_SIGN,
+                        reason=self.sign_check.reason(), grid_power_avg_w=decision.grid_power_avg_w)
 
     def _log_decision(self, decision: Decision) -> None:
         """Log transitions; a reason that only counts up ("meter failed 5x") is not a new event."""
@@ -285,7 +305,8 @@ class ControlLoop:
             log.info(Msg("meter_ok_again", value=reading.grid_power_w))
         self.meter_ok, self.meter_error, self.meter_error_since = True, "", None
         self.grid_power_w = reading.grid_power_w
-        return reading.grid_power_w, reading.received_at_s
+        # A device that says how old its value is (EcoTracker agePower) dates the sample more exactly.
+        return reading.grid_power_w, reading.sampled_at_s
 
     def _meter_failed(self, message: Msg | str) -> None:
         self.quirks.note("meter_failure")
@@ -372,6 +393,8 @@ class ControlLoop:
     def publish(self, state: str) -> None:
         decision = self.last_decision
         errors: list[Msg | str] = [self.internal_error] if self.internal_error else []
+        if self.sign_check.tripped:
+            errors.append(self.sign_check.reason())
         if not self.meter_ok and self.meter_error:
             errors.append(Msg("meter_error", error=self.meter_error))
         errors += [Msg("battery_error", name=b.name, id=b.battery_id, error=b.error)
@@ -381,6 +404,7 @@ class ControlLoop:
             grid_power_w=self.grid_power_w,
             grid_power_avg_w=decision.grid_power_avg_w if decision else None,
             meter_type=self.meter.name,
+            meter_model=describe_meter(self.meter)["model"],
             meter_ok=self.meter_ok,
             control_state="setup" if self.setup_mode else state,
             setup_mode=self.setup_mode,
@@ -487,6 +511,7 @@ class ControlLoop:
         if self.setup_mode:
             self.setup_mode = False
             self.controller.reset()
+            self.sign_check.reset()
             for key in self.batteries:
                 self.bus.forget(key)
             log.info(Msg("setup_left"))

@@ -11,8 +11,8 @@ Only ``main.py`` builds concrete drivers; everything else sees these protocols.
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 
 class MeterError(Exception):
@@ -43,16 +43,24 @@ class GridReading:
 
     grid_power_w: + import, - export, W.
     received_at_s: monotonic time (time.monotonic()) when the answer arrived.
+    sample_age_s: how old the device says the value was when it answered (EcoTracker ``agePower``), s;
+        None when the device does not say.
     """
 
     grid_power_w: float
     received_at_s: float
+    sample_age_s: float | None = None
+
+    @property
+    def sampled_at_s(self) -> float:
+        """When the value was measured, as far as known: the receive time minus the device's sample age."""
+        return self.received_at_s - (self.sample_age_s or 0.0)
 
 
 class GridMeter(Protocol):
     """A grid meter polled over HTTP by the control thread only."""
 
-    name: str  # "shelly" | "ecotracker" (shown as meter_type in /api/status)
+    name: str  # "shelly" | "ecotracker" | "homewizard" | "http_json" (shown as meter_type in /api/status)
 
     def read(self) -> GridReading:
         """Return the current grid power (+ import, - export, W) or raise a MeterError."""
@@ -61,6 +69,37 @@ class GridMeter(Protocol):
     def close(self) -> None:
         """Release the HTTP session."""
         ...
+
+
+class InvertedMeter:
+    """``energy_meter.invert``: a meter whose clamp is mounted the wrong way round; every reading is negated
+    here, before anything else sees it. Everything else (name, model, describe()) is the wrapped driver's."""
+
+    inverted = True
+
+    def __init__(self, meter: GridMeter) -> None:
+        self.meter = meter
+        self.name = meter.name
+
+    def read(self) -> GridReading:
+        reading = self.meter.read()
+        return replace(reading, grid_power_w=-reading.grid_power_w + 0.0)  # + 0.0: no "-0.0 W"
+
+    def close(self) -> None:
+        self.meter.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.meter, name)
+
+
+def describe_meter(meter: GridMeter) -> dict[str, Any]:
+    """What a meter driver says about itself (type, model, kind, profile, channels, inverted); every key present."""
+    describe = getattr(meter, "describe", None)
+    info: dict[str, Any] = describe() if callable(describe) else {}
+    out: dict[str, Any] = {"type": meter.name, "model": None, "kind": None, "profile": None, "channels": []}
+    out.update(info)
+    out["inverted"] = bool(getattr(meter, "inverted", False))
+    return out
 
 
 @dataclass(frozen=True)

@@ -2,14 +2,16 @@
 
 The device answers a tab-indented JSON object; ``power`` is the grid power in W, + import
 (Bezug), - export (Einspeisung). ``powerAvg`` is a one-minute mean and is never used for
-control; phase and tariff keys are optional. No authentication.
+control; phase and tariff keys are optional. ``agePower`` (ms since the meter's last telegram) dates
+the sample (``GridReading.sample_age_s``). No authentication.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import requests
 
@@ -20,6 +22,18 @@ if TYPE_CHECKING:
     from config_loader import MeterConfig
 
 ECOTRACKER_PATH = "/v1/json"
+
+
+MAX_SAMPLE_AGE_S = 60.0  # an agePower beyond this is not trusted for dating the sample
+
+
+def _sample_age_s(data: dict[str, Any]) -> float | None:
+    """``agePower`` (ms since the last meter telegram, undocumented) as seconds; None when absent or odd."""
+    age_ms = data.get("agePower")
+    if isinstance(age_ms, bool) or not isinstance(age_ms, (int, float)) or not math.isfinite(age_ms):
+        return None
+    age_s = float(age_ms) / 1000.0
+    return age_s if 0.0 <= age_s <= MAX_SAMPLE_AGE_S else None
 
 
 class EcoTrackerError(MeterError):
@@ -46,6 +60,11 @@ class EcoTrackerClient:
         """Build a client from the ``ecotracker`` config section."""
         return cls(cfg.host, cfg.port, cfg.timeout_seconds, clock)
 
+    def describe(self) -> dict[str, Any]:
+        """Identification for --check, the dashboard and diagnostics."""
+        return {"type": self.name, "model": "everHome EcoTracker", "kind": None, "profile": None, "channels": [],
+                "field": "power"}
+
     def _error(self, message: str) -> EcoTrackerError:
         return EcoTrackerError(f"{self._label}: {message}")
 
@@ -57,7 +76,7 @@ class EcoTrackerClient:
         )
         assert data is not None
         power_w = power_field(data, "power", error=self._error, what=ECOTRACKER_PATH)
-        return GridReading(grid_power_w=power_w, received_at_s=received_at_s)
+        return GridReading(grid_power_w=power_w, received_at_s=received_at_s, sample_age_s=_sample_age_s(data))
 
     def close(self) -> None:
         """Release the HTTP session."""

@@ -515,6 +515,11 @@ MESSAGES_DE: dict[str, str] = {
     "battery_error": "{name}: {error}",
     "meter_read_failed": "Zähler nicht lesbar: {error}",
     "meter_frozen": "Zählerwert seit {seconds} s unverändert bei {value} W",
+    "meter_sign_wrong": (
+        "Vorzeichen des Zählers verkehrt: der Netzbezug stieg {count}x, als die Akkus mehr entluden. Akkus "
+        "gestoppt. Abhilfe: energy_meter.invert auf true setzen (oder im Shelly beim Kanal die Einstellung "
+        "„reverse“ umschalten) und das Programm neu starten."
+    ),
     "meter_ok_again": "Zähler wieder in Ordnung ({value} W)",
     "battery_offline": "{name} nicht erreichbar: {error}",
     "battery_online": "{name} erreichbar (SoC {soc} %)",
@@ -650,6 +655,22 @@ MESSAGES_DE: dict[str, str] = {
     "check_export": "Einspeisung",
     "check_failed": "{what}: FEHLER: {error}",
     "check_meter": "Zähler {type} {ip}",
+    "check_meter_model": "  Gerät: {model}",
+    "check_meter_total": (
+        "  Regelt auf total_act_power (Summe aller Phasen, Profil {profile}); shelly.channels gilt hier nicht."
+    ),
+    "check_meter_channels": (
+        "  Regelt auf die Summe der Kanäle {channels} von {count} ({source}); nicht summierte Kanäle zählen nicht "
+        "zum Netzbezug."
+    ),
+    "check_meter_field": "  Regelt auf den Wert {field}.",
+    "check_channels_default": "Standard dieses Geräts",
+    "check_channels_configured": "aus shelly.channels",
+    "check_meter_inverted": "  energy_meter.invert: das Vorzeichen jedes Messwerts wird umgekehrt.",
+    "check_meter_sign_hint": (
+        "  Vorzeichen prüfen: ohne Akku und ohne PV-Überschuss muss der Wert positiv sein (Bezug); sonst "
+        "energy_meter.invert auf true setzen."
+    ),
     "check_battery": "{name}, ID {id} ({gateway}, {register_set})",
     "check_battery_ok": "{what}: OK, {model}, SoC {soc} %, {power} W, RS485-Steuerung {control}",
     "check_rs485_on": "an",
@@ -662,8 +683,9 @@ MESSAGES_DE: dict[str, str] = {
         "Richtiger Typ in energy_meter.type?"
     ),
     "hint_meter_wrong_type": (
-        "Antwort passt nicht zum Zählertyp: energy_meter.type prüfen (shelly/ecotracker) und im Browser "
-        "http://<ip>/rpc/EM.GetStatus?id=0 bzw. http://<ip>/v1/json öffnen."
+        "Antwort passt nicht zum Zählertyp: energy_meter.type prüfen (shelly/ecotracker/homewizard/http_json) "
+        "und im Browser http://<ip>/shelly, http://<ip>/v1/json, http://<ip>/api/v1/data bzw. die http_json.url "
+        "öffnen (bei http_json: stimmt power_path?)."
     ),
     "hint_meter_other": "Zähler neu starten und erneut prüfen; Einzelheiten oben.",
     "hint_gateway_unreachable": (
@@ -702,6 +724,11 @@ MESSAGES_EN: dict[str, str] = {
     "battery_error": "{name}: {error}",
     "meter_read_failed": "Meter read failed: {error}",
     "meter_frozen": "meter value frozen at {value} W for {seconds} s",
+    "meter_sign_wrong": (
+        "meter sign reversed: grid import rose {count}x when the batteries discharged more. Batteries "
+        "stopped. Fix: set energy_meter.invert to true (or switch the channel's \"reverse\" setting in the "
+        "Shelly) and restart the program."
+    ),
     "meter_ok_again": "Meter OK again ({value} W)",
     "battery_offline": "{name} offline: {error}",
     "battery_online": "{name} online (SoC {soc} %)",
@@ -835,6 +862,22 @@ MESSAGES_EN: dict[str, str] = {
     "check_export": "export",
     "check_failed": "{what}: ERROR: {error}",
     "check_meter": "Meter {type} {ip}",
+    "check_meter_model": "  Device: {model}",
+    "check_meter_total": (
+        "  Regulates on total_act_power (sum of all phases, profile {profile}); shelly.channels does not apply."
+    ),
+    "check_meter_channels": (
+        "  Regulates on the sum of channels {channels} of {count} ({source}); channels not summed do not count as "
+        "grid power."
+    ),
+    "check_meter_field": "  Regulates on the value {field}.",
+    "check_channels_default": "this device's default",
+    "check_channels_configured": "from shelly.channels",
+    "check_meter_inverted": "  energy_meter.invert: the sign of every reading is flipped.",
+    "check_meter_sign_hint": (
+        "  Check the sign: with no battery running and no PV surplus the value must be positive (import); "
+        "otherwise set energy_meter.invert to true."
+    ),
     "check_battery": "{name}, ID {id} ({gateway}, {register_set})",
     "check_battery_ok": "{what}: OK, {model}, SoC {soc} %, {power} W, RS485 control {control}",
     "check_rs485_on": "on",
@@ -847,8 +890,9 @@ MESSAGES_EN: dict[str, str] = {
         "Right type in energy_meter.type?"
     ),
     "hint_meter_wrong_type": (
-        "The answer does not fit the meter type: check energy_meter.type (shelly/ecotracker) and open "
-        "http://<ip>/rpc/EM.GetStatus?id=0 or http://<ip>/v1/json in a browser."
+        "The answer does not fit the meter type: check energy_meter.type (shelly/ecotracker/homewizard/http_json) "
+        "and open http://<ip>/shelly, http://<ip>/v1/json, http://<ip>/api/v1/data or the http_json.url in a "
+        "browser (http_json: is power_path right?)."
     ),
     "hint_meter_other": "Restart the meter and check again; details above.",
     "hint_gateway_unreachable": (

@@ -28,11 +28,12 @@ import i18n
 from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
-from devices import GridMeter
+from devices import GridMeter, InvertedMeter
 from diagnostics import Diagnostics
 from ecotracker_client import EcoTrackerClient
 from fleet import Fleet
 from history import History
+from http_meters import HomeWizardClient, HttpJsonClient
 from modes import ModeFile
 from shelly_client import ShellyClient
 from status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
@@ -46,14 +47,24 @@ MODE_FILE = Path("data") / "mode.json"  # the operating mode, beside the config 
 
 
 def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> GridMeter:
-    """The grid meter driver that ``energy_meter.type`` selects; it stamps readings on ``clock``."""
+    """The grid meter driver that ``energy_meter.type`` selects; it stamps readings on ``clock``.
+
+    With ``energy_meter.invert`` every reading is negated before anything else sees it.
+    """
+    meter: GridMeter
     if cfg.energy_meter_type == "ecotracker":
-        return EcoTrackerClient.from_config(cfg.ecotracker, clock)
-    if cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
+        meter = EcoTrackerClient.from_config(cfg.ecotracker, clock)
+    elif cfg.energy_meter_type == "homewizard":
+        meter = HomeWizardClient.from_config(cfg.homewizard, clock)
+    elif cfg.energy_meter_type == "http_json":
+        meter = HttpJsonClient.from_config(cfg.http_json, clock)
+    elif cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
         from mqtt_meter import MqttMeter
 
-        return MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
-    return ShellyClient.from_config(cfg.shelly, clock)
+        meter = MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
+    else:
+        meter = ShellyClient.from_config(cfg.shelly, clock)
+    return InvertedMeter(meter) if cfg.energy_meter_invert else meter
 
 
 def build_fleet(cfg: Config, timeout_s: float | None = None) -> Fleet:

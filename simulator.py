@@ -5,7 +5,8 @@
 * ``sim_physics``: battery plant, house (load, PV) and grid meter model on explicit time (pure).
 * ``sim_marstek``: the Marstek units' registers (``SimUnit``) and the Modbus TCP gateway they sit
   behind (``SimGateway``, register sets v2 and v3).
-* ``sim_meters``: the Shelly (Pro 3EM triphase / monophase, 3EM Gen1) and EcoTracker HTTP emulators,
+* ``sim_meters``: the Shelly (every model of ``SHELLY_MODELS``), EcoTracker, HomeWizard P1 and JSON meter
+  HTTP emulators,
   which read the meter through ``MeterSource.meter_snapshot()``.
 
 and adds a physics thread that advances simulated time at wall clock × ``speed``. The names other modules
@@ -33,8 +34,12 @@ from sim_marstek import SimGateway, SimUnit, UnitSpec
 from sim_meters import (
     ABSURD_POWER_W,
     METER_FAULTS,
+    SECOND_CHANNEL_W,
+    SHELLY_MODELS,
     SHELLY_PROFILES,
     EcoTrackerEmulator,
+    HomeWizardEmulator,
+    JsonMeterEmulator,
     MeterEmulator,
     MeterSnapshot,
     MeterSource,
@@ -55,10 +60,13 @@ __all__ = [
     "EFFICIENCY_CHARGE",
     "EFFICIENCY_DISCHARGE",
     "METER_FAULTS",
+    "SHELLY_MODELS",
     "SHELLY_PROFILES",
     "BatteryPlant",
     "EcoTrackerEmulator",
+    "HomeWizardEmulator",
     "HouseModel",
+    "JsonMeterEmulator",
     "MeterModel",
     "MeterSnapshot",
     "MeterSource",
@@ -113,6 +121,11 @@ class Simulation:
         seed: int = 1,
         shelly_password: str | None = None,
         shelly_profile: str = "triphase",
+        shelly_model: str | None = None,
+        shelly_user: str = "admin",
+        second_channel_w: float = SECOND_CHANNEL_W,
+        json_meter_password: str | None = None,
+        meter_reversed: bool = False,
         meter_cadence_s: float = 1.0,
         meter_latency_s: float = 0.3,
         meter_noise_w: float = 10.0,
@@ -122,10 +135,13 @@ class Simulation:
         lan: bool | None = None,
         gateways: Sequence[Sequence[UnitSpec]] = (),
     ) -> None:
-        self.shelly = ShellyEmulator(self, shelly_profile, shelly_password, seed=seed, delay_s=meter_delay_s)
+        self.shelly = ShellyEmulator(self, shelly_profile, shelly_password, seed=seed, delay_s=meter_delay_s,
+                                     model=shelly_model, second_channel_w=second_channel_w, user=shelly_user)
         if speed <= 0:
             raise ValueError("speed must be > 0")
         self.ecotracker = EcoTrackerEmulator(self, delay_s=meter_delay_s)
+        self.homewizard = HomeWizardEmulator(self, delay_s=meter_delay_s)
+        self.json_meter = JsonMeterEmulator(self, delay_s=meter_delay_s, password=json_meter_password)
         self.speed = float(speed)
         self.seed = seed
         self.plant_params = plant if plant is not None else PlantParams()
@@ -137,6 +153,7 @@ class Simulation:
         )
         self.tick_s = float(tick_s)
         self.host = "127.0.0.1"
+        self.meter_reversed = bool(meter_reversed)  # the clamp is mounted the wrong way round: every meter serves -grid
 
         self._lock = threading.RLock()  # one lock for the physics and every request that touches it
         self._stop = threading.Event()
@@ -178,7 +195,7 @@ class Simulation:
     @property
     def meter_emulators(self) -> list[MeterEmulator]:
         """The HTTP meter emulators, all serving this simulation's meter."""
-        return [self.shelly, self.ecotracker]
+        return [self.shelly, self.ecotracker, self.homewizard, self.json_meter]
 
     @property
     def modbus_port(self) -> int | None:
@@ -194,6 +211,21 @@ class Simulation:
     def ecotracker_port(self) -> int | None:
         """Port of the EcoTracker emulator once started, else None."""
         return self.ecotracker.port
+
+    @property
+    def homewizard_port(self) -> int | None:
+        """Port of the HomeWizard P1 emulator once started, else None."""
+        return self.homewizard.port
+
+    @property
+    def json_meter_port(self) -> int | None:
+        """Port of the JSON meter (Tasmota SML) emulator once started, else None."""
+        return self.json_meter.port
+
+    @property
+    def json_meter_url(self) -> str:
+        """The URL a ``http_json`` meter section reads (Tasmota ``Status 10``)."""
+        return f"http://{self.host}:{self.json_meter_port}/cm?cmnd=Status%2010"
 
     @property
     def shelly_password(self) -> str | None:
@@ -252,6 +284,8 @@ class Simulation:
         modbus_port: int | None = 0,
         shelly_port: int | None = 0,
         ecotracker_port: int | None = 0,
+        homewizard_port: int | None = 0,
+        json_meter_port: int | None = 0,
     ) -> Simulation:
         """Bind the servers (port 0 = ephemeral, None = don't start that one) and start the physics thread."""
         if self._started:
@@ -264,6 +298,10 @@ class Simulation:
                 self.shelly.start(host, shelly_port)
             if ecotracker_port is not None:
                 self.ecotracker.start(host, ecotracker_port)
+            if homewizard_port is not None:
+                self.homewizard.start(host, homewizard_port)
+            if json_meter_port is not None:
+                self.json_meter.start(host, json_meter_port)
             if modbus_port is not None:
                 self.gateway.start(host, modbus_port)
                 for gateway, port in zip(self._gateways[1:], self._gateway_ports[1:], strict=True):
@@ -424,6 +462,8 @@ class Simulation:
             if self._fault == "frozen" and self._frozen is not None:
                 reading = self._frozen
             value, sample_t = reading if reading is not None else (0.0, now)
+            if self.meter_reversed:
+                value = -value + 0.0
             if self._fault == "absurd":
                 value = ABSURD_POWER_W if value >= 0 else -ABSURD_POWER_W
             avg = sum(v for _, v in self._avg) / len(self._avg) if self._avg else value
@@ -485,6 +525,8 @@ def config_snippet(sim: Simulation, meter_type: str = "shelly") -> dict[str, Any
         "energy_meter": {"type": meter_type},
         "shelly": shelly,
         "ecotracker": {"ip": f"{sim.host}:{sim.ecotracker_port}"},
+        "homewizard": {"ip": f"{sim.host}:{sim.homewizard_port}"},
+        "http_json": {"url": sim.json_meter_url, "power_path": "StatusSNS.SML.Power_curr"},
         "battery": battery,
     }
 
@@ -504,6 +546,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--demo-house", action="store_true", help="lively house profile (appliances, PV, clouds)")
     parser.add_argument("--shelly-password", default=None, help="require digest (Gen2) / basic (Gen1) auth")
     parser.add_argument("--shelly-profile", choices=SHELLY_PROFILES, default="triphase")
+    parser.add_argument("--shelly-model", choices=tuple(SHELLY_MODELS), default=None,
+                        help="Shelly device model (default: Pro 3EM, or Gen1 3EM with --shelly-profile gen1)")
     parser.add_argument("--soc", type=float, default=50.0, help="initial state of charge, %% (default 50)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines, 0 = off")
@@ -522,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         shelly_password=args.shelly_password,
         shelly_profile=args.shelly_profile,
+        shelly_model=args.shelly_model,
     )
     stop = threading.Event()
 
@@ -540,6 +585,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Modbus TCP   {sim.host}:{sim.modbus_port}  units {ids} ({args.register_set})")
         print(f"Shelly       http://{sim.host}:{sim.shelly_port}/  ({args.shelly_profile})")
         print(f"EcoTracker   http://{sim.host}:{sim.ecotracker_port}/v1/json")
+        print(f"HomeWizard   http://{sim.host}:{sim.homewizard_port}/api/v1/data")
+        print(f"JSON meter   {sim.json_meter_url}")
         print("config.json snippet:")
         print(json.dumps(config_snippet(sim), indent=2))
         print("Ctrl+C to stop.", flush=True)

@@ -73,6 +73,7 @@ class StatusSnapshot:
     grid_power_w: float | None = None
     grid_power_avg_w: float | None = None
     meter_type: str = ""
+    meter_model: str | None = None  # e.g. "Shelly Pro EM-50"; None until the meter has been identified
     meter_ok: bool = False
     control_state: str = "stopped"  # "active" | "setup" | "stopped" | "error"
     setup_mode: bool = False

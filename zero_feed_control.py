@@ -42,6 +42,7 @@ class Status(enum.Enum):
     NO_BATTERY = "no_battery"  # no battery online
     METER_RETRY = "meter_retry"  # a meter read failed; holding the last command
     METER_FAILED = "meter_failed"  # too many meter failures: batteries stopped
+    METER_SIGN = "meter_sign"  # the meter's sign looks reversed (sign_check): batteries stopped
     MODE_OFF = "mode_off"  # operating mode "off": control paused, every battery stopped
     MODE_HOLD = "mode_hold"  # operating mode "hold" (or "charge" when full): a discharge was held back
     MODE_CHARGE = "mode_charge"  # operating mode "charge": charging at the requested power
@@ -56,7 +57,7 @@ class OperatingMode(enum.Enum):
     OFF = "off"  # control paused, every battery stopped
 
 
-STOPPING = frozenset({Status.METER_FAILED, Status.NO_BATTERY})
+STOPPING = frozenset({Status.METER_FAILED, Status.NO_BATTERY, Status.METER_SIGN})
 ALGORITHMS = ("fast", "seed")  # control.algorithm; the first is the default
 DISTRIBUTIONS = ("efficient", "balanced")  # control.distribution
 

@@ -49,8 +49,9 @@
     $("grid-unit").hidden = !isNum(w);
     setText("grid-avg", isNum(s.grid_power_avg_w) ? t("grid_avg", { value: fmt.watts(s.grid_power_avg_w) }) : "");
 
-    const names = { shelly: "Shelly", ecotracker: "EcoTracker", mqtt: "MQTT" };
-    setText("meter-type", names[s.meter_type] || s.meter_type || t("none_value"));
+    const names = { shelly: "Shelly", ecotracker: "EcoTracker", homewizard: "HomeWizard", http_json: "JSON", mqtt: "MQTT" };
+    // The identified model ("Shelly Pro EM-50") once the meter has answered, else the configured type.
+    setText("meter-type", s.meter_model || names[s.meter_type] || s.meter_type || t("none_value"));
     const health = $("meter-health");
     health.classList.toggle("ok", !!s.meter_ok);
     health.classList.toggle("bad", !s.meter_ok);

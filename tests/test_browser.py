@@ -172,7 +172,7 @@ def test_dashboard_shows_live_values_that_follow_the_load(browser: Browser, syst
         expect(page.locator(".battery h3")).to_have_text(["Akku 1", "Akku 2"])
         expect(page.locator(".battery .online-pill").first).to_have_text("online")
         expect(page.locator(".battery .soc-label").first).to_have_text(re.compile(r"^\d+\s%$"))
-        expect(page.locator("#meter-type")).to_have_text("Shelly")
+        expect(page.locator("#meter-type")).to_have_text("Shelly Pro 3EM")  # the identified model
         expect(page.locator("#meter-health")).to_have_text("in Ordnung")
         expect(page.locator("#grid-value")).to_have_text(re.compile(r"^\d[\d.]*$"))
         expect(page.locator("#events .event").first).to_be_visible()

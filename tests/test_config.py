@@ -96,6 +96,8 @@ def test_example_lists_every_key_the_loader_knows() -> None:
     sections = {
         "shelly": MeterConfig,
         "ecotracker": MeterConfig,
+        "homewizard": MeterConfig,
+        "http_json": MeterConfig,
         "battery": BatteryConfig,
         "control": ControlConfig,
         "web": WebConfig,
@@ -104,12 +106,16 @@ def test_example_lists_every_key_the_loader_knows() -> None:
     for section, cls in sections.items():
         expected = set(cls.__dataclass_fields__)
         if cls is MeterConfig:
-            expected -= {"host", "port"}  # derived from "ip"
-        if section == "ecotracker":
-            expected.discard("password")
+            expected -= {"host", "port"}  # derived from "ip" (http_json: from "url")
+            own = {"shelly": {"password", "channels", "user"}, "http_json": {"url", "power_path", "username",
+                                                                            "password"}}.get(section, set())
+            expected -= {"password", "channels", "user", "url", "power_path", "username"} - own
+            if section == "http_json":
+                expected.discard("ip")
         if cls is BatteryConfig:
             expected -= {"units", "units_form"}  # the other form: config.v3-household.example.json
         assert expected <= set(data[section]), section
+    assert "invert" in data["energy_meter"]
 
 
 def test_minimal_config_gets_every_default() -> None:

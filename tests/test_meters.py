@@ -19,6 +19,7 @@ import pytest
 from config_loader import MeterConfig
 from devices import GridMeter, GridReading, MeterError
 from ecotracker_client import EcoTrackerClient, EcoTrackerError
+from http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError
 from shelly_client import ShellyClient, ShellyError
 from tests.helpers import free_port
 
@@ -380,7 +381,9 @@ def test_from_config() -> None:
 
 SIM_SPEED = 5.0  # simulated seconds per wall second: the 1 s meter cadence passes quickly
 FOLLOW_TIMEOUT_S = 10.0
-METER_NAMES = ("shelly", "ecotracker")
+METER_NAMES = ("shelly", "ecotracker", "homewizard", "http_json")
+ERROR_TYPES = {"shelly": ShellyError, "ecotracker": EcoTrackerError, "homewizard": HomeWizardError,
+               "http_json": HttpJsonError}
 
 
 @pytest.fixture
@@ -404,6 +407,11 @@ def make_sim() -> Iterator[Any]:
 def sim_client(sim: Any, meter: str, timeout_s: float = 2.0, password: str | None = None) -> GridMeter:
     if meter == "shelly":
         return ShellyClient("127.0.0.1", sim.shelly_port, timeout_s=timeout_s, password=password)
+    if meter == "homewizard":
+        return HomeWizardClient("127.0.0.1", sim.homewizard_port, timeout_s=timeout_s)
+    if meter == "http_json":
+        return HttpJsonClient(sim.json_meter_url, "StatusSNS.SML.Power_curr", timeout_s=timeout_s,
+                              username="admin" if password else None, password=password)
     return EcoTrackerClient("127.0.0.1", sim.ecotracker_port, timeout_s=timeout_s)
 
 
@@ -431,7 +439,8 @@ def wait_for_sim_time(sim: Any, duration_s: float) -> None:
 
 @pytest.mark.parametrize(
     ("meter", "profile"),
-    [("shelly", "triphase"), ("shelly", "monophase"), ("shelly", "gen1"), ("ecotracker", "triphase")],
+    [("shelly", "triphase"), ("shelly", "monophase"), ("shelly", "gen1"), ("ecotracker", "triphase"),
+     ("homewizard", "triphase"), ("http_json", "triphase")],
 )
 def test_readings_follow_the_load_with_export_negative(make_sim: Any, meter: str, profile: str) -> None:
     sim = make_sim(shelly_profile=profile)
@@ -498,8 +507,7 @@ def test_meter_faults_raise_the_driver_error(make_sim: Any, meter: str, fault: s
     client = sim_client(sim, meter)
     wait_for_reading(client, 500)  # detected and working before the fault
     sim.set_meter_fault(fault)
-    error_type = ShellyError if meter == "shelly" else EcoTrackerError
-    with pytest.raises(error_type) as info:
+    with pytest.raises(ERROR_TYPES[meter]) as info:
         client.read()
     assert fragment in str(info.value)
     sim.set_meter_fault(None)
@@ -556,3 +564,40 @@ def test_stopped_simulator_refuses_connections(make_sim: Any) -> None:
     sim.stop()
     with pytest.raises(ShellyError, match=r"connection refused|connection reset|cannot connect"):
         client.read()
+
+
+# /shelly of the meters without a "profile" key (evcc #20060; aioshelly PR #738 for the 3EM-63)
+PRO_EM_50_INFO = '{"name":null,"id":"shellyproem50-08f9e0e67204","model":"SPEM-002CEBEU50","gen":2,"app":"ProEM"}'
+EM_GEN3_INFO = '{"name":null,"id":"shellyemg3-aabbccddeeff","model":"S3EM-002CXCEU","gen":3,"app":"EMG3"}'
+S3EM63_INFO = ('{"name":null,"id":"shelly3em63g3-redacted","mac":"redacted","slot":1,"model":"S3EM-003CXCEU63","gen":3,'
+               '"fw_id":"20241114-135317/1.4.99-3emg3prod1-g2299489","ver":"1.4.99-3emg3prod1","app":"S3EMG3",'
+               '"auth_en":false,"auth_domain":null,"profile":"triphase"}')
+RPC_105 = '{"code":-105,"message":"Argument \'id\', value 1 not found!"}'
+
+
+@pytest.mark.parametrize("info", [PRO_EM_50_INFO, EM_GEN3_INFO], ids=["pro-em-50", "em-gen3"])
+def test_two_channel_meters_without_profile_read_channel_0_at_once(device: ScriptedDevice, info: str) -> None:
+    device.set("/shelly", info)
+    device.set("/rpc/EM1.GetStatus?id=0", EM1_STATUS_EXPORT_STRING_ID)
+    device.set("/rpc/EM1.GetStatus?id=1", EM1_STATUS_SHDOC)  # the PV clamp: not the grid
+    client = shelly(device)
+    for _ in range(3):
+        assert client.read().grid_power_w == -332.2
+    assert device.paths() == ["/shelly"] + ["/rpc/EM1.GetStatus?id=0"] * 3  # never EM.GetStatus, never detected again
+    assert client.kind == "monophase" and client.channels == (0,)
+
+
+def test_configured_channel_answering_105_is_an_error_naming_the_key(device: ScriptedDevice) -> None:
+    device.set("/shelly", PRO_EM_50_INFO)
+    device.set("/rpc/EM1.GetStatus?id=0", EM1_STATUS_SHDOC)
+    device.set("/rpc/EM1.GetStatus?id=1", RPC_105, status=500)
+    assert "channel 1 does not exist on this device (RPC -105); check shelly.channels" in read_error(
+        shelly(device, channels=[0, 1]))
+
+
+def test_3em63_gen3_capture_is_detected_triphase(device: ScriptedDevice) -> None:
+    device.set("/shelly", S3EM63_INFO)
+    device.set("/rpc/EM.GetStatus?id=0", EM_STATUS_REAL)
+    client = shelly(device)
+    assert client.read().grid_power_w == 480.924
+    assert (client.model, client.kind, client.profile) == ("Shelly 3EM-63 Gen3", "triphase", "triphase")

@@ -1,0 +1,96 @@
+"""The meter's sign check: does the grid power move against the battery's discharge, as it must?
+
+Pure (no I/O, no clock reads): the control loop feeds it once per cycle with the meter's reading, the
+batteries' measured AC power and the total command it just wrote. Each step of the command of at least
+``MIN_STEP_W`` opens an observation: the grid and battery power before the step are kept, and the first
+fresh meter sample after the batteries have followed (at least half of the step, measured) closes it.
+With the meter's sign right the grid moves by about minus the battery's change (discharging more means
+importing less); a meter whose clamp is mounted the wrong way round shows the grid moving *with* it.
+Observations in between (a load change at the same moment) count for nothing.
+
+``NEEDED`` wrong-way observations in a row (within ``RUN_WINDOW_S``), without a right-way one between them,
+trip the check: the
+loop stops the batteries and names ``energy_meter.invert``. Two are enough and few enough: a reversed
+meter makes the law double its wrong-way command on every step, so the second observation comes a few
+seconds after the first, before the batteries reach full power in the wrong direction for long. A
+tripped check stays tripped until the program restarts (the fix is a config change or the meter's own
+"reverse" setting).
+
+Signs: grid + import / - export; battery + discharge / - charge (W).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from i18n import Msg
+
+
+@dataclass(frozen=True)
+class _Pending:
+    started_s: float
+    grid_before_w: float
+    battery_before_w: float
+    step_w: float
+
+
+class SignCheck:
+    """Watches the law's setpoint steps for a meter whose grid power moves with the battery's discharge."""
+
+    MIN_STEP_W = 300.0  # smaller steps drown in load noise and passing clouds (benchmark: 150 W tripped on PV days)
+    FOLLOWED_SHARE = 0.5  # the battery must have delivered this share of the step
+    RATIO = 0.5  # |Δgrid / Δbattery| at least this to count (1.0 ideally)
+    NEEDED = 2  # wrong-way observations in a row that trip the check
+    MAX_WAIT_S = 90.0  # an observation not closed by then is dropped (a 30 s meter needs two samples)
+    RUN_WINDOW_S = 120.0  # wrong-way observations further apart than this are not one runaway
+
+    def __init__(self) -> None:
+        self.wrong = 0  # wrong-way observations in a row
+        self.right = 0  # right-way observations so far
+        self.tripped = False
+        self._pending: _Pending | None = None
+        self._last_grid_w: float | None = None
+        self._last_command_w = 0.0
+        self.last_ratio: float | None = None  # Δgrid / Δbattery of the last closed observation
+        self._last_wrong_s = -float("inf")
+
+    def reset(self) -> None:
+        """Forget an open observation (setup mode, a restart of the control); a trip is kept."""
+        self._pending = None
+        self._last_command_w = 0.0
+
+    def observe(self, now_s: float, grid_w: float | None, battery_w: float | None, command_w: float) -> bool:
+        """Feed one control cycle; returns True when the check has tripped (now or before)."""
+        if self.tripped:
+            return True
+        fresh = grid_w is not None and grid_w != self._last_grid_w
+        pending = self._pending
+        if pending is not None and (now_s - pending.started_s > self.MAX_WAIT_S or battery_w is None):
+            pending = self._pending = None
+        if pending is not None and fresh and grid_w is not None and battery_w is not None:
+            self._close(now_s, pending, grid_w, battery_w)
+        if grid_w is not None:
+            self._last_grid_w = grid_w
+        step_w = command_w - self._last_command_w
+        self._last_command_w = command_w
+        if abs(step_w) >= self.MIN_STEP_W and grid_w is not None and battery_w is not None:
+            self._pending = _Pending(now_s, grid_w, battery_w, step_w)
+        return self.tripped
+
+    def _close(self, now_s: float, pending: _Pending, grid_w: float, battery_w: float) -> None:
+        moved_w = battery_w - pending.battery_before_w
+        if moved_w * pending.step_w <= 0 or abs(moved_w) < self.FOLLOWED_SHARE * abs(pending.step_w):
+            return  # the batteries have not followed yet: wait for a later sample
+        ratio = (grid_w - pending.grid_before_w) / moved_w
+        if ratio <= -self.RATIO:
+            self.wrong, self.right, self._pending, self.last_ratio = 0, self.right + 1, None, ratio
+        elif ratio >= self.RATIO:
+            in_run = now_s - self._last_wrong_s <= self.RUN_WINDOW_S
+            self.wrong = self.wrong + 1 if in_run else 1
+            self._pending, self.last_ratio, self._last_wrong_s = None, ratio, now_s
+            self.tripped = self.wrong >= self.NEEDED
+        # In between: the sample shows only part of the battery's move (or a load change): wait for the next.
+
+    def reason(self) -> Msg:
+        """Why the batteries are stopped, naming the fix."""
+        return Msg("meter_sign_wrong", count=self.wrong)
