@@ -192,14 +192,15 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
 
 
 def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: ControlLoop,
-               stop: threading.Event) -> threading.Thread | None:
+               stop: threading.Event, history: History | None = None) -> threading.Thread | None:
     """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
     if cfg.mqtt is None:
         return None
     from mqtt_bridge import MqttBridge, gateway_of, start_bridge
 
     bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
-                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version)
+                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version,
+                        energy_today=(lambda: history.energy_days(1)[-1]) if history is not None else None)
     return start_bridge(bridge, stop)
 
 
@@ -300,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
                         lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg)),
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
-    mqtt_thread = start_mqtt(cfg, store, commands, loop, stop)
+    mqtt_thread = start_mqtt(cfg, store, commands, loop, stop, history)
     try:
         while not stop.wait(0.5):
             if not control.is_alive():

@@ -26,7 +26,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import paho.mqtt.client as paho
@@ -81,8 +81,11 @@ class MqttBridge:
         max_charge_power_w: Callable[[], int],
         sw_version: str = "",
         client: paho.Client | None = None,
+        energy_today: Callable[[], Mapping[str, Any]] | None = None,
     ) -> None:
         self.cfg = cfg
+        # Today's energy from the history (import_wh, export_wh, charge_wh, discharge_wh); None: no history.
+        self.energy_today = energy_today
         self.store = store
         self.commands = commands
         self.gateway = gateway  # "<host>:<port>" of the batteries' Modbus gateway (battery keys)
@@ -236,7 +239,18 @@ class MqttBridge:
                 for b in snap.batteries
             ],
             "updated_at": snap.updated_at,
+            **self._energy_document(),
         }
+
+    def _energy_document(self) -> dict[str, Any]:
+        """``energy_today`` for the state document, when the history has it (a busy database: left out)."""
+        if self.energy_today is None:
+            return {}
+        try:
+            day = self.energy_today()
+        except Exception:  # the history thread owns the database; a busy read only skips this field once
+            return {}
+        return {"energy_today": {k: round(float(day[k]), 1) for k in ENERGY_KEYS if k in day}}
 
     def device(self) -> dict[str, Any]:
         return {"identifiers": [self.node], "name": DEVICE_NAME, "manufacturer": "Marstek PV-Akku Steuerung",
@@ -258,6 +272,13 @@ class MqttBridge:
                                           "command_topic": self.command_topic,
                                           "value_template": "{{ value_json.operating_mode }}"}),
         ]
+        if self.energy_today is not None:
+            energy = {"device_class": "energy", "unit_of_measurement": "Wh", "state_class": "total_increasing"}
+            for field, label in ENERGY_KEYS.items():
+                entities.append(("sensor", f"energy_today_{field.removesuffix('_wh')}", {
+                    "name": label, **energy,
+                    "value_template": f"{{{{ value_json.energy_today.{field} if value_json.energy_today is defined "
+                                      "else None }}"}))
         for b in snap.batteries:
             key = self.battery_key(b)
             name = self.battery_name(b)
@@ -287,6 +308,10 @@ class MqttBridge:
             self.client.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1, retain=True)
         self._discovered_keys = tuple(self.battery_key(b) for b in snap.batteries)
         self.discovery_published += 1
+
+
+ENERGY_KEYS = {"import_wh": "Netzbezug heute", "export_wh": "Einspeisung heute", "charge_wh": "Geladen heute",
+               "discharge_wh": "Entladen heute"}
 
 
 def start_bridge(bridge: MqttBridge, stop: threading.Event) -> threading.Thread:

@@ -512,3 +512,29 @@ def test_the_mqtt_meter_regulates_a_load_step(broker, sim, tmp_path):
         finally:
             stop.set()
             feeder.join(5)
+
+
+def test_energy_today_from_the_history_is_published_and_discovered() -> None:
+    """With the history, the state carries today's energy and Home Assistant gets four energy sensors."""
+    day = {"date": "2026-12-01", "import_wh": 1234.56, "export_wh": 78.9, "charge_wh": 2000.0, "discharge_wh": 1500.04}
+    bridge = MqttBridge(mqtt_cfg(1883), StatusStore(), CommandQueue(), gateway="192.168.1.200:502",
+                        max_charge_power_w=lambda: 5000, energy_today=lambda: day)
+    state = bridge.state_document(snapshot(100.0))
+    assert state["energy_today"] == {"import_wh": 1234.6, "export_wh": 78.9, "charge_wh": 2000.0,
+                                     "discharge_wh": 1500.0}
+    configs = [c for topic, c in bridge.discovery(snapshot(100.0)).items() if "/energy_today_" in topic]
+    assert len(configs) == 4
+    assert all(c["device_class"] == "energy" and c["unit_of_measurement"] == "Wh"
+               and c["state_class"] == "total_increasing" for c in configs)
+    assert {c["unique_id"] for c in configs} == {f"{bridge.node}_energy_today_{k}"
+                                                 for k in ("import", "export", "charge", "discharge")}
+
+    def busy() -> dict:
+        raise RuntimeError("history database not readable")
+
+    without = MqttBridge(mqtt_cfg(1883), StatusStore(), CommandQueue(), gateway="192.168.1.200:502",
+                         max_charge_power_w=lambda: 5000, energy_today=busy)
+    assert "energy_today" not in without.state_document(snapshot(100.0))  # a busy database skips it once
+    none = MqttBridge(mqtt_cfg(1883), StatusStore(), CommandQueue(), gateway="192.168.1.200:502",
+                      max_charge_power_w=lambda: 5000)
+    assert not [t for t in none.discovery(snapshot(100.0)) if "energy_today" in t]
