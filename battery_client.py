@@ -250,13 +250,14 @@ class MarstekGateway:
         try:
             try:
                 response = call()
-            except ConnectionException:
-                # The gateway closed our idle connection (restart, v3 Ethernet reset): that says
-                # nothing about this unit. Once more on a fresh connection.
+            except (ConnectionException, ConnectionError):
+                # The gateway closed our idle connection (restart, v3 Ethernet reset): that says nothing
+                # about this unit. Once more on a fresh connection. (pymodbus >= 3.13 lets a reset socket's
+                # ConnectionResetError through as it is.)
                 self._disconnect()
                 self._connect()
                 response = call()
-        except ConnectionException as exc:
+        except (ConnectionException, ConnectionError) as exc:
             # Closed again at once: the gateway (a network reset), not this unit.
             self._disconnect()
             self._gateway_failed()

@@ -58,8 +58,11 @@ def windows_sends(event):
     print(f"HANDLER-RETURNED {handled} {time.monotonic() - started:.3f}", flush=True)
     os._exit(0)  # Windows ends the process as soon as the handler returns
 
-threading.Thread(target=windows_sends, args=(int(sys.argv[2]),), daemon=True).start()
-sys.exit(main.main(["--config", sys.argv[3]]))
+sender = threading.Thread(target=windows_sends, args=(int(sys.argv[2]),), daemon=True)
+sender.start()
+code = main.main(["--config", sys.argv[3]])
+sender.join(10)  # on Windows the process ends when the handler returns; here main() may finish first
+sys.exit(code)
 """
 
 
