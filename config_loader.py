@@ -1028,14 +1028,7 @@ def update_akku_ids(path: Path | str, akku_ids: list[int]) -> Config:
     if not isinstance(battery, dict):
         raise ConfigError(f"battery: must be an object {{...}}, got {_describe(battery)}")
     battery["akku_ids"] = list(akku_ids)
-    config = parse_config(data, base_dir=path.resolve().parent)
-
-    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-    try:
-        _write_atomically(path, text)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot write the file: {exc.strerror or exc}") from None
-    return config
+    return _validate_and_save(path, data)
 
 
 def unit_entry(battery: BatteryConfig, gateway: str, unit_id: int) -> dict[str, Any]:
@@ -1069,6 +1062,11 @@ def add_unit_to_config(path: Path | str, gateway: str, unit_id: int) -> Config:
         if gateway not in current.gateways:
             raise ConfigError(f"battery.ip: the configured gateway is {current.gateways[0]}, not {gateway}")
         battery["akku_ids"] = [*current.akku_ids, unit_id]
+    return _validate_and_save(path, data)
+
+
+def _validate_and_save(path: Path, data: dict[str, Any]) -> Config:
+    """Validate the changed document before anything is written, then write it atomically with a backup."""
     config = parse_config(data, base_dir=path.resolve().parent)
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     try:

@@ -35,7 +35,7 @@ from mqtt_bridge import MqttBridge
 from mqtt_meter import MqttMeter, MqttMeterError, power_from_payload
 from simulator import Simulation, UnitSpec
 from status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -385,13 +385,7 @@ def running_main(config_path: Path) -> Iterator[subprocess.Popen]:
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
         output.close()
 
 
