@@ -148,6 +148,7 @@ class ControlLoop:
         self._last_change_s = clock()
         self._last_reason = ""
         self._last_status = ""
+        self._note_codes: dict[str, str | None] = {}  # per battery key: the code of the note last logged
         self.internal_error: Msg | str = ""
         self.quality = QualityTracker()
         self.sign_check = SignCheck()  # a meter whose sign looks reversed stops the batteries
@@ -250,6 +251,7 @@ class ControlLoop:
         self.last_decision = decision
         self.quirks.notes(decision.battery_notes)
         self._log_decision(decision)
+        self._log_notes(decision)
         self.apply(decision)
         self.track_quality(now_s, grid_w, decision)
         self.publish("error" if decision.status in STOPPING else "stopped" if decision.status is Status.MODE_OFF
@@ -280,6 +282,17 @@ class ControlLoop:
             level = logging.WARNING if decision.status in STOPPING | {Status.METER_RETRY} else logging.INFO
             log.log(level, decision.reason)
         self._last_reason, self._last_status = decision.reason, decision.status.value
+
+    def _log_notes(self, decision: Decision) -> None:
+        """Log a battery's note when it is a new one (a new code: a countdown or a new SoC is not new);
+        "offline" is logged by the reads themselves."""
+        for key, b in self.batteries.items():
+            note = decision.battery_notes.get(key)
+            code = getattr(note, "code", None)
+            if code != self._note_codes.get(key):
+                self._note_codes[key] = code
+                if note is not None and code != "note_offline":
+                    log.info(Msg("battery_note", name=b.name, note=note))
 
     def track_quality(self, now_s: float, grid_w: float | None, decision: Decision) -> None:
         """Feed the live control-quality figures (RMS error, export today, writes/h)."""

@@ -617,6 +617,19 @@ MESSAGES_DE: dict[str, str] = {
         "Akku lädt höchstens mit {limit} W (statt {max} W): Grenze des Modells oder Register 44002 – "
         "die maximale Ladeleistung in der Marstek-App erhöhen"
     ),
+    "note_app_limit": (
+        "entlädt höchstens ~{limit} W: vermutlich die 800-W-Einstellung der Marstek-App (Venus E) – dort "
+        "2500 W wählen; bis dahin wird der Akku mit {limit} W eingeplant"
+    ),
+    "note_learned_limit_discharge": (
+        "entlädt nur ~{limit} W statt des Sollwerts: die anderen Akkus übernehmen den Rest, neuer Versuch in "
+        "{minutes} min"
+    ),
+    "note_learned_limit_charge": (
+        "lädt nur ~{limit} W statt des Sollwerts: die anderen Akkus übernehmen den Rest, neuer Versuch in "
+        "{minutes} min"
+    ),
+    "battery_note": "{name}: {note}",
     "note_soc_unknown": "Ladestand unbekannt",
     "note_soc_min": "SoC {soc} % an/unter der Untergrenze {limit} %: kein Entladen",
     "note_soc_max": "SoC {soc} % an/über der Obergrenze {limit} %: kein Laden",
@@ -824,6 +837,19 @@ MESSAGES_EN: dict[str, str] = {
         "the battery charges at most {limit} W (instead of {max} W): the model's limit or register 44002 - "
         "raise the maximum charge power in the Marstek app"
     ),
+    "note_app_limit": (
+        "discharges at ~{limit} W at most: probably the Marstek app's 800 W setting (Venus E) - choose 2500 W "
+        "there; until then the battery is planned with {limit} W"
+    ),
+    "note_learned_limit_discharge": (
+        "discharges only ~{limit} W instead of its setpoint: the other batteries take the rest, next try in "
+        "{minutes} min"
+    ),
+    "note_learned_limit_charge": (
+        "charges only ~{limit} W instead of its setpoint: the other batteries take the rest, next try in "
+        "{minutes} min"
+    ),
+    "battery_note": "{name}: {note}",
     "note_soc_unknown": "SoC unknown",
     "note_soc_min": "SoC {soc} % at/below minimum {limit} %: no discharge",
     "note_soc_max": "SoC {soc} % at/above maximum {limit} %: no charge",

@@ -108,6 +108,12 @@ class ControlParams:
 BatteryId = int | str  # a battery's key: the config's "<host>:<port>/<id>" (ints in the law's own tests)
 
 
+# A Venus E delivers at most 800 W until 2500 W is chosen in the Marstek app; registers do not show it
+# (marstek-modbus.md section 1): a discharge that plateaus here is explained with that setting.
+APP_LIMIT_W = 800.0
+APP_LIMIT_TOLERANCE_W = 40.0
+
+
 @dataclass(frozen=True)
 class BatteryState:
     """One battery as the control thread last saw it.
@@ -606,9 +612,16 @@ class FastController:
         """Per battery: why it may not take (all of) its share now."""
         notes = {b.battery_id: note for b in batteries if (note := battery_limits(b, self.p)[2])}
         for (i, direction), (limit_w, until_s) in self._limits.items():
+            minutes = max(1, math.ceil((until_s - now_s) / 60))
             if limit_w == 0.0:
                 code = "note_no_delivery_discharge" if direction > 0 else "note_no_delivery_charge"
-                notes[i] = Msg(code, minutes=max(1, math.ceil((until_s - now_s) / 60)))
+                notes[i] = Msg(code, minutes=minutes)
+            elif i not in notes:  # a reason the battery reports itself (SoC, EEPROM limit) comes first
+                if direction > 0 and abs(limit_w - APP_LIMIT_W) <= APP_LIMIT_TOLERANCE_W:
+                    notes[i] = Msg("note_app_limit", limit=round(limit_w))
+                else:
+                    code = "note_learned_limit_discharge" if direction > 0 else "note_learned_limit_charge"
+                    notes[i] = Msg(code, limit=round(limit_w), minutes=minutes)
         return notes
 
     def noise_w(self) -> float:

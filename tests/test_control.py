@@ -371,6 +371,21 @@ def test_a_battery_that_delivers_less_than_asked_is_limited_and_the_other_takes_
     assert d.setpoints_w[1] == pytest.approx(3300 - 20 - 1200, abs=3)
 
 
+@pytest.mark.parametrize(("plateau_w", "code"), [(800, "note_app_limit"), (1200, "note_learned_limit_discharge")])
+def test_a_learned_limit_is_explained_and_800_w_names_the_app_setting(plateau_w: int, code: str):
+    """A discharge that plateaus at ~800 W is the Venus E's app setting (invisible in the registers): the note
+    says where to change it; any other plateau is named with its value and the next try."""
+    ctrl = FastController(P)
+    ctrl.step(0.0, 3300.0, [bat(1, 40, 0.0), bat(2, 60, 0.0)])
+    for k in range(1, 20):
+        p1, p2 = ctrl.setpoints_w[1], min(ctrl.setpoints_w[2], plateau_w)
+        d = ctrl.step(float(k), 3300.0 - p1 - p2 + (k % 2), [bat(1, 40, p1), bat(2, 60, p2)])
+    note = d.battery_notes[2]
+    assert note.code == code and str(plateau_w) in note.text("de") and str(plateau_w) in note.text("en")
+    assert ("2500 W" in note.text("de")) == (plateau_w == 800)
+    assert 1 not in d.battery_notes
+
+
 def test_learned_limits_are_forgotten_after_the_hold_time():
     ctrl = FastController(ControlParams(limit_hold_s=60.0))
     ctrl.step(0.0, 3300.0, [bat(1, 40, 0.0), bat(2, 60, 0.0)])
