@@ -41,7 +41,7 @@ from control_loop import ControlLoop, control_params
 from devices import GridReading, MeterError
 from fleet import Fleet
 from quality import IN_BAND_W, CrossingCounter, battery_export_w
-from simulator import MeterModel, PlantParams, SimUnit, UnitSpec
+from simulator import MeterModel, SimUnit, UnitSpec
 from status_store import CommandQueue, StatusStore
 from zero_feed_control import BatteryState, ControlParams, distribute, target_total
 
@@ -140,8 +140,7 @@ class World:
 
     def moved(self) -> None:
         """A command was just given: integrate finely until the lag has died out."""
-        pp = self.sc.plant
-        self.busy_until = self.t + pp.dead_time_s + 8.0 * pp.tau_s + 0.5
+        self.busy_until = self.t + self.sc.plant.settle_s + 0.5
 
     # -- time
     def queue_write(self, t: float, unit: SimUnit, address: int, value: int) -> None:
@@ -559,7 +558,7 @@ def _run_ideal(sc: Scenario, params: ControlParams) -> tuple[World, dict[str, fl
 
 def _run_floor(sc: Scenario, params: ControlParams) -> tuple[World, dict[str, float]]:
     """Batteries that follow ``target_total(demand)`` at once (no delay, no lag, exact demand)."""
-    world = World(replace(sc, plant=PlantParams(dead_time_s=0.0, tau_s=0.0)), params)
+    world = World(replace(sc, plant=replace(sc.plant, dead_time_s=0.0, tau_s=0.0)), params)  # standby as the plant
     for k in range(len(sc.load_w)):
         world.advance_to(sc.shift_s + k * sc.slot_s if k else 0.0)
         states = _ideal_states(world, sc)

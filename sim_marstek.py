@@ -52,6 +52,9 @@ RS485_OFF = 0x55BB  # 21947
 FORCE_STOP, FORCE_CHARGE, FORCE_DISCHARGE = 0, 1, 2
 MAX_SETPOINT_W = 2500
 V3_MAX_READ_COUNT = 32  # larger reads get no answer at all on v3
+OWN_PERIOD_S = 3.0  # the firmware's own anti-feed loop: one correction every few seconds (slower than ours)
+OWN_GAIN = 0.8  # share of the grid power it corrects per step
+OWN_DEADBAND_W = 20.0
 LAN_SLOT_FREE_S = 1.0  # a v3 LAN port takes a new client only this long after the last one left (MVEM)
 
 EXC_ILLEGAL_FUNCTION = 1
@@ -139,6 +142,14 @@ class UnitSpec:
     min_setpoint_w: float = 50.0  # smaller forced powers are ignored by the firmware (seed clamps >= 50 W)
     drop_clears_setpoints: bool = True  # leaving RS485 control resets 42010/42020/42021 to 0
     rs485_watchdog_s: float | None = None  # leave RS485 control unless 42000 is re-written this often (uncertain)
+    # The Venus E's output setting in the Marstek app (800 W until 2500 W is chosen there): discharge capped
+    # here although 44003 reads more. None: 2500 W chosen, as the README's setup asks first.
+    app_limit_w: float | None = None
+    # Paired with a meter of its own in the app (a CT002, a Shelly): without RS485 control it then runs its
+    # stored work mode (43000: 1 anti-feed, 2 AI) against that meter. False: nothing to regulate on, it rests.
+    own_meter: bool = False
+    overshoot: float | None = None  # PlantParams.overshoot for this unit (None: the simulation's)
+    standby_w: float | None = None  # PlantParams.standby_w for this unit (None: the simulation's)
 
 
 class SimUnit:
@@ -155,8 +166,10 @@ class SimUnit:
     writes of plain flags are atomic and fine from tests.
 
     Setpoints are obeyed only while RS485 control is on (force 1 → −42020 W, 2 → +42021 W, 0 → 0 W,
-    clamped by 44002/44003). Autonomous work modes (anti-feed, AI) are not simulated: without RS485
-    control the unit idles at 0 W.
+    clamped by 44002/44003 and, discharging, by the app's output setting ``app_limit_w``). Without RS485
+    control the unit runs its stored work mode (43000): manual (0) rests (schedules are not simulated);
+    anti-feed (1) and AI (2) regulate the grid to zero with the unit's own meter (``own_meter``, fed by
+    ``tick``) or rest when it has none. Resting, it draws ``standby_w`` from the house.
     """
 
     def __init__(
@@ -168,6 +181,9 @@ class SimUnit:
         self.unit_id = int(spec.unit_id)
         self.register_set = spec.register_set
         plant_params = PlantParams(**{**params.__dict__})
+        for name in ("overshoot", "standby_w"):
+            if getattr(spec, name) is not None:
+                setattr(plant_params, name, float(getattr(spec, name)))
         self.model = spec.model or ("VNSE3-0" if spec.register_set == "v3" else "VNSE-2")
         self.firmware = int(spec.firmware if spec.firmware is not None else 150 if spec.register_set == "v3" else 153)
         plant_params.max_power_w = min(float(spec.max_power_w), float(_model_limit_w(self.model, self.firmware)))
@@ -194,6 +210,10 @@ class SimUnit:
         self.min_setpoint_w = float(spec.min_setpoint_w)
         self.rs485_watchdog_s = spec.rs485_watchdog_s
         self._rs485_written_s = now_s
+        self.app_limit_w = spec.app_limit_w
+        self.own_meter = bool(spec.own_meter)
+        self._own_w = 0.0  # what the firmware's own loop asks for
+        self._own_at_s = now_s
         self._commanded_w = 0.0
         self._regs = self._build_register_map()
 
@@ -208,6 +228,16 @@ class SimUnit:
     def power_w(self) -> float:
         """Actual AC power, W, + discharging / − charging."""
         return self.plant.power_w
+
+    @property
+    def resting(self) -> bool:
+        """True while the unit rests (target 0 W): it then draws ``standby_w`` from the house."""
+        return self.plant.resting
+
+    @property
+    def standby_w(self) -> float:
+        """What the resting unit draws from the house, W (read as AC power −standby_w)."""
+        return self.plant.params.standby_w
 
     @property
     def delivers_nothing(self) -> bool:
@@ -287,6 +317,7 @@ class SimUnit:
         if address == REG_RS485:
             if value == RS485_ON:
                 self._rs485_written_s = self.plant.now_s
+                self._own_w = 0.0  # its own loop starts afresh the next time it is out of control
             elif self.rs485_control and self.drop_clears_setpoints:
                 self._clear_setpoints()
             self.rs485_control = value == RS485_ON
@@ -335,6 +366,29 @@ class SimUnit:
                 self.runaway_w, self.deaf = None, False
                 self._apply()
 
+    @property
+    def autonomous(self) -> bool:
+        """Out of RS485 control in a work mode that regulates on the unit's own meter."""
+        return not self.rs485_control and self.own_meter and self.work_mode in (1, 2)
+
+    def _max_discharge_w(self) -> float:
+        limit_w = float(self.max_discharge_power_w)
+        return limit_w if self.app_limit_w is None else min(limit_w, float(self.app_limit_w))
+
+    def tick(self, now_s: float, grid_w: float) -> None:
+        """The firmware's own anti-feed loop, given the grid power its own meter sees (W, + import): every
+        ``OWN_PERIOD_S`` it sets its power to what it delivers plus most of the grid power."""
+        if not self.autonomous or self.runaway_w is not None or now_s - self._own_at_s < OWN_PERIOD_S:
+            return
+        self._own_at_s = now_s
+        if abs(grid_w) < OWN_DEADBAND_W:
+            return
+        with self._lock:
+            delivered_w = self.plant.power_w if not self.plant.resting else 0.0
+            wanted = delivered_w + OWN_GAIN * grid_w
+            self._own_w = max(-float(self.max_charge_power_w), min(self._max_discharge_w(), wanted))
+            self._apply()
+
     def _apply(self) -> None:
         """Recompute the commanded power from the registers and hand it to the plant."""
         wanted = 0.0
@@ -344,9 +398,11 @@ class SimUnit:
             if self.force_mode == FORCE_CHARGE:
                 wanted = -float(min(self.charge_power_w, self.max_charge_power_w))
             elif self.force_mode == FORCE_DISCHARGE:
-                wanted = float(min(self.discharge_power_w, self.max_discharge_power_w))
+                wanted = min(float(self.discharge_power_w), self._max_discharge_w())
             if abs(wanted) < self.min_setpoint_w:
                 wanted = 0.0  # below what the firmware acts on
+        elif self.autonomous:
+            wanted = self._own_w
         if wanted != self._commanded_w:
             self._commanded_w = wanted
             self.plant.command(wanted, self.plant.now_s)
@@ -354,7 +410,9 @@ class SimUnit:
     # -- register map ---------------------------------------------------------------------------------
 
     def _dc_power_w(self) -> float:
-        """DC battery power, + discharging."""
+        """DC battery power, + discharging (0 at rest: the standby draw comes from the house)."""
+        if self.plant.resting:
+            return 0.0
         ac = self.plant.power_w
         if ac > 0:
             return ac / efficiency(ac, EFFICIENCY_DISCHARGE)
@@ -364,6 +422,8 @@ class SimUnit:
         return 49.6 + 5.6 * self.plant.soc_pct / 100.0
 
     def _inverter_state(self) -> int:
+        if self.plant.resting:
+            return 1  # standby
         p = self.plant.power_w
         if p > 1.0:
             return 3  # discharge

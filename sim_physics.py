@@ -56,7 +56,13 @@ def efficiency(power_w: float, table: Sequence[tuple[float, float]]) -> float:
 
 @dataclass
 class PlantParams:
-    """Battery plant model (zero-feed-control.md §6). v3-like variant: dead_time_s=0.8, tau_s=1.5."""
+    """Battery plant model (zero-feed-control.md §6). v3-like variant: dead_time_s=0.8, tau_s=1.5.
+
+    On top of the protocol's first-order lag, what the real units do (marstek-modbus.md, issue 9):
+    ``overshoot`` is the gain of a transient that makes the AC power pass a new setpoint by ~7 % at 0.35
+    (peak ~3 τ after the dead time, within 2 % again after ~7 τ; 0 = none); ``standby_w`` is drawn from
+    the house while the unit rests (target 0 W), read as AC power −standby_w (Marstek: 5–15 W).
+    """
 
     dead_time_s: float = 0.5
     tau_s: float = 1.0
@@ -64,8 +70,21 @@ class PlantParams:
     capacity_wh: float = 5120.0
     bms_min_soc_pct: float = 11.0
     bms_max_soc_pct: float = 100.0
+    overshoot: float = 0.35
+    standby_w: float = 10.0
+
+    @property
+    def overshoot_tau_s(self) -> float:
+        """Time constant of the overshoot's slow state, s."""
+        return OVERSHOOT_TAU_FACTOR * self.tau_s
+
+    @property
+    def settle_s(self) -> float:
+        """From a command until its response (lag and overshoot) has died out, s."""
+        return self.dead_time_s + 8.0 * (self.overshoot_tau_s if self.overshoot else self.tau_s)
 
 
+OVERSHOOT_TAU_FACTOR = 2.0  # the overshoot's slow state lags the fast one by twice its time constant
 _PENDING_MAX = 64  # pending commands kept during the dead time
 _SETTLED_W = 0.5  # |target - actual| below this counts as settled: the lag is snapped to the target
 _SOC_EPS = 1e-9  # SoC tolerance for the BMS limits (floating-point rounding at the exact limit)
@@ -75,23 +94,41 @@ class BatteryPlant:
     """One battery's AC power response and state of charge, stepped with explicit time.
 
     ``command(power_w, now_s)`` sets a new target (+ discharge, − charge) that takes effect ``dead_time_s``
-    later; ``advance(now_s)`` integrates up to ``now_s``. The actual AC power follows the target through a
-    first-order lag (exact discrete formula), is clamped to ±max_power_w, and is cut to 0 by the BMS
-    (no discharge at SoC ≤ bms_min_soc_pct, no charge at SoC ≥ bms_max_soc_pct). SoC integrates DC energy:
-    discharge DC = AC / η, charge DC = AC · η (``EFFICIENCY_*``). Energies are cumulative Wh.
+    later; ``advance(now_s)`` integrates up to ``now_s``. The response follows the target through a
+    first-order lag (exact discrete formula) plus the overshoot transient (``PlantParams.overshoot``: a
+    second, slower state; exact too), is clamped to ±max_power_w, and is cut to 0 by the BMS (no discharge
+    at SoC ≤ bms_min_soc_pct, no charge at SoC ≥ bms_max_soc_pct). At rest (target 0 W) the unit draws
+    ``standby_w`` from the house. SoC integrates DC energy: discharge DC = AC / η, charge DC = AC · η
+    (``EFFICIENCY_*``); the standby draw is a loss that does not charge it. Energies are cumulative Wh.
     """
 
     def __init__(self, params: PlantParams | None = None, soc_pct: float = 50.0, now_s: float = 0.0) -> None:
         self.params = params if params is not None else PlantParams()
         self.soc_pct = float(soc_pct)
-        self.power_w = 0.0  # actual AC power, + discharging
+        self._fast_w = 0.0  # the first-order lag's output, + discharging
+        self._slow_w = 0.0  # lags _fast_w by overshoot_tau_s; their difference is the overshoot
         self.target_w = 0.0  # target in effect (after the dead time)
         self.conversion_loss_wh = 0.0
+        self.standby_wh = 0.0  # drawn from the house while resting
         self.charged_wh = 0.0  # AC side
         self.discharged_wh = 0.0  # AC side
         self.delivers_nothing = False  # firmware ACKs setpoints but delivers ~0 W
         self.now_s = float(now_s)
         self._pending: deque[tuple[float, float]] = deque()
+
+    @property
+    def resting(self) -> bool:
+        """True while the target in effect is 0 W (stopped, cut by the BMS, or delivering nothing)."""
+        return self._effective_target() == 0.0
+
+    @property
+    def power_w(self) -> float:
+        """Actual AC power, W, + discharging / − charging; at rest −standby_w plus what is still decaying."""
+        p = self.params
+        if self.resting:
+            return self._fast_w - p.standby_w
+        power_w = self._fast_w + p.overshoot * (self._fast_w - self._slow_w)
+        return max(-p.max_power_w, min(p.max_power_w, power_w))
 
     def command(self, power_w: float, now_s: float) -> None:
         """Command ``power_w`` (+ discharge, − charge) at ``now_s``; effective ``dead_time_s`` later."""
@@ -132,10 +169,21 @@ class BatteryPlant:
         p = self.params
         if (
             self.delivers_nothing
-            or (self.power_w > 0.0 and self.soc_pct <= p.bms_min_soc_pct + _SOC_EPS)
-            or (self.power_w < 0.0 and self.soc_pct >= p.bms_max_soc_pct - _SOC_EPS)
+            or (self._fast_w > 0.0 and self.soc_pct <= p.bms_min_soc_pct + _SOC_EPS)
+            or (self._fast_w < 0.0 and self.soc_pct >= p.bms_max_soc_pct - _SOC_EPS)
         ):
-            self.power_w = 0.0
+            self._fast_w = self._slow_w = 0.0
+
+    def _slow(self, target: float, h: float) -> tuple[float, float]:
+        """The slow state after ``h`` s (h = inf: its rest) and its integral minus target·h, exact.
+
+        Driven by the fast state x1(t) = T + D·e^(−t/τ): x2(t) = T + C·e^(−t/τo) + E·e^(−t/τ) with
+        E = D·τ/(τ − τo) and C = x2(0) − T − E."""
+        tau, tau_o = self.params.tau_s, self.params.overshoot_tau_s
+        e = (self._fast_w - target) * tau / (tau - tau_o)
+        c = self._slow_w - target - e
+        a, a_o = math.exp(-h / tau), math.exp(-h / tau_o)
+        return target + c * a_o + e * a, c * tau_o * (1.0 - a_o) + e * tau * (1.0 - a)
 
     def _integrate(self, dt: float) -> None:
         p = self.params
@@ -144,26 +192,35 @@ class BatteryPlant:
         while remaining > 1e-12:
             self._bms_cut()
             target = self._effective_target()
-            p0 = self.power_w
-            if p0 == 0.0 and target == 0.0:
+            x1 = self._fast_w
+            if target == 0.0 and x1 == 0.0:
+                self._slow_w = 0.0
+                self.standby_wh += p.standby_w * remaining / 3600.0
                 return
-            if abs(target - p0) > _SETTLED_W and tau > 0:
+            k = p.overshoot if target != 0.0 and tau > 0 else 0.0  # no overshoot when stopping
+            if tau > 0 and (abs(target - x1) > _SETTLED_W or k * abs(x1 - self._slow_w) > _SETTLED_W):
                 # Transient: short chunks so the efficiency lookup and the BMS checks stay accurate.
                 h = min(remaining, 0.25 * tau)
-                if p0 * target < 0.0:
+                if x1 * target < 0.0:
                     # Split exactly where the power changes sign (charge and discharge use different curves).
-                    h = min(h, max(tau * math.log((p0 - target) / -target), 1e-9))
+                    h = min(h, max(tau * math.log((x1 - target) / -target), 1e-9))
                 a = math.exp(-h / tau)
-                p1 = target + (p0 - target) * a
-                energy_wh = (target * h + (p0 - target) * tau * (1.0 - a)) / 3600.0
+                x1_end = target + (x1 - target) * a
+                x2_end, slow_rest_wh = self._slow(target, h)
+                fast_rest_wh = (x1 - target) * tau * (1.0 - a)
             else:
                 # Settled: constant power, split exactly where the SoC reaches a BMS limit. The small rest
-                # of the lag's tail, (p0 - target) · tau, is booked here so that energy is conserved.
-                p1 = target
+                # of the transient's tail is booked here so that energy is conserved.
+                x1_end = x2_end = target
                 h = min(remaining, self._time_to_limit(target))
-                energy_wh = (target * h + (p0 - target) * tau) / 3600.0
-            self._account(energy_wh, h)
-            self.power_w = p1
+                fast_rest_wh = (x1 - target) * tau
+                slow_rest_wh = self._slow(target, math.inf)[1] if tau > 0 else 0.0
+            # AC power = x1 + k·(x1 − x2): the lag plus the overshoot (unclamped here: the clamp at the
+            # unit's maximum only shaves a few watt-seconds off a rare peak).
+            self._account((target * h + (1.0 + k) * fast_rest_wh - k * slow_rest_wh) / 3600.0, h)
+            if target == 0.0:
+                self.standby_wh += p.standby_w * h / 3600.0
+            self._fast_w, self._slow_w = x1_end, x2_end
             remaining -= h
 
     def _time_to_limit(self, power_w: float) -> float:

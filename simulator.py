@@ -362,7 +362,8 @@ class Simulation:
     def step(self, dt_s: float) -> None:
         """Advance simulated time by ``dt_s`` (the physics thread calls this; tests may too, unstarted)."""
         with self._lock:
-            plants = [u.plant for u in self.units]
+            units = self.units
+            plants = [u.plant for u in units]
             max_chunk = min(0.1, self.meter.cadence_s / 2.0)
             remaining = dt_s
             while remaining > 1e-12:
@@ -376,6 +377,8 @@ class Simulation:
                 else:
                     self._export_wh += -grid * h / 3600.0
                 self._now_s = t1
+                for unit in units:  # out of RS485 control, a unit with its own meter regulates by itself
+                    unit.tick(t1, grid)
                 if self.meter.observe(t1, grid):
                     self._record_avg(t1)
                 remaining -= h

@@ -72,7 +72,7 @@ def test_reads_soc_power_and_control_state(register_set):
         try:
             reading = gw.read(1)
             assert reading.soc_pct == pytest.approx(63.0, abs=1.0)
-            assert reading.ac_power_w == 0
+            assert reading.ac_power_w == -sim.unit(1).standby_w  # resting: the standby draw
             assert reading.rs485_control is False
             assert gw.probe(1)[0]  # a model name
         finally:

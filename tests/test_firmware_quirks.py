@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from config_loader import ConfigError, parse_config
+from sim_marstek import OWN_PERIOD_S
 from simulator import PlantParams, Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.loop_rig import (
@@ -54,7 +55,7 @@ def test_bms_standing_by_near_full_while_charging_is_paused(rig: Rig) -> None:
     clock = fake_clock()
     loop = rig.loop(fault_config(sim, [1], max_soc_for_charge=100), clock)
     run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).charge_power_w > 1000
-              and sim.unit(1).power_w == 0.0, 30, "charge commanded (SoC reads 99 % < 100 %), the BMS refuses")
+              and sim.unit(1).resting, 30, "charge commanded (SoC reads 99 % < 100 %), the BMS refuses")
     key = loop.unit(1).key
     run_until(loop, clock, lambda: loop.controller.limits_w(-1).get(key) == 0.0, 60, "paused for delivering nothing",
               step_s=1.0)
@@ -181,7 +182,7 @@ def test_simulated_rs485_watchdog_leaves_control_unless_42000_is_rewritten() -> 
     sim.step(15.0)
     assert unit.read_registers(42000, 1) == [0x55BB] and stopped(unit)
     sim.step(5.0)
-    assert abs(unit.power_w) < 1.0
+    assert unit.resting
 
 
 def test_eeprom_limit_below_the_maximum_is_used_and_explained_instead_of_pausing(rig: Rig, caplog) -> None:
@@ -206,6 +207,26 @@ def test_eeprom_limit_below_the_maximum_is_used_and_explained_instead_of_pausing
     assert "44003" in note and "300" in note, note
 
 
+def test_venus_e_800_w_app_setting_is_learned_and_explained(rig: Rig, caplog) -> None:
+    """A Venus E delivers at most 800 W until 2500 W is chosen in the Marstek app, and no register shows it:
+    the plateau is learned as the battery's limit (the other takes the rest) and explained in the note and
+    the log."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0, app_limit_w=800), UnitSpec(2, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(3000.0)
+    clock = fake_clock()
+    with caplog.at_level("INFO"):
+        loop = rig.loop(fault_config(sim, [1, 2]), clock)
+        key = loop.unit(1).key
+        run_until(loop, clock, lambda: key in loop.controller.limits_w(1)
+                  and abs(sim.true_grid_power_w() - 20.0) < 60, 60, "plateau learned, regulated", step_s=1.0)
+    assert loop.controller.limits_w(1)[key] == pytest.approx(800, abs=40)
+    assert sim.unit(1).read_registers(44003, 1) == [2500]  # not visible in the registers
+    assert sim.unit(1).power_w == pytest.approx(800, abs=40) and sim.unit(2).power_w > 1900
+    assert loop.last_decision is not None and loop.last_decision.battery_notes[key].code == "note_app_limit"
+    assert "800" in battery_doc(loop, 1)["note"] and "2500" in battery_doc(loop, 1)["note"]
+    assert "2500 W" in caplog.text  # logged once when the note appeared
+
+
 def test_eeprom_charge_limit_zero_means_no_charging_on_v2(rig: Rig) -> None:
     """evcc's "hold" writes 44002 <- 0: on a v2 unit that is trusted, the battery is not asked to charge."""
     sim = rig.simulation(units=[UnitSpec(1, soc_pct=40.0, max_charge_power_w=0), UnitSpec(2, soc_pct=40.0)],
@@ -222,8 +243,9 @@ def test_eeprom_charge_limit_zero_means_no_charging_on_v2(rig: Rig) -> None:
 @pytest.mark.parametrize("on_exit", ["stop", "release"])
 def test_leaving_control_stops_or_hands_the_battery_back(rig: Rig, on_exit: str) -> None:
     """battery.on_exit: "stop" (default) leaves force mode 0 with RS485 control on (the battery idles until it
-    reboots); "release" writes 43000 <- 1 and then 42000 <- 0x55BB, as evcc's "normal" does."""
-    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    reboots); "release" writes 43000 <- 1 and then 42000 <- 0x55BB, as evcc's "normal" does: a battery paired
+    with a meter of its own in the Marstek app then regulates the house by itself (anti-feed)."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0, own_meter=True)], **QUICK)
     sim.set_load_w(900.0)
     clock = fake_clock()
     loop = rig.loop(fault_config(sim, [1], on_exit=on_exit), clock)
@@ -235,9 +257,15 @@ def test_leaving_control_stops_or_hands_the_battery_back(rig: Rig, on_exit: str)
     assert stopped(u)
     if on_exit == "stop":
         assert u.rs485_control and (43000, 1) not in u.write_log
+        started_s = sim.now_s
+        wait_until(lambda: sim.now_s > started_s + 3 * OWN_PERIOD_S, 30, "three periods of its own loop")
+        assert u.resting  # under RS485 control its own meter is not used: it idles
+        assert sim.true_grid_power_w() == pytest.approx(900.0 + u.standby_w, abs=1.0)
     else:
         assert not u.rs485_control and u.work_mode == 1
         assert u.write_log[-2:] == [(43000, 1), (42000, 0x55BB)]
+        wait_until(lambda: u.power_w > 800 and abs(sim.true_grid_power_w()) < 50, 30,
+                   "the released battery regulates the house on its own meter")
 
 
 def test_on_exit_is_checked_in_the_config() -> None:

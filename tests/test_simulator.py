@@ -55,8 +55,12 @@ def test_efficiency_interpolates_and_is_flat_outside_the_table() -> None:
     assert efficiency(5000.0, EFFICIENCY_DISCHARGE) == pytest.approx(0.893)
 
 
+# The benchmark protocol's plant (zero-feed-control.md section 6): no overshoot, no standby draw.
+PROTOCOL = {"overshoot": 0.0, "standby_w": 0.0}
+
+
 def test_dead_time_then_first_order_lag() -> None:
-    plant = BatteryPlant(PlantParams(dead_time_s=0.5, tau_s=1.0), soc_pct=50.0)
+    plant = BatteryPlant(PlantParams(dead_time_s=0.5, tau_s=1.0, **PROTOCOL), soc_pct=50.0)
     plant.command(1000.0, 0.0)
     plant.advance(0.49)
     assert plant.power_w == 0.0
@@ -100,18 +104,62 @@ def test_soc_integrates_dc_energy_through_the_efficiency_curve(power_w: float, e
 
 
 def test_soc_with_the_lag_counts_only_the_energy_delivered() -> None:
-    plant = BatteryPlant(PlantParams(dead_time_s=0.5, tau_s=1.0), soc_pct=50.0)
+    plant = BatteryPlant(PlantParams(dead_time_s=0.5, tau_s=1.0, **PROTOCOL), soc_pct=50.0)
     plant.command(1000.0, 0.0)
     plant.advance(20.5)
     # 20 s after the dead time, a first-order lag has delivered 1000 W · (20 s − tau) (to e^-20).
     assert plant.discharged_wh == pytest.approx(1000.0 * 19.0 / 3600.0, rel=1e-6)
 
 
+@pytest.mark.parametrize("step_w", [1000.0, -2000.0])
+def test_a_new_setpoint_is_overshot_by_5_to_10_percent_for_a_few_seconds(step_w: float) -> None:
+    """Marstek units pass a new setpoint by 5-10 % for a few seconds (issue 9); the energy stays exact."""
+    params = PlantParams(dead_time_s=0.5, tau_s=1.0)
+    plant = BatteryPlant(params, soc_pct=50.0)
+    plant.command(step_w, 0.0)
+    trace = []
+    for i in range(1, 301):
+        plant.advance(i * 0.1)
+        trace.append((i * 0.1, plant.power_w))
+    peak_s, peak_w = max(trace, key=lambda tp: tp[1] / step_w)
+    assert 1.05 <= peak_w / step_w <= 1.10
+    assert 2.0 <= peak_s <= 6.0
+    assert all(abs(w / step_w - 1.0) <= 0.02 for t, w in trace if t >= 9.0)  # gone after a few seconds
+    # Energy: the lag's deficit (step · tau) plus the overshoot's surplus (gain · step · tau_o), to e^-14.
+    expected_wh = abs(step_w) * (29.5 - params.tau_s + params.overshoot * params.overshoot_tau_s) / 3600.0
+    assert (plant.discharged_wh if step_w > 0 else plant.charged_wh) == pytest.approx(expected_wh, rel=1e-3)
+
+
+def test_stopping_ramps_down_without_overshooting_into_the_other_direction() -> None:
+    plant = BatteryPlant(PlantParams(dead_time_s=0.0, tau_s=1.0), soc_pct=50.0)
+    plant.command(1500.0, 0.0)
+    plant.advance(20.0)
+    plant.command(0.0, 20.0)
+    powers = []
+    for i in range(1, 200):
+        plant.advance(20.0 + i * 0.1)
+        powers.append(plant.power_w)
+    assert min(powers) == pytest.approx(-plant.params.standby_w)  # never charging beyond the standby draw
+    assert powers[-1] == -plant.params.standby_w
+
+
+def test_a_resting_unit_draws_its_standby_power_from_the_house_without_charging() -> None:
+    plant = BatteryPlant(PlantParams(standby_w=12.0), soc_pct=40.0)
+    plant.advance(3600.0)
+    assert plant.power_w == -12.0  # as the AC power register reads it: a small draw
+    assert plant.standby_wh == pytest.approx(12.0)
+    assert plant.soc_pct == 40.0 and plant.charged_wh == 0.0
+    plant.command(500.0, 3600.0)
+    plant.advance(3700.0)
+    assert plant.power_w == pytest.approx(500.0, abs=1.0)  # running: the draw is part of the efficiency
+    assert plant.standby_wh == pytest.approx(12.0 + 12.0 * 0.5 / 3600.0)  # only during the dead time
+
+
 def test_bms_stops_discharge_at_min_soc_but_allows_charging() -> None:
     plant = BatteryPlant(PlantParams(dead_time_s=0.0, tau_s=0.0), soc_pct=11.2)
     plant.command(2500.0, 0.0)
     plant.advance(600.0)
-    assert plant.power_w == 0.0
+    assert plant.resting and plant.power_w == -plant.params.standby_w  # cut by the BMS: resting, standby draw
     assert plant.soc_pct == pytest.approx(11.0, abs=1e-6)
     plant.command(-500.0, 600.0)
     plant.advance(660.0)
@@ -123,7 +171,7 @@ def test_bms_stops_charge_at_max_soc() -> None:
     plant = BatteryPlant(PlantParams(dead_time_s=0.0, tau_s=0.0), soc_pct=99.9)
     plant.command(-2500.0, 0.0)
     plant.advance(600.0)
-    assert plant.power_w == 0.0
+    assert plant.resting and plant.power_w == -plant.params.standby_w
     assert plant.soc_pct == pytest.approx(100.0)
     plant.command(400.0, 600.0)
     plant.advance(601.0)
@@ -135,10 +183,10 @@ def test_delivers_nothing_keeps_power_and_soc_at_rest() -> None:
     plant.delivers_nothing = True
     plant.command(1500.0, 0.0)
     plant.advance(60.0)
-    assert plant.power_w == 0.0
+    assert plant.power_w == -plant.params.standby_w
     assert plant.soc_pct == 60.0
     plant.delivers_nothing = False
-    plant.advance(70.0)
+    plant.advance(80.0)
     assert plant.power_w == pytest.approx(1500.0, abs=1.0)
 
 
@@ -215,6 +263,9 @@ def make_sim() -> Iterator[Callable[..., Simulation]]:
         kwargs.setdefault("meter_latency_s", 0.02)
         kwargs.setdefault("meter_noise_w", 0.0)
         kwargs.setdefault("plant", FAST_PLANT)
+        # The meter tests compute exact grid values: their one resting battery draws no standby power
+        # (the standby draw is tested on the registers, with the ``bus`` fixture).
+        kwargs.setdefault("units", [UnitSpec(1, standby_w=0.0)])
         sim = Simulation(**kwargs)
         started.append(sim)
         sim.start()
@@ -305,6 +356,11 @@ def test_ac_power_signs_and_words_v2_and_v3(bus: Simulation, client: ModbusTcpCl
     assert bus.true_grid_power_w() == pytest.approx(300.0 + 800.0 - 1200.0, abs=2.0)
 
 
+def at_rest(unit: SimUnit) -> bool:
+    """Resting: nothing commanded reaches the plant, only the standby draw (read as a small negative power)."""
+    return unit.resting and unit.power_w == pytest.approx(-unit.standby_w, abs=0.01)
+
+
 def test_rs485_gate_setpoints_acked_but_ignored_until_0x55aa(bus: Simulation, client: ModbusTcpClient) -> None:
     unit = bus.unit(1)
     write(client, 42021, 1000, 1)
@@ -312,7 +368,7 @@ def test_rs485_gate_setpoints_acked_but_ignored_until_0x55aa(bus: Simulation, cl
     assert read(client, 42000, 1, 1) == [0x55BB]
     assert (unit.force_mode, unit.discharge_power_w, unit.rs485_control) == (2, 1000, False)
     wait_for_sim_time(bus, 0.3)
-    assert unit.power_w == 0.0
+    assert at_rest(unit)
 
     write(client, 42000, 0x55AA, 1)
     assert read(client, 42000, 1, 1) == [0x55AA]
@@ -322,7 +378,7 @@ def test_rs485_gate_setpoints_acked_but_ignored_until_0x55aa(bus: Simulation, cl
     unit.drop_rs485()  # firmware leaves RS485 mode silently and resets the setpoints (default)
     assert read(client, 42000, 1, 1) == [0x55BB]
     assert read(client, 42010, 1, 1) == [0] and read(client, 42021, 1, 1) == [0]
-    wait_until(lambda: unit.power_w == 0.0)
+    wait_until(lambda: at_rest(unit))
     write(client, 42000, 0x55AA, 1)
     write(client, 42021, 1000, 1)
     write(client, 42010, 2, 1)
@@ -331,13 +387,13 @@ def test_rs485_gate_setpoints_acked_but_ignored_until_0x55aa(bus: Simulation, cl
     unit.drop_clears_setpoints = False  # the other behaviour: setpoints stay, but are ignored
     unit.drop_rs485()
     assert read(client, 42021, 1, 1) == [1000]
-    wait_until(lambda: unit.power_w == 0.0)
+    wait_until(lambda: at_rest(unit))
 
     write(client, 42000, 0x55AA, 1)
     wait_until(lambda: unit.power_w > 999.0)
     write(client, 43000, 0, 1)  # any work-mode write ends RS485 control
     assert not unit.rs485_control
-    wait_until(lambda: unit.power_w == 0.0)
+    wait_until(lambda: at_rest(unit))
     assert (42021, 1000) in unit.write_log and unit.write_log[-1] == (43000, 0)
 
 
@@ -346,7 +402,7 @@ def test_force_mode_charge_discharge_stop(bus: Simulation, client: ModbusTcpClie
     command(client, 2, -1500)
     wait_until(lambda: abs(unit.power_w + 1500.0) < 1.0)
     write(client, 42010, 0, 2)
-    wait_until(lambda: abs(unit.power_w) < 1.0)
+    wait_until(lambda: at_rest(unit))
     assert unit.write_log[-4:] == [(42000, 0x55AA), (42020, 1500), (42010, 1), (42010, 0)]
 
 
@@ -417,7 +473,7 @@ def test_delivers_nothing_acks_but_stays_at_zero(bus: Simulation, client: Modbus
     command(client, 1, 900)
     wait_for_sim_time(bus, 0.3)
     assert unit.rs485_control and unit.force_mode == 2
-    assert unit.power_w == 0.0 and s32(read(client, 32202, 2, 1)) == 0
+    assert at_rest(unit) and s32(read(client, 32202, 2, 1)) == -unit.standby_w
 
 
 def test_added_unit_answers(bus: Simulation, client: ModbusTcpClient) -> None:
@@ -783,8 +839,9 @@ def test_meters_follow_the_batteries(bus: Simulation, client: ModbusTcpClient) -
     bus.set_load_w(1500.0)
     bus.set_pv_w(0.0)
     command(client, 1, 1000)
-    wait_until(lambda: bus.meter_reading_w() == pytest.approx(500.0, abs=1.0))
-    wait_until(lambda: eco_power(bus).json()["power"] == 500)
+    expected_w = 500.0 + bus.unit(2).standby_w  # unit 2 rests and draws its standby power
+    wait_until(lambda: bus.meter_reading_w() == pytest.approx(expected_w, abs=1.0))
+    wait_until(lambda: eco_power(bus).json()["power"] == round(expected_w))
 
 
 def test_context_manager_and_fixed_port_reuse() -> None:
