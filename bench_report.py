@@ -72,6 +72,10 @@ def beats_naive(agg: dict[tuple[str, str], Aggregate]) -> dict[str, tuple[bool, 
     return out
 
 
+# Why a settle or overshoot target is out of reach on the realistic plant (issue 9).
+PLANT_OVERSHOOT = "the battery itself overshoots a new setpoint by ~7 % for a few seconds (Marstek firmware)"
+
+
 @dataclass
 class Target:
     text: str
@@ -153,17 +157,32 @@ def _per_seed(a: Aggregate, other: Aggregate, key: str) -> str:
     return f"per seed {min(ratios):.2f}–{max(ratios):.2f} ×" if ratios else ""
 
 
-def evaluate_targets(agg: dict[tuple[str, str], Aggregate]) -> list[Target]:
+def step_targets(agg: dict[tuple[str, str], Aggregate]) -> list[Target]:
+    """The 2 kW step's settle, step energy and overshoot (both edges, both directions)."""
     out: list[Target] = []
     steps = [a for name in ("step2000-dis", "step2000-chg") if (a := _get(agg, name, "project"))]
     if steps:
         settle = statistics.fmean(a.mean["settle_mean_s"] for a in steps)
         energy = statistics.fmean(a.mean["step_energy_wh"] for a in steps)
         over = max(a.worst["overshoot_w"] for a in steps)
+        ideal = [a for name in ("step2000-dis", "step2000-chg") if (a := _get(agg, name, "ideal"))]
+        ideal_settle = statistics.fmean(a.mean["settle_mean_s"] for a in ideal) if ideal else math.nan
+        ideal_over = max((a.worst["overshoot_w"] for a in ideal), default=math.nan)
         out.append(Target("2 kW step: settle ≤ 8 s mean", f"{settle:.1f} s (p95 "
-                          f"{p95([s for a in steps for s in a.settles]):.1f} s)", settle <= 8.0))
+                          f"{p95([s for a in steps for s in a.settles]):.1f} s)", settle <= 8.0,
+                          "" if settle <= 8.0 else f"{PLANT_OVERSHOOT}: the ideal deadbeat needs {ideal_settle:.1f} s"))
         out.append(Target("2 kW step: step energy ≤ 2 Wh", f"{energy:.2f} Wh", energy <= 2.0))
-        out.append(Target("2 kW step: overshoot ≤ 50 W", f"{over:.0f} W (worst run)", over <= 50.0))
+        out.append(Target("2 kW step: overshoot ≤ 50 W", f"{over:.0f} W (worst run)", over <= 50.0,
+                          "" if over <= 50.0 else f"{PLANT_OVERSHOOT}: the ideal deadbeat {ideal_over:.0f} W"))
+        if ideal:
+            out.append(Target("2 kW step: overshoot ≤ the plant's own + 50 W",
+                              f"{over:.0f} W (ideal deadbeat {ideal_over:.0f} W)", over <= ideal_over + 50.0,
+                              "what the control adds to the battery's own overshoot"))
+    return out
+
+
+def evaluate_targets(agg: dict[tuple[str, str], Aggregate]) -> list[Target]:
+    out: list[Target] = step_targets(agg)
     for name in [n for (n, c) in agg if c == "project" and (n.startswith(("day24", "trace-")))]:
         p, i, n = (_get(agg, name, c) for c in ("project", "ideal", "naive"))
         if not (p and i and n):
@@ -256,8 +275,12 @@ def fleet_targets(agg: dict[tuple[str, str], Aggregate]) -> list[Target]:
         a = _get(agg, name, "project")
         if a:
             where = "three gateways in parallel" if name.startswith("fleet") else "one gateway"
-            out.append(Target(f"3 kW step on three batteries ({where}): settle ≤ 8 s mean",
-                              f"{a.mean['settle_mean_s']:.1f} s", a.mean["settle_mean_s"] <= 8.0))
+            i = _get(agg, name, "ideal")
+            settle = a.mean["settle_mean_s"]
+            why = "" if settle <= 8.0 or not i else (f"{PLANT_OVERSHOOT}: the ideal deadbeat needs "
+                                                     f"{i.mean['settle_mean_s']:.1f} s")
+            out.append(Target(f"3 kW step on three batteries ({where}): settle ≤ 8 s mean", f"{settle:.1f} s",
+                              settle <= 8.0, why))
     dies = _get(agg, "fleet-2v3-gateway-dies", "project")
     if dies and "dead_gateway_write_delay_s" in dies.mean:
         delay = dies.worst["dead_gateway_write_delay_s"]
@@ -346,6 +369,14 @@ def markdown(scenarios: Sequence[Scenario], results: Sequence[RunResult], quick:
       "0.3 s late, noise σ = 10 W, 1 W steps; a dropout is a request that times out after 2 s. Metrics are "
       "integrated every 0.1 s while a battery moves; SoC limits use the SoC as the battery reports it "
       "(whole percent).")
+    w("")
+    w("**The real firmware on top** (issue 9, README „Firmware-Eigenheiten“): the AC power overshoots a new setpoint "
+      "by ~7 % (peak about 3 s after the dead time, within 2 % again after ~7 s; every controller's plant, the ideal "
+      "deadbeat's too), a resting battery draws 10 W from the house, setpoints below 50 W are ignored, v3 units pace "
+      "their frames 150 ms apart. Since this plant the 2 kW step settles more slowly and overshoots by what the "
+      "battery itself does: the targets written for the first-order plant of §6 (settle ≤ 8 s, overshoot ≤ 50 W) "
+      "are out of reach for every controller, the ideal deadbeat included (see their rows); the row "
+      "\"overshoot ≤ the plant's own + 50 W\" keeps the old promise for what the control itself adds.")
     w("")
     w("**Controllers.** *no battery*: the batteries stay idle. *targets alone*: batteries that follow the grid "
       "targets instantly and exactly (no delay at all; what the targets and limits alone cost). "

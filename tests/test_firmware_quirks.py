@@ -147,6 +147,25 @@ def test_rs485_drop_clears_the_setpoints_and_one_cycle_writes_them_all_again(rig
     assert 1 not in loop.controller.limits_w(1)  # never taken for "delivers nothing"
 
 
+def test_rs485_drop_hands_the_battery_to_its_own_anti_feed_and_one_cycle_takes_it_back(rig: Rig) -> None:
+    """A battery paired with a meter of its own (CT002, Shelly in the app) runs its stored work mode (43000 = 1,
+    anti-feed) as soon as RS485 control drops: it regulates by itself, slower than we do. One cycle later it is
+    under our control again, at our setpoint."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0, own_meter=True)], **QUICK)
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)) and sim.unit(1).power_w > 500, 30, "discharging")
+    u = sim.unit(1)
+    u.drop_rs485()
+    sim.set_load_w(1500.0)  # the house changes meanwhile: its own loop follows
+    wait_until(lambda: u.autonomous and u.commanded_w > 1000, 20, "the battery regulates on its own meter")
+    loop.cycle()
+    clock.advance(1.0)
+    assert u.rs485_control and not u.autonomous and u.force_mode == 2
+    assert u.commanded_w == u.discharge_power_w  # our setpoint again, not its own
+
+
 def test_rs485_control_is_reasserted_at_least_every_30_s_while_forcing(rig: Rig) -> None:
     """Some v3 firmware leaves RS485 control after 90-120 s unless 42000 is re-written (MVEM #244): the client
     re-writes the RAM register 42000 while forcing, even when every read-back says it is on."""
@@ -183,6 +202,25 @@ def test_simulated_rs485_watchdog_leaves_control_unless_42000_is_rewritten() -> 
     assert unit.read_registers(42000, 1) == [0x55BB] and stopped(unit)
     sim.step(5.0)
     assert unit.resting
+
+
+def test_standby_draw_of_a_resting_battery_is_shown_and_not_chased(rig: Rig) -> None:
+    """A resting unit draws 5-15 W from the house (simulator: 10 W), read as a small negative AC power. The law
+    does not try to cover it with setpoints below the 50 W the firmware acts on: the battery stays at rest, and
+    its status shows the draw."""
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    sim.set_load_w(25.0)
+    sim.set_pv_w(0.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1]), clock)
+    u = sim.unit(1)
+    run_until(loop, clock, lambda: u.resting and battery_doc(loop, 1)["power_w"] is not None, 30, "at rest")
+    for _ in range(30):
+        loop.cycle()
+        clock.advance(1.0)
+        assert u.discharge_power_w == 0 and u.charge_power_w == 0 and u.resting
+    assert battery_doc(loop, 1)["power_w"] == pytest.approx(-u.standby_w, abs=1)
+    assert sim.true_grid_power_w() == pytest.approx(25.0 + u.standby_w, abs=1)
 
 
 def test_eeprom_limit_below_the_maximum_is_used_and_explained_instead_of_pausing(rig: Rig, caplog) -> None:
