@@ -206,18 +206,18 @@ class BatteryPlant:
                     h = min(h, max(tau * math.log((x1 - target) / -target), 1e-9))
                 a = math.exp(-h / tau)
                 x1_end = target + (x1 - target) * a
-                x2_end, slow_rest_wh = self._slow(target, h)
-                fast_rest_wh = (x1 - target) * tau * (1.0 - a)
+                x2_end, slow_rest_ws = self._slow(target, h)
+                fast_rest_ws = (x1 - target) * tau * (1.0 - a)
             else:
                 # Settled: constant power, split exactly where the SoC reaches a BMS limit. The small rest
                 # of the transient's tail is booked here so that energy is conserved.
                 x1_end = x2_end = target
                 h = min(remaining, self._time_to_limit(target))
-                fast_rest_wh = (x1 - target) * tau
-                slow_rest_wh = self._slow(target, math.inf)[1] if tau > 0 else 0.0
+                fast_rest_ws = (x1 - target) * tau
+                slow_rest_ws = self._slow(target, math.inf)[1] if tau > 0 else 0.0
             # AC power = x1 + k·(x1 − x2): the lag plus the overshoot (unclamped here: the clamp at the
             # unit's maximum only shaves a few watt-seconds off a rare peak).
-            self._account((target * h + (1.0 + k) * fast_rest_wh - k * slow_rest_wh) / 3600.0, h)
+            self._account((target * h + (1.0 + k) * fast_rest_ws - k * slow_rest_ws) / 3600.0, h)
             if target == 0.0:
                 self.standby_wh += p.standby_w * h / 3600.0
             self._fast_w, self._slow_w = x1_end, x2_end
