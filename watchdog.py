@@ -2,7 +2,8 @@
 
 The control thread reports progress through its heartbeat; when that is older than the longest a
 healthy cycle can take, ``emergency_stop`` stops every battery over a connection of its own (the
-control thread is stuck in the old one).
+control thread is stuck in the old one). It aborts the old connection first (TCP RST): a v3 battery on its own
+LAN port takes one client only.
 """
 
 from __future__ import annotations
