@@ -15,6 +15,7 @@ import itertools
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -59,6 +60,9 @@ RUNAWAY_AFTER_S = 15.0
 PROBE_UNUSED_ID = 247  # asked once to tell a v3 LAN port (answers every ID) from an RS485 gateway
 # A v3 LAN port frees its one client slot only about a second after a connection ended (MVEM waits 1 s).
 V3_RECONNECT_GAP_S = 1.0
+# Another client's close (an aborted connection, the emergency stop's) is not seen here: the aborted socket's RST
+# comes from its owner thread a moment later, and the port counts from when it saw the close. Added to the gap.
+FOREIGN_CLOSE_MARGIN_S = 0.2
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
 
 
@@ -177,6 +181,9 @@ class MarstekGateway:
         self.reconnect_gap_s = (V3_RECONNECT_GAP_S if register_set == "v3" else 0.0) if reconnect_gap_s is None \
             else reconnect_gap_s
         self._closed_at_s = float("-inf")
+        # Set by ``abort()`` from another thread: no new connection until ``resume()`` (the emergency stop's
+        # own connection needs the one slot of a v3 LAN port).
+        self._held = threading.Event()
         self._lan_owner: int | None = None  # v3 LAN port (answers every ID): the one ID that drives it
         self._lan_checked = False
         self._connect_failures = 0
@@ -191,6 +198,10 @@ class MarstekGateway:
         return self._units.setdefault(unit_id, _UnitState())
 
     def _connect(self) -> None:
+        if self._held.is_set():
+            self._disconnect()  # the owner thread closes what abort() only shut down (SO_LINGER 0: RST)
+            raise BatteryUnreachable(f"gateway {self.host}:{self.port}: connection aborted for an emergency stop",
+                                     outage_s=0.0)
         if self._client.connected:
             return
         now = self._clock()
@@ -413,12 +424,11 @@ class MarstekGateway:
             return
         log.warning(Msg("runaway_reconnect", id=unit_id, power=round(ac_power_w)))
         state.runaway_stage = 2
-        self.abort()
+        self._reconnect_hard()
 
-    def abort(self) -> None:
-        """Close the connection hard (RST, no lingering) so that the next request starts a fresh one.
-
-        For a stuck connection: a v3 LAN port takes one client only, and a half-dead socket holds the slot."""
+    def _reconnect_hard(self) -> None:
+        """Close the connection hard (RST, no lingering) so that the next request starts a fresh one (owner
+        thread only)."""
         sock = getattr(self._client, "socket", None)
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -427,6 +437,40 @@ class MarstekGateway:
         for state in self._units.values():
             state.forget_registers()
             state.asserted = False
+
+    def abort(self) -> bool:
+        """Abort the connection hard (TCP RST) from any thread, even while the owner thread is blocked inside a
+        frame on it; no new connection is opened until ``resume()``. True when a connection was open.
+
+        For the watchdog's and the shutdown's emergency stop: a v3 LAN port takes one client only, and the stuck
+        connection holds that slot. Only the socket is touched here, never the gateway's state: the owner thread
+        may be inside ``_frame`` using it (the class is not thread-safe). The socket is shut down, not closed: a
+        descriptor closed under a thread blocked in ``select`` on it does not wake that thread, and its number
+        could be handed to the emergency connection's socket meanwhile. The shutdown wakes the blocked frame
+        (it fails as a closed connection) and tells the peer; the owner thread's own close then sends the RST
+        (SO_LINGER 0) and its next frame finds the hold.
+        """
+        self._held.set()
+        sock = getattr(self._client, "socket", None)
+        if sock is None:
+            return False
+        with contextlib.suppress(OSError):  # closed by the owner thread in the meantime: nothing left to abort
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def resume(self) -> None:
+        """Connections allowed again after ``abort()``; the next one keeps ``reconnect_gap_s`` from now (the
+        emergency connection has just closed). Safe from any thread."""
+        self.connection_closed()
+        self._held.clear()
+
+    def connection_closed(self) -> None:
+        """Another client's connection to this host was closed just now (the aborted one, or the emergency
+        stop's): the next connect waits ``reconnect_gap_s`` from about now, as after a close of our own (a v3
+        LAN port frees its slot only then). Safe from any thread: a single store the owner thread reads."""
+        if self.reconnect_gap_s > 0:
+            self._closed_at_s = max(self._closed_at_s, self._clock() + FOREIGN_CLOSE_MARGIN_S)
 
     def _read_limits(self, unit_id: int, state: _UnitState) -> None:
         """The EEPROM power limits 44002/44003 (read only: never written by the loop, no flash wear).

@@ -127,7 +127,8 @@ class BatteryReading:
 
 
 class BatteryBus(Protocol):
-    """All batteries behind one Modbus TCP gateway; used by one thread only (the control thread)."""
+    """All batteries behind one Modbus TCP gateway; used by one thread only (its owner: the control thread or the
+    gateway's worker), except ``abort``, ``resume`` and ``connection_closed`` (the watchdog's emergency stop)."""
 
     writes_total: int  # register writes so far (for the quality figures)
 
@@ -173,4 +174,18 @@ class BatteryBus(Protocol):
 
     def close(self) -> None:
         """Close the Modbus connection."""
+        ...
+
+    def abort(self) -> bool:
+        """Abort the connection hard (TCP RST). Callable from any thread, also while the owner thread is blocked
+        in a frame (that frame then fails at once); no new connection until ``resume()``. True if one was open."""
+        ...
+
+    def resume(self) -> None:
+        """Connections allowed again after ``abort()``, the reconnect gap counted from now. Any thread."""
+        ...
+
+    def connection_closed(self) -> None:
+        """Another client's connection to this gateway was closed just now: the next connect keeps the
+        gateway's reconnect gap (a v3 LAN port frees its one slot only about a second later). Any thread."""
         ...

@@ -322,6 +322,29 @@ class Fleet:
         unit = self.units[key]
         self.call(unit.gateway, lambda bus: bus.forget(unit.unit_id))
 
+    def abort(self) -> list[str]:
+        """Abort every gateway's connection hard (TCP RST) and open no new one until ``resume()``; returns the
+        gateways that had a connection open.
+
+        Called from another thread than the control thread (the watchdog, the shutdown) while a worker may be
+        stuck inside a frame: each bus's ``abort`` touches only its socket, because the worker still owns the
+        bus's state and is not to be waited for (the stuck frame fails at once and the worker finds the hold).
+        """
+        return [name for name, worker in self._workers.items() if worker.bus.abort()]
+
+    def resume(self) -> None:
+        """New connections allowed again after ``abort()`` (each gateway keeps its reconnect gap from now)."""
+        for worker in self._workers.values():
+            worker.bus.resume()
+
+    def connection_closed(self, gateways: Iterable[str] | None = None) -> None:
+        """Another fleet's connections to ``gateways`` (default: all) closed just now: the first connect to each
+        keeps its reconnect gap (a v3 LAN port frees its one client slot only about a second later)."""
+        for name in self._workers if gateways is None else gateways:
+            worker = self._workers.get(name)
+            if worker is not None:
+                worker.bus.connection_closed()
+
     def close(self) -> None:
         """Close every connection; a gateway stuck in a frame is closed from here to free its socket."""
         for worker in self._workers.values():

@@ -562,6 +562,8 @@ MESSAGES_DE: dict[str, str] = {
     "control_stalled": "Regelung hängt seit {seconds} s: Akkus gestoppt",
     "control_running_again": "Regelung läuft wieder",
     "watchdog_stop_failed": "Wächter konnte {name} nicht stoppen: {error}",
+    "stuck_connection_aborted": "Hängende Verbindung zu {gateway} hart getrennt (RST), damit der Nothalt "
+                                "eine eigene aufbauen kann",
     # -- process
     "signal_received": "Signal {name} empfangen: Programm wird beendet",
     "control_thread_ended": "Regel-Thread unerwartet beendet: Programm wird beendet",
@@ -784,6 +786,8 @@ MESSAGES_EN: dict[str, str] = {
     "control_stalled": "Control loop stalled for {seconds} s: batteries stopped",
     "control_running_again": "Control loop running again",
     "watchdog_stop_failed": "Watchdog could not stop {name}: {error}",
+    "stuck_connection_aborted": "Aborted the stuck connection to {gateway} (RST) so that the emergency stop can "
+                                "open its own",
     # -- process
     "signal_received": "Signal {name} received: stopping",
     "control_thread_ended": "Control thread ended unexpectedly: stopping",

@@ -298,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     history_thread = threading.Thread(target=history.run, args=(stop,), name="history", daemon=True)
     history_thread.start()
     watchdog = Watchdog(lambda: loop.heartbeat_s, watchdog_limit_s(cfg),
-                        lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg)),
+                        lambda stalled_s: emergency_stop(cfg, store, stalled_s, lambda: emergency_bus(cfg),
+                                                         stuck=loop.bus),
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
     mqtt_thread = start_mqtt(cfg, store, commands, loop, stop, history)
@@ -315,9 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         control.join(timeout=SHUTDOWN_BUDGET_S + 2)
         if control.is_alive():
             # Still inside a long meter or Modbus timeout: the batteries would keep their last setpoint.
-            # Free its connection (a v3 device takes only one client) and stop them over a new one.
-            loop.bus.close()
-            emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg))
+            # Abort its connections (RST: a v3 LAN port takes only one client) and stop them over new ones;
+            # they stay aborted, so the control thread's late stop cannot race the emergency stop for the slot.
+            emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg),
+                           stuck=loop.bus, resume=False, budget_s=SHUTDOWN_BUDGET_S)
         stopped.set()
         stop_web(server, web_thread)
         if mqtt_thread is not None:

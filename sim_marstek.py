@@ -547,6 +547,7 @@ class SimGateway:
         self.one_client = self.lan  # one TCP client at a time, the slot freed LAN_SLOT_FREE_S after it left
         self.answers_every_id = self.lan  # the unit ID is ignored on the LAN port
         self.requests_total = 0  # requests answered or refused (not counting ones nobody answers)
+        self.answers_held = 0  # answers of slow units being held back right now (a client stuck in a frame)
         self.connections_log: list[tuple[str, float]] = []  # ("open"/"refused"/"closed", time.monotonic())
         self._clients = 0
         self._slot_freed_s = float("-inf")
@@ -823,13 +824,22 @@ class _BusContext(ModbusServerContext):
         return result
 
     async def _delay(self, seconds: float) -> None:
-        """Wait ``seconds`` before answering; a stopping gateway sends nothing at all."""
+        """Wait ``seconds`` before answering (counted in ``answers_held``); a stopping gateway sends nothing."""
+        if seconds <= 0:
+            return
         loop = asyncio.get_running_loop()
         end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
-            if self._gateway.stopping:
-                raise NoSuchIdException("simulation stopping")
-            await asyncio.sleep(min(left, 0.05))
+        gateway = self._gateway
+        with gateway.lock:
+            gateway.answers_held += 1
+        try:
+            while (left := end - loop.time()) > 0:
+                if gateway.stopping:
+                    raise NoSuchIdException("simulation stopping")
+                await asyncio.sleep(min(left, 0.05))
+        finally:
+            with gateway.lock:
+                gateway.answers_held -= 1
 
 
 class _SimRequestHandler(ServerRequestHandler):

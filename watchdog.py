@@ -2,7 +2,8 @@
 
 The control thread reports progress through its heartbeat; when that is older than the longest a
 healthy cycle can take, ``emergency_stop`` stops every battery over a connection of its own (the
-control thread is stuck in the old one).
+control thread is stuck in the old one). It aborts the old connection first (TCP RST): a v3 battery on its own
+LAN port takes one client only.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ log = logging.getLogger("marstek")
 
 FRAMES_PER_BATTERY = 5  # the most Modbus frames one battery costs in a cycle (reads + writes)
 MARGIN_S = 10.0
+EMERGENCY_BUDGET_S = 6.0  # the most the emergency stop waits for its stop round (reconnect gap included)
 
 
 class Watchdog:
@@ -66,17 +68,31 @@ def watchdog_limit_s(cfg: Config) -> float:
             + MARGIN_S)
 
 
-def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_fleet: Callable[[], Fleet]) -> None:
+def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_fleet: Callable[[], Fleet], *,
+                   stuck: Fleet | None = None, resume: bool = True, budget_s: float = EMERGENCY_BUDGET_S) -> None:
     """Stop every battery over new connections from ``make_fleet`` (all gateways at once): the control thread is
-    stuck in its own."""
+    stuck in its own.
+
+    ``stuck`` (the control thread's fleet) is aborted first (TCP RST): a v3 battery on its own LAN port takes
+    one client only, and the stuck connection holds that slot. The new connection to an aborted gateway then
+    keeps the reconnect gap (the port frees the slot about a second later), inside ``budget_s``. With
+    ``resume`` the stuck fleet may connect again once the emergency connections are closed (the control thread
+    regulates again if it comes back); without it (the program ends) it stays aborted.
+    """
     message = Msg("control_stalled", seconds=stalled_s)
     log.error(message)
     store.update(control_state="error", errors=(*store.latest().errors, message))
+    aborted = stuck.abort() if stuck is not None else []
+    for gateway in aborted:
+        log.warning(Msg("stuck_connection_aborted", gateway=gateway))
     fleet = make_fleet()
     try:
-        for key, error in fleet.stop_all().items():
+        fleet.connection_closed(aborted)  # before its first connect: the slot comes free only after the gap
+        for key, error in fleet.stop_all(budget_s=budget_s).items():
             if error is not None:
                 unit = fleet.units[key]
                 log.error(Msg("watchdog_stop_failed", name=unit_name(unit), id=unit.unit_id, error=str(error)))
     finally:
         fleet.close()
+        if stuck is not None and resume:
+            stuck.resume()
