@@ -44,6 +44,7 @@ from status_store import (
 )
 from zero_feed_control import (
     STOPPING,
+    BatteryId,
     BatteryState,
     ControlParams,
     Decision,
@@ -149,6 +150,7 @@ class ControlLoop:
         self._last_reason = ""
         self._last_status = ""
         self._note_codes: dict[str, str | None] = {}  # per battery key: the code of the note last logged
+        self._probe_setpoints: dict[BatteryId, int] | None = None  # held while the sign check probes
         self.internal_error: Msg | str = ""
         self.quality = QualityTracker()
         self.sign_check = SignCheck()  # a meter whose sign looks reversed stops the batteries
@@ -266,6 +268,11 @@ class ControlLoop:
         if self.cfg.control.algorithm != "fast":
             return decision
         measured = [s.power_w for s in states if s.online and s.power_w is not None]
+        probe_w = self.sign_check.probe_w(now_s) if decision.status not in STOPPING else None
+        if probe_w is None:
+            self._probe_setpoints = None
+        else:
+            decision = self._sign_probe(decision, probe_w)
         command_w = 0 if decision.status in STOPPING else decision.total_w
         if not self.sign_check.observe(now_s, grid_w, sum(measured) if measured else None, command_w):
             return decision
@@ -273,6 +280,21 @@ class ControlLoop:
             self.controller.reset()
         return Decision(setpoints_w={i: 0 for i in decision.setpoints_w}, status=Status.METER_SIGN,
                         reason=self.sign_check.reason(), grid_power_avg_w=decision.grid_power_avg_w)
+
+    def _sign_probe(self, decision: Decision, probe_w: float) -> Decision:
+        """The sign check's probe: the last setpoints scaled to ``probe_w`` in total, held until it is over."""
+        if self._probe_setpoints is None:
+            last = self.last_decision.setpoints_w if self.last_decision else {}
+            total_w = sum(last.values())
+            factor = probe_w / total_w if total_w else 0.0
+            self._probe_setpoints = {i: round(last.get(i, 0) * factor) for i in decision.setpoints_w}
+            log.info(Msg("sign_probe", power=round(probe_w)))
+        setpoints = dict(self._probe_setpoints)
+        self.controller.adopt(setpoints)  # the law judges delivery against what was really written
+        return Decision(setpoints_w=setpoints, status=Status.TRACKING,
+                        reason=Msg("reason_sign_probe", power=round(probe_w)),
+                        grid_power_avg_w=decision.grid_power_avg_w, battery_notes=decision.battery_notes,
+                        target_grid_w=decision.target_grid_w)
 
     def _log_decision(self, decision: Decision) -> None:
         """Log transitions; a reason that only counts up ("meter failed 5x") is not a new event."""

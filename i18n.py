@@ -632,6 +632,11 @@ MESSAGES_DE: dict[str, str] = {
         "{minutes} min"
     ),
     "battery_note": "{name}: {note}",
+    "reason_sign_probe": "prüft das Vorzeichen des Zählers: Akkuleistung kurz auf {power} W",
+    "sign_probe": (
+        "Netzleistung bewegte sich mit der Akkuleistung statt gegen sie: Gegenprobe mit {power} W "
+        "(ein verkehrt montierter Zähler fällt dabei auf, eine zufällige PV-Änderung nicht)"
+    ),
     "note_soc_unknown": "Ladestand unbekannt",
     "note_soc_min": "SoC {soc} % an/unter der Untergrenze {limit} %: kein Entladen",
     "note_soc_max": "SoC {soc} % an/über der Obergrenze {limit} %: kein Laden",
@@ -854,6 +859,11 @@ MESSAGES_EN: dict[str, str] = {
         "{minutes} min"
     ),
     "battery_note": "{name}: {note}",
+    "reason_sign_probe": "checking the meter's sign: battery power briefly at {power} W",
+    "sign_probe": (
+        "grid power moved with the battery's power instead of against it: cross-check at {power} W "
+        "(a meter mounted the wrong way round shows up, a chance PV change does not)"
+    ),
     "note_soc_unknown": "SoC unknown",
     "note_soc_min": "SoC {soc} % at/below minimum {limit} %: no discharge",
     "note_soc_max": "SoC {soc} % at/above maximum {limit} %: no charge",

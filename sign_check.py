@@ -9,12 +9,16 @@ importing less); a meter whose clamp is mounted the wrong way round shows the gr
 Observations in between (a load change at the same moment) count for nothing.
 
 ``NEEDED`` wrong-way observations in a row (within ``RUN_WINDOW_S``), without a right-way one between them,
-trip the check: the
-loop stops the batteries and names ``energy_meter.invert``. Two are enough and few enough: a reversed
-meter makes the law double its wrong-way command on every step, so the second observation comes a few
-seconds after the first, before the batteries reach full power in the wrong direction for long. A
-tripped check stays tripped until the program restarts (the fix is a config change or the meter's own
-"reverse" setting).
+trip the check: the loop stops the batteries and names ``energy_meter.invert``. A tripped check stays
+tripped until the program restarts (the fix is a config change or the meter's own "reverse" setting).
+
+After one wrong-way observation the check does not wait for the law's next step: it asks for a **probe**
+(``probe_w``): the loop halves the batteries' command (to 0 when half would be below ``MIN_STEP_W``) and
+holds it until that step's observation closes. Towards 0 is the safe direction with a reversed meter, and
+the probe's answer is clear: a PV ramp that happened to move the grid with the battery once (the benchmark
+saw one on a cloudy morning) now meets a step against it and is cleared; a reversed meter answers the wrong
+way again and trips. It also catches a reversed meter whose first wrong-way step already drove the
+batteries to their limit, where the law makes no further step to observe.
 
 Signs: grid + import / - export; battery + discharge / - charge (W).
 """
@@ -43,6 +47,8 @@ class SignCheck:
     NEEDED = 2  # wrong-way observations in a row that trip the check
     MAX_WAIT_S = 90.0  # an observation not closed by then is dropped (a 30 s meter needs two samples)
     RUN_WINDOW_S = 120.0  # wrong-way observations further apart than this are not one runaway
+    SETTLED_W, SETTLED_SHARE = 50.0, 0.1  # the batteries are where they were sent (a probe may start)
+    PROBE_MAX_S = 45.0  # the longest a probe is held (a 30 s meter needs one sample after the move)
 
     def __init__(self) -> None:
         self.wrong = 0  # wrong-way observations in a row
@@ -53,10 +59,44 @@ class SignCheck:
         self._last_command_w = 0.0
         self.last_ratio: float | None = None  # Δgrid / Δbattery of the last closed observation
         self._last_wrong_s = -float("inf")
+        self._probe_w: float | None = None  # the probe's command while it runs
+        self._probe_s = 0.0  # when it started
+        self._probe_observed = False  # its step opened an observation
+        self._quiet_samples = 0  # fresh meter samples in a row with the batteries where they were sent
+        self.probes = 0  # probes asked for so far
+
+    @property
+    def probing(self) -> bool:
+        """True while a probe's command is to be held."""
+        return self._probe_w is not None
+
+    def probe_w(self, now_s: float) -> float | None:
+        """The total command the loop must write now instead of the law's (W, + discharge), or None.
+
+        Asked after one wrong-way observation (within ``RUN_WINDOW_S``): half the last command, or 0 when
+        that half step would be too small to judge; held until the probe's observation closes."""
+        if self.tripped:
+            return None
+        if self._probe_w is not None:
+            # Over once its observation has closed (or was dropped), or if it never got one in time.
+            if (self._probe_observed and self._pending is None) or now_s - self._probe_s > self.PROBE_MAX_S:
+                self._probe_w = None
+            return self._probe_w
+        if (self.wrong == 0 or now_s - self._last_wrong_s > self.RUN_WINDOW_S or self._pending is not None
+                or self._quiet_samples < 1):
+            return None  # not suspected, or the last move is still settling (its tail would blur the probe)
+        last_w = self._last_command_w
+        if abs(last_w) < self.MIN_STEP_W:
+            return None  # too little power to judge (and to matter)
+        self._probe_w = last_w / 2.0 if abs(last_w) / 2.0 >= self.MIN_STEP_W else 0.0
+        self._probe_s, self._probe_observed = now_s, False
+        self.probes += 1
+        return self._probe_w
 
     def reset(self) -> None:
-        """Forget an open observation (setup mode, a restart of the control); a trip is kept."""
+        """Forget an open observation and probe (setup mode, a restart of the control); a trip is kept."""
         self._pending = None
+        self._probe_w = None
         self._last_command_w = 0.0
 
     def observe(self, now_s: float, grid_w: float | None, battery_w: float | None, command_w: float) -> bool:
@@ -71,10 +111,17 @@ class SignCheck:
             self._close(now_s, pending, grid_w, battery_w)
         if grid_w is not None:
             self._last_grid_w = grid_w
+        tolerance_w = max(self.SETTLED_W, self.SETTLED_SHARE * abs(self._last_command_w))
         step_w = command_w - self._last_command_w
+        # Quiet: the batteries are where the last command sent them and this cycle sends them nowhere new.
+        if battery_w is None or abs(battery_w - self._last_command_w) > tolerance_w or abs(step_w) > tolerance_w:
+            self._quiet_samples = 0
+        elif fresh:
+            self._quiet_samples += 1
         self._last_command_w = command_w
         if abs(step_w) >= self.MIN_STEP_W and grid_w is not None and battery_w is not None:
             self._pending = _Pending(now_s, grid_w, battery_w, step_w)
+            self._probe_observed = self._probe_observed or self._probe_w is not None
         return self.tripped
 
     def _close(self, now_s: float, pending: _Pending, grid_w: float, battery_w: float) -> None:

@@ -415,6 +415,13 @@ class FastController:
         self._last_value = None
         self._small_w = 0.0
 
+    def adopt(self, setpoints_w: Mapping[BatteryId, int]) -> None:
+        """The loop wrote ``setpoints_w`` instead of this law's last command (the sign check's probe): judge
+        delivery and the next change against what the batteries were really asked for."""
+        self._setpoints = dict(setpoints_w)
+        self._command_total_w = float(sum(setpoints_w.values()))
+        self._small_w = 0.0
+
     def _powers_at(self, times_s: Sequence[float]) -> list[float]:
         """Total measured battery power at each of ``times_s`` (descending, as the estimator asks), linearly
         interpolated between the read-backs."""
@@ -690,6 +697,11 @@ class SeedController:
         self._setpoints = {i: 0 for i in self._setpoints}
         self._command_total_w = 0.0
         self._readings.clear()
+
+    def adopt(self, setpoints_w: Mapping[BatteryId, int]) -> None:
+        """The loop wrote ``setpoints_w`` instead of this law's last command (see ``FastController.adopt``)."""
+        self._setpoints = dict(setpoints_w)
+        self._command_total_w = float(sum(setpoints_w.values()))
 
     def step(  # noqa: C901 (the seed loop as it was, plus the two rules of the hold mode)
         self,

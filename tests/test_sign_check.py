@@ -92,3 +92,61 @@ def test_steps_below_the_minimum_open_no_observation() -> None:
     check = SignCheck()
     run(check, [(0.0, 500.0, 0.0, SignCheck.MIN_STEP_W - 1), (1.0, 800.0, 299.0, SignCheck.MIN_STEP_W - 1)])
     assert (check.wrong, check.right) == (0, 0)
+
+
+def _one_wrong_way_then_quiet(check: SignCheck, command_w: float = 480.0) -> None:
+    """A wrong-way looking observation (the grid jumped with a load or PV change during a discharge step),
+    then a quiet sample with the battery where it was sent."""
+    run(check, [(0.0, 500.0, 0.0, command_w), (1.0, 500.0 + 2 * command_w, command_w, command_w),
+                (2.0, 501.0 + 2 * command_w, command_w, command_w)])
+    assert check.wrong == 1 and not check.tripped
+
+
+def test_one_wrong_way_observation_asks_for_a_probe_that_a_right_meter_clears() -> None:
+    check = SignCheck()
+    _one_wrong_way_then_quiet(check)
+    assert check.probe_w(3.0) == 0.0  # half of 480 W would be too small to judge: all the way to 0
+    assert not check.observe(3.0, 1461.0, 480.0, 0.0)
+    assert check.probe_w(4.0) == 0.0 and check.probing  # held until its observation closes
+    assert not check.observe(4.0, 1941.0, 0.0, 0.0)  # less discharge, more import: the sign is right
+    assert check.wrong == 0 and check.probe_w(5.0) is None and not check.probing
+    assert check.probes == 1 and not check.tripped
+
+
+def test_a_reversed_meter_answers_the_probe_the_wrong_way_and_trips() -> None:
+    check = SignCheck()
+    _one_wrong_way_then_quiet(check, 1000.0)
+    assert check.probe_w(3.0) == 500.0  # half the command: still a step worth judging
+    check.observe(3.0, 2501.0, 1000.0, 500.0)
+    assert check.probe_w(4.0) == 500.0
+    assert check.observe(4.0, 2001.0, 500.0, 500.0)  # the grid fell with the battery's discharge
+    assert check.tripped and check.wrong == SignCheck.NEEDED
+
+
+def test_a_probe_catches_a_reversed_meter_with_the_batteries_already_at_their_limit() -> None:
+    """The first wrong-way step drove the battery to its limit: the law makes no further step, only the
+    probe does. Without it, the check would never see a second observation."""
+    probed, unprobed = SignCheck(), SignCheck()
+    for check, use_probe in ((probed, True), (unprobed, False)):
+        battery_w = 0.0
+        for t in range(60):
+            grid_w = -(500.0 - battery_w)  # reversed: the meter shows minus the true grid power
+            law_w = 2500.0  # clipped at the battery's limit, every cycle the same
+            probe_w = check.probe_w(float(t)) if use_probe else None
+            command_w = law_w if probe_w is None else probe_w
+            if check.observe(float(t), grid_w, battery_w, command_w):
+                break
+            battery_w = command_w  # follows within a cycle
+    assert probed.tripped and probed.probes == 1
+    assert not unprobed.tripped and unprobed.wrong == 1
+
+
+def test_no_probe_while_the_batteries_still_move_or_for_a_small_command() -> None:
+    check = SignCheck()
+    run(check, [(0.0, 500.0, 0.0, 480.0), (1.0, 1460.0, 480.0, 480.0)])
+    assert check.wrong == 1
+    run(check, [(2.0, 1461.0, 480.0, 700.0)])  # a new step of the law: not quiet
+    assert check.probe_w(3.0) is None
+    small = SignCheck()
+    run(small, [(0.0, 500.0, 0.0, 300.0), (1.0, 1100.0, 300.0, 290.0), (2.0, 1101.0, 290.0, 290.0)])
+    assert small.wrong == 1 and small.probe_w(3.0) is None  # 290 W: too little to judge (and to matter)
