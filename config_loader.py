@@ -20,6 +20,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,11 @@ def gateway_text(host: str, port: int) -> str:
 
 @dataclass(frozen=True)
 class UnitConfig:
-    """One battery: its gateway (host, port, framer), Modbus unit ID, register set, power limits and name."""
+    """One battery: its gateway (host, port, framer), Modbus unit ID, register set, power limits and name.
+
+    ``rs485_gateway``: the gateway is an RS485-to-TCP converter, not a v3 battery's own LAN port (which answers
+    on every unit ID); only then may several IDs share a v3 host. Changes nothing for register set "v2".
+    """
 
     host: str
     port: int
@@ -89,6 +94,7 @@ class UnitConfig:
     min_power_per_battery: int
     name: str
     framer: str = "socket"
+    rs485_gateway: bool = False
 
     @property
     def gateway(self) -> str:
@@ -127,6 +133,7 @@ class BatteryConfig:
     # When the program stops: "stop" (force mode 0, RS485 control stays on: the battery idles) or "release"
     # (43000 <- 1 and 42000 <- 0x55BB: the battery runs its own anti-feed mode again).
     on_exit: str = "stop"
+    rs485_gateway: bool = False  # the section default of every unit (see UnitConfig)
 
     @property
     def effective_pacing_ms(self) -> int:
@@ -646,6 +653,7 @@ def _battery(sec: _Section) -> BatteryConfig | None:
     framer = sec.string("framer", _default(b, "framer"), choices=FRAMERS)
     units_value = sec.take("units")
     on_exit = sec.string("on_exit", _default(b, "on_exit"), choices=ON_EXIT_CHOICES)
+    rs485 = sec.boolean("rs485_gateway", _default(b, "rs485_gateway"))
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
         min_w = sec.conflict(
@@ -656,9 +664,9 @@ def _battery(sec: _Section) -> BatteryConfig | None:
             "min_soc_for_discharge", min_soc, "must be below", "max_soc_for_charge", max_soc
         )
     if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing, framer,
-                on_exit):
+                on_exit, rs485):
         return None
-    defaults = UnitConfig("", port, 1, register_set, max_w, min_w, "", framer)
+    defaults = UnitConfig("", port, 1, register_set, max_w, min_w, "", framer, rs485)
     if units_form:
         listed = _units(sec, units_value, defaults)
         if listed is None:
@@ -667,8 +675,12 @@ def _battery(sec: _Section) -> BatteryConfig | None:
     else:
         seed_ids: tuple[int, ...] = akku_ids
         units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}") for i in seed_ids)
+        problem = v3_lan_problem(units, units_form=False)
+        if problem is not None:
+            sec.errors.append(problem)
+            return None
     return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing,
-                         framer, units, units_form, on_exit)
+                         framer, units, units_form, on_exit, rs485)
 
 
 def _seed_ip(sec: _Section) -> Any:
@@ -730,16 +742,18 @@ def _unit(sec: _Section, d: UnitConfig, n: int) -> UnitConfig | None:
     if _ok(name) and len(name) > MAX_NAME_CHARS:
         name = sec.fail("name", f"must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
     framer = sec.string("framer", d.framer, choices=FRAMERS)
+    rs485 = sec.boolean("rs485_gateway", d.rs485_gateway)
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
         min_w = sec.conflict("min_power_per_battery", min_w, "must not be above", "max_power_per_battery", max_w)
-    if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer):
+    if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer, rs485):
         return None
-    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer)
+    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer, rs485)
 
 
 def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig, ...] | None:
-    """No battery twice; the units of one gateway share its register set and framer (one connection)."""
+    """No battery twice; the units of one gateway share its register set, framer and ``rs485_gateway`` (one
+    connection); several IDs on one v3 host only behind an RS485 gateway."""
     first: dict[str, int] = {}
     keys: dict[str, int] = {}
     ok = True
@@ -755,14 +769,45 @@ def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig,
         gateway = u.gateway.lower()
         j = first.setdefault(gateway, i)
         other = units[j]
-        for field_name in ("register_set", "framer"):
+        for field_name in ("register_set", "framer", "rs485_gateway"):
             mine, theirs = getattr(u, field_name), getattr(other, field_name)
             if mine != theirs:
                 sec.errors.append(
-                    f'{path}.{field_name}: "{mine}" differs from "{theirs}" of battery.units[{j}] on the same '
-                    f"gateway {u.gateway}; the units behind one gateway share its connection and must agree")
+                    f"{path}.{field_name}: {json.dumps(mine)} differs from {json.dumps(theirs)} of battery.units[{j}] "
+                    f"on the same gateway {u.gateway}; the units behind one gateway share its connection and must "
+                    f"agree")
                 ok = False
-    return tuple(units) if ok else None
+    if not ok:
+        return None
+    problem = v3_lan_problem(units, units_form=True)
+    if problem is not None:
+        sec.errors.append(problem)
+        return None
+    return tuple(units)
+
+
+def v3_lan_problem(units: Sequence[UnitConfig], *, units_form: bool) -> str | None:
+    """The problem line when several unit IDs share one v3 host:port that is not declared ``rs485_gateway``:
+    a v3 battery on its own LAN port answers on every unit ID. Named ``battery.akku_ids`` (seed form) or
+    ``battery.units[<i>]`` of the second such unit; None when every v3 host has one ID (or an RS485 gateway)."""
+    seen: set[str] = set()
+    for i, u in enumerate(units):
+        if u.register_set != "v3" or u.rs485_gateway:
+            continue
+        gateway = u.gateway.lower()
+        if gateway not in seen:
+            seen.add(gateway)
+            continue
+        ids = ", ".join(str(v.unit_id) for v in units if v.gateway.lower() == gateway)
+        if units_form:
+            key, hint = f"battery.units[{i}]", "set rs485_gateway: true on these units (or in the battery section)"
+        else:
+            key, hint = "battery.akku_ids", "set battery.rs485_gateway: true"
+        return (f"{key}: several unit IDs ({ids}) on the v3 host {u.gateway}: a Venus E v3 / A / D on its own LAN "
+                f"port answers on every unit ID, so these IDs would all drive the same battery. Use one battery "
+                f"per IP: list each in battery.units with its own ip. If they really sit behind an RS485 "
+                f"gateway, {hint}")
+    return None
 
 
 def _akku_ids(sec: _Section) -> Any:
@@ -1032,7 +1077,8 @@ def update_akku_ids(path: Path | str, akku_ids: list[int]) -> Config:
 
 
 def unit_entry(battery: BatteryConfig, gateway: str, unit_id: int) -> dict[str, Any]:
-    """The ``battery.units`` item for a new unit on a configured gateway (inherits its register set, framer)."""
+    """The ``battery.units`` item for a new unit on a configured gateway (inherits its register set, framer and
+    ``rs485_gateway``)."""
     like = next((u for u in battery.units if u.gateway == gateway), None)
     if like is None:
         raise ConfigError(f"battery.units: no configured gateway {gateway}")
@@ -1042,6 +1088,8 @@ def unit_entry(battery: BatteryConfig, gateway: str, unit_id: int) -> dict[str, 
         entry["register_set"] = like.register_set
     if like.framer != battery.framer:
         entry["framer"] = like.framer
+    if like.rs485_gateway != battery.rs485_gateway:
+        entry["rs485_gateway"] = like.rs485_gateway
     return entry
 
 

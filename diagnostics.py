@@ -130,7 +130,8 @@ class Diagnostics:
         """Per configured battery: where it is and what was read from it at start."""
         facts = self.store.battery_facts()
         return [{"key": u.key, "name": u.name, "id": u.unit_id, "gateway": u.gateway, "register_set": u.register_set,
-                 "read_at_start": facts.get(u.key, {})} for u in self.cfg.battery.units]
+                 "rs485_gateway": u.rs485_gateway, "read_at_start": facts.get(u.key, {})}
+                for u in self.cfg.battery.units]
 
     def history_info(self) -> dict[str, Any] | None:
         if self.history is None:

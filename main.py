@@ -144,7 +144,7 @@ def demo_config(port: int, sim: Any, history_path: str = ":memory:") -> Config:
     """A config pointing at the built-in simulator: every gateway of ``sim`` and every unit behind it; the
     history in ``history_path`` (a temp dir)."""
     units = [{"ip": f"127.0.0.1:{gateway.port}", "id": unit.unit_id, "register_set": unit.register_set,
-              "name": name}
+              "name": name, "rs485_gateway": not gateway.lan}
              for gateway in sim.gateways for unit, name in zip(gateway.units, _demo_names(gateway), strict=False)]
     return parse_config({
         "energy_meter": {"type": "shelly"},

@@ -14,7 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from config_loader import Config, ConfigError, UnitConfig, add_unit_to_config
+from config_loader import Config, ConfigError, UnitConfig, add_unit_to_config, v3_lan_problem
 from devices import BatteryBus, BatteryError
 from i18n import Msg
 from status_store import CommandError
@@ -103,6 +103,9 @@ def add_to_config(cfg: Config, config_path: Path | None, *, gateway: str, batter
         unit = replace(like, unit_id=battery_id, name=name, max_power_per_battery=b.max_power_per_battery,
                        min_power_per_battery=b.min_power_per_battery)
         akku_ids = b.akku_ids if b.units_form else (*b.akku_ids, battery_id)
+        problem = v3_lan_problem((*b.units, unit), units_form=b.units_form)  # what the file's check would say
+        if problem is not None:
+            raise CommandError(Msg("config_not_changed", error=problem), 409)
         new_cfg = replace(cfg, battery=replace(b, akku_ids=akku_ids, units=(*b.units, unit)))
     else:
         try:

@@ -520,9 +520,12 @@ def config_snippet(sim: Simulation, meter_type: str = "shelly") -> dict[str, Any
         "akku_ids": [u.unit_id for u in units],
         "register_set": units[0].register_set if units else "v2",
     }
+    if battery["register_set"] == "v3" and not sim.gateway.lan:
+        battery["rs485_gateway"] = True  # several v3 IDs on one host are refused unless it is an RS485 gateway
     if len(sim.gateways) > 1:  # several gateways: the battery.units form
         battery = {"units": [{"ip": f"{sim.host}:{g.port}", "id": u.unit_id, "register_set": u.register_set,
-                              **({"framer": g.framer} if g.framer != "socket" else {})}
+                              **({"framer": g.framer} if g.framer != "socket" else {}),
+                              **({"rs485_gateway": True} if u.register_set == "v3" and not g.lan else {})}
                              for g in sim.gateways for u in g.units]}
     return {
         "energy_meter": {"type": meter_type},

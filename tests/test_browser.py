@@ -557,7 +557,7 @@ def test_dashboard_groups_batteries_by_gateway_with_their_names(browser: Browser
 def test_setup_page_scans_the_chosen_gateway(browser: Browser, demo: str) -> None:
     batteries = get_json(demo + "/api/status")["batteries"]
     v3_gateway = next(b["gateway"] for b in batteries if b["register_set"] == "v3")
-    with open_page(browser, demo + "/setup") as page:
+    with open_page(browser, demo + "/setup", expected_statuses=(409,)) as page:  # the refused second v3 ID
         expect(page.locator("#gateway-select option")).to_have_count(2)
         page.locator("#enter-btn").click()
         expect(page.locator("#enter-result")).to_be_visible()
@@ -565,5 +565,11 @@ def test_setup_page_scans_the_chosen_gateway(browser: Browser, demo: str) -> Non
         page.locator("#scan-btn").click()
         expect(page.locator("#scan-rows tr")).to_have_count(1)
         expect(page.locator(".scan-note")).to_contain_text("ID")
+        # A second ID on the v3 LAN port would be the same battery: refused, and the page says why.
+        page.locator("#add-id").fill("2")
+        page.locator("#add-btn").click()
+        expect(page.locator("#add-result")).to_contain_text("answers on every unit ID")
+        expect(page.locator("#add-result")).to_contain_text("rs485_gateway: true")
+        assert len(get_json(demo + "/api/status")["batteries"]) == 3
         page.locator("#exit-btn").click()
         expect(page.locator("#exit-result")).to_be_visible()

@@ -225,6 +225,14 @@ def test_setup_scans_and_readdresses_per_gateway(fleet_rig: FleetRig, fake_clock
     assert saved["battery"]["units"][-1] == {"ip": gw(sim, 0), "id": 2}
     assert (tmp_path / "config.json.bak").exists()
     assert f"{gw(sim, 0)}/2" in loop.batteries  # the running control has it
+    before = path.read_bytes()
+    with pytest.raises(CommandError) as lan_id:  # a second ID on the v3 LAN port would be the same battery
+        loop.handle_command("add_to_config", {"gateway": gw(sim, 1), "battery_id": 2})
+    why = str(lan_id.value.message)
+    assert lan_id.value.status == 409
+    assert f"battery.units[3]: several unit IDs (1, 2) on the v3 host {gw(sim, 1)}" in why
+    assert "answers on every unit ID" in why and "rs485_gateway: true" in why
+    assert path.read_bytes() == before and f"{gw(sim, 1)}/2" not in loop.batteries
     loop.handle_command("exit_setup", {})
     sim.set_load_w(5000.0)
     run_until(loop, fake_clock, lambda: all(discharging(u) for u in sim.units), 30, "all three discharging",

@@ -133,3 +133,131 @@ def test_add_unit_keeps_the_form_of_the_file(tmp_path: Path) -> None:
     assert saved["battery"]["akku_ids"] == [1, 2] and "units" not in saved["battery"]
     with pytest.raises(ConfigError):
         add_unit_to_config(seed_path, "192.168.1.99:502", 2)
+
+
+# --------------------------------------------------------------------------- several IDs on one v3 host
+
+V3_LAN_WHY = "a Venus E v3 / A / D on its own LAN port answers on every unit ID"
+
+
+def seed_config(**battery: Any) -> dict[str, Any]:
+    return {"shelly": {"ip": "192.168.1.100"}, "battery": {"ip": "192.168.1.50", **battery}}
+
+
+def test_seed_form_refuses_several_ids_on_a_v3_host_with_the_explanation() -> None:
+    message = error_of(seed_config(akku_ids=[1, 2], register_set="v3"))
+    line = next(line for line in message.splitlines() if V3_LAN_WHY in line)
+    assert line.startswith("battery.akku_ids: several unit IDs (1, 2) on the v3 host 192.168.1.50:502")
+    assert "would all drive the same battery" in line
+    assert "one battery per IP: list each in battery.units with its own ip" in line
+    assert "set battery.rs485_gateway: true" in line
+
+
+def test_main_exits_2_on_several_ids_on_a_v3_host(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(seed_config(akku_ids=[1, 2], register_set="v3")), encoding="utf-8")
+    result = subprocess.run([sys.executable, str(ROOT / "main.py"), "--config", str(path)], capture_output=True,
+                            text=True, timeout=30, check=False)
+    assert result.returncode == 2
+    assert "battery.akku_ids: several unit IDs (1, 2)" in result.stderr and V3_LAN_WHY in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_units_form_refuses_a_second_id_on_a_v3_host_naming_the_second_unit() -> None:
+    message = error_of(units_config({"ip": "192.168.1.50", "id": 1}, {"ip": "192.168.1.60"},
+                                    {"ip": "192.168.1.50:502", "id": 2}, register_set="v3"))
+    (line,) = message.splitlines()
+    assert line.startswith("battery.units[2]: several unit IDs (1, 2) on the v3 host 192.168.1.50:502")
+    assert V3_LAN_WHY in line and "set rs485_gateway: true" in line
+    # A unit's own register set counts, not only the section's.
+    message = error_of(units_config({"ip": "192.168.1.50", "id": 1, "register_set": "v3"},
+                                    {"ip": "192.168.1.50", "id": 2, "register_set": "v3"}))
+    assert message.startswith("battery.units[1]: several unit IDs (1, 2)") and V3_LAN_WHY in message
+
+
+def test_rs485_gateway_true_allows_several_ids_on_a_v3_host() -> None:
+    seed = parse_config(seed_config(akku_ids=[1, 2], register_set="v3", rs485_gateway=True))
+    assert seed.battery.rs485_gateway is True
+    assert [(u.key, u.rs485_gateway) for u in seed.battery.units] == [("192.168.1.50:502/1", True),
+                                                                       ("192.168.1.50:502/2", True)]
+    per_unit = parse_config(units_config({"ip": "192.168.1.50", "id": 1, "rs485_gateway": True},
+                                         {"ip": "192.168.1.50", "id": 2, "rs485_gateway": True},
+                                         {"ip": "192.168.1.60"}, register_set="v3"))
+    assert [u.rs485_gateway for u in per_unit.battery.units] == [True, True, False]
+    section = parse_config(units_config({"ip": "192.168.1.50", "id": 1}, {"ip": "192.168.1.50", "id": 2},
+                                        register_set="v3", rs485_gateway=True))
+    assert [u.rs485_gateway for u in section.battery.units] == [True, True]
+
+
+def test_rs485_gateway_defaults_to_false_and_one_id_per_v3_host_is_fine() -> None:
+    cfg = parse_config(units_config({"ip": "192.168.1.50"}, {"ip": "192.168.1.50:1502"}, register_set="v3"))
+    assert cfg.battery.rs485_gateway is False and [u.rs485_gateway for u in cfg.battery.units] == [False, False]
+    assert parse_config(seed_config(akku_ids=[3], register_set="v3")).battery.units[0].unit_id == 3
+
+
+def test_several_ids_on_a_v2_gateway_are_unaffected() -> None:
+    seed = parse_config(seed_config(akku_ids=[1, 2, 3]))
+    assert [u.unit_id for u in seed.battery.units] == [1, 2, 3]
+    units = parse_config(units_config({"ip": "192.168.1.200", "id": 1}, {"ip": "192.168.1.200", "id": 2},
+                                      {"ip": "192.168.1.50", "register_set": "v3"}))
+    assert len(units.battery.units) == 3
+
+
+def test_units_on_one_gateway_must_agree_on_rs485_gateway() -> None:
+    message = error_of(units_config({"ip": "192.168.1.200", "id": 1, "rs485_gateway": True},
+                                    {"ip": "192.168.1.200", "id": 2}, register_set="v3"))
+    (line,) = message.splitlines()  # the disagreement only, not also the v3 LAN rule
+    assert line.startswith("battery.units[1].rs485_gateway: false differs from true of battery.units[0] on the "
+                           "same gateway 192.168.1.200:502")
+    # Also for v2, where the key changes nothing: one gateway, one answer.
+    assert "battery.units[1].rs485_gateway: true differs from false" in error_of(units_config(
+        {"ip": "192.168.1.200", "id": 1}, {"ip": "192.168.1.200", "id": 2, "rs485_gateway": True}))
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (seed_config(rs485_gateway="yes"), 'battery.rs485_gateway: must be true or false, got "yes" (text)'),
+    (seed_config(rs485_gateway=1), "battery.rs485_gateway: must be true or false, got 1"),
+    (units_config({"ip": "192.168.1.50", "rs485_gateway": "yes"}),
+     'battery.units[0].rs485_gateway: must be true or false, got "yes" (text)'),
+    (units_config({"ip": "192.168.1.50", "rs485_gateway": None}),
+     "battery.units[0].rs485_gateway: must be true or false, got null"),
+])
+def test_rs485_gateway_must_be_a_bool(data: dict[str, Any], expected: str) -> None:
+    assert expected in error_of(data)
+
+
+def test_add_unit_refuses_a_second_id_on_a_v3_lan_host_and_leaves_the_file(tmp_path: Path) -> None:
+    units_path = tmp_path / "units.json"
+    units_path.write_text(json.dumps(units_config({"ip": "192.168.1.50", "name": "Garage"}, {"ip": "192.168.1.60"},
+                                                  register_set="v3"), indent=2), encoding="utf-8")
+    seed_path = tmp_path / "seed.json"
+    seed_path.write_text(json.dumps(seed_config(akku_ids=[1], register_set="v3"), indent=2), encoding="utf-8")
+    for path, gateway, key in ((units_path, "192.168.1.50:502", "battery.units[2]"),
+                               (seed_path, "192.168.1.50:502", "battery.akku_ids")):
+        before = path.read_bytes()
+        with pytest.raises(ConfigError) as refused:
+            add_unit_to_config(path, gateway, 2)
+        assert str(refused.value).startswith(f"{key}: several unit IDs (1, 2) on the v3 host {gateway}")
+        assert V3_LAN_WHY in str(refused.value)
+        assert path.read_bytes() == before
+        assert not path.with_name(path.name + ".bak").exists()
+
+
+def test_add_unit_carries_rs485_gateway_of_its_gateway(tmp_path: Path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(units_config({"ip": "192.168.1.50", "id": 1, "rs485_gateway": True},
+                                            {"ip": "192.168.1.60"}, register_set="v3")), encoding="utf-8")
+    cfg = add_unit_to_config(path, "192.168.1.50:502", 2)
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved["battery"]["units"][-1] == {"ip": "192.168.1.50", "id": 2, "rs485_gateway": True}
+    assert cfg.battery.units[-1].key == "192.168.1.50:502/2" and cfg.battery.units[-1].rs485_gateway
+
+    seed_path = tmp_path / "seed.json"
+    seed_path.write_text(json.dumps(seed_config(akku_ids=[1], register_set="v3", rs485_gateway=True)),
+                         encoding="utf-8")
+    add_unit_to_config(seed_path, "192.168.1.50:502", 2)
+    saved = json.loads(seed_path.read_text(encoding="utf-8"))
+    assert saved["battery"]["akku_ids"] == [1, 2] and saved["battery"]["rs485_gateway"] is True

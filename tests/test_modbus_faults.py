@@ -61,7 +61,7 @@ def test_unit_answering_with_exceptions_goes_offline_the_others_regulate_and_it_
     sim = rig.simulation(units=units, close_after_exception=close_after_exception, **QUICK)
     sim.set_load_w(3400.0)
     clock = fake_clock()
-    loop = rig.loop(fault_config(sim, [1, 2], register_set=register_set), clock)
+    loop = rig.loop(fault_config(sim, [1, 2], register_set=register_set, rs485_gateway=True), clock)  # no LAN port
     run_until(loop, clock, lambda: all(discharging(u) for u in sim.units), 30, "both discharging")
 
     sim.unit(2).fail_with_exception = 4  # "device failure" for every request

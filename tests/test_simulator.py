@@ -26,6 +26,7 @@ from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from requests.auth import HTTPDigestAuth
 
+from config_loader import parse_config
 from sim_marstek import SimGateway, SimUnit
 from sim_meters import EcoTrackerEmulator, MeterSnapshot, ShellyEmulator
 from simulator import (
@@ -878,6 +879,9 @@ def test_cli_prints_config_and_exits_cleanly_on_ctrl_c() -> None:
         cfg = json.loads("".join(lines))
         assert cfg["energy_meter"]["type"] == "shelly"
         assert cfg["battery"]["ip"] == "127.0.0.1" and cfg["battery"]["akku_ids"] == [1, 2]
+        # Two v3 units behind the simulator's RS485 gateway (not a LAN port): declared, so the loader accepts it.
+        assert cfg["battery"]["rs485_gateway"] is True
+        assert len(parse_config(cfg).battery.units) == 2
         host, port = cfg["shelly"]["ip"].split(":")
         assert get_json(f"http://{host}:{port}/shelly")["gen"] == 2
         with ModbusTcpClient("127.0.0.1", port=cfg["battery"]["port"], timeout=1, retries=0) as c:

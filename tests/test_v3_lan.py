@@ -12,9 +12,10 @@ from pymodbus.exceptions import ModbusException
 
 import setup_commands
 from battery_client import MarstekGateway
-from config_loader import UnitConfig
+from config_loader import UnitConfig, parse_config
 from devices import BatteryError
 from simulator import Simulation, UnitSpec
+from status_store import CommandError
 from tests.helpers import wait_until
 from tests.loop_rig import QUICK, Rig, fake_clock, fault_config, run_until
 
@@ -142,14 +143,33 @@ def test_scan_behind_an_rs485_gateway_finds_separate_batteries() -> None:
 
 
 def test_two_ids_on_one_v3_lan_port_drive_the_battery_once(rig: Rig) -> None:
-    """``akku_ids: [1, 2]`` on one v3 LAN host would drive the same battery twice: the second ID is refused
-    with the explanation (offline, in the errors), the first one regulates."""
+    """``akku_ids: [1, 2]`` on one v3 LAN host would drive the same battery twice. The config refuses that
+    unless ``rs485_gateway`` is claimed; claimed wrongly (a LAN port, not a gateway), the run-time check still
+    refuses the second ID with the explanation (offline, in the errors), the first one regulates."""
     sim = rig.simulation(units=[UnitSpec(1, "v3", soc_pct=60.0)], **QUICK)
+    assert sim.gateway.lan
     sim.set_load_w(900.0)
     clock = fake_clock()
-    loop = rig.loop(fault_config(sim, [1, 2], register_set="v3"), clock)
+    loop = rig.loop(fault_config(sim, [1, 2], register_set="v3", rs485_gateway=True), clock)
     run_until(loop, clock, lambda: abs(sim.true_grid_power_w() - 20.0) < 60, 40, "regulated by one ID",
               step_s=1.0)
     assert loop.unit(1).online and not loop.unit(2).online
     assert "v3" in loop.unit(2).error and "247" not in loop.unit(2).error
     assert any("battery.akku_ids" in e for e in loop.store.status_json()["errors"])
+
+
+def test_demo_add_to_config_refuses_a_second_id_on_a_v3_lan_host() -> None:
+    """The demo has no file to validate; "add to config" still refuses what the file's check would refuse."""
+    data = {"shelly": {"ip": "127.0.0.1"}, "battery": {"units": [
+        {"ip": "127.0.0.1:1502", "register_set": "v3"}, {"ip": "127.0.0.1:1503", "register_set": "v3",
+                                                          "rs485_gateway": True}]}}
+    cfg = parse_config(data)
+    with pytest.raises(CommandError) as refused:
+        setup_commands.add_to_config(cfg, None, gateway="127.0.0.1:1502", battery_id=2)
+    assert refused.value.status == 409
+    message = str(refused.value.message)
+    assert "battery.units[2]: several unit IDs (1, 2) on the v3 host 127.0.0.1:1502" in message
+    assert "answers on every unit ID" in message and "rs485_gateway: true" in message
+    new_cfg, result = setup_commands.add_to_config(cfg, None, gateway="127.0.0.1:1503", battery_id=2)
+    assert result["saved"] is False and "127.0.0.1:1503/2" in result["units"]
+    assert new_cfg.battery.units[-1].rs485_gateway is True
