@@ -589,6 +589,15 @@ class MarstekGateway:
             self._units.pop(unit_id, None)
         return name, soc
 
+    def read_own_id(self, unit_id: int) -> int:
+        """The ID the unit answering on ``unit_id`` holds in register 41100 (a v3 LAN port answers on every ID
+        and says its own); raises BatteryError."""
+        self._units.pop(unit_id, None)  # no back-off for a deliberate probe
+        try:
+            return int(self._read(unit_id, "unit_id"))
+        finally:
+            self._units.pop(unit_id, None)
+
     @contextlib.contextmanager
     def answer_timeout(self, timeout_s: float) -> Iterator[None]:
         """Use a client with a shorter answer timeout inside the block (a scan over empty IDs stays quick)."""

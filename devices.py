@@ -156,6 +156,10 @@ class BatteryBus(Protocol):
         """Model name and SoC (%) of the unit answering on ``unit_id``, or raise BatteryError."""
         ...
 
+    def read_own_id(self, unit_id: int) -> int:
+        """The Modbus ID (register 41100) the unit answering on ``unit_id`` says it has, or raise BatteryError."""
+        ...
+
     def read_device_name(self, unit_id: int) -> str:
         """The unit's model name (register 31000..), or raise BatteryError."""
         ...

@@ -32,7 +32,11 @@ def _probe(bus: BatteryBus, unit_id: int, alive: Callable[[], None]) -> dict[str
         model, soc = bus.probe(unit_id)
     except BatteryError:
         return None
-    return {"id": unit_id, "model": model, "soc_pct": soc}
+    try:
+        own_id: int | None = bus.read_own_id(unit_id)
+    except BatteryError:
+        own_id = None  # not readable: the other signs decide
+    return {"id": unit_id, "model": model, "soc_pct": soc, "own_id": own_id}
 
 
 def answers_every_id(bus: BatteryBus, configured: Collection[int], alive: Callable[[], None]) -> bool:
@@ -46,13 +50,17 @@ def scan(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Call
     """Every unit answering on ``first_id..last_id`` behind ``gateway`` and the next ID neither answering nor
     configured there.
 
-    Several IDs answering and the unused ID 247 too: one v3 battery on its LAN port, reported once with a note
-    that it needs no new ID (``one_battery_on_every_id``, ``note``, ``message`` and a warning in the log).
+    Several IDs answering, and a unit whose register 41100 names another ID than it was asked on or the unused
+    ID 247 answering too: one v3 battery on its LAN port, reported once with a note that it needs no new ID
+    (``one_battery_on_every_id``, ``note``, ``message`` and a warning in the log).
     """
     configured = {u.unit_id for u in units}
     with bus.answer_timeout(SCAN_PROBE_TIMEOUT_S):
         found = [hit for i in range(first_id, last_id + 1) if (hit := _probe(bus, i, alive))]
-        every_id = len(found) > 1 and last_id < MAX_UNIT_ID and answers_every_id(bus, configured, alive)
+        own_ids = [hit.pop("own_id") for hit in found]
+        other_id = any(own not in (None, hit["id"]) for own, hit in zip(own_ids, found, strict=True))
+        probe_247 = last_id < MAX_UNIT_ID  # the unused ID, asked only when the scan did not reach it
+        every_id = len(found) > 1 and (other_id or (probe_247 and answers_every_id(bus, configured, alive)))
     if every_id:
         found = found[:1]  # one battery, not one per ID
     taken = {f["id"] for f in found} | configured

@@ -129,6 +129,20 @@ def test_scan_says_one_battery_answers_on_every_id(lan: Simulation) -> None:
     assert "v3" in result["message"] and ("IP" in result["message"])
 
 
+def test_scan_knows_the_lan_port_by_register_41100_alone(lan: Simulation) -> None:
+    """Asked on ID 2 and 3, the battery says it is ID 1 (register 41100): one battery on every ID, even when the
+    unused ID 247 cannot be asked (here: it is configured)."""
+    gw = MarstekGateway("127.0.0.1", lan.modbus_port, register_set="v3", timeout_s=0.5)
+    try:
+        assert gw.read_own_id(3) == 1
+        result = setup_commands.scan(gw, f"127.0.0.1:{lan.modbus_port}",
+                                     [v3_unit(lan.modbus_port, 1), v3_unit(lan.modbus_port, 247)],
+                                     lambda: None, first_id=1, last_id=3)
+    finally:
+        gw.close()
+    assert [f["id"] for f in result["found"]] == [1] and result["one_battery_on_every_id"] is True
+
+
 def test_scan_behind_an_rs485_gateway_finds_separate_batteries() -> None:
     with Simulation(units=[UnitSpec(1, "v3"), UnitSpec(2, "v3")]) as sim:
         assert not sim.gateway.lan
