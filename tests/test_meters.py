@@ -394,6 +394,7 @@ def make_sim() -> Iterator[Any]:
     started: list[Any] = []
 
     def start(**kwargs: Any) -> Any:
+        kwargs.setdefault("units", [])  # meters only: no battery (its standby draw would shift every value)
         sim = Simulation(meter_noise_w=0.0, speed=SIM_SPEED, **kwargs)
         sim.start(host="127.0.0.1", modbus_port=None)
         started.append(sim)
