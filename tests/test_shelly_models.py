@@ -24,6 +24,7 @@ def make_sim() -> Iterator[Any]:
     sims: list[Simulation] = []
 
     def make(**kwargs: Any) -> Simulation:
+        kwargs.setdefault("units", [])  # meters only: no battery (its standby draw would shift the values)
         sim = Simulation(meter_noise_w=0.0, meter_latency_s=0.0, second_channel_w=PV_CHANNEL_W, **kwargs)
         sim.set_load_w(GRID_W)
         sim.start(modbus_port=None, ecotracker_port=None)
