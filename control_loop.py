@@ -268,8 +268,9 @@ class ControlLoop:
         if self.cfg.control.algorithm != "fast":
             return decision
         measured = [s.power_w for s in states if s.online and s.power_w is not None]
-        probe_w = self.sign_check.probe_w(now_s) if decision.status not in STOPPING else None
-        if probe_w is None:
+        stopping = decision.status in STOPPING or decision.status is Status.MODE_OFF
+        probe_w = self.sign_check.probe_w(now_s, 0.0 if stopping else decision.total_w)
+        if probe_w is None or stopping:
             self._probe_setpoints = None
         else:
             decision = self._sign_probe(decision, probe_w)

@@ -70,16 +70,20 @@ class SignCheck:
         """True while a probe's command is to be held."""
         return self._probe_w is not None
 
-    def probe_w(self, now_s: float) -> float | None:
-        """The total command the loop must write now instead of the law's (W, + discharge), or None.
+    def probe_w(self, now_s: float, wanted_w: float) -> float | None:
+        """The total command the loop must write now instead of the law's ``wanted_w`` (W, + discharge), or None.
 
         Asked after one wrong-way observation (within ``RUN_WINDOW_S``): half the last command, or 0 when
-        that half step would be too small to judge; held until the probe's observation closes."""
+        that half step would be too small to judge; held until the probe's observation closes. A probe only
+        ever asks for less power in the direction the law wants: when the law wants less still (or stops),
+        its own step is the better probe and this one ends."""
         if self.tripped:
             return None
         if self._probe_w is not None:
-            # Over once its observation has closed (or was dropped), or if it never got one in time.
-            if (self._probe_observed and self._pending is None) or now_s - self._probe_s > self.PROBE_MAX_S:
+            # Over once its observation has closed (or was dropped), if it never got one in time, or when the
+            # law itself wants less.
+            if ((self._probe_observed and self._pending is None) or now_s - self._probe_s > self.PROBE_MAX_S
+                    or wanted_w * self._probe_w < 0 or abs(wanted_w) < abs(self._probe_w)):
                 self._probe_w = None
             return self._probe_w
         if (self.wrong == 0 or now_s - self._last_wrong_s > self.RUN_WINDOW_S or self._pending is not None
@@ -88,7 +92,10 @@ class SignCheck:
         last_w = self._last_command_w
         if abs(last_w) < self.MIN_STEP_W:
             return None  # too little power to judge (and to matter)
-        self._probe_w = last_w / 2.0 if abs(last_w) / 2.0 >= self.MIN_STEP_W else 0.0
+        probe_w = last_w / 2.0 if abs(last_w) / 2.0 >= self.MIN_STEP_W else 0.0
+        if wanted_w * last_w <= 0 or abs(wanted_w) <= abs(probe_w):
+            return None  # the law steps towards 0 by itself: that step is observed like a probe
+        self._probe_w = probe_w
         self._probe_s, self._probe_observed = now_s, False
         self.probes += 1
         return self._probe_w

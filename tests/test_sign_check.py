@@ -105,20 +105,20 @@ def _one_wrong_way_then_quiet(check: SignCheck, command_w: float = 480.0) -> Non
 def test_one_wrong_way_observation_asks_for_a_probe_that_a_right_meter_clears() -> None:
     check = SignCheck()
     _one_wrong_way_then_quiet(check)
-    assert check.probe_w(3.0) == 0.0  # half of 480 W would be too small to judge: all the way to 0
+    assert check.probe_w(3.0, 480.0) == 0.0  # half of 480 W would be too small to judge: all the way to 0
     assert not check.observe(3.0, 1461.0, 480.0, 0.0)
-    assert check.probe_w(4.0) == 0.0 and check.probing  # held until its observation closes
+    assert check.probe_w(4.0, 480.0) == 0.0 and check.probing  # held until its observation closes
     assert not check.observe(4.0, 1941.0, 0.0, 0.0)  # less discharge, more import: the sign is right
-    assert check.wrong == 0 and check.probe_w(5.0) is None and not check.probing
+    assert check.wrong == 0 and check.probe_w(5.0, 480.0) is None and not check.probing
     assert check.probes == 1 and not check.tripped
 
 
 def test_a_reversed_meter_answers_the_probe_the_wrong_way_and_trips() -> None:
     check = SignCheck()
     _one_wrong_way_then_quiet(check, 1000.0)
-    assert check.probe_w(3.0) == 500.0  # half the command: still a step worth judging
+    assert check.probe_w(3.0, 1000.0) == 500.0  # half the command: still a step worth judging
     check.observe(3.0, 2501.0, 1000.0, 500.0)
-    assert check.probe_w(4.0) == 500.0
+    assert check.probe_w(4.0, 1000.0) == 500.0
     assert check.observe(4.0, 2001.0, 500.0, 500.0)  # the grid fell with the battery's discharge
     assert check.tripped and check.wrong == SignCheck.NEEDED
 
@@ -132,7 +132,7 @@ def test_a_probe_catches_a_reversed_meter_with_the_batteries_already_at_their_li
         for t in range(60):
             grid_w = -(500.0 - battery_w)  # reversed: the meter shows minus the true grid power
             law_w = 2500.0  # clipped at the battery's limit, every cycle the same
-            probe_w = check.probe_w(float(t)) if use_probe else None
+            probe_w = check.probe_w(float(t), law_w) if use_probe else None
             command_w = law_w if probe_w is None else probe_w
             if check.observe(float(t), grid_w, battery_w, command_w):
                 break
@@ -146,7 +146,17 @@ def test_no_probe_while_the_batteries_still_move_or_for_a_small_command() -> Non
     run(check, [(0.0, 500.0, 0.0, 480.0), (1.0, 1460.0, 480.0, 480.0)])
     assert check.wrong == 1
     run(check, [(2.0, 1461.0, 480.0, 700.0)])  # a new step of the law: not quiet
-    assert check.probe_w(3.0) is None
+    assert check.probe_w(3.0, 700.0) is None
     small = SignCheck()
     run(small, [(0.0, 500.0, 0.0, 300.0), (1.0, 1100.0, 300.0, 290.0), (2.0, 1101.0, 290.0, 290.0)])
-    assert small.wrong == 1 and small.probe_w(3.0) is None  # 290 W: too little to judge (and to matter)
+    assert small.wrong == 1 and small.probe_w(3.0, 290.0) is None  # 290 W: too little to judge (and to matter)
+
+
+def test_a_probe_only_ever_asks_for_less_power_in_the_direction_the_law_wants() -> None:
+    check = SignCheck()
+    _one_wrong_way_then_quiet(check, 1000.0)
+    assert check.probe_w(3.0, -400.0) is None  # the law turns to charging: its own step is observed instead
+    assert check.probe_w(3.0, 300.0) is None  # the law wants less than the probe would: no probe needed
+    assert check.probe_w(3.0, 1000.0) == 500.0
+    check.observe(3.0, 2501.0, 1000.0, 500.0)
+    assert check.probe_w(4.0, 0.0) is None and not check.probing  # the law stops (or the mode is off): it ends
