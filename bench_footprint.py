@@ -20,6 +20,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 WARMUP_S = 60.0
@@ -49,6 +50,17 @@ def slope_per_h(points: list[tuple[float, float]]) -> float:
     mean_v = sum(v for _, v in points) / n
     var = sum((t - mean_t) ** 2 for t, _ in points)
     return 0.0 if var == 0 else sum((t - mean_t) * (v - mean_v) for t, v in points) / var * 3600
+
+
+def stop_process(proc: subprocess.Popen[Any]) -> None:
+    """SIGTERM (the program's clean shutdown), then kill if it does not end within 15 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def main() -> int:
@@ -82,12 +94,7 @@ def main() -> int:
         used_cpu = cpu_s(proc.pid) - start_cpu
         elapsed = time.monotonic() - start_t
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     rss = [v for _, v in points]
     print(f"measured {elapsed / 60:.1f} min after {WARMUP_S:.0f} s warm-up, {len(points)} samples")
     print(f"RSS: start {rss[0]:.1f} MB, end {rss[-1]:.1f} MB, max {max(rss):.1f} MB, "

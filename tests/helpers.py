@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import signal
 import socket
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench_footprint import stop_process  # re-exported: the tests stop main.py the same way
 from config_loader import Config, parse_config
 from simulator import Simulation
 
@@ -86,12 +86,3 @@ def running_main(config_path: Path, *extra_args: str) -> Iterator[subprocess.Pop
             proc.stdout.close()
 
 
-def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM (the program's clean shutdown), then kill if it does not end within 15 s."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
