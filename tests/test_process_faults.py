@@ -125,7 +125,9 @@ def test_a_crashing_view_answers_500_json_and_the_control_keeps_regulating() -> 
         base = f"http://127.0.0.1:{server.effective_port}"
         control.start()
         try:
-            wait_until(lambda: discharging(sim.unit(1)), 30, "discharging")
+            # Discharging and published as such (the first cycle writes before it publishes its state).
+            wait_until(lambda: discharging(sim.unit(1)) and store.latest().control_state == "active", 30,
+                       "discharging")
             for _ in range(3):
                 resp = requests.get(f"{base}/api/buggy", timeout=5)
                 assert resp.status_code == 500
