@@ -25,9 +25,9 @@ from pymodbus import FramerType
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException
 
-from devices import BatteryError, BatteryReading, BatteryUnreachable
-from i18n import Msg
-from marstek_registers import (
+from control.devices import BatteryError, BatteryReading, BatteryUnreachable
+from control.i18n import Msg
+from control.marstek_registers import (
     DEFAULT_PACING_S,
     FIRMWARE_MAX_POWER_W,
     FIRMWARE_MIN_POWER_W,

@@ -25,8 +25,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import i18n
-from marstek_registers import DEFAULT_PACING_S, FIRMWARE_MAX_POWER_W, REGISTER_SETS
+from control import i18n
+from control.marstek_registers import DEFAULT_PACING_S, FIRMWARE_MAX_POWER_W, REGISTER_SETS
 from zero_feed_control import ALGORITHMS, DISTRIBUTIONS, ControlParams
 
 METER_TYPES = ("shelly", "ecotracker", "homewizard", "http_json", "mqtt")

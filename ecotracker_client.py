@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
-from devices import GridReading, MeterError
+from control.devices import GridReading, MeterError
 from shelly_client import get_json_object, power_field, url_host
 
 if TYPE_CHECKING:

@@ -24,20 +24,20 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import i18n
-from check import run_check
 from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
-from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
-from devices import GridMeter, InvertedMeter
-from diagnostics import Diagnostics
+from control import i18n
+from control.check import run_check
+from control.control_loop import SHUTDOWN_BUDGET_S, ControlLoop
+from control.devices import GridMeter, InvertedMeter
+from control.fleet import Fleet
+from control.modes import ModeFile
+from control.status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
+from control.watchdog import Watchdog, emergency_stop, watchdog_limit_s
 from ecotracker_client import EcoTrackerClient
-from fleet import Fleet
-from history import History
-from http_meters import HomeWizardClient, HttpJsonClient
-from modes import ModeFile
+from integrations.diagnostics import Diagnostics
+from integrations.history import History
+from meters.http_meters import HomeWizardClient, HttpJsonClient
 from shelly_client import ShellyClient
-from status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
-from watchdog import Watchdog, emergency_stop, watchdog_limit_s
 
 log = logging.getLogger("marstek")
 
@@ -59,7 +59,7 @@ def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> Gri
     elif cfg.energy_meter_type == "http_json":
         meter = HttpJsonClient.from_config(cfg.http_json, clock)
     elif cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
-        from mqtt_meter import MqttMeter
+        from meters.mqtt_meter import MqttMeter
 
         meter = MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
     else:
@@ -165,7 +165,7 @@ def _demo_names(gateway: Any) -> list[str]:
 
 def demo_simulation() -> Any:
     """The demo's mixed fleet: one v2 RS485 gateway with two units and one Venus E v3 on its own LAN port."""
-    from simulator import HouseModel, Simulation, UnitSpec
+    from simulator.world import HouseModel, Simulation, UnitSpec
 
     return Simulation(units=[UnitSpec(1, soc_pct=55.0), UnitSpec(2, soc_pct=70.0)], house=HouseModel(demo=True),
                       gateways=[[UnitSpec(1, "v3", soc_pct=62.0)]])
@@ -196,7 +196,7 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
     """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
     if cfg.mqtt is None:
         return None
-    from mqtt_bridge import MqttBridge, gateway_of, start_bridge
+    from integrations.mqtt_bridge import MqttBridge, gateway_of, start_bridge
 
     bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
                         max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version,
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    from shutdown_windows import install_shutdown_handlers
+    from control.shutdown_windows import install_shutdown_handlers
 
     stopped = threading.Event()  # set when the batteries are stopped: the Windows handler waits for it
     install_shutdown_handlers(request_stop, stopped.wait)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 
-from devices import GridReading, MeterError
+from control.devices import GridReading, MeterError
 
 if TYPE_CHECKING:
     from config_loader import MeterConfig

@@ -36,11 +36,10 @@ from flask import (
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response as WerkzeugResponse
 
-import i18n
-import metrics
-import modes
-from history import History, HistoryBusy, bucket_samples
-from status_store import CommandError, CommandQueue, HistorySample, StatusStore
+from control import i18n, modes
+from control.status_store import CommandError, CommandQueue, HistorySample, StatusStore
+from integrations import metrics
+from integrations.history import History, HistoryBusy, bucket_samples
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from i18n import Msg
-from marstek_registers import FIRMWARE_MAX_POWER_W
+from control.i18n import Msg
+from control.marstek_registers import FIRMWARE_MAX_POWER_W
 
 
 class Status(enum.Enum):

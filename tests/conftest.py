@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from simulator import Simulation, UnitSpec
+from simulator.world import Simulation, UnitSpec
 from tests import helpers
 from tests.loop_rig import Rig
 

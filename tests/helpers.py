@@ -11,9 +11,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench_footprint import stop_process  # re-exported: the tests stop main.py the same way
+from benchmark.footprint import stop_process  # re-exported: the tests stop main.py the same way
 from config_loader import Config, parse_config
-from simulator import Simulation
+from simulator.world import Simulation
 
 ROOT = Path(__file__).resolve().parent.parent
 

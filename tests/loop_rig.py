@@ -15,10 +15,10 @@ from typing import Any
 import main
 from battery_client import MarstekGateway
 from config_loader import Config
-from control_loop import ControlLoop
+from control.control_loop import ControlLoop
+from control.status_store import CommandQueue, StatusStore
 from main import build_bus, build_meter
-from simulator import PlantParams, Simulation, SimUnit
-from status_store import CommandQueue, StatusStore
+from simulator.world import PlantParams, Simulation, SimUnit
 from tests import helpers
 from tests.helpers import wait_until
 from zero_feed_control import ControlParams

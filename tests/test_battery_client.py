@@ -9,9 +9,9 @@ import time
 import pytest
 
 from battery_client import MarstekGateway
-from devices import BatteryError
-from marstek_registers import REGISTER_SETS, RS485_CONTROL_ON, Kind, Register
-from simulator import Simulation, UnitSpec
+from control.devices import BatteryError
+from control.marstek_registers import REGISTER_SETS, RS485_CONTROL_ON, Kind, Register
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import wait_until
 
 

@@ -1,6 +1,6 @@
 """The quick benchmark as a regression gate (deterministic metrics only, no wall-clock timings).
 
-Runs ``benchmark.py --quick``'s scenario set in-process: the real ControlLoop with the real control law
+Runs ``python -m benchmark --quick``'s scenario set in-process: the real ControlLoop with the real control law
 and Modbus gateway logic on simulated time. This project's controller must beat the naive (seed)
 algorithm on every scenario and meet the targets that the quick set can check.
 """
@@ -11,11 +11,11 @@ import math
 
 import pytest
 
-import bench_report
-import bench_runner
-import bench_scenarios
-from bench_report import aggregate, beats_naive, evaluate_targets, stability
-from bench_scenarios import household_pv_24h
+from benchmark import report as bench_report
+from benchmark import runner as bench_runner
+from benchmark import scenarios as bench_scenarios
+from benchmark.report import aggregate, beats_naive, evaluate_targets, stability
+from benchmark.scenarios import household_pv_24h
 
 
 @pytest.fixture(scope="module")

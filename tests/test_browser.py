@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from simulator import Simulation, UnitSpec
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, stop_process, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -415,7 +415,7 @@ def seed_earlier_runs(db_path: Path, days: int = 12) -> None:
     import sqlite3
     from datetime import date, datetime, timedelta
 
-    from history import History
+    from integrations.history import History
 
     History(db_path).close()  # the file and its tables, as the program creates them
     today = date.today()

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-import i18n
-from check import run_check
+from control import i18n
+from control.check import run_check
 from main import build_bus, build_meter
-from simulator import Simulation, UnitSpec
+from simulator.world import Simulation, UnitSpec
 from tests import helpers
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator import BatteryPlant, MeterModel, PlantParams
+from simulator.world import BatteryPlant, MeterModel, PlantParams
 from zero_feed_control import (
     BatteryState,
     ControlParams,

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from config_loader import parse_config
-from diagnostics import REDACTED, Diagnostics, redact
-from history import History
-from status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
+from control.status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
+from integrations.diagnostics import REDACTED, Diagnostics, redact
+from integrations.history import History
 from tests.helpers import wait_until
 from tests.test_web import basic, live_system
 from web_server import create_app

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-import i18n
-from simulator import Simulation, UnitSpec
+from control import i18n
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, running_main, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,8 +9,8 @@ import threading
 import pytest
 
 from config_loader import ConfigError, parse_config
-from sim_marstek import OWN_PERIOD_S
-from simulator import PlantParams, Simulation, UnitSpec
+from simulator.marstek import OWN_PERIOD_S
+from simulator.world import PlantParams, Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.loop_rig import (
     LAW,

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from config_loader import Config, parse_config
-from control_loop import ControlLoop
-from fleet import GRACE_S, Fleet
+from control.control_loop import ControlLoop
+from control.fleet import GRACE_S, Fleet
+from control.status_store import CommandError, CommandQueue, StatusStore
 from main import build_meter
-from simulator import Simulation, SimUnit, UnitSpec
-from status_store import CommandError, CommandQueue, StatusStore
+from simulator.world import Simulation, SimUnit, UnitSpec
 from tests.helpers import FakeClock
 from tests.loop_rig import QUICK, TARGET_W, discharging, run_until
 

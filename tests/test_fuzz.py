@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 
 import main
 from config_loader import Config, WebConfig, parse_config
-from control_loop import ControlLoop
-from simulator import Simulation, UnitSpec
-from status_store import CommandQueue, StatusStore
+from control.control_loop import ControlLoop
+from control.status_store import CommandQueue, StatusStore
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, wait_until
 from web_server import MAX_BODY_BYTES, create_app
 

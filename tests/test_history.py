@@ -17,14 +17,14 @@ from typing import Any
 
 import pytest
 
-import history as history_mod
 import main
 from config_loader import load_config
-from control_loop import ControlLoop
-from history import GAP_S, RAW_KEEP_S, History, energy_between, local_day
+from control.control_loop import ControlLoop
+from control.status_store import CommandQueue, HistorySample, StatusSnapshot, StatusStore, StoreLogHandler
+from integrations import history as history_mod
+from integrations.history import GAP_S, RAW_KEEP_S, History, energy_between, local_day
 from shelly_client import ShellyClient
-from simulator import Simulation, UnitSpec
-from status_store import CommandQueue, HistorySample, StatusSnapshot, StatusStore, StoreLogHandler
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.test_web import web_cfg
 from web_server import create_app

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from config_loader import ConfigError, parse_config
-from devices import describe_meter
-from http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError, value_at
+from control.devices import describe_meter
 from main import build_meter
-from simulator import Simulation
+from meters.http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError, value_at
+from simulator.world import Simulation
 from tests.helpers import free_port, wait_until
 
 LOAD_W = 640.0

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import i18n
-from i18n import Msg
-from status_store import StatusStore, StoreLogHandler
+from control import i18n
+from control.i18n import Msg
+from control.status_store import StatusStore, StoreLogHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ from xml.etree import ElementTree
 import pytest
 
 import install
-from simulator import Simulation, SimUnit, UnitSpec
+from simulator.world import Simulation, SimUnit, UnitSpec
 from tests.helpers import free_port, running_main, sim_config_data, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -8,7 +8,7 @@ from datetime import datetime
 
 import pytest
 
-from simulator import UnitSpec
+from simulator.world import UnitSpec
 from tests.loop_rig import (
     MAX_FAILURES,
     QUICK,

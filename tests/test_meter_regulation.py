@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from config_loader import Config
-from control_loop import ControlLoop
-from simulator import Simulation, UnitSpec
+from control.control_loop import ControlLoop
+from simulator.world import Simulation, UnitSpec
 from tests import helpers
 from tests.loop_rig import QUICK, TARGET_W, Rig, fake_clock, run_until, stopped
 from zero_feed_control import Status

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from config_loader import MeterConfig
-from devices import GridMeter, GridReading, MeterError
+from control.devices import GridMeter, GridReading, MeterError
 from ecotracker_client import EcoTrackerClient, EcoTrackerError
-from http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError
+from meters.http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError
 from shelly_client import ShellyClient, ShellyError
 from tests.helpers import free_port
 
@@ -389,7 +389,7 @@ ERROR_TYPES = {"shelly": ShellyError, "ecotracker": EcoTrackerError, "homewizard
 @pytest.fixture
 def make_sim() -> Iterator[Any]:
     """Start simulations (meters only, no noise) and stop them all afterwards."""
-    from simulator import Simulation
+    from simulator.world import Simulation
 
     started: list[Any] = []
 

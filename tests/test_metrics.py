@@ -7,7 +7,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
+from control.status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
 from tests.helpers import wait_until
 from tests.test_web import basic, live_system, web_cfg
 from web_server import create_app

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from battery_client import MarstekGateway
-from devices import BatteryError
-from simulator import Simulation, UnitSpec
+from control.devices import BatteryError
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.loop_rig import (
     QUICK,

@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 import main
 from config_loader import Config, load_config
-from control_loop import ControlLoop
-from modes import ModeError, ModeFile, ModeRequest, ModeState, parse_payload, parse_request
-from simulator import Simulation, UnitSpec
-from status_store import CommandQueue, StatusStore
+from control.control_loop import ControlLoop
+from control.modes import ModeError, ModeFile, ModeRequest, ModeState, parse_payload, parse_request
+from control.status_store import CommandQueue, StatusStore
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import wait_until
 from web_server import create_app
 from zero_feed_control import (

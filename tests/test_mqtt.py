@@ -29,12 +29,12 @@ import pytest
 import requests
 from paho.mqtt.enums import CallbackAPIVersion
 
-import i18n
 from config_loader import MqttConfig, MqttMeterConfig, parse_config
-from mqtt_bridge import MqttBridge
-from mqtt_meter import MqttMeter, MqttMeterError, power_from_payload
-from simulator import Simulation, UnitSpec
-from status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
+from control import i18n
+from control.status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
+from integrations.mqtt_bridge import MqttBridge
+from meters.mqtt_meter import MqttMeter, MqttMeterError, power_from_payload
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, stop_process, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent

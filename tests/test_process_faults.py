@@ -17,11 +17,12 @@ import requests
 
 import main
 from battery_client import MarstekGateway
-from control_loop import ControlLoop
-from devices import GridReading
+from control.control_loop import ControlLoop
+from control.devices import GridReading
+from control.status_store import CommandQueue, StatusStore
+from control.watchdog import Watchdog, emergency_stop
 from main import emergency_bus
-from simulator import Simulation, UnitSpec
-from status_store import CommandQueue, StatusStore
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, running_main, wait_until
 from tests.loop_rig import (
     ROOT,
@@ -33,7 +34,6 @@ from tests.loop_rig import (
     stopped,
 )
 from tests.test_end_to_end import status, write_config
-from watchdog import Watchdog, emergency_stop
 from web_server import create_app
 
 

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from quality import CrossingCounter, QualityTracker, battery_export_w
+from control.quality import CrossingCounter, QualityTracker, battery_export_w
 
 DAY = datetime.date(2026, 6, 1)
 

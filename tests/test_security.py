@@ -9,12 +9,12 @@ import threading
 
 import pytest
 
-import i18n
 from config_loader import parse_config
-from control_loop import ControlLoop
+from control import i18n
+from control.control_loop import ControlLoop
+from control.status_store import CommandQueue, StatusStore, StoreLogHandler
 from main import build_bus, build_meter
-from simulator import Simulation, UnitSpec
-from status_store import CommandQueue, StatusStore, StoreLogHandler
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import FakeClock, wait_until
 from web_server import LoginBlocked, LoginThrottle, create_app
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from shelly_client import ShellyClient, ShellyError
-from simulator import Simulation
+from simulator.world import Simulation
 from tests.helpers import wait_until
 
 GRID_W = 1000.0

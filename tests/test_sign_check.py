@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from sign_check import SignCheck
+from meters.sign_check import SignCheck
 
 
 def run(check: SignCheck, cycles: list[tuple[float, float | None, float | None, float]]) -> bool:

@@ -1,4 +1,4 @@
-"""Tests for simulator.py: physics on explicit time, the Modbus units and the meter emulators on loopback.
+"""Tests for the simulator package: physics on explicit time, the Modbus units and the meter emulators on loopback.
 
 Wire tests use real sockets on 127.0.0.1 with ephemeral ports and poll with a deadline (no fixed sleeps).
 """
@@ -27,9 +27,9 @@ from pymodbus.exceptions import ModbusException
 from requests.auth import HTTPDigestAuth
 
 from config_loader import parse_config
-from sim_marstek import SimGateway, SimUnit
-from sim_meters import EcoTrackerEmulator, MeterSnapshot, ShellyEmulator
-from simulator import (
+from simulator.marstek import SimGateway, SimUnit
+from simulator.meters import EcoTrackerEmulator, MeterSnapshot, ShellyEmulator
+from simulator.world import (
     EFFICIENCY_CHARGE,
     EFFICIENCY_DISCHARGE,
     BatteryPlant,
@@ -861,12 +861,13 @@ def test_context_manager_and_fixed_port_reuse() -> None:
 
 def test_cli_prints_config_and_exits_cleanly_on_ctrl_c() -> None:
     proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "simulator.py"), "--batteries", "2", "--register-set", "v3",
+        [sys.executable, "-m", "simulator", "--batteries", "2", "--register-set", "v3",
          "--modbus-port", "0", "--shelly-port", "0", "--ecotracker-port", "0", "--demo-house", "--speed", "5"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
     )  # fmt: skip
     try:
         assert proc.stdout is not None

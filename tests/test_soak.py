@@ -1,9 +1,9 @@
-"""The soak run in a shortened form: 2 simulated hours with every kind of fault (full: benchmark.py --soak)."""
+"""The soak run in a shortened form: 2 simulated hours with every kind of fault (full: python -m benchmark --soak)."""
 
 from __future__ import annotations
 
-from soak import FAULT_KINDS, GRACE_S, fault_schedule, report, run_soak
-from status_store import EVENTS_KEPT, HistorySample, StatusSnapshot, StatusStore
+from benchmark.soak import FAULT_KINDS, GRACE_S, fault_schedule, report, run_soak
+from control.status_store import EVENTS_KEPT, HistorySample, StatusSnapshot, StatusStore
 
 
 def test_two_hours_with_random_faults_keep_every_invariant():

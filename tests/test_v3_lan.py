@@ -10,12 +10,12 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
-import setup_commands
 from battery_client import MarstekGateway
 from config_loader import UnitConfig, parse_config
-from devices import BatteryError
-from simulator import Simulation, UnitSpec
-from status_store import CommandError
+from control import setup_commands
+from control.devices import BatteryError
+from control.status_store import CommandError
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.loop_rig import QUICK, Rig, fake_clock, fault_config, run_until
 

@@ -14,17 +14,17 @@ from pathlib import Path
 import pytest
 
 from config_loader import Config
-from control_loop import SHUTDOWN_BUDGET_S
-from devices import BatteryError
-from fleet import Fleet
+from control.control_loop import SHUTDOWN_BUDGET_S
+from control.devices import BatteryError
+from control.fleet import Fleet
+from control.marstek_registers import REGISTER_SETS
+from control.status_store import StatusStore
+from control.watchdog import emergency_stop
 from main import emergency_bus
-from marstek_registers import REGISTER_SETS
-from simulator import Simulation, UnitSpec
-from status_store import StatusStore
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, running_main, sim_config, wait_until
 from tests.loop_rig import QUICK, discharging, stopped
 from tests.test_end_to_end import status, write_config
-from watchdog import emergency_stop
 
 STUCK_TIMEOUT_S = 30.0  # the control's answer timeout: its frame stays stuck for the whole test
 HELD_ANSWER_S = 60.0  # the unit answers the stuck frame this late (never, within the test)

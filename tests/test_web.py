@@ -28,13 +28,20 @@ from flask import Flask
 from flask.testing import FlaskClient
 from waitress import wasyncore
 
-import i18n
 import main
 from config_loader import Config, WebConfig, load_config
-from control_loop import ControlLoop
+from control import i18n
+from control.control_loop import ControlLoop
+from control.status_store import (
+    BatteryStatus,
+    CommandQueue,
+    HistorySample,
+    StatusSnapshot,
+    StatusStore,
+    StoreLogHandler,
+)
 from shelly_client import ShellyClient
-from simulator import Simulation, UnitSpec
-from status_store import BatteryStatus, CommandQueue, HistorySample, StatusSnapshot, StatusStore, StoreLogHandler
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, wait_until
 from web_server import create_app
 

@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 
 import config_loader
-import i18n
 import main
-import shutdown_windows
 from config_loader import ConfigError, update_akku_ids
-from shutdown_windows import (
+from control import i18n, shutdown_windows
+from control.shutdown_windows import (
     CTRL_BREAK_EVENT,
     CTRL_C_EVENT,
     CTRL_CLOSE_EVENT,
@@ -37,7 +36,7 @@ from shutdown_windows import (
     install_shutdown_handlers,
     register_console_handler,
 )
-from simulator import Simulation, UnitSpec
+from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, sim_config_data, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +47,7 @@ WINDOWS_SENDS = r"""
 import os, sys, threading, time
 sys.path.insert(0, sys.argv[1])
 import main
-import shutdown_windows
+from control import shutdown_windows
 
 def windows_sends(event):
     sys.stdin.readline()

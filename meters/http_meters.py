@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 from requests.auth import HTTPBasicAuth
 
-from devices import GridReading, MeterError
+from control.devices import GridReading, MeterError
 from shelly_client import MAX_ABS_POWER_W, get_json_object, power_field, url_host
 
 if TYPE_CHECKING:

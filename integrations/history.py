@@ -33,8 +33,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import i18n
-from status_store import HistorySample, StatusStore
+from control import i18n
+from control.status_store import HistorySample, StatusStore
 
 log = logging.getLogger("marstek")
 

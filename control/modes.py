@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import i18n
+from control import i18n
 from zero_feed_control import OperatingMode
 
 log = logging.getLogger("marstek")

@@ -9,9 +9,9 @@ import functools
 from pathlib import Path
 
 from config_loader import Config, UnitConfig
-from devices import BatteryBus, BatteryError, GridMeter, MeterError, describe_meter
-from fleet import Fleet, unit_name
-from i18n import Msg
+from control.devices import BatteryBus, BatteryError, GridMeter, MeterError, describe_meter
+from control.fleet import Fleet, unit_name
+from control.i18n import Msg
 
 CHECK_TIMEOUT_S = 2.0  # longest answer wait per battery request during the check
 

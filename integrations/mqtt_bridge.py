@@ -32,10 +32,10 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-import modes
 from config_loader import MqttConfig
-from i18n import Msg
-from status_store import BatteryStatus, CommandError, CommandQueue, StatusSnapshot, StatusStore
+from control import modes
+from control.i18n import Msg
+from control.status_store import BatteryStatus, CommandError, CommandQueue, StatusSnapshot, StatusStore
 
 log = logging.getLogger("marstek")
 

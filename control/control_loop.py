@@ -24,15 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import setup_commands
 from config_loader import Config, UnitConfig
-from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable, GridMeter, MeterError, describe_meter
-from fleet import Fleet, unit_name
-from i18n import Msg
-from modes import ModeFile, ModeRequest, ModeState
-from quality import QualityTracker
-from sign_check import SignCheck
-from status_store import (
+from control import setup_commands
+from control.devices import (
+    BatteryBus,
+    BatteryError,
+    BatteryReading,
+    BatteryUnreachable,
+    GridMeter,
+    MeterError,
+    describe_meter,
+)
+from control.fleet import Fleet, unit_name
+from control.i18n import Msg
+from control.modes import ModeFile, ModeRequest, ModeState
+from control.quality import QualityTracker
+from control.status_store import (
     BatteryStatus,
     CommandError,
     CommandQueue,
@@ -42,6 +49,7 @@ from status_store import (
     StatusStore,
     now_iso,
 )
+from meters.sign_check import SignCheck
 from zero_feed_control import (
     STOPPING,
     BatteryId,

@@ -18,7 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from status_store import BatteryStatus, StatusStore
+from control.status_store import BatteryStatus, StatusStore
 
 COUNTERS = (
     ("modbus_writes_total", "marstek_modbus_writes", "Modbus register writes to the batteries"),

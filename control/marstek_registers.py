@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from devices import BatteryError
+from control.devices import BatteryError
 
 RS485_CONTROL_ON = 0x55AA  # 21930, written to 42000 before forcing power
 RS485_CONTROL_OFF = 0x55BB  # 21947, restores the stored work mode

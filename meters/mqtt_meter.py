@@ -21,9 +21,9 @@ from typing import Any
 import paho.mqtt.client as paho
 
 from config_loader import MqttConfig, MqttMeterConfig
-from devices import GridReading, MeterError
-from i18n import Msg
-from mqtt_bridge import KEEPALIVE_S, broker_name, make_client
+from control.devices import GridReading, MeterError
+from control.i18n import Msg
+from integrations.mqtt_bridge import KEEPALIVE_S, broker_name, make_client
 
 
 class MqttMeterError(MeterError):

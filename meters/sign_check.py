@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from i18n import Msg
+from control.i18n import Msg
 
 
 @dataclass(frozen=True)

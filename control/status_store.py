@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
-import i18n
+from control import i18n
 
 EVENTS_KEPT = 200
 HISTORY_KEPT = 2 * 3600  # one sample per second, two hours; older ones come from the history database

@@ -1,6 +1,6 @@
 """Footprint of the running program: RSS and CPU of ``main.py --demo`` (history on) over a while.
 
-    python bench_footprint.py [--minutes 10] [--interval 10]
+    python -m benchmark.footprint [--minutes 10] [--interval 10]
 
 Starts ``main.py --demo`` on a free port, reads its resident memory (/proc/<pid>/status VmRSS) and CPU
 time (/proc/<pid>/stat utime + stime) every ``--interval`` seconds, and prints the figures: RSS at the
@@ -22,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 WARMUP_S = 60.0
 
 

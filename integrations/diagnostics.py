@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from config_loader import Config
-from status_store import QuirkCounter, StatusStore, now_iso
+from control.status_store import QuirkCounter, StatusStore, now_iso
 
 REDACTED = "***"
 SECRET_KEY_RE = re.compile(r"pass(word|wd)?$|password|token|secret|api_?key|credential|private", re.I)
 LIBRARIES = ("flask", "waitress", "pymodbus", "requests", "prometheus-client")
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def is_secret_key(key: str) -> bool:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from config_loader import Config, ConfigError, UnitConfig, add_unit_to_config, v3_lan_problem
-from devices import BatteryBus, BatteryError
-from i18n import Msg
-from status_store import CommandError
+from control.devices import BatteryBus, BatteryError
+from control.i18n import Msg
+from control.status_store import CommandError
 
 log = logging.getLogger("marstek")
 

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from i18n import Msg
+from control.i18n import Msg
 
 log = logging.getLogger("marstek")
 

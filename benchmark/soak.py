@@ -1,6 +1,6 @@
 """Soak run: the real control thread through many simulated hours with random meter and Modbus faults.
 
-Run it with ``python benchmark.py --soak`` (24 simulated hours); the test suite runs a shortened form.
+Run it with ``python -m benchmark --soak`` (24 simulated hours); the test suite runs a shortened form.
 It reuses the benchmark's simulated world (house, plants, meter on one clock) and drives the real
 ``control_loop.ControlLoop`` with the real ``battery_client.MarstekGateway`` on the loop's own schedule
 (``next_cycle_s``, so the back-off after a meter failure and after a contained error is the real one);
@@ -27,12 +27,20 @@ from typing import Any
 
 from pymodbus.exceptions import ModbusIOException
 
-from bench_runner import SimMeter, SimMeterTimeout, SimModbusClient, SimResponse, World, loop_config, simulated_gateway
-from bench_scenarios import day24
+from benchmark.runner import (
+    SimMeter,
+    SimMeterTimeout,
+    SimModbusClient,
+    SimResponse,
+    World,
+    loop_config,
+    simulated_gateway,
+)
+from benchmark.scenarios import day24
 from config_loader import parse_config
-from control_loop import ControlLoop, control_params
-from devices import GridReading, MeterError
-from status_store import EVENTS_KEPT, HISTORY_KEPT, CommandQueue, StatusStore, StoreLogHandler
+from control.control_loop import ControlLoop, control_params
+from control.devices import GridReading, MeterError
+from control.status_store import EVENTS_KEPT, HISTORY_KEPT, CommandQueue, StatusStore, StoreLogHandler
 
 # Longest tolerated discharge of a reachable battery into an exporting grid. Not shorter: while PV
 # ramps up over a cloud edge (20 s in the household day) every controller with the plant's ~2.5 s of

@@ -1,9 +1,9 @@
 """Control-quality benchmark on simulated time: the project's real control thread against baselines.
 
-    python benchmark.py            # full set (several minutes, two worker processes)
-    python benchmark.py --quick    # the CI subset, well under a minute
-    python benchmark.py --quick --no-write   # print only
-    python benchmark.py --soak     # 24 simulated hours with random faults (soak.py)
+    python -m benchmark            # full set (several minutes, two worker processes)
+    python -m benchmark --quick    # the CI subset, well under a minute
+    python -m benchmark --quick --no-write   # print only
+    python -m benchmark --soak     # 24 simulated hours with random faults (soak.py)
 
 The parts: ``bench_scenarios`` (what is simulated), ``bench_runner`` (the real ``ControlLoop`` and the
 baselines on one simulated clock), ``bench_report`` (aggregation, targets, docs/benchmark.md). Metric
@@ -18,12 +18,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import soak
-from bench_report import markdown, plot_steps
-from bench_runner import run_all
-from bench_scenarios import DATA_DIR, scenario_set
+from benchmark import soak
+from benchmark.report import markdown, plot_steps
+from benchmark.runner import run_all
+from benchmark.scenarios import DATA_DIR, scenario_set
 
-DOCS_DIR = Path(__file__).resolve().parent / "docs"
+DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

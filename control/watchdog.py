@@ -14,9 +14,9 @@ import time
 from collections.abc import Callable
 
 from config_loader import Config
-from fleet import Fleet, unit_name
-from i18n import Msg
-from status_store import StatusStore
+from control.fleet import Fleet, unit_name
+from control.i18n import Msg
+from control.status_store import StatusStore
 
 log = logging.getLogger("marstek")
 

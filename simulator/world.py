@@ -15,7 +15,7 @@ use (``MeterModel``, ``PlantParams``, ``SimUnit``, ``UnitSpec``, ...) are re-exp
 Sign conventions (as everywhere in this project, see ``devices.py``):
 grid power + import / − export, W; battery power + discharging / − charging, W; SoC 0..100 %.
 
-Run alone: ``python simulator.py --batteries 2`` prints the ports and a config.json snippet.
+Run alone: ``python -m simulator --batteries 2`` prints the ports and a config.json snippet.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-from sim_marstek import SimGateway, SimUnit, UnitSpec
-from sim_meters import (
+from simulator.marstek import SimGateway, SimUnit, UnitSpec
+from simulator.meters import (
     ABSURD_POWER_W,
     METER_FAULTS,
     SECOND_CHANNEL_W,
@@ -45,7 +45,7 @@ from sim_meters import (
     MeterSource,
     ShellyEmulator,
 )
-from sim_physics import (
+from simulator.physics import (
     EFFICIENCY_CHARGE,
     EFFICIENCY_DISCHARGE,
     BatteryPlant,

@@ -31,8 +31,8 @@ from typing import Any, Protocol, TypeVar
 
 from battery_client import MarstekGateway, tcp_client_factory
 from config_loader import BatteryConfig, Config, UnitConfig
-from devices import BatteryBus, BatteryError, BatteryReading
-from i18n import Msg
+from control.devices import BatteryBus, BatteryError, BatteryReading
+from control.i18n import Msg
 
 log = logging.getLogger("marstek")
 

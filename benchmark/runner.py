@@ -35,14 +35,14 @@ from typing import Any
 from pymodbus.exceptions import ModbusIOException
 
 from battery_client import MarstekGateway, ModbusClient
-from bench_scenarios import Scenario
+from benchmark.scenarios import Scenario
 from config_loader import parse_config
-from control_loop import ControlLoop, control_params
-from devices import GridReading, MeterError
-from fleet import Fleet
-from quality import IN_BAND_W, CrossingCounter, battery_export_w
-from simulator import MeterModel, SimUnit, UnitSpec
-from status_store import CommandQueue, StatusStore
+from control.control_loop import ControlLoop, control_params
+from control.devices import GridReading, MeterError
+from control.fleet import Fleet
+from control.quality import IN_BAND_W, CrossingCounter, battery_export_w
+from control.status_store import CommandQueue, StatusStore
+from simulator.world import MeterModel, SimUnit, UnitSpec
 from zero_feed_control import BatteryState, ControlParams, distribute, target_total
 
 DT_S = 0.1  # metric integration step while a battery moves (the plant itself is integrated exactly)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from simulator import PlantParams
+from simulator.world import PlantParams
 
-DATA_DIR = Path(__file__).resolve().parent / "data" / "traces"
+DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "traces"
 CONTROLLERS = ("none", "floor", "naive", "ideal", "project")
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from pymodbus.pdu import ExceptionResponse, ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.server.requesthandler import ServerRequestHandler
 
-from sim_physics import EFFICIENCY_CHARGE, EFFICIENCY_DISCHARGE, BatteryPlant, PlantParams, efficiency
+from simulator.physics import EFFICIENCY_CHARGE, EFFICIENCY_DISCHARGE, BatteryPlant, PlantParams, efficiency
 
 # ---------------------------------------------------------------------------------------------------------
 # Simulated Marstek unit (registers on top of a BatteryPlant)
