@@ -371,6 +371,20 @@ class SampleAgeEstimator:
         return fit[0], fit[-1]
 
 
+@dataclass(frozen=True)
+class _Move:
+    """One cycle's zero-feed move before the deadband decides whether it is written (W)."""
+
+    grid_w: float  # the grid power acted on (averaged when configured)
+    command_w: float  # the total commanded now
+    wanted_w: float  # the total zero feed-in asks for (0 while hold holds back a discharge)
+    held_back_w: float  # the discharge that hold does not give
+    demand_w: float  # wanted plus the direction's target grid power
+    setpoints: dict[BatteryId, int]
+    notes: dict[BatteryId, Msg]
+    noise_w: float
+
+
 class FastController:
     """Deadbeat on the measured battery power, at the meter's sampling instant.
 
@@ -453,7 +467,7 @@ class FastController:
         values = [self._power_w[i] for i in range(i0, i1 + 1)]
         return min(values), max(values)
 
-    def step(  # noqa: C901 (the law reads as one ladder of early returns, each with its status)
+    def step(
         self,
         now_s: float,
         grid_power_w: float | None,
@@ -465,36 +479,69 @@ class FastController:
         charge_power_w: float | None = None,
     ) -> Decision:
         """One control cycle. ``grid_power_w`` None means the meter read failed. ``mode``: the operating
-        mode (``charge_power_w``: its charge power, W > 0; None: every battery's maximum)."""
-        p = self.p
+        mode (``charge_power_w``: its charge power, W > 0; None: every battery's maximum).
+
+        A ladder of early returns, each with its status: the operating mode's own decision, a failed
+        meter, no battery online, a held setpoint that became unsafe, no new sample; then the zero-feed
+        move, written or held back by the deadband."""
         for b in batteries:
             self._setpoints.setdefault(b.battery_id, 0)
-        override = mode_override(mode, charge_power_w, batteries, p)
-        if override is not None:
-            if override.status is Status.MODE_OFF:
-                self.reset()
-                return override
-            return self._command(override.setpoints_w, override)
-        if mode is OperatingMode.CHARGE:
-            mode = OperatingMode.HOLD  # every battery full: hold
-        if mode is OperatingMode.HOLD and (stopped := _hold_stop(self._setpoints)) is not None:
-            return self._command(stopped, Decision(setpoints_w=dict(stopped), status=Status.MODE_HOLD,
-                                                   reason=Msg("reason_mode_hold_stop")))
+        early, mode = self._mode_step(mode, charge_power_w, batteries)
+        if early is not None:
+            return early
         if grid_power_w is None or not math.isfinite(grid_power_w):
-            self._last_value = None
-            decision = self._failures.failed(meter_error, self._setpoints)
-            if decision.status is Status.METER_FAILED:
-                self.reset()
-            # The batteries' own notes (SoC limits, a no-delivery pause) stay visible while the meter is out.
-            return replace(decision, battery_notes=self._notes(now_s, batteries))
+            return self._meter_failed(now_s, batteries, meter_error)
         recovered = self._failures.count >= self._failures.limit
         self._failures.count = 0
-
         online = [b for b in batteries if b.online and b.power_w is not None]
         if not online:
             self.reset()
             return Decision(setpoints_w={b.battery_id: 0 for b in batteries}, status=Status.NO_BATTERY,
                             reason=Msg("reason_no_battery"))
+        self._record_power(now_s, online)
+        self._learn_limits(now_s, online)
+        fresh = grid_power_w != self._last_value
+        self._last_value = grid_power_w
+        received_s = now_s if grid_received_s is None else min(grid_received_s, now_s)
+        notes = self._notes(now_s, batteries)
+        if (unsafe := self._drop_unsafe(batteries, grid_power_w, notes)) is not None:
+            return unsafe
+        if not fresh and not recovered:
+            return Decision(setpoints_w=dict(self._setpoints), status=Status.WAITING_FOR_SAMPLE,
+                            reason=Msg("reason_waiting"), grid_power_avg_w=grid_power_w,
+                            battery_notes=notes, target_grid_w=self._target_grid_w(grid_power_w))
+        move = self._move(grid_power_w, received_s, fresh, batteries, mode, notes)
+        return self._write_or_hold(move, recovered)
+
+    def _mode_step(
+        self, mode: OperatingMode, charge_power_w: float | None, batteries: Sequence[BatteryState]
+    ) -> tuple[Decision | None, OperatingMode]:
+        """The operating mode's own decision (off, charge, a discharge stopped in hold), and the mode the
+        zero-feed rules then follow (charge with every battery full holds)."""
+        override = mode_override(mode, charge_power_w, batteries, self.p)
+        if override is not None:
+            if override.status is Status.MODE_OFF:
+                self.reset()
+                return override, mode
+            return self._command(override.setpoints_w, override), mode
+        if mode is OperatingMode.CHARGE:
+            mode = OperatingMode.HOLD  # every battery full: hold
+        if mode is OperatingMode.HOLD and (stopped := _hold_stop(self._setpoints)) is not None:
+            return self._command(stopped, Decision(setpoints_w=dict(stopped), status=Status.MODE_HOLD,
+                                                   reason=Msg("reason_mode_hold_stop"))), mode
+        return None, mode
+
+    def _meter_failed(self, now_s: float, batteries: Sequence[BatteryState], meter_error: str) -> Decision:
+        """No usable reading: hold for a few failures, then stop (``_MeterFailures``)."""
+        self._last_value = None
+        decision = self._failures.failed(meter_error, self._setpoints)
+        if decision.status is Status.METER_FAILED:
+            self.reset()
+        # The batteries' own notes (SoC limits, a no-delivery pause) stay visible while the meter is out.
+        return replace(decision, battery_notes=self._notes(now_s, batteries))
+
+    def _record_power(self, now_s: float, online: Sequence[BatteryState]) -> None:
+        """Keep the total measured battery power, stamped with its read time, for the last ``HISTORY_S``."""
         measured_w = sum(b.power_w or 0.0 for b in online)
         stamps = [b.read_s for b in online if b.read_s is not None]
         stamp_s = min(now_s, sum(stamps) / len(stamps)) if len(stamps) == len(online) else now_s
@@ -506,21 +553,20 @@ class FastController:
             self._power_t.popleft()
             self._power_w.popleft()
 
-        self._learn_limits(now_s, online)
-        fresh = grid_power_w != self._last_value
-        self._last_value = grid_power_w
-        received_s = now_s if grid_received_s is None else min(grid_received_s, now_s)
-        notes = self._notes(now_s, batteries)
+    def _drop_unsafe(self, batteries: Sequence[BatteryState], grid_power_w: float,
+                     notes: Mapping[BatteryId, Msg]) -> Decision | None:
+        """A held setpoint that became unsafe (SoC limit, offline, paused) is dropped at once."""
         held = self._safe_hold(batteries)
-        if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline, paused): drop it now
-            why = Msg("reason_notes", notes=list(notes.values())) if notes else Msg("reason_battery_offline")
-            return self._command(held, Decision(setpoints_w=dict(held), status=Status.SOC_LIMIT, reason=why,
-                                                grid_power_avg_w=grid_power_w, battery_notes=notes))
-        if not fresh and not recovered:
-            return Decision(setpoints_w=dict(self._setpoints), status=Status.WAITING_FOR_SAMPLE,
-                            reason=Msg("reason_waiting"), grid_power_avg_w=grid_power_w,
-                            battery_notes=notes, target_grid_w=self._target_grid_w(grid_power_w))
+        if held == self._setpoints:
+            return None
+        why = Msg("reason_notes", notes=list(notes.values())) if notes else Msg("reason_battery_offline")
+        return self._command(held, Decision(setpoints_w=dict(held), status=Status.SOC_LIMIT, reason=why,
+                                            grid_power_avg_w=grid_power_w, battery_notes=dict(notes)))
 
+    def _move(self, grid_power_w: float, received_s: float, fresh: bool, batteries: Sequence[BatteryState],
+              mode: OperatingMode, notes: Mapping[BatteryId, Msg]) -> _Move:
+        """What zero feed-in asks for now: the cautious total over every plausible sample instant, split."""
+        p = self.p
         if fresh:
             self._readings.append(grid_power_w)
             self.ages.update(received_s, grid_power_w, self._powers_at)
@@ -532,7 +578,6 @@ class FastController:
             if self._last_demand_w is not None:
                 self._demand_steps.append(abs(demand_mid_w - self._last_demand_w))
             self._last_demand_w = demand_mid_w
-        noise_w = self.noise_w()
         command_w = self._command_total_w
         want_lo, want_hi = target_total(grid_w + p_lo, p), target_total(grid_w + p_hi, p)
         # Cautious: move only as far as every plausible sample instant demands.
@@ -543,36 +588,48 @@ class FastController:
         demand_w = wanted_w + (p.target_grid_discharge_w if wanted_w > 0 else p.target_grid_charge_w
                                if wanted_w < 0 else 0.0)
         setpoints, split_notes = distribute(wanted_w, batteries, p, self.limits_w(1 if wanted_w > 0 else -1))
-        notes = {**split_notes, **notes}  # a paused battery keeps its note while the others take its share
+        return _Move(grid_w=grid_w, command_w=command_w, wanted_w=wanted_w, held_back_w=held_back_w,
+                     demand_w=demand_w, setpoints=setpoints, noise_w=self.noise_w(),
+                     # a paused battery keeps its note while the others take its share
+                     notes={**split_notes, **notes})
+
+    def _write_or_hold(self, move: _Move, recovered: bool) -> Decision:
+        """Write the move when it is large, a new split or a meter that came back; filter small ones."""
+        p, setpoints = self.p, move.setpoints
         new_total_w = float(sum(setpoints.values()))
-        change_w = new_total_w - command_w
+        change_w = new_total_w - move.command_w
 
         def decide(status: Status, reason: Msg, new: Mapping[BatteryId, int]) -> Decision:
-            return Decision(setpoints_w=dict(new), status=status, reason=reason, grid_power_avg_w=grid_w,
-                            demand_w=demand_w, battery_notes=notes, target_grid_w=self._target_grid_w(grid_w, new))
+            return Decision(setpoints_w=dict(new), status=status, reason=reason, grid_power_avg_w=move.grid_w,
+                            demand_w=move.demand_w, battery_notes=move.notes,
+                            target_grid_w=self._target_grid_w(move.grid_w, new))
 
         code = "reason_discharge" if new_total_w > 0 else "reason_charge" if new_total_w < 0 else "reason_stop"
-        reason = Msg(code, power=abs(new_total_w), demand=demand_w)
+        reason = Msg(code, power=abs(new_total_w), demand=move.demand_w)
         if recovered:
             return self._command(setpoints, decide(Status.TRACKING, Msg("reason_meter_back"), setpoints))
-        if new_total_w == 0 and command_w == 0:
-            self._small_w = 0.0
-            if held_back_w:
-                return decide(Status.MODE_HOLD, Msg("reason_mode_hold", demand=held_back_w), self._setpoints)
-            if wanted_w == 0:
-                return decide(Status.IDLE, Msg("reason_in_band", grid=grid_w), self._setpoints)
-            why = (Msg("reason_notes", notes=list(notes.values())) if notes
-                   else Msg("reason_below_min_power", demand=abs(wanted_w)))
-            return decide(Status.SOC_LIMIT if notes else Status.IDLE, why, self._setpoints)
+        if new_total_w == 0 and move.command_w == 0:
+            return self._at_rest(move, decide)
+        jump_w = max(p.jump_w, p.jump_noise * move.noise_w)
         moved_w = max((abs(setpoints.get(i, 0) - w) for i, w in self._setpoints.items()), default=0)
-        if (abs(change_w) >= max(p.jump_w, p.jump_noise * noise_w) or not self._same_split(setpoints)
-                or moved_w >= max(p.jump_w, p.jump_noise * noise_w)):  # a new split (a learned limit)
+        if abs(change_w) >= jump_w or not self._same_split(setpoints) or moved_w >= jump_w:  # also a new split
             return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
         # Small deviation: filter it, so that measurement noise is not written to the batteries.
         self._small_w += p.filter_gain * (change_w - self._small_w)
-        if abs(self._small_w) >= max(p.deadband_w, p.deadband_noise * noise_w):
+        if abs(self._small_w) >= max(p.deadband_w, p.deadband_noise * move.noise_w):
             return self._command(setpoints, decide(Status.TRACKING, reason, setpoints))
         return decide(Status.DEADBAND, Msg("reason_deadband", change=f"{change_w:+.0f}"), self._setpoints)
+
+    def _at_rest(self, move: _Move, decide: Callable[[Status, Msg, Mapping[BatteryId, int]], Decision]) -> Decision:
+        """Nothing commanded and nothing to command: say why (in band, hold, a battery note, too little)."""
+        self._small_w = 0.0
+        if move.held_back_w:
+            return decide(Status.MODE_HOLD, Msg("reason_mode_hold", demand=move.held_back_w), self._setpoints)
+        if move.wanted_w == 0:
+            return decide(Status.IDLE, Msg("reason_in_band", grid=move.grid_w), self._setpoints)
+        why = (Msg("reason_notes", notes=list(move.notes.values())) if move.notes
+               else Msg("reason_below_min_power", demand=abs(move.wanted_w)))
+        return decide(Status.SOC_LIMIT if move.notes else Status.IDLE, why, self._setpoints)
 
     def limits_w(self, direction: int) -> dict[BatteryId, float]:
         """Power limits learned per battery id for discharging (+1) or charging (-1), W."""
@@ -703,7 +760,7 @@ class SeedController:
         self._setpoints = dict(setpoints_w)
         self._command_total_w = float(sum(setpoints_w.values()))
 
-    def step(  # noqa: C901 (the seed loop as it was, plus the two rules of the hold mode)
+    def step(
         self,
         now_s: float,
         grid_power_w: float | None,
@@ -714,6 +771,7 @@ class SeedController:
         mode: OperatingMode = OperatingMode.AUTO,
         charge_power_w: float | None = None,
     ) -> Decision:
+        """The seed loop as it was, plus the two rules of the hold mode."""
         p = self.p
         for b in batteries:
             self._setpoints.setdefault(b.battery_id, 0)
@@ -729,35 +787,12 @@ class SeedController:
         self._readings.append(grid_power_w)
         grid_w = weighted_average(self._readings)
         c = self._command_total_w
-        socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
-        avg_soc = sum(socs) / len(socs) if socs else None
-        t_chg, t_dis = p.target_grid_charge_w, p.target_grid_discharge_w
-        if c == 0:
-            charge_start = t_chg - self.START_THRESHOLD_W
-            if avg_soc is not None and avg_soc < self.LOW_SOC_PCT:
-                charge_start = -100.0
-            if grid_w < charge_start:
-                new = -(abs(grid_w) + t_chg)  # charge |grid| - 20
-            elif grid_w > t_dis + self.START_THRESHOLD_W:
-                new = grid_w - t_dis
-            else:
-                new = 0.0
-        elif c > 0:
-            need = grid_w + c
-            new = need - t_dis if need >= 70 else need
-        else:
-            pv = -c - grid_w
-            new = -(pv + t_chg) if pv >= 70 or grid_w < 0 else -pv
-        if abs(new) < self.START_THRESHOLD_W or (c != 0 and (new > 0) != (c > 0)):
-            new = 0.0  # stop; a direction change always passes through stop
-        if new != 0:
-            new = max(c - self.MAX_STEP_W, min(c + self.MAX_STEP_W, new))
-            if (new > 0) != (c > 0) and c != 0:
-                new = 0.0
+        new = self._seed_total(grid_w, c, batteries)
         held_back_w = max(new, 0.0) if mode is OperatingMode.HOLD else 0.0
         new -= held_back_w  # hold: never discharge
         setpoints, notes = self._split(new, batteries)
         new_total = float(sum(setpoints.values()))
+        t_chg, t_dis = p.target_grid_charge_w, p.target_grid_discharge_w
 
         def target(total: float) -> float:
             return t_dis if total > 0 else t_chg if total < 0 else grid_power_w
@@ -779,6 +814,33 @@ class SeedController:
         return Decision(setpoints_w=dict(setpoints), status=Status.TRACKING,
                         reason=Msg("reason_seed_track", power=new_total, grid=grid_w), grid_power_avg_w=grid_w,
                         battery_notes=notes, target_grid_w=target(new_total))
+
+    def _seed_total(self, grid_w: float, c: float, batteries: Sequence[BatteryState]) -> float:
+        """The seed's new total from the averaged grid power and its own last command ``c`` (W)."""
+        p = self.p
+        socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
+        avg_soc = sum(socs) / len(socs) if socs else None
+        t_chg, t_dis = p.target_grid_charge_w, p.target_grid_discharge_w
+        if c == 0:
+            charge_start = t_chg - self.START_THRESHOLD_W
+            if avg_soc is not None and avg_soc < self.LOW_SOC_PCT:
+                charge_start = -100.0
+            if grid_w < charge_start:
+                new = -(abs(grid_w) + t_chg)  # charge |grid| - 20
+            elif grid_w > t_dis + self.START_THRESHOLD_W:
+                new = grid_w - t_dis
+            else:
+                new = 0.0
+        elif c > 0:
+            need = grid_w + c
+            new = need - t_dis if need >= 70 else need
+        else:
+            pv = -c - grid_w
+            new = -(pv + t_chg) if pv >= 70 or grid_w < 0 else -pv
+        if abs(new) < self.START_THRESHOLD_W or (c != 0 and (new > 0) != (c > 0)):
+            return 0.0  # stop; a direction change always passes through stop
+        new = max(c - self.MAX_STEP_W, min(c + self.MAX_STEP_W, new))
+        return 0.0 if (new > 0) != (c > 0) and c != 0 else new
 
     def _mode_step(
         self, mode: OperatingMode, charge_power_w: float | None, batteries: Sequence[BatteryState]
