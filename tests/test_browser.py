@@ -500,7 +500,7 @@ def test_todays_energy_survives_a_restart(browser: Browser, system: System, tmp_
     stop_process(system.proc)
     assert system.proc.returncode == 0
     before = float(json.loads(subprocess.run(  # what the file holds now, read by its own reader
-        [sys.executable, "-c", "import json, sys; from history import History; "
+        [sys.executable, "-c", "import json, sys; from integrations.history import History; "
          "print(json.dumps(History(sys.argv[1]).energy_days(1)[0]['discharge_wh']))",
          str(system.config_path.parent / "data" / "history.sqlite3")],
         cwd=str(ROOT), capture_output=True, text=True, check=True, timeout=30).stdout))
