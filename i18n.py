@@ -663,6 +663,8 @@ MESSAGES_DE: dict[str, str] = {
     "mqtt_disconnected": "MQTT-Verbindung zu {broker} getrennt ({error}); verbinde neu",
     "mqtt_bad_payload": "MQTT {topic}: Nachricht ignoriert: {error}",
     "mqtt_command_failed": "MQTT {topic}: Befehl nicht ausgeführt: {error}",
+    "mqtt_callback_failed": "MQTT: Fehler bei der Verarbeitung ({callback}): {error}; Nachricht ignoriert, "
+                            "Befehle werden weiter angenommen",
     "mqtt_retained_ignored": "MQTT {topic}: gespeicherte (retained) Nachricht ignoriert; Befehle ohne Retain senden",
     "mqtt_meter_no_value": "noch kein Messwert auf {topic} empfangen",
     "mqtt_meter_no_broker": "keine Verbindung zum MQTT-Broker {broker} (Topic {topic})",
@@ -890,6 +892,8 @@ MESSAGES_EN: dict[str, str] = {
     "mqtt_disconnected": "MQTT connection to {broker} lost ({error}); reconnecting",
     "mqtt_bad_payload": "MQTT {topic}: message ignored: {error}",
     "mqtt_command_failed": "MQTT {topic}: command not applied: {error}",
+    "mqtt_callback_failed": "MQTT: processing failed ({callback}): {error}; message ignored, commands are still "
+                            "taken",
     "mqtt_retained_ignored": "MQTT {topic}: retained message ignored; send commands without the retain flag",
     "mqtt_meter_no_value": "no reading received on {topic} yet",
     "mqtt_meter_no_broker": "not connected to the MQTT broker {broker} (topic {topic})",

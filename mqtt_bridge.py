@@ -98,10 +98,13 @@ class MqttBridge:
         self.command_topic = f"{prefix}/mode/set"
         self.client = client or make_client(cfg, cfg.client_id)
         self.client.will_set(self.availability_topic, "offline", qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_message = self._on_message
+        # Every callback guarded: an exception escaping into paho's network thread ends that thread, and then
+        # every later command would be ignored while ``online`` is still published.
+        self.client.on_connect = _guarded("on_connect", self._on_connect)
+        self.client.on_disconnect = _guarded("on_disconnect", self._on_disconnect)
+        self.client.on_connect_fail = _guarded("on_connect_fail", self._on_connect_fail)
+        self.client.on_message = _guarded("on_message", self._on_message)
+        self.client.suppress_exceptions = True  # a second net: paho logs instead of re-raising
         self._pending: queue.Queue[modes.ModeRequest] = queue.Queue(maxsize=16)
         self._connected = threading.Event()
         self._discovery_due = threading.Event()
@@ -209,6 +212,8 @@ class MqttBridge:
                 self.commands.submit("set_mode", timeout_s=COMMAND_TIMEOUT_S, request=request, source="mqtt")
             except CommandError as exc:
                 log.warning("%s", Msg("mqtt_command_failed", topic=self.command_topic, error=str(exc)))
+            except Exception as exc:  # a bug must not end the worker: later commands still count
+                log.exception("%s", Msg("mqtt_command_failed", topic=self.command_topic, error=type(exc).__name__))
             self._last_state = None  # show the new mode at once
 
     # ------------------------------------------------------------------ documents
@@ -312,6 +317,19 @@ class MqttBridge:
 
 ENERGY_KEYS = {"import_wh": "Netzbezug heute", "export_wh": "Einspeisung heute", "charge_wh": "Geladen heute",
                "discharge_wh": "Entladen heute"}
+
+
+def _guarded(name: str, callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback`` that logs any exception (e.g. RecursionError from a deeply nested payload) instead of
+    letting it reach paho's network thread."""
+
+    def guarded(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:
+            log.error("%s", Msg("mqtt_callback_failed", callback=name, error=f"{type(exc).__name__}: {exc}"[:200]))
+
+    return guarded
 
 
 def start_bridge(bridge: MqttBridge, stop: threading.Event) -> threading.Thread:

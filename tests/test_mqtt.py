@@ -424,6 +424,10 @@ def test_main_with_mqtt_commands_hold_and_the_last_will_on_kill(broker, sim, tmp
         wait_until(lambda: len(listener.under("homeassistant/")) >= 12, 10, "discovery for two batteries")
         wait_until(lambda: discharging(sim), 20, "the batteries discharge into the 900 W load")
 
+        # ~6 KB of nested brackets: json raises RecursionError in paho's thread; logged, and the bridge goes on.
+        listener.publish("marstek/mode/set", '{"mode": ' + "[" * 3000 + "]" * 3000 + "}")
+        wait_until(lambda: any("RecursionError" in e["message"] or "nested" in e["message"]
+                               for e in api(web_port).get("events", [])), 5, "the nested payload logged")
         listener.publish("marstek/mode/set", "hold")
         wait_until(lambda: not discharging(sim), 4, "hold from MQTT: no discharge (one cycle is 1 s)")
         mode = api(web_port, "/api/mode")
