@@ -73,6 +73,17 @@ FRAMERS = ("socket", "rtu")  # Modbus TCP, or Modbus RTU frames over TCP ("trans
 MAX_NAME_CHARS = 40
 
 
+UID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
+
+
+def unit_uid(name: str, unit_id: int) -> str:
+    """A battery's default ``uid``: the slug of its name (``"Akku 1"`` → ``"akku_1"``, umlauts spelled out);
+    ``"akku_<id>"`` when the name has no letter or digit."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower().translate(_TRANSLIT)).strip("_")[:64]
+    return slug or f"akku_{unit_id}"
+
+
 def gateway_text(host: str, port: int) -> str:
     """``"<host>:<port>"`` (IPv6 in brackets): how a gateway is named in keys, the API and messages."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -95,6 +106,13 @@ class UnitConfig:
     name: str
     framer: str = "socket"
     rs485_gateway: bool = False
+    # Stable identity without the address (Home Assistant unique_ids, the Prometheus label): battery.units[i].uid,
+    # else the slug of ``name`` (filled in here when not given, e.g. ``replace(unit, name=..., uid="")``).
+    uid: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.uid:
+            object.__setattr__(self, "uid", unit_uid(self.name, self.unit_id))
 
     @property
     def gateway(self) -> str:
@@ -674,7 +692,7 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         units = listed
     else:
         seed_ids: tuple[int, ...] = akku_ids
-        units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}") for i in seed_ids)
+        units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}", uid=f"akku_{i}") for i in seed_ids)
         problem = v3_lan_problem(units, units_form=False)
         if problem is not None:
             sec.errors.append(problem)
@@ -743,12 +761,16 @@ def _unit(sec: _Section, d: UnitConfig, n: int) -> UnitConfig | None:
         name = sec.fail("name", f"must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
     framer = sec.string("framer", d.framer, choices=FRAMERS)
     rs485 = sec.boolean("rs485_gateway", d.rs485_gateway)
+    uid = sec.string("uid", None)
+    if _ok(uid) and uid is not None and not UID_PATTERN.fullmatch(uid):
+        uid = sec.fail("uid", f"must be 1 to 64 of a-z, 0-9, _ and - (starting with a letter or digit), got "
+                              f"{json.dumps(uid, ensure_ascii=False)}")
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
         min_w = sec.conflict("min_power_per_battery", min_w, "must not be above", "max_power_per_battery", max_w)
-    if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer, rs485):
+    if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer, rs485, uid):
         return None
-    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer, rs485)
+    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer, rs485, uid or "")
 
 
 def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig, ...] | None:
@@ -756,9 +778,15 @@ def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig,
     connection); several IDs on one v3 host only behind an RS485 gateway."""
     first: dict[str, int] = {}
     keys: dict[str, int] = {}
+    uids: dict[str, int] = {}
     ok = True
     for i, u in enumerate(units):
         path = f"{sec.key_path('units')}[{i}]"
+        if u.uid in uids:
+            sec.errors.append(f"{path}: uid {json.dumps(u.uid)} (from its uid or name) is already the uid of "
+                              f"battery.units[{uids[u.uid]}]; give each battery its own name or uid")
+            ok = False
+        uids.setdefault(u.uid, i)
         key = u.key.lower()
         if key in keys:
             sec.errors.append(f"{path}: the same battery as battery.units[{keys[key]}] "

@@ -665,6 +665,8 @@ MESSAGES_DE: dict[str, str] = {
     "mqtt_command_failed": "MQTT {topic}: Befehl nicht ausgeführt: {error}",
     "mqtt_callback_failed": "MQTT: Fehler bei der Verarbeitung ({callback}): {error}; Nachricht ignoriert, "
                             "Befehle werden weiter angenommen",
+    "mqtt_discovery_removed": "MQTT: {count} veraltete Home-Assistant-Einträge entfernt (nicht mehr konfigurierte "
+                              "Akkus oder ältere Programmversion)",
     "mqtt_retained_ignored": "MQTT {topic}: gespeicherte (retained) Nachricht ignoriert; Befehle ohne Retain senden",
     "mqtt_meter_no_value": "noch kein Messwert auf {topic} empfangen",
     "mqtt_meter_no_broker": "keine Verbindung zum MQTT-Broker {broker} (Topic {topic})",
@@ -894,6 +896,8 @@ MESSAGES_EN: dict[str, str] = {
     "mqtt_command_failed": "MQTT {topic}: command not applied: {error}",
     "mqtt_callback_failed": "MQTT: processing failed ({callback}): {error}; message ignored, commands are still "
                             "taken",
+    "mqtt_discovery_removed": "MQTT: removed {count} stale Home Assistant entries (batteries no longer configured "
+                              "or an older version)",
     "mqtt_retained_ignored": "MQTT {topic}: retained message ignored; send commands without the retain flag",
     "mqtt_meter_no_value": "no reading received on {topic} yet",
     "mqtt_meter_no_broker": "not connected to the MQTT broker {broker} (topic {topic})",

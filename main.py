@@ -196,10 +196,11 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
     """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
     if cfg.mqtt is None:
         return None
+    from diagnostics import program_version
     from mqtt_bridge import MqttBridge, gateway_of, start_bridge
 
     bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
-                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version,
+                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=program_version(),
                         energy_today=(lambda: history.energy_days(1)[-1]) if history is not None else None)
     return start_bridge(bridge, stop)
 
