@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -1153,16 +1152,24 @@ def _validate_and_save(path: Path, data: dict[str, Any]) -> Config:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Back up the old file, write a temp file beside it, fsync, then rename over the original."""
-    shutil.copy2(path, path.with_name(path.name + ".bak"))
+    """Back up the old file as ``<name>.bak``, then replace the file; both atomically (temp file beside it,
+    fsync, rename), so neither a crash nor a full disk ever leaves a cut-off file or backup."""
+    old = path.read_bytes()
     mode = path.stat().st_mode & 0o777  # keep the owner's permissions (the file may hold passwords)
+    replace_file(path.with_name(path.name + ".bak"), old, mode)
+    replace_file(path, text.encode("utf-8"), mode)
+
+
+def replace_file(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to a temp file beside ``path`` (``.<name>.<random>.tmp``), fsync it, give it ``mode``
+    and rename it over ``path``; the temp file is removed when anything fails."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        if sys.platform != "win32":  # Windows has ACLs (inherited from the folder), not mode bits
+        if mode is not None and sys.platform != "win32":  # Windows has ACLs (inherited from the folder)
             os.chmod(tmp_name, mode)
         attempts = 5
         for attempt in range(attempts):
@@ -1178,6 +1185,33 @@ def _write_atomically(path: Path, text: str) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+STRAY_TEMP_MIN_AGE_S = 60.0  # younger temp files may belong to a write in progress (e.g. --set-password)
+
+
+def remove_stray_temp_files(*paths: Path, min_age_s: float = STRAY_TEMP_MIN_AGE_S,
+                            now_s: float | None = None) -> list[Path]:
+    """Remove the temp files a crash left beside ``paths`` (``.<name>.<8 random chars>.tmp``, as ``replace_file``
+    and mkstemp name them; ``<name>.bak`` included) that are at least ``min_age_s`` old; the removed ones.
+    Only files of exactly that pattern are touched; a folder that cannot be listed is skipped."""
+    now = time.time() if now_s is None else now_s
+    removed: list[Path] = []
+    for path in paths:
+        for name in (path.name, path.name + ".bak"):
+            pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+            try:
+                candidates = [p for p in path.parent.glob(f".{name}.*.tmp") if pattern.fullmatch(p.name)]
+            except OSError:
+                continue
+            for stray in candidates:
+                try:
+                    if now - stray.stat().st_mtime >= min_age_s and stray.is_file():
+                        stray.unlink()
+                        removed.append(stray)
+                except OSError:
+                    continue  # gone meanwhile or not ours to remove: never a reason not to start
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -734,6 +734,7 @@ MESSAGES_DE: dict[str, str] = {
     ),
     "history_disk_full": "Verlaufsdatenbank {path}: Speicher voll ({error}), neue Messwerte werden nicht gespeichert",
     "history_ok_again": "Verlaufsdatenbank {path} wieder beschreibbar",
+    "stray_temp_removed": "Übrig gebliebene temporäre Datei eines früheren Abbruchs entfernt: {path}",
     "history_clock_step": "Die Systemuhr ist um {step} gesprungen; der Verlauf nimmt weiter auf und löscht deshalb "
                           "nichts vorzeitig",
     "history_future_sample": "Verlaufsdatenbank: der neueste gespeicherte Messwert liegt {ahead} in der Zukunft "
@@ -968,6 +969,7 @@ MESSAGES_EN: dict[str, str] = {
     ),
     "history_disk_full": "History database {path}: disk full ({error}), new samples are not stored",
     "history_ok_again": "History database {path} writable again",
+    "stray_temp_removed": "Removed a temporary file left by an earlier crash: {path}",
     "history_clock_step": "The system clock stepped by {step}; the history keeps recording and deletes nothing "
                           "early because of it",
     "history_future_sample": "History database: the newest stored sample is {ahead} in the future (clock "

@@ -26,7 +26,14 @@ from typing import Any
 
 import i18n
 from check import run_check
-from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
+from config_loader import (
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    parse_config,
+    remove_stray_temp_files,
+)
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter, InvertedMeter
 from diagnostics import Diagnostics
@@ -224,6 +231,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def clean_stray_temp_files(cfg: Config, config_path: Path, base_dir: Path) -> None:
+    """Remove the temp files an earlier crash left beside the config, mode and history files."""
+    beside = [config_path, base_dir / MODE_FILE]
+    if cfg.history.path != ":memory:":
+        beside.append(Path(cfg.history.path))
+    for stray in remove_stray_temp_files(*beside):
+        log.info(i18n.Msg("stray_temp_removed", path=str(stray)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
@@ -254,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, web=web)
     base_dir = config_path.parent if config_path else Path(__file__).resolve().parent
     setup_logging(cfg, store, base_dir)
+    if config_path is not None:
+        clean_stray_temp_files(cfg, config_path, base_dir)
 
     stop = threading.Event()
 
