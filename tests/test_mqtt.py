@@ -289,7 +289,7 @@ def test_three_starts_with_new_gateway_addresses_leave_one_set_of_entities(broke
             BatteryStatus(i + 1, True, 61.900000000000006, 0, 0.0, "idle", key=f"{gateway}/{i + 1}", uid=uid,
                           name=uid.title()) for i, uid in enumerate(uids))))
         with running_bridge(mqtt_cfg(broker.port), store) as bridge:
-            wait_until(lambda b=bridge: b.sweeps_done >= 1, 15, "the stale discovery swept")  # type: ignore[misc]
+            wait_until(lambda b=bridge: b.sweeps_done >= 1, 15, "the stale discovery swept")
         configs = retained_under(broker.port, "homeassistant/")
         ours = {t: c for t, c in configs.items() if "/marstek-test/" in t}
         assert len(ours) == 4 + 4 * len(uids), sorted(ours)
@@ -585,3 +585,30 @@ def test_energy_today_from_the_history_is_published_and_discovered() -> None:
     none = MqttBridge(mqtt_cfg(1883), StatusStore(), CommandQueue(), gateway="192.168.1.200:502",
                       max_charge_power_w=lambda: 5000)
     assert not [t for t in none.discovery(snapshot(100.0)) if "energy_today" in t]
+
+
+def test_three_program_starts_on_new_gateway_addresses_give_one_set_of_entities(broker, tmp_path):
+    """main.py three times, each time against a simulator on a new port (a new gateway address, as a
+    DHCP change or every demo start gives): Home Assistant keeps one set of entities."""
+    node = "homeassistant/"
+    sets = []
+    for n in range(3):
+        with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
+            web_port = free_port()
+            folder = tmp_path / f"start{n}"
+            folder.mkdir()
+            config = write_config(folder / "config.json", sim, web_port, broker.port)
+            with running_main(config):
+                wait_until(lambda p=web_port: api(p).get("control_state") == "active", 20,
+                           "control active")
+                wait_until(lambda: sum("_battery_" in c.get("unique_id", "")
+                                       for c in retained_under(broker.port, node).values()) >= 8, 15,
+                           "the batteries' discovery")
+                gateway_port = str(sim.modbus_port)
+            configs = retained_under(broker.port, node)
+            sets.append(sorted(configs))
+            assert not any(gateway_port in t or gateway_port in c["unique_id"] for t, c in configs.items())
+            assert {c["unique_id"] for c in configs.values() if "_battery_" in c["unique_id"]} == {
+                f"marstek-e2e_battery_{u}_{obj}" for u in ("akku_1", "akku_2")
+                for obj in ("soc", "power", "setpoint", "online")}
+    assert sets[0] == sets[1] == sets[2], "one set of entities across three starts"
