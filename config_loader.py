@@ -1187,7 +1187,7 @@ def replace_file(path: Path, data: bytes, mode: int | None = None) -> None:
     _fsync_dir(path.parent)
 
 
-STRAY_TEMP_MIN_AGE_S = 60.0  # younger temp files may belong to a write in progress (e.g. --set-password)
+STRAY_TEMP_MIN_AGE_S = 10.0  # younger temp files may belong to a write in progress (e.g. --set-password)
 
 
 def remove_stray_temp_files(*paths: Path, min_age_s: float = STRAY_TEMP_MIN_AGE_S,
