@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
 import tempfile
 import time
@@ -73,6 +72,17 @@ FRAMERS = ("socket", "rtu")  # Modbus TCP, or Modbus RTU frames over TCP ("trans
 MAX_NAME_CHARS = 40
 
 
+UID_PATTERN = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_TRANSLIT = str.maketrans({"ä": "ae", "ö": "oe", "ü": "ue", "ß": "ss"})
+
+
+def unit_uid(name: str, unit_id: int) -> str:
+    """A battery's default ``uid``: the slug of its name (``"Akku 1"`` → ``"akku_1"``, umlauts spelled out);
+    ``"akku_<id>"`` when the name has no letter or digit."""
+    slug = re.sub(r"[^a-z0-9]+", "_", name.lower().translate(_TRANSLIT)).strip("_")[:64]
+    return slug or f"akku_{unit_id}"
+
+
 def gateway_text(host: str, port: int) -> str:
     """``"<host>:<port>"`` (IPv6 in brackets): how a gateway is named in keys, the API and messages."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -95,6 +105,13 @@ class UnitConfig:
     name: str
     framer: str = "socket"
     rs485_gateway: bool = False
+    # Stable identity without the address (Home Assistant unique_ids, the Prometheus label): battery.units[i].uid,
+    # else the slug of ``name`` (filled in here when not given, e.g. ``replace(unit, name=..., uid="")``).
+    uid: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.uid:
+            object.__setattr__(self, "uid", unit_uid(self.name, self.unit_id))
 
     @property
     def gateway(self) -> str:
@@ -674,7 +691,7 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         units = listed
     else:
         seed_ids: tuple[int, ...] = akku_ids
-        units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}") for i in seed_ids)
+        units = tuple(replace(defaults, host=ip, unit_id=i, name=f"Akku {i}", uid=f"akku_{i}") for i in seed_ids)
         problem = v3_lan_problem(units, units_form=False)
         if problem is not None:
             sec.errors.append(problem)
@@ -743,12 +760,16 @@ def _unit(sec: _Section, d: UnitConfig, n: int) -> UnitConfig | None:
         name = sec.fail("name", f"must be at most {MAX_NAME_CHARS} characters, got {len(name)}")
     framer = sec.string("framer", d.framer, choices=FRAMERS)
     rs485 = sec.boolean("rs485_gateway", d.rs485_gateway)
+    uid = sec.string("uid", None)
+    if _ok(uid) and uid is not None and not UID_PATTERN.fullmatch(uid):
+        uid = sec.fail("uid", f"must be 1 to 64 of a-z, 0-9, _ and - (starting with a letter or digit), got "
+                              f"{json.dumps(uid, ensure_ascii=False)}")
     sec.finish()
     if _ok(min_w, max_w) and min_w > max_w:
         min_w = sec.conflict("min_power_per_battery", min_w, "must not be above", "max_power_per_battery", max_w)
-    if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer, rs485):
+    if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer, rs485, uid):
         return None
-    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer, rs485)
+    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer, rs485, uid or "")
 
 
 def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig, ...] | None:
@@ -756,9 +777,15 @@ def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig,
     connection); several IDs on one v3 host only behind an RS485 gateway."""
     first: dict[str, int] = {}
     keys: dict[str, int] = {}
+    uids: dict[str, int] = {}
     ok = True
     for i, u in enumerate(units):
         path = f"{sec.key_path('units')}[{i}]"
+        if u.uid in uids:
+            sec.errors.append(f"{path}: uid {json.dumps(u.uid)} (from its uid or name) is already the uid of "
+                              f"battery.units[{uids[u.uid]}]; give each battery its own name or uid")
+            ok = False
+        uids.setdefault(u.uid, i)
         key = u.key.lower()
         if key in keys:
             sec.errors.append(f"{path}: the same battery as battery.units[{keys[key]}] "
@@ -1125,16 +1152,24 @@ def _validate_and_save(path: Path, data: dict[str, Any]) -> Config:
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    """Back up the old file, write a temp file beside it, fsync, then rename over the original."""
-    shutil.copy2(path, path.with_name(path.name + ".bak"))
+    """Back up the old file as ``<name>.bak``, then replace the file; both atomically (temp file beside it,
+    fsync, rename), so neither a crash nor a full disk ever leaves a cut-off file or backup."""
+    old = path.read_bytes()
     mode = path.stat().st_mode & 0o777  # keep the owner's permissions (the file may hold passwords)
+    replace_file(path.with_name(path.name + ".bak"), old, mode)
+    replace_file(path, text.encode("utf-8"), mode)
+
+
+def replace_file(path: Path, data: bytes, mode: int | None = None) -> None:
+    """Write ``data`` to a temp file beside ``path`` (``.<name>.<random>.tmp``), fsync it, give it ``mode``
+    and rename it over ``path``; the temp file is removed when anything fails."""
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-            tmp.write(text)
+        with os.fdopen(fd, "wb") as tmp:
+            tmp.write(data)
             tmp.flush()
             os.fsync(tmp.fileno())
-        if sys.platform != "win32":  # Windows has ACLs (inherited from the folder), not mode bits
+        if mode is not None and sys.platform != "win32":  # Windows has ACLs (inherited from the folder)
             os.chmod(tmp_name, mode)
         attempts = 5
         for attempt in range(attempts):
@@ -1150,6 +1185,33 @@ def _write_atomically(path: Path, text: str) -> None:
         Path(tmp_name).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+STRAY_TEMP_MIN_AGE_S = 10.0  # younger temp files may belong to a write in progress (e.g. --set-password)
+
+
+def remove_stray_temp_files(*paths: Path, min_age_s: float = STRAY_TEMP_MIN_AGE_S,
+                            now_s: float | None = None) -> list[Path]:
+    """Remove the temp files a crash left beside ``paths`` (``.<name>.<8 random chars>.tmp``, as ``replace_file``
+    and mkstemp name them; ``<name>.bak`` included) that are at least ``min_age_s`` old; the removed ones.
+    Only files of exactly that pattern are touched; a folder that cannot be listed is skipped."""
+    now = time.time() if now_s is None else now_s
+    removed: list[Path] = []
+    for path in paths:
+        for name in (path.name, path.name + ".bak"):
+            pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]{{8}}\.tmp")
+            try:
+                candidates = [p for p in path.parent.glob(f".{name}.*.tmp") if pattern.fullmatch(p.name)]
+            except OSError:
+                continue
+            for stray in candidates:
+                try:
+                    if now - stray.stat().st_mtime >= min_age_s and stray.is_file():
+                        stray.unlink()
+                        removed.append(stray)
+                except OSError:
+                    continue  # gone meanwhile or not ours to remove: never a reason not to start
+    return removed
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -24,7 +24,14 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
+from config_loader import (
+    Config,
+    ConfigError,
+    default_config_path,
+    load_config,
+    parse_config,
+    remove_stray_temp_files,
+)
 from control import i18n
 from control.check import run_check
 from control.control_loop import SHUTDOWN_BUDGET_S, ControlLoop
@@ -196,10 +203,11 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
     """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
     if cfg.mqtt is None:
         return None
+    from integrations.diagnostics import program_version
     from integrations.mqtt_bridge import MqttBridge, gateway_of, start_bridge
 
     bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
-                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=cfg.version,
+                        max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=program_version(),
                         energy_today=(lambda: history.energy_days(1)[-1]) if history is not None else None)
     return start_bridge(bridge, stop)
 
@@ -221,6 +229,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--check", action="store_true",
                         help="check the config, contact the meter and every battery once, print a diagnosis")
     return parser.parse_args(argv)
+
+
+def clean_stray_temp_files(cfg: Config, config_path: Path, base_dir: Path) -> None:
+    """Remove the temp files an earlier crash left beside the config, mode and history files."""
+    beside = [config_path, base_dir / MODE_FILE]
+    if cfg.history.path != ":memory:":
+        beside.append(Path(cfg.history.path))
+    for stray in remove_stray_temp_files(*beside):
+        log.info(i18n.Msg("stray_temp_removed", path=str(stray)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replace(cfg, web=web)
     base_dir = config_path.parent if config_path else Path(__file__).resolve().parent
     setup_logging(cfg, store, base_dir)
+    if config_path is not None:
+        clean_stray_temp_files(cfg, config_path, base_dir)
 
     stop = threading.Event()
 

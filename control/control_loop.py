@@ -497,6 +497,7 @@ class ControlLoop:
             gateway=b.unit.gateway,
             register_set=b.unit.register_set,
             max_power_w=b.unit.max_power_per_battery,
+            uid=b.unit.uid,
         )
 
     # ------------------------------------------------------------------ commands from the web thread

@@ -663,6 +663,10 @@ MESSAGES_DE: dict[str, str] = {
     "mqtt_disconnected": "MQTT-Verbindung zu {broker} getrennt ({error}); verbinde neu",
     "mqtt_bad_payload": "MQTT {topic}: Nachricht ignoriert: {error}",
     "mqtt_command_failed": "MQTT {topic}: Befehl nicht ausgeführt: {error}",
+    "mqtt_callback_failed": "MQTT: Fehler bei der Verarbeitung ({callback}): {error}; Nachricht ignoriert, "
+                            "Befehle werden weiter angenommen",
+    "mqtt_discovery_removed": "MQTT: {count} veraltete Home-Assistant-Einträge entfernt (nicht mehr konfigurierte "
+                              "Akkus oder ältere Programmversion)",
     "mqtt_retained_ignored": "MQTT {topic}: gespeicherte (retained) Nachricht ignoriert; Befehle ohne Retain senden",
     "mqtt_meter_no_value": "noch kein Messwert auf {topic} empfangen",
     "mqtt_meter_no_broker": "keine Verbindung zum MQTT-Broker {broker} (Topic {topic})",
@@ -730,6 +734,11 @@ MESSAGES_DE: dict[str, str] = {
     ),
     "history_disk_full": "Verlaufsdatenbank {path}: Speicher voll ({error}), neue Messwerte werden nicht gespeichert",
     "history_ok_again": "Verlaufsdatenbank {path} wieder beschreibbar",
+    "stray_temp_removed": "Übrig gebliebene temporäre Datei eines früheren Abbruchs entfernt: {path}",
+    "history_clock_step": "Die Systemuhr ist um {step} gesprungen; der Verlauf nimmt weiter auf und löscht deshalb "
+                          "nichts vorzeitig",
+    "history_future_sample": "Verlaufsdatenbank: der neueste gespeicherte Messwert liegt {ahead} in der Zukunft "
+                             "(Systemuhr verstellt?); neue Messwerte werden trotzdem gespeichert",
 }
 
 MESSAGES_EN: dict[str, str] = {
@@ -890,6 +899,10 @@ MESSAGES_EN: dict[str, str] = {
     "mqtt_disconnected": "MQTT connection to {broker} lost ({error}); reconnecting",
     "mqtt_bad_payload": "MQTT {topic}: message ignored: {error}",
     "mqtt_command_failed": "MQTT {topic}: command not applied: {error}",
+    "mqtt_callback_failed": "MQTT: processing failed ({callback}): {error}; message ignored, commands are still "
+                            "taken",
+    "mqtt_discovery_removed": "MQTT: removed {count} stale Home Assistant entries (batteries no longer configured "
+                              "or an older version)",
     "mqtt_retained_ignored": "MQTT {topic}: retained message ignored; send commands without the retain flag",
     "mqtt_meter_no_value": "no reading received on {topic} yet",
     "mqtt_meter_no_broker": "not connected to the MQTT broker {broker} (topic {topic})",
@@ -956,6 +969,11 @@ MESSAGES_EN: dict[str, str] = {
     ),
     "history_disk_full": "History database {path}: disk full ({error}), new samples are not stored",
     "history_ok_again": "History database {path} writable again",
+    "stray_temp_removed": "Removed a temporary file left by an earlier crash: {path}",
+    "history_clock_step": "The system clock stepped by {step}; the history keeps recording and deletes nothing "
+                          "early because of it",
+    "history_future_sample": "History database: the newest stored sample is {ahead} in the future (clock "
+                             "wrong?); new samples are stored anyway",
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = {"de": MESSAGES_DE, "en": MESSAGES_EN}

@@ -108,7 +108,7 @@ def add_to_config(cfg: Config, config_path: Path | None, *, gateway: str, batter
         # Demo: no file. The new unit as the file would get it (gateway's register set and framer).
         like = next(u for u in b.units if u.gateway == gateway)
         name = f"Akku {len(b.units) + 1}" if b.units_form else f"Akku {battery_id}"
-        unit = replace(like, unit_id=battery_id, name=name, max_power_per_battery=b.max_power_per_battery,
+        unit = replace(like, unit_id=battery_id, name=name, uid="", max_power_per_battery=b.max_power_per_battery,
                        min_power_per_battery=b.min_power_per_battery)
         akku_ids = b.akku_ids if b.units_form else (*b.akku_ids, battery_id)
         problem = v3_lan_problem((*b.units, unit), units_form=b.units_form)  # what the file's check would say

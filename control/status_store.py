@@ -32,7 +32,8 @@ def now_iso() -> str:
 class BatteryStatus:
     """One battery in /api/status. power_w and setpoint_w: + discharge, - charge.
 
-    ``id`` is the Modbus unit ID; ``key`` ("<host>:<port>/<id>") is unique across gateways.
+    ``id`` is the Modbus unit ID; ``key`` ("<host>:<port>/<id>") is unique across gateways; ``uid`` is the
+    stable identity without the address (config_loader.UnitConfig.uid: Home Assistant, Prometheus).
     """
 
     id: int
@@ -47,6 +48,7 @@ class BatteryStatus:
     gateway: str = ""  # "<host>:<port>"
     register_set: str = "v2"
     max_power_w: int = 2500
+    uid: str = ""
 
 
 @dataclass(frozen=True)

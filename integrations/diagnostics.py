@@ -9,6 +9,7 @@ bundle (a log message that quoted one, say).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import platform
 import re
@@ -79,6 +80,13 @@ def _git_version() -> str | None:
     return done.stdout.strip() or None if done.returncode == 0 else None
 
 
+@functools.cache
+def program_version() -> str:
+    """The program's version (``git describe`` of its folder, asked once), ``"unknown"`` outside a checkout:
+    the one version the diagnostics bundle and Home Assistant's device ``sw_version`` show."""
+    return _git_version() or "unknown"
+
+
 def versions() -> dict[str, Any]:
     libs: dict[str, str | None] = {}
     for name in LIBRARIES:
@@ -88,7 +96,7 @@ def versions() -> dict[str, Any]:
             libs[name] = None
     libs["sqlite"] = sqlite3.sqlite_version
     return {
-        "program": _git_version(),
+        "program": program_version(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "libraries": libs,

@@ -12,6 +12,13 @@ least ``ENERGY_KEEP_DAYS``). Energy is integrated here from consecutive samples 
 than ``GAP_S``, e.g. while the program was not running, are not counted). Today's counters live in
 memory and are written with every batch, so a failing disk never loses them during a run.
 
+Time: samples carry wall-clock time, which can step (a Pi without RTC, NTP correcting it). A sample
+is never refused because a stored one is newer (energy is only integrated between samples in order), and
+the retention never reaches further back than ``retention_days`` before an "effective now" that advances
+with the monotonic clock from the newest sample stored at start (or the wall clock, whichever is earlier):
+a forward step of the wall clock larger than the retention therefore cannot wipe the history. A step is
+detected (wall time against monotonic time between two batches) and logged.
+
 A damaged or unwritable database file is moved aside (renamed with a timestamp) and a fresh one is
 started; if no file can be written at all (read-only directory) the history runs in memory. Both are
 reported in /api/status and the log. A full disk is reported and retried with every batch.
@@ -46,6 +53,7 @@ MINUTE_S = 60
 GAP_S = 15.0  # samples further apart are a gap: not integrated
 ENERGY_KEEP_DAYS = 366  # one small row per day; /api/energy may ask for up to 366 days
 READ_TIMEOUT_S = 2.0
+CLOCK_STEP_S = 60.0  # wall and monotonic time disagreeing by more than this between two batches: a step
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -142,6 +150,15 @@ def bucket_samples(samples: Sequence[HistorySample], step_s: int) -> list[Histor
             for n, group in sorted(buckets.items())]
 
 
+def _duration(seconds: float) -> str:
+    """A signed duration for a log line: ``"-600 s"``, ``"+5.0 h"``, ``"+40.0 d"``."""
+    if abs(seconds) < 3600:
+        return f"{seconds:+.0f} s"
+    if abs(seconds) < 2 * 86400:
+        return f"{seconds / 3600:+.1f} h"
+    return f"{seconds / 86400:+.1f} d"
+
+
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
@@ -156,6 +173,7 @@ class History:
         store: StatusStore | None = None,
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         on_connect: Callable[[sqlite3.Connection], None] | None = None,
         open_now: bool = True,
     ) -> None:
@@ -166,6 +184,10 @@ class History:
         self.retention_days = retention_days
         self.store = store
         self.clock = clock
+        self.monotonic = monotonic
+        # (wall, monotonic) the retention's "effective now" advances from; set when the file is loaded.
+        self._time_base: tuple[float, float] | None = None
+        self._last_batch: tuple[float, float] | None = None  # (wall, monotonic) of the last add(): step check
         self.on_connect = on_connect
         self.in_memory = self.path == MEMORY
         self._db_lock = threading.Lock()  # the connection, shared by the writer and the readers
@@ -264,6 +286,12 @@ class History:
             self._energy = {today: DayEnergy(*row)} if row else {}
         last = conn.execute("SELECT t, grid_w, battery_w, soc_pct FROM samples ORDER BY t DESC LIMIT 1").fetchone()
         self._prev = HistorySample(*last) if last else None
+        now_s, now_mono = self.clock(), self.monotonic()
+        newest = max((r[0] for r in (last, conn.execute("SELECT MAX(t) FROM samples_1m").fetchone())
+                      if r and r[0] is not None), default=None)
+        if newest is not None and newest > now_s + CLOCK_STEP_S:
+            log.warning(i18n.Msg("history_future_sample", ahead=_duration(newest - now_s)))
+        self._time_base = (min(now_s, newest) if newest is not None else now_s, now_mono)
 
     def _report(self, message: str | None, *, error: bool) -> None:
         if self.store is not None:
@@ -282,13 +310,16 @@ class History:
 
     def add(self, samples: Sequence[HistorySample]) -> None:
         """Count the energy of ``samples`` and write them (the writer thread only)."""
+        self._check_clock()
         rows = []
         touched: set[str] = set()
         with self._energy_lock:
             for s in samples:
                 s = HistorySample(s.t, _finite(s.grid_w), _finite(s.battery_w), _finite(s.soc_pct))
-                if self._prev is not None and s.t <= self._prev.t:
-                    continue  # a clock step backwards: never count twice
+                if not math.isfinite(s.t):
+                    continue
+                # A sample older than the previous one (the clock stepped back, or a stored sample lies in the
+                # future) is kept; energy_between counts nothing across it (dt <= 0), so nothing counts twice.
                 day = local_day(s.t)
                 if self._prev is not None and local_day(self._prev.t) == day:
                     self._energy.setdefault(day, DayEnergy()).add(energy_between(self._prev, s))
@@ -304,6 +335,24 @@ class History:
         if not rows:
             return
         self._write(rows, energy_rows)
+
+    def _check_clock(self) -> None:
+        """Log a step of the wall clock: wall and monotonic time advanced differently since the last batch."""
+        now = (self.clock(), self.monotonic())
+        if self._last_batch is not None:
+            step_s = (now[0] - self._last_batch[0]) - (now[1] - self._last_batch[1])
+            if abs(step_s) > CLOCK_STEP_S:
+                log.warning(i18n.Msg("history_clock_step", step=_duration(step_s)))
+        self._last_batch = now
+
+    def effective_now(self) -> float:
+        """The wall clock, but never further ahead than the monotonic time since the file was loaded added to
+        its newest sample (or the wall time then): the retention's reference (see the module doc)."""
+        now_s = self.clock()
+        if self._time_base is None:
+            return now_s
+        base_s, base_mono = self._time_base
+        return min(now_s, base_s + max(0.0, self.monotonic() - base_mono))
 
     def _write(self, rows: list[tuple[Any, ...]], energy_rows: list[tuple[Any, ...]]) -> None:
         try:
@@ -360,7 +409,11 @@ class History:
             self._conn = self._recover(exc)
 
     def _prune(self, now_s: float) -> None:
-        """Old raw samples become one-minute means; beyond the retention everything goes (lock held)."""
+        """Old raw samples become one-minute means; beyond the retention everything goes (lock held).
+
+        Downsampling follows the wall clock ``now_s`` (it costs resolution, never data); the retention follows
+        ``effective_now``, so a wall clock stepped far ahead never deletes the history."""
+        keep_s = self.effective_now()
         cut = math.floor((now_s - RAW_KEEP_S) / MINUTE_S) * MINUTE_S  # whole minutes only
         with self._transaction():
             self.conn.execute(
@@ -369,8 +422,8 @@ class History:
                 (MINUTE_S, cut),
             )
             self.conn.execute("DELETE FROM samples WHERE t < ?", (cut,))
-            self.conn.execute("DELETE FROM samples_1m WHERE t < ?", (now_s - self.retention_days * 86400,))
-            oldest_day = local_day(now_s - max(self.retention_days, ENERGY_KEEP_DAYS) * 86400)
+            self.conn.execute("DELETE FROM samples_1m WHERE t < ?", (keep_s - self.retention_days * 86400,))
+            oldest_day = local_day(keep_s - max(self.retention_days, ENERGY_KEEP_DAYS) * 86400)
             self.conn.execute("DELETE FROM energy WHERE day < ?", (oldest_day,))
 
     def prune(self) -> None:

@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from config_loader import unit_uid
 from control.status_store import BatteryStatus, StatusStore
 
 COUNTERS = (
@@ -28,9 +29,9 @@ COUNTERS = (
 
 
 def battery_label(b: BatteryStatus) -> str:
-    """The ``battery`` label: the battery's ``key`` (``"<host>:<port>/<id>"``) where the status has one."""
-    key = getattr(b, "key", "")
-    return str(key) if key else str(b.id)
+    """The ``battery`` label: the battery's stable ``uid`` (``"akku_1"``, never its address, so a new gateway
+    address keeps the series), else the slug of its name."""
+    return b.uid or unit_uid(b.name or f"Akku {b.id}", b.id)
 
 
 class _Monotonic:

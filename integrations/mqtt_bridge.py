@@ -12,7 +12,11 @@ Topics (``p`` = ``mqtt.topic_prefix``, interfaces.md "MQTT and Home Assistant"):
 - ``p/state``: JSON, not retained, at least every ``STATE_EVERY_S`` and within ``POLL_S`` of a change;
 - ``p/mode/set``: ``auto`` | ``normal`` | ``hold`` | ``charge`` | ``off`` or the JSON body of POST /api/mode;
 - ``<discovery_prefix>/<component>/<node>/<object>/config``: Home Assistant discovery (retained),
-  published again after every (re)connect.
+  published again after every (re)connect. Batteries are named by their ``uid`` (config_loader.UnitConfig.uid),
+  never by their address, so a new gateway address keeps the entities. After every connect the bridge
+  subscribes to ``<discovery_prefix>/+/<node>/+/config`` and to ``p/discovery_sync``, publishes a token on the
+  latter and, when it comes back (the broker has sent every retained config by then), clears each config it did
+  not publish itself (empty retained payload): batteries no longer configured, entities of older versions.
 
 The broker password goes to paho only; it is never logged.
 """
@@ -32,7 +36,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from config_loader import MqttConfig
+from config_loader import MqttConfig, unit_uid
 from control import modes
 from control.i18n import Msg
 from control.status_store import BatteryStatus, CommandError, CommandQueue, StatusSnapshot, StatusStore
@@ -44,6 +48,7 @@ POLL_S = 0.25  # how often the store is looked at (a grid change is published wi
 KEEPALIVE_S = 30
 RECONNECT_DELAY_S = (1, 30)  # paho's back-off between reconnect attempts, min..max
 COMMAND_TIMEOUT_S = 10.0
+SWEEP_TIMEOUT_S = 10.0  # without the sync token back by then, stale discovery is cleared from what arrived
 SHUTDOWN_PUBLISH_S = 2.0
 CONTROL_STATES = ("active", "setup", "stopped", "error")
 MODE_OPTIONS = ("auto", "hold", "charge", "off")
@@ -96,20 +101,34 @@ class MqttBridge:
         self.availability_topic = f"{prefix}/availability"
         self.state_topic = f"{prefix}/state"
         self.command_topic = f"{prefix}/mode/set"
+        self.sync_topic = f"{prefix}/discovery_sync"
+        self.discovery_filter = f"{cfg.discovery_prefix}/+/{self.node}/+/config"
         self.client = client or make_client(cfg, cfg.client_id)
         self.client.will_set(self.availability_topic, "offline", qos=1, retain=True)
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_connect_fail = self._on_connect_fail
-        self.client.on_message = self._on_message
+        # Every callback guarded: an exception escaping into paho's network thread ends that thread, and then
+        # every later command would be ignored while ``online`` is still published.
+        self.client.on_connect = _guarded("on_connect", self._on_connect)
+        self.client.on_disconnect = _guarded("on_disconnect", self._on_disconnect)
+        self.client.on_connect_fail = _guarded("on_connect_fail", self._on_connect_fail)
+        self.client.on_message = _guarded("on_message", self._on_message)
+        self.client.suppress_exceptions = True  # a second net: paho logs instead of re-raising
         self._pending: queue.Queue[modes.ModeRequest] = queue.Queue(maxsize=16)
         self._connected = threading.Event()
         self._discovery_due = threading.Event()
         self._discovered_keys: tuple[str, ...] = ()
+        self._published_topics: set[str] = set()  # the discovery configs of this run (bridge thread)
+        # The sweep of stale discovery: topics seen retained since the connect (paho's thread adds, the bridge
+        # thread reads under the lock), the token that says "all retained ones are in", when the sweep began.
+        self._sweep_lock = threading.Lock()
+        self._seen_discovery: set[str] = set()
+        self._sync_token = ""
+        self._synced = threading.Event()
+        self._sweep_since_s: float | None = None
         self._last_state: tuple[Any, ...] | None = None
         self._last_state_s = 0.0
         self._connect_failed_logged = False
         self.discovery_published = 0  # how often the whole discovery went out (tests, diagnostics)
+        self.sweeps_done = 0  # how often stale discovery was looked for after a connect (tests)
 
     # ------------------------------------------------------------------ the thread
     def run(self, stop: threading.Event) -> None:
@@ -133,10 +152,11 @@ class MqttBridge:
         if not self._connected.is_set():
             return
         snap = self.store.latest()
-        keys = tuple(self.battery_key(b) for b in snap.batteries)
+        keys = tuple(self.battery_uid(b) for b in snap.batteries)
         if self._discovery_due.is_set() or keys != self._discovered_keys:
             self._discovery_due.clear()
             self.publish_discovery(snap)
+        self._sweep(now_s)
         state = self.state_document(snap)
         signature = (state["grid_power_w"], state["control_state"], state["operating_mode"], state["meter_ok"],
                      tuple((b["online"], b["setpoint_w"]) for b in state["batteries"]))
@@ -162,6 +182,16 @@ class MqttBridge:
         log.info("%s", Msg("mqtt_connected", broker=broker_name(self.cfg)))
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         client.subscribe(self.command_topic, qos=1)
+        token = f"{time.time_ns():x}-{id(self):x}"
+        with self._sweep_lock:
+            self._seen_discovery.clear()
+            self._sync_token = token
+            self._synced.clear()
+            self._sweep_since_s = None
+        # In this order on one connection: the broker sends the retained configs before it echoes the token.
+        client.subscribe(self.discovery_filter, qos=1)
+        client.subscribe(self.sync_topic, qos=1)
+        client.publish(self.sync_topic, token, qos=1, retain=False)
         self._last_state = None  # a fresh state at once
         self._discovery_due.set()
         self._connected.set()
@@ -181,6 +211,18 @@ class MqttBridge:
             log.warning("%s", Msg("mqtt_connect_failed", broker=broker_name(self.cfg), error=error))
 
     def _on_message(self, _client: paho.Client, _userdata: Any, message: paho.MQTTMessage) -> None:
+        if message.topic == self.sync_topic:
+            with self._sweep_lock:
+                if message.payload.decode("utf-8", "replace") == self._sync_token:
+                    self._synced.set()
+            return
+        if message.topic.startswith(f"{self.cfg.discovery_prefix}/") and message.topic.endswith("/config"):
+            with self._sweep_lock:
+                if message.payload:
+                    self._seen_discovery.add(message.topic)
+                else:
+                    self._seen_discovery.discard(message.topic)
+            return
         if message.topic != self.command_topic:
             return
         if message.retain:
@@ -209,12 +251,37 @@ class MqttBridge:
                 self.commands.submit("set_mode", timeout_s=COMMAND_TIMEOUT_S, request=request, source="mqtt")
             except CommandError as exc:
                 log.warning("%s", Msg("mqtt_command_failed", topic=self.command_topic, error=str(exc)))
+            except Exception as exc:  # a bug must not end the worker: later commands still count
+                log.exception("%s", Msg("mqtt_command_failed", topic=self.command_topic, error=type(exc).__name__))
             self._last_state = None  # show the new mode at once
+
+    def _sweep(self, now_s: float) -> None:
+        """Clear the retained discovery configs of this node that this run did not publish (bridge thread)."""
+        with self._sweep_lock:
+            if not self._sync_token:
+                return  # done for this connection (or not connected yet)
+            if self._sweep_since_s is None:
+                self._sweep_since_s = now_s
+            if not self._synced.is_set() and now_s - self._sweep_since_s < SWEEP_TIMEOUT_S:
+                return
+            stale = sorted(self._seen_discovery - self._published_topics)
+            self._sync_token = ""
+        for topic in stale:
+            self.client.publish(topic, b"", qos=1, retain=True)
+        if stale:
+            log.info("%s", Msg("mqtt_discovery_removed", count=len(stale)))
+        # Our own configs would come back on every publish; the filter was only needed for the sweep.
+        self.client.unsubscribe([self.discovery_filter, self.sync_topic])
+        self.sweeps_done += 1
 
     # ------------------------------------------------------------------ documents
     def battery_key(self, b: BatteryStatus) -> str:
         """``"<host>:<port>/<id>"`` (the battery's ``key`` in /api/status when it has one)."""
         return str(getattr(b, "key", "") or f"{self.gateway}/{b.id}")
+
+    def battery_uid(self, b: BatteryStatus) -> str:
+        """The battery's stable ``uid`` (no address in it): the status's ``uid``, else the slug of its name."""
+        return str(getattr(b, "uid", "") or unit_uid(self.battery_name(b), b.id))
 
     @staticmethod
     def battery_name(b: BatteryStatus) -> str:
@@ -234,7 +301,8 @@ class MqttBridge:
             "status": snap.status,
             "reason": str(snap.reason),
             "batteries": [
-                {"key": self.battery_key(b), "name": self.battery_name(b), "id": b.id, "soc_pct": b.soc_pct,
+                {"uid": self.battery_uid(b), "key": self.battery_key(b), "name": self.battery_name(b), "id": b.id,
+                 "soc_pct": round(b.soc_pct, 1) if b.soc_pct is not None else None,
                  "power_w": b.power_w, "setpoint_w": b.setpoint_w, "online": b.online}
                 for b in snap.batteries
             ],
@@ -280,10 +348,10 @@ class MqttBridge:
                     "value_template": f"{{{{ value_json.energy_today.{field} if value_json.energy_today is defined "
                                       "else None }}"}))
         for b in snap.batteries:
-            key = self.battery_key(b)
+            uid = self.battery_uid(b)
             name = self.battery_name(b)
-            pick = f"{{% set b = value_json.batteries | selectattr('key', 'equalto', {json.dumps(key)}) | first %}}"
-            oid = "battery_" + object_id(key)
+            pick = f"{{% set b = value_json.batteries | selectattr('uid', 'equalto', {json.dumps(uid)}) | first %}}"
+            oid = "battery_" + object_id(uid)
             entities += [
                 ("sensor", f"{oid}_soc", {"name": f"{name} Ladestand", "device_class": "battery",
                                           "unit_of_measurement": "%", "state_class": "measurement",
@@ -304,14 +372,31 @@ class MqttBridge:
         }
 
     def publish_discovery(self, snap: StatusSnapshot) -> None:
-        for topic, payload in self.discovery(snap).items():
+        configs = self.discovery(snap)
+        for topic in sorted(self._published_topics - set(configs)):  # a battery removed while running
+            self.client.publish(topic, b"", qos=1, retain=True)
+        for topic, payload in configs.items():
             self.client.publish(topic, json.dumps(payload, ensure_ascii=False), qos=1, retain=True)
-        self._discovered_keys = tuple(self.battery_key(b) for b in snap.batteries)
+        self._published_topics = set(configs)
+        self._discovered_keys = tuple(self.battery_uid(b) for b in snap.batteries)
         self.discovery_published += 1
 
 
 ENERGY_KEYS = {"import_wh": "Netzbezug heute", "export_wh": "Einspeisung heute", "charge_wh": "Geladen heute",
                "discharge_wh": "Entladen heute"}
+
+
+def _guarded(name: str, callback: Callable[..., None]) -> Callable[..., None]:
+    """``callback`` that logs any exception (e.g. RecursionError from a deeply nested payload) instead of
+    letting it reach paho's network thread."""
+
+    def guarded(*args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:
+            log.error("%s", Msg("mqtt_callback_failed", callback=name, error=f"{type(exc).__name__}: {exc}"[:200]))
+
+    return guarded
 
 
 def start_bridge(bridge: MqttBridge, stop: threading.Event) -> threading.Thread:

@@ -26,6 +26,7 @@ from config_loader import (
     load_config,
     parse_config,
     parse_host_port,
+    remove_stray_temp_files,
     update_akku_ids,
 )
 
@@ -503,3 +504,65 @@ def test_update_akku_ids_on_bad_json_reports_position(tmp_path: Path) -> None:
     path = write(tmp_path, '{"battery": }')
     with pytest.raises(ConfigError, match=r"line 1, column 13"):
         update_akku_ids(path, [1])
+
+
+# --------------------------------------------------------------------------- atomic backup, stray temp files
+def big_config(path: Path, kilobytes: int, akku_ids: list[int]) -> Path:
+    """A valid config of about ``kilobytes`` KB (a long description) with ``akku_ids``."""
+    data = {**MINIMAL, "description": "x" * (kilobytes * 1024), "battery": {"ip": "192.168.1.200",
+                                                                           "akku_ids": akku_ids}}
+    path.write_text(json.dumps(data), encoding="utf-8")
+    return path
+
+
+SAVE_WITH_4_KB_LEFT = """
+import resource, signal, sys
+sys.path.insert(0, sys.argv[2])
+from config_loader import ConfigError, update_akku_ids
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+try:
+    update_akku_ids(sys.argv[1], [1, 2, 3])
+except ConfigError as exc:
+    print("refused:", exc)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="RLIMIT_FSIZE is POSIX")
+def test_a_full_disk_never_cuts_the_backup_or_the_config(tmp_path: Path) -> None:
+    path = big_config(tmp_path / "config.json", 20, [1])
+    update_akku_ids(path, [1, 2])  # a good backup of the first version exists now
+    config_before, backup_before = path.read_bytes(), (tmp_path / "config.json.bak").read_bytes()
+    done = subprocess.run([sys.executable, "-c", SAVE_WITH_4_KB_LEFT, str(path), str(REPO_DIR)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "refused:" in done.stdout and "cannot write the file" in done.stdout
+    assert path.read_bytes() == config_before
+    assert (tmp_path / "config.json.bak").read_bytes() == backup_before, "the backup is never cut off"
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_stray_temp_files_of_config_mode_and_history_are_removed_at_start(tmp_path: Path) -> None:
+    import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({**MINIMAL, "history": {"path": "data/history.sqlite3"}}), encoding="utf-8")
+    strays = [tmp_path / ".config.json.k2j4h5g6.tmp", tmp_path / ".config.json.bak.abcd_123.tmp",
+              data / ".mode.json.x1y2z3w4.tmp", data / ".history.sqlite3.q9w8e7r6.tmp"]
+    others = [tmp_path / "notes.tmp", tmp_path / ".other.json.k2j4h5g6.tmp", data / "mode.json",
+              tmp_path / ".config.json.k2j4h5g6.tmp.keep"]
+    for f in strays + others:
+        f.write_text("{", encoding="utf-8")
+        os.utime(f, (1_000_000_000, 1_000_000_000))
+    young = tmp_path / ".config.json.young123.tmp"  # maybe a write in progress: left alone
+    young.write_text("{", encoding="utf-8")
+    assert sorted(remove_stray_temp_files(config, now_s=young.stat().st_mtime + 1)) == sorted(strays[:2])
+
+    for f in strays[:2]:
+        f.write_text("{", encoding="utf-8")
+        os.utime(f, (1_000_000_000, 1_000_000_000))
+    main.clean_stray_temp_files(load_config(config), config, tmp_path)  # what the start does
+    assert not any(f.exists() for f in strays)
+    assert all(f.exists() for f in [*others, young])

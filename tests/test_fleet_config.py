@@ -83,10 +83,27 @@ def test_the_seed_form_means_the_same_units_on_one_gateway() -> None:
      'battery.units[1].register_set: "v3" differs from "v2" of battery.units[0] on the same gateway a:502'),
     ([{"ip": "a", "id": 2}, {"ip": "a", "id": 3, "framer": "rtu"}], {}, "battery.units[1].framer:"),
     ([{"ip": "a"}], {"framer": "tcp"}, "battery.framer: must be one of"),
+    ([{"ip": "a", "id": 1, "name": "Akku 1"}, {"ip": "b", "id": 1, "name": "akku-1"}], {},
+     'battery.units[1]: uid "akku_1" (from its uid or name) is already the uid of battery.units[0]'),
+    ([{"ip": "a", "uid": "keller"}, {"ip": "b", "uid": "keller"}], {}, 'battery.units[1]: uid "keller"'),
+    ([{"ip": "a", "uid": "Keller 1"}], {}, "battery.units[0].uid: must be 1 to 64 of a-z, 0-9"),
+    ([{"ip": "a", "uid": 7}], {}, "battery.units[0].uid: must be a non-empty text"),
 ])
 def test_unit_errors_name_their_key_path(units: list[Any], battery: dict[str, Any], expected: str) -> None:
     data: dict[str, Any] = {"shelly": {"ip": "192.168.1.100"}, "battery": {**battery, "units": units}}
     assert expected in error_of(data)
+
+
+def test_every_unit_gets_a_stable_uid_without_its_address() -> None:
+    cfg = parse_config(units_config(
+        {"ip": "192.168.1.50", "name": "Akku 1"}, {"ip": "192.168.1.51", "name": "Garage Süd"},
+        {"ip": "192.168.1.52", "name": "Keller", "uid": "speicher-keller"}, {"ip": "192.168.1.53"},
+        {"ip": "192.168.1.54", "name": "!!!", "id": 9}))
+    assert [u.uid for u in cfg.battery.units] == ["akku_1", "garage_sued", "speicher-keller", "akku_4", "akku_9"]
+    moved = parse_config(units_config({"ip": "10.0.0.9", "name": "Akku 1"}, {"ip": "10.0.0.8", "name": "Garage Süd"}))
+    assert [u.uid for u in moved.battery.units] == ["akku_1", "garage_sued"], "a new address keeps the uid"
+    seed = parse_config({"shelly": {"ip": "192.168.1.100"}, "battery": {"ip": "192.168.1.200", "akku_ids": [2, 5]}})
+    assert [u.uid for u in seed.battery.units] == ["akku_2", "akku_5"]
 
 
 def test_same_id_on_different_gateways_is_fine() -> None:

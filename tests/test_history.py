@@ -384,3 +384,101 @@ def test_a_write_that_blocks_does_not_delay_the_control_cycle(tmp_path: Path) ->
     finally:
         release.set()
         logging.getLogger().removeHandler(events)
+
+
+# ---------------------------------------------------------------------------- clock steps (injected clocks)
+class Clocks:
+    """A wall clock and a monotonic clock the test moves: ``advance`` is time passing, ``step`` the wall
+    clock being set (NTP, a Pi without RTC)."""
+
+    def __init__(self, wall_s: float) -> None:
+        self.wall_s, self.mono_s = wall_s, 1000.0
+
+    def advance(self, seconds: float) -> None:
+        self.wall_s += seconds
+        self.mono_s += seconds
+
+    def step(self, seconds: float) -> None:
+        self.wall_s += seconds
+
+    def history(self, path: Path, retention_days: int = 30) -> History:
+        return History(path, retention_days, clock=lambda: self.wall_s, monotonic=lambda: self.mono_s)
+
+
+def test_a_stored_future_sample_never_stops_new_samples_or_energy(tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="marstek")
+    noon = day_start(time.time()) + 12 * 3600
+    clocks = Clocks(noon + 3 * 3600)  # the clock was 3 h ahead when this sample was written
+    path = tmp_path / "h.sqlite3"
+    h = clocks.history(path)
+    h.add([HistorySample(clocks.wall_s, 10.0, 0.0, 50.0)])
+    h.close()
+
+    clocks.step(-3 * 3600)  # NTP set it right; the program starts again
+    h2 = clocks.history(path)
+    assert "in the future" in caplog.text
+    h2.add(series(noon, 61, 3600.0, -1800.0))  # one minute at 3600 W import, 1800 W charge
+    clocks.advance(61)
+    assert len(h2.samples(noon - 1, noon + 61)) == 61, "new samples are stored although a newer one exists"
+    row = today_row(h2)
+    assert row["import_wh"] == pytest.approx(60.0) and row["charge_wh"] == pytest.approx(30.0)
+
+
+def test_a_backward_step_while_running_keeps_recording_without_counting_twice(tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="marstek")
+    noon = day_start(time.time()) + 12 * 3600
+    clocks = Clocks(noon)
+    h = clocks.history(tmp_path / "h.sqlite3")
+    h.add(series(noon, 31, 3600.0, 0.0))  # 30 s: 30 Wh
+    clocks.advance(31)
+    clocks.step(-600)  # the clock goes back 10 minutes
+    clocks.advance(1)
+    h.add(series(clocks.wall_s, 31, 3600.0, 0.0))  # 30 more seconds of real time: 30 Wh more, not 40 or 0
+    assert "clock stepped by -600 s" in caplog.text
+    assert len(h.samples(noon - 700, noon + 100)) == 62
+    assert today_row(h)["import_wh"] == pytest.approx(60.0)
+
+
+def test_a_forward_step_beyond_the_retention_never_wipes_the_history(tmp_path: Path, caplog: Any) -> None:
+    caplog.set_level(logging.INFO, logger="marstek")
+    noon = day_start(time.time()) + 12 * 3600
+    clocks = Clocks(noon)
+    h = clocks.history(tmp_path / "h.sqlite3", retention_days=3)
+    h.add(series(noon, 10, 100.0, 0.0))
+    clocks.advance(10)
+    clocks.step(40 * 86400)  # a wrong clock 40 days ahead (the retention is 3 days)
+    clocks.advance(1)
+    h.add(series(clocks.wall_s, 10, 200.0, 0.0))
+    h.prune()
+    assert "clock stepped by +40.0 d" in caplog.text
+    before = h.samples(0, noon + 3600)
+    # Kept (as a one-minute mean: downsampling follows the wall clock, it costs resolution, never data).
+    assert len(before) == 1 and before[0].grid_w == 100.0, "the samples from before the step are kept"
+    assert len(h.samples(noon + 3600)) == 10
+    assert h.energy_days(1)[0]["date"] == local_day(clocks.wall_s)
+    assert h.conn.execute("SELECT COUNT(*) FROM energy WHERE day = ?", (local_day(noon),)).fetchone()[0] == 1
+
+    # Real time passing still applies the retention: 4 days later the samples from before the step are gone.
+    for _ in range(4):
+        clocks.advance(86400)
+        h.add(series(clocks.wall_s, 1, 0.0, 0.0))
+    h.prune()
+    assert all(s.t > noon + 86400 for s in h.samples(0))
+
+
+def test_a_restart_with_the_clock_far_ahead_keeps_the_newest_retention_days(tmp_path: Path) -> None:
+    noon = day_start(time.time()) + 12 * 3600
+    clocks = Clocks(noon)
+    path = tmp_path / "h.sqlite3"
+    h = clocks.history(path, retention_days=3)
+    h.add([HistorySample(noon - 5 * 86400, 1.0, 1.0, 1.0)])  # beyond the retention from the newest sample
+    h.add(series(noon - 10, 10, 100.0, 0.0))
+    h.close()
+    clocks.step(50 * 86400)  # started again with a clock 50 days ahead (or after 50 days off)
+    h2 = clocks.history(path, retention_days=3)
+    h2.add(series(clocks.wall_s, 5, 100.0, 0.0))
+    h2.prune()
+    kept = h2.samples(0, noon + 1)
+    assert [s.grid_w for s in kept] == [100.0], "the newest stored minute is kept (as its mean)"
+    assert len(h2.samples(noon + 1)) == 5
+    assert h2.samples(0, noon - 86400) == [], "what lay beyond the retention from the newest sample is gone"

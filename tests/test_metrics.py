@@ -33,8 +33,8 @@ def scrape(client: Any, **kwargs: Any) -> dict[str, dict[tuple[str, tuple[tuple[
 def snapshot(**changes: Any) -> StatusSnapshot:
     values: dict[str, Any] = {
         "grid_power_w": -123.0, "meter_ok": True, "control_state": "active",
-        "batteries": (BatteryStatus(1, True, 55.0, -800, -790.0, "charge"),
-                      BatteryStatus(2, False, None, 0, None, "idle")),
+        "batteries": (BatteryStatus(1, True, 55.0, -800, -790.0, "charge", key="10.0.0.5:502/1", uid="keller"),
+                      BatteryStatus(2, False, None, 0, None, "idle", key="10.0.0.5:502/2", name="Akku Süd")),
         "counters": {"control_cycles_total": 10, "modbus_writes_total": 4, "meter_failures_total": 1},
     }
     values.update(changes)
@@ -48,7 +48,8 @@ def test_metrics_have_the_contract_names_labels_and_values() -> None:
     assert set(m) >= CONTRACT
     assert m["marstek_grid_power_watts"] == {("marstek_grid_power_watts", ()): -123.0}
     assert m["marstek_meter_ok"][("marstek_meter_ok", ())] == 1
-    b1, b2 = (("battery", "1"),), (("battery", "2"),)
+    # The label is the stable uid (the config's, else the slug of the name), never the address.
+    b1, b2 = (("battery", "keller"),), (("battery", "akku_sued"),)
     assert m["marstek_battery_power_watts"] == {("marstek_battery_power_watts", b1): -790.0}, "unknown is absent"
     assert m["marstek_battery_soc_percent"] == {("marstek_battery_soc_percent", b1): 55.0}
     assert m["marstek_battery_setpoint_watts"][("marstek_battery_setpoint_watts", b1)] == -800
@@ -84,9 +85,9 @@ def test_metrics_from_the_running_control_count_up(tmp_path: Path) -> None:
                    10, "the control cycle counter counts up")
         m = scrape(live.client)
         assert m["marstek_modbus_writes"][("marstek_modbus_writes_total", ())] >= 1
-        keys = {b["key"] for b in live.client.get("/api/status").get_json()["batteries"]}
-        assert len(keys) == 2 and all(k.endswith(("/1", "/2")) for k in keys)
-        assert {labels for _, labels in m["marstek_battery_online"]} == {(("battery", k),) for k in keys}
+        uids = {b["uid"] for b in live.client.get("/api/status").get_json()["batteries"]}
+        assert uids == {"akku_1", "akku_2"}
+        assert {labels for _, labels in m["marstek_battery_online"]} == {(("battery", u),) for u in uids}
         assert set(m) >= CONTRACT
 
 

@@ -1,13 +1,11 @@
 """Operating modes: the pure rules in the control law, validation, the mode file, the API and the
-control thread on the simulator (hold within one cycle, survival across a restart, expiry on a fake clock),
-and the requests of the README's evcc recipe."""
+control thread on the simulator (hold within one cycle, survival across a restart, expiry on a fake clock)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
-import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -348,58 +346,7 @@ def test_get_mode_answers_the_default_and_post_needs_the_password():
     assert foreign.status_code == 403
 
 
-# ---------------------------------------------------------------------------- evcc
-EVCC_CASE_RE = re.compile(r"- case: (\d) # (\w+)\n(?:.*\n)*?\s+body: '([^']*)'")
-
-
-def evcc_recipe() -> str:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"```yaml\n(meters:\n  - name: marstek\n.*?)```", readme, re.S)
-    assert match, "the evcc recipe (a yaml block starting with 'meters: - name: marstek') is in the README"
-    return match.group(1)
-
-
-def test_the_evcc_recipe_maps_batterymode_1_2_3_to_normal_hold_charge():
-    recipe = evcc_recipe()
-    cases = {int(n): (name, json.loads(body)) for n, name, body in EVCC_CASE_RE.findall(recipe)}
-    assert cases == {1: ("normal", {"mode": "normal"}), 2: ("hold", {"mode": "hold"}),
-                     3: ("charge", {"mode": "charge"})}
-    assert recipe.count("method: POST") == 3
-    assert recipe.count("content-type: application/json") == 3
-    assert recipe.count("uri: http://192.168.1.20:8080/api/mode") == 3
-
-
-def test_the_requests_of_the_evcc_recipe_switch_the_modes(tmp_path):
-    """What evcc's http plugin sends for batterymode 2, 3, 1 (POST, Content-Type header, the body, no Origin),
-    and the status fields its power and soc getters read."""
-    import requests
-
-    recipe = evcc_recipe()
-    bodies = {int(n): body for n, _name, body in EVCC_CASE_RE.findall(recipe)}
-    with rig_on_simulator(tmp_path) as rig:
-        app = create_app(rig.store, rig.commands, rig.cfg.web, max_charge_power_w=lambda: rig.loop.max_charge_power_w)
-        server, web_thread = main.start_web(app, "127.0.0.1", 0)
-        port = server.effective_port
-        stop = threading.Event()
-        control = threading.Thread(target=rig.loop.run, args=(stop,), daemon=True)
-        control.start()
-        try:
-            url = f"http://127.0.0.1:{port}/api/mode"
-            for batterymode, expected in ((2, "hold"), (3, "charge"), (1, "auto")):
-                answer = requests.post(url, data=bodies[batterymode].encode(),
-                                       headers={"content-type": "application/json"}, timeout=10)
-                assert answer.status_code == 200, answer.text
-                assert answer.json()["mode"] == expected and answer.json()["source"] == "api"
-                if expected == "charge":
-                    assert answer.json()["power_w"] == 5000  # both batteries' maximum
-            status = requests.get(f"http://127.0.0.1:{port}/api/status", timeout=5).json()
-            assert status["operating_mode"]["mode"] == "auto"
-            assert all(isinstance(b["soc_pct"], float) and "power_w" in b for b in status["batteries"])
-        finally:
-            stop.set()
-            rig.commands.wakeup.set()
-            control.join(10)
-            main.stop_web(server, web_thread)
+# The README's evcc recipe and its requests: tests/test_evcc_recipe.py.
 
 
 def test_main_keeps_the_mode_across_a_restart(tmp_path):

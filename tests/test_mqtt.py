@@ -32,6 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from config_loader import MqttConfig, MqttMeterConfig, parse_config
 from control import i18n
 from control.status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
+from integrations.diagnostics import program_version
 from integrations.mqtt_bridge import MqttBridge
 from meters.mqtt_meter import MqttMeter, MqttMeterError, power_from_payload
 from simulator.world import Simulation, UnitSpec
@@ -231,12 +232,13 @@ def test_discovery_has_unique_ids_device_classes_and_the_device_block(broker):
             assert all(m.retain for m in late.under("homeassistant/").values())
         ids = [c["unique_id"] for c in configs.values()]
         assert len(ids) == len(set(ids)) == 12
-        key = "battery_192_168_1_200_502_1"
+        key = "battery_akku_1"  # the uid, not the address
         grid = configs["homeassistant/sensor/marstek-test/grid_power/config"]
         assert (grid["device_class"], grid["unit_of_measurement"], grid["state_class"]) == ("power", "W", "measurement")
         soc = configs[f"homeassistant/sensor/marstek-test/{key}_soc/config"]
         assert (soc["device_class"], soc["unit_of_measurement"], soc["state_class"]) == ("battery", "%", "measurement")
-        assert "192.168.1.200:502/1" in soc["value_template"] and soc["name"] == "Akku 1 Ladestand"
+        assert '"akku_1"' in soc["value_template"] and soc["name"] == "Akku 1 Ladestand"
+        assert soc["unique_id"] == "marstek-test_battery_akku_1_soc"
         for obj in ("power", "setpoint"):
             c = configs[f"homeassistant/sensor/marstek-test/{key}_{obj}/config"]
             assert (c["device_class"], c["unit_of_measurement"]) == ("power", "W")
@@ -262,6 +264,51 @@ def test_discovery_has_unique_ids_device_classes_and_the_device_block(broker):
         assert late.latest("marstek/availability").payload == "offline"  # type: ignore[union-attr]
 
 
+def retained_under(port: int, prefix: str) -> dict[str, Any]:
+    """Every retained message under ``prefix`` now: a fresh subscriber, then a marker published after its
+    subscription comes back behind all retained ones."""
+    with listening(port, f"{prefix}#") as late:
+        marker = f"{prefix}zz_marker/{time.monotonic_ns()}"
+        late.publish(marker, "end")
+        wait_until(lambda: late.on(marker), 5, "the marker behind the retained messages")
+        return {t: json.loads(m.payload) for t, m in late.under(prefix).items() if t != marker and m.retain}
+
+
+def test_three_starts_with_new_gateway_addresses_leave_one_set_of_entities(broker):
+    # An entity of an older version (its unique_id held the gateway's address) is still retained.
+    legacy = "homeassistant/sensor/marstek-test/battery_192_168_1_200_502_1_soc/config"
+    with listening(broker.port, "none") as old:
+        old.publish(legacy, json.dumps({"name": "Akku 1 Ladestand", "unique_id": "marstek-test_battery_192_1"}),
+                    retain=True)
+        old.publish("homeassistant/sensor/other-node/grid_power/config", json.dumps({"name": "x"}), retain=True)
+    batteries_per_start = [("akku_1", "garage"), ("akku_1",), ("akku_1",)]
+    for n, uids in enumerate(batteries_per_start):
+        gateway = f"10.0.{n}.7:502"  # a new DHCP address at every start
+        store = StatusStore()
+        store.publish(snapshot(100.0, batteries=tuple(
+            BatteryStatus(i + 1, True, 61.900000000000006, 0, 0.0, "idle", key=f"{gateway}/{i + 1}", uid=uid,
+                          name=uid.title()) for i, uid in enumerate(uids))))
+        with running_bridge(mqtt_cfg(broker.port), store) as bridge:
+            wait_until(lambda b=bridge: b.sweeps_done >= 1, 15, "the stale discovery swept")
+        configs = retained_under(broker.port, "homeassistant/")
+        ours = {t: c for t, c in configs.items() if "/marstek-test/" in t}
+        assert len(ours) == 4 + 4 * len(uids), sorted(ours)
+        assert legacy not in configs
+        assert "homeassistant/sensor/other-node/grid_power/config" in configs, "another node's entities stay"
+        assert {c["unique_id"] for c in ours.values() if "battery" in c["unique_id"]} == {
+            f"marstek-test_battery_{u}_{obj}" for u in uids for obj in ("soc", "power", "setpoint", "online")}
+        assert not any("10_0_" in t for t in ours), "no address in any id"
+
+
+def test_soc_is_published_rounded_to_a_tenth(broker):
+    store = StatusStore()
+    store.publish(snapshot(100.0, batteries=(BatteryStatus(1, True, 61.900000000000006, 0, 0.0, "idle"),)))
+    with listening(broker.port, "marstek/state") as listener, running_bridge(mqtt_cfg(broker.port), store):
+        wait_until(lambda: listener.on("marstek/state"), 10, "a first state")
+        raw = listener.latest("marstek/state").payload  # type: ignore[union-attr]
+        assert '"soc_pct": 61.9,' in raw and json.loads(raw)["batteries"][0]["uid"] == "akku_1"
+
+
 def test_state_flows_within_2_s_of_a_grid_change_and_at_least_every_5_s(broker):
     store = StatusStore()
     store.publish(snapshot(100.0, operating_mode={"mode": "hold", "power_w": None, "until": None, "source": "api"}))
@@ -270,8 +317,8 @@ def test_state_flows_within_2_s_of_a_grid_change_and_at_least_every_5_s(broker):
         doc = json.loads(listener.latest("marstek/state").payload)  # type: ignore[union-attr]
         assert doc["grid_power_w"] == 100.0 and doc["control_state"] == "active" and doc["meter_ok"] is True
         assert doc["operating_mode"] == "hold"
-        assert doc["batteries"][0] == {"key": "192.168.1.200:502/1", "name": "Akku 1", "id": 1, "soc_pct": 55.0,
-                                       "power_w": 398.0, "setpoint_w": 400, "online": True}
+        assert doc["batteries"][0] == {"uid": "akku_1", "key": "192.168.1.200:502/1", "name": "Akku 1", "id": 1,
+                                       "soc_pct": 55.0, "power_w": 398.0, "setpoint_w": 400, "online": True}
         assert doc["batteries"][1]["online"] is False and doc["batteries"][1]["soc_pct"] is None
         assert not listener.latest("marstek/state").retain  # type: ignore[union-attr]
         changed_s = time.monotonic()
@@ -422,8 +469,14 @@ def test_main_with_mqtt_commands_hold_and_the_last_will_on_kill(broker, sim, tmp
         wait_until(lambda: listener.latest("marstek/availability") and
                    listener.latest("marstek/availability").payload == "online", 10, "online")  # type: ignore[union-attr]
         wait_until(lambda: len(listener.under("homeassistant/")) >= 12, 10, "discovery for two batteries")
+        device = json.loads(next(iter(listener.under("homeassistant/").values())).payload)["device"]
+        assert device["sw_version"] == program_version() != "3.1", "the program's version, not the config's text"
         wait_until(lambda: discharging(sim), 20, "the batteries discharge into the 900 W load")
 
+        # ~6 KB of nested brackets: json raises RecursionError in paho's thread; logged, and the bridge goes on.
+        listener.publish("marstek/mode/set", '{"mode": ' + "[" * 3000 + "]" * 3000 + "}")
+        wait_until(lambda: any("RecursionError" in e["message"] or "nested" in e["message"]
+                               for e in api(web_port).get("events", [])), 5, "the nested payload logged")
         listener.publish("marstek/mode/set", "hold")
         wait_until(lambda: not discharging(sim), 4, "hold from MQTT: no discharge (one cycle is 1 s)")
         mode = api(web_port, "/api/mode")
@@ -532,3 +585,30 @@ def test_energy_today_from_the_history_is_published_and_discovered() -> None:
     none = MqttBridge(mqtt_cfg(1883), StatusStore(), CommandQueue(), gateway="192.168.1.200:502",
                       max_charge_power_w=lambda: 5000)
     assert not [t for t in none.discovery(snapshot(100.0)) if "energy_today" in t]
+
+
+def test_three_program_starts_on_new_gateway_addresses_give_one_set_of_entities(broker, tmp_path):
+    """main.py three times, each time against a simulator on a new port (a new gateway address, as a
+    DHCP change or every demo start gives): Home Assistant keeps one set of entities."""
+    node = "homeassistant/"
+    sets = []
+    for n in range(3):
+        with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
+            web_port = free_port()
+            folder = tmp_path / f"start{n}"
+            folder.mkdir()
+            config = write_config(folder / "config.json", sim, web_port, broker.port)
+            with running_main(config):
+                wait_until(lambda p=web_port: api(p).get("control_state") == "active", 20,
+                           "control active")
+                wait_until(lambda: sum("_battery_" in c.get("unique_id", "")
+                                       for c in retained_under(broker.port, node).values()) >= 8, 15,
+                           "the batteries' discovery")
+                gateway_port = str(sim.modbus_port)
+            configs = retained_under(broker.port, node)
+            sets.append(sorted(configs))
+            assert not any(gateway_port in t or gateway_port in c["unique_id"] for t, c in configs.items())
+            assert {c["unique_id"] for c in configs.values() if "_battery_" in c["unique_id"]} == {
+                f"marstek-e2e_battery_{u}_{obj}" for u in ("akku_1", "akku_2")
+                for obj in ("soc", "power", "setpoint", "online")}
+    assert sets[0] == sets[1] == sets[2], "one set of entities across three starts"
