@@ -132,7 +132,7 @@ def _clock(sec: SectionReader, key: str, value: Any, *, allow_24: bool) -> time 
     if match:
         hours, minutes = int(match[1]), int(match[2])
         if allow_24 and (hours, minutes) == (24, 0):
-            return time(0)
+            return time.max  # the end of the day: [start, 24:00) never wraps
         if hours < 24 and minutes < 60:
             if minutes % 15:
                 sec.fail(key, f'must be on the quarter hour (:00, :15, :30, :45), got "{value}"')
