@@ -34,17 +34,26 @@ _QUARTERS_PER_DAY = 96
 
 @dataclass(frozen=True)
 class PriceWindow:
-    """A local-time window with its own import price; ``end`` ≤ ``start`` wraps past midnight."""
+    """A local-time window [start, end) with its own import price, in minutes of the day (0..1440).
 
-    start: time
-    end: time
+    ``end_min`` ≤ ``start_min`` wraps past midnight (22:00–06:00); 1440 is "24:00", the end of the day.
+    Minutes rather than ``datetime.time`` keep the config JSON-serialisable (the diagnostics bundle).
+    """
+
+    start_min: int
+    end_min: int
     ct_per_kwh: float
 
     def contains(self, moment: time) -> bool:
-        """Whether a local wall-clock time lies in [start, end)."""
-        if self.start < self.end:
-            return self.start <= moment < self.end
-        return moment >= self.start or moment < self.end
+        """Whether a local wall-clock time lies in the window."""
+        minute = moment.hour * 60 + moment.minute
+        if self.start_min < self.end_min:
+            return self.start_min <= minute < self.end_min
+        return minute >= self.start_min or minute < self.end_min
+
+    def text(self) -> str:
+        """e.g. "22:00–06:00"."""
+        return f"{self.start_min // 60:02d}:{self.start_min % 60:02d}–{self.end_min // 60:02d}:{self.end_min % 60:02d}"
 
 
 @dataclass(frozen=True)
@@ -127,17 +136,16 @@ def _nullable_number(sec: SectionReader, key: str, lo: float, hi: float) -> Any:
     return sec.number(key, None, lo, hi)
 
 
-def _clock(sec: SectionReader, key: str, value: Any, *, allow_24: bool) -> time | None:
+def _clock(sec: SectionReader, key: str, value: Any, *, allow_24: bool) -> int | None:
+    """Minutes of the day of a "HH:MM" text on the quarter-hour grid; "24:00" only where ``allow_24``."""
     match = _CLOCK_PATTERN.match(value) if isinstance(value, str) else None
     if match:
         hours, minutes = int(match[1]), int(match[2])
-        if allow_24 and (hours, minutes) == (24, 0):
-            return time.max  # the end of the day: [start, 24:00) never wraps
-        if hours < 24 and minutes < 60:
+        if (hours < 24 and minutes < 60) or (allow_24 and (hours, minutes) == (24, 0)):
             if minutes % 15:
                 sec.fail(key, f'must be on the quarter hour (:00, :15, :30, :45), got "{value}"')
                 return None
-            return time(hours, minutes)
+            return hours * 60 + minutes
     sec.fail(key, f'must be a time "HH:MM" like "22:00", got {_shown(value)}')
     return None
 
@@ -182,7 +190,8 @@ def _windows(sec: SectionReader) -> tuple[PriceWindow, ...]:
         end = _clock(sec, f"{prefix}.to", item.get("to"), allow_24=True)
         price = _item_number(sec, prefix, item, "ct_per_kwh", *PRICE_RANGE_CT)
         if start is not None and end is not None and start == end:
-            sec.fail(prefix, f'"from" and "to" are both {start:%H:%M}: an empty window')
+            sec.fail(prefix, f'"from" and "to" are both {item.get("from")}: an empty window (a whole day: '
+                             '"00:00" to "24:00")')
             continue
         if start is not None and end is not None and price is not None:
             windows.append(PriceWindow(start, end, price))
@@ -199,7 +208,7 @@ def _check_windows(sec: SectionReader, windows: tuple[PriceWindow, ...], fixed: 
         mine = _quarters(window)
         for j, other in enumerate(windows[:i]):
             if mine & _quarters(other):
-                sec.fail(f"windows[{i}]", f"overlaps windows[{j}] ({other.start:%H:%M}–{other.end:%H:%M})")
+                sec.fail(f"windows[{i}]", f"overlaps windows[{j}] ({other.text()})")
         covered |= mine
     if fixed is None and len(covered) < _QUARTERS_PER_DAY:
         first = min(set(range(_QUARTERS_PER_DAY)) - covered)

@@ -407,7 +407,7 @@ def test_fixed_price_today_and_tomorrow(now: str, today_slots: int) -> None:
 
 def test_fixed_windows_in_local_time_across_midnight_and_dst() -> None:
     source = FixedSource(fixed_ct_per_kwh=30.0, feed_in_ct_per_kwh=0.0, windows=(
-        PriceWindow(time(22), time(6), 22.5), PriceWindow(time(17), time(20), 41.0)))
+        PriceWindow(22 * 60, 6 * 60, 22.5), PriceWindow(17 * 60, 20 * 60, 41.0)))
     slots = source.fetch(utc("2026-03-29T12:00+02:00"))  # a 23-hour day
     local = {s.start.astimezone(LOCAL_TZ).replace(tzinfo=None): s.import_ct_per_kwh for s in slots}
     assert local[datetime(2026, 3, 29, 0, 0)] == 22.5
@@ -423,6 +423,6 @@ def test_fixed_windows_in_local_time_across_midnight_and_dst() -> None:
 
 
 def test_fixed_without_a_price_outside_the_windows_is_an_error() -> None:
-    source = FixedSource(fixed_ct_per_kwh=None, feed_in_ct_per_kwh=0.0, windows=(PriceWindow(time(22), time(6), 20),))
+    source = FixedSource(fixed_ct_per_kwh=None, feed_in_ct_per_kwh=0.0, windows=(PriceWindow(22 * 60, 6 * 60, 20),))
     with pytest.raises(PriceError, match="no price for 06:00"):
         source.fetch(utc("2026-05-01T12:00+02:00"))

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import time
 from typing import Any
 
 import pytest
 
 from config_loader import ConfigError, parse_config
+from diagnostics import REDACTED, Diagnostics
 from planning.tariff_config import ForecastConfig, PriceWindow, PvPlane, TariffConfig
+from status_store import CommandQueue, StatusStore
+from web_server import create_app
 
 MINIMAL: dict[str, Any] = {"shelly": {"ip": "192.168.1.100"}, "battery": {"ip": "192.168.1.200"}}
 PLANE = {"lat": 52.5, "lon": 13.4, "declination": 30, "azimuth": 0, "kwp": 2.0}
@@ -40,7 +42,7 @@ def test_interfaces_example_is_accepted() -> None:
         tariff={"type": "fixed", "url": None, "bidding_zone": "DE-LU", "token": None, "fixed_ct_per_kwh": 31.2,
                 "windows": [{"from": "22:00", "to": "06:00", "ct_per_kwh": 22.5}], "feed_in_ct_per_kwh": 0},
         forecast={"type": "forecast_solar", "url": None, "planes": [PLANE]})
-    assert cfg.tariff.windows == (PriceWindow(time(22), time(6), 22.5),)
+    assert cfg.tariff.windows == (PriceWindow(22 * 60, 6 * 60, 22.5),)
     assert cfg.tariff.fixed_ct_per_kwh == 31.2 and cfg.tariff.feed_in_ct_per_kwh == 0.0
     assert cfg.forecast == ForecastConfig("forecast_solar", None, (PvPlane(52.5, 13.4, 30.0, 0.0, 2.0),))
 
@@ -91,6 +93,9 @@ def test_accepted(sections: dict[str, Any]) -> None:
     ({"tariff": {"type": "fixed", "fixed_ct_per_kwh": 30, "windows": [{"from": "22:00", "to": "22:00",
                                                                         "ct_per_kwh": 2}]}},
      ["tariff.windows[0]: ", "empty window"]),
+    ({"tariff": {"type": "fixed", "windows": [{"from": "00:00", "to": "24:00", "ct_per_kwh": 2},
+                                              {"from": "24:00", "to": "06:00", "ct_per_kwh": 2}]}},
+     ['tariff.windows[1].from: must be a time "HH:MM"']),
     ({"tariff": {"type": "fixed", "fixed_ct_per_kwh": 30, "windows": [{"from": "22:00", "to": "06:00"}]}},
      ["tariff.windows[0].ct_per_kwh: missing"]),
     ({"tariff": {"type": "fixed", "fixed_ct_per_kwh": 30, "windows": [{"from": "22:00", "to": "06:00",
@@ -130,3 +135,23 @@ def test_every_problem_at_once() -> None:
     message = error_of(tariff={"type": "tibber", "vat_pct": 300},
                        forecast={"type": "open_meteo", "planes": [{**PLANE, "kwp": 0}]})
     assert "tariff.token" in message and "tariff.vat_pct" in message and "forecast.planes[0].kwp" in message
+
+
+def test_the_diagnostics_bundle_shows_the_sections_without_the_token() -> None:
+    cfg = parse_config({"shelly": {"ip": "10.0.0.2"}, "battery": {"ip": "10.0.0.3"}, "web": {"host": "127.0.0.1"},
+                        "tariff": {"type": "entsoe", "token": "entsoe-secret-4711"},
+                        "forecast": {"type": "open_meteo", "planes": [PLANE]}})
+    store = StatusStore()
+    client = create_app(store, CommandQueue(), cfg.web, diagnostics=Diagnostics(cfg, store).bundle).test_client()
+    resp = client.get("/api/diagnostics")
+    assert resp.status_code == 200
+    assert "entsoe-secret-4711" not in resp.get_data(as_text=True)
+    bundle = resp.get_json()
+    assert bundle["config"]["tariff"]["token"] == REDACTED
+    assert bundle["config"]["forecast"]["planes"][0]["kwp"] == 2.0
+    windows = parse_config({**MINIMAL, "web": {"host": "127.0.0.1"}, "tariff": {
+        "type": "fixed", "fixed_ct_per_kwh": 30, "windows": [{"from": "22:00", "to": "06:00", "ct_per_kwh": 20}]}})
+    app = create_app(store, CommandQueue(), windows.web, diagnostics=Diagnostics(windows, store).bundle)
+    client = app.test_client()
+    assert client.get("/api/diagnostics").get_json()["config"]["tariff"]["windows"] == [
+        {"start_min": 1320, "end_min": 360, "ct_per_kwh": 20.0}]
