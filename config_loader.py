@@ -26,6 +26,7 @@ from typing import Any
 
 from control import i18n
 from control.marstek_registers import DEFAULT_PACING_S, FIRMWARE_MAX_POWER_W, REGISTER_SETS
+from planning.tariff_config import ForecastConfig, TariffConfig, parse_forecast, parse_tariff
 from zero_feed_control import ALGORITHMS, DISTRIBUTIONS, ControlParams
 
 METER_TYPES = ("shelly", "ecotracker", "homewizard", "http_json", "mqtt")
@@ -270,6 +271,9 @@ class Config:
     homewizard: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     http_json: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     energy_meter_invert: bool = False  # energy_meter.invert: negate every reading (clamp mounted reversed)
+    # Prices, forecasts and the plan (issue 20; planning/tariff_config.py): None = section absent, nothing fetched.
+    tariff: TariffConfig | None = None
+    forecast: ForecastConfig | None = None
 
     @property
     def meter(self) -> MeterConfig | MqttMeterConfig:
@@ -1013,6 +1017,9 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     if meter_type == "mqtt" and mqtt is None:
         errors.append('mqtt.host: energy_meter.type "mqtt" needs a broker: the mqtt section with a host')
     history = _history(top.section("history", required=False), base_dir)
+    # Prices, forecasts and the plan (issue 20): each section parsed by its own module.
+    tariff = parse_tariff(top.section("tariff", required=False))
+    forecast = parse_forecast(top.section("forecast", required=False))
     top.finish()
 
     if errors:
@@ -1036,6 +1043,8 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         homewizard=checked["homewizard"],
         http_json=checked["http_json"],
         energy_meter_invert=invert,
+        tariff=tariff,
+        forecast=forecast,
     )
 
 
