@@ -166,6 +166,7 @@ class ControlLoop:
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
         self.quirks = QuirkCounter()
         self._unnamed: set[str] = set()  # keys of the batteries whose device name run() still has to read
+        self._answered: dict[str, set[int]] = {}  # per gateway: the IDs that answered its last scan (setup)
 
     def unit(self, unit_id: int, gateway: str | None = None) -> _Battery:
         """The battery with Modbus ID ``unit_id`` (on ``gateway``, default: the first that has it)."""
@@ -505,7 +506,10 @@ class ControlLoop:
         args = dict(args)
         gateway = self._gateway(args.pop("gateway", None))
         if name == "add_to_config":
-            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, gateway=gateway, **args)
+            if not self.setup_mode:
+                raise CommandError(Msg("add_not_in_setup"), 409)
+            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, gateway=gateway,
+                                                            answered=self._answered.get(gateway, set()), **args)
             for unit in self.cfg.battery.units:  # the running control takes the new unit in at once
                 self.bus.add_unit(unit)
                 self.batteries.setdefault(unit.key, _Battery(unit))
@@ -516,8 +520,16 @@ class ControlLoop:
         command = setup_commands.scan if name == "scan" else setup_commands.set_id
         # On a worker thread the heartbeat is kept up here, in ``call`` (the loop's fields stay this thread's).
         inner_alive = self._still_alive if not self.bus.threaded else lambda: None
-        return self.bus.call(gateway, lambda bus: command(bus, gateway, units, inner_alive, **args),
-                             self._still_alive)
+        result = self.bus.call(gateway, lambda bus: command(bus, gateway, units, inner_alive, **args),
+                               self._still_alive)
+        if name == "scan":  # what add-to-config may take: the IDs that answered this (the last) scan
+            self._answered[gateway] = {hit["id"] for hit in result["found"]}
+            if result["one_battery_on_every_id"]:  # every ID answers: the config check explains the rest
+                self._answered[gateway] = set(range(1, setup_commands.MAX_UNIT_ID + 1))
+        else:  # re-addressed and verified: the new ID answers now, the old ID 1 no longer
+            self._answered.setdefault(gateway, set()).discard(1)
+            self._answered[gateway].add(result["new_id"])
+        return result
 
     def _gateway(self, gateway: object) -> str:
         """The gateway a setup command names ("<host>:<port>"), or the first one."""
@@ -546,6 +558,7 @@ class ControlLoop:
         """Resume the control with a fresh start (the batteries may have new IDs)."""
         if self.setup_mode:
             self.setup_mode = False
+            self._answered.clear()  # a later setup mode scans again
             self.controller.reset()
             self.sign_check.reset()
             for key in self.batteries:

@@ -1,0 +1,188 @@
+"""Bounded commands (issue 18, interfaces.md "Bounded setup commands"): add-to-config only for IDs that
+answered, a timed-out command never runs later, setup mode ends by itself, mode floods are coalesced.
+
+Against the simulator's real Modbus and Shelly servers; the control thread is the real one where the race
+matters, cycled by the test where a fake clock decides.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import i18n
+import main
+import setup_commands
+from config_loader import Config, load_config, parse_config
+from control_loop import ControlLoop
+from simulator import Simulation, UnitSpec
+from status_store import CommandError, CommandQueue, StatusStore, StoreLogHandler
+from tests.helpers import wait_until
+from web_server import create_app
+
+
+@dataclass
+class Running:
+    sim: Simulation
+    cfg: Config
+    config_path: Path
+    store: StatusStore
+    commands: CommandQueue
+    loop: ControlLoop
+
+
+@contextlib.contextmanager
+def running_loop(tmp_path: Path, **web: Any) -> Iterator[Running]:
+    """Simulator with batteries on IDs 1 and 2 and the real control thread in front of it."""
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
+        sim.set_load_w(400.0)
+        config_path = tmp_path / "config.json"
+        config_path.write_text(json.dumps({
+            "energy_meter": {"type": "shelly"},
+            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
+            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
+            "control": {"poll_interval_seconds": 1},
+            "web": {"host": "127.0.0.1", "port": 8080, **web},
+            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
+        }), encoding="utf-8")
+        cfg = load_config(config_path)
+        store, commands = StatusStore(), CommandQueue()
+        events = StoreLogHandler(store)
+        logging.getLogger().addHandler(events)
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands, config_path=config_path)
+        stop = threading.Event()
+        thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
+        thread.start()
+        try:
+            wait_until(lambda: store.latest().control_state == "active"
+                       and all(b.online for b in store.latest().batteries), 15, "control active, both online")
+            yield Running(sim, cfg, config_path, store, commands, loop)
+        finally:
+            stop.set()
+            commands.wakeup.set()
+            thread.join(timeout=15)
+            logging.getLogger().removeHandler(events)
+            assert not thread.is_alive(), "control thread did not stop"
+
+
+# ---------------------------------------------------------------------------- add-to-config
+def test_bogus_ids_are_refused_and_the_config_stays_as_it_was(tmp_path: Path) -> None:
+    """The attack of issue 18: 30 IDs nobody answers on, written to config.json, stretched the cycle to ~20 s.
+    Now: outside setup mode 409; in setup mode only an ID that answered the last scan, else 409 with the reason."""
+    with running_loop(tmp_path) as run:
+        client = create_app(run.store, run.commands, run.cfg.web).test_client()
+        before = run.config_path.read_bytes()
+        outside = client.post("/api/setup/add-to-config", json={"id": 3})
+        assert outside.status_code == 409
+        assert outside.get_json()["error"] == i18n.MESSAGES_DE["add_not_in_setup"]
+        assert client.post("/api/setup/enter", json={}).status_code == 200
+        unscanned = client.post("/api/setup/add-to-config", json={"id": 3})
+        assert unscanned.status_code == 409 and "ID 3" in unscanned.get_json()["error"]
+        scan = client.post("/api/setup/scan", json={"first_id": 1, "last_id": 3}).get_json()
+        assert [f["id"] for f in scan["found"]] == [1, 2]
+        for bogus in range(3, 33):
+            resp = client.post("/api/setup/add-to-config", json={"id": bogus})
+            assert resp.status_code == 409, resp.get_json()
+            gateway = f"127.0.0.1:{run.sim.modbus_port}"
+            assert resp.get_json()["error"] == i18n.MESSAGES_DE["add_not_scanned"].format(id=bogus, gateway=gateway)
+        assert run.config_path.read_bytes() == before
+        assert len(run.loop.batteries) == 2
+        # A battery that answered is configured already: nothing to do, nothing refused.
+        assert client.post("/api/setup/add-to-config", json={"id": 2}).get_json()["saved"] is False
+        # Setup mode ended: what the scan found no longer counts.
+        assert client.post("/api/setup/exit", json={}).status_code == 200
+        assert client.post("/api/setup/add-to-config", json={"id": 2}).status_code == 409
+
+
+def test_at_most_16_units_per_gateway() -> None:
+    ids = list(range(1, 17))
+    cfg = parse_config({"shelly": {"ip": "127.0.0.1"}, "battery": {"ip": "127.0.0.1", "akku_ids": ids}})
+    with pytest.raises(CommandError) as refused:
+        setup_commands.add_to_config(cfg, None, gateway="127.0.0.1:502", battery_id=17, answered={17})
+    assert refused.value.status == 409
+    assert str(refused.value.message) == i18n.Msg("add_too_many", gateway="127.0.0.1:502", count=16, max=16)
+    fewer = parse_config({"shelly": {"ip": "127.0.0.1"}, "battery": {"ip": "127.0.0.1", "akku_ids": ids[:15]}})
+    new_cfg, result = setup_commands.add_to_config(fewer, None, gateway="127.0.0.1:502", battery_id=17,
+                                                   answered={17})
+    assert len(new_cfg.battery.units) == 16 and result["akku_ids"][-1] == 17
+
+
+# ---------------------------------------------------------------------------- a timed-out command never runs
+def test_a_command_that_timed_out_behind_a_long_scan_never_runs_later(tmp_path: Path) -> None:
+    """A scan of IDs nobody answers on holds the control thread for seconds; a set-id and a mode change
+    submitted meanwhile time out (504) and are never applied, not even once the scan is over."""
+    with running_loop(tmp_path) as run:
+        run.commands.submit("enter_setup")
+        scan_result: list[Any] = []
+        scan = threading.Thread(target=lambda: scan_result.append(
+            run.commands.submit("scan", timeout_s=60.0, first_id=3, last_id=6)), daemon=True)
+        scan.start()  # 4 IDs without an answer: about 4 s on the control thread
+        wait_until(lambda: run.commands._queue.empty(), 5, "the control thread took the scan")
+        for name, args in (("set_id", {"new_id": 9}), ("exit_setup", {})):
+            with pytest.raises(CommandError) as timed_out:
+                run.commands.submit(name, timeout_s=0.3, **args)
+            assert timed_out.value.status == 504
+            assert timed_out.value.message == i18n.Msg("command_cancelled")
+        scan.join(30)
+        assert scan_result and scan_result[0]["found"] == []
+        # Commands run in order: this one answering means the cancelled ones were passed over.
+        assert run.commands.submit("enter_setup", timeout_s=10.0)["setup_mode"] is True
+        assert run.loop.setup_mode and run.store.latest().control_state == "setup"
+        assert sorted(u.unit_id for u in run.sim.units) == [1, 2]
+        assert all(register != 41100 for u in run.sim.units for register, _value in u.write_log)
+
+
+def test_every_submitted_command_either_ran_and_answered_or_never_ran() -> None:
+    """The race between the waiter's cancel and the control thread's claim, hammered with real threads."""
+    commands = CommandQueue()
+    ran: list[int] = []
+    stop = threading.Event()
+
+    def control() -> None:
+        def handler(_name: str, args: Any) -> int:
+            ran.append(args["n"])
+            stop.wait(random.uniform(0.0, 0.002))  # the command's own duration
+            return int(args["n"])
+
+        while not stop.is_set():
+            commands.wakeup.wait(0.01)
+            commands.run_pending(handler)
+
+    thread = threading.Thread(target=control, daemon=True)
+    thread.start()
+    answered: list[int] = []
+    refused: list[int] = []
+    lock = threading.Lock()
+
+    def client(first: int) -> None:
+        for n in range(first, first + 100):
+            try:
+                result = commands.submit("n", timeout_s=random.uniform(0.0, 0.004), running_grace_s=10.0,
+                                         n=n)
+            except CommandError as exc:
+                assert exc.status in (503, 504) and exc.message != i18n.Msg("command_still_running")
+                with lock:
+                    refused.append(n)
+            else:
+                assert result == n
+                with lock:
+                    answered.append(n)
+
+    clients = [threading.Thread(target=client, args=(i * 1000,)) for i in range(4)]
+    for c in clients:
+        c.start()
+    for c in clients:
+        c.join(30)
+    stop.set()
+    thread.join(5)
+    assert sorted(ran) == sorted(answered)  # nothing refused ever ran, everything that ran was answered
+    assert len(answered) + len(refused) == 400 and refused and answered
