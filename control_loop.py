@@ -29,7 +29,7 @@ from config_loader import Config, UnitConfig
 from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable, GridMeter, MeterError, describe_meter
 from fleet import Fleet, unit_name
 from i18n import Msg
-from modes import ModeFile, ModeRequest, ModeState
+from modes import ModeFile, ModeRequest, ModeState, ModeWriter
 from quality import QualityTracker
 from sign_check import SignCheck
 from status_store import (
@@ -158,10 +158,18 @@ class ControlLoop:
         self._crashes = 0
         self._cycle_started_s = clock()
         self._next_cycle_s = clock()
-        # The operating mode (modes.py): kept across restarts in ``mode_file``; expiry on ``wall_clock``.
+        # The operating mode (modes.py): kept across restarts in ``mode_file`` (written by its own thread);
+        # the expiry runs on ``clock``, ``wall_clock`` only dates ``until`` for the file and the API.
         self.mode_file = mode_file
         self.wall_clock = wall_clock
-        self.mode = mode_file.load() if mode_file else ModeState()
+        self.mode_writer = ModeWriter(mode_file, self._mode_not_saved) if mode_file is not None else None
+        self.mode = ModeState()
+        if mode_file is not None:
+            self.mode = mode_file.load(now_s=wall_clock(), max_power_w=self.max_charge_power_w).anchored(
+                wall_clock(), clock())
+        # The latest mode asked for since the last cycle: applied at the start of the next one (a flood of
+        # requests costs one mode change and one cycle's writes per cycle).
+        self._mode_requested: ModeState | None = None
         store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
         self.quirks = QuirkCounter()
@@ -182,11 +190,17 @@ class ControlLoop:
         self._unnamed = set(self.batteries)
         try:
             while not stop.is_set():
-                self.run_once()
-                self.read_device_names()
+                if self.clock() >= self.next_cycle_s:
+                    self.run_once()
+                    self.read_device_names()
+                else:  # woken early by a command: run it, the cycles stay on their schedule
+                    self.commands.run_pending(self.handle_command)
                 # Woken early by a web command or by the stop request (both set ``wakeup``).
                 self.commands.wakeup.wait(max(0.0, self.next_cycle_s - self.clock()))
         finally:
+            self.apply_requested_mode()  # answered 200 before the stop: kept for the next start
+            if self.mode_writer is not None:
+                self.mode_writer.close()
             self.stop_all("shutdown")
             if self.cfg.battery.on_exit == "release":
                 self.release_all()
@@ -227,6 +241,7 @@ class ControlLoop:
     def cycle(self) -> None:
         """One control cycle (also called directly by tests)."""
         self.commands.run_pending(self.handle_command)
+        self.apply_requested_mode()
         self.expire_mode()
         if self.setup_mode:
             # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
@@ -454,7 +469,7 @@ class ControlLoop:
             counters={"control_cycles_total": self.cycles_total, "modbus_writes_total": self.bus.writes_total,
                       "meter_failures_total": self.quirks.count("meter_failure")},
             quality=self.quality.figures(),
-            operating_mode=self.mode.to_json(),
+            operating_mode=(self._mode_requested or self.mode).to_json(),
         )
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
@@ -575,24 +590,37 @@ class ControlLoop:
         return self.cfg.battery.max_power_per_battery * len(self.batteries)
 
     def set_mode(self, request: ModeRequest, source: str) -> dict[str, Any]:
-        """Apply a validated mode request (web or MQTT thread, via the command queue); answers the mode object."""
-        self._change_mode(ModeState.from_request(request, source, self.wall_clock()))
-        until = self.mode.to_json()["until"]
-        log.info("%s", Msg("mode_set", mode=self.mode.mode.value, source=source,
-                           until=Msg("mode_until", time=until) if until else ""))
-        return self.mode.to_json()
+        """Take a validated mode request (web or MQTT thread, via the command queue); answers the mode object.
+
+        Applied at the start of the next cycle; a later request before then replaces it (latest wins)."""
+        state = ModeState.from_request(request, source, self.wall_clock(), self.clock())
+        self._mode_requested = state
+        self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it at once
+        return state.to_json()
+
+    def apply_requested_mode(self) -> None:
+        """The latest mode asked for since the last cycle becomes the one in force (at most one per cycle)."""
+        state, self._mode_requested = self._mode_requested, None
+        if state is None:
+            return
+        self._change_mode(state)
+        until = state.to_json()["until"]
+        log.info(Msg("mode_set", mode=state.mode.value, source=state.source,
+                     until=Msg("mode_until", time=until) if until else ""))
 
     def expire_mode(self) -> None:
-        """Back to auto once the mode's time is up (wall clock: the expiry survives a restart)."""
-        if self.mode.expired(self.wall_clock()):
+        """Back to auto once the mode's time is up (on the monotonic clock; ``until`` is kept for a restart)."""
+        if self.mode.expired(self.clock()):
             log.info("%s", Msg("mode_expired", mode=self.mode.mode.value))
             self._change_mode(ModeState(OperatingMode.AUTO))
 
     def _change_mode(self, state: ModeState) -> None:
         self.mode = state
         self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it before the next publish
-        if self.mode_file is not None:
-            try:
-                self.mode_file.save(state)
-            except OSError as exc:
-                log.error("%s", Msg("mode_file_write_failed", path=str(self.mode_file.path), error=str(exc)))
+        if self.mode_writer is not None:
+            self.mode_writer.save(state)  # written by its own thread: the disk never delays the cycle
+
+    def _mode_not_saved(self, exc: OSError) -> None:
+        """The mode file could not be written (the writer's thread)."""
+        path = str(self.mode_file.path) if self.mode_file is not None else "?"
+        log.error("%s", Msg("mode_file_write_failed", path=path, error=str(exc)))

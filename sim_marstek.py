@@ -204,6 +204,7 @@ class SimUnit:
         self.cutoff_charge = 1000  # v2 44000, ×0.1 %
         self.cutoff_discharge = 120  # v2 44001, ×0.1 %
         self.write_log: list[tuple[int, int]] = []
+        self.writes_received = 0  # every write ever received (``write_log`` keeps only the newest)
         self.runaway_w: float | None = None  # own logic at this power despite the registers (slip_out)
         self.deaf = False  # writes ACKed but ignored until the next connection
         self.drop_clears_setpoints = bool(spec.drop_clears_setpoints)
@@ -304,6 +305,7 @@ class SimUnit:
         41100 (unit id) is validated here and applied by the ``SimGateway`` (re-addressing).
         """
         self._watchdog()
+        self.writes_received += 1
         self.write_log.append((address, value))
         if len(self.write_log) > _WRITE_LOG_MAX:
             del self.write_log[: len(self.write_log) - _WRITE_LOG_MAX]

@@ -12,6 +12,7 @@ import json
 import logging
 import random
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,3 +187,66 @@ def test_every_submitted_command_either_ran_and_answered_or_never_ran() -> None:
     thread.join(5)
     assert sorted(ran) == sorted(answered)  # nothing refused ever ran, everything that ran was answered
     assert len(answered) + len(refused) == 400 and refused and answered
+
+
+# ---------------------------------------------------------------------------- a flood of mode changes
+MAX_WRITES_PER_CYCLE = 4  # the most one battery gets in a normal cycle: 42000, 42010 and both power registers
+
+
+def test_a_flood_of_mode_toggles_costs_no_more_writes_than_normal_cycles(tmp_path: Path) -> None:
+    """300 charge/off toggles over the API (as from a script or a flapping MQTT automation): at most one mode
+    applied per control cycle, never more Modbus writes per battery than a cycle makes, and the mode file
+    written by its own thread, far fewer times than asked."""
+    with running_loop(tmp_path) as run:
+        client = create_app(run.store, run.commands, run.cfg.web).test_client()
+        writes_before = [u.writes_received for u in run.sim.units]
+        cycles_before = run.loop.cycles_total
+        started_s = time.monotonic()
+        applied: list[logging.LogRecord] = []
+        counter = logging.Handler()
+        counter.emit = lambda record: applied.append(record) if getattr(record.msg, "code", "") == "mode_set" else None
+        marstek = logging.getLogger("marstek")
+        old_level = marstek.level
+        marstek.setLevel(logging.INFO)
+        marstek.addHandler(counter)
+        for n in range(300):
+            body = {"mode": "charge", "power_w": 2000} if n % 2 == 0 else {"mode": "off"}
+            resp = client.post("/api/mode", json=body)
+            assert resp.status_code == 200 and resp.get_json()["mode"] == body["mode"]
+        # The last request wins: off, applied by the next cycle.
+        assert client.get("/api/mode").get_json()["mode"] == "off"
+        wait_until(lambda: run.loop.mode.mode.value == "off" and run.store.latest().control_state == "stopped",
+                   10, "off applied")
+        cycles = run.loop.cycles_total - cycles_before + 1  # the cycle under way when the flood began
+        poll_s = run.cfg.control.poll_interval_seconds
+        assert cycles <= (time.monotonic() - started_s) / poll_s + 2  # the commands added no cycles of their own
+        writes = [u.writes_received - before for u, before in zip(run.sim.units, writes_before, strict=True)]
+        assert all(w <= MAX_WRITES_PER_CYCLE * cycles for w in writes), (writes, cycles)
+        marstek.removeHandler(counter)
+        marstek.setLevel(old_level)
+        assert 1 <= len(applied) <= cycles, (len(applied), cycles)
+        assert run.loop.mode_writer is None  # this loop has no mode file; the next test has one
+
+
+def test_the_mode_file_is_written_by_its_own_thread_latest_wins(tmp_path: Path) -> None:
+    from modes import ModeFile, ModeState, ModeWriter
+    from zero_feed_control import OperatingMode
+
+    mode_file = ModeFile(tmp_path / "data" / "mode.json")
+    writer = ModeWriter(mode_file)
+    caller = threading.current_thread()
+    writers: list[threading.Thread] = []
+    real_save = mode_file.save
+
+    class Recording(ModeFile):
+        def save(self, state: ModeState) -> None:
+            writers.append(threading.current_thread())
+            real_save(state)
+
+    writer.mode_file = Recording(mode_file.path)
+    for n in range(300):
+        writer.save(ModeState(OperatingMode.CHARGE if n % 2 == 0 else OperatingMode.OFF, source="mqtt"))
+    assert writer.flush(10)
+    assert json.loads(mode_file.path.read_text())["mode"] == "off"
+    assert 1 <= writer.writes <= 300 and caller not in writers
+    writer.close()
