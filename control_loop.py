@@ -60,6 +60,7 @@ CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
 # A gateway that takes no connections for up to this long (the v3 firmware's network reset, 2-5 s) is shown
 # as "reconnecting", not offline; the law leaves its battery out meanwhile.
 RECONNECT_GRACE_S = 10.0
+SETUP_REQUESTS = frozenset({"enter_setup", "scan", "set_id", "add_to_config"})  # each keeps setup mode alive
 # Statuses whose reason only counts up or repeats ("meter failed 5x"): logged on a change of status only.
 _QUIET = frozenset({Status.WAITING_FOR_SAMPLE, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED})
 
@@ -174,6 +175,7 @@ class ControlLoop:
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
         self.quirks = QuirkCounter()
         self._unnamed: set[str] = set()  # keys of the batteries whose device name run() still has to read
+        self._setup_request_s = clock()  # the last setup command (control clock): setup mode times out
         self._answered: dict[str, set[int]] = {}  # per gateway: the IDs that answered its last scan (setup)
 
     def unit(self, unit_id: int, gateway: str | None = None) -> _Battery:
@@ -243,6 +245,7 @@ class ControlLoop:
         self.commands.run_pending(self.handle_command)
         self.apply_requested_mode()
         self.expire_mode()
+        self.expire_setup()
         if self.setup_mode:
             # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
             # stopped and not polled, so their power is unknown rather than the last value.
@@ -510,6 +513,8 @@ class ControlLoop:
     # ------------------------------------------------------------------ commands from the web thread
     def handle_command(self, name: str, args: Mapping[str, Any]) -> Any:
         """Commands from the web thread (run here because only this thread owns the bus)."""
+        if name in SETUP_REQUESTS:
+            self._setup_request_s = self.clock()  # setup mode lasts while the setup page is being used
         if name == "enter_setup":
             return self.enter_setup()
         if name == "exit_setup":
@@ -568,6 +573,14 @@ class ControlLoop:
         log.warning(Msg("setup_entered"))
         self.publish("setup")
         return {"setup_mode": True, "stop_failures": failures}
+
+    def expire_setup(self) -> None:
+        """Setup mode ends by itself ``web.setup_timeout_minutes`` after the last setup request (a forgotten
+        setup page must not leave the batteries unregulated and the watchdog paused)."""
+        minutes = self.cfg.web.setup_timeout_minutes
+        if self.setup_mode and self.clock() - self._setup_request_s >= minutes * 60.0:
+            log.warning(Msg("setup_timed_out", minutes=minutes))
+            self.exit_setup()
 
     def exit_setup(self) -> dict[str, Any]:
         """Resume the control with a fresh start (the batteries may have new IDs)."""

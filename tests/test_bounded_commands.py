@@ -250,3 +250,44 @@ def test_the_mode_file_is_written_by_its_own_thread_latest_wins(tmp_path: Path) 
     assert json.loads(mode_file.path.read_text())["mode"] == "off"
     assert 1 <= writer.writes <= 300 and caller not in writers
     writer.close()
+
+
+# ---------------------------------------------------------------------------- setup mode ends by itself
+def test_setup_mode_ends_after_the_timeout_without_a_setup_request(caplog: pytest.LogCaptureFixture) -> None:
+    """web.setup_timeout_minutes (default 15) after the last setup request the control resumes and says so;
+    every setup request (here a scan) starts the time again. On the control's (fake) clock."""
+    from tests.loop_rig import QUICK, Rig, discharging, fake_clock, fault_config, run_until
+
+    rig = Rig()
+    try:
+        sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+        sim.set_load_w(900.0)
+        clock = fake_clock()
+        loop = rig.loop(fault_config(sim, [1]), clock)
+        assert loop.cfg.web.setup_timeout_minutes == 15
+        run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
+        loop.handle_command("enter_setup", {})
+        clock.advance(14 * 60)
+        loop.cycle()
+        loop.handle_command("scan", {"first_id": 1, "last_id": 1})  # still in use: the time starts again
+        clock.advance(14 * 60)
+        loop.cycle()
+        assert loop.setup_mode and loop.store.latest().control_state == "setup"
+        with caplog.at_level(logging.WARNING, logger="marstek"):
+            clock.advance(60)
+            loop.cycle()
+        assert not loop.setup_mode
+        assert any(getattr(r.msg, "code", "") == "setup_timed_out" for r in caplog.records)
+        run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "regulating again")
+    finally:
+        rig.close()
+
+
+def test_setup_timeout_is_checked_in_the_config() -> None:
+    from config_loader import ConfigError
+
+    base = {"shelly": {"ip": "127.0.0.1"}, "battery": {"ip": "127.0.0.1", "akku_ids": [1]}}
+    assert parse_config({**base, "web": {"setup_timeout_minutes": 5}}).web.setup_timeout_minutes == 5
+    for bad in (0, 1441, "15", 1.5):
+        with pytest.raises(ConfigError, match=r"web\.setup_timeout_minutes"):
+            parse_config({**base, "web": {"setup_timeout_minutes": bad}})
