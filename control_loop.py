@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ from status_store import (
     StatusStore,
     now_iso,
 )
+from watchdog import stop_over_new_connections
 from zero_feed_control import (
     STOPPING,
     BatteryId,
@@ -129,6 +130,7 @@ class ControlLoop:
         controller_params: ControlParams | None = None,
         mode_file: ModeFile | None = None,
         wall_clock: Callable[[], float] = time.time,
+        emergency_fleet: Callable[[Config], Fleet] | None = None,
     ) -> None:
         self.cfg = cfg
         self.meter = meter
@@ -136,6 +138,9 @@ class ControlLoop:
         self.bus = bus if isinstance(bus, Fleet) else Fleet.around(bus, cfg.battery.units)
         self.store = store
         self.commands = commands
+        # New connections for a stop that failed over the control's own (main.py: short answer timeouts).
+        self.emergency_fleet = emergency_fleet
+        self.not_stopped: list[str] = []  # keys of the batteries the last stop_all could not stop
         self.config_path = config_path
         self.clock = clock
         self.controller = make_controller(cfg.control.algorithm, controller_params or control_params(cfg))
@@ -203,13 +208,14 @@ class ControlLoop:
             self.apply_requested_mode()  # answered 200 before the stop: kept for the next start
             if self.mode_writer is not None:
                 self.mode_writer.close()
-            self.stop_all("shutdown")
+            self.stop_all("shutdown", retry=True)
             if self.cfg.battery.on_exit == "release":
                 self.release_all()
             self.publish("stopped")
             self.meter.close()
             self.bus.close()
-            log.info(Msg("control_stopped"))
+            # The last word: which battery is stopped and which is not (main.py exits 1 then).
+            log.log(logging.ERROR if self.not_stopped else logging.INFO, self.stop_summary(self.not_stopped))
 
     def run_once(self) -> None:
         """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
@@ -421,19 +427,48 @@ class ControlLoop:
             else:
                 b.setpoint_w = int(commands[key][0])
 
-    def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S) -> list[Msg]:
-        """Force mode stop and both setpoints 0 on every battery (all gateways at once); returns the failures."""
+    def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S, *, retry: bool = False) -> list[Msg]:
+        """Force mode stop and both setpoints 0 on every battery (all gateways at once); returns the failures.
+
+        With ``retry`` (shutdown, entering setup mode) and ``emergency_fleet``, a battery whose stop failed is
+        stopped again within the same budget over a new connection, after the stuck one is aborted (RST).
+        ``not_stopped`` keeps the keys of the batteries still not stopped."""
+        can_retry = retry and self.emergency_fleet is not None
+        first_s = budget_s / 2 if can_retry else budget_s
+        results = self.bus.stop_all(self.batteries, budget_s=first_s)
+        failed = [key for key, error in results.items() if error is not None]
+        if failed and can_retry and self.emergency_fleet is not None:
+            for key in failed:
+                b = self.batteries[key]
+                log.warning(Msg("setup_stop_retry" if why == "setup mode" else "battery_stop_retry", name=b.name))
+            make, cfg = self.emergency_fleet, self.cfg
+            again = stop_over_new_connections(lambda: make(cfg), failed, stuck=self.bus, resume=True,
+                                              budget_s=budget_s - first_s)
+            results.update({key: again[key] for key in failed if key in again})
         failures = []
-        for key, error in self.bus.stop_all(self.batteries, budget_s=budget_s).items():
+        self.not_stopped = []
+        for key, error in results.items():
             b = self.batteries[key]
             if error is None:
                 b.setpoint_w = 0
                 continue
+            self.not_stopped.append(key)
             failure = Msg("battery_stop_failed", name=b.name, id=b.battery_id, why=why, error=str(error))
             log.error(failure)
             failures.append(failure)
         self.controller.reset()
         return failures
+
+    def stop_summary(self, not_stopped: Collection[str]) -> Msg:
+        """The last log line: every battery named, stopped or not."""
+        def label(b: _Battery) -> Msg:
+            return Msg("battery_label", name=b.name, key=b.key)
+
+        stopped = [label(b) for key, b in self.batteries.items() if key not in not_stopped]
+        failed = [label(b) for key, b in self.batteries.items() if key in not_stopped]
+        if failed:
+            return Msg("control_stopped_some", stopped=stopped or Msg("nobody"), failed=failed)
+        return Msg("control_stopped", stopped=stopped or Msg("nobody"))
 
     def release_all(self) -> None:
         """battery.on_exit "release": hand every battery back to its own logic (after stop_all)."""
@@ -569,7 +604,7 @@ class ControlLoop:
         if self.setup_mode:
             return {"setup_mode": True, "stop_failures": []}
         self.setup_mode = True
-        failures = self.stop_all("setup mode")
+        failures = self.stop_all("setup mode", retry=True)
         log.warning(Msg("setup_entered"))
         self.publish("setup")
         return {"setup_mode": True, "stop_failures": failures}
