@@ -94,6 +94,7 @@ class _Battery:
     setpoint_w: int = 0
     read_s: float | None = None  # when ``reading`` was taken (control clock)
     reconnecting: bool = False  # its gateway is briefly unreachable (within RECONNECT_GRACE_S)
+    driven: bool = False  # a power was written to it since the start or its last stop (it may be running)
 
     @property
     def key(self) -> str:
@@ -141,6 +142,7 @@ class ControlLoop:
         # New connections for a stop that failed over the control's own (main.py: short answer timeouts).
         self.emergency_fleet = emergency_fleet
         self.not_stopped: list[str] = []  # keys of the batteries the last stop_all could not stop
+        self.unreached: list[str] = []  # keys of those it could not reach that this run never drove
         self.config_path = config_path
         self.clock = clock
         self.controller = make_controller(cfg.control.algorithm, controller_params or control_params(cfg))
@@ -215,7 +217,8 @@ class ControlLoop:
             self.meter.close()
             self.bus.close()
             # The last word: which battery is stopped and which is not (main.py exits 1 then).
-            log.log(logging.ERROR if self.not_stopped else logging.INFO, self.stop_summary(self.not_stopped))
+            log.log(logging.ERROR if self.not_stopped else logging.INFO,
+                    self.stop_summary(self.not_stopped, self.unreached))
 
     def run_once(self) -> None:
         """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
@@ -419,6 +422,7 @@ class ControlLoop:
                 b.setpoint_w = 0
                 continue
             commands[b.key] = (0 if stopping else int(decision.setpoints_w.get(b.key, 0)), b.reading)
+            b.driven = b.driven or commands[b.key][0] != 0  # a failed write may still have reached it
         for key, result in self.bus.write_all(commands).items():
             b = self.batteries[key]
             if isinstance(result, BatteryError):
@@ -446,29 +450,37 @@ class ControlLoop:
                                               budget_s=budget_s - first_s)
             results.update({key: again[key] for key in failed if key in again})
         failures = []
-        self.not_stopped = []
+        self.not_stopped, self.unreached = self.classify_stops(results)
         for key, error in results.items():
             b = self.batteries[key]
             if error is None:
-                b.setpoint_w = 0
+                b.setpoint_w, b.driven = 0, False
                 continue
-            self.not_stopped.append(key)
             failure = Msg("battery_stop_failed", name=b.name, id=b.battery_id, why=why, error=str(error))
             log.error(failure)
             failures.append(failure)
         self.controller.reset()
         return failures
 
-    def stop_summary(self, not_stopped: Collection[str]) -> Msg:
+    def classify_stops(self, results: Mapping[str, BatteryError | None]) -> tuple[list[str], list[str]]:
+        """The keys of the batteries not stopped (a stop failed, or none was tried, after power was written to
+        them) and of those not reached that this run never drove (nothing of ours can be running there)."""
+        failed = [key for key in self.batteries if key not in results or results[key] is not None]
+        return ([key for key in failed if self.batteries[key].driven],
+                [key for key in failed if not self.batteries[key].driven])
+
+    def stop_summary(self, not_stopped: Collection[str], unreached: Collection[str] = ()) -> Msg:
         """The last log line: every battery named, stopped or not."""
         def label(b: _Battery) -> Msg:
             return Msg("battery_label", name=b.name, key=b.key)
 
-        stopped = [label(b) for key, b in self.batteries.items() if key not in not_stopped]
+        stopped = [label(b) for key, b in self.batteries.items() if key not in not_stopped and key not in unreached]
         failed = [label(b) for key, b in self.batteries.items() if key in not_stopped]
+        never = [label(b) for key, b in self.batteries.items() if key in unreached]
+        extra = Msg("control_unreached", names=never) if never else ""
         if failed:
-            return Msg("control_stopped_some", stopped=stopped or Msg("nobody"), failed=failed)
-        return Msg("control_stopped", stopped=stopped or Msg("nobody"))
+            return Msg("control_stopped_some", stopped=stopped or Msg("nobody"), failed=failed, unreached=extra)
+        return Msg("control_stopped", stopped=stopped or Msg("nobody"), unreached=extra)
 
     def release_all(self) -> None:
         """battery.on_exit "release": hand every battery back to its own logic (after stop_all)."""

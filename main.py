@@ -323,9 +323,9 @@ def main(argv: list[str] | None = None) -> int:
             results = emergency_stop(loop.cfg, store, time.monotonic() - loop.heartbeat_s,
                                      lambda: emergency_bus(loop.cfg), stuck=loop.bus, resume=False,
                                      budget_s=SHUTDOWN_BUDGET_S)
-            not_stopped = [key for key in loop.batteries if key not in results or results[key] is not None]
+            not_stopped, unreached = loop.classify_stops(results)
             # The last word, as the control thread would have said it.
-            log.log(logging.ERROR if not_stopped else logging.INFO, loop.stop_summary(not_stopped))
+            log.log(logging.ERROR if not_stopped else logging.INFO, loop.stop_summary(not_stopped, unreached))
         stopped.set()
         stop_web(server, web_thread)
         if mqtt_thread is not None:
