@@ -143,6 +143,7 @@ class ControlLoop:
         self.emergency_fleet = emergency_fleet
         self.not_stopped: list[str] = []  # keys of the batteries the last stop_all could not stop
         self.unreached: list[str] = []  # keys of those it could not reach that this run never drove
+        self._abandoned = threading.Event()  # main.py's emergency stop took over: no stop of our own any more
         self.config_path = config_path
         self.clock = clock
         self.controller = make_controller(cfg.control.algorithm, controller_params or control_params(cfg))
@@ -216,9 +217,10 @@ class ControlLoop:
             self.publish("stopped")
             self.meter.close()
             self.bus.close()
-            # The last word: which battery is stopped and which is not (main.py exits 1 then).
-            log.log(logging.ERROR if self.not_stopped else logging.INFO,
-                    self.stop_summary(self.not_stopped, self.unreached))
+            if not self._abandoned.is_set():  # else main.py has the last word
+                # The last word: which battery is stopped and which is not (main.py exits 1 then).
+                log.log(logging.ERROR if self.not_stopped else logging.INFO,
+                        self.stop_summary(self.not_stopped, self.unreached))
 
     def run_once(self) -> None:
         """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
@@ -437,11 +439,11 @@ class ControlLoop:
         With ``retry`` (shutdown, entering setup mode) and ``emergency_fleet``, a battery whose stop failed is
         stopped again within the same budget over a new connection, after the stuck one is aborted (RST).
         ``not_stopped`` keeps the keys of the batteries still not stopped."""
-        can_retry = retry and self.emergency_fleet is not None
+        can_retry = retry and self.emergency_fleet is not None and not self._abandoned.is_set()
         first_s = budget_s / 2 if can_retry else budget_s
         results = self.bus.stop_all(self.batteries, budget_s=first_s)
         failed = [key for key, error in results.items() if error is not None]
-        if failed and can_retry and self.emergency_fleet is not None:
+        if failed and can_retry and self.emergency_fleet is not None and not self._abandoned.is_set():
             for key in failed:
                 b = self.batteries[key]
                 log.warning(Msg("setup_stop_retry" if why == "setup mode" else "battery_stop_retry", name=b.name))
@@ -461,6 +463,11 @@ class ControlLoop:
             failures.append(failure)
         self.controller.reset()
         return failures
+
+    def abandon(self) -> None:
+        """The shutdown gave up waiting for this thread and stops the batteries itself (another thread): a late
+        stop of ours must not race it for a v3 LAN port's one connection slot."""
+        self._abandoned.set()
 
     def classify_stops(self, results: Mapping[str, BatteryError | None]) -> tuple[list[str], list[str]]:
         """The keys of the batteries not stopped (a stop failed, or none was tried, after power was written to

@@ -320,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
             # Still inside a long meter or Modbus timeout: the batteries would keep their last setpoint.
             # Abort its connections (RST: a v3 LAN port takes only one client) and stop them over new ones;
             # they stay aborted, so the control thread's late stop cannot race the emergency stop for the slot.
+            loop.abandon()
             results = emergency_stop(loop.cfg, store, time.monotonic() - loop.heartbeat_s,
                                      lambda: emergency_bus(loop.cfg), stuck=loop.bus, resume=False,
                                      budget_s=SHUTDOWN_BUDGET_S)
