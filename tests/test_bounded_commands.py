@@ -189,6 +189,38 @@ def test_every_submitted_command_either_ran_and_answered_or_never_ran() -> None:
     assert len(answered) + len(refused) == 400 and refused and answered
 
 
+def test_a_command_already_running_at_its_timeout_is_waited_for_not_disowned() -> None:
+    """Claimed by the control thread before the waiter gave up: it runs now, so the answer is its result
+    (within the grace) or a 504 that says it is still running, never "cancelled"."""
+    commands = CommandQueue()
+    release = threading.Event()
+    claimed = threading.Event()
+
+    def handler(_name: str, args: Any) -> int:
+        claimed.set()
+        release.wait(10)
+        return int(args["n"])
+
+    control = threading.Thread(target=lambda: (commands.wakeup.wait(5), commands.run_pending(handler)), daemon=True)
+    control.start()
+    # The command takes 1 s, the waiter gives up after 0.5 s: it is running by then (claimed at once).
+    timer = threading.Thread(target=lambda: (claimed.wait(5), release.wait(1.0), release.set()), daemon=True)
+    timer.start()
+    assert commands.submit("n", timeout_s=0.5, running_grace_s=10.0, n=7) == 7
+    control.join(5)
+
+    release.clear()
+    claimed.clear()
+    control = threading.Thread(target=lambda: (commands.wakeup.wait(5), commands.run_pending(handler)), daemon=True)
+    control.start()
+    with pytest.raises(CommandError) as still:
+        commands.submit("n", timeout_s=0.5, running_grace_s=0.2, n=8)
+    assert still.value.status == 504 and still.value.message == i18n.Msg("command_still_running")
+    assert claimed.is_set()
+    release.set()
+    control.join(5)
+
+
 # ---------------------------------------------------------------------------- a flood of mode changes
 MAX_WRITES_PER_CYCLE = 4  # the most one battery gets in a normal cycle: 42000, 42010 and both power registers
 
