@@ -476,8 +476,10 @@ class MarstekGateway:
         """The EEPROM power limits 44002/44003 (read only: never written by the loop, no flash wear).
 
         A firmware that does not have them (exception) is not asked again and loses nothing: the failure
-        is undone. On v3 a 0 is not trusted: a Venus D v150 reads 0 while charging at 1.3 kW
-        (marstek-modbus.md section 5), so 0 there means "unknown" rather than "delivers nothing".
+        is undone. A 0 is never trusted, on any register set: a Venus D v150 reads 0 while charging at 1.3 kW
+        (marstek-modbus.md section 5), and a v2 unit reading 0 was never used at all. 0 means "unknown": the
+        battery is commanded, and what it delivers is what the control law learns (a real 0 W limit shows as
+        "delivers nothing" and pauses the battery).
         """
         if state.model is None:
             self._read_model(unit_id, state)
@@ -493,7 +495,7 @@ class MarstekGateway:
 
         def trusted(value: float | str) -> int | None:
             watts = int(float(value))
-            return None if watts == 0 and self.register_set == "v3" else watts
+            return None if watts == 0 else watts
 
         def capped(limit: int | None) -> int | None:
             return state.model_limit_w if limit is None else min(limit, state.model_limit_w)

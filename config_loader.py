@@ -193,6 +193,7 @@ class WebConfig:
     password: str | None = None
     language: str = "de"
     read_only_without_login: bool = True
+    setup_timeout_minutes: int = 15  # setup mode ends by itself after this long without a setup request
 
 
 @dataclass(frozen=True)
@@ -890,10 +891,11 @@ def _web(sec: _Section | None) -> WebConfig | None:
     password = sec.optional_string("password")
     language = sec.string("language", _default(w, "language"), choices=LANGUAGES)
     read_only = sec.boolean("read_only_without_login", _default(w, "read_only_without_login"))
+    setup_timeout = sec.integer("setup_timeout_minutes", _default(w, "setup_timeout_minutes"), 1, 1440)
     sec.finish()
-    if not _ok(host, port, password, language, read_only):
+    if not _ok(host, port, password, language, read_only, setup_timeout):
         return None
-    return WebConfig(host, port, password, language, read_only)
+    return WebConfig(host, port, password, language, read_only, setup_timeout_minutes=setup_timeout)
 
 
 def _logging(sec: _Section | None, base_dir: Path | None) -> LoggingConfig | None:

@@ -297,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
     mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
     meter = build_meter(cfg)
-    loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file)
+    loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file,
+                       emergency_fleet=emergency_bus)
     logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
     # Opened by its own thread: a hanging disk never delays the control.
     history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
@@ -333,19 +334,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         request_stop()
         control.join(timeout=SHUTDOWN_BUDGET_S + 2)
+        not_stopped = loop.not_stopped
         if control.is_alive():
             # Still inside a long meter or Modbus timeout: the batteries would keep their last setpoint.
             # Abort its connections (RST: a v3 LAN port takes only one client) and stop them over new ones;
             # they stay aborted, so the control thread's late stop cannot race the emergency stop for the slot.
-            emergency_stop(cfg, store, time.monotonic() - loop.heartbeat_s, lambda: emergency_bus(cfg),
-                           stuck=loop.bus, resume=False, budget_s=SHUTDOWN_BUDGET_S)
+            loop.abandon()
+            results = emergency_stop(loop.cfg, store, time.monotonic() - loop.heartbeat_s,
+                                     lambda: emergency_bus(loop.cfg), stuck=loop.bus, resume=False,
+                                     budget_s=SHUTDOWN_BUDGET_S)
+            not_stopped, unreached = loop.classify_stops(results)
+            # The last word, as the control thread would have said it.
+            log.log(logging.ERROR if not_stopped else logging.INFO, loop.stop_summary(not_stopped, unreached))
         stopped.set()
         stop_web(server, web_thread)
         if mqtt_thread is not None:
             mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends
         history_thread.join(timeout=3.0)  # its last batch; a hanging disk must not keep the program alive
         stop_demo(sim, demo_dir)
-    return 0
+    return 1 if not_stopped else 0  # a battery that could not be stopped may still be running
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +37,7 @@ from control.devices import (
 )
 from control.fleet import Fleet, unit_name
 from control.i18n import Msg
-from control.modes import ModeFile, ModeRequest, ModeState
+from control.modes import ModeFile, ModeRequest, ModeState, ModeWriter
 from control.quality import QualityTracker
 from control.status_store import (
     BatteryStatus,
@@ -49,6 +49,7 @@ from control.status_store import (
     StatusStore,
     now_iso,
 )
+from control.watchdog import stop_over_new_connections
 from meters.sign_check import SignCheck
 from zero_feed_control import (
     STOPPING,
@@ -68,6 +69,7 @@ CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
 # A gateway that takes no connections for up to this long (the v3 firmware's network reset, 2-5 s) is shown
 # as "reconnecting", not offline; the law leaves its battery out meanwhile.
 RECONNECT_GRACE_S = 10.0
+SETUP_REQUESTS = frozenset({"enter_setup", "scan", "set_id", "add_to_config"})  # each keeps setup mode alive
 # Statuses whose reason only counts up or repeats ("meter failed 5x"): logged on a change of status only.
 _QUIET = frozenset({Status.WAITING_FOR_SAMPLE, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED})
 
@@ -100,6 +102,7 @@ class _Battery:
     setpoint_w: int = 0
     read_s: float | None = None  # when ``reading`` was taken (control clock)
     reconnecting: bool = False  # its gateway is briefly unreachable (within RECONNECT_GRACE_S)
+    driven: bool = False  # a power was written to it since the start or its last stop (it may be running)
 
     @property
     def key(self) -> str:
@@ -136,6 +139,7 @@ class ControlLoop:
         controller_params: ControlParams | None = None,
         mode_file: ModeFile | None = None,
         wall_clock: Callable[[], float] = time.time,
+        emergency_fleet: Callable[[Config], Fleet] | None = None,
     ) -> None:
         self.cfg = cfg
         self.meter = meter
@@ -143,6 +147,11 @@ class ControlLoop:
         self.bus = bus if isinstance(bus, Fleet) else Fleet.around(bus, cfg.battery.units)
         self.store = store
         self.commands = commands
+        # New connections for a stop that failed over the control's own (main.py: short answer timeouts).
+        self.emergency_fleet = emergency_fleet
+        self.not_stopped: list[str] = []  # keys of the batteries the last stop_all could not stop
+        self.unreached: list[str] = []  # keys of those it could not reach that this run never drove
+        self._abandoned = threading.Event()  # main.py's emergency stop took over: no stop of our own any more
         self.config_path = config_path
         self.clock = clock
         self.controller = make_controller(cfg.control.algorithm, controller_params or control_params(cfg))
@@ -166,14 +175,24 @@ class ControlLoop:
         self._crashes = 0
         self._cycle_started_s = clock()
         self._next_cycle_s = clock()
-        # The operating mode (modes.py): kept across restarts in ``mode_file``; expiry on ``wall_clock``.
+        # The operating mode (modes.py): kept across restarts in ``mode_file`` (written by its own thread);
+        # the expiry runs on ``clock``, ``wall_clock`` only dates ``until`` for the file and the API.
         self.mode_file = mode_file
         self.wall_clock = wall_clock
-        self.mode = mode_file.load() if mode_file else ModeState()
+        self.mode_writer = ModeWriter(mode_file, self._mode_not_saved) if mode_file is not None else None
+        self.mode = ModeState()
+        if mode_file is not None:
+            self.mode = mode_file.load(now_s=wall_clock(), max_power_w=self.max_charge_power_w).anchored(
+                wall_clock(), clock())
+        # The latest mode asked for since the last cycle: applied at the start of the next one (a flood of
+        # requests costs one mode change and one cycle's writes per cycle).
+        self._mode_requested: ModeState | None = None
         store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
         self.quirks = QuirkCounter()
         self._unnamed: set[str] = set()  # keys of the batteries whose device name run() still has to read
+        self._setup_request_s = clock()  # the last setup command (control clock): setup mode times out
+        self._answered: dict[str, set[int]] = {}  # per gateway: the IDs that answered its last scan (setup)
 
     def unit(self, unit_id: int, gateway: str | None = None) -> _Battery:
         """The battery with Modbus ID ``unit_id`` (on ``gateway``, default: the first that has it)."""
@@ -189,18 +208,27 @@ class ControlLoop:
         self._unnamed = set(self.batteries)
         try:
             while not stop.is_set():
-                self.run_once()
-                self.read_device_names()
+                if self.clock() >= self.next_cycle_s:
+                    self.run_once()
+                    self.read_device_names()
+                else:  # woken early by a command: run it, the cycles stay on their schedule
+                    self.commands.run_pending(self.handle_command)
                 # Woken early by a web command or by the stop request (both set ``wakeup``).
                 self.commands.wakeup.wait(max(0.0, self.next_cycle_s - self.clock()))
         finally:
-            self.stop_all("shutdown")
+            self.apply_requested_mode()  # answered 200 before the stop: kept for the next start
+            if self.mode_writer is not None:
+                self.mode_writer.close()
+            self.stop_all("shutdown", retry=True)
             if self.cfg.battery.on_exit == "release":
                 self.release_all()
             self.publish("stopped")
             self.meter.close()
             self.bus.close()
-            log.info(Msg("control_stopped"))
+            if not self._abandoned.is_set():  # else main.py has the last word
+                # The last word: which battery is stopped and which is not (main.py exits 1 then).
+                log.log(logging.ERROR if self.not_stopped else logging.INFO,
+                        self.stop_summary(self.not_stopped, self.unreached))
 
     def run_once(self) -> None:
         """One cycle, contained: a bug stops every battery, is reported, and delays the next cycle."""
@@ -234,7 +262,9 @@ class ControlLoop:
     def cycle(self) -> None:
         """One control cycle (also called directly by tests)."""
         self.commands.run_pending(self.handle_command)
+        self.apply_requested_mode()
         self.expire_mode()
+        self.expire_setup()
         if self.setup_mode:
             # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
             # stopped and not polled, so their power is unknown rather than the last value.
@@ -402,6 +432,7 @@ class ControlLoop:
                 b.setpoint_w = 0
                 continue
             commands[b.key] = (0 if stopping else int(decision.setpoints_w.get(b.key, 0)), b.reading)
+            b.driven = b.driven or commands[b.key][0] != 0  # a failed write may still have reached it
         for key, result in self.bus.write_all(commands).items():
             b = self.batteries[key]
             if isinstance(result, BatteryError):
@@ -410,19 +441,61 @@ class ControlLoop:
             else:
                 b.setpoint_w = int(commands[key][0])
 
-    def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S) -> list[Msg]:
-        """Force mode stop and both setpoints 0 on every battery (all gateways at once); returns the failures."""
+    def stop_all(self, why: str, budget_s: float = SHUTDOWN_BUDGET_S, *, retry: bool = False) -> list[Msg]:
+        """Force mode stop and both setpoints 0 on every battery (all gateways at once); returns the failures.
+
+        With ``retry`` (shutdown, entering setup mode) and ``emergency_fleet``, a battery whose stop failed is
+        stopped again within the same budget over a new connection, after the stuck one is aborted (RST).
+        ``not_stopped`` keeps the keys of the batteries still not stopped."""
+        can_retry = retry and self.emergency_fleet is not None and not self._abandoned.is_set()
+        first_s = budget_s / 2 if can_retry else budget_s
+        results = self.bus.stop_all(self.batteries, budget_s=first_s)
+        failed = [key for key, error in results.items() if error is not None]
+        if failed and can_retry and self.emergency_fleet is not None and not self._abandoned.is_set():
+            for key in failed:
+                b = self.batteries[key]
+                log.warning(Msg("setup_stop_retry" if why == "setup mode" else "battery_stop_retry", name=b.name))
+            make, cfg = self.emergency_fleet, self.cfg
+            again = stop_over_new_connections(lambda: make(cfg), failed, stuck=self.bus, resume=True,
+                                              budget_s=budget_s - first_s)
+            results.update({key: again[key] for key in failed if key in again})
         failures = []
-        for key, error in self.bus.stop_all(self.batteries, budget_s=budget_s).items():
+        self.not_stopped, self.unreached = self.classify_stops(results)
+        for key, error in results.items():
             b = self.batteries[key]
             if error is None:
-                b.setpoint_w = 0
+                b.setpoint_w, b.driven = 0, False
                 continue
             failure = Msg("battery_stop_failed", name=b.name, id=b.battery_id, why=why, error=str(error))
             log.error(failure)
             failures.append(failure)
         self.controller.reset()
         return failures
+
+    def abandon(self) -> None:
+        """The shutdown gave up waiting for this thread and stops the batteries itself (another thread): a late
+        stop of ours must not race it for a v3 LAN port's one connection slot."""
+        self._abandoned.set()
+
+    def classify_stops(self, results: Mapping[str, BatteryError | None]) -> tuple[list[str], list[str]]:
+        """The keys of the batteries not stopped (a stop failed, or none was tried, after power was written to
+        them) and of those not reached that this run never drove (nothing of ours can be running there)."""
+        failed = [key for key in self.batteries if key not in results or results[key] is not None]
+        return ([key for key in failed if self.batteries[key].driven],
+                [key for key in failed if not self.batteries[key].driven])
+
+    def stop_summary(self, not_stopped: Collection[str], unreached: Collection[str] = ()) -> Msg:
+        """The last log line: every battery named, stopped or not."""
+        def label(b: _Battery) -> Msg:
+            return Msg("battery_label", name=b.name, key=b.key)
+
+        stopped = [label(b) for key, b in self.batteries.items() if key not in not_stopped and key not in unreached]
+        failed = [label(b) for key, b in self.batteries.items() if key in not_stopped]
+        never = [label(b) for key, b in self.batteries.items() if key in unreached]
+        extra = Msg("control_unreached", names=never) if never else ""
+        if failed:
+            return Msg("control_stopped_some", stopped=stopped or Msg("nobody"), failed=failed, unreached=extra)
+        return Msg("control_stopped", stopped=stopped or Msg("nobody"), unreached=extra)
 
     def release_all(self) -> None:
         """battery.on_exit "release": hand every battery back to its own logic (after stop_all)."""
@@ -461,7 +534,7 @@ class ControlLoop:
             counters={"control_cycles_total": self.cycles_total, "modbus_writes_total": self.bus.writes_total,
                       "meter_failures_total": self.quirks.count("meter_failure")},
             quality=self.quality.figures(),
-            operating_mode=self.mode.to_json(),
+            operating_mode=(self._mode_requested or self.mode).to_json(),
         )
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
@@ -503,6 +576,8 @@ class ControlLoop:
     # ------------------------------------------------------------------ commands from the web thread
     def handle_command(self, name: str, args: Mapping[str, Any]) -> Any:
         """Commands from the web thread (run here because only this thread owns the bus)."""
+        if name in SETUP_REQUESTS:
+            self._setup_request_s = self.clock()  # setup mode lasts while the setup page is being used
         if name == "enter_setup":
             return self.enter_setup()
         if name == "exit_setup":
@@ -514,7 +589,10 @@ class ControlLoop:
         args = dict(args)
         gateway = self._gateway(args.pop("gateway", None))
         if name == "add_to_config":
-            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, gateway=gateway, **args)
+            if not self.setup_mode:
+                raise CommandError(Msg("add_not_in_setup"), 409)
+            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, gateway=gateway,
+                                                            answered=self._answered.get(gateway, set()), **args)
             for unit in self.cfg.battery.units:  # the running control takes the new unit in at once
                 self.bus.add_unit(unit)
                 self.batteries.setdefault(unit.key, _Battery(unit))
@@ -525,8 +603,16 @@ class ControlLoop:
         command = setup_commands.scan if name == "scan" else setup_commands.set_id
         # On a worker thread the heartbeat is kept up here, in ``call`` (the loop's fields stay this thread's).
         inner_alive = self._still_alive if not self.bus.threaded else lambda: None
-        return self.bus.call(gateway, lambda bus: command(bus, gateway, units, inner_alive, **args),
-                             self._still_alive)
+        result = self.bus.call(gateway, lambda bus: command(bus, gateway, units, inner_alive, **args),
+                               self._still_alive)
+        if name == "scan":  # what add-to-config may take: the IDs that answered this (the last) scan
+            self._answered[gateway] = {hit["id"] for hit in result["found"]}
+            if result["one_battery_on_every_id"]:  # every ID answers: the config check explains the rest
+                self._answered[gateway] = set(range(1, setup_commands.MAX_UNIT_ID + 1))
+        else:  # re-addressed and verified: the new ID answers now, the old ID 1 no longer
+            self._answered.setdefault(gateway, set()).discard(1)
+            self._answered[gateway].add(result["new_id"])
+        return result
 
     def _gateway(self, gateway: object) -> str:
         """The gateway a setup command names ("<host>:<port>"), or the first one."""
@@ -546,15 +632,24 @@ class ControlLoop:
         if self.setup_mode:
             return {"setup_mode": True, "stop_failures": []}
         self.setup_mode = True
-        failures = self.stop_all("setup mode")
+        failures = self.stop_all("setup mode", retry=True)
         log.warning(Msg("setup_entered"))
         self.publish("setup")
         return {"setup_mode": True, "stop_failures": failures}
+
+    def expire_setup(self) -> None:
+        """Setup mode ends by itself ``web.setup_timeout_minutes`` after the last setup request (a forgotten
+        setup page must not leave the batteries unregulated and the watchdog paused)."""
+        minutes = self.cfg.web.setup_timeout_minutes
+        if self.setup_mode and self.clock() - self._setup_request_s >= minutes * 60.0:
+            log.warning(Msg("setup_timed_out", minutes=minutes))
+            self.exit_setup()
 
     def exit_setup(self) -> dict[str, Any]:
         """Resume the control with a fresh start (the batteries may have new IDs)."""
         if self.setup_mode:
             self.setup_mode = False
+            self._answered.clear()  # a later setup mode scans again
             self.controller.reset()
             self.sign_check.reset()
             for key in self.batteries:
@@ -571,24 +666,37 @@ class ControlLoop:
         return self.cfg.battery.max_power_per_battery * len(self.batteries)
 
     def set_mode(self, request: ModeRequest, source: str) -> dict[str, Any]:
-        """Apply a validated mode request (web or MQTT thread, via the command queue); answers the mode object."""
-        self._change_mode(ModeState.from_request(request, source, self.wall_clock()))
-        until = self.mode.to_json()["until"]
-        log.info("%s", Msg("mode_set", mode=self.mode.mode.value, source=source,
-                           until=Msg("mode_until", time=until) if until else ""))
-        return self.mode.to_json()
+        """Take a validated mode request (web or MQTT thread, via the command queue); answers the mode object.
+
+        Applied at the start of the next cycle; a later request before then replaces it (latest wins)."""
+        state = ModeState.from_request(request, source, self.wall_clock(), self.clock())
+        self._mode_requested = state
+        self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it at once
+        return state.to_json()
+
+    def apply_requested_mode(self) -> None:
+        """The latest mode asked for since the last cycle becomes the one in force (at most one per cycle)."""
+        state, self._mode_requested = self._mode_requested, None
+        if state is None:
+            return
+        self._change_mode(state)
+        until = state.to_json()["until"]
+        log.info(Msg("mode_set", mode=state.mode.value, source=state.source,
+                     until=Msg("mode_until", time=until) if until else ""))
 
     def expire_mode(self) -> None:
-        """Back to auto once the mode's time is up (wall clock: the expiry survives a restart)."""
-        if self.mode.expired(self.wall_clock()):
+        """Back to auto once the mode's time is up (on the monotonic clock; ``until`` is kept for a restart)."""
+        if self.mode.expired(self.clock()):
             log.info("%s", Msg("mode_expired", mode=self.mode.mode.value))
             self._change_mode(ModeState(OperatingMode.AUTO))
 
     def _change_mode(self, state: ModeState) -> None:
         self.mode = state
         self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it before the next publish
-        if self.mode_file is not None:
-            try:
-                self.mode_file.save(state)
-            except OSError as exc:
-                log.error("%s", Msg("mode_file_write_failed", path=str(self.mode_file.path), error=str(exc)))
+        if self.mode_writer is not None:
+            self.mode_writer.save(state)  # written by its own thread: the disk never delays the cycle
+
+    def _mode_not_saved(self, exc: OSError) -> None:
+        """The mode file could not be written (the writer's thread)."""
+        path = str(self.mode_file.path) if self.mode_file is not None else "?"
+        log.error("%s", Msg("mode_file_write_failed", path=path, error=str(exc)))

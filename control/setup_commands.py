@@ -24,6 +24,7 @@ log = logging.getLogger("marstek")
 SCAN_PROBE_TIMEOUT_S = 1.0  # an empty ID costs at most this
 FIRST_NEW_ID = 2  # every battery ships as ID 1; new IDs start above it
 MAX_UNIT_ID = 247
+MAX_UNITS_PER_GATEWAY = 16  # one RS485 bus; more would stretch the control cycle past its interval
 
 
 def _probe(bus: BatteryBus, unit_id: int, alive: Callable[[], None]) -> dict[str, Any] | None:
@@ -97,13 +98,22 @@ def set_id(bus: BatteryBus, gateway: str, units: Sequence[UnitConfig], alive: Ca
             "soc_pct": hit["soc_pct"], "in_config": new_id in {u.unit_id for u in units}}
 
 
-def add_to_config(cfg: Config, config_path: Path | None, *, gateway: str, battery_id: int
-                  ) -> tuple[Config, dict[str, Any]]:
+def add_to_config(cfg: Config, config_path: Path | None, *, gateway: str, battery_id: int,
+                  answered: Collection[int]) -> tuple[Config, dict[str, Any]]:
     """Unit ``battery_id`` behind ``gateway`` added in the form the config uses (``battery.units`` or
-    ``battery.akku_ids``), saved atomically with a backup (not in the demo)."""
+    ``battery.akku_ids``), saved atomically with a backup (not in the demo).
+
+    Only an ID in ``answered`` (the IDs that answered the last scan on ``gateway``, or were re-addressed to
+    since) and at most ``MAX_UNITS_PER_GATEWAY`` units per gateway: bogus IDs would each cost the control
+    cycle a timeout (409 otherwise)."""
     b = cfg.battery
     if any(u.gateway == gateway and u.unit_id == battery_id for u in b.units):
         return cfg, {**_listing(cfg), "saved": False, "message": Msg("already_configured", id=battery_id)}
+    if battery_id not in answered:
+        raise CommandError(Msg("add_not_scanned", id=battery_id, gateway=gateway), 409)
+    count = sum(1 for u in b.units if u.gateway == gateway)
+    if count >= MAX_UNITS_PER_GATEWAY:
+        raise CommandError(Msg("add_too_many", gateway=gateway, count=count, max=MAX_UNITS_PER_GATEWAY), 409)
     if config_path is None:
         # Demo: no file. The new unit as the file would get it (gateway's register set and framer).
         like = next(u for u in b.units if u.gateway == gateway)

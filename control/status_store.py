@@ -12,6 +12,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -263,27 +264,43 @@ class _Command:
 
 
 class CommandQueue:
-    """Commands from the web thread, executed by the control thread between cycles."""
+    """Commands from the web thread, executed by the control thread between cycles.
+
+    A command either runs or never runs: the control thread claims each one
+    (``Future.set_running_or_notify_cancel``) before it starts, and a waiter that gives up cancels it first
+    (``Future.cancel``); both happen under the future's lock, so a command answered with 504 is never applied
+    later (a late set-id must not re-address the next battery plugged in).
+    """
 
     def __init__(self) -> None:
         self._queue: queue.Queue[_Command] = queue.Queue(maxsize=16)
         self.wakeup = threading.Event()  # lets the control loop react at once
 
-    def submit(self, name: str, timeout_s: float = 60.0, **args: Any) -> Any:
-        """Run a command on the control thread and wait for its result (raises CommandError)."""
+    def submit(self, name: str, timeout_s: float = 60.0, *, running_grace_s: float | None = None, **args: Any) -> Any:
+        """Run a command on the control thread and wait for its result (raises CommandError).
+
+        Not started within ``timeout_s``: cancelled (it never runs) and 504. Started but not finished by then:
+        it is running on the hardware now, so the answer waits for it up to ``running_grace_s`` more (default
+        ``timeout_s``); still not done, 504 saying so (its outcome goes to the events).
+        """
         cmd = _Command(name, args, Future())
         try:
             self._queue.put_nowait(cmd)
         except queue.Full:
-            raise CommandError("busy, try again in a moment", 503) from None
+            raise CommandError(i18n.Msg("command_busy"), 503) from None
         self.wakeup.set()
         try:
             return cmd.future.result(timeout=timeout_s)
-        except TimeoutError:
-            raise CommandError("the control thread did not answer in time", 504) from None
+        except futures.TimeoutError:  # TimeoutError itself from Python 3.11 on
+            if cmd.future.cancel():
+                raise CommandError(i18n.Msg("command_cancelled"), 504) from None
+        try:  # the control thread claimed it before the cancel: it runs now
+            return cmd.future.result(timeout=timeout_s if running_grace_s is None else running_grace_s)
+        except futures.TimeoutError:
+            raise CommandError(i18n.Msg("command_still_running"), 504) from None
 
     def run_pending(self, handler: Callable[[str, Mapping[str, Any]], Any]) -> None:
-        """Execute every queued command with ``handler`` (control thread only)."""
+        """Execute every queued command with ``handler`` (control thread only); cancelled ones are dropped."""
         self.wakeup.clear()
         while True:
             try:
@@ -291,7 +308,7 @@ class CommandQueue:
             except queue.Empty:
                 return
             if not cmd.future.set_running_or_notify_cancel():
-                continue
+                continue  # its waiter gave up (504): it never runs
             try:
                 cmd.future.set_result(handler(cmd.name, cmd.args))
             except Exception as exc:  # handed to the waiting web thread, never lost

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from config_loader import Config
+from control.devices import BatteryError
 from control.fleet import Fleet, unit_name
 from control.i18n import Msg
 from control.status_store import StatusStore
@@ -32,7 +33,7 @@ class Watchdog:
         self,
         heartbeat_s: Callable[[], float],
         limit_s: float,
-        on_stall: Callable[[float], None],
+        on_stall: Callable[[float], object],
         *,
         paused: Callable[[], bool] = lambda: False,
         clock: Callable[[], float] = time.monotonic,
@@ -69,9 +70,10 @@ def watchdog_limit_s(cfg: Config) -> float:
 
 
 def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_fleet: Callable[[], Fleet], *,
-                   stuck: Fleet | None = None, resume: bool = True, budget_s: float = EMERGENCY_BUDGET_S) -> None:
+                   stuck: Fleet | None = None, resume: bool = True, budget_s: float = EMERGENCY_BUDGET_S
+                   ) -> dict[str, BatteryError | None]:
     """Stop every battery over new connections from ``make_fleet`` (all gateways at once): the control thread is
-    stuck in its own.
+    stuck in its own. Returns per battery key the error of its stop (None: stopped).
 
     ``stuck`` (the control thread's fleet) is aborted first (TCP RST): a v3 battery on its own LAN port takes
     one client only, and the stuck connection holds that slot. The new connection to an aborted gateway then
@@ -82,16 +84,33 @@ def emergency_stop(cfg: Config, store: StatusStore, stalled_s: float, make_fleet
     message = Msg("control_stalled", seconds=stalled_s)
     log.error(message)
     store.update(control_state="error", errors=(*store.latest().errors, message))
+    def failed(fleet: Fleet, key: str, error: BatteryError) -> None:
+        unit = fleet.units[key]
+        log.error(Msg("watchdog_stop_failed", name=unit_name(unit), id=unit.unit_id, error=str(error)))
+
+    return stop_over_new_connections(make_fleet, None, stuck=stuck, resume=resume, budget_s=budget_s,
+                                     on_failure=failed)
+
+
+def stop_over_new_connections(make_fleet: Callable[[], Fleet], keys: Collection[str] | None, *,
+                              stuck: Fleet | None, resume: bool, budget_s: float,
+                              on_failure: Callable[[Fleet, str, BatteryError], None] = lambda _f, _k, _e: None
+                              ) -> dict[str, BatteryError | None]:
+    """Stop the batteries ``keys`` (None: all) over new connections from ``make_fleet``, after aborting
+    ``stuck``'s connections (TCP RST); per key the error of its stop (None: stopped). The watchdog's emergency
+    stop, and the retry of a stop that failed at shutdown or on entering setup mode."""
     aborted = stuck.abort() if stuck is not None else []
     for gateway in aborted:
         log.warning(Msg("stuck_connection_aborted", gateway=gateway))
     fleet = make_fleet()
     try:
         fleet.connection_closed(aborted)  # before its first connect: the slot comes free only after the gap
-        for key, error in fleet.stop_all(budget_s=budget_s).items():
+        wanted = None if keys is None else [k for k in keys if k in fleet.units]
+        results = fleet.stop_all(wanted, budget_s=budget_s)
+        for key, error in results.items():
             if error is not None:
-                unit = fleet.units[key]
-                log.error(Msg("watchdog_stop_failed", name=unit_name(unit), id=unit.unit_id, error=str(error)))
+                on_failure(fleet, key, error)
+        return results
     finally:
         fleet.close()
         if stuck is not None and resume:

@@ -139,6 +139,9 @@ class UnitSpec:
     firmware: int | None = None  # EMS firmware (31101 v2, default 153 / 30200 v3, default 150); A/D: more from 148
     max_charge_power_w: int = MAX_SETPOINT_W  # EEPROM 44002, as set in the app (a reset or evcc may lower it)
     max_discharge_power_w: int = MAX_SETPOINT_W  # EEPROM 44003
+    # 44002/44003 read 0 whatever limit is in force (a Venus D v150 reads 0 there while charging at 1.3 kW,
+    # marstek-modbus.md section 5; seen as a field report on v2 too): the registers say nothing.
+    limits_read_zero: bool = False
     min_setpoint_w: float = 50.0  # smaller forced powers are ignored by the firmware (seed clamps >= 50 W)
     drop_clears_setpoints: bool = True  # leaving RS485 control resets 42010/42020/42021 to 0
     rs485_watchdog_s: float | None = None  # leave RS485 control unless 42000 is re-written this often (uncertain)
@@ -201,9 +204,11 @@ class SimUnit:
         self.backup_disabled = 0
         self.max_charge_power_w = int(spec.max_charge_power_w)
         self.max_discharge_power_w = int(spec.max_discharge_power_w)
+        self.limits_read_zero = bool(spec.limits_read_zero)
         self.cutoff_charge = 1000  # v2 44000, ×0.1 %
         self.cutoff_discharge = 120  # v2 44001, ×0.1 %
         self.write_log: list[tuple[int, int]] = []
+        self.writes_received = 0  # every write ever received (``write_log`` keeps only the newest)
         self.runaway_w: float | None = None  # own logic at this power despite the registers (slip_out)
         self.deaf = False  # writes ACKed but ignored until the next connection
         self.drop_clears_setpoints = bool(spec.drop_clears_setpoints)
@@ -304,6 +309,7 @@ class SimUnit:
         41100 (unit id) is validated here and applied by the ``SimGateway`` (re-addressing).
         """
         self._watchdog()
+        self.writes_received += 1
         self.write_log.append((address, value))
         if len(self.write_log) > _WRITE_LOG_MAX:
             del self.write_log[: len(self.write_log) - _WRITE_LOG_MAX]
@@ -468,8 +474,8 @@ class SimUnit:
         r[REG_CHARGE_POWER] = lambda: self.charge_power_w
         r[REG_DISCHARGE_POWER] = lambda: self.discharge_power_w
         r[REG_WORK_MODE] = lambda: 1 if self.rs485_control else self.work_mode
-        r[REG_MAX_CHARGE] = lambda: self.max_charge_power_w
-        r[REG_MAX_DISCHARGE] = lambda: self.max_discharge_power_w
+        r[REG_MAX_CHARGE] = lambda: 0 if self.limits_read_zero else self.max_charge_power_w
+        r[REG_MAX_DISCHARGE] = lambda: 0 if self.limits_read_zero else self.max_discharge_power_w
         if not v3:
             r[31100] = const(103)  # SW version 0.01 → 1.03
             r[31101] = lambda: self.firmware  # EMS firmware

@@ -370,7 +370,8 @@ def test_mode_buttons_switch_the_mode_and_show_the_remaining_time(browser: Brows
         expect(page.locator("#mode-source")).to_have_text("gesetzt von: Dashboard")
         wait_until(lambda: all(w <= 0 for w in commanded()), 10, "hold: no battery discharges")
         expect(page.locator("#control-status")).to_have_text("Betriebsart Halten: Entladen gesperrt")
-        assert json.loads(mode_file.read_text())["mode"] == "hold"
+        wait_until(lambda: mode_file.exists() and json.loads(mode_file.read_text())["mode"] == "hold", 5,
+                   "saved by the mode file's thread")
 
         page.locator("#mode-minutes").select_option("")
         page.locator("[data-mode='charge']").click()
@@ -389,7 +390,8 @@ def test_mode_buttons_switch_the_mode_and_show_the_remaining_time(browser: Brows
         expect(page.locator("[data-mode='auto']")).to_have_attribute("aria-pressed", "true")
         wait_until(lambda: any(w > 0 for w in commanded()), 20, "auto: discharging again")
         expect(page.locator("#control-state-text")).to_have_text("Regelung aktiv")
-        assert json.loads(mode_file.read_text())["mode"] == "auto"
+        wait_until(lambda: mode_file.exists() and json.loads(mode_file.read_text())["mode"] == "auto", 5,
+                   "saved by the mode file's thread")
 
 
 # ---------------------------------------------------------------------------- energy, 7 days, diagnostics

@@ -123,7 +123,10 @@ def test_signal_stops_every_battery_and_exits_0(sim, tmp_path, sig):
             u = sim.unit(i)
             assert (u.force_mode, u.charge_power_w, u.discharge_power_w) == (0, 0, 0)
         log_text = (tmp_path / "logs" / "marstek.log").read_text(encoding="utf-8")
-        assert i18n.MESSAGES_DE["control_stopped"] in log_text  # the log speaks web.language (default de)
+        # The log speaks web.language (default de); its last line names every battery as stopped.
+        last = log_text.strip().splitlines()[-1]
+        assert i18n.MESSAGES_DE["control_stopped"].split("{")[0] in last, last
+        assert all(f"127.0.0.1:{sim.modbus_port}/{i}" in last for i in (1, 2)), last
 
 
 def test_starts_without_gateway_and_shows_it(tmp_path):

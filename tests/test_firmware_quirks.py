@@ -265,17 +265,40 @@ def test_venus_e_800_w_app_setting_is_learned_and_explained(rig: Rig, caplog) ->
     assert "2500 W" in caplog.text  # logged once when the note appeared
 
 
-def test_eeprom_charge_limit_zero_means_no_charging_on_v2(rig: Rig) -> None:
-    """evcc's "hold" writes 44002 <- 0: on a v2 unit that is trusted, the battery is not asked to charge."""
+@pytest.mark.parametrize("register_set", ["v2", "v3"])
+def test_limit_registers_reading_zero_mean_unknown_and_the_battery_is_used(rig: Rig, register_set: str) -> None:
+    """44002/44003 read 0 (a Venus D v150 does while charging at 1.3 kW; a v2 unit in the field did too): that
+    is "unknown", not a 0 W limit. The battery is commanded both ways and regulates."""
+    sim = rig.simulation(units=[UnitSpec(1, register_set, soc_pct=50.0, limits_read_zero=True)], **QUICK)
+    assert sim.unit(1).read_registers(44002, 2) == [0, 0]
+    sim.set_load_w(900.0)
+    clock = fake_clock()
+    loop = rig.loop(fault_config(sim, [1], register_set=register_set), clock)
+    run_until(loop, clock, lambda: discharging(sim.unit(1)) and abs(sim.true_grid_power_w() - 20.0) < 60, 40,
+              "discharging into the load", step_s=1.0)
+    reading = loop.unit(1).reading
+    assert reading is not None and reading.max_charge_w == reading.max_discharge_w == 2500  # the model's limit
+    sim.set_pv_w(2000.0)
+    run_until(loop, clock, lambda: sim.unit(1).force_mode == 1 and sim.unit(1).power_w < -900, 40,
+              "charging from the surplus", step_s=1.0)
+    assert "44002" not in battery_doc(loop, 1)["note"] and "44003" not in battery_doc(loop, 1)["note"]
+
+
+def test_eeprom_charge_limit_zero_on_v2_is_tried_and_learned_as_delivering_nothing(rig: Rig) -> None:
+    """evcc's "hold" writes 44002 <- 0. A 0 there is not trusted (see above): the battery is asked to charge,
+    delivers nothing, is paused for that (the law learned it) and the other battery takes the surplus."""
     sim = rig.simulation(units=[UnitSpec(1, soc_pct=40.0, max_charge_power_w=0), UnitSpec(2, soc_pct=40.0)],
                          **QUICK)
     sim.set_load_w(300.0)
     sim.set_pv_w(1500.0)
     clock = fake_clock()
     loop = rig.loop(fault_config(sim, [1, 2]), clock)
-    run_until(loop, clock, lambda: sim.unit(2).force_mode == 1 and sim.unit(2).power_w < -900, 40,
-              "battery 2 takes the surplus", step_s=1.0)
-    assert sim.unit(1).force_mode != 1 and "44002" in battery_doc(loop, 1)["note"]
+    key = loop.unit(1).key
+    run_until(loop, clock, lambda: loop.controller.limits_w(-1).get(key) == 0.0
+              and sim.unit(2).force_mode == 1 and sim.unit(2).power_w < -900, 60,
+              "battery 1 paused for delivering nothing, battery 2 takes the surplus", step_s=1.0)
+    assert (42010, 1) in sim.unit(1).write_log  # it was asked to charge
+    assert "delivers nothing" in battery_doc(loop, 1)["note"]
 
 
 @pytest.mark.parametrize("on_exit", ["stop", "release"])

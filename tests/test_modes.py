@@ -7,6 +7,7 @@ import contextlib
 import json
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from control.control_loop import ControlLoop
 from control.modes import ModeError, ModeFile, ModeRequest, ModeState, parse_payload, parse_request
 from control.status_store import CommandQueue, StatusStore
 from simulator.world import Simulation, UnitSpec
-from tests.helpers import wait_until
+from tests.helpers import FakeClock, wait_until
 from web_server import create_app
 from zero_feed_control import (
     BatteryState,
@@ -172,6 +173,46 @@ def test_mode_file_round_trip_and_damaged_file_means_auto(tmp_path, caplog):
         assert str(mode_file.path) in caplog.text
 
 
+@pytest.mark.parametrize("damage", [
+    b"\xff\xfe{\"mode\": \"off\"}",  # not UTF-8
+    b"not json at all",
+    b"[" * 100_000,  # nested past the recursion limit
+    b'{"mode": ["off"]}',
+    b'{"mode": "off", "source": ["api"]}',
+    b'{"mode": "hold", "until": 1800000000}',
+    b'{"mode": "hold", "until": "9999-12-31T23:59:59-14:00", "source": "api"}',  # past year 9999 in UTC
+    b'{"mode": "hold", "until": "2027-01-20T00:00:00+00:00", "source": "api"}',  # days ahead: no mode lasts so long
+    b'{"mode": "hold", "until": "2027-01-15T09:00:00", "source": "api"}',  # no offset
+    b'{"mode": "charge", "power_w": 1000000, "source": "api"}',  # beyond the batteries' total maximum
+    b'{"mode": "charge", "power_w": 10, "source": "api"}',  # below 50 W, as the API refuses it
+    b'{"mode": "charge", "power_w": 1e400, "source": "api"}',
+    b'{"mode": "off", "power_w": true}',
+])
+def test_any_damaged_mode_file_means_auto_with_a_warning(tmp_path, caplog, damage):
+    mode_file = ModeFile(tmp_path / "mode.json")
+    mode_file.path.write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="marstek"):
+        assert mode_file.load(now_s=1_800_000_000.0, max_power_w=5000) == ModeState()
+    assert str(mode_file.path) in caplog.text
+
+
+def test_a_mode_file_within_the_bounds_is_taken() -> None:
+    doc = {"mode": "charge", "power_w": 5000, "until": "2027-01-15T09:00:00+01:00", "source": "api"}
+    state = ModeState.from_json(doc, now_s=1_800_000_000.0, max_power_w=5000)
+    assert state.power_w == 5000 and state.to_json()["until"] is not None
+    assert state.anchored(1_800_000_000.0, 100.0).deadline_s == pytest.approx(100.0 + state.until_s - 1_800_000_000.0)
+
+
+def test_the_control_starts_in_auto_on_a_mode_file_that_would_overflow(tmp_path, caplog):
+    with rig_on_simulator(tmp_path) as rig:
+        rig.mode_file.path.parent.mkdir(parents=True, exist_ok=True)
+        rig.mode_file.path.write_text('{"mode": "off", "until": "9999-12-31T23:59:59-14:00", "source": "api"}')
+        with caplog.at_level(logging.WARNING, logger="marstek"):
+            restarted = rig.new_loop()
+        assert restarted.mode == ModeState() and str(rig.mode_file.path) in caplog.text
+        assert restarted.store.latest().operating_mode["mode"] == "auto"
+
+
 # ---------------------------------------------------------------------------- the control thread
 @dataclass
 class Rig:
@@ -183,10 +224,17 @@ class Rig:
     mode_file: ModeFile
     wall: list[float]
 
-    def new_loop(self) -> ControlLoop:
+    def new_loop(self, clock: Any = time.monotonic) -> ControlLoop:
         """A second ControlLoop on the same mode file: what a restart of the program sees."""
         return ControlLoop(self.cfg, main.build_meter(self.cfg), main.build_bus(self.cfg), StatusStore(),
-                           CommandQueue(), mode_file=self.mode_file, wall_clock=lambda: self.wall[0])
+                           CommandQueue(), mode_file=self.mode_file, wall_clock=lambda: self.wall[0], clock=clock)
+
+    def set_mode(self, request: ModeRequest, source: str) -> dict[str, Any]:
+        """A mode request as the command queue hands it over, applied and saved."""
+        answer = self.loop.handle_command("set_mode", {"request": request, "source": source})
+        self.loop.apply_requested_mode()
+        assert self.loop.mode_writer is not None and self.loop.mode_writer.flush()
+        return answer
 
     def discharging(self) -> bool:
         return any(self.sim.unit(i).commanded_w > 0 for i in (1, 2))
@@ -277,20 +325,24 @@ def test_charge_mode_charges_from_the_grid(tmp_path):
 
 def test_the_mode_survives_a_restart_and_expires_on_time(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
-        answer = rig.loop.handle_command("set_mode", {"request": ModeRequest(HOLD, None, 30), "source": "mqtt"})
+        answer = rig.set_mode(ModeRequest(HOLD, None, 30), "mqtt")
         assert answer["until"] is not None and answer["source"] == "mqtt"
-        restarted = rig.new_loop()
+        mono = FakeClock()
+        restarted = rig.new_loop(mono)
         assert restarted.mode == rig.loop.mode  # mode, expiry and source from data/mode.json
         assert restarted.mode.to_json() == answer
-        rig.wall[0] += 29 * 60
+        rig.wall[0] += 2 * 3600  # the wall clock steps (NTP): the running program's expiry does not care
+        mono.advance(29 * 60)
         restarted.expire_mode()
         assert restarted.mode.mode is HOLD
-        rig.wall[0] += 60
+        rig.wall[0] -= 2 * 3600
+        mono.advance(60)
         restarted.expire_mode()
         assert restarted.mode == ModeState()
+        assert restarted.mode_writer is not None and restarted.mode_writer.flush()
         assert rig.new_loop().mode == ModeState()  # the expiry was saved too
         # An expiry that passed while the program was off is applied at the first cycle.
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(OFF, None, 1), "source": "api"})
+        rig.set_mode(ModeRequest(OFF, None, 1), "api")
         rig.wall[0] += 3600
         again = rig.new_loop()
         assert again.mode.mode is OFF

@@ -179,11 +179,12 @@ def test_demo_add_to_config_refuses_a_second_id_on_a_v3_lan_host() -> None:
                                                           "rs485_gateway": True}]}}
     cfg = parse_config(data)
     with pytest.raises(CommandError) as refused:
-        setup_commands.add_to_config(cfg, None, gateway="127.0.0.1:1502", battery_id=2)
+        setup_commands.add_to_config(cfg, None, gateway="127.0.0.1:1502", battery_id=2, answered={1, 2})
     assert refused.value.status == 409
     message = str(refused.value.message)
     assert "battery.units[2]: several unit IDs (1, 2) on the v3 host 127.0.0.1:1502" in message
     assert "answers on every unit ID" in message and "rs485_gateway: true" in message
-    new_cfg, result = setup_commands.add_to_config(cfg, None, gateway="127.0.0.1:1503", battery_id=2)
+    new_cfg, result = setup_commands.add_to_config(cfg, None, gateway="127.0.0.1:1503", battery_id=2,
+                                                   answered={2})
     assert result["saved"] is False and "127.0.0.1:1503/2" in result["units"]
     assert new_cfg.battery.units[-1].rs485_gateway is True
