@@ -1,4 +1,4 @@
-"""Price sources on recorded answers served from 127.0.0.1: parsing, DST days, gaps, every failure kind."""
+"""Price sources on real and built answers served from 127.0.0.1: parsing, DST days, gaps, every failure kind."""
 
 from __future__ import annotations
 
