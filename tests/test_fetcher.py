@@ -122,16 +122,16 @@ def test_price_refresh_schedule(local_now: str, has_tomorrow: bool, expected_loc
 
 
 def test_rate_limit_retry_time_beats_the_backoff(server: RecordedServer, session: requests.Session) -> None:
-    clock = WallClock("2024-04-27T02:10:00+02:00")
-    plane = PvPlane(52.16, 4.47, 30, -90, 2.5)
+    clock = WallClock("2026-04-15T02:10:00+02:00")
+    plane = PvPlane(52.52, 13.42, 30, -90, 2.5)
     server.serve("/price", fixture("prices/energy_charts_price_2026-05-01.json"))
-    server.serve("/estimate/52.16/4.47/30/-90/2.5", fixture("forecast/forecast_solar_ratelimit.json"), 429)
+    server.serve("/estimate/52.52/13.42/30/-90/2.5", fixture("forecast/forecast_solar_ratelimit_built.json"), 429)
     fetcher = Fetcher(energy_charts(session, server), ForecastSolarSource(session, [plane], url=server.url),
                       clock=clock)
     fetcher.step()
     pv = fetcher.pv()
     assert pv is not None and pv.failures == 1 and "rate limit" in (pv.error or "")
-    assert pv.next_attempt_at == datetime.fromisoformat("2024-04-27T02:48:53+02:00")  # not 1 minute
+    assert pv.next_attempt_at == datetime.fromisoformat("2026-04-15T02:48:53+02:00")  # not 1 minute
     assert fetcher.prices().error is None
 
 

@@ -1,4 +1,4 @@
-"""Price sources on recorded answers served from 127.0.0.1: parsing, DST days, gaps, every failure kind."""
+"""Price sources on real and built answers served from 127.0.0.1: parsing, DST days, gaps, every failure kind."""
 
 from __future__ import annotations
 
@@ -304,33 +304,37 @@ def test_tibber_failure_kinds(server: RecordedServer, session: requests.Session,
 
 def entsoe(server: RecordedServer, session: requests.Session, body: bytes, status: int = 200) -> list[PriceSlot]:
     server.serve("/api", body, status, content_type="text/xml")
-    return EntsoeSource(session, "tok", PRICING, url=server.url + "/api").fetch(utc("2024-10-06T10:00+02:00"))
+    return EntsoeSource(session, "tok", PRICING, url=server.url + "/api").fetch(utc("2026-05-31T10:00+02:00"))
 
 
 def test_entsoe_prefers_15_minutes_and_fills_omitted_positions(server: RecordedServer,
                                                                session: requests.Session) -> None:
-    slots = entsoe(server, session, fixture("prices/entsoe_DE_60M_15M_overlap.xml"))
+    slots = entsoe(server, session, fixture("prices/entsoe_DE_60M_15M_built.xml"))
     assert len(slots) == 192  # both days in quarter hours; the hourly series lost everywhere
     assert all(s.end - s.start == timedelta(minutes=15) for s in slots)
     assert_contiguous(slots)
     by_start = {s.start: s.import_ct_per_kwh for s in slots}
-    start = utc("2024-10-05T22:00Z")
+    start = utc("2026-05-30T22:00Z")
     quarter = timedelta(minutes=15)
-    # Day 1 position 23 is omitted (A03): it repeats position 22 (68.2 €/MWh).
-    assert by_start[start + 22 * quarter] == pytest.approx(end_price(68.2))
-    assert by_start[start + 21 * quarter] == pytest.approx(end_price(68.2))
-    assert by_start[start + 23 * quarter] == pytest.approx(end_price(63.76))
-    # Day 2 position 6 repeats position 5 (64.91); negative prices stay negative.
-    day2 = utc("2024-10-06T22:00Z")
-    assert by_start[day2 + 5 * quarter] == pytest.approx(end_price(64.91))
-    assert by_start[start + 43 * quarter] == pytest.approx(end_price(-19.91))
+    # Day 1 positions 45-50 are omitted (A03): they repeat position 44 (0 €/MWh).
+    assert by_start[start + 43 * quarter] == pytest.approx(end_price(0.0))
+    assert by_start[start + 49 * quarter] == pytest.approx(end_price(0.0))
+    # Position 51 is negative and stays negative, also where positions 52-61 repeat it.
+    assert by_start[start + 50 * quarter] == pytest.approx(end_price(-0.01))
+    assert by_start[start + 60 * quarter] == pytest.approx(end_price(-0.01))
+    assert by_start[start + 61 * quarter] == pytest.approx(end_price(0.0))
+    # Day 2 position 57 repeats position 56 (86.35); position 58 is given again.
+    day2 = utc("2026-05-31T22:00Z")
+    assert by_start[day2 + 55 * quarter] == pytest.approx(end_price(86.35))
+    assert by_start[day2 + 56 * quarter] == pytest.approx(end_price(86.35))
+    assert by_start[day2 + 57 * quarter] == pytest.approx(end_price(86.95))
     query = server.requests[-1].query
     assert query == {"documentType": "A44", "in_Domain": "10Y1001A1001A82H", "out_Domain": "10Y1001A1001A82H",
-                     "periodStart": "202410052200", "periodEnd": "202410072200", "securityToken": "tok"}
+                     "periodStart": "202605302200", "periodEnd": "202606012200", "securityToken": "tok"}
 
 
 def test_entsoe_hourly_series_fills_where_no_quarter_hours(server: RecordedServer, session: requests.Session) -> None:
-    text = fixture("prices/entsoe_DE_60M_15M_overlap.xml").decode()
+    text = fixture("prices/entsoe_DE_60M_15M_built.xml").decode()
     head, _, rest = text.partition("<resolution>PT15M</resolution>")  # first PT15M period: day 1
     second = rest.index("<Period>")
     # Drop day 1 of the 15-minute series: keep its day 2 only.
@@ -341,9 +345,10 @@ def test_entsoe_hourly_series_fills_where_no_quarter_hours(server: RecordedServe
     assert len(hourly) == 24 and len(slots) == 24 + 96
     assert_contiguous(slots)
     by_start = {s.start: s.import_ct_per_kwh for s in hourly}
-    assert by_start[utc("2024-10-06T11:00Z")] == pytest.approx(end_price(-0.01))
-    assert by_start[utc("2024-10-06T12:00Z")] == pytest.approx(end_price(-0.01))  # position 15 omitted (A03)
-    assert by_start[utc("2024-10-06T13:00Z")] == pytest.approx(end_price(0.2))
+    assert by_start[utc("2026-05-31T10:00Z")] == pytest.approx(end_price(-0.01))
+    assert by_start[utc("2026-05-31T11:00Z")] == pytest.approx(end_price(-0.01))  # positions 14, 15 omitted (A03)
+    assert by_start[utc("2026-05-31T12:00Z")] == pytest.approx(end_price(-0.01))
+    assert by_start[utc("2026-05-31T13:00Z")] == pytest.approx(end_price(0.0))
 
 
 def test_entsoe_92_quarter_hour_day_with_a03(server: RecordedServer, session: requests.Session) -> None:
@@ -364,13 +369,13 @@ def test_entsoe_92_quarter_hour_day_with_a03(server: RecordedServer, session: re
     (b'<?xml version="1.0"?><!DOCTYPE lol [<!ENTITY a "aaaa">]><Publication_MarketDocument/>', 200, "refused"),
     (b"<Something/>", 200, "unexpected document"),
     (b"<Publication_MarketDocument/>", 200, "no prices"),
-    (fixture("prices/entsoe_DE_60M_15M_overlap.xml").replace(b">EUR<", b">PLN<"), 200, "unit PLN/MWH"),
-    (fixture("prices/entsoe_DE_60M_15M_overlap.xml").replace(b"PT15M", b"PT30M"), 200, "PT30M"),
-    (fixture("prices/entsoe_DE_60M_15M_overlap.xml").replace(b"<price.amount>98.1<", b"<price.amount>x<"),
+    (fixture("prices/entsoe_DE_60M_15M_built.xml").replace(b">EUR<", b">PLN<"), 200, "unit PLN/MWH"),
+    (fixture("prices/entsoe_DE_60M_15M_built.xml").replace(b"PT15M", b"PT30M"), 200, "PT30M"),
+    (fixture("prices/entsoe_DE_60M_15M_built.xml").replace(b"<price.amount>129.91<", b"<price.amount>x<"),
      200, "no readable price"),
-    (fixture("prices/entsoe_DE_60M_15M_overlap.xml").replace(b"<position>96<", b"<position>97<"), 200,
+    (fixture("prices/entsoe_DE_60M_15M_built.xml").replace(b"<position>96<", b"<position>97<"), 200,
      "outside its period"),
-    (fixture("prices/entsoe_DE_60M_15M_overlap.xml").replace(b"<price.amount>98.1<", b"<price.amount>NaN<"),
+    (fixture("prices/entsoe_DE_60M_15M_built.xml").replace(b"<price.amount>129.91<", b"<price.amount>NaN<"),
      200, "price NaN"),
 ])
 def test_entsoe_failure_kinds(server: RecordedServer, session: requests.Session, body: bytes, status: int,
