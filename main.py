@@ -11,6 +11,7 @@ program exits.
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import logging.handlers
 import shutil
@@ -26,7 +27,7 @@ from typing import Any
 
 import i18n
 from check import run_check
-from config_loader import Config, ConfigError, default_config_path, load_config, parse_config
+from config_loader import Config, ConfigError, default_config_path, load_config, parse_config, set_web_password
 from control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from devices import GridMeter, InvertedMeter
 from diagnostics import Diagnostics
@@ -220,7 +221,35 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="dashboard address (overrides web.host)")
     parser.add_argument("--check", action="store_true",
                         help="check the config, contact the meter and every battery once, print a diagnosis")
+    parser.add_argument("--set-password", action="store_true",
+                        help="ask for the web UI password twice and store it as a salted hash in the config file")
     return parser.parse_args(argv)
+
+
+def set_password(config_path: Path, ask: Callable[[str], str] = getpass.getpass) -> int:
+    """``--set-password``: ask twice (not echoed), store a salted hash in ``web.password``; exit status."""
+    from web_access import hash_password, password_problem
+
+    if not sys.stdin.isatty():
+        print(i18n.Msg("set_password_no_terminal"), file=sys.stderr)
+        return 2
+    try:
+        new = ask(i18n.Msg("set_password_prompt"))
+        repeated = ask(i18n.Msg("set_password_repeat"))
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        return 1
+    problem = password_problem(new, repeated)
+    if problem is not None:
+        print(i18n.Msg(problem), file=sys.stderr)
+        return 1
+    try:
+        set_web_password(config_path, hash_password(new))
+    except ConfigError as exc:
+        print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(i18n.Msg("set_password_done", path=config_path))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,6 +274,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
         return 2
     i18n.set_language(cfg.web.language)
+    if args.set_password:
+        if config_path is None:
+            print("--set-password: not with --demo", file=sys.stderr)
+            stop_demo(sim, demo_dir)
+            return 2
+        return set_password(config_path)
     if args.check and config_path is not None:
         logging.basicConfig(level=logging.CRITICAL)
         return run_check(cfg, config_path, build_meter(cfg), build_fleet(cfg))
@@ -283,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
     # Opened by its own thread: a hanging disk never delays the control.
     history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
     diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
+    saved_config = config_path  # /onboarding writes the password's hash there (the demo: memory only)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
-                     history=history, diagnostics=diagnostics.bundle)
+                     history=history, diagnostics=diagnostics.bundle,
+                     save_password=(lambda stored: set_web_password(saved_config, stored)) if saved_config else None)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
