@@ -635,8 +635,9 @@ MESSAGES_DE: dict[str, str] = {
     "web_cannot_listen": "Webserver: kann nicht auf {host}:{port} lauschen: {error}",
     "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
-        "Kein Passwort (web.password) gesetzt: Die Web-Oberfläche auf {host} erlaubt Änderungen nur von diesem Rechner selbst. "
-        "Passwort setzen mit: python main.py --set-password (oder die Seite /onboarding auf diesem Rechner)."
+        "Kein Passwort (web.password) gesetzt: Die Web-Oberfläche auf {host} erlaubt Änderungen nur von diesem "
+        "Rechner selbst. Passwort setzen mit: python main.py --set-password (oder die Seite /onboarding auf "
+        "diesem Rechner)."
     ),
     "web_locked": (
         "Ohne Passwort sind Änderungen nur an dem Rechner selbst möglich, auf dem die Steuerung läuft. "
