@@ -417,3 +417,18 @@ def test_schtasks_errors_on_stderr_reach_the_message() -> None:
     assert denied.returncode == 1 and "ERROR: Access is denied." in denied.stdout
     missing = install._schtasks(["no-such-schtasks-binary", "/Query"])
     assert missing.returncode == 1 and "no-such-schtasks-binary" in missing.stdout
+
+
+def test_stop_with_a_hashed_password_and_no_console_says_how(tmp_path: Path) -> None:
+    """--set-password stores only a hash: --stop must ask for the password itself, on a console."""
+    from web_access import hash_password
+
+    config = {"energy_meter": {"type": "shelly"}, "shelly": {"ip": "127.0.0.1"},
+              "battery": {"ip": "127.0.0.1", "akku_ids": [1]},
+              "web": {"host": "0.0.0.0", "port": free_port(), "password": hash_password("geheim-123")}}
+    project = stop_project(tmp_path / "p", config)
+    result = subprocess.run([sys.executable, str(project / "install.py"), "--stop"], cwd=str(project),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "Hash" in result.stdout and "Nichts beendet" not in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
