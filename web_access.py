@@ -159,6 +159,8 @@ def own_host_names() -> frozenset[str]:
 
 def host_of(netloc: str) -> str | None:
     """The host name or IP of ``host[:port]`` (IPv6 in brackets), lower case; None when it cannot be parsed."""
+    if not netloc or any(c in netloc for c in "@/?#\\ \t"):
+        return None  # a user part or a path is no Host header a browser sends
     try:
         parts = urlsplit("//" + netloc)
         _ = parts.port  # raises ValueError for a port that is not a number
@@ -195,7 +197,7 @@ def origin_allowed(origin: str, request_host: str, allowed_hosts: Iterable[str])
         _ = parts.port
     except ValueError:
         return False
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if parts.scheme not in ("http", "https") or host_of(parts.netloc) is None:
         return False
     if parts.netloc.lower() == request_host.lower():
         return True

@@ -161,6 +161,14 @@ def test_other_host_names_are_403(host: str) -> None:
     assert client.get("/", headers={"Host": host}).status_code == 403
 
 
+def test_a_host_with_a_user_part_or_a_path_is_not_parsed() -> None:
+    for netloc in ("evil@127.0.0.1", "127.0.0.1/x", "localhost:80#", "a b", ""):
+        assert web_access.host_of(netloc) is None, netloc
+        assert not web_access.host_allowed(netloc, (), ())
+    assert web_access.host_of("[::1]:8080") == "::1" and web_access.host_of("LocalHost:80") == "localhost"
+    assert not web_access.origin_allowed("http://x@marstek.fritz.box", "127.0.0.1:8080", ("marstek.fritz.box",))
+
+
 # ---------------------------------------------------------------------------- CSRF against the allowed origins
 @pytest.mark.parametrize(("host", "origin", "status"), [
     ("192.168.1.5:8080", "http://192.168.1.5:8080", 400),  # the dashboard itself
