@@ -256,7 +256,9 @@ DE: dict[str, str] = {
     "login_wrong_password": "Das Passwort ist falsch.",
     "login_too_many_attempts": "Zu viele falsche Passwörter. Bitte kurz warten und dann erneut versuchen.",
     # -- first visit: set the password (/onboarding)
-    "onboarding_banner": "Noch kein Passwort gesetzt: Änderungen sind nur an diesem Rechner selbst möglich.",
+    "onboarding_banner": (
+        "Noch kein Passwort gesetzt: Änderungen sind nur an dem Rechner möglich, auf dem die Steuerung läuft."
+    ),
     "onboarding_banner_link": "Passwort festlegen",
     "onboarding_title": "Passwort festlegen",
     "onboarding_text": (
@@ -516,7 +518,7 @@ EN: dict[str, str] = {
     "login_wrong_password": "Wrong password.",
     "login_too_many_attempts": "Too many wrong passwords. Please wait a moment and try again.",
     # -- first visit: set the password (/onboarding)
-    "onboarding_banner": "No password set yet: changes are possible only on this computer itself.",
+    "onboarding_banner": "No password set yet: changes are possible only on the computer the control runs on.",
     "onboarding_banner_link": "Set a password",
     "onboarding_title": "Set a password",
     "onboarding_text": (
