@@ -273,21 +273,24 @@ def start(python: Path, project_dir: Path, demo: bool, extra_args: list[str]) ->
     return rc
 
 
-def password_step(python: Path, project_dir: Path) -> None:
-    """Offer ``main.py --set-password`` when config.json has no ``web.password`` (a step of its own)."""
+def password_step(python: Path, project_dir: Path, config: Path | None = None) -> bool:
+    """Offer ``main.py --set-password`` when ``config`` (default: config.json) has no ``web.password``; True when
+    a password was set now. A step of its own: without a password only this computer may change anything."""
+    config = config or project_dir / "config.json"
     try:
-        password = web_settings(project_dir / "config.json")[2]
+        password = web_settings(config)[2]
     except InstallError:
-        return  # main.py names the problem at the start
+        return False  # main.py names the problem at the start
     if password or not sys.stdin.isatty():
-        return
+        return False
     say("Passwort für die Weboberfläche festlegen (ohne Passwort sind Änderungen nur an diesem Rechner möglich;\n"
         "Enter ohne Eingabe überspringt). / Set the web UI password (Enter alone skips).")
-    result = subprocess.run([str(python), str(project_dir / "main.py"), "--config", str(project_dir / "config.json"),
-                             "--set-password"], cwd=str(project_dir), check=False)
+    result = subprocess.run([str(python), str(project_dir / "main.py"), "--config", str(config), "--set-password"],
+                            cwd=str(project_dir), check=False)
     if result.returncode != 0:
         say("Kein Passwort gesetzt. Später: install.bat --set-password (Windows) bzw. "
             ".venv/bin/python main.py --set-password / no password set; later: install.bat --set-password.")
+    return result.returncode == 0
 
 
 def register_autostart(project_dir: Path, venv_dir: Path, run_now: bool) -> None:

@@ -432,3 +432,22 @@ def test_stop_with_a_hashed_password_and_no_console_says_how(tmp_path: Path) -> 
     assert result.returncode == 1
     assert "Hash" in result.stdout and "Nichts beendet" not in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pty")
+def test_the_password_step_runs_set_password_on_a_terminal(tmp_path: Path) -> None:
+    from werkzeug.security import check_password_hash
+
+    from tests.test_web_access import minimal_config, run_on_terminal
+
+    config = tmp_path / "config.json"
+    minimal_config(config)
+    script = ("import sys; from pathlib import Path; import install; "
+              f"sys.exit(0 if install.password_step(Path(sys.executable), Path({str(ROOT)!r}), Path({str(config)!r})) "
+              "else 1)")
+    status, output = run_on_terminal([sys.executable, "-c", script], ["geheim-12345", "geheim-12345"])
+    assert status == 0, output
+    assert check_password_hash(json.loads(config.read_text(encoding="utf-8"))["web"]["password"], "geheim-12345")
+    # A config with a password: the step is skipped (no prompt, nothing typed).
+    status, output = run_on_terminal([sys.executable, "-c", script], [])
+    assert status == 1 and "Passwort" not in output

@@ -335,11 +335,18 @@ def minimal_config(path: Path) -> None:
 
 def run_set_password(config: Path, answers: list[str]) -> tuple[int, str]:
     """``main.py --set-password`` on a real terminal (a pty), typing ``answers``; (exit status, output)."""
+    return run_on_terminal([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--set-password"],
+                           answers)
+
+
+def run_on_terminal(command: list[str], answers: list[str]) -> tuple[int, str]:
+    """``command`` on a real terminal (a pty, no controlling one: getpass falls back to it), typing ``answers``
+    after each prompt ending in ":"; (exit status, output)."""
     import pty
 
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--config", str(config), "--set-password"],
-                            stdin=follower, stdout=follower, stderr=follower, start_new_session=True, cwd=ROOT)
+    proc = subprocess.Popen(command, stdin=follower, stdout=follower, stderr=follower, start_new_session=True,
+                            cwd=ROOT)
     os.close(follower)
     output = b""
     pending = list(answers)
