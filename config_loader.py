@@ -190,10 +190,15 @@ class WebConfig:
 
     host: str = "0.0.0.0"
     port: int = 8080
-    password: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)  # plain text or a salted hash
     language: str = "de"
     read_only_without_login: bool = True
     setup_timeout_minutes: int = 15  # setup mode ends by itself after this long without a setup request
+    # Access (interfaces.md "Access: locked by default"): host names besides IP literals, localhost and
+    # this machine's name; sessions end after session_days; X-Forwarded-For counts only from trusted_proxies.
+    allowed_hosts: tuple[str, ...] = ()
+    session_days: float = 30
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -892,10 +897,49 @@ def _web(sec: _Section | None) -> WebConfig | None:
     language = sec.string("language", _default(w, "language"), choices=LANGUAGES)
     read_only = sec.boolean("read_only_without_login", _default(w, "read_only_without_login"))
     setup_timeout = sec.integer("setup_timeout_minutes", _default(w, "setup_timeout_minutes"), 1, 1440)
+    allowed_hosts = _host_names(sec, "allowed_hosts")
+    session_days = sec.number("session_days", _default(w, "session_days"), 0, 3650, lo_open=True)
+    trusted_proxies = _ip_networks(sec, "trusted_proxies")
     sec.finish()
-    if not _ok(host, port, password, language, read_only, setup_timeout):
+    if not _ok(host, port, password, language, read_only, setup_timeout, allowed_hosts, session_days, trusted_proxies):
         return None
-    return WebConfig(host, port, password, language, read_only, setup_timeout_minutes=setup_timeout)
+    return WebConfig(host=host, port=port, password=password, language=language, read_only_without_login=read_only,
+                     setup_timeout_minutes=setup_timeout, allowed_hosts=allowed_hosts, session_days=session_days,
+                     trusted_proxies=trusted_proxies)
+
+
+_HOST_NAME_RE = re.compile(r"^(?=.{1,253}$)[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*$")
+
+
+def _host_names(sec: _Section, key: str) -> Any:
+    """A list of DNS host names (lower case, no port, no scheme)."""
+    value = sec.take(key)
+    if value is _MISSING or value is None:
+        return ()
+    if not isinstance(value, list):
+        return sec.fail(key, f'must be a list of host names, e.g. ["marstek.fritz.box"], got {_describe(value)}')
+    names = []
+    for item in value:
+        if not isinstance(item, str) or not _HOST_NAME_RE.match(item.strip().lower()):
+            return sec.fail(key, f'each entry must be a host name without port or "http://", got {_describe(item)}')
+        names.append(item.strip().lower())
+    return tuple(names)
+
+
+def _ip_networks(sec: _Section, key: str) -> Any:
+    """A list of IP addresses or networks ("192.168.1.2", "10.0.0.0/8"), normalised."""
+    value = sec.take(key)
+    if value is _MISSING or value is None:
+        return ()
+    if not isinstance(value, list):
+        return sec.fail(key, f'must be a list of IP addresses, e.g. ["127.0.0.1"], got {_describe(value)}')
+    networks = []
+    for item in value:
+        try:
+            networks.append(str(ipaddress.ip_network(item.strip(), strict=False)))
+        except (AttributeError, ValueError):
+            return sec.fail(key, f"each entry must be an IP address or network, got {_describe(item)}")
+    return tuple(networks)
 
 
 def _logging(sec: _Section | None, base_dir: Path | None) -> LoggingConfig | None:
@@ -1148,6 +1192,22 @@ def add_unit_to_config(path: Path | str, gateway: str, unit_id: int) -> Config:
         if gateway not in current.gateways:
             raise ConfigError(f"battery.ip: the configured gateway is {current.gateways[0]}, not {gateway}")
         battery["akku_ids"] = [*current.akku_ids, unit_id]
+    return _validate_and_save(path, data)
+
+
+def set_web_password(path: Path | str, password_hash: str) -> Config:
+    """Store ``web.password`` (a salted hash from ``--set-password`` or /onboarding) in the file.
+
+    Every other key keeps its value and order; validated before writing; ``<name>.bak``; atomic replace.
+    """
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
+    web = data.setdefault("web", {})
+    if not isinstance(web, dict):
+        raise ConfigError(f"web: must be an object {{...}}, got {_describe(web)}")
+    web["password"] = password_hash
     return _validate_and_save(path, data)
 
 

@@ -11,6 +11,8 @@ editor. ``--autostart`` registers a Windows Task Scheduler task that runs ``.ven
 main.py`` at system start (no console window) and restarts it on failure; ``--remove-autostart`` deletes it.
 ``--stop`` stops every battery through the running program's dashboard (setup mode) and then ends that task:
 ending it directly would kill the windowless program before it can stop the batteries.
+Before the start (not with ``--demo`` or ``--no-start``) a config.json without ``web.password`` gets the
+password step: ``main.py --set-password`` asks for it twice and stores a salted hash; Enter alone skips it.
 ``install.bat`` is the launcher that finds Python on Windows and runs this file. Unknown options go to main.py.
 
 This file must stay parseable by old Python 3 versions so that they reach the version check.
@@ -20,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import getpass
 import hashlib
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -37,6 +41,8 @@ PROJECT_DIR = Path(__file__).resolve().parent
 TASK_NAME = "Marstek PV-Akku Steuerung"
 STAMP_NAME = "marstek-requirements.sha256"  # inside .venv: hash of the requirements last installed
 PYTHON_URL = "https://www.python.org/downloads/"
+# web.password as main.py --set-password stores it (werkzeug's "<method>$<salt>$<hex>"; see web_access.py).
+PASSWORD_HASH_RE = re.compile(r"^(scrypt|pbkdf2):[A-Za-z0-9:_-]*\$[^$\s]+\$[0-9a-f]{32,}$")
 
 
 class InstallError(Exception):
@@ -267,6 +273,26 @@ def start(python: Path, project_dir: Path, demo: bool, extra_args: list[str]) ->
     return rc
 
 
+def password_step(python: Path, project_dir: Path, config: Path | None = None) -> bool:
+    """Offer ``main.py --set-password`` when ``config`` (default: config.json) has no ``web.password``; True when
+    a password was set now. A step of its own: without a password only this computer may change anything."""
+    config = config or project_dir / "config.json"
+    try:
+        password = web_settings(config)[2]
+    except InstallError:
+        return False  # main.py names the problem at the start
+    if password or not sys.stdin.isatty():
+        return False
+    say("Passwort für die Weboberfläche festlegen (ohne Passwort sind Änderungen nur an diesem Rechner möglich;\n"
+        "Enter ohne Eingabe überspringt). / Set the web UI password (Enter alone skips).")
+    result = subprocess.run([str(python), str(project_dir / "main.py"), "--config", str(config), "--set-password"],
+                            cwd=str(project_dir), check=False)
+    if result.returncode != 0:
+        say("Kein Passwort gesetzt. Später: install.bat --set-password (Windows) bzw. "
+            ".venv/bin/python main.py --set-password / no password set; later: install.bat --set-password.")
+    return result.returncode == 0
+
+
 def register_autostart(project_dir: Path, venv_dir: Path, run_now: bool) -> None:
     if sys.platform != "win32":
         raise InstallError(autostart_failure("--autostart", "", sys.platform))
@@ -364,6 +390,12 @@ def web_settings(config_path: Path) -> tuple[str, int, str | None]:
 def stop_running_program(project_dir: Path) -> None:
     """Stop every battery through the dashboard, then (Windows) end the autostart task."""
     host, port, password = web_settings(project_dir / "config.json")
+    if password and PASSWORD_HASH_RE.match(password):
+        # config.json holds only the salted hash (main.py --set-password): the dashboard wants the password itself.
+        if not sys.stdin.isatty():
+            raise InstallError("web.password ist als Hash gespeichert: --stop in einer Eingabeaufforderung starten, "
+                               "es fragt nach dem Passwort. / web.password is a hash: run --stop in a console.")
+        password = getpass.getpass("Passwort der Weboberfläche / web UI password: ")
     problem = stop_batteries(dashboard_url(host, port), password)
     if problem:
         raise InstallError(f"{problem}\nNichts beendet: erst die Ursache beheben, sonst behalten die Akkus ihren "
@@ -432,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         created = create_config(PROJECT_DIR)
         if created and not args.no_start and not args.demo:
             open_editor(PROJECT_DIR / "config.json")
+        if not args.no_start and not args.demo and "--set-password" not in extra_args:
+            password_step(python, PROJECT_DIR)
         if args.autostart:
             register_autostart(PROJECT_DIR, venv_dir, run_now=not args.no_start)
             return 0

@@ -11,6 +11,7 @@ program exits.
 from __future__ import annotations
 
 import argparse
+import getpass
 import logging
 import logging.handlers
 import shutil
@@ -31,6 +32,7 @@ from config_loader import (
     load_config,
     parse_config,
     remove_stray_temp_files,
+    set_web_password,
 )
 from control import i18n
 from control.check import run_check
@@ -228,6 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--host", default=None, help="dashboard address (overrides web.host)")
     parser.add_argument("--check", action="store_true",
                         help="check the config, contact the meter and every battery once, print a diagnosis")
+    parser.add_argument("--set-password", action="store_true",
+                        help="ask for the web UI password twice and store it as a salted hash in the config file")
     return parser.parse_args(argv)
 
 
@@ -238,6 +242,30 @@ def clean_stray_temp_files(cfg: Config, config_path: Path, base_dir: Path) -> No
         beside.append(Path(cfg.history.path))
     for stray in remove_stray_temp_files(*beside):
         log.info(i18n.Msg("stray_temp_removed", path=str(stray)))
+def set_password(config_path: Path, ask: Callable[[str], str] = getpass.getpass) -> int:
+    """``--set-password``: ask twice (not echoed), store a salted hash in ``web.password``; exit status."""
+    from web.access import hash_password, password_problem
+
+    if not sys.stdin.isatty():
+        print(i18n.Msg("set_password_no_terminal"), file=sys.stderr)
+        return 2
+    try:
+        new = ask(i18n.Msg("set_password_prompt"))
+        repeated = ask(i18n.Msg("set_password_repeat"))
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        return 1
+    problem = password_problem(new, repeated)
+    if problem is not None:
+        print(i18n.Msg(problem), file=sys.stderr)
+        return 1
+    try:
+        set_web_password(config_path, hash_password(new))
+    except ConfigError as exc:
+        print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
+        return 2
+    print(i18n.Msg("set_password_done", path=config_path))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -262,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
         return 2
     i18n.set_language(cfg.web.language)
+    if args.set_password:
+        if config_path is None:
+            print("--set-password: not with --demo", file=sys.stderr)
+            stop_demo(sim, demo_dir)
+            return 2
+        return set_password(config_path)
     if args.check and config_path is not None:
         logging.basicConfig(level=logging.CRITICAL)
         return run_check(cfg, config_path, build_meter(cfg), build_fleet(cfg))
@@ -303,8 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     # Opened by its own thread: a hanging disk never delays the control.
     history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
     diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
+    saved_config = config_path  # /onboarding writes the password's hash there (the demo: memory only)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
-                     history=history, diagnostics=diagnostics.bundle)
+                     history=history, diagnostics=diagnostics.bundle,
+                     save_password=(lambda stored: set_web_password(saved_config, stored)) if saved_config else None)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import datetime
 import hmac
+import json
 import logging
 import math
 import secrets
@@ -19,7 +20,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import (
     Flask,
@@ -36,10 +36,12 @@ from flask import (
 from werkzeug.exceptions import HTTPException, MethodNotAllowed
 from werkzeug.wrappers import Response as WerkzeugResponse
 
+from config_loader import ConfigError
 from control import i18n, modes
 from control.status_store import CommandError, CommandQueue, HistorySample, StatusStore
 from integrations import metrics
 from integrations.history import History, HistoryBusy, bucket_samples
+from web import access as web_access
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class ApiError(Exception):
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
+        self.message = message  # an i18n.Msg is answered in the page's language
         self.status = status
 
 
@@ -159,9 +162,12 @@ def json_body(allowed: Mapping[str, type], required: tuple[str, ...] = ()) -> di
     if not raw.strip():
         data: Any = {}
     else:
-        data = request.get_json(silent=True)
-        if data is None:
-            raise ApiError("body is not valid JSON")
+        if web_access.json_too_deep(raw):
+            raise ApiError(f"body is nested too deeply (at most {web_access.MAX_JSON_DEPTH} levels of [ and {{)")
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise ApiError("body is not valid JSON") from None
     if not isinstance(data, dict):
         raise ApiError("body must be a JSON object")
     unknown = sorted(set(data) - set(allowed))
@@ -209,13 +215,15 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     max_charge_power_w: Callable[[], int] = lambda: 2500,
     history: History | None = None,
     diagnostics: Callable[[], dict[str, Any]] | None = None,
+    save_password: Callable[[str], object] | None = None,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
     ``clock`` (monotonic seconds) times the blocks after wrong passwords (LoginThrottle).
     ``max_charge_power_w``: the batteries' total maximum power (the limit of ``POST /api/mode``).
     ``history`` serves /api/history from before a restart and /api/energy; ``diagnostics`` builds the
-    bundle of /api/diagnostics (diagnostics.Diagnostics.bundle).
+    bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``save_password`` stores the salted hash that
+    /onboarding sets into the config file (None: it lasts until the program ends, as in the demo).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     registry = metrics.make_registry(store)
@@ -224,26 +232,39 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Strict",
+        PERMANENT_SESSION_LIFETIME=datetime.timedelta(days=web_cfg.session_days),
         JSON_SORT_KEYS=False,
     )
-    password: str | None = web_cfg.password or None
+    password = web_access.Password(web_cfg.password)
     throttle = LoginThrottle(clock)
+    sessions = web_access.Sessions(web_cfg.session_days * DAY_S, clock)
+    allowed_hosts = frozenset(web_cfg.allowed_hosts)
+    own_names = web_access.own_host_names()
+    trusted_proxies = web_access.parse_networks(web_cfg.trusted_proxies)
+    onboarding_lock = threading.Lock()
 
-    if password is None and web_cfg.host not in LOOPBACK_HOSTS:
-        warning = i18n.Msg("warning_no_password", host=web_cfg.host)
-        log.warning(warning)
-        store.update(warnings=(warning,))
+    no_password_warning: i18n.Msg | None = None
+    if not password.is_set and web_cfg.host not in LOOPBACK_HOSTS:
+        no_password_warning = i18n.Msg("warning_no_password", host=web_cfg.host)
+        log.warning(no_password_warning)
+        store.update(warnings=(no_password_warning,))
 
     # ------------------------------------------------------------------ auth helpers
-    def password_ok(candidate: str) -> bool:
-        return password is not None and hmac.compare_digest(candidate.encode(), password.encode())
+    def client() -> tuple[str, bool]:
+        """The client's address and whether it came through a proxy (web.trusted_proxies)."""
+        return web_access.client_address(request.remote_addr, request.headers.get, trusted_proxies)
+
+    def local_client() -> bool:
+        """A user on this machine itself (not a proxy on it forwarding someone else)."""
+        address, forwarded = client()
+        return web_access.is_loopback(address) and not (forwarded and address == request.remote_addr)
 
     def check_password(candidate: str) -> bool:
         """Compare ``candidate`` unless this client is blocked (LoginBlocked); a wrong one blocks it."""
-        client = request.remote_addr or "unknown"
-        if throttle.attempt(client, lambda: password_ok(candidate)):
+        address = client()[0]
+        if throttle.attempt(address, lambda: password.matches(candidate)):
             return True
-        log.warning(i18n.Msg("failed_login", client=client, seconds=throttle.blocked_s(client)))
+        log.warning(i18n.Msg("failed_login", client=address, seconds=throttle.blocked_s(address)))
         return False
 
     def basic_auth_password() -> str | None:
@@ -256,40 +277,61 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             return ""
         return decoded.split(":", 1)[1] if ":" in decoded else ""
 
+    def session_ok() -> bool:
+        return password.is_set and sessions.valid(session.get("sid"))
+
     def logged_in() -> bool:
-        if password is None or session.get("auth") is True:
+        if not password.is_set or session_ok():
             return True
         supplied = basic_auth_password()
         if supplied is None:
             return False
         return check_password(supplied)
 
+    def start_session() -> None:
+        session.clear()
+        session.permanent = True  # the cookie ends with the server-side session (web.session_days)
+        session["sid"] = sessions.start()
+
     def same_origin() -> bool:
-        """CSRF guard: an Origin or Referer, when present, must name this host."""
+        """CSRF guard: an Origin or Referer, when present, must be this address or a web.allowed_hosts name."""
         source = request.headers.get("Origin") or request.headers.get("Referer")
         if not source:
             return True  # scripts (curl) send neither; browsers always send Origin on POST
-        try:
-            return urlsplit(source).netloc == request.host
-        except ValueError:
-            return False
+        return web_access.origin_allowed(source, request.host, allowed_hosts)
+
+    def locked() -> ApiError:
+        return ApiError(i18n.Msg("web_locked", port=web_cfg.port), 403)
 
     @app.before_request
     def guard() -> WerkzeugResponse | None:
+        if not web_access.host_allowed(request.host, allowed_hosts, own_names):
+            raise ApiError(i18n.Msg("web_host_refused", host=request.host[:100]), 403)
         is_api = request.path.startswith("/api/") or request.path == "/metrics"
-        if request.path == "/api/diagnostics" and password is not None and not logged_in():
-            # The bundle shows the whole setup: never read-only without the password.
-            raise ApiError("password required (web.password)", 401)
-        if request.method == "POST":
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
             if not same_origin():
-                raise ApiError("cross-origin request refused", 403)
-            if request.path != "/login" and not logged_in():
-                raise ApiError("password required (web.password)", 401)
-        elif password is not None and not web_cfg.read_only_without_login and request.endpoint not in (
-            "login", "static"
-        ) and not logged_in():
+                raise ApiError(i18n.Msg("web_cross_origin"), 403)
+            if not password.is_set:
+                if not local_client():
+                    raise locked()  # no password: only a user on this machine may change anything
+            elif request.path != "/login" and not logged_in():
+                raise ApiError(i18n.Msg("web_login_required"), 401)
+            return None
+        if request.path == "/api/diagnostics":
+            # The bundle shows the whole setup: never read-only, never to the LAN without a password.
+            if not password.is_set and not local_client():
+                raise locked()
+            if not logged_in():
+                raise ApiError(i18n.Msg("web_login_required"), 401)
+        if web_cfg.read_only_without_login or request.endpoint in ("login", "static", "onboarding"):
+            return None
+        if not password.is_set and not local_client():
             if is_api:
-                raise ApiError("password required (web.password)", 401)
+                raise locked()
+            return redirect(url_for("onboarding"))
+        if not logged_in():
+            if is_api:
+                raise ApiError(i18n.Msg("web_login_required"), 401)
             return redirect(url_for("login", next=request.path))
         return None
 
@@ -306,7 +348,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
 
     @app.errorhandler(ApiError)
     def api_error(exc: ApiError) -> tuple[Response, int]:
-        return jsonify(error=str(exc)), exc.status
+        return jsonify(error=i18n.render(exc.message, language())), exc.status
 
     @app.errorhandler(LoginBlocked)
     def login_blocked(exc: LoginBlocked) -> Response:
@@ -358,22 +400,21 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
 
     @app.context_processor
     def page_strings() -> dict[str, Any]:
-        """Every template gets the UI texts of its language as ``t`` (see i18n.py)."""
-        return {"t": i18n.strings(language())}
+        """Every template gets the UI texts of its language as ``t`` (see i18n.py), and the access state."""
+        return {"t": i18n.strings(language()), "auth_required": password.is_set,
+                "logged_in": not password.is_set or session_ok(), "onboarding_open": not password.is_set}
 
     @app.get("/")
     def dashboard() -> str:
-        return render_template("dashboard.html", lang=language(), auth_required=password is not None,
-                               logged_in=password is None or session.get("auth") is True)
+        return render_template("dashboard.html", lang=language())
 
     @app.get("/setup")
     def setup_page() -> str:
-        return render_template("setup.html", lang=language(), auth_required=password is not None,
-                               logged_in=password is None or session.get("auth") is True)
+        return render_template("setup.html", lang=language())
 
     @app.route("/login", methods=["GET", "POST"])
     def login() -> Any:
-        if password is None:
+        if not password.is_set:
             return redirect(url_for("dashboard"))
         error = ""
         if request.method == "POST":
@@ -382,8 +423,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             if not token or not hmac.compare_digest(token.encode(), str(session.get("csrf_token", "")).encode()):
                 raise ApiError("invalid or missing CSRF token, reload the login page", 403)
             if check_password(request.form.get("password", "")):
-                session.clear()
-                session["auth"] = True
+                start_session()
                 return redirect(local_target(request.args.get("next", "/")))
             error = "wrong_password"
         session["csrf_token"] = secrets.token_urlsafe(24)
@@ -393,8 +433,48 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
 
     @app.post("/logout")
     def logout() -> Response:
+        sessions.end(session.get("sid"))  # this cookie never works again, even if someone kept a copy
         session.clear()
         return jsonify(ok=True)
+
+    @app.route("/onboarding", methods=["GET", "POST"])
+    def onboarding() -> Any:
+        """First visit: set the password. Exists only while none is set; the form only on this machine itself
+        (the guard refuses a POST from elsewhere): from the LAN it explains ``--set-password``."""
+        if password.is_set:
+            abort(404)
+        local = local_client()
+        error = ""
+        if request.method == "POST":
+            token = request.form.get("csrf_token", "")
+            if not token or not hmac.compare_digest(token.encode(), str(session.get("csrf_token", "")).encode()):
+                raise ApiError("invalid or missing CSRF token, reload the page", 403)
+            new, repeated = request.form.get("password", ""), request.form.get("password2", "")
+            error = web_access.password_problem(new, repeated) or ""
+            if not error:
+                with onboarding_lock:
+                    if password.is_set:  # someone was faster
+                        abort(404)
+                    stored = web_access.hash_password(new)
+                    try:
+                        if save_password is not None:
+                            save_password(stored)
+                    except (ConfigError, OSError) as exc:  # shown to the user; nothing is changed
+                        log.error(i18n.Msg("password_not_saved", error=str(exc)))
+                        error = "save_failed"
+                    else:
+                        password.set(stored)
+                        log.info(i18n.Msg("password_set", source="/onboarding"))
+                        if no_password_warning is not None:
+                            store.update(warnings=tuple(w for w in store.latest().warnings
+                                                        if w is not no_password_warning))
+                        start_session()
+                        return redirect(url_for("dashboard"))
+        session["csrf_token"] = secrets.token_urlsafe(24)
+        page = render_template("onboarding.html", lang=language(), local=local, error=error, port=web_cfg.port,
+                               csrf_token=session["csrf_token"], persistent=save_password is not None)
+        return page, (500 if error == "save_failed" else 400 if error else 200)
+
 
     # ------------------------------------------------------------------ API
     @app.get("/api/status")

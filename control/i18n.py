@@ -39,7 +39,7 @@ DE: dict[str, str] = {
     "err_prefix": "Fehler",
     "err_network": "Keine Verbindung zum Programm. Läuft es noch? Neuer Versuch in wenigen Sekunden.",
     "err_401": "Dafür ist das Passwort nötig. Bitte zuerst anmelden.",
-    "err_403": "Anfrage abgelehnt (nicht von dieser Seite gesendet). Bitte die Seite neu laden.",
+    "err_403": "Anfrage abgelehnt",
     "err_stale": "Die angezeigten Werte sind veraltet (letzte Aktualisierung {time}).",
     "login_hint": "Nur ansehen: Zum Ändern ist das Passwort nötig.",
     "warnings_title": "Achtung",
@@ -255,6 +255,31 @@ DE: dict[str, str] = {
     "login_button": "Anmelden",
     "login_wrong_password": "Das Passwort ist falsch.",
     "login_too_many_attempts": "Zu viele falsche Passwörter. Bitte kurz warten und dann erneut versuchen.",
+    # -- first visit: set the password (/onboarding)
+    "onboarding_banner": (
+        "Noch kein Passwort gesetzt: Änderungen sind nur an dem Rechner möglich, auf dem die Steuerung läuft."
+    ),
+    "onboarding_banner_link": "Passwort festlegen",
+    "onboarding_title": "Passwort festlegen",
+    "onboarding_text": (
+        "Ohne Passwort darf nur dieser Rechner selbst (localhost) etwas ändern; aus dem Heimnetz kann man nur "
+        "ansehen. Mit einem Passwort kann man sich von jedem Gerät im Heimnetz anmelden. Gespeichert wird nur "
+        "ein gesalzener Hash in web.password der config.json."
+    ),
+    "onboarding_password": "Neues Passwort (mindestens 8 Zeichen)",
+    "onboarding_password2": "Passwort wiederholen",
+    "onboarding_button": "Passwort speichern",
+    "onboarding_memory_only": "Demo: Das Passwort gilt nur, bis das Programm endet.",
+    "onboarding_remote": (
+        "Das erste Passwort lässt sich aus Sicherheitsgründen nur am Rechner selbst festlegen, auf dem die "
+        "Steuerung läuft (sonst könnte es jeder im Heimnetz vor Ihnen tun). Dort entweder diese Seite über "
+        "http://localhost:{port}/onboarding öffnen oder im Programmordner ausführen:"
+    ),
+    "onboarding_remote_after": "Danach das Programm neu starten (Dienst: sudo systemctl restart marstek).",
+    "onboarding_err_password_mismatch": "Die beiden Passwörter sind verschieden.",
+    "onboarding_err_password_too_short": "Das Passwort ist zu kurz (mindestens 8 Zeichen).",
+    "onboarding_err_password_too_long": "Das Passwort ist zu lang (höchstens 1024 Zeichen).",
+    "onboarding_err_save_failed": "Die config.json konnte nicht geschrieben werden (siehe Log). Nichts geändert.",
 }
 
 EN: dict[str, str] = {
@@ -274,7 +299,7 @@ EN: dict[str, str] = {
     "err_prefix": "Error",
     "err_network": "No connection to the program. Is it still running? Retrying in a few seconds.",
     "err_401": "This needs the password. Please log in first.",
-    "err_403": "Request refused (not sent from this page). Please reload the page.",
+    "err_403": "Request refused",
     "err_stale": "The values shown are out of date (last update {time}).",
     "login_hint": "View only: changes need the password.",
     "warnings_title": "Attention",
@@ -492,6 +517,29 @@ EN: dict[str, str] = {
     "login_button": "Log in",
     "login_wrong_password": "Wrong password.",
     "login_too_many_attempts": "Too many wrong passwords. Please wait a moment and try again.",
+    # -- first visit: set the password (/onboarding)
+    "onboarding_banner": "No password set yet: changes are possible only on the computer the control runs on.",
+    "onboarding_banner_link": "Set a password",
+    "onboarding_title": "Set a password",
+    "onboarding_text": (
+        "Without a password only this computer itself (localhost) may change anything; the home network can "
+        "only look. With a password you can log in from every device in the home network. Only a salted hash "
+        "is stored, in web.password of config.json."
+    ),
+    "onboarding_password": "New password (at least 8 characters)",
+    "onboarding_password2": "Repeat the password",
+    "onboarding_button": "Save password",
+    "onboarding_memory_only": "Demo: the password lasts until the program ends.",
+    "onboarding_remote": (
+        "For safety the first password can only be set on the computer the control runs on (otherwise anyone "
+        "in the home network could set it before you). There, either open this page as "
+        "http://localhost:{port}/onboarding or run in the program folder:"
+    ),
+    "onboarding_remote_after": "Then restart the program (service: sudo systemctl restart marstek).",
+    "onboarding_err_password_mismatch": "The two passwords differ.",
+    "onboarding_err_password_too_short": "The password is too short (at least 8 characters).",
+    "onboarding_err_password_too_long": "The password is too long (at most 1024 characters).",
+    "onboarding_err_save_failed": "config.json could not be written (see the log). Nothing changed.",
 }
 
 STRINGS: Mapping[str, Mapping[str, str]] = {"de": DE, "en": EN}
@@ -608,9 +656,36 @@ MESSAGES_DE: dict[str, str] = {
     "web_cannot_listen": "Webserver: kann nicht auf {host}:{port} lauschen: {error}",
     "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
-        "Web-Oberfläche ohne Passwort auf {host} erreichbar: jeder im Netz kann den Setup-Modus starten. "
-        "Bitte web.password setzen."
+        "Kein Passwort (web.password) gesetzt: Die Web-Oberfläche auf {host} erlaubt Änderungen nur von diesem "
+        "Rechner selbst. Passwort setzen mit: python main.py --set-password (oder die Seite /onboarding auf "
+        "diesem Rechner)."
     ),
+    "web_locked": (
+        "Ohne Passwort sind Änderungen nur an dem Rechner selbst möglich, auf dem die Steuerung läuft. "
+        "Passwort (web.password) dort setzen: python main.py --set-password, oder http://localhost:{port}/onboarding "
+        "dort öffnen."
+    ),
+    "web_login_required": "Dafür ist das Passwort nötig (web.password): anmelden oder HTTP-Basic-Auth senden.",
+    "web_host_refused": (
+        "Unbekannter Host-Name {host}: erlaubt sind IP-Adressen, localhost, der Name dieses Rechners und die "
+        "Namen in web.allowed_hosts (Schutz vor DNS-Rebinding)."
+    ),
+    "web_cross_origin": (
+        "Anfrage von einer fremden Webseite abgelehnt: nur diese Oberfläche selbst oder ein Name aus "
+        "web.allowed_hosts darf etwas ändern."
+    ),
+    "password_set": "Passwort der Web-Oberfläche gesetzt ({source}).",
+    "password_not_saved": "Passwort nicht gespeichert: {error}",
+    "set_password_prompt": "Neues Passwort für die Web-Oberfläche: ",
+    "set_password_repeat": "Passwort wiederholen: ",
+    "password_mismatch": "Die beiden Passwörter sind verschieden. Nichts geändert.",
+    "password_too_short": "Das Passwort ist zu kurz (mindestens 8 Zeichen). Nichts geändert.",
+    "password_too_long": "Das Passwort ist zu lang (höchstens 1024 Zeichen). Nichts geändert.",
+    "set_password_done": (
+        "Passwort als gesalzener Hash in {path} (web.password) gespeichert. Ein laufendes Programm neu starten, "
+        "z. B. sudo systemctl restart marstek."
+    ),
+    "set_password_no_terminal": "--set-password braucht ein Terminal (die Eingabe wird nicht angezeigt).",
     # -- the control law's reasons and notes
     "reason_meter_failed": "Zähler {count}x ausgefallen: Akkus gestoppt ({error})",
     "reason_meter_retry": "Zähler {count}x ausgefallen: letzter Sollwert bleibt ({error})",
@@ -858,9 +933,34 @@ MESSAGES_EN: dict[str, str] = {
     "web_cannot_listen": "Web server: cannot listen on {host}:{port}: {error}",
     "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
-        "Web UI reachable without a password on {host}: anyone on the network can start setup mode. "
-        "Please set web.password."
+        "No password (web.password) set: the web UI on {host} accepts changes only from this computer itself. "
+        "Set one with: python main.py --set-password (or the page /onboarding on this computer)."
     ),
+    "web_locked": (
+        "Without a password, changes are possible only on the computer the control runs on. Set the password "
+        "(web.password) there: python main.py --set-password, or open http://localhost:{port}/onboarding there."
+    ),
+    "web_login_required": "This needs the password (web.password): log in or send HTTP Basic auth.",
+    "web_host_refused": (
+        "Unknown host name {host}: allowed are IP addresses, localhost, this computer's name and the names in "
+        "web.allowed_hosts (protection against DNS rebinding)."
+    ),
+    "web_cross_origin": (
+        "Request from a foreign web page refused: only this web UI itself or a name in web.allowed_hosts may "
+        "change anything."
+    ),
+    "password_set": "Web UI password set ({source}).",
+    "password_not_saved": "Password not saved: {error}",
+    "set_password_prompt": "New password for the web UI: ",
+    "set_password_repeat": "Repeat the password: ",
+    "password_mismatch": "The two passwords differ. Nothing changed.",
+    "password_too_short": "The password is too short (at least 8 characters). Nothing changed.",
+    "password_too_long": "The password is too long (at most 1024 characters). Nothing changed.",
+    "set_password_done": (
+        "Password stored as a salted hash in {path} (web.password). Restart a running program, "
+        "e.g. sudo systemctl restart marstek."
+    ),
+    "set_password_no_terminal": "--set-password needs a terminal (the input is not shown).",
     # -- the control law's reasons and notes
     "reason_meter_failed": "meter failed {count}x: batteries stopped ({error})",
     "reason_meter_retry": "meter failed {count}x: holding ({error})",

@@ -7,9 +7,9 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("control", "meters", "integrations", "planning", "simulator", "benchmark")
+PACKAGES = ("control", "meters", "integrations", "planning", "web", "simulator", "benchmark")
 # The product: what ``main.py`` runs on a user's machine. The simulator and the benchmark sit above it.
-PRODUCT_PACKAGES = ("control", "meters", "integrations", "planning")
+PRODUCT_PACKAGES = ("control", "meters", "integrations", "planning", "web")
 
 
 def _dotted(path: Path) -> str:

@@ -417,3 +417,37 @@ def test_schtasks_errors_on_stderr_reach_the_message() -> None:
     assert denied.returncode == 1 and "ERROR: Access is denied." in denied.stdout
     missing = install._schtasks(["no-such-schtasks-binary", "/Query"])
     assert missing.returncode == 1 and "no-such-schtasks-binary" in missing.stdout
+
+
+def test_stop_with_a_hashed_password_and_no_console_says_how(tmp_path: Path) -> None:
+    """--set-password stores only a hash: --stop must ask for the password itself, on a console."""
+    from web.access import hash_password
+
+    config = {"energy_meter": {"type": "shelly"}, "shelly": {"ip": "127.0.0.1"},
+              "battery": {"ip": "127.0.0.1", "akku_ids": [1]},
+              "web": {"host": "0.0.0.0", "port": free_port(), "password": hash_password("geheim-123")}}
+    project = stop_project(tmp_path / "p", config)
+    result = subprocess.run([sys.executable, str(project / "install.py"), "--stop"], cwd=str(project),
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "Hash" in result.stdout and "Nichts beendet" not in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="needs a pty")
+def test_the_password_step_runs_set_password_on_a_terminal(tmp_path: Path) -> None:
+    from werkzeug.security import check_password_hash
+
+    from tests.test_web_access import minimal_config, run_on_terminal
+
+    config = tmp_path / "config.json"
+    minimal_config(config)
+    script = ("import sys; from pathlib import Path; import install; "
+              f"sys.exit(0 if install.password_step(Path(sys.executable), Path({str(ROOT)!r}), Path({str(config)!r})) "
+              "else 1)")
+    status, output = run_on_terminal([sys.executable, "-c", script], ["geheim-12345", "geheim-12345"])
+    assert status == 0, output
+    assert check_password_hash(json.loads(config.read_text(encoding="utf-8"))["web"]["password"], "geheim-12345")
+    # A config with a password: the step is skipped (no prompt, nothing typed).
+    status, output = run_on_terminal([sys.executable, "-c", script], [])
+    assert status == 1 and "Passwort" not in output
