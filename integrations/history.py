@@ -695,7 +695,7 @@ class History:
         with self._energy_lock:
             if self.price_at is None or self._totals is None:
                 return None
-            return {name.removesuffix("_ct") + "_eur": value / 100 for name, value in self._totals.items()}
+            return {name.removesuffix("_ct") + "_eur": round(value / 100, 6) for name, value in self._totals.items()}
 
     def disk_bytes(self) -> int:
         """Size of the database file and its WAL (0 in memory)."""
