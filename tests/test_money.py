@@ -217,3 +217,17 @@ def test_energy_endpoint_has_the_money_keys_with_a_tariff_only(tmp_path: Path) -
     plain = History(tmp_path / "p.sqlite3", clock=lambda: t0 + 3600)
     client = create_app(StatusStore(), CommandQueue(), web_cfg(), history=plain).test_client()
     assert all("cost_eur" not in d for d in client.get("/api/energy").get_json()["days"])
+
+
+def test_a_tariff_added_during_the_day_counts_the_earlier_energy_as_unpriced(tmp_path: Path) -> None:
+    t0 = noon(0) if datetime.datetime.now().hour >= 14 else noon(1)
+    path = tmp_path / "h.sqlite3"
+    before = History(path, clock=lambda: t0 + 1800)  # this morning's run, without a tariff
+    before.add(steady(t0, 1800, 400.0, 0.0))  # 200 Wh imported, not valued
+    before.close()
+    prices = Prices([slot(t0 + 1800, 60, 30.0, 8.0)])
+    h = History(path, clock=lambda: t0 + 5400, price_at=prices_from(prices))  # restarted with a tariff
+    h.add(steady(t0 + 3600, 1800, 1000.0, 0.0))  # after a gap: 500 Wh at 30 ct
+    day = day_item(h, t0)
+    assert day["import_wh"] == pytest.approx(700.0)
+    assert day["cost_eur"] == pytest.approx(0.15) and day["unpriced_wh"] == pytest.approx(200.0)
