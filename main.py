@@ -44,7 +44,7 @@ from control.status_store import CommandQueue, QuirkLogHandler, StatusStore, Sto
 from control.watchdog import Watchdog, emergency_stop, watchdog_limit_s
 from ecotracker_client import EcoTrackerClient
 from integrations.diagnostics import Diagnostics
-from integrations.history import History
+from integrations.history import History, PriceAt, prices_from
 from meters.http_meters import HomeWizardClient, HttpJsonClient
 from shelly_client import ShellyClient
 
@@ -200,6 +200,33 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     server.task_dispatcher.shutdown()
 
 
+def start_prices(cfg: Config, stop: threading.Event) -> tuple[Any, PriceAt | None]:
+    """With a ``tariff``: the started price (and PV forecast) fetcher and a price-at-time lookup over its latest
+    slots (never waits for the network); without: (None, None)."""
+    if cfg.tariff is None:
+        return None, None
+    from planning.fetcher import build_fetcher
+
+    fetcher = build_fetcher(cfg.tariff, cfg.forecast, stop=stop)
+    if fetcher is None:
+        return None, None
+    fetcher.start()
+    return fetcher, prices_from(fetcher.prices)
+
+
+def stop_prices(fetcher: Any) -> None:
+    if fetcher is not None:
+        fetcher.stop()
+
+
+def current_import_price_ct(price_at: PriceAt) -> Callable[[], float | None]:
+    """The import price in force now (ct/kWh; None: no slot known for now)."""
+    def price_now() -> float | None:
+        price = price_at(time.time())
+        return price.import_ct_per_kwh if price is not None else None
+    return price_now
+
+
 def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: ControlLoop,
                stop: threading.Event, history: History | None = None) -> threading.Thread | None:
     """The MQTT bridge in its own thread when ``mqtt.host`` is set; None when MQTT is off."""
@@ -210,7 +237,9 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
 
     bridge = MqttBridge(cfg.mqtt, store, commands, gateway=gateway_of(cfg.battery),
                         max_charge_power_w=lambda: loop.max_charge_power_w, sw_version=program_version(),
-                        energy_today=(lambda: history.energy_days(1)[-1]) if history is not None else None)
+                        energy_today=(lambda: history.energy_days(1)[-1]) if history is not None else None,
+                        import_price_ct=(current_import_price_ct(history.price_at)
+                                         if history is not None and history.price_at is not None else None))
     return start_bridge(bridge, stop)
 
 
@@ -334,8 +363,11 @@ def main(argv: list[str] | None = None) -> int:
     loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file,
                        emergency_fleet=emergency_bus)
     logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
+    # Prices (only with a tariff): fetched in their own thread; the history values energy at the slot's price
+    # through a lookup over the fetcher's latest slots (it never waits for the network).
+    fetcher, price_at = start_prices(cfg, stop)
     # Opened by its own thread: a hanging disk never delays the control.
-    history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
+    history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False, price_at=price_at)
     diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
     saved_config = config_path  # /onboarding writes the password's hash there (the demo: memory only)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
@@ -345,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
         print(i18n.Msg("web_cannot_listen", host=cfg.web.host, port=cfg.web.port, error=str(exc)), file=sys.stderr)
+        stop_prices(fetcher)
         stop_demo(sim, demo_dir)
         return 1
     host = "localhost" if cfg.web.host in ("0.0.0.0", "::", "127.0.0.1") else cfg.web.host
@@ -383,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
             # The last word, as the control thread would have said it.
             log.log(logging.ERROR if not_stopped else logging.INFO, loop.stop_summary(not_stopped, unreached))
         stopped.set()
+        stop_prices(fetcher)
         stop_web(server, web_thread)
         if mqtt_thread is not None:
             mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends

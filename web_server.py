@@ -40,7 +40,7 @@ from config_loader import ConfigError
 from control import i18n, modes
 from control.status_store import CommandError, CommandQueue, HistorySample, StatusStore
 from integrations import metrics
-from integrations.history import History, HistoryBusy, bucket_samples
+from integrations.history import History, HistoryBusy, PriceAt, bucket_samples
 from web import access as web_access
 
 log = logging.getLogger(__name__)
@@ -204,6 +204,12 @@ def int_in_range(data: Mapping[str, Any], name: str, low: int, high: int, defaul
     return int(value)
 
 
+def _import_price_ct(price_at: PriceAt) -> float | None:
+    """The import price in force now, ct/kWh (None: no slot covers now)."""
+    price = price_at(time.time())
+    return price.import_ct_per_kwh if price is not None else None
+
+
 # ---------------------------------------------------------------------------- the app
 def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     store: StatusStore,
@@ -226,7 +232,11 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     /onboarding sets into the config file (None: it lasts until the program ends, as in the demo).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
-    registry = metrics.make_registry(store)
+    price_at = history.price_at if history is not None else None  # set only with a tariff
+    registry = metrics.make_registry(
+        store,
+        import_price_ct=(lambda: _import_price_ct(price_at)) if price_at is not None else None,
+        money_totals=history.money_totals if history is not None and price_at is not None else None)
     app.config.update(
         SECRET_KEY=secret_key or secrets.token_hex(32),
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,

@@ -131,6 +131,22 @@ DE: dict[str, str] = {
         "Laden (nach unten) der Akkus. In kWh, pro Kalendertag."
     ),
     "energy_chart_day": "Tag",
+    "unit_eur": "€",
+    "energy_unit_label": "Einheit",
+    "energy_cost": "Stromkosten",
+    "energy_saved": "Ersparnis durch den Akku",
+    "energy_money_hint": (
+        "Ersparnis: was derselbe Tag ohne Akku gekostet hätte, minus die tatsächlichen Kosten "
+        "(Netzbezug × Strompreis − Einspeisung × Vergütung), jeder Abschnitt zum Preis seines Zeitfensters."
+    ),
+    "energy_unpriced": "Ohne bekannten Preis, daher nicht bewertet: {energy}.",
+    "energy_chart_cost": "Stromkosten",
+    "energy_chart_revenue": "Einspeisevergütung",
+    "energy_chart_saved": "Ersparnis",
+    "energy_chart_hint_eur": (
+        "Links: Stromkosten (nach oben) und Einspeisevergütung (nach unten). Rechts: Ersparnis durch den Akku "
+        "gegenüber demselben Tag ohne Akku (unter null: der Akku hat an dem Tag gekostet). In €, pro Kalendertag."
+    ),
     "range_7d": "7 Tage",
     "range_30d": "30 Tage",
     "week_chart_title": "Leistung der letzten 7 Tage",
@@ -393,6 +409,22 @@ EN: dict[str, str] = {
         "In kWh, per calendar day."
     ),
     "energy_chart_day": "Day",
+    "unit_eur": "€",
+    "energy_unit_label": "Unit",
+    "energy_cost": "Electricity cost",
+    "energy_saved": "Saved by the battery",
+    "energy_money_hint": (
+        "Saved: what the same day would have cost without the battery, minus the actual cost "
+        "(import × price − export × feed-in tariff), each period at the price of its time slot."
+    ),
+    "energy_unpriced": "No known price, so not valued: {energy}.",
+    "energy_chart_cost": "Electricity cost",
+    "energy_chart_revenue": "Feed-in revenue",
+    "energy_chart_saved": "Saved",
+    "energy_chart_hint_eur": (
+        "Left: electricity cost (up) and feed-in revenue (down). Right: saved by the battery against the same "
+        "day without it (below zero: the battery cost money that day). In €, per calendar day."
+    ),
     "range_7d": "7 days",
     "range_30d": "30 days",
     "week_chart_title": "Power over the last 7 days",

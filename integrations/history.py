@@ -23,11 +23,23 @@ A damaged or unwritable database file is moved aside (renamed with a timestamp) 
 started; if no file can be written at all (read-only directory) the history runs in memory. Both are
 reported in /api/status and the log. A full disk is reported and retried with every batch.
 
+Money (only with a ``tariff``): ``price_at(t)`` (``prices_from``: a lookup over the fetcher's latest
+price slots; it never waits for the network) gives the price in force at epoch ``t``. For every pair of
+consecutive samples (at most ``GAP_S`` apart) the history values the measured grid flows at the price
+of the slot their middle falls in, and the same segment as it would have been without the battery: the
+house's net demand is grid + battery power (the battery's discharge would have been imported, its charge
+exported), so ``import' = max(0, grid + battery)`` and ``export' = max(0, -(grid + battery))``. Charging
+from PV at noon and discharging at night are thus valued at their own slot's prices. Per day it keeps
+the import cost, the feed-in revenue, the net cost without the battery (``saved = that - actual net
+cost``) and ``unpriced_wh`` (energy of segments with no known price: never valued at 0). The slots used
+are stored in the ``prices`` table; running totals for Prometheus (``money_totals``) in ``money_totals``.
+
 Signs: grid + import / - export; battery + discharge / - charge (W).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime
 import logging
@@ -54,16 +66,22 @@ GAP_S = 15.0  # samples further apart are a gap: not integrated
 ENERGY_KEEP_DAYS = 366  # one small row per day; /api/energy may ask for up to 366 days
 READ_TIMEOUT_S = 2.0
 CLOCK_STEP_S = 60.0  # wall and monotonic time disagreeing by more than this between two batches: a step
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: money columns in ``energy``, the ``prices`` and ``money_totals`` tables
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS samples (t REAL PRIMARY KEY, grid_w REAL, battery_w REAL, soc_pct REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS samples_1m (t REAL PRIMARY KEY, grid_w REAL, battery_w REAL, soc_pct REAL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS energy (
     day TEXT PRIMARY KEY, import_wh REAL NOT NULL, export_wh REAL NOT NULL, charge_wh REAL NOT NULL,
-    discharge_wh REAL NOT NULL, avoided_import_wh REAL NOT NULL, stored_surplus_wh REAL NOT NULL
+    discharge_wh REAL NOT NULL, avoided_import_wh REAL NOT NULL, stored_surplus_wh REAL NOT NULL,
+    cost_ct REAL, feed_in_revenue_ct REAL, baseline_ct REAL, unpriced_wh REAL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS prices (
+    start REAL PRIMARY KEY, end REAL NOT NULL, import_ct_per_kwh REAL NOT NULL, feed_in_ct_per_kwh REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS money_totals (name TEXT PRIMARY KEY, value REAL NOT NULL) WITHOUT ROWID;
 """
+MONEY_COLUMNS = ("cost_ct", "feed_in_revenue_ct", "baseline_ct", "unpriced_wh")  # added to ``energy`` in version 2
 
 
 class HistoryBusy(Exception):
@@ -91,6 +109,80 @@ class DayEnergy:
 
 
 ENERGY_FIELDS = tuple(f.name for f in fields(DayEnergy))
+
+
+@dataclass
+class DayMoney:
+    """Money of one local day, in euro cents, and the energy no price was known for.
+
+    ``cost_ct``: imported kWh x import price; ``feed_in_revenue_ct``: exported kWh x feed-in price;
+    ``baseline_ct``: the net cost (import cost - feed-in revenue) of the same segments without the battery;
+    ``unpriced_wh``: grid energy (import + export, measured or without the battery, the larger) of segments
+    without a known price, and of segments whose battery power was unknown."""
+
+    cost_ct: float = 0.0
+    feed_in_revenue_ct: float = 0.0
+    baseline_ct: float = 0.0
+    unpriced_wh: float = 0.0
+
+    def add(self, other: DayMoney) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    @property
+    def saved_ct(self) -> float:
+        """What the battery saved: the net cost without it minus the actual net cost."""
+        return self.baseline_ct - (self.cost_ct - self.feed_in_revenue_ct)
+
+    def as_api(self) -> dict[str, float]:
+        """The /api/energy money keys (euro, rounded to 0.1 ct; Wh to 1 mWh)."""
+        return {"cost_eur": round(self.cost_ct / 100, 4),
+                "feed_in_revenue_eur": round(self.feed_in_revenue_ct / 100, 4),
+                "saved_eur": round(self.saved_ct / 100, 4), "unpriced_wh": round(self.unpriced_wh, 3)}
+
+
+NO_MONEY = {"cost_eur": None, "feed_in_revenue_eur": None, "saved_eur": None, "unpriced_wh": None}
+# Running totals since the database was created (Prometheus counters): the positive and negative parts
+# of every segment's import cost and saving are kept apart, so each total only ever grows.
+MONEY_TOTALS = ("cost_ct", "cost_negative_ct", "saved_ct", "saved_negative_ct")
+
+
+@dataclass(frozen=True)
+class SlotPrice:
+    """The price in force in one slot: epoch seconds [start_s, end_s), ct/kWh (VAT included; may be negative)."""
+
+    start_s: float
+    end_s: float
+    import_ct_per_kwh: float
+    feed_in_ct_per_kwh: float
+
+
+PriceAt = Callable[[float], "SlotPrice | None"]
+
+
+def prices_from(current: Callable[[], Any]) -> PriceAt:
+    """A price-at-time lookup over the latest price state: ``current()`` returns the fetcher's
+    ``FetchState`` of price slots (``Fetcher.prices``) or None; it must never wait for the network.
+    Returns None for a time no slot covers (no prices yet, or they ran out)."""
+    cache: list[Any] = [None, [], []]  # the slots tuple looked at last, its starts (epoch s), its SlotPrices
+
+    def price_at(t: float) -> SlotPrice | None:
+        state = current()
+        slots = getattr(state, "slots", None) or ()
+        if slots is not cache[0]:
+            prices = [SlotPrice(s.start.timestamp(), s.end.timestamp(), float(s.import_ct_per_kwh),
+                                float(s.feed_in_ct_per_kwh)) for s in slots]
+            prices.sort(key=lambda p: p.start_s)
+            cache[:] = [slots, [p.start_s for p in prices], prices]
+        i = bisect.bisect_right(cache[1], t) - 1
+        if i < 0:
+            return None
+        found: SlotPrice = cache[2][i]
+        if not (t < found.end_s and math.isfinite(found.import_ct_per_kwh + found.feed_in_ct_per_kwh)):
+            return None
+        return found
+
+    return price_at
 
 
 def local_day(t: float) -> str:
@@ -135,6 +227,29 @@ def energy_between(a: HistorySample, b: HistorySample) -> DayEnergy:
     return e
 
 
+def money_between(a: HistorySample, b: HistorySample, price: SlotPrice | None) -> DayMoney:
+    """The money of the segment from ``a`` to ``b`` at ``price`` (None: unknown, counted as unpriced)."""
+    m = DayMoney()
+    dt = b.t - a.t
+    if not 0 < dt <= GAP_S or a.grid_w is None or b.grid_w is None:
+        return m
+    pos, neg = _areas(a.grid_w, b.grid_w, dt)
+    import_wh, export_wh = pos / 3600, -neg / 3600
+    if a.battery_w is None or b.battery_w is None:  # no saving can be worked out: the grid flow stays unvalued
+        m.unpriced_wh = import_wh + export_wh
+        return m
+    pos, neg = _areas(a.grid_w + a.battery_w, b.grid_w + b.battery_w, dt)  # the house without the battery
+    without_import_wh, without_export_wh = pos / 3600, -neg / 3600
+    if price is None:
+        m.unpriced_wh = max(import_wh + export_wh, without_import_wh + without_export_wh)
+        return m
+    m.cost_ct = import_wh / 1000 * price.import_ct_per_kwh
+    m.feed_in_revenue_ct = export_wh / 1000 * price.feed_in_ct_per_kwh
+    m.baseline_ct = (without_import_wh / 1000 * price.import_ct_per_kwh
+                     - without_export_wh / 1000 * price.feed_in_ct_per_kwh)
+    return m
+
+
 def bucket_samples(samples: Sequence[HistorySample], step_s: int) -> list[HistorySample]:
     """Means of ``samples`` in buckets of ``step_s`` seconds (t = the bucket's middle), oldest first."""
     buckets: dict[int, list[HistorySample]] = {}
@@ -176,10 +291,13 @@ class History:
         monotonic: Callable[[], float] = time.monotonic,
         on_connect: Callable[[sqlite3.Connection], None] | None = None,
         open_now: bool = True,
+        price_at: PriceAt | None = None,
     ) -> None:
         """``on_connect`` runs on every new connection (tests use it to simulate a slow or full disk).
         ``open_now=False``: the file is opened by ``run`` in the history thread (a hanging disk then never
-        delays the start of the control)."""
+        delays the start of the control). ``price_at``: the price in force at an epoch time (``prices_from``),
+        given only when a tariff is configured; None: no money is counted and /api/energy has no money keys."""
+        self.price_at = price_at
         self.path = str(path)
         self.retention_days = retention_days
         self.store = store
@@ -193,6 +311,9 @@ class History:
         self._db_lock = threading.Lock()  # the connection, shared by the writer and the readers
         self._energy_lock = threading.Lock()  # today's counters (never held during disk I/O)
         self._energy: dict[str, DayEnergy] = {}
+        self._money: dict[str, DayMoney] = {}  # today's money (with a tariff, or as loaded from the file)
+        self._totals: dict[str, float] | None = None  # MONEY_TOTALS, cents; None until the file is loaded
+        self._prices_used: dict[float, SlotPrice] = {}  # slots priced since the last write
         self._prev: HistorySample | None = None
         self._last_prune_s = -math.inf
         self._full = False
@@ -226,6 +347,10 @@ class History:
             if check is None or check[0] != "ok":
                 raise sqlite3.DatabaseError(f"integrity check failed: {check[0] if check else 'no answer'}")
             conn.executescript(SCHEMA)
+            have = {row[1] for row in conn.execute("PRAGMA table_info(energy)")}
+            for column in MONEY_COLUMNS:  # a version 1 file: the money columns are added (NULL: not known)
+                if column not in have:
+                    conn.execute(f"ALTER TABLE energy ADD COLUMN {column} REAL")
             conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             return conn
         except BaseException:
@@ -281,9 +406,21 @@ class History:
     def _load(self, conn: sqlite3.Connection) -> None:
         """Today's counters and the newest sample from the file (a quick restart integrates across)."""
         today = local_day(self.clock())
-        row = conn.execute(f"SELECT {', '.join(ENERGY_FIELDS)} FROM energy WHERE day = ?", (today,)).fetchone()
+        row = conn.execute(f"SELECT {', '.join(ENERGY_FIELDS + MONEY_COLUMNS)} FROM energy WHERE day = ?",
+                           (today,)).fetchone()
+        totals = dict.fromkeys(MONEY_TOTALS, 0.0)
+        for name, value in conn.execute("SELECT name, value FROM money_totals"):
+            if name in totals and value is not None and math.isfinite(value):
+                totals[name] = float(value)
         with self._energy_lock:
-            self._energy = {today: DayEnergy(*row)} if row else {}
+            self._energy = {today: DayEnergy(*row[:len(ENERGY_FIELDS)])} if row else {}
+            self._money = {}
+            money = row[len(ENERGY_FIELDS):] if row else None
+            if money is not None and None not in money:
+                self._money[today] = DayMoney(*money)
+            elif self.price_at is not None and row:  # counted earlier today without a tariff: not valued
+                self._money[today] = DayMoney(unpriced_wh=row[0] + row[1])
+            self._totals = totals
         last = conn.execute("SELECT t, grid_w, battery_w, soc_pct FROM samples ORDER BY t DESC LIMIT 1").fetchone()
         self._prev = HistorySample(*last) if last else None
         now_s, now_mono = self.clock(), self.monotonic()
@@ -313,6 +450,7 @@ class History:
         self._check_clock()
         rows = []
         touched: set[str] = set()
+        prices: dict[float, SlotPrice] = {}
         with self._energy_lock:
             for s in samples:
                 s = HistorySample(s.t, _finite(s.grid_w), _finite(s.battery_w), _finite(s.soc_pct))
@@ -323,18 +461,51 @@ class History:
                 day = local_day(s.t)
                 if self._prev is not None and local_day(self._prev.t) == day:
                     self._energy.setdefault(day, DayEnergy()).add(energy_between(self._prev, s))
+                    if self.price_at is not None:
+                        self._count_money(day, self._prev, s, prices)
                 else:
                     self._energy.setdefault(day, DayEnergy())
+                    if self.price_at is not None:
+                        self._money.setdefault(day, DayMoney())
                 touched.add(day)
                 self._prev = s
                 rows.append((s.t, s.grid_w, s.battery_w, s.soc_pct))
-            energy_rows = [(day, *(getattr(self._energy[day], f) for f in ENERGY_FIELDS)) for day in touched]
+            energy_rows = [(day, *(getattr(self._energy[day], f) for f in ENERGY_FIELDS),
+                            *self._money_row(day)) for day in touched]
             today = local_day(self.clock())
             for day in [d for d in self._energy if d < today and d not in touched]:
                 del self._energy[day]  # written already; only today's figures are needed in memory
+                self._money.pop(day, None)
+            totals = dict(self._totals) if self._totals is not None else None
         if not rows:
             return
-        self._write(rows, energy_rows)
+        self._prices_used.update(prices)
+        self._write(rows, energy_rows, totals)
+
+    def _count_money(self, day: str, a: HistorySample, b: HistorySample, used: dict[float, SlotPrice]) -> None:
+        """Add the money of the segment a..b to ``day`` and to the running totals (energy lock held)."""
+        assert self.price_at is not None
+        try:
+            price = self.price_at((a.t + b.t) / 2)
+        except Exception:  # a broken lookup must not stop the history: the segment is counted as unpriced
+            log.exception("price lookup failed")
+            price = None
+        m = money_between(a, b, price)
+        self._money.setdefault(day, DayMoney()).add(m)
+        if price is not None:
+            used[price.start_s] = price
+            if self._totals is not None:
+                cost, saved = m.cost_ct, m.saved_ct
+                self._totals["cost_ct"] += max(cost, 0.0)
+                self._totals["cost_negative_ct"] += max(-cost, 0.0)
+                self._totals["saved_ct"] += max(saved, 0.0)
+                self._totals["saved_negative_ct"] += max(-saved, 0.0)
+
+    def _money_row(self, day: str) -> tuple[float | None, ...]:
+        money = self._money.get(day)
+        if money is None:
+            return (None,) * len(MONEY_COLUMNS)
+        return tuple(getattr(money, f) for f in MONEY_COLUMNS)
 
     def _check_clock(self) -> None:
         """Log a step of the wall clock: wall and monotonic time advanced differently since the last batch."""
@@ -354,13 +525,23 @@ class History:
         base_s, base_mono = self._time_base
         return min(now_s, base_s + max(0.0, self.monotonic() - base_mono))
 
-    def _write(self, rows: list[tuple[Any, ...]], energy_rows: list[tuple[Any, ...]]) -> None:
+    def _write(self, rows: list[tuple[Any, ...]], energy_rows: list[tuple[Any, ...]],
+               totals: dict[str, float] | None = None) -> None:
         try:
             with self._db_lock:
                 with self._transaction():
                     self.conn.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?)", rows)
-                    placeholders = ", ".join("?" * (1 + len(ENERGY_FIELDS)))
-                    self.conn.executemany(f"INSERT OR REPLACE INTO energy VALUES ({placeholders})", energy_rows)
+                    columns = ("day", *ENERGY_FIELDS, *MONEY_COLUMNS)
+                    self.conn.executemany(f"INSERT OR REPLACE INTO energy ({', '.join(columns)}) "
+                                          f"VALUES ({', '.join('?' * len(columns))})", energy_rows)
+                    if self._prices_used:
+                        self.conn.executemany("INSERT OR REPLACE INTO prices VALUES (?, ?, ?, ?)", [
+                            (p.start_s, p.end_s, p.import_ct_per_kwh, p.feed_in_ct_per_kwh)
+                            for p in self._prices_used.values()])
+                    if totals is not None and self.price_at is not None:
+                        self.conn.executemany("INSERT OR REPLACE INTO money_totals VALUES (?, ?)",
+                                              list(totals.items()))
+                self._prices_used.clear()
                 now_s = self.clock()
                 if now_s - self._last_prune_s >= PRUNE_INTERVAL_S:
                     self._last_prune_s = now_s
@@ -423,6 +604,7 @@ class History:
             )
             self.conn.execute("DELETE FROM samples WHERE t < ?", (cut,))
             self.conn.execute("DELETE FROM samples_1m WHERE t < ?", (keep_s - self.retention_days * 86400,))
+            self.conn.execute("DELETE FROM prices WHERE end < ?", (keep_s - self.retention_days * 86400,))
             oldest_day = local_day(keep_s - max(self.retention_days, ENERGY_KEEP_DAYS) * 86400)
             self.conn.execute("DELETE FROM energy WHERE day < ?", (oldest_day,))
 
@@ -478,23 +660,42 @@ class History:
         today = datetime.date.fromtimestamp(self.clock())
         first = today - datetime.timedelta(days=days - 1)
         stored: dict[str, DayEnergy] = {}
+        money: dict[str, DayMoney] = {}
+        n_energy = len(ENERGY_FIELDS)
         try:
             with self._reading() as conn:
                 for row in conn.execute(
-                    f"SELECT day, {', '.join(ENERGY_FIELDS)} FROM energy WHERE day >= ? AND day <= ?",
+                    f"SELECT day, {', '.join(ENERGY_FIELDS + MONEY_COLUMNS)} FROM energy WHERE day >= ? AND day <= ?",
                     (first.isoformat(), today.isoformat()),
                 ):
-                    stored[row[0]] = DayEnergy(*row[1:])
+                    stored[row[0]] = DayEnergy(*row[1:1 + n_energy])
+                    if None not in row[1 + n_energy:]:
+                        money[row[0]] = DayMoney(*row[1 + n_energy:])
         except sqlite3.Error as exc:
             raise HistoryBusy(f"history database not readable: {exc}") from exc
         with self._energy_lock:  # today's figures from memory: newer than the file, and there when it is not
             for day, e in self._energy.items():
                 stored[day] = DayEnergy(**e.as_dict())
+            for day, m in self._money.items():
+                money[day] = DayMoney(m.cost_ct, m.feed_in_revenue_ct, m.baseline_ct, m.unpriced_wh)
         out = []
         for n in range(days):
             day = (first + datetime.timedelta(days=n)).isoformat()
-            out.append({"date": day, **stored.get(day, DayEnergy()).as_dict()})
+            item: dict[str, Any] = {"date": day, **stored.get(day, DayEnergy()).as_dict()}
+            if self.price_at is not None:  # with a tariff: the money keys, null for a day with no valued data
+                item.update(money[day].as_api() if day in money else NO_MONEY)
+            out.append(item)
         return out
+
+    def money_totals(self) -> dict[str, float] | None:
+        """Running money totals since the database began, euro, each only growing: ``cost_eur`` (import cost
+        at positive prices), ``cost_negative_eur`` (credited for imports at negative prices), ``saved_eur`` /
+        ``saved_negative_eur`` (the positive / negative parts of the saving, per segment). None without a
+        tariff or before the file is loaded."""
+        with self._energy_lock:
+            if self.price_at is None or self._totals is None:
+                return None
+            return {name.removesuffix("_ct") + "_eur": round(value / 100, 6) for name, value in self._totals.items()}
 
     def disk_bytes(self) -> int:
         """Size of the database file and its WAL (0 in memory)."""

@@ -5,13 +5,20 @@ the control thread does no extra work. The counters come from the control loop's
 counters (``StatusSnapshot.counters``); a counter never goes backwards during a run (``_Monotonic``
 holds the highest value seen, also across a snapshot that lacks it, e.g. before the first cycle).
 
+Money (only with a ``tariff``): ``marstek_import_price_ct_per_kwh`` is the import price of the current
+slot (absent while no price is known: never 0), and four counters in euro from the history's running
+totals (stored in its database, so they survive restarts): ``marstek_cost_eur_total`` (import cost at
+positive prices), ``marstek_cost_negative_eur_total`` (credited for imports at negative prices),
+``marstek_saved_eur_total`` and ``marstek_saved_negative_eur_total`` (the positive and negative parts of
+the battery's saving; the net saving is their difference). Each only ever grows, as a counter must.
+
 Signs: grid power + import / - export; battery power and setpoints + discharge / - charge (W).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -51,8 +58,13 @@ class _Monotonic:
 class StatusCollector(Collector):
     """Turns the latest snapshot into metric families at scrape time."""
 
-    def __init__(self, store: StatusStore) -> None:
+    def __init__(self, store: StatusStore, *, import_price_ct: Callable[[], float | None] | None = None,
+                 money_totals: Callable[[], Mapping[str, float] | None] | None = None) -> None:
+        """``import_price_ct``: the current slot's import price, ct/kWh (None: unknown); ``money_totals``:
+        ``History.money_totals``. Both None without a tariff: no money metrics."""
         self.store = store
+        self.import_price_ct = import_price_ct
+        self.money_totals = money_totals
         self._counters = _Monotonic()
 
     def collect(self) -> Iterator[Metric]:
@@ -92,12 +104,41 @@ class StatusCollector(Collector):
             counter = CounterMetricFamily(name, documentation)
             counter.add_metric([], self._counters.update(field, snap.counters.get(field)))
             yield counter
+        yield from self._money()
+
+    def _money(self) -> Iterator[Metric]:
+        if self.import_price_ct is not None:
+            price = GaugeMetricFamily("marstek_import_price_ct_per_kwh",
+                                      "Import price of the current slot, ct/kWh incl. VAT (absent: not known)")
+            value = self.import_price_ct()
+            if value is not None:
+                price.add_metric([], value)
+            yield price
+        if self.money_totals is None:
+            return
+        totals = self.money_totals()
+        if totals is None:  # the history file is not loaded yet: no counter rather than a false 0
+            return
+        for key, name, documentation in MONEY_COUNTERS:
+            counter = CounterMetricFamily(name, documentation)
+            counter.add_metric([], self._counters.update(name, totals.get(key)))
+            yield counter
 
 
-def make_registry(store: StatusStore) -> CollectorRegistry:
+MONEY_COUNTERS = (
+    ("cost_eur", "marstek_cost_eur", "Import cost at positive prices, EUR (history total)"),
+    ("cost_negative_eur", "marstek_cost_negative_eur", "Credited for imports at negative prices, EUR"),
+    ("saved_eur", "marstek_saved_eur", "Saved by the battery against the house without it, positive parts, EUR"),
+    ("saved_negative_eur", "marstek_saved_negative_eur",
+     "Cost of the battery against the house without it (e.g. forgone feed-in), negative parts of the saving, EUR"),
+)
+
+
+def make_registry(store: StatusStore, *, import_price_ct: Callable[[], float | None] | None = None,
+                  money_totals: Callable[[], Mapping[str, float] | None] | None = None) -> CollectorRegistry:
     """A registry of its own per app (tests run several apps in one process)."""
     registry = CollectorRegistry(auto_describe=True)
-    registry.register(StatusCollector(store))
+    registry.register(StatusCollector(store, import_price_ct=import_price_ct, money_totals=money_totals))
     return registry
 
 

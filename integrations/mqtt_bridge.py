@@ -18,12 +18,19 @@ Topics (``p`` = ``mqtt.topic_prefix``, interfaces.md "MQTT and Home Assistant"):
   latter and, when it comes back (the broker has sent every retained config by then), clears each config it did
   not publish itself (empty retained payload): batteries no longer configured, entities of older versions.
 
+With a tariff (``import_price_ct`` given) the state carries ``import_price_ct_per_kwh`` (the current slot;
+null when unknown) and ``energy_today`` carries ``cost_eur``, ``feed_in_revenue_eur``, ``saved_eur`` and
+``day_start``; Home Assistant gets a price sensor (``ct/kWh``, no device class: ``monetary`` takes only a
+currency unit) and today's cost, feed-in revenue and saving (``monetary``, ``EUR``, ``state_class: total``
+with ``last_reset`` at local midnight, the only state class Home Assistant accepts for ``monetary``).
+
 The broker password goes to paho only; it is never logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import queue
@@ -87,8 +94,11 @@ class MqttBridge:
         sw_version: str = "",
         client: paho.Client | None = None,
         energy_today: Callable[[], Mapping[str, Any]] | None = None,
+        import_price_ct: Callable[[], float | None] | None = None,
     ) -> None:
         self.cfg = cfg
+        # The current slot's import price, ct/kWh (None: unknown); the callable itself None: no tariff.
+        self.import_price_ct = import_price_ct
         # Today's energy from the history (import_wh, export_wh, charge_wh, discharge_wh); None: no history.
         self.energy_today = energy_today
         self.store = store
@@ -308,7 +318,18 @@ class MqttBridge:
             ],
             "updated_at": snap.updated_at,
             **self._energy_document(),
+            **self._price_document(),
         }
+
+    def _price_document(self) -> dict[str, Any]:
+        if self.import_price_ct is None:
+            return {}
+        try:
+            price = self.import_price_ct()
+        except Exception:  # a lookup bug must not stop the state topic: the price is unknown this time
+            log.exception("import price lookup failed")
+            price = None
+        return {"import_price_ct_per_kwh": round(price, 3) if price is not None else None}
 
     def _energy_document(self) -> dict[str, Any]:
         """``energy_today`` for the state document, when the history has it (a busy database: left out)."""
@@ -318,7 +339,12 @@ class MqttBridge:
             day = self.energy_today()
         except Exception:  # the history thread owns the database; a busy read only skips this field once
             return {}
-        return {"energy_today": {k: round(float(day[k]), 1) for k in ENERGY_KEYS if k in day}}
+        doc: dict[str, Any] = {k: round(float(day[k]), 1) for k in ENERGY_KEYS if k in day}
+        if self.import_price_ct is not None:
+            for k in MONEY_KEYS:
+                doc[k] = round(float(day[k]), 3) if day.get(k) is not None else None
+            doc["day_start"] = _day_start(day.get("date"))
+        return {"energy_today": doc}
 
     def device(self) -> dict[str, Any]:
         return {"identifiers": [self.node], "name": DEVICE_NAME, "manufacturer": "Marstek PV-Akku Steuerung",
@@ -347,6 +373,19 @@ class MqttBridge:
                     "name": label, **energy,
                     "value_template": f"{{{{ value_json.energy_today.{field} if value_json.energy_today is defined "
                                       "else None }}"}))
+        if self.import_price_ct is not None:
+            entities.append(("sensor", "import_price", {
+                "name": "Strompreis", "unit_of_measurement": "ct/kWh", "state_class": "measurement",
+                "icon": "mdi:cash", "value_template": "{{ value_json.import_price_ct_per_kwh }}"}))
+            if self.energy_today is not None:
+                defined = "value_json.energy_today is defined"
+                for field, label in MONEY_KEYS.items():
+                    entities.append(("sensor", f"{field.removesuffix('_eur')}_today", {
+                        "name": label, "device_class": "monetary", "unit_of_measurement": "EUR",
+                        "state_class": "total",
+                        "value_template": f"{{{{ value_json.energy_today.{field} if {defined} else None }}}}",
+                        "last_reset_value_template": f"{{{{ value_json.energy_today.day_start if {defined} "
+                                                     "else None }}"}))
         for b in snap.batteries:
             uid = self.battery_uid(b)
             name = self.battery_name(b)
@@ -384,6 +423,19 @@ class MqttBridge:
 
 ENERGY_KEYS = {"import_wh": "Netzbezug heute", "export_wh": "Einspeisung heute", "charge_wh": "Geladen heute",
                "discharge_wh": "Entladen heute"}
+
+
+MONEY_KEYS = {"cost_eur": "Stromkosten heute", "feed_in_revenue_eur": "Einspeisevergütung heute",
+              "saved_eur": "Ersparnis heute"}
+
+
+def _day_start(date: Any) -> str | None:
+    """Local midnight of ``"YYYY-MM-DD"`` as ISO 8601 with its offset (Home Assistant's ``last_reset``)."""
+    try:
+        day = datetime.date.fromisoformat(str(date))
+    except ValueError:
+        return None
+    return datetime.datetime(day.year, day.month, day.day).astimezone().isoformat()
 
 
 def _guarded(name: str, callback: Callable[..., None]) -> Callable[..., None]:

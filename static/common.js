@@ -29,7 +29,17 @@
     return typeof v === "number" && Number.isFinite(v);
   }
 
+  const eurFmt = new Intl.NumberFormat(locale, { style: "currency", currency: "EUR" });
+
   const fmt = {
+    /** An amount in euro ("1,23 €"). */
+    eur(v) {
+      return isNum(v) ? eurFmt.format(v) : t("none_value");
+    },
+    /** An amount with two decimals and no currency sign (chart axes). */
+    money(v) {
+      return isNum(v) ? twoFmt.format(v) : t("none_value");
+    },
     int(v) {
       return isNum(v) ? intFmt.format(v) : t("none_value");
     },

@@ -3,7 +3,9 @@
 
    The energy figures (today's and the bars per day) come from /api/energy: the server counts them
    and keeps them in its history database, so they survive a restart. The 7-day power chart asks
-   /api/history for 5-minute means. */
+   /api/history for 5-minute means. With a tariff, /api/energy also has the money per day (cost_eur,
+   feed_in_revenue_eur, saved_eur, unpriced_wh): the card shows today's cost and saving, and the
+   chart switches between kWh and € per day. */
 "use strict";
 
 (function () {
@@ -297,7 +299,12 @@
   const WEEK_STEP_S = 300;
   const DAY_S = 86400;
 
-  const energy = { days: [], shownDays: 7 };
+  const energy = { days: [], shownDays: 7, unit: "kwh" };
+
+  /** True when the server values the energy (a tariff is configured): the day items have the money keys. */
+  function hasMoney() {
+    return energy.days.some((d) => "cost_eur" in d);
+  }
 
   function renderEnergy() {
     const today = energy.days.length ? energy.days[energy.days.length - 1] : null;
@@ -309,6 +316,19 @@
     setText("energy-avoided", isNum(today.avoided_import_wh) ? fmt.energy(today.avoided_import_wh) : t("none_value"));
     const need = today.discharge_wh + today.import_wh;
     setText("energy-share", need > 0 ? fmt.pct((100 * today.discharge_wh) / need) : t("none_value"));
+    const money = hasMoney();
+    $("energy-cost-row").hidden = !money;
+    $("energy-saved-row").hidden = !money;
+    $("energy-money-hint").hidden = !money;
+    $("energy-unit").hidden = !money;
+    setText("energy-cost", fmt.eur(today.cost_eur));
+    setText("energy-saved", fmt.eur(today.saved_eur));
+    $("energy-saved").classList.toggle("gain", isNum(today.saved_eur) && today.saved_eur > 0.005);
+    $("energy-saved").classList.toggle("loss", isNum(today.saved_eur) && today.saved_eur < -0.005);
+    const unpriced = money && isNum(today.unpriced_wh) && today.unpriced_wh >= 1;
+    $("energy-unpriced").hidden = !unpriced;
+    setText("energy-unpriced", unpriced ? t("energy_unpriced", { energy: fmt.energy(today.unpriced_wh) }) : "");
+    if (!money && energy.unit === "eur") setEnergyUnit("kwh");
   }
 
   /** Local noon of a "YYYY-MM-DD" day, epoch s (the bar's place on the time axis). */
@@ -320,6 +340,15 @@
   function energyData() {
     const days = energy.days.slice(-energy.shownDays);
     const kwh = (v) => (isNum(v) ? v / 1000 : null);
+    const eur = (v) => (isNum(v) ? v : null);
+    if (energy.unit === "eur") {
+      return [
+        days.map((d) => dayNoon(d.date)),
+        days.map((d) => eur(d.cost_eur)),
+        days.map((d) => (isNum(d.feed_in_revenue_eur) ? -d.feed_in_revenue_eur : null)),
+        days.map((d) => eur(d.saved_eur)),
+      ];
+    }
     return [
       days.map((d) => dayNoon(d.date)),
       days.map((d) => kwh(d.import_wh)),
@@ -330,6 +359,7 @@
   }
 
   let energyChart = null;
+  let energyObserver = null;
   const dayFmt = new Intl.DateTimeFormat(M.locale, { day: "2-digit", month: "2-digit" });
   const weekdayFmt = new Intl.DateTimeFormat(M.locale, { weekday: "short", day: "2-digit", month: "2-digit" });
 
@@ -342,9 +372,22 @@
     // Two bars per day: grid (import up, export down) left of the day, batteries (discharge up, charge down) right.
     const left = window.uPlot.paths.bars({ size: [0.38, 40], align: -1 });
     const right = window.uPlot.paths.bars({ size: [0.38, 40], align: 1 });
+    const inEur = energy.unit === "eur";
     const kwhValue = (u, v) => (isNum(v) ? fmt.energy(Math.abs(v) * 1000) : t("none_value"));
-    const bar = (label, color, paths) => ({ label, stroke: color, fill: color, width: 0, paths, points: { show: false },
-      scale: "kwh", value: kwhValue });
+    const eurValue = (u, v) => (isNum(v) ? fmt.eur(v) : t("none_value"));
+    const bar = (label, color, paths, value) => ({ label, stroke: color, fill: color, width: 0, paths,
+      points: { show: false }, scale: "kwh", value: value || kwhValue });
+    const bars = inEur ? [
+      bar(t("energy_chart_cost"), cssVar("--import", "#c2410c"), left, eurValue),
+      // The revenue is drawn below zero; its legend shows the amount received.
+      bar(t("energy_chart_revenue"), cssVar("--export", "#15803d"), left, (u, v) => eurValue(u, isNum(v) ? -v : v)),
+      bar(t("energy_chart_saved"), cssVar("--battery", "#2563eb"), right, eurValue),
+    ] : [
+      bar(t("energy_imported"), cssVar("--import", "#c2410c"), left),
+      bar(t("energy_exported"), cssVar("--export", "#15803d"), left),
+      bar(t("energy_discharged"), cssVar("--battery", "#2563eb"), right),
+      bar(t("energy_charged"), cssVar("--soc", "#7c3aed"), right),
+    ];
     const opts = {
       width: Math.max(200, box.clientWidth),
       height: chartHeight(),
@@ -363,10 +406,7 @@
       },
       series: [
         { label: t("energy_chart_day"), value: (u, v) => (v === null ? "" : weekdayFmt.format(new Date(v * 1000))) },
-        bar(t("energy_imported"), cssVar("--import", "#c2410c"), left),
-        bar(t("energy_exported"), cssVar("--export", "#15803d"), left),
-        bar(t("energy_discharged"), cssVar("--battery", "#2563eb"), right),
-        bar(t("energy_charged"), cssVar("--soc", "#7c3aed"), right),
+        ...bars,
       ],
       axes: [
         Object.assign({}, axis, {
@@ -375,21 +415,40 @@
           values: (u, vals) => vals.map((v) => (v === null ? "" : dayFmt.format(new Date(v * 1000)))),
         }),
         Object.assign({}, axis, {
-          scale: "kwh", size: 58, label: t("unit_kwh"), labelSize: 18,
-          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.number(v))),
+          scale: "kwh", size: 58, label: inEur ? t("unit_eur") : t("unit_kwh"), labelSize: 18,
+          values: (u, vals) => vals.map((v) => (v === null ? "" : inEur ? fmt.money(v) : fmt.number(v))),
         }),
       ],
     };
     const u = new window.uPlot(opts, energyData(), box);
-    resizeWith(u, box);
+    energyObserver = resizeWith(u, box);
     return u;
   }
 
   function redrawEnergyChart() {
-    const any = energy.days.some((d) => d.import_wh || d.export_wh || d.charge_wh || d.discharge_wh);
+    const any = energy.unit === "eur"
+      ? energy.days.some((d) => isNum(d.cost_eur) || isNum(d.saved_eur))
+      : energy.days.some((d) => d.import_wh || d.export_wh || d.charge_wh || d.discharge_wh);
     $("energy-chart-empty").hidden = any;
     if (!energyChart) energyChart = makeEnergyChart();
     if (energyChart) energyChart.setData(energyData());
+  }
+
+  /** kWh or € per day: the series differ, so the chart is built anew. */
+  function setEnergyUnit(unit) {
+    if (unit === energy.unit) return;
+    energy.unit = unit;
+    for (const b of document.querySelectorAll("[data-unit]")) b.setAttribute("aria-pressed", String(b.dataset.unit === unit));
+    setText("energy-chart-hint", t(unit === "eur" ? "energy_chart_hint_eur" : "energy_chart_hint"));
+    if (energyObserver) energyObserver.disconnect();
+    if (energyChart) energyChart.destroy();
+    energyChart = null;
+    energyObserver = null;
+    redrawEnergyChart();
+  }
+
+  for (const button of document.querySelectorAll("[data-unit]")) {
+    button.addEventListener("click", () => setEnergyUnit(button.dataset.unit));
   }
 
   for (const button of document.querySelectorAll("[data-days]")) {
@@ -400,12 +459,15 @@
     });
   }
 
+  /** Follow the box's width; returns the observer (null without ResizeObserver) to disconnect with the chart. */
   function resizeWith(u, box) {
-    if (typeof ResizeObserver !== "function") return;
-    new ResizeObserver(() => {
+    if (typeof ResizeObserver !== "function") return null;
+    const observer = new ResizeObserver(() => {
       const w = Math.max(200, box.clientWidth);
       if (w !== u.width || chartHeight() !== u.height) u.setSize({ width: w, height: chartHeight() });
-    }).observe(box);
+    });
+    observer.observe(box);
+    return observer;
   }
 
   // The 7-day power chart: 5-minute means, a null where a gap (program not running) lies.

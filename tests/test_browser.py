@@ -78,6 +78,20 @@ def api_status(system: System) -> dict[str, Any]:
 @pytest.fixture
 def system(tmp_path: Path) -> Iterator[System]:
     """Simulated house with batteries on IDs 1 and 2; main.py --config on a free port; control active."""
+    with running_system(tmp_path) as system:
+        yield system
+
+
+@pytest.fixture
+def priced_system(tmp_path: Path) -> Iterator[System]:
+    """The same with a fixed tariff (no network): 30 ct/kWh import, 8 ct/kWh feed-in."""
+    tariff = {"type": "fixed", "fixed_ct_per_kwh": 30.0, "feed_in_ct_per_kwh": 8.0}
+    with running_system(tmp_path, tariff=tariff) as system:
+        yield system
+
+
+@contextlib.contextmanager
+def running_system(tmp_path: Path, **sections: Any) -> Iterator[System]:
     with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=65.0)]) as sim:
         sim.set_load_w(600.0)
         sim.set_pv_w(0.0)
@@ -90,6 +104,7 @@ def system(tmp_path: Path) -> Iterator[System]:
             "control": {"poll_interval_seconds": 1},
             "web": {"host": "127.0.0.1", "port": port, "language": "de"},
             "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
+            **sections,
         }), encoding="utf-8")
         output_path = tmp_path / "main-output.txt"
         output = output_path.open("w", encoding="utf-8")
@@ -410,9 +425,10 @@ def canvas_pixels(page: Page, selector: str) -> int:
     )
 
 
-def seed_earlier_runs(db_path: Path, days: int = 12) -> None:
+def seed_earlier_runs(db_path: Path, days: int = 12, money: bool = False) -> None:
     """What earlier runs of the program left in its history file: daily energy and 5-minute power means
-    for the days before today (today belongs to the running program)."""
+    for the days before today (today belongs to the running program); ``money``: with a tariff's money
+    per day (cost, feed-in revenue, net cost without battery, in ct)."""
     import math
     import sqlite3
     from datetime import date, datetime, timedelta
@@ -426,9 +442,16 @@ def seed_earlier_runs(db_path: Path, days: int = 12) -> None:
         for n in range(1, days + 1):
             day = today - timedelta(days=n)
             sunny = 0.5 + 0.5 * math.sin(n)
-            conn.execute("INSERT OR REPLACE INTO energy VALUES (?, ?, ?, ?, ?, ?, ?)",
-                         (day.isoformat(), 2500 + 1500 * (1 - sunny), 300 + 900 * sunny, 2000 + 3000 * sunny,
-                          1800 + 2500 * sunny, 1700 + 2300 * sunny, 1900 + 2800 * sunny))
+            imported, exported = 2500 + 1500 * (1 - sunny), 300 + 900 * sunny
+            discharged, charged = 1800 + 2500 * sunny, 2000 + 3000 * sunny
+            cost, revenue = imported * 0.030, exported * 0.008  # ct: 30 ct and 8 ct per kWh
+            baseline = (imported + discharged) * 0.030 - (exported + charged) * 0.008  # the house without battery
+            conn.execute(
+                "INSERT OR REPLACE INTO energy (day, import_wh, export_wh, charge_wh, discharge_wh, avoided_import_wh,"
+                " stored_surplus_wh, cost_ct, feed_in_revenue_ct, baseline_ct, unpriced_wh)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (day.isoformat(), imported, exported, charged, discharged, 1700 + 2300 * sunny, 1900 + 2800 * sunny,
+                 *((cost, revenue, baseline, 0.0) if money else (None, None, None, None))))
         start = datetime.combine(today - timedelta(days=6), datetime.min.time()).timestamp()
         rows = []
         for i in range(0, 6 * 86400, 300):
@@ -457,6 +480,9 @@ def test_energy_chart_week_chart_and_diagnostics_button(browser: Browser, system
         assert labels[1:] == ["Netzbezug", "Einspeisung", "Entladen", "Geladen"]
         expect(page.locator("#energy-chart-empty")).to_be_hidden()
         expect(page.locator("#energy-discharged")).to_have_text(re.compile(r"[1-9]"))
+        # Without a tariff: no euro figures and no kWh / € switch.
+        expect(page.locator("#energy-cost-row")).to_be_hidden()
+        expect(page.locator("#energy-unit")).to_be_hidden()
         base = canvas_pixels(page, "#energy-chart")
         assert base > 500, f"only {base} painted pixels on the energy chart"
         page.locator("[data-days='30']").click()
@@ -575,3 +601,43 @@ def test_setup_page_scans_the_chosen_gateway(browser: Browser, demo: str) -> Non
         assert len(get_json(demo + "/api/status")["batteries"]) == 3
         page.locator("#exit-btn").click()
         expect(page.locator("#exit-result")).to_be_visible()
+
+
+# ---------------------------------------------------------------------------- money (a tariff)
+def test_todays_cost_and_saving_and_the_euro_chart(browser: Browser, priced_system: System) -> None:
+    system = priced_system
+    seed_earlier_runs(system.config_path.parent / "data" / "history.sqlite3", money=True)
+
+    def today() -> dict[str, Any]:
+        return ((get_json(system.url + "/api/energy?days=1") or {}).get("days") or [{}])[0]
+
+    wait_until(lambda: (today().get("saved_eur") or 0) >= 0.0005, 40, "the server counts a saving today")
+    for width, height, suffix in ((1280, 900, ""), (360, 740, "-360")):
+        with open_page(browser, system.url + "/", width=width, height=height) as page:
+            expect(page.locator("#energy-cost-row")).to_be_visible()
+            expect(page.locator("#energy-saved")).to_have_text(re.compile(r"^-?\d+,\d\d\s€$"))
+            expect(page.locator("#energy-cost")).to_have_text(re.compile(r"^-?\d+,\d\d\s€$"))
+            expect(page.locator("#energy-money-hint")).to_be_visible()
+            page.wait_for_function("() => { const c = window.marstekDashboard.energyChart(); "
+                                   "return c && c.data[0].length === 7; }", timeout=TIMEOUT_MS)
+            expect(page.locator("#energy-unit")).to_be_visible()
+            page.locator("[data-unit='eur']").click()
+            expect(page.locator("[data-unit='eur']")).to_have_attribute("aria-pressed", "true")
+            expect(page.locator("#energy-chart-hint")).to_contain_text("In €")
+            labels = page.evaluate("window.marstekDashboard.energyChart().series.map(s => s.label)")
+            assert labels[1:] == ["Stromkosten", "Einspeisevergütung", "Ersparnis"]
+            days = get_json(system.url + "/api/energy?days=7")["days"]
+            data = page.evaluate("window.marstekDashboard.energyChart().data")
+            assert data[1][:-1] == [d["cost_eur"] for d in days[:-1]], "the bars are the API's cost per day"
+            assert data[2][:-1] == [-d["feed_in_revenue_eur"] for d in days[:-1]], "the revenue below zero"
+            assert data[3][:-1] == [d["saved_eur"] for d in days[:-1]]
+            assert all(v > 0.2 for v in data[1][:-1]), data[1]
+            painted = canvas_pixels(page, "#energy-chart")
+            assert painted > 500, f"only {painted} painted pixels on the € chart"
+            assert no_horizontal_scroll(page)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.locator("#energy-card").screenshot(path=str(ARTIFACTS / f"energy-money{suffix}.png"))
+            page.locator("#energy-chart-card").screenshot(path=str(ARTIFACTS / f"energy-chart-eur{suffix}.png"))
+            page.locator("[data-unit='kwh']").click()  # and back: the kWh bars again
+            expect(page.locator("#energy-chart-hint")).to_contain_text("In kWh")
+            assert page.evaluate("window.marstekDashboard.energyChart().series.length") == 5

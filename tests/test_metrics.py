@@ -112,3 +112,37 @@ def test_openmetrics_when_the_scraper_asks_for_it() -> None:
     assert resp.headers["Content-Type"].startswith("application/openmetrics-text")
     names = {f.name for f in parse_openmetrics(resp.get_data(as_text=True))}
     assert names >= CONTRACT
+
+
+def test_money_metrics_with_a_tariff_survive_a_restart_and_parse(tmp_path: Path) -> None:
+    import time
+
+    from integrations.history import History, prices_from
+    from tests.test_money import Prices, slot, steady
+
+    now = time.time()
+    hour = now - now % 3600
+    prices = Prices([slot(hour - 3600, 60, 30.0, 8.0), slot(hour, 60, -1.5, 0.0)])
+    path = tmp_path / "h.sqlite3"
+    h1 = History(path, price_at=prices_from(prices))
+    h1.add(steady(hour - 3600, 3600, 600.0, 400.0))  # the last hour: 0.6 kWh import at 30 ct, 0.4 kWh discharge
+    h1.close()
+    h2 = History(path, price_at=prices_from(prices))  # a restart: the counters come back from the file
+    m = scrape(create_app(StatusStore(), CommandQueue(), web_cfg(), history=h2).test_client())
+    assert m["marstek_import_price_ct_per_kwh"] == {("marstek_import_price_ct_per_kwh", ()): -1.5}
+    assert m["marstek_cost_eur"] == {("marstek_cost_eur_total", ()): 0.18}
+    assert m["marstek_saved_eur"] == {("marstek_saved_eur_total", ()): 0.12}
+    assert m["marstek_saved_negative_eur"][("marstek_saved_negative_eur_total", ())] == 0
+    assert m["marstek_cost_negative_eur"][("marstek_cost_negative_eur_total", ())] == 0
+    # No price for now (the fetcher lost them): the gauge is absent, never 0; the counters stay.
+    prices.state = None
+    m = scrape(create_app(StatusStore(), CommandQueue(), web_cfg(), history=h2).test_client())
+    assert m["marstek_import_price_ct_per_kwh"] == {}
+    assert m["marstek_cost_eur"] == {("marstek_cost_eur_total", ()): 0.18}
+
+
+def test_no_money_metrics_without_a_tariff(tmp_path: Path) -> None:
+    from integrations.history import History
+
+    m = scrape(create_app(StatusStore(), CommandQueue(), web_cfg(), history=History(tmp_path / "h.db")).test_client())
+    assert not {"marstek_import_price_ct_per_kwh", "marstek_cost_eur", "marstek_saved_eur"} & set(m)

@@ -8,6 +8,7 @@ where a missing broker is a failure.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import itertools
 import json
 import logging
@@ -612,3 +613,44 @@ def test_three_program_starts_on_new_gateway_addresses_give_one_set_of_entities(
                 f"marstek-e2e_battery_{u}_{obj}" for u in ("akku_1", "akku_2")
                 for obj in ("soc", "power", "setpoint", "online")}
     assert sets[0] == sets[1] == sets[2], "one set of entities across three starts"
+
+
+def test_prices_and_money_reach_home_assistant_prometheus_and_the_api(broker, sim, tmp_path):
+    """main.py with a fixed tariff (no network): the current price, today's cost and saving as Home Assistant
+    entities over a real mosquitto, in the state topic, in /metrics and in /api/energy."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    web_port = free_port()
+    tariff = {"type": "fixed", "fixed_ct_per_kwh": 32.5, "feed_in_ct_per_kwh": 8.1}
+    config = write_config(tmp_path / "config.json", sim, web_port, broker.port, tariff=tariff)
+    with listening(broker.port, "homeassistant/#", "marstek/#") as listener, running_main(config):
+        wait_until(lambda: discharging(sim), 30, "the batteries discharge into the 900 W load")
+
+        def state() -> dict[str, Any]:
+            found = listener.latest("marstek/state")
+            return json.loads(found.payload) if found else {}
+
+        wait_until(lambda: ((state().get("energy_today") or {}).get("saved_eur") or 0) > 0, 20,
+                   "a saving counted today")
+        doc = state()
+        assert doc["import_price_ct_per_kwh"] == 32.5
+        today = doc["energy_today"]
+        assert isinstance(today["cost_eur"], float) and isinstance(today["feed_in_revenue_eur"], float)
+        midnight = datetime.datetime.fromisoformat(today["day_start"])  # last_reset: local midnight with offset
+        assert midnight.tzinfo is not None and (midnight.hour, midnight.minute) == (0, 0)
+        configs = {t: json.loads(m.payload) for t, m in listener.under("homeassistant/").items() if m.payload}
+        price = configs["homeassistant/sensor/marstek-e2e/import_price/config"]
+        assert price["unit_of_measurement"] == "ct/kWh" and "device_class" not in price
+        assert price["state_class"] == "measurement"
+        for obj in ("cost_today", "saved_today", "feed_in_revenue_today"):
+            c = configs[f"homeassistant/sensor/marstek-e2e/{obj}/config"]
+            assert (c["device_class"], c["unit_of_measurement"], c["state_class"]) == ("monetary", "EUR", "total")
+            assert "day_start" in c["last_reset_value_template"] and c["unique_id"] == f"marstek-e2e_{obj}"
+
+        day = api(web_port, "/api/energy?days=1")["days"][-1]
+        assert day["saved_eur"] > 0 and day["unpriced_wh"] >= 0 and day["cost_eur"] >= 0
+        body = requests.get(f"http://127.0.0.1:{web_port}/metrics", timeout=5).text
+        families = {f.name: f for f in text_string_to_metric_families(body)}
+        assert families["marstek_import_price_ct_per_kwh"].samples[0].value == 32.5
+        assert families["marstek_saved_eur"].type == "counter"
+        assert families["marstek_saved_eur"].samples[0].value > 0
