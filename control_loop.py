@@ -30,6 +30,8 @@ from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable
 from fleet import Fleet, unit_name
 from i18n import Msg
 from modes import ModeFile, ModeRequest, ModeState
+from planning.model import Plan
+from planning.plan_mode import ModeChoice, effective_mode
 from quality import QualityTracker
 from sign_check import SignCheck
 from status_store import (
@@ -128,6 +130,7 @@ class ControlLoop:
         controller_params: ControlParams | None = None,
         mode_file: ModeFile | None = None,
         wall_clock: Callable[[], float] = time.time,
+        plan: Callable[[], Plan | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.meter = meter
@@ -162,6 +165,9 @@ class ControlLoop:
         self.mode_file = mode_file
         self.wall_clock = wall_clock
         self.mode = mode_file.load() if mode_file else ModeState()
+        # The plan (planning/plan_mode.py) drives below every manual mode; ``plan`` gives its latest one.
+        self.plan = plan
+        self.active = ModeChoice(self.mode)  # the mode in force: the manual one or the plan's slot
         store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
         self.quirks = QuirkCounter()
@@ -227,6 +233,7 @@ class ControlLoop:
         """One control cycle (also called directly by tests)."""
         self.commands.run_pending(self.handle_command)
         self.expire_mode()
+        self.select_mode()
         if self.setup_mode:
             # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
             # stopped and not polled, so their power is unknown rather than the last value.
@@ -247,8 +254,8 @@ class ControlLoop:
             for b in self.batteries.values()
         ]
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
-                                        meter_error=self.meter_error, mode=self.mode.mode,
-                                        charge_power_w=self.mode.power_w)
+                                        meter_error=self.meter_error, mode=self.active.mode.mode,
+                                        charge_power_w=self.active.mode.power_w)
         decision = self.check_sign(now_s, grid_w, states, decision)
         self.last_decision = decision
         self.quirks.notes(decision.battery_notes)
@@ -453,7 +460,7 @@ class ControlLoop:
             counters={"control_cycles_total": self.cycles_total, "modbus_writes_total": self.bus.writes_total,
                       "meter_failures_total": self.quirks.count("meter_failure")},
             quality=self.quality.figures(),
-            operating_mode=self.mode.to_json(),
+            operating_mode=self.active.mode.to_json(),
         )
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
@@ -578,8 +585,34 @@ class ControlLoop:
     def _change_mode(self, state: ModeState) -> None:
         self.mode = state
         self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it before the next publish
+        self.select_mode()  # set back to auto: the plan takes over at once
         if self.mode_file is not None:
             try:
                 self.mode_file.save(state)
             except OSError as exc:
                 log.error("%s", Msg("mode_file_write_failed", path=str(self.mode_file.path), error=str(exc)))
+
+    def select_mode(self) -> None:
+        """The mode in force this cycle: the manual one, or the plan's current slot when it is ``auto``.
+
+        Without a plan (no ``plan`` section) this is always the manual mode. The plan's problem (stale or
+        missing prices, a failed plan) goes to /api/status ``errors``."""
+        if self.plan is None:
+            self.active = ModeChoice(self.mode)
+            return
+        before = self.active
+        now = datetime.datetime.fromtimestamp(self.wall_clock(), datetime.timezone.utc)
+        self.active = effective_mode(self.mode, self.plan(), now)
+        if self.active.problem != before.problem:
+            self.store.set_problem("plan", self.active.problem, error=True)
+            if self.active.problem is not None:
+                log.warning("%s", self.active.problem)
+        state, was = self.active.mode, before.mode
+        if (state.mode, state.power_w, state.source) != (was.mode, was.power_w, was.source):
+            self.store.update(operating_mode=state.to_json())
+            slot = self.active.slot
+            if slot is not None:
+                what = Msg("plan_mode_charge", power=state.power_w) if state.power_w else state.mode.value
+                log.info("%s", Msg("plan_mode_changed", mode=what, reason=slot.reason))
+        elif state.source == "plan" and state.until_s != was.until_s:
+            self.store.update(operating_mode=state.to_json())  # the next slot: a new "until"

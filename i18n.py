@@ -657,6 +657,20 @@ MESSAGES_DE: dict[str, str] = {
     "mode_file_damaged": "Gespeicherte Betriebsart {path} unlesbar ({error}): Automatik",
     "mode_file_unreadable": "Gespeicherte Betriebsart {path} nicht lesbar ({error}): Automatik",
     "mode_file_write_failed": "Betriebsart nicht gespeichert ({path}): {error}",
+    # -- the plan as a mode source (planning/plan_mode.py, planning/plan_thread.py)
+    "plan_pending": "Der Plan wird berechnet; bis dahin regelt die Automatik",
+    "plan_no_current_price": (
+        "Kein Strompreis für die aktuelle Zeit bekannt: Automatik ohne Plan, kein Laden aus dem Netz"
+    ),
+    "plan_stale": (
+        "Der Plan ist {minutes} Minuten alt (keine neuen Preise?): Automatik ohne Plan, kein Laden aus dem Netz"
+    ),
+    "plan_failed": "Plan nicht berechnet ({error}): Automatik ohne Plan",
+    "plan_no_battery": "Kein Akku mit bekanntem Ladestand erreichbar: kein Plan, Automatik",
+    "plan_prices_failed": "Strompreise nicht abrufbar: {error}",
+    "plan_mode_changed": "Plan: {mode} – {reason}",
+    "plan_mode_charge": "Laden mit {power} W",
+    "plan_mode_ended": "Plan nicht mehr in Kraft ({why}): Automatik",
     # -- MQTT
     "mqtt_connected": "MQTT verbunden mit {broker}",
     "mqtt_connect_failed": "MQTT: keine Verbindung zu {broker} ({error}); neuer Versuch läuft",
@@ -884,6 +898,16 @@ MESSAGES_EN: dict[str, str] = {
     "mode_file_damaged": "Stored operating mode {path} is damaged ({error}): auto",
     "mode_file_unreadable": "Stored operating mode {path} cannot be read ({error}): auto",
     "mode_file_write_failed": "Operating mode not saved ({path}): {error}",
+    # -- the plan as a mode source (planning/plan_mode.py, planning/plan_thread.py)
+    "plan_pending": "The plan is being computed; until then the automatic mode regulates",
+    "plan_no_current_price": "No electricity price known for the current time: auto without a plan, no grid charging",
+    "plan_stale": "The plan is {minutes} minutes old (no new prices?): auto without a plan, no grid charging",
+    "plan_failed": "Plan not computed ({error}): auto without a plan",
+    "plan_no_battery": "No battery with a known state of charge reachable: no plan, auto",
+    "plan_prices_failed": "Electricity prices not available: {error}",
+    "plan_mode_changed": "Plan: {mode} – {reason}",
+    "plan_mode_charge": "charge at {power} W",
+    "plan_mode_ended": "Plan no longer in force ({why}): auto",
     # -- MQTT
     "mqtt_connected": "MQTT connected to {broker}",
     "mqtt_connect_failed": "MQTT: cannot connect to {broker} ({error}); retrying",

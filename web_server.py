@@ -40,6 +40,7 @@ import i18n
 import metrics
 import modes
 from history import History, HistoryBusy, bucket_samples
+from planning.plan_mode import plan_json
 from status_store import CommandError, CommandQueue, HistorySample, StatusStore
 
 log = logging.getLogger(__name__)
@@ -210,13 +211,15 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     max_charge_power_w: Callable[[], int] = lambda: 2500,
     history: History | None = None,
     diagnostics: Callable[[], dict[str, Any]] | None = None,
+    plan_enabled: bool = False,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
     ``clock`` (monotonic seconds) times the blocks after wrong passwords (LoginThrottle).
     ``max_charge_power_w``: the batteries' total maximum power (the limit of ``POST /api/mode``).
     ``history`` serves /api/history from before a restart and /api/energy; ``diagnostics`` builds the
-    bundle of /api/diagnostics (diagnostics.Diagnostics.bundle).
+    bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``plan_enabled``: a plan thread publishes
+    plans to ``store`` (``GET /api/plan``).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     registry = metrics.make_registry(store)
@@ -460,6 +463,12 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
         except HistoryBusy as exc:
             return jsonify(error=str(exc)), 503, {"Retry-After": "5"}
         return jsonify(days=days)
+
+    @app.get("/api/plan")
+    def api_plan() -> Response:
+        """The plan by price (planning/plan_mode.py), from the current slot on; messages in the page's language."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return jsonify(i18n.render(plan_json(store.plan(), plan_enabled, now), language()))
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
