@@ -15,7 +15,7 @@ PV without double counting: the planner gets ``load_w`` and ``pv_w`` and works w
 - With a PV forecast, a quarter-hour the forecast calls dark (< ``DARK_W``) keeps its net load (no PV in
   the history then either, the sun follows the clock). A bright one would count the PV twice (once in the
   history, once in the forecast), so its load is the house's **base load** instead: the mean net load of
-  the dark quarter-hours of the history's comparable days (evening and night). That underestimates a
+  the quarter-hours the forecast calls dark (evening and night; 00:00-05:00 when the horizon has none). That underestimates a
   midday cooking peak, but it never invents PV that the forecast does not promise.
 """
 
@@ -35,6 +35,7 @@ MIN_DAYS = 2  # fewer comparable days with data: all days count
 RECENT_S = 3 * 3600.0  # the last hours' level
 RECENT_FADE_S = 3 * 3600.0  # how fast their offset fades into the typical profile
 DARK_W = 10.0  # a forecast below this is night
+NIGHT_QUARTERS = 5 * 4  # 00:00-05:00 local
 
 
 def net_load_w(sample: HistorySample) -> float | None:
@@ -133,6 +134,8 @@ def _base_load_w(profile: LoadProfile, slots: Sequence[PriceSlot],
     dark_quarters = {_quarter(t, profile.tz)
                      for slot, pv in zip(slots, pv_w, strict=True) if (pv or 0.0) < DARK_W
                      for t in range(int(slot.start.timestamp()), int(slot.end.timestamp()), QUARTER_S)}
+    if not dark_quarters:  # a horizon without a dark slot: the small hours are dark in every season
+        dark_quarters = set(range(NIGHT_QUARTERS))
     values = [v for q in dark_quarters for weekend in (False, True) if (v := profile.mean_w(q, weekend)) is not None]
     return sum(values) / len(values) if values else None
 

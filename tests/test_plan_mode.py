@@ -1,0 +1,398 @@
+"""The plan as a mode source: effective_mode's precedence table, the load forecast on synthetic history,
+the plan thread on fake clocks, GET /api/plan, the plan config section, and the control loop on the
+simulator (the plan charges with source "plan", a manual hold wins, auto gives the plan back at once)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+import i18n
+from config_loader import BatteryConfig, ConfigError, PlanConfig, WebConfig, parse_config
+from history import History, HistoryBusy
+from modes import ModeRequest, ModeState
+from planning.load_forecast import forecast_load, history_reader, net_load_w
+from planning.model import Plan, PlanInput, PlannedSlot, PriceSlot, PvSlot
+from planning.plan_mode import PLAN_MAX_AGE_S, effective_mode, plan_json, plan_problem
+from planning.plan_thread import PlanThread, fleet_model, pv_per_slot
+from status_store import BatteryStatus, CommandQueue, HistorySample, StatusSnapshot, StatusStore
+from tests.helpers import FakeClock
+from web_server import create_app
+from zero_feed_control import OperatingMode
+
+UTC = timezone.utc
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday
+Q = timedelta(minutes=15)
+AUTO, HOLD, CHARGE, OFF = OperatingMode.AUTO, OperatingMode.HOLD, OperatingMode.CHARGE, OperatingMode.OFF
+
+
+def slot(start: datetime, mode: str = "auto", power_w: int | None = None, ct: float = 30.0) -> PlannedSlot:
+    return PlannedSlot(start, start + Q, ct, 7.9, mode, power_w, 50.0, None, 400.0,  # type: ignore[arg-type]
+                       i18n.Msg("plan_pending"))
+
+
+def plan_at(created: datetime, *slots: PlannedSlot, ok: bool = True, problem: str | None = None) -> Plan:
+    return Plan(created, ok, problem, tuple(slots), 1.0 if ok else None, 1.5 if ok else None)
+
+
+CHARGING = plan_at(T0, slot(T0, "charge", 1500, ct=8.0), slot(T0 + Q, "hold"), slot(T0 + 2 * Q))
+
+
+# ---------------------------------------------------------------------------- effective_mode
+@pytest.mark.parametrize(("manual", "plan", "now", "mode", "power_w", "source", "problem"), [
+    # a manual mode other than auto wins, whatever the plan says
+    (ModeState(HOLD, source="api"), CHARGING, T0, HOLD, None, "api", None),
+    (ModeState(OFF, source="mqtt"), CHARGING, T0, OFF, None, "mqtt", None),
+    (ModeState(CHARGE, 800, source="dashboard"), CHARGING, T0, CHARGE, 800, "dashboard", None),
+    # default auto (or an expired mode, which the loop turned into the default): the plan's current slot
+    (ModeState(), CHARGING, T0 + timedelta(minutes=5), CHARGE, 1500, "plan", None),
+    (ModeState(), CHARGING, T0 + Q, HOLD, None, "plan", None),
+    (ModeState(), CHARGING, T0 + 2 * Q, AUTO, None, "plan", None),
+    # auto set back by hand: the plan too
+    (ModeState(AUTO, source="api"), CHARGING, T0, CHARGE, 1500, "plan", None),
+    # no plan yet: auto, nothing to complain about
+    (ModeState(), None, T0, AUTO, None, "default", None),
+    # no slot containing now (prices ran out): auto and the problem
+    (ModeState(), replace(CHARGING, created=T0 + 2 * Q), T0 + 3 * Q, AUTO, None, "default", "plan_no_current_price"),
+    (ModeState(), CHARGING, T0 - Q, AUTO, None, "default", "plan_no_current_price"),
+    # a plan older than 30 minutes: auto and the problem (also while a manual mode wins)
+    (ModeState(), plan_at(T0 - timedelta(minutes=31), slot(T0, "charge", 1500)), T0, AUTO, None, "default",
+     "plan_stale"),
+    (ModeState(HOLD, source="api"), plan_at(T0 - timedelta(hours=2), slot(T0)), T0, HOLD, None, "api", "plan_stale"),
+    # a failed plan: auto and its own problem
+    (ModeState(), plan_at(T0, ok=False, problem=i18n.Msg("plan_no_battery")), T0, AUTO, None, "default",
+     "plan_no_battery"),
+])
+def test_effective_mode_manual_wins_then_the_plan_then_auto(manual, plan, now, mode, power_w, source, problem):
+    choice = effective_mode(manual, plan, now)
+    assert (choice.mode.mode, choice.mode.power_w, choice.mode.source) == (mode, power_w, source)
+    assert getattr(choice.problem, "code", None) == problem
+    if source == "plan":
+        assert choice.slot is not None and choice.mode.until_s == choice.slot.end.timestamp()
+
+
+def test_plan_problem_states_the_age_in_minutes():
+    stale = plan_at(T0, slot(T0 + 3 * Q))
+    assert plan_problem(stale, T0 + timedelta(seconds=PLAN_MAX_AGE_S)) is not None  # no current slot
+    old = plan_at(T0, *(slot(T0 + n * Q) for n in range(8)))
+    assert plan_problem(old, T0 + timedelta(minutes=30)) is None
+    problem = plan_problem(old, T0 + timedelta(minutes=45))
+    assert problem is not None and problem.code == "plan_stale"  # type: ignore[attr-defined]
+    assert "45" in problem
+
+
+# ---------------------------------------------------------------------------- load forecast
+def synthetic_history(days: int, level_w: Any, *, step_s: int = 900, end: datetime = T0) -> list[HistorySample]:
+    """Quarter-hour samples of ``days`` days before ``end``: net load ``level_w(local datetime)`` split
+    into grid and battery power (the forecast must add them)."""
+    samples = []
+    t = end - timedelta(days=days)
+    while t < end:
+        net = level_w(t)
+        samples.append(HistorySample(t.timestamp() + step_s / 2, net - 100.0, 100.0, 50.0))
+        t += timedelta(seconds=step_s)
+    return samples
+
+
+def evening_peak(t: datetime) -> float:
+    """300 W, 1500 W from 18:00 to 21:00 (UTC here: the test's zone), weekends 200 W more all day."""
+    base = 1500.0 if 18 <= t.hour < 21 else 300.0
+    return base + (200.0 if t.weekday() >= 5 else 0.0)
+
+
+def price_slots(start: datetime, count: int, step: timedelta = Q) -> list[PriceSlot]:
+    return [PriceSlot(start + n * step, start + (n + 1) * step, 30.0, 7.9) for n in range(count)]
+
+
+def test_net_load_is_grid_plus_battery_and_unknown_when_either_is_missing():
+    assert net_load_w(HistorySample(0.0, 200.0, 300.0, 50.0)) == 500.0
+    assert net_load_w(HistorySample(0.0, -400.0, 0.0, 50.0)) == -400.0
+    assert net_load_w(HistorySample(0.0, None, 300.0, 50.0)) is None
+    assert net_load_w(HistorySample(0.0, 200.0, None, 50.0)) is None
+
+
+def test_load_forecast_repeats_the_profile_of_comparable_days():
+    samples = synthetic_history(14, evening_peak)
+    slots = price_slots(T0, 48)  # Monday 12:00 .. 24:00
+    load = forecast_load(samples, slots, T0, tz=UTC)
+    assert load[0] == pytest.approx(300.0)  # the recent level equals the profile: no offset
+    assert load[(18 - 12) * 4] == pytest.approx(1500.0)  # 18:00: the evening peak of the weekdays
+    assert load[(21 - 12) * 4] == pytest.approx(300.0)
+    # Saturday: the weekend's higher level, not the weekdays'
+    saturday = T0 + timedelta(days=5)
+    weekend = forecast_load(synthetic_history(14, evening_peak, end=saturday), price_slots(saturday, 4), saturday,
+                            tz=UTC)
+    assert weekend[0] == pytest.approx(500.0)
+    # an hourly price slot gets the mean of its four quarter-hours
+    hourly = forecast_load(samples, price_slots(T0.replace(hour=17, minute=30), 1, timedelta(hours=1)),
+                           T0, tz=UTC)
+    assert hourly[0] == pytest.approx((2 * 300.0 + 2 * 1500.0) / 4, rel=0.05)
+
+
+def test_load_forecast_blends_the_last_hours_level_and_fades_it_out():
+    history = synthetic_history(14, evening_peak)
+    # the last three hours the house drew 600 W more than usual
+    recent = [replace(s, grid_w=(s.grid_w or 0.0) + 600.0) for s in history if s.t > T0.timestamp() - 3 * 3600]
+    samples = [s for s in history if s.t <= T0.timestamp() - 3 * 3600] + recent
+    load = forecast_load(samples, price_slots(T0, 96), T0, tz=UTC)
+    assert 700.0 < load[0] < 900.0  # 300 W usual + most of the (diluted) 600 W offset
+    assert load[48] == pytest.approx(300.0, abs=20.0)  # half a day later the offset has faded
+
+
+def test_load_forecast_without_history_is_unknown_and_never_negative():
+    assert forecast_load([], price_slots(T0, 3), T0, tz=UTC) == (None, None, None)
+    exporting = synthetic_history(3, lambda t: -2000.0)  # PV surplus all day: the net load is negative
+    assert forecast_load(exporting, price_slots(T0, 2), T0, tz=UTC) == (0.0, 0.0)
+
+
+def test_with_a_pv_forecast_bright_slots_get_the_base_load_not_the_net_load():
+    """Midday history: 400 W house − 1400 W PV = −1000 W net. With a PV forecast the midday load must be the
+    house's own (about the night level), else the forecast PV would be subtracted a second time."""
+    def day(t: datetime) -> float:
+        return -1000.0 if 10 <= t.hour < 16 else 400.0
+
+    samples = synthetic_history(7, day)
+    slots = price_slots(T0.replace(hour=0), 96)
+    pv = [1400.0 if 10 <= s.start.hour < 16 else 0.0 for s in slots]
+    without = forecast_load(samples, slots, T0.replace(hour=0), tz=UTC)
+    with_pv = forecast_load(samples, slots, T0.replace(hour=0), pv_w=pv, tz=UTC)
+    assert without[12 * 4] == 0.0  # net load (clipped): the PV is inside it
+    assert with_pv[12 * 4] == pytest.approx(400.0)  # the base load; the planner subtracts the forecast PV
+    assert with_pv[20 * 4] == pytest.approx(400.0) and without[20 * 4] == pytest.approx(400.0)
+
+
+def test_history_reader_asks_the_database_for_quarter_hour_means(tmp_path):
+    history = History(tmp_path / "h.sqlite3", store=None, clock=lambda: T0.timestamp())
+    history.add([HistorySample(T0.timestamp() - 3600 + n, 500.0, -100.0, 50.0) for n in range(0, 600, 2)])
+    samples = history_reader(history.samples, days=1)(T0)
+    assert len(samples) == 1 and net_load_w(samples[0]) == pytest.approx(400.0)
+    history.close()
+
+
+# ---------------------------------------------------------------------------- the plan thread
+class Prices:
+    """A price feed like the fetcher's: the latest good prices and the last error."""
+
+    def __init__(self, slots: Sequence[PriceSlot], error: str | None = None) -> None:
+        self.slots, self.last_error = list(slots), error
+
+    def latest(self) -> Sequence[PriceSlot]:
+        return self.slots
+
+    def error(self) -> str | None:
+        return self.last_error
+
+
+class Pv:
+    def __init__(self, slots: Sequence[PvSlot]) -> None:
+        self.slots = slots
+
+    def latest(self) -> Sequence[PvSlot]:
+        return self.slots
+
+
+class RecordingPlanner:
+    """Keeps every input and answers a plan charging in the first slot (or raises ``fail``)."""
+
+    def __init__(self, fail: Exception | None = None) -> None:
+        self.inputs: list[PlanInput] = []
+        self.fail = fail
+
+    def __call__(self, plan_input: PlanInput) -> Plan:
+        self.inputs.append(plan_input)
+        if self.fail is not None:
+            raise self.fail
+        first = plan_input.prices[0]
+        return plan_at(plan_input.now, slot(first.start, "charge", 1000))
+
+
+BATTERY = BatteryConfig(ip="127.0.0.1")
+PLAN = PlanConfig(reserve_soc_pct=20.0, grid_charge_max_w=2000.0, wear_ct_per_kwh=3.0, peak_import_limit_w=4000.0)
+
+
+def store_with_batteries(*socs: float | None) -> StatusStore:
+    store = StatusStore()
+    store.publish(StatusSnapshot(batteries=tuple(
+        BatteryStatus(id=n + 1, online=soc is not None, soc_pct=soc, setpoint_w=0, power_w=0.0, mode="idle",
+                      max_power_w=2500) for n, soc in enumerate(socs))))
+    return store
+
+
+def test_fleet_model_counts_the_online_batteries_with_a_soc():
+    fleet = fleet_model(store_with_batteries(40.0, 60.0, None).latest().batteries, BATTERY, PLAN)
+    assert fleet is not None
+    assert fleet.capacity_wh == 2 * 5120.0 and fleet.soc_pct == 50.0
+    assert fleet.max_charge_w == fleet.max_discharge_w == 5000.0 and fleet.grid_charge_max_w == 2000.0
+    assert fleet.reserve_soc_pct == 20.0 and fleet.max_soc_pct == BATTERY.max_soc_for_charge
+    assert fleet_model(store_with_batteries(None).latest().batteries, BATTERY, PLAN) is None
+
+
+def test_pv_per_slot_is_the_time_weighted_mean_and_none_without_forecast():
+    forecast = [PvSlot(T0, T0 + timedelta(minutes=30), 1000.0), PvSlot(T0 + timedelta(minutes=30),
+                                                                       T0 + timedelta(hours=1), 0.0)]
+    assert pv_per_slot(forecast, price_slots(T0, 1, timedelta(hours=1))) == (500.0,)
+    assert pv_per_slot(forecast, price_slots(T0 + timedelta(hours=2), 1)) == (None,)
+
+
+def test_the_plan_thread_builds_the_input_publishes_and_replans_on_time_and_on_new_prices():
+    wall, mono = FakeClock(T0.timestamp() + 60), FakeClock()
+    store = store_with_batteries(30.0, 50.0)
+    prices = Prices(price_slots(T0 - Q, 8))  # one slot in the past: left out
+    planner = RecordingPlanner()
+    wakeup = threading.Event()
+    thread = PlanThread(PLAN, BATTERY, store, prices, planner, pv=Pv([PvSlot(T0, T0 + 8 * Q, 800.0)]),
+                        history=lambda now: synthetic_history(3, lambda t: 350.0, end=now), wakeup=wakeup,
+                        wall_clock=wall, clock=mono, tz=UTC)
+    assert thread.due()
+    plan = thread.plan_once()
+    assert store.plan() is plan and plan.ok
+    given = planner.inputs[0]
+    assert given.now == T0 + timedelta(seconds=60) and given.prices[0].start == T0 and len(given.prices) == 7
+    assert given.pv_w == (800.0,) * 7 and all(load == pytest.approx(350.0) for load in given.load_w)
+    assert given.fleet.soc_pct == 40.0 and given.peak_import_limit_w == 4000.0
+    assert not thread.due()
+    mono.advance(14 * 60)
+    assert not thread.due()
+    wakeup.set()  # the fetcher got new prices
+    assert thread.due()
+    thread.plan_once()
+    assert not thread.due()
+    mono.advance(15 * 60)
+    assert thread.due()
+
+
+@pytest.mark.parametrize(("prices", "socs", "code"), [
+    (Prices([]), (50.0,), "plan_no_current_price"),
+    (Prices([], "timeout after 10 s"), (50.0,), "plan_prices_failed"),
+    (Prices(price_slots(T0 + Q, 4)), (50.0,), "plan_no_current_price"),  # prices start later than now
+    (Prices(price_slots(T0, 4)), (None,), "plan_no_battery"),
+])
+def test_without_current_prices_or_battery_the_plan_is_not_ok_and_retried_soon(prices, socs, code):
+    mono = FakeClock()
+    planner = RecordingPlanner()
+    thread = PlanThread(PLAN, BATTERY, store_with_batteries(*socs), prices, planner,
+                        wall_clock=lambda: T0.timestamp(), clock=mono)
+    plan = thread.plan_once()
+    assert not plan.ok and plan.problem.code == code and plan.slots == ()  # type: ignore[union-attr]
+    assert planner.inputs == []  # never asked to plan without a current price
+    mono.advance(30)
+    assert thread.due()
+
+
+def test_a_failing_planner_is_caught_logged_and_published_as_the_problem(caplog):
+    store = store_with_batteries(50.0)
+    thread = PlanThread(PLAN, BATTERY, store, Prices(price_slots(T0, 4)), RecordingPlanner(ZeroDivisionError("x")),
+                        wall_clock=lambda: T0.timestamp(), clock=FakeClock())
+    plan = thread.plan_once()
+    assert not plan.ok and "ZeroDivisionError" in str(plan.problem) and store.plan() is plan
+    assert "ZeroDivisionError" in caplog.text
+
+
+def test_a_busy_history_plans_without_the_load_forecast():
+    def busy(now: datetime) -> list[HistorySample]:
+        raise HistoryBusy("slow disk")
+
+    planner = RecordingPlanner()
+    thread = PlanThread(PLAN, BATTERY, store_with_batteries(50.0), Prices(price_slots(T0, 2)), planner,
+                        history=busy, wall_clock=lambda: T0.timestamp(), clock=FakeClock())
+    assert thread.plan_once().ok
+    assert planner.inputs[0].load_w == (None, None) and planner.inputs[0].pv_w == (None, None)
+
+
+def test_the_thread_runs_until_stop_and_plans_at_once():
+    store = store_with_batteries(50.0)
+    now = datetime.now(UTC)
+    thread = PlanThread(PLAN, BATTERY, store, Prices(price_slots(now - Q / 2, 4)), RecordingPlanner())
+    stop = threading.Event()
+    runner = threading.Thread(target=thread.run, args=(stop,), daemon=True)
+    runner.start()
+    from tests.helpers import wait_until
+    wait_until(lambda: store.plan() is not None, 5, "the first plan")
+    stop.set()
+    runner.join(5)
+    assert not runner.is_alive()
+
+
+# ---------------------------------------------------------------------------- GET /api/plan
+def app_with(plan: Plan | None, enabled: bool, language: str = "de") -> Any:
+    store = StatusStore()
+    if plan is not None:
+        store.publish_plan(plan)
+    return create_app(store, CommandQueue(), WebConfig(host="127.0.0.1", language=language), plan_enabled=enabled)
+
+
+def test_api_plan_without_a_plan_section_says_disabled():
+    doc = app_with(None, False).test_client().get("/api/plan").get_json()
+    assert doc == {"enabled": False, "created": None, "ok": False, "problem": None, "slots": [],
+                   "expected_cost_eur": None, "expected_cost_without_plan_eur": None}
+
+
+def test_api_plan_answers_the_slots_from_the_current_one_in_the_request_language():
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    start = now - timedelta(minutes=now.minute % 15)
+    reason = i18n.Msg("plan_mode_charge", power=1500)
+    slots = [replace(slot(start - Q), reason=reason), replace(slot(start, "charge", 1500, ct=8.5), reason=reason),
+             replace(slot(start + Q, "hold"), reason=reason)]
+    plan = plan_at(now - timedelta(minutes=1), *slots)
+    doc = app_with(plan, True, "en").test_client().get("/api/plan").get_json()
+    assert doc["enabled"] and doc["ok"] and doc["problem"] is None
+    assert doc["expected_cost_eur"] == 1.0 and doc["expected_cost_without_plan_eur"] == 1.5
+    assert [s["mode"] for s in doc["slots"]] == ["charge", "hold"]  # the past slot is left out
+    first = doc["slots"][0]
+    assert set(first) == {"start", "end", "import_ct_per_kwh", "feed_in_ct_per_kwh", "mode", "power_w", "soc_pct",
+                          "pv_w", "load_w", "reason"}
+    assert datetime.fromisoformat(first["start"]) == start and datetime.fromisoformat(first["start"]).utcoffset() \
+        is not None
+    assert first["power_w"] == 1500 and first["import_ct_per_kwh"] == 8.5 and first["reason"] == "charge at 1500 W"
+    assert datetime.fromisoformat(doc["created"]) == now - timedelta(minutes=1)
+    german = app_with(plan, True, "de").test_client().get("/api/plan").get_json()
+    assert german["slots"][0]["reason"] == "Laden mit 1500 W"
+
+
+def test_api_plan_shows_a_stale_plan_as_not_ok_with_the_problem():
+    now = datetime.now(UTC)
+    plan = plan_at(now - timedelta(hours=1), slot(now - Q / 2))
+    doc = app_with(plan, True, "en").test_client().get("/api/plan").get_json()
+    assert not doc["ok"] and "60 minutes old" in doc["problem"]
+    pending = app_with(None, True, "en").test_client().get("/api/plan").get_json()
+    assert pending["enabled"] and not pending["ok"] and "being computed" in pending["problem"]
+
+
+# ---------------------------------------------------------------------------- the config section
+BASE = {"shelly": {"ip": "127.0.0.1"}, "battery": {"ip": "127.0.0.1"}}
+
+
+def test_plan_section_defaults_and_values():
+    assert parse_config(BASE).plan is None
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, "plan": {"enabled": True}})
+    assert "plan.enabled" in str(err.value) and "tariff" in str(err.value)
+    cfg = parse_config({**BASE, "plan": {"enabled": False, "reserve_soc_pct": 30, "peak_import_limit_w": 3000}})
+    assert cfg.plan == PlanConfig(False, 30.0, 2500.0, 3.0, 3000.0)
+
+
+@pytest.mark.parametrize(("plan", "words"), [
+    ({"enabled": False, "reserve_soc_pct": 5}, "plan.reserve_soc_pct: (5) must be within battery.min_soc"),
+    ({"enabled": False, "reserve_soc_pct": 120}, "plan.reserve_soc_pct: must be a number 0..100"),
+    ({"enabled": False, "grid_charge_max_w": -1}, "plan.grid_charge_max_w"),
+    ({"enabled": False, "wear_ct_per_kwh": "3"}, "plan.wear_ct_per_kwh"),
+    ({"enabled": False, "peak_import_limit_w": 0}, "plan.peak_import_limit_w: must be a number above 0"),
+    ({"enabled": "yes"}, "plan.enabled: must be true or false"),
+    ({"enabled": False, "reserve": 20}, "plan.reserve: unknown key"),
+])
+def test_plan_section_errors_name_the_key(plan, words):
+    with pytest.raises(ConfigError) as err:
+        parse_config({**BASE, "plan": plan})
+    assert words in str(err.value)
+
+
+def test_set_mode_request_auto_is_a_manual_auto():
+    """A POST of auto is stored as a manual auto: effective_mode hands it to the plan (precedence table)."""
+    state = ModeState.from_request(ModeRequest(AUTO), "api", 0.0)
+    assert effective_mode(state, CHARGING, T0).mode.source == "plan"
+    assert plan_json(None, True, T0)["problem"] == i18n.Msg("plan_pending")
