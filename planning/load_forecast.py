@@ -15,8 +15,8 @@ PV without double counting: the planner gets ``load_w`` and ``pv_w`` and works w
 - With a PV forecast, a quarter-hour the forecast calls dark (< ``DARK_W``) keeps its net load (no PV in
   the history then either, the sun follows the clock). A bright one would count the PV twice (once in the
   history, once in the forecast), so its load is the house's **base load** instead: the mean net load of
-  the quarter-hours the forecast calls dark (evening and night; 00:00-05:00 when the horizon has none). That underestimates a
-  midday cooking peak, but it never invents PV that the forecast does not promise.
+  the quarter-hours the forecast calls dark (evening and night; 00:00-05:00 when the horizon has none).
+  That underestimates a midday cooking peak, but it never invents PV that the forecast does not promise.
 """
 
 from __future__ import annotations
