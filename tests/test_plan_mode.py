@@ -396,3 +396,64 @@ def test_set_mode_request_auto_is_a_manual_auto():
     state = ModeState.from_request(ModeRequest(AUTO), "api", 0.0)
     assert effective_mode(state, CHARGING, T0).mode.source == "plan"
     assert plan_json(None, True, T0)["problem"] == i18n.Msg("plan_pending")
+
+
+# ---------------------------------------------------------------------------- the control loop on the simulator
+def test_the_control_applies_the_plan_below_every_manual_mode_on_the_simulator(tmp_path):
+    """A plan charging now: the batteries charge from the grid with source "plan"; a manual hold wins; auto
+    gives the plan back within the same cycle; a plan gone stale leaves auto with the problem in the errors."""
+    from tests.test_modes import rig_on_simulator
+
+    with rig_on_simulator(tmp_path) as rig:
+        store = rig.store
+        wall = rig.wall
+        rig.loop.plan = store.plan  # what main wires when a plan section is configured
+        now = datetime.fromtimestamp(wall[0], UTC)
+        start = now - timedelta(minutes=5)
+        store.publish_plan(plan_at(now, slot(start, "charge", 1200, ct=6.0), slot(start + Q, "hold")))
+
+        def charging() -> bool:
+            return sum(rig.sim.unit(i).commanded_w for i in (1, 2)) == -1200
+
+        rig.cycle_until(charging, "the plan's charge of 1200 W")
+        mode = store.latest().operating_mode
+        assert mode["mode"] == "charge" and mode["power_w"] == 1200 and mode["source"] == "plan"
+        assert datetime.fromisoformat(mode["until"]) == start + Q
+        assert rig.loop.mode == ModeState()  # the manual mode (and the mode file) stay auto
+
+        rig.loop.handle_command("set_mode", {"request": ModeRequest(HOLD), "source": "api"})
+        assert store.latest().operating_mode["source"] == "api"
+        rig.loop.cycle()
+        assert all(rig.sim.unit(i).commanded_w >= 0 for i in (1, 2)) and not rig.discharging()
+        assert store.latest().operating_mode == {"mode": "hold", "power_w": None, "until": None, "source": "api"}
+
+        rig.loop.handle_command("set_mode", {"request": ModeRequest(AUTO), "source": "api"})
+        assert store.latest().operating_mode["source"] == "plan"  # GET /api/mode at once
+        rig.loop.cycle()  # and within one cycle the batteries charge again
+        assert charging()
+
+        # a manual hold with an expiry: back to the plan in the cycle it expires
+        rig.loop.handle_command("set_mode", {"request": ModeRequest(HOLD, None, 1), "source": "mqtt"})
+        rig.loop.cycle()
+        assert not charging()
+        wall[0] += 61
+        rig.loop.cycle()
+        assert charging() and store.latest().operating_mode["source"] == "plan"
+
+        # the next slot (hold) follows the clock without a new plan
+        wall[0] = (start + Q).timestamp() + 1
+        rig.loop.cycle()
+        assert store.latest().operating_mode["mode"] == "hold" and not charging()
+        assert store.status_json()["errors"] == []
+
+        # no slot for now and the plan too old: auto everywhere, the problem in /api/status errors
+        wall[0] = (start + 3 * Q).timestamp()
+        rig.cycle_until(rig.discharging, "auto discharges into the 900 W load again")
+        assert store.latest().operating_mode["source"] == "default"
+        errors = store.status_json("en")["errors"]
+        assert any("minutes old" in e for e in errors), errors
+        # a fresh plan clears it
+        fresh = datetime.fromtimestamp(wall[0], UTC)
+        store.publish_plan(plan_at(fresh, slot(fresh, "charge", 1200)))
+        rig.cycle_until(charging, "the fresh plan charges")
+        assert store.status_json()["errors"] == []
