@@ -17,6 +17,7 @@ Each pair of dictionaries must have exactly the same keys (tests/test_web.py che
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 LANGUAGES = ("de", "en")
@@ -744,6 +745,24 @@ MESSAGES_DE: dict[str, str] = {
     ),
     "history_disk_full": "Verlaufsdatenbank {path}: Speicher voll ({error}), neue Messwerte werden nicht gespeichert",
     "history_ok_again": "Verlaufsdatenbank {path} wieder beschreibbar",
+    # -- the plan (planning/planner.py): why a slot has its mode
+    "plan_auto": "Nulleinspeisung bei {price} ct",
+    "plan_auto_surplus": "Nulleinspeisung: lädt aus PV-Überschuss (Einspeisung {feed_in} ct)",
+    "plan_auto_discharge": "Nulleinspeisung: Akku deckt den Bedarf bei {price} ct",
+    "plan_auto_peak": "Nulleinspeisung, Spitzenkappung: Akku hält den Bezug bei höchstens {limit} W",
+    "plan_hold_for": "hält die Ladung für {window} bei {later} ct (jetzt {price} ct)",
+    "plan_hold_peak": "hält die Ladung für die Spitzenkappung {window} (Bezug höchstens {limit} W)",
+    "plan_hold_later": "hält die Ladung für später (jetzt {price} ct, erwartet {later} ct)",
+    "plan_hold_reserve": "hält die Reserve von {reserve} % (jetzt {price} ct)",
+    "plan_charge_for": "lädt {power} kW bei {price} ct für {window} bei {later} ct",
+    "plan_charge_negative": "lädt {power} kW bei negativem Preis {price} ct",
+    "plan_charge_peak": "lädt {power} kW bei {price} ct für die Spitzenkappung {window}",
+    "plan_charge_later": "lädt {power} kW bei {price} ct für später (erwartet {later} ct)",
+    "plan_no_price_auto": "Nulleinspeisung (kein Plan: {problem})",
+    "plan_problem_no_prices": "keine Preise bekannt",
+    "plan_problem_no_current_price": "kein Preis für die aktuelle Zeit {now} (Preise ab {first})",
+    "plan_problem_forecast_length": "Prognose passt nicht zu den Preisen ({pv} PV, {load} Last für {slots} Preise)",
+    "plan_problem_bad_prices": "Preise ungeordnet oder überlappend ab {start}",
 }
 
 MESSAGES_EN: dict[str, str] = {
@@ -980,6 +999,24 @@ MESSAGES_EN: dict[str, str] = {
     ),
     "history_disk_full": "History database {path}: disk full ({error}), new samples are not stored",
     "history_ok_again": "History database {path} writable again",
+    # -- the plan (planning/planner.py): why a slot has its mode
+    "plan_auto": "zero feed-in at {price} ct",
+    "plan_auto_surplus": "zero feed-in: charging from PV surplus (feed-in {feed_in} ct)",
+    "plan_auto_discharge": "zero feed-in: battery covers the demand at {price} ct",
+    "plan_auto_peak": "zero feed-in, peak shaving: battery keeps the import at or below {limit} W",
+    "plan_hold_for": "holds the charge for {window} at {later} ct (now {price} ct)",
+    "plan_hold_peak": "holds the charge for peak shaving {window} (import at most {limit} W)",
+    "plan_hold_later": "holds the charge for later (now {price} ct, expected {later} ct)",
+    "plan_hold_reserve": "holds the reserve of {reserve} % (now {price} ct)",
+    "plan_charge_for": "charges {power} kW at {price} ct for {window} at {later} ct",
+    "plan_charge_negative": "charges {power} kW at a negative price of {price} ct",
+    "plan_charge_peak": "charges {power} kW at {price} ct for peak shaving {window}",
+    "plan_charge_later": "charges {power} kW at {price} ct for later (expected {later} ct)",
+    "plan_no_price_auto": "zero feed-in (no plan: {problem})",
+    "plan_problem_no_prices": "no prices known",
+    "plan_problem_no_current_price": "no price for the current time {now} (prices from {first})",
+    "plan_problem_forecast_length": "forecast does not fit the prices ({pv} PV, {load} load for {slots} prices)",
+    "plan_problem_bad_prices": "prices out of order or overlapping from {start}",
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = {"de": MESSAGES_DE, "en": MESSAGES_EN}
@@ -1017,6 +1054,18 @@ class Msg(str):
         return _format(self.code, self.params, lang)
 
 
+@dataclass(frozen=True)
+class Num:
+    """A number shown with ``digits`` decimals and the language's decimal mark ("1,8" / "1.8")."""
+
+    value: float
+    digits: int = 1
+
+    def text(self, lang: str) -> str:
+        shown = f"{self.value:.{self.digits}f}"
+        return shown.replace(".", ",") if lang == "de" else shown
+
+
 def _rebuild(code: str, params: dict[str, Any]) -> Msg:
     return Msg(code, **params)
 
@@ -1028,7 +1077,7 @@ def _format(code: str, params: Mapping[str, Any], lang: str) -> str:
 
 
 def _param(value: Any, lang: str) -> str:
-    if isinstance(value, Msg):
+    if isinstance(value, (Msg, Num)):
         return value.text(lang)
     if isinstance(value, (list, tuple)):
         return "; ".join(_param(v, lang) for v in value)
