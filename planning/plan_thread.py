@@ -74,6 +74,7 @@ def fleet_model(batteries: Sequence[BatteryStatus], battery: BatteryConfig, plan
         max_discharge_w=max_w,
         grid_charge_max_w=min(plan.grid_charge_max_w, max_w),
         wear_ct_per_kwh=plan.wear_ct_per_kwh,
+        min_soc_pct=battery.min_soc_for_discharge,
     )
 
 
@@ -179,7 +180,8 @@ class PlanThread:
                 log.debug("load history not readable: %s", exc)
         load = forecast_load(samples, prices, now, pv_w=pv, tz=self.tz)
         return PlanInput(now=now, prices=prices, pv_w=pv if pv is not None else (None,) * len(prices),
-                         load_w=load, fleet=fleet, peak_import_limit_w=self.plan_cfg.peak_import_limit_w)
+                         load_w=load, fleet=fleet, peak_import_limit_w=self.plan_cfg.peak_import_limit_w,
+                         tz=self.tz)
 
     def _plan(self, now: datetime) -> Plan:
         made = self.plan_input(now)

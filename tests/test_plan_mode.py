@@ -20,6 +20,7 @@ from planning.load_forecast import forecast_load, history_reader, net_load_w
 from planning.model import Plan, PlanInput, PlannedSlot, PriceSlot, PvSlot
 from planning.plan_mode import PLAN_MAX_AGE_S, effective_mode, plan_json, plan_problem
 from planning.plan_thread import PlanThread, fleet_model, pv_per_slot
+from planning.planner import make_plan
 from status_store import BatteryStatus, CommandQueue, HistorySample, StatusSnapshot, StatusStore
 from tests.helpers import FakeClock
 from web_server import create_app
@@ -197,7 +198,7 @@ class Pv:
 
 
 class RecordingPlanner:
-    """Keeps every input and answers a plan charging in the first slot (or raises ``fail``)."""
+    """The real planner, keeping every input it was given (or raising ``fail``: a planner bug)."""
 
     def __init__(self, fail: Exception | None = None) -> None:
         self.inputs: list[PlanInput] = []
@@ -207,8 +208,7 @@ class RecordingPlanner:
         self.inputs.append(plan_input)
         if self.fail is not None:
             raise self.fail
-        first = plan_input.prices[0]
-        return plan_at(plan_input.now, slot(first.start, "charge", 1000))
+        return make_plan(plan_input)
 
 
 BATTERY = BatteryConfig(ip="127.0.0.1")
@@ -229,6 +229,7 @@ def test_fleet_model_counts_the_online_batteries_with_a_soc():
     assert fleet.capacity_wh == 2 * 5120.0 and fleet.soc_pct == 50.0
     assert fleet.max_charge_w == fleet.max_discharge_w == 5000.0 and fleet.grid_charge_max_w == 2000.0
     assert fleet.reserve_soc_pct == 20.0 and fleet.max_soc_pct == BATTERY.max_soc_for_charge
+    assert fleet.min_soc_pct == BATTERY.min_soc_for_discharge
     assert fleet_model(store_with_batteries(None).latest().batteries, BATTERY, PLAN) is None
 
 
@@ -250,7 +251,7 @@ def test_the_plan_thread_builds_the_input_publishes_and_replans_on_time_and_on_n
                         wall_clock=wall, clock=mono, tz=UTC)
     assert thread.due()
     plan = thread.plan_once()
-    assert store.plan() is plan and plan.ok
+    assert store.plan() is plan and plan.ok and [s.start for s in plan.slots] == [p.start for p in prices.slots[1:]]
     given = planner.inputs[0]
     assert given.now == T0 + timedelta(seconds=60) and given.prices[0].start == T0 and len(given.prices) == 7
     assert given.pv_w == (800.0,) * 7 and all(load == pytest.approx(350.0) for load in given.load_w)
