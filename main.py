@@ -35,6 +35,7 @@ from fleet import Fleet
 from history import History
 from http_meters import HomeWizardClient, HttpJsonClient
 from modes import ModeFile
+from planning.plan_thread import PlanFeeds
 from shelly_client import ShellyClient
 from status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
@@ -204,6 +205,32 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
     return start_bridge(bridge, stop)
 
 
+def plan_feeds(cfg: Config, stop: threading.Event) -> PlanFeeds | None:
+    """The price (and PV forecast) fetchers' feeds when ``plan.enabled`` (which needs a ``tariff``); else None.
+
+    The fetchers themselves live in the price sources' module (their own threads, with back-off)."""
+    if cfg.plan is None or not cfg.plan.enabled:
+        return None
+    # The price fetcher (tariff/forecast sections) is wired here once its module is part of the program.
+    log.error(i18n.Msg("plan_failed", error="no price fetcher in this build"))
+    return None
+
+
+def start_plan(cfg: Config, store: StatusStore, history: History, stop: threading.Event,
+               feeds: PlanFeeds) -> threading.Thread:
+    """The plan thread: plans with ``feeds``' prices and the history's load, publishes to ``store``."""
+    from planning.load_forecast import history_reader
+    from planning.plan_thread import PlanThread
+    from planning.planner import make_plan
+
+    assert cfg.plan is not None  # plan_feeds gave feeds: the plan is enabled
+    planner = PlanThread(cfg.plan, cfg.battery, store, feeds.prices, make_plan, pv=feeds.pv,
+                         history=history_reader(history.samples), wakeup=feeds.updated)
+    thread = threading.Thread(target=planner.run, args=(stop,), name="plan", daemon=True)
+    thread.start()
+    return thread
+
+
 def stop_demo(sim: Any, demo_dir: str | None) -> None:
     """Stop the demo's simulator and remove its temporary history."""
     if sim:
@@ -278,13 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
     mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
     meter = build_meter(cfg)
-    loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file)
+    # Without tariff and plan: no plan thread, no requests, the control as without a plan (plan=None).
+    feeds = plan_feeds(cfg, stop)
+    loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file,
+                       plan=store.plan if feeds is not None else None)
     logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
     # Opened by its own thread: a hanging disk never delays the control.
     history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
     diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
-                     history=history, diagnostics=diagnostics.bundle)
+                     history=history, diagnostics=diagnostics.bundle, plan_enabled=feeds is not None)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     except OSError as exc:
@@ -303,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
     mqtt_thread = start_mqtt(cfg, store, commands, loop, stop, history)
+    if feeds is not None:
+        start_plan(cfg, store, history, stop, feeds)
     try:
         while not stop.wait(0.5):
             if not control.is_alive():

@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Protocol
 
@@ -32,6 +33,9 @@ log = logging.getLogger("marstek")
 PLAN_INTERVAL_S = 15 * 60.0
 RETRY_S = 30.0  # a plan that failed (no battery yet, no current price) is tried again this soon
 POLL_S = 1.0  # how often the thread looks for new prices (an Event) between plans
+# At start the control thread has not read the batteries yet: the first plan waits this long for a SoC
+# rather than showing "no battery" for a moment.
+STARTUP_GRACE_S = 60.0
 # Usable energy of one Venus E / Venus D (5.12 kWh, marstek-modbus.md); the registers give no better figure
 # on every firmware, so the plan counts this per battery.
 VENUS_CAPACITY_WH = 5120.0
@@ -55,6 +59,16 @@ class PvFeed(Protocol):
     def latest(self) -> Sequence[PvSlot]:
         """The last good forecast, sorted by start ([] before the first success)."""
         ...
+
+
+@dataclass(frozen=True)
+class PlanFeeds:
+    """What the price and forecast fetchers hand the plan thread: their latest answers and the Event they set
+    when new prices (or a new forecast) arrived."""
+
+    prices: PriceFeed
+    pv: PvFeed | None
+    updated: threading.Event
 
 
 def fleet_model(batteries: Sequence[BatteryStatus], battery: BatteryConfig, plan: PlanConfig) -> FleetModel | None:
@@ -132,11 +146,16 @@ class PlanThread:
         self.clock = clock
         self.interval_s = interval_s
         self.tz = tz
-        self.next_plan_s = clock()  # the first plan at once
+        self.started_s = clock()
+        self.next_plan_s = clock()  # the first plan as soon as the fleet's SoC is known
         self._last_problem: str | None = None
 
     def due(self) -> bool:
-        """True when a plan is due: new prices arrived (``wakeup``) or the interval is over."""
+        """True when a plan is due: new prices arrived (``wakeup``) or the interval is over; the first one
+        once the control thread has published a SoC (or after ``STARTUP_GRACE_S``)."""
+        if self.store.plan() is None and self.clock() < self.started_s + STARTUP_GRACE_S and fleet_model(
+                self.store.latest().batteries, self.battery_cfg, self.plan_cfg) is None:
+            return False
         return self.wakeup.is_set() or self.clock() >= self.next_plan_s
 
     def run(self, stop: threading.Event) -> None:

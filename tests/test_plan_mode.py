@@ -458,3 +458,17 @@ def test_the_control_applies_the_plan_below_every_manual_mode_on_the_simulator(t
         store.publish_plan(plan_at(fresh, slot(fresh, "charge", 1200)))
         rig.cycle_until(charging, "the fresh plan charges")
         assert store.status_json()["errors"] == []
+
+
+def test_the_first_plan_waits_for_the_fleet_soc_at_start():
+    mono = FakeClock()
+    store = store_with_batteries(None)
+    thread = PlanThread(PLAN, BATTERY, store, Prices(price_slots(T0, 2)), RecordingPlanner(),
+                        wall_clock=lambda: T0.timestamp(), clock=mono)
+    assert not thread.due()  # the control thread has not read a SoC yet
+    store.publish(StatusSnapshot(batteries=store_with_batteries(50.0).latest().batteries))
+    assert thread.due()
+    store.publish(StatusSnapshot(batteries=store_with_batteries(None).latest().batteries))
+    mono.advance(61)
+    assert thread.due()  # no SoC after a minute: plan anyway (and say why it is not ok)
+    assert thread.plan_once().problem.code == "plan_no_battery"  # type: ignore[union-attr]
