@@ -472,3 +472,59 @@ def test_the_first_plan_waits_for_the_fleet_soc_at_start():
     mono.advance(61)
     assert thread.due()  # no SoC after a minute: plan anyway (and say why it is not ok)
     assert thread.plan_once().problem.code == "plan_no_battery"  # type: ignore[union-attr]
+
+
+def test_end_to_end_the_plan_charges_in_a_cheap_slot_a_manual_hold_wins_and_auto_gives_it_back():
+    """The simulator, the control thread, main's plan wiring (real planner, real history) and the web API:
+    a cheap current slot before an expensive evening makes the batteries charge from the grid with source
+    "plan"; POST hold wins; POST auto hands the control back to the plan."""
+    import main
+    from control_loop import ControlLoop
+    from planning.plan_thread import PlanFeeds
+    from simulator import Simulation, UnitSpec
+    from tests.helpers import sim_config, wait_until
+
+    with Simulation(units=[UnitSpec(1, soc_pct=30.0), UnitSpec(2, soc_pct=40.0)]) as sim:
+        sim.set_load_w(600.0)
+        sim.set_pv_w(0.0)
+        cfg = replace(sim_config(sim, [1, 2]), plan=PlanConfig(reserve_soc_pct=20.0, grid_charge_max_w=2000.0))
+        now = datetime.now(UTC)
+        start = now - timedelta(minutes=now.minute % 15, seconds=now.second, microseconds=now.microsecond)
+        # two cheap slots: a quarter-hour boundary during the test leaves a cheap one
+        prices = Prices([PriceSlot(start + n * Q, start + (n + 1) * Q, 5.0 if n < 2 else 45.0, 0.0)
+                         for n in range(24)])
+        store, commands, stop = StatusStore(), CommandQueue(), threading.Event()
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_fleet(cfg), store, commands, plan=store.plan)
+        history = History(":memory:", store=store)
+        client = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
+                            history=history, plan_enabled=True).test_client()
+        control = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+        control.start()
+        planner = main.start_plan(cfg, store, history, stop, PlanFeeds(prices, None, threading.Event()))
+        try:
+            def charging_from_the_plan() -> bool:
+                mode = client.get("/api/mode").get_json()
+                total_w = sum(sim.unit(i).commanded_w for i in (1, 2))
+                return mode["source"] == "plan" and mode["mode"] == "charge" and total_w <= -1000
+
+            wait_until(charging_from_the_plan, 30, "the plan charges the batteries in the cheap slot")
+            wait_until(lambda: sim.true_grid_power_w() > 1200, 15, "the charge comes from the grid")
+            doc = client.get("/api/plan").get_json()
+            assert doc["ok"] and doc["slots"][0]["mode"] == "charge" and doc["slots"][0]["import_ct_per_kwh"] == 5.0
+            assert all(s["mode"] != "charge" for s in doc["slots"] if s["import_ct_per_kwh"] > 5)  # not at 45 ct
+
+            assert client.post("/api/mode", json={"mode": "hold"}).status_code == 200
+            wait_until(lambda: all(sim.unit(i).commanded_w == 0 for i in (1, 2)), 10, "the manual hold wins")
+            assert client.get("/api/mode").get_json()["source"] == "api"
+
+            assert client.post("/api/mode", json={"mode": "auto"}).status_code == 200
+            assert client.get("/api/mode").get_json()["source"] == "plan"  # at once
+            wait_until(charging_from_the_plan, 10, "auto gives the control back to the plan")
+            assert store.status_json()["errors"] == []
+        finally:
+            stop.set()
+            commands.wakeup.set()
+            control.join(10)
+            planner.join(5)
+            history.close()
+        assert not control.is_alive() and not planner.is_alive()
