@@ -77,6 +77,7 @@ DE: dict[str, str] = {
     "opmode_source_mqtt": "MQTT",
     "opmode_source_dashboard": "Dashboard",
     "opmode_source_default": "Standard",
+    "opmode_source_plan": "Plan nach Strompreis",
     "opmode_duration_label": "Dauer",
     "opmode_duration_none": "unbegrenzt",
     "opmode_minutes": "{minutes} min",
@@ -312,6 +313,7 @@ EN: dict[str, str] = {
     "opmode_source_mqtt": "MQTT",
     "opmode_source_dashboard": "dashboard",
     "opmode_source_default": "default",
+    "opmode_source_plan": "price plan",
     "opmode_duration_label": "Duration",
     "opmode_duration_none": "unlimited",
     "opmode_minutes": "{minutes} min",
@@ -671,7 +673,6 @@ MESSAGES_DE: dict[str, str] = {
     "plan_prices_failed": "Strompreise nicht abrufbar: {error}",
     "plan_mode_changed": "Plan: {mode} – {reason}",
     "plan_mode_charge": "Laden mit {power} W",
-    "plan_mode_ended": "Plan nicht mehr in Kraft ({why}): Automatik",
     # -- MQTT
     "mqtt_connected": "MQTT verbunden mit {broker}",
     "mqtt_connect_failed": "MQTT: keine Verbindung zu {broker} ({error}); neuer Versuch läuft",
@@ -926,7 +927,6 @@ MESSAGES_EN: dict[str, str] = {
     "plan_prices_failed": "Electricity prices not available: {error}",
     "plan_mode_changed": "Plan: {mode} – {reason}",
     "plan_mode_charge": "charge at {power} W",
-    "plan_mode_ended": "Plan no longer in force ({why}): auto",
     # -- MQTT
     "mqtt_connected": "MQTT connected to {broker}",
     "mqtt_connect_failed": "MQTT: cannot connect to {broker} ({error}); retrying",
