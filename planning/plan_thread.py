@@ -7,7 +7,8 @@ thread last published it, and the ``plan`` config; calls the pure planner; publi
 (``plan_mode.effective_mode``); nothing here ever waits on or touches the batteries.
 
 Any failure (a planner bug, a damaged answer) is caught, logged, and published as a plan that is not
-``ok`` with the problem: the control then runs ``auto`` everywhere. A plan that could not be made is
+``ok`` with the problem: the control then runs ``auto`` everywhere (and logs the problem once, with the
+staleness it alone can see). A plan that could not be made is
 retried after ``RETRY_S``, not only after the full interval.
 """
 
@@ -148,7 +149,6 @@ class PlanThread:
         self.tz = tz
         self.started_s = clock()
         self.next_plan_s = clock()  # the first plan as soon as the fleet's SoC is known
-        self._last_problem: str | None = None
 
     def due(self) -> bool:
         """True when a plan is due: new prices arrived (``wakeup``) or the interval is over; the first one
@@ -176,9 +176,6 @@ class PlanThread:
             plan = failed_plan(now, Msg("plan_failed", error=f"{type(exc).__name__}: {exc}"))
         self.store.publish_plan(plan)
         self.next_plan_s = self.clock() + (self.interval_s if plan.ok else min(RETRY_S, self.interval_s))
-        if plan.problem != self._last_problem and plan.problem is not None:
-            log.warning("%s", plan.problem)
-        self._last_problem = plan.problem
         return plan
 
     def plan_input(self, now: datetime) -> PlanInput | str:
