@@ -261,10 +261,10 @@ class Config:
     version: str = ""
     mqtt: MqttConfig | None = None  # None: MQTT off
     mqtt_meter: MqttMeterConfig | None = None  # set when energy_meter.type is "mqtt"
+    plan: PlanConfig | None = None  # None: no plan section (the program runs as without prices)
     homewizard: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     http_json: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     energy_meter_invert: bool = False  # energy_meter.invert: negate every reading (clamp mounted reversed)
-    plan: PlanConfig | None = None  # None: no plan section (the program runs as without prices)
 
     @property
     def meter(self) -> MeterConfig | MqttMeterConfig:
@@ -1029,8 +1029,8 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         mqtt_meter = _mqtt_meter(mqtt_meter_sec)
     if meter_type == "mqtt" and mqtt is None:
         errors.append('mqtt.host: energy_meter.type "mqtt" needs a broker: the mqtt section with a host')
-    history = _history(top.section("history", required=False), base_dir)
     plan = _plan(top.section("plan", required=False), battery, isinstance(data.get("tariff"), dict))
+    history = _history(top.section("history", required=False), base_dir)
     top.finish()
 
     if errors:
@@ -1051,10 +1051,10 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         version=version,
         mqtt=mqtt,
         mqtt_meter=mqtt_meter,
+        plan=plan,
         homewizard=checked["homewizard"],
         http_json=checked["http_json"],
         energy_meter_invert=invert,
-        plan=plan,
     )
 
 

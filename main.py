@@ -35,7 +35,7 @@ from fleet import Fleet
 from history import History
 from http_meters import HomeWizardClient, HttpJsonClient
 from modes import ModeFile
-from planning.plan_thread import PlanFeeds
+from planning.plan_thread import PlanFeeds, StateFeed
 from shelly_client import ShellyClient
 from status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
 from watchdog import Watchdog, emergency_stop, watchdog_limit_s
@@ -206,14 +206,23 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
 
 
 def plan_feeds(cfg: Config, stop: threading.Event) -> PlanFeeds | None:
-    """The price (and PV forecast) fetchers' feeds when ``plan.enabled`` (which needs a ``tariff``); else None.
-
-    The fetchers themselves live in the price sources' module (their own threads, with back-off)."""
-    if cfg.plan is None or not cfg.plan.enabled:
+    """The price (and PV forecast) fetcher, started, as the plan thread's feeds when ``plan.enabled`` (which
+    needs a ``tariff`` section); None otherwise: no fetcher, no requests."""
+    tariff = getattr(cfg, "tariff", None)
+    if cfg.plan is None or not cfg.plan.enabled or tariff is None:
         return None
-    # The price fetcher (tariff/forecast sections) is wired here once its module is part of the program.
-    log.error(i18n.Msg("plan_failed", error="no price fetcher in this build"))
-    return None
+    from planning.fetcher import build_fetcher
+
+    updated = threading.Event()  # new prices or a new forecast: plan again at once
+
+    def on_update(state: Any) -> None:
+        if state.error is None:
+            updated.set()
+
+    fetcher = build_fetcher(tariff, getattr(cfg, "forecast", None), on_update=on_update, stop=stop)
+    fetcher.start()
+    pv = StateFeed(fetcher.pv) if fetcher.pv() is not None else None
+    return PlanFeeds(StateFeed(fetcher.prices), pv, updated)
 
 
 def start_plan(cfg: Config, store: StatusStore, history: History, stop: threading.Event,

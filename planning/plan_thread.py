@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
-from typing import Protocol
+from typing import Any, Protocol
 
 from config_loader import BatteryConfig, PlanConfig
 from history import HistoryBusy
@@ -60,6 +60,31 @@ class PvFeed(Protocol):
     def latest(self) -> Sequence[PvSlot]:
         """The last good forecast, sorted by start ([] before the first success)."""
         ...
+
+
+class FetchStateLike(Protocol):
+    """What a fetcher publishes per source (``planning.fetcher.FetchState``): the last good slots, the last error."""
+
+    @property
+    def slots(self) -> Sequence[Any]: ...
+
+    @property
+    def error(self) -> str | None: ...
+
+
+class StateFeed:
+    """A fetcher's state getter (``Fetcher.prices`` / ``Fetcher.pv``) seen as a ``PriceFeed`` / ``PvFeed``."""
+
+    def __init__(self, state: Callable[[], FetchStateLike | None]) -> None:
+        self.state = state
+
+    def latest(self) -> Sequence[Any]:
+        state = self.state()
+        return tuple(state.slots) if state is not None else ()
+
+    def error(self) -> str | None:
+        state = self.state()
+        return state.error if state is not None else None
 
 
 @dataclass(frozen=True)

@@ -528,3 +528,97 @@ def test_end_to_end_the_plan_charges_in_a_cheap_slot_a_manual_hold_wins_and_auto
             planner.join(5)
             history.close()
         assert not control.is_alive() and not planner.is_alive()
+
+
+class _PriceServer:
+    """An Energy-Charts-shaped price server on 127.0.0.1: 15-minute prices around now, the current and the next
+    quarter-hour cheap (−5 €/MWh), the rest expensive (500 €/MWh)."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json as json_module
+
+        now = datetime.now(UTC)
+        start = now - timedelta(minutes=now.minute % 15, seconds=now.second, microseconds=now.microsecond)
+        stamps = [int((start + n * Q).timestamp()) for n in range(-8, 48)]
+        body = json_module.dumps({"license_info": "test", "unix_seconds": stamps, "unit": "EUR / MWh",
+                                  "price": [-5.0 if 0 <= n < 2 else 500.0 for n in range(-8, 48)]}).encode()
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_main_with_a_tariff_plans_charges_cheaply_lets_a_manual_hold_win_and_takes_over_again(tmp_path):
+    """main.py as its own process on the simulator, the tariff pointing at a loopback price server with a cheap
+    current quarter-hour: the batteries charge from the grid with source "plan"; a manual hold wins; auto gives
+    the control back to the plan."""
+    pytest.importorskip("planning.fetcher")  # the price sources and their fetcher (planning/fetcher.py)
+    import json
+
+    import requests
+
+    from simulator import Simulation, UnitSpec
+    from tests.helpers import free_port, running_main, sim_config_data, wait_until
+
+    prices = _PriceServer()
+    try:
+        with Simulation(units=[UnitSpec(1, soc_pct=30.0), UnitSpec(2, soc_pct=40.0)]) as sim:
+            sim.set_load_w(500.0)
+            sim.set_pv_w(0.0)
+            port = free_port()
+            config_path = tmp_path / "config.json"
+            config_path.write_text(json.dumps(sim_config_data(
+                sim, [1, 2], web={"port": port}, logging={"file": str(tmp_path / "logs" / "marstek.log")},
+                history={"path": str(tmp_path / "history.sqlite3")},
+                tariff={"type": "energy_charts", "url": prices.url, "markup_ct_per_kwh": 15.0, "vat_pct": 19,
+                        "feed_in_ct_per_kwh": 0.0},
+                plan={"enabled": True, "reserve_soc_pct": 20, "grid_charge_max_w": 2000})), encoding="utf-8")
+            base = f"http://127.0.0.1:{port}"
+
+            def get(path: str) -> Any:
+                try:
+                    return requests.get(base + path, timeout=2).json()
+                except requests.RequestException:
+                    return None
+
+            def charging_from_the_plan() -> bool:
+                mode = get("/api/mode")
+                return bool(mode and mode["source"] == "plan" and mode["mode"] == "charge"
+                            and sum(sim.unit(i).commanded_w for i in (1, 2)) <= -1000)
+
+            with running_main(config_path):
+                wait_until(charging_from_the_plan, 60, "the plan charges in the cheap quarter-hour")
+                assert prices.requests and prices.requests[0].startswith("/price?bzn=DE-LU")
+                wait_until(lambda: sim.true_grid_power_w() > 1000, 15, "the charge comes from the grid")
+                plan = get("/api/plan")
+                assert plan["enabled"] and plan["ok"] and plan["slots"][0]["mode"] == "charge"
+
+                answer = requests.post(base + "/api/mode", json={"mode": "hold"}, timeout=10)
+                assert answer.status_code == 200 and answer.json()["source"] == "api"
+                wait_until(lambda: all(sim.unit(i).commanded_w == 0 for i in (1, 2)), 10, "the manual hold wins")
+
+                assert requests.post(base + "/api/mode", json={"mode": "auto"}, timeout=10).status_code == 200
+                wait_until(charging_from_the_plan, 10, "auto gives the control back to the plan")
+                assert get("/api/status")["errors"] == []
+    finally:
+        prices.close()
