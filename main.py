@@ -220,6 +220,8 @@ def plan_feeds(cfg: Config, stop: threading.Event) -> PlanFeeds | None:
             updated.set()
 
     fetcher = build_fetcher(tariff, getattr(cfg, "forecast", None), on_update=on_update, stop=stop)
+    if fetcher is None:
+        return None
     fetcher.start()
     pv = StateFeed(fetcher.pv) if fetcher.pv() is not None else None
     return PlanFeeds(StateFeed(fetcher.prices), pv, updated)
