@@ -34,8 +34,8 @@ log = logging.getLogger("marstek")
 PLAN_INTERVAL_S = 15 * 60.0
 RETRY_S = 30.0  # a plan that failed (no battery yet, no current price) is tried again this soon
 POLL_S = 1.0  # how often the thread looks for new prices (an Event) between plans
-# At start the control thread has not read the batteries yet: the first plan waits this long for a SoC
-# rather than showing "no battery" for a moment.
+# At start the control thread has not read the batteries yet, nor the fetcher the prices: the first plan
+# waits this long for both rather than showing "no battery" or "no price" for a moment.
 STARTUP_GRACE_S = 60.0
 # Usable energy of one Venus E / Venus D (5.12 kWh, marstek-modbus.md); the registers give no better figure
 # on every firmware, so the plan counts this per battery.
@@ -177,10 +177,12 @@ class PlanThread:
 
     def due(self) -> bool:
         """True when a plan is due: new prices arrived (``wakeup``) or the interval is over; the first one
-        once the control thread has published a SoC (or after ``STARTUP_GRACE_S``)."""
-        if self.store.plan() is None and self.clock() < self.started_s + STARTUP_GRACE_S and fleet_model(
-                self.store.latest().batteries, self.battery_cfg, self.plan_cfg) is None:
-            return False
+        once the control thread has published a SoC and the fetcher's first answer is in (or after
+        ``STARTUP_GRACE_S``)."""
+        if self.store.plan() is None and self.clock() < self.started_s + STARTUP_GRACE_S:
+            no_prices_yet = not self.prices.latest() and self.prices.error() is None
+            if no_prices_yet or fleet_model(self.store.latest().batteries, self.battery_cfg, self.plan_cfg) is None:
+                return False
         return self.wakeup.is_set() or self.clock() >= self.next_plan_s
 
     def run(self, stop: threading.Event) -> None:

@@ -474,6 +474,18 @@ def test_the_first_plan_waits_for_the_fleet_soc_at_start():
     assert thread.plan_once().problem.code == "plan_no_battery"  # type: ignore[union-attr]
 
 
+def test_the_first_plan_waits_for_the_first_price_answer_at_start():
+    mono = FakeClock()
+    prices = Prices([])
+    thread = PlanThread(PLAN, BATTERY, store_with_batteries(50.0), prices, RecordingPlanner(),
+                        wall_clock=lambda: T0.timestamp(), clock=mono)
+    assert not thread.due()  # the fetcher has not answered yet
+    prices.last_error = "timeout"
+    assert thread.due()  # it failed: plan now, and say why
+    prices.last_error, prices.slots = None, price_slots(T0, 2)
+    assert thread.due()
+
+
 def test_end_to_end_the_plan_charges_in_a_cheap_slot_a_manual_hold_wins_and_auto_gives_it_back():
     """The simulator, the control thread, main's plan wiring (real planner, real history) and the web API:
     a cheap current slot before an expensive evening makes the batteries charge from the grid with source
