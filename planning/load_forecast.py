@@ -46,24 +46,25 @@ def net_load_w(sample: HistorySample) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _local(t: float, tz: tzinfo) -> datetime:
-    return datetime.fromtimestamp(t, timezone.utc).astimezone(tz)
+def _local(t: float, tz: tzinfo | None) -> datetime:
+    """Local time of epoch seconds ``t``; ``tz`` None: the machine's zone, daylight saving time included."""
+    return datetime.fromtimestamp(t) if tz is None else datetime.fromtimestamp(t, timezone.utc).astimezone(tz)
 
 
-def _quarter(t: float, tz: tzinfo) -> int:
+def _quarter(t: float, tz: tzinfo | None) -> int:
     """The local quarter-hour of the day, 0..95 (a DST day's extra hour shares its quarters)."""
     local = _local(t, tz)
     return (local.hour * 60 + local.minute) // 15
 
 
-def _weekend(t: float, tz: tzinfo) -> bool:
+def _weekend(t: float, tz: tzinfo | None) -> bool:
     return _local(t, tz).weekday() >= 5
 
 
 class LoadProfile:
     """Mean net load per local quarter-hour, kept apart for weekdays and weekends, from history samples."""
 
-    def __init__(self, samples: Sequence[HistorySample], tz: tzinfo) -> None:
+    def __init__(self, samples: Sequence[HistorySample], tz: tzinfo | None) -> None:
         self.tz = tz
         # (weekend, quarter) -> {day ordinal: [sum, count]}: each day weighs the same however dense its samples.
         per_day: dict[tuple[bool, int], dict[int, list[float]]] = {}
@@ -101,8 +102,7 @@ def forecast_load(
 
     ``samples``: the history of the last days (any resolution), oldest first; ``now``: aware; ``tz``: the
     local zone of the household's days (default: the machine's)."""
-    zone = tz or datetime.now().astimezone().tzinfo or timezone.utc
-    profile = LoadProfile(samples, zone)
+    profile = LoadProfile(samples, tz)
     now_s = now.timestamp()
     recent = [(s.t, v) for s in samples if now_s - RECENT_S <= s.t <= now_s and (v := net_load_w(s)) is not None]
     offset_w = 0.0

@@ -634,3 +634,15 @@ def test_main_with_a_tariff_plans_charges_cheaply_lets_a_manual_hold_win_and_tak
                 assert get("/api/status")["errors"] == []
     finally:
         prices.close()
+
+
+def test_load_profile_follows_local_time_across_the_dst_change():
+    """The evening peak at 18:00-21:00 local time stays there although the days before 29 March were UTC+1."""
+    from zoneinfo import ZoneInfo
+
+    berlin = ZoneInfo("Europe/Berlin")
+    end = datetime(2026, 3, 31, 12, 0, tzinfo=berlin).astimezone(UTC)
+    samples = synthetic_history(10, lambda t: evening_peak(t.astimezone(berlin)), end=end)
+    evening = datetime(2026, 3, 31, 18, 0, tzinfo=berlin).astimezone(UTC)
+    load = forecast_load(samples, price_slots(evening - Q, 2), end, tz=berlin)
+    assert load[0] == pytest.approx(300.0) and load[1] == pytest.approx(1500.0)
