@@ -585,18 +585,19 @@ class ControlLoop:
     def _change_mode(self, state: ModeState) -> None:
         self.mode = state
         self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it before the next publish
-        self.select_mode()  # set back to auto: the plan takes over at once
+        self.select_mode(publish=True)  # set back to auto: the plan takes over at once
         if self.mode_file is not None:
             try:
                 self.mode_file.save(state)
             except OSError as exc:
                 log.error("%s", Msg("mode_file_write_failed", path=str(self.mode_file.path), error=str(exc)))
 
-    def select_mode(self) -> None:
+    def select_mode(self, *, publish: bool = False) -> None:
         """The mode in force this cycle: the manual one, or the plan's current slot when it is ``auto``.
 
         Without a plan (no ``plan`` section) this is always the manual mode. The plan's problem (stale or
-        missing prices, a failed plan) goes to /api/status ``errors``."""
+        missing prices, a failed plan) goes to /api/status ``errors``. ``publish``: show the mode in force
+        in GET /api/mode even when it did not change (the manual mode was just written there)."""
         if self.plan is None:
             self.active = ModeChoice(self.mode)
             return
@@ -614,5 +615,5 @@ class ControlLoop:
             if slot is not None:
                 what = Msg("plan_mode_charge", power=state.power_w) if state.power_w else state.mode.value
                 log.info("%s", Msg("plan_mode_changed", mode=what, reason=slot.reason))
-        elif state.source == "plan" and state.until_s != was.until_s:
-            self.store.update(operating_mode=state.to_json())  # the next slot: a new "until"
+        elif publish or (state.source == "plan" and state.until_s != was.until_s):  # the next slot: a new "until"
+            self.store.update(operating_mode=state.to_json())

@@ -421,6 +421,9 @@ def test_the_control_applies_the_plan_below_every_manual_mode_on_the_simulator(t
         assert mode["mode"] == "charge" and mode["power_w"] == 1200 and mode["source"] == "plan"
         assert datetime.fromisoformat(mode["until"]) == start + Q
         assert rig.loop.mode == ModeState()  # the manual mode (and the mode file) stay auto
+        # "auto" set by hand while the plan drives: GET /api/mode still shows the plan
+        rig.loop.handle_command("set_mode", {"request": ModeRequest(AUTO), "source": "dashboard"})
+        assert store.latest().operating_mode["source"] == "plan"
 
         rig.loop.handle_command("set_mode", {"request": ModeRequest(HOLD), "source": "api"})
         assert store.latest().operating_mode["source"] == "api"
