@@ -72,7 +72,7 @@ def effective_mode(manual: ModeState, plan: Plan | None, now: datetime,
     power_w = slot.power_w if mode is OperatingMode.CHARGE and slot.power_w else None
     if mode is OperatingMode.CHARGE and power_w is None:
         mode = OperatingMode.AUTO  # a charge without a power is not a plan the fast loop can carry out
-    return ModeChoice(ModeState(mode, power_w, slot.end.timestamp(), PLAN_SOURCE), slot)
+    return ModeChoice(ModeState(mode=mode, power_w=power_w, until_s=slot.end.timestamp(), source=PLAN_SOURCE), slot)
 
 
 def _iso(t: datetime | None) -> str | None:
