@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import planning.plan_mode as plan_mode
 import setup_commands
 from config_loader import Config, UnitConfig
 from devices import BatteryBus, BatteryError, BatteryReading, BatteryUnreachable, GridMeter, MeterError, describe_meter
 from fleet import Fleet, unit_name
 from i18n import Msg
 from modes import ModeFile, ModeRequest, ModeState
-from planning.model import Plan
-from planning.plan_mode import ModeChoice, effective_mode
 from quality import QualityTracker
 from sign_check import SignCheck
 from status_store import (
@@ -128,9 +127,9 @@ class ControlLoop:
         config_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         controller_params: ControlParams | None = None,
+        plan: Callable[[], plan_mode.Plan | None] | None = None,
         mode_file: ModeFile | None = None,
         wall_clock: Callable[[], float] = time.time,
-        plan: Callable[[], Plan | None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.meter = meter
@@ -144,6 +143,9 @@ class ControlLoop:
         self.batteries = {u.key: _Battery(u) for u in cfg.battery.units}
         self.setup_mode = False
         self.last_decision: Decision | None = None
+        # The plan (planning/plan_mode.py) drives below every manual mode; ``plan`` gives its latest one.
+        self.plan = plan
+        self.active = plan_mode.ModeChoice(ModeState())  # the mode in force (select_mode): manual or the plan's
         self.grid_power_w: float | None = None
         self.meter_ok = False
         self.meter_error: Msg | str = ""
@@ -165,9 +167,6 @@ class ControlLoop:
         self.mode_file = mode_file
         self.wall_clock = wall_clock
         self.mode = mode_file.load() if mode_file else ModeState()
-        # The plan (planning/plan_mode.py) drives below every manual mode; ``plan`` gives its latest one.
-        self.plan = plan
-        self.active = ModeChoice(self.mode)  # the mode in force: the manual one or the plan's slot
         store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
         self.quirks = QuirkCounter()
@@ -233,7 +232,6 @@ class ControlLoop:
         """One control cycle (also called directly by tests)."""
         self.commands.run_pending(self.handle_command)
         self.expire_mode()
-        self.select_mode()
         if self.setup_mode:
             # The meter is not on the Modbus bus: keep showing live grid power. The batteries are
             # stopped and not polled, so their power is unknown rather than the last value.
@@ -253,6 +251,7 @@ class ControlLoop:
                          max_discharge_w=b.reading.max_discharge_w if b.reading else None)
             for b in self.batteries.values()
         ]
+        self.select_mode()
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
                                         meter_error=self.meter_error, mode=self.active.mode.mode,
                                         charge_power_w=self.active.mode.power_w)
@@ -265,6 +264,32 @@ class ControlLoop:
         self.track_quality(now_s, grid_w, decision)
         self.publish("error" if decision.status in STOPPING else "stopped" if decision.status is Status.MODE_OFF
                      else "active")
+
+    def select_mode(self) -> None:
+        """The mode in force this cycle: the manual one, or the plan's current slot when it is ``auto``.
+
+        Without a plan (no ``plan`` section) this is always the manual mode. The plan's problem (stale or
+        missing prices, a failed plan) goes to /api/status ``errors``. Called before the law and in
+        ``publish``: a manual mode that expires or is set back to ``auto`` gives way in the same cycle."""
+        if self.plan is None:
+            self.active = plan_mode.ModeChoice(self.mode)
+            return
+        before = self.active
+        now = datetime.datetime.fromtimestamp(self.wall_clock(), datetime.timezone.utc)
+        self.active = plan_mode.effective_mode(self.mode, self.plan(), now)
+        if self.active.problem != before.problem:
+            self.store.set_problem("plan", self.active.problem, error=True)
+            if self.active.problem is not None:
+                log.warning("%s", self.active.problem)
+        state, was = self.active.mode, before.mode
+        if (state.mode, state.power_w, state.source) != (was.mode, was.power_w, was.source):
+            self.store.update(operating_mode=state.to_json())
+            slot = self.active.slot
+            if slot is not None:
+                what = Msg("plan_mode_charge", power=state.power_w) if state.power_w else state.mode.value
+                log.info("%s", Msg("plan_mode_changed", mode=what, reason=slot.reason))
+        elif state.source == plan_mode.PLAN_SOURCE and state.until_s != was.until_s:  # the next slot's "until"
+            self.store.update(operating_mode=state.to_json())
 
     def check_sign(self, now_s: float, grid_w: float | None, states: list[BatteryState],
                    decision: Decision) -> Decision:
@@ -443,6 +468,7 @@ class ControlLoop:
         errors += [Msg("battery_error", name=b.name, id=b.battery_id, error=b.error)
                    for b in self.batteries.values() if b.error]
         batteries = tuple(self._battery_status(b, state) for b in self.batteries.values())
+        self.select_mode()  # also in setup mode: GET /api/mode shows the mode that applies after it
         snapshot = StatusSnapshot(
             grid_power_w=self.grid_power_w,
             grid_power_avg_w=decision.grid_power_avg_w if decision else None,
@@ -585,35 +611,8 @@ class ControlLoop:
     def _change_mode(self, state: ModeState) -> None:
         self.mode = state
         self.store.update(operating_mode=state.to_json())  # GET /api/mode sees it before the next publish
-        self.select_mode(publish=True)  # set back to auto: the plan takes over at once
         if self.mode_file is not None:
             try:
                 self.mode_file.save(state)
             except OSError as exc:
                 log.error("%s", Msg("mode_file_write_failed", path=str(self.mode_file.path), error=str(exc)))
-
-    def select_mode(self, *, publish: bool = False) -> None:
-        """The mode in force this cycle: the manual one, or the plan's current slot when it is ``auto``.
-
-        Without a plan (no ``plan`` section) this is always the manual mode. The plan's problem (stale or
-        missing prices, a failed plan) goes to /api/status ``errors``. ``publish``: show the mode in force
-        in GET /api/mode even when it did not change (the manual mode was just written there)."""
-        if self.plan is None:
-            self.active = ModeChoice(self.mode)
-            return
-        before = self.active
-        now = datetime.datetime.fromtimestamp(self.wall_clock(), datetime.timezone.utc)
-        self.active = effective_mode(self.mode, self.plan(), now)
-        if self.active.problem != before.problem:
-            self.store.set_problem("plan", self.active.problem, error=True)
-            if self.active.problem is not None:
-                log.warning("%s", self.active.problem)
-        state, was = self.active.mode, before.mode
-        if (state.mode, state.power_w, state.source) != (was.mode, was.power_w, was.source):
-            self.store.update(operating_mode=state.to_json())
-            slot = self.active.slot
-            if slot is not None:
-                what = Msg("plan_mode_charge", power=state.power_w) if state.power_w else state.mode.value
-                log.info("%s", Msg("plan_mode_changed", mode=what, reason=slot.reason))
-        elif publish or (state.source == "plan" and state.until_s != was.until_s):  # the next slot: a new "until"
-            self.store.update(operating_mode=state.to_json())
