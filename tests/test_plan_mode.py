@@ -83,7 +83,7 @@ def test_plan_problem_states_the_age_in_minutes():
     old = plan_at(T0, *(slot(T0 + n * Q) for n in range(8)))
     assert plan_problem(old, T0 + timedelta(minutes=30)) is None
     problem = plan_problem(old, T0 + timedelta(minutes=45))
-    assert problem is not None and problem.code == "plan_stale"  # type: ignore[attr-defined]
+    assert problem is not None and problem.code == "plan_stale"
     assert "45" in problem
 
 
@@ -279,7 +279,7 @@ def test_without_current_prices_or_battery_the_plan_is_not_ok_and_retried_soon(p
     thread = PlanThread(PLAN, BATTERY, store_with_batteries(*socs), prices, planner,
                         wall_clock=lambda: T0.timestamp(), clock=mono)
     plan = thread.plan_once()
-    assert not plan.ok and plan.problem.code == code and plan.slots == ()  # type: ignore[union-attr]
+    assert not plan.ok and plan.problem.code == code and plan.slots == ()
     assert planner.inputs == []  # never asked to plan without a current price
     mono.advance(30)
     assert thread.due()
@@ -481,7 +481,7 @@ def test_the_first_plan_waits_for_the_fleet_soc_at_start():
     store.publish(StatusSnapshot(batteries=store_with_batteries(None).latest().batteries))
     mono.advance(61)
     assert thread.due()  # no SoC after a minute: plan anyway (and say why it is not ok)
-    assert thread.plan_once().problem.code == "plan_no_battery"  # type: ignore[union-attr]
+    assert thread.plan_once().problem.code == "plan_no_battery"
 
 
 def test_the_first_plan_waits_for_the_first_price_answer_at_start():
