@@ -663,3 +663,16 @@ def test_load_profile_follows_local_time_across_the_dst_change():
     evening = datetime(2026, 3, 31, 18, 0, tzinfo=berlin).astimezone(UTC)
     load = forecast_load(samples, price_slots(evening - Q, 2), end, tz=berlin)
     assert load[0] == pytest.approx(300.0) and load[1] == pytest.approx(1500.0)
+
+
+def test_the_diagnostics_bundle_carries_the_plan():
+    from diagnostics import Diagnostics
+
+    cfg = replace(parse_config(BASE), plan=PlanConfig(enabled=True))
+    store = StatusStore()
+    now = datetime.now(UTC)
+    store.publish_plan(plan_at(now, replace(slot(now - Q / 2, "charge", 900), reason=i18n.Msg("plan_mode_charge",
+                                                                                              power=900))))
+    plan = Diagnostics(cfg, store).bundle()["plan"]
+    assert plan["enabled"] and plan["ok"] and plan["slots"][0]["reason"] == "charge at 900 W"
+    assert Diagnostics(parse_config(BASE), StatusStore()).bundle()["plan"]["enabled"] is False
