@@ -276,7 +276,11 @@ class ControlLoop:
             return
         before = self.active
         now = datetime.datetime.fromtimestamp(self.wall_clock(), datetime.timezone.utc)
-        self.active = plan_mode.effective_mode(self.mode, self.plan(), now)
+        try:
+            self.active = plan_mode.effective_mode(self.mode, self.plan(), now)
+        except Exception as exc:  # a damaged plan from the plan thread must never stop the control
+            error = Msg("plan_failed", error=f"{type(exc).__name__}: {exc}")
+            self.active = plan_mode.ModeChoice(self.mode, problem=error)
         if self.active.problem != before.problem:
             self.store.set_problem("plan", self.active.problem, error=True)
             if self.active.problem is not None:

@@ -676,3 +676,17 @@ def test_the_diagnostics_bundle_carries_the_plan():
     plan = Diagnostics(cfg, store).bundle()["plan"]
     assert plan["enabled"] and plan["ok"] and plan["slots"][0]["reason"] == "charge at 900 W"
     assert Diagnostics(parse_config(BASE), StatusStore()).bundle()["plan"]["enabled"] is False
+
+
+def test_a_damaged_plan_never_stops_the_control(tmp_path):
+    """A plan with naive times (a planner bug) cannot be compared with now: the control runs auto and says so."""
+    from tests.test_modes import rig_on_simulator
+
+    with rig_on_simulator(tmp_path) as rig:
+        rig.loop.plan = rig.store.plan
+        naive = datetime(2027, 1, 15, 8, 0)
+        rig.store.publish_plan(plan_at(naive, slot(naive, "charge", 1000)))
+        rig.cycle_until(rig.discharging, "auto discharges into the load")
+        assert rig.store.latest().operating_mode["source"] == "default"
+        assert rig.store.latest().control_state == "active"
+        assert any("TypeError" in e for e in rig.store.status_json("en")["errors"])
