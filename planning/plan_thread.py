@@ -8,8 +8,8 @@ thread last published it, and the ``plan`` config; calls the pure planner; publi
 
 Any failure (a planner bug, a damaged answer) is caught, logged, and published as a plan that is not
 ``ok`` with the problem: the control then runs ``auto`` everywhere (and logs the problem once, with the
-staleness it alone can see). A plan that could not be made is
-retried after ``RETRY_S``, not only after the full interval.
+staleness it alone can see). A plan that could not be made is retried after ``RETRY_S``, not only after
+the full interval.
 """
 
 from __future__ import annotations
