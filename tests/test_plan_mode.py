@@ -690,3 +690,13 @@ def test_a_damaged_plan_never_stops_the_control(tmp_path):
         assert rig.store.latest().operating_mode["source"] == "default"
         assert rig.store.latest().control_state == "active"
         assert any("TypeError" in e for e in rig.store.status_json("en")["errors"])
+
+
+def test_api_plan_is_readable_without_login_unless_read_only_is_off():
+    def app(read_only: bool) -> Any:
+        return create_app(StatusStore(), CommandQueue(), WebConfig(host="127.0.0.1", password="pw",
+                                                                   read_only_without_login=read_only),
+                          plan_enabled=True)
+
+    assert app(True).test_client().get("/api/plan").status_code == 200
+    assert app(False).test_client().get("/api/plan").status_code == 401
