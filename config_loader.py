@@ -259,6 +259,17 @@ class HistoryConfig:
 
 
 @dataclass(frozen=True)
+class PlanConfig:
+    """The plan by price and forecast (``plan``); it needs a ``tariff`` section. Powers W, SoC %."""
+
+    enabled: bool = True
+    reserve_soc_pct: float = 20.0  # never planned below this (backup); the fast loop keeps its own floor
+    grid_charge_max_w: float = 2500.0  # total grid charge power of all batteries
+    wear_ct_per_kwh: float = 3.0  # cost of one kWh through the battery
+    peak_import_limit_w: float | None = None  # peak shaving: discharge to keep the import at or below this
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole validated configuration."""
 
@@ -274,6 +285,7 @@ class Config:
     version: str = ""
     mqtt: MqttConfig | None = None  # None: MQTT off
     mqtt_meter: MqttMeterConfig | None = None  # set when energy_meter.type is "mqtt"
+    plan: PlanConfig | None = None  # None: no plan section (the program runs as without prices)
     homewizard: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     http_json: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     energy_meter_invert: bool = False  # energy_meter.invert: negate every reading (clamp mounted reversed)
@@ -1025,6 +1037,38 @@ def _history(sec: _Section | None, base_dir: Path | None) -> HistoryConfig | Non
     return HistoryConfig(path, retention)
 
 
+def _plan(sec: _Section | None, battery: BatteryConfig | None, has_tariff: bool) -> PlanConfig | Any | None:
+    """The ``plan`` section; None when absent. ``enabled`` needs a ``tariff`` section."""
+    if sec is None:
+        return None
+    p = PlanConfig
+    enabled = sec.boolean("enabled", _default(p, "enabled"))
+    reserve = sec.number("reserve_soc_pct", _default(p, "reserve_soc_pct"), 0, 100)
+    grid_charge = sec.number("grid_charge_max_w", _default(p, "grid_charge_max_w"), 0, 100_000)
+    wear = sec.number("wear_ct_per_kwh", _default(p, "wear_ct_per_kwh"), 0, 100)
+    peak = sec.take("peak_import_limit_w")
+    if peak is _MISSING or peak is None:
+        peak = None
+    elif isinstance(peak, bool) or not isinstance(peak, (int, float)) or not math.isfinite(peak) or peak <= 0:
+        peak = sec.fail("peak_import_limit_w", f"must be a number above 0 (W) or null, got {_describe(peak)}")
+    else:
+        peak = float(peak)
+    sec.finish()
+    if _ok(reserve) and battery is not None and not (
+            battery.min_soc_for_discharge <= reserve <= battery.max_soc_for_charge):
+        # The fast loop never discharges below its floor nor charges above its ceiling: a reserve outside
+        # could never be kept.
+        reserve = sec.fail("reserve_soc_pct", f"({_fmt(reserve)}) must be within battery.min_soc_for_discharge "
+                                              f"({_fmt(battery.min_soc_for_discharge)}) .. battery.max_soc_for_charge "
+                                              f"({_fmt(battery.max_soc_for_charge)})")
+    if _ok(enabled) and enabled and not has_tariff:
+        enabled = sec.fail("enabled", "true needs a tariff section (the prices to plan with); see README "
+                                      '"Plan nach Strompreis", or set plan.enabled to false')
+    if not _ok(enabled, reserve, grid_charge, wear, peak):
+        return _BAD
+    return PlanConfig(enabled, reserve, grid_charge, wear, peak)
+
+
 def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     """Validate an already-loaded JSON value; raise ConfigError listing every problem."""
     if not isinstance(data, dict):
@@ -1062,6 +1106,7 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         mqtt_meter = _mqtt_meter(mqtt_meter_sec)
     if meter_type == "mqtt" and mqtt is None:
         errors.append('mqtt.host: energy_meter.type "mqtt" needs a broker: the mqtt section with a host')
+    plan = _plan(top.section("plan", required=False), battery, isinstance(data.get("tariff"), dict))
     history = _history(top.section("history", required=False), base_dir)
     # Prices, forecasts and the plan (issue 20): each section parsed by its own module.
     tariff = parse_tariff(top.section("tariff", required=False))
@@ -1086,6 +1131,7 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         version=version,
         mqtt=mqtt,
         mqtt_meter=mqtt_meter,
+        plan=plan,
         homewizard=checked["homewizard"],
         http_json=checked["http_json"],
         energy_meter_invert=invert,

@@ -46,6 +46,7 @@ from ecotracker_client import EcoTrackerClient
 from integrations.diagnostics import Diagnostics
 from integrations.history import History, PriceAt, prices_from
 from meters.http_meters import HomeWizardClient, HttpJsonClient
+from planning.plan_thread import PlanFeeds, StateFeed
 from shelly_client import ShellyClient
 
 log = logging.getLogger("marstek")
@@ -200,18 +201,22 @@ def stop_web(server: Any, thread: threading.Thread) -> None:
     server.task_dispatcher.shutdown()
 
 
-def start_prices(cfg: Config, stop: threading.Event) -> tuple[Any, PriceAt | None]:
-    """With a ``tariff``: the started price (and PV forecast) fetcher and a price-at-time lookup over its latest
-    slots (never waits for the network); without: (None, None)."""
+def start_prices(cfg: Config, stop: threading.Event) -> tuple[Any, threading.Event]:
+    """With a ``tariff``: the started price (and PV forecast) fetcher, and an event set on every new answer;
+    without: (None, event). It runs in its own thread; nothing here waits for the network."""
+    updated = threading.Event()  # new prices or a new forecast: plan again at once
     if cfg.tariff is None:
-        return None, None
+        return None, updated
     from planning.fetcher import build_fetcher
 
-    fetcher = build_fetcher(cfg.tariff, cfg.forecast, stop=stop)
-    if fetcher is None:
-        return None, None
-    fetcher.start()
-    return fetcher, prices_from(fetcher.prices)
+    def on_update(state: Any) -> None:
+        if state.error is None:
+            updated.set()
+
+    fetcher = build_fetcher(cfg.tariff, cfg.forecast, on_update=on_update, stop=stop)
+    if fetcher is not None:
+        fetcher.start()
+    return fetcher, updated
 
 
 def stop_prices(fetcher: Any) -> None:
@@ -241,6 +246,30 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
                         import_price_ct=(current_import_price_ct(history.price_at)
                                          if history is not None and history.price_at is not None else None))
     return start_bridge(bridge, stop)
+
+
+def plan_feeds(cfg: Config, fetcher: Any, updated: threading.Event) -> PlanFeeds | None:
+    """The fetcher's prices (and PV forecast) as the plan thread's feeds when ``plan.enabled`` (which needs a
+    ``tariff`` section); None otherwise: no plan."""
+    if cfg.plan is None or not cfg.plan.enabled or fetcher is None:
+        return None
+    pv = StateFeed(fetcher.pv) if fetcher.pv() is not None else None
+    return PlanFeeds(StateFeed(fetcher.prices), pv, updated)
+
+
+def start_plan(cfg: Config, store: StatusStore, history: History, stop: threading.Event,
+               feeds: PlanFeeds) -> threading.Thread:
+    """The plan thread: plans with ``feeds``' prices and the history's load, publishes to ``store``."""
+    from planning.load_forecast import history_reader
+    from planning.plan_thread import PlanThread
+    from planning.planner import make_plan
+
+    assert cfg.plan is not None  # plan_feeds gave feeds: the plan is enabled
+    planner = PlanThread(cfg.plan, cfg.battery, store, feeds.prices, make_plan, pv=feeds.pv,
+                         history=history_reader(history.samples), wakeup=feeds.updated)
+    thread = threading.Thread(target=planner.run, args=(stop,), name="plan", daemon=True)
+    thread.start()
+    return thread
 
 
 def stop_demo(sim: Any, demo_dir: str | None) -> None:
@@ -360,18 +389,21 @@ def main(argv: list[str] | None = None) -> int:
     # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
     mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
     meter = build_meter(cfg)
+    # Prices (only with a tariff): fetched in their own thread. The history values energy at the slot's price
+    # through a lookup over the fetcher's latest slots; the plan (only with plan.enabled) plans with them.
+    # Without tariff and plan: no plan thread, no requests, the control as without a plan (plan=None).
+    fetcher, prices_updated = start_prices(cfg, stop)
+    price_at = prices_from(fetcher.prices) if fetcher is not None else None
+    feeds = plan_feeds(cfg, fetcher, prices_updated)
     loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file,
-                       emergency_fleet=emergency_bus)
+                       emergency_fleet=emergency_bus, plan=store.plan if feeds is not None else None)
     logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
-    # Prices (only with a tariff): fetched in their own thread; the history values energy at the slot's price
-    # through a lookup over the fetcher's latest slots (it never waits for the network).
-    fetcher, price_at = start_prices(cfg, stop)
     # Opened by its own thread: a hanging disk never delays the control.
     history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False, price_at=price_at)
     diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
     saved_config = config_path  # /onboarding writes the password's hash there (the demo: memory only)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
-                     history=history, diagnostics=diagnostics.bundle,
+                     history=history, diagnostics=diagnostics.bundle, plan_enabled=feeds is not None,
                      save_password=(lambda stored: set_web_password(saved_config, stored)) if saved_config else None)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
@@ -392,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
                         paused=lambda: loop.setup_mode)
     threading.Thread(target=watchdog.run, args=(stop,), name="watchdog", daemon=True).start()
     mqtt_thread = start_mqtt(cfg, store, commands, loop, stop, history)
+    if feeds is not None:
+        start_plan(cfg, store, history, stop, feeds)
     try:
         while not stop.wait(0.5):
             if not control.is_alive():

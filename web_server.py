@@ -41,6 +41,7 @@ from control import i18n, modes
 from control.status_store import CommandError, CommandQueue, HistorySample, StatusStore
 from integrations import metrics
 from integrations.history import History, HistoryBusy, PriceAt, bucket_samples
+from planning.plan_mode import plan_json
 from web import access as web_access
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     history: History | None = None,
     diagnostics: Callable[[], dict[str, Any]] | None = None,
     save_password: Callable[[str], object] | None = None,
+    plan_enabled: bool = False,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
@@ -230,6 +232,8 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     ``history`` serves /api/history from before a restart and /api/energy; ``diagnostics`` builds the
     bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``save_password`` stores the salted hash that
     /onboarding sets into the config file (None: it lasts until the program ends, as in the demo).
+    bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``plan_enabled``: a plan thread publishes
+    plans to ``store`` (``GET /api/plan``).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     price_at = history.price_at if history is not None else None  # set only with a tariff
@@ -549,6 +553,12 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
         except HistoryBusy as exc:
             return jsonify(error=str(exc)), 503, {"Retry-After": "5"}
         return jsonify(days=days)
+
+    @app.get("/api/plan")
+    def api_plan() -> Response:
+        """The plan by price (planning/plan_mode.py), from the current slot on; messages in the page's language."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return jsonify(i18n.render(plan_json(store.plan(), plan_enabled, now), language()))
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

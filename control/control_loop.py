@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import planning.plan_mode as plan_mode
 from config_loader import Config, UnitConfig
 from control import setup_commands
 from control.devices import (
@@ -137,6 +138,7 @@ class ControlLoop:
         config_path: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         controller_params: ControlParams | None = None,
+        plan: Callable[[], plan_mode.Plan | None] | None = None,
         mode_file: ModeFile | None = None,
         wall_clock: Callable[[], float] = time.time,
         emergency_fleet: Callable[[Config], Fleet] | None = None,
@@ -158,6 +160,9 @@ class ControlLoop:
         self.batteries = {u.key: _Battery(u) for u in cfg.battery.units}
         self.setup_mode = False
         self.last_decision: Decision | None = None
+        # The plan (planning/plan_mode.py) drives below every manual mode; ``plan`` gives its latest one.
+        self.plan = plan
+        self.active = plan_mode.ModeChoice(ModeState())  # the mode in force (select_mode): manual or the plan's
         self.grid_power_w: float | None = None
         self.meter_ok = False
         self.meter_error: Msg | str = ""
@@ -284,9 +289,10 @@ class ControlLoop:
                          max_discharge_w=b.reading.max_discharge_w if b.reading else None)
             for b in self.batteries.values()
         ]
+        self.select_mode()
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
-                                        meter_error=self.meter_error, mode=self.mode.mode,
-                                        charge_power_w=self.mode.power_w)
+                                        meter_error=self.meter_error, mode=self.active.mode.mode,
+                                        charge_power_w=self.active.mode.power_w)
         decision = self.check_sign(now_s, grid_w, states, decision)
         self.last_decision = decision
         self.quirks.notes(decision.battery_notes)
@@ -296,6 +302,36 @@ class ControlLoop:
         self.track_quality(now_s, grid_w, decision)
         self.publish("error" if decision.status in STOPPING else "stopped" if decision.status is Status.MODE_OFF
                      else "active")
+
+    def select_mode(self) -> None:
+        """The mode in force this cycle: the manual one, or the plan's current slot when it is ``auto``.
+
+        Without a plan (no ``plan`` section) this is always the manual mode. The plan's problem (stale or
+        missing prices, a failed plan) goes to /api/status ``errors``. Called before the law and in
+        ``publish``: a manual mode that expires or is set back to ``auto`` gives way in the same cycle."""
+        if self.plan is None:
+            self.active = plan_mode.ModeChoice(self.mode)
+            return
+        before = self.active
+        now = datetime.datetime.fromtimestamp(self.wall_clock(), datetime.timezone.utc)
+        try:
+            self.active = plan_mode.effective_mode(self.mode, self.plan(), now)
+        except Exception as exc:  # a damaged plan from the plan thread must never stop the control
+            error = Msg("plan_failed", error=f"{type(exc).__name__}: {exc}")
+            self.active = plan_mode.ModeChoice(self.mode, problem=error)
+        if self.active.problem != before.problem:
+            self.store.set_problem("plan", self.active.problem, error=True)
+            if self.active.problem is not None:
+                log.warning("%s", self.active.problem)
+        state, was = self.active.mode, before.mode
+        if (state.mode, state.power_w, state.source) != (was.mode, was.power_w, was.source):
+            self.store.update(operating_mode=state.to_json())
+            slot = self.active.slot
+            if slot is not None:
+                what = Msg("plan_mode_charge", power=state.power_w) if state.power_w else state.mode.value
+                log.info("%s", Msg("plan_mode_changed", mode=what, reason=slot.reason))
+        elif state.source == plan_mode.PLAN_SOURCE and state.until_s != was.until_s:  # the next slot's "until"
+            self.store.update(operating_mode=state.to_json())
 
     def check_sign(self, now_s: float, grid_w: float | None, states: list[BatteryState],
                    decision: Decision) -> Decision:
@@ -517,6 +553,7 @@ class ControlLoop:
         errors += [Msg("battery_error", name=b.name, id=b.battery_id, error=b.error)
                    for b in self.batteries.values() if b.error]
         batteries = tuple(self._battery_status(b, state) for b in self.batteries.values())
+        self.select_mode()  # also in setup mode: GET /api/mode shows the mode that applies after it
         snapshot = StatusSnapshot(
             grid_power_w=self.grid_power_w,
             grid_power_avg_w=decision.grid_power_avg_w if decision else None,
@@ -534,7 +571,7 @@ class ControlLoop:
             counters={"control_cycles_total": self.cycles_total, "modbus_writes_total": self.bus.writes_total,
                       "meter_failures_total": self.quirks.count("meter_failure")},
             quality=self.quality.figures(),
-            operating_mode=(self._mode_requested or self.mode).to_json(),
+            operating_mode=(self._mode_requested or self.active.mode).to_json(),
         )
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]

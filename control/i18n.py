@@ -17,6 +17,7 @@ Each pair of dictionaries must have exactly the same keys (tests/test_web.py che
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 LANGUAGES = ("de", "en")
@@ -76,6 +77,7 @@ DE: dict[str, str] = {
     "opmode_source_mqtt": "MQTT",
     "opmode_source_dashboard": "Dashboard",
     "opmode_source_default": "Standard",
+    "opmode_source_plan": "Plan nach Strompreis",
     "opmode_duration_label": "Dauer",
     "opmode_duration_none": "unbegrenzt",
     "opmode_minutes": "{minutes} min",
@@ -352,6 +354,7 @@ EN: dict[str, str] = {
     "opmode_source_mqtt": "MQTT",
     "opmode_source_dashboard": "dashboard",
     "opmode_source_default": "default",
+    "opmode_source_plan": "price plan",
     "opmode_duration_label": "Duration",
     "opmode_duration_none": "unlimited",
     "opmode_minutes": "{minutes} min",
@@ -783,6 +786,19 @@ MESSAGES_DE: dict[str, str] = {
     "mode_file_damaged": "Gespeicherte Betriebsart {path} unlesbar ({error}): Automatik",
     "mode_file_unreadable": "Gespeicherte Betriebsart {path} nicht lesbar ({error}): Automatik",
     "mode_file_write_failed": "Betriebsart nicht gespeichert ({path}): {error}",
+    # -- the plan as a mode source (planning/plan_mode.py, planning/plan_thread.py)
+    "plan_pending": "Der Plan wird berechnet; bis dahin regelt die Automatik",
+    "plan_no_current_price": (
+        "Kein Strompreis für die aktuelle Zeit bekannt: Automatik ohne Plan, kein Laden aus dem Netz"
+    ),
+    "plan_stale": (
+        "Der Plan ist {minutes} Minuten alt (keine neuen Preise?): Automatik ohne Plan, kein Laden aus dem Netz"
+    ),
+    "plan_failed": "Plan nicht berechnet ({error}): Automatik ohne Plan",
+    "plan_no_battery": "Kein Akku mit bekanntem Ladestand erreichbar: kein Plan, Automatik",
+    "plan_prices_failed": "Strompreise nicht abrufbar: {error}",
+    "plan_mode_changed": "Plan: {mode} – {reason}",
+    "plan_mode_charge": "Laden mit {power} W",
     # -- MQTT
     "mqtt_connected": "MQTT verbunden mit {broker}",
     "mqtt_connect_failed": "MQTT: keine Verbindung zu {broker} ({error}); neuer Versuch läuft",
@@ -865,6 +881,24 @@ MESSAGES_DE: dict[str, str] = {
                           "nichts vorzeitig",
     "history_future_sample": "Verlaufsdatenbank: der neueste gespeicherte Messwert liegt {ahead} in der Zukunft "
                              "(Systemuhr verstellt?); neue Messwerte werden trotzdem gespeichert",
+    # -- the plan (planning/planner.py): why a slot has its mode
+    "plan_auto": "Nulleinspeisung bei {price} ct",
+    "plan_auto_surplus": "Nulleinspeisung: lädt aus PV-Überschuss (Einspeisung {feed_in} ct)",
+    "plan_auto_discharge": "Nulleinspeisung: Akku deckt den Bedarf bei {price} ct",
+    "plan_auto_peak": "Nulleinspeisung, Spitzenkappung: Akku hält den Bezug bei höchstens {limit} W",
+    "plan_hold_for": "hält die Ladung für {window} bei {later} ct (jetzt {price} ct)",
+    "plan_hold_peak": "hält die Ladung für die Spitzenkappung {window} (Bezug höchstens {limit} W)",
+    "plan_hold_later": "hält die Ladung für später (jetzt {price} ct, erwartet {later} ct)",
+    "plan_hold_reserve": "hält die Reserve von {reserve} % (jetzt {price} ct)",
+    "plan_charge_for": "lädt {power} kW bei {price} ct für {window} bei {later} ct",
+    "plan_charge_negative": "lädt {power} kW bei negativem Preis {price} ct",
+    "plan_charge_peak": "lädt {power} kW bei {price} ct für die Spitzenkappung {window}",
+    "plan_charge_later": "lädt {power} kW bei {price} ct für später (erwartet {later} ct)",
+    "plan_no_price_auto": "Nulleinspeisung (kein Plan: {problem})",
+    "plan_problem_no_prices": "keine Preise bekannt",
+    "plan_problem_no_current_price": "kein Preis für die aktuelle Zeit {now} (Preise ab {first})",
+    "plan_problem_forecast_length": "Prognose passt nicht zu den Preisen ({pv} PV, {load} Last für {slots} Preise)",
+    "plan_problem_bad_prices": "Preise ungeordnet oder überlappend ab {start}",
 }
 
 MESSAGES_EN: dict[str, str] = {
@@ -1058,6 +1092,15 @@ MESSAGES_EN: dict[str, str] = {
     "mode_file_damaged": "Stored operating mode {path} is damaged ({error}): auto",
     "mode_file_unreadable": "Stored operating mode {path} cannot be read ({error}): auto",
     "mode_file_write_failed": "Operating mode not saved ({path}): {error}",
+    # -- the plan as a mode source (planning/plan_mode.py, planning/plan_thread.py)
+    "plan_pending": "The plan is being computed; until then the automatic mode regulates",
+    "plan_no_current_price": "No electricity price known for the current time: auto without a plan, no grid charging",
+    "plan_stale": "The plan is {minutes} minutes old (no new prices?): auto without a plan, no grid charging",
+    "plan_failed": "Plan not computed ({error}): auto without a plan",
+    "plan_no_battery": "No battery with a known state of charge reachable: no plan, auto",
+    "plan_prices_failed": "Electricity prices not available: {error}",
+    "plan_mode_changed": "Plan: {mode} – {reason}",
+    "plan_mode_charge": "charge at {power} W",
     # -- MQTT
     "mqtt_connected": "MQTT connected to {broker}",
     "mqtt_connect_failed": "MQTT: cannot connect to {broker} ({error}); retrying",
@@ -1139,6 +1182,24 @@ MESSAGES_EN: dict[str, str] = {
                           "early because of it",
     "history_future_sample": "History database: the newest stored sample is {ahead} in the future (clock "
                              "wrong?); new samples are stored anyway",
+    # -- the plan (planning/planner.py): why a slot has its mode
+    "plan_auto": "zero feed-in at {price} ct",
+    "plan_auto_surplus": "zero feed-in: charging from PV surplus (feed-in {feed_in} ct)",
+    "plan_auto_discharge": "zero feed-in: battery covers the demand at {price} ct",
+    "plan_auto_peak": "zero feed-in, peak shaving: battery keeps the import at or below {limit} W",
+    "plan_hold_for": "holds the charge for {window} at {later} ct (now {price} ct)",
+    "plan_hold_peak": "holds the charge for peak shaving {window} (import at most {limit} W)",
+    "plan_hold_later": "holds the charge for later (now {price} ct, expected {later} ct)",
+    "plan_hold_reserve": "holds the reserve of {reserve} % (now {price} ct)",
+    "plan_charge_for": "charges {power} kW at {price} ct for {window} at {later} ct",
+    "plan_charge_negative": "charges {power} kW at a negative price of {price} ct",
+    "plan_charge_peak": "charges {power} kW at {price} ct for peak shaving {window}",
+    "plan_charge_later": "charges {power} kW at {price} ct for later (expected {later} ct)",
+    "plan_no_price_auto": "zero feed-in (no plan: {problem})",
+    "plan_problem_no_prices": "no prices known",
+    "plan_problem_no_current_price": "no price for the current time {now} (prices from {first})",
+    "plan_problem_forecast_length": "forecast does not fit the prices ({pv} PV, {load} load for {slots} prices)",
+    "plan_problem_bad_prices": "prices out of order or overlapping from {start}",
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = {"de": MESSAGES_DE, "en": MESSAGES_EN}
@@ -1176,6 +1237,18 @@ class Msg(str):
         return _format(self.code, self.params, lang)
 
 
+@dataclass(frozen=True)
+class Num:
+    """A number shown with ``digits`` decimals and the language's decimal mark ("1,8" / "1.8")."""
+
+    value: float
+    digits: int = 1
+
+    def text(self, lang: str) -> str:
+        shown = f"{self.value:.{self.digits}f}"
+        return shown.replace(".", ",") if lang == "de" else shown
+
+
 def _rebuild(code: str, params: dict[str, Any]) -> Msg:
     return Msg(code, **params)
 
@@ -1187,7 +1260,7 @@ def _format(code: str, params: Mapping[str, Any], lang: str) -> str:
 
 
 def _param(value: Any, lang: str) -> str:
-    if isinstance(value, Msg):
+    if isinstance(value, (Msg, Num)):
         return value.text(lang)
     if isinstance(value, (list, tuple)):
         return "; ".join(_param(v, lang) for v in value)

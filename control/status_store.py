@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from control import i18n
+from planning.model import Plan
 
 EVENTS_KEPT = 200
 HISTORY_KEPT = 2 * 3600  # one sample per second, two hours; older ones come from the history database
@@ -109,6 +110,7 @@ class StatusStore:
         self._pending: deque[HistorySample] = deque(maxlen=PENDING_KEPT)
         self._problems: dict[str, tuple[str, bool]] = {}  # source -> (message, is_error)
         self._facts: dict[str, dict[str, Any]] = {}  # battery -> what was read from it at start
+        self._plan: Plan | None = None  # the plan thread's latest plan
 
     def publish(self, snapshot: StatusSnapshot, sample: HistorySample | None = None) -> None:
         with self._lock:
@@ -132,6 +134,16 @@ class StatusStore:
                 self._problems.pop(source, None)
             else:
                 self._problems[source] = (message, error)
+
+    def publish_plan(self, plan: Plan) -> None:
+        """The latest plan (an immutable ``planning.model.Plan``) from the plan thread."""
+        with self._lock:
+            self._plan = plan
+
+    def plan(self) -> Plan | None:
+        """The latest plan, or None before the first (``planning.model.Plan``)."""
+        with self._lock:
+            return self._plan
 
     def set_battery_facts(self, battery: str, facts: Mapping[str, Any]) -> None:
         """What was read from one battery at start (model name, ...), for the diagnostics bundle."""

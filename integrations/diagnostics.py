@@ -9,6 +9,7 @@ bundle (a log message that quoted one, say).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import functools
 import importlib.metadata
 import platform
@@ -21,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from config_loader import Config
+from control import i18n
 from control.status_store import QuirkCounter, StatusStore, now_iso
+from planning.plan_mode import plan_json
 
 REDACTED = "***"
 SECRET_KEY_RE = re.compile(r"pass(word|wd)?$|password|token|secret|api_?key|credential|private", re.I)
@@ -147,6 +150,12 @@ class Diagnostics:
         return {"path": self.history.path, "in_memory": self.history.in_memory,
                 "disk_bytes": self.history.disk_bytes(), "retention_days": self.history.retention_days}
 
+    def plan_info(self) -> dict[str, Any]:
+        """The latest plan as ``GET /api/plan`` shows it (English): why it charged or held, or why it could not."""
+        enabled = self.cfg.plan is not None and self.cfg.plan.enabled
+        now = datetime.datetime.now(datetime.timezone.utc)
+        return i18n.render(plan_json(self.store.plan(), enabled, now), "en")
+
     def bundle(self) -> dict[str, Any]:
         config, secrets = redact(dataclasses.asdict(self.cfg))
         status = self.store.status_json("en")
@@ -161,5 +170,6 @@ class Diagnostics:
             "meter": self.meter_identity(),
             "quirks": self.quirks.figures() if self.quirks is not None else {},
             "history": self.history_info(),
+            "plan": self.plan_info(),
         }
         return scrub(redact(doc)[0], secrets)

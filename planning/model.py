@@ -8,7 +8,7 @@ battery's sign convention holds everywhere: + = discharge, − = charge.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Literal, Protocol
 
 
@@ -74,6 +74,7 @@ class FleetModel:
     grid_charge_max_w: float  # plan.grid_charge_max_w
     wear_ct_per_kwh: float  # plan.wear_ct_per_kwh, per kWh through the battery (AC side, discharged)
     standby_w: float = 0.0  # the fleet's draw at rest (AC)
+    min_soc_pct: float | None = None  # battery.min_soc_for_discharge: the fast loop's own floor (None: the reserve)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,7 @@ class PlanInput:
     load_w: tuple[float | None, ...]  # forecast house load per price slot (None: unknown)
     fleet: FleetModel
     peak_import_limit_w: float | None = None  # plan.peak_import_limit_w
+    tz: tzinfo | None = None  # time zone of the times in the reasons (None: the system's local time zone)
 
 
 @dataclass(frozen=True)
@@ -97,7 +99,7 @@ class PlannedSlot:
     import_ct_per_kwh: float
     feed_in_ct_per_kwh: float
     mode: PlanMode
-    power_w: int | None  # charge power from the grid (W, > 0) for ``charge``, else None
+    power_w: int | None  # ``charge``: the battery charge power the mode charges at (W, > 0; from grid and PV)
     soc_pct: float  # expected SoC at the start of the slot
     pv_w: float | None
     load_w: float | None

@@ -11,43 +11,14 @@ grid power + import / − export, W; battery power + discharging / − charging,
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
-# ---------------------------------------------------------------------------------------------------------
-# Efficiency curve (marstek-modbus.md §11, MVEM, external AC clamp): (AC power W, efficiency)
-# ---------------------------------------------------------------------------------------------------------
-
-EFFICIENCY_DISCHARGE: tuple[tuple[float, float], ...] = (
-    (125.0, 0.738),
-    (250.0, 0.856),
-    (500.0, 0.898),
-    (1000.0, 0.912),
-    (2500.0, 0.893),
-)
-EFFICIENCY_CHARGE: tuple[tuple[float, float], ...] = (
-    (125.0, 0.772),
-    (250.0, 0.885),
-    (500.0, 0.938),
-    (1000.0, 0.955),
-    (2500.0, 0.944),
-)
-
-
-def efficiency(power_w: float, table: Sequence[tuple[float, float]]) -> float:
-    """Efficiency at |power_w| by linear interpolation in ``table``; flat outside the table."""
-    p = abs(power_w)
-    if p <= table[0][0]:
-        return table[0][1]
-    for (p0, e0), (p1, e1) in itertools.pairwise(table):
-        if p <= p1:
-            return e0 + (e1 - e0) * (p - p0) / (p1 - p0)
-    return table[-1][1]
-
+# The efficiency curve lives with the planner that uses it too (one home for the fact).
+from planning.efficiency import EFFICIENCY_CHARGE, EFFICIENCY_DISCHARGE, efficiency
 
 # ---------------------------------------------------------------------------------------------------------
 # Battery plant

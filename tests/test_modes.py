@@ -223,6 +223,12 @@ class Rig:
     loop: ControlLoop
     mode_file: ModeFile
     wall: list[float]
+    mono_offset: list[float]  # added to the real monotonic clock of ``loop``
+
+    def skip(self, seconds: float) -> None:
+        """Both clocks jump ahead (an expiry comes due without waiting for it)."""
+        self.wall[0] += seconds
+        self.mono_offset[0] += seconds
 
     def new_loop(self, clock: Any = time.monotonic) -> ControlLoop:
         """A second ControlLoop on the same mode file: what a restart of the program sees."""
@@ -263,11 +269,13 @@ def rig_on_simulator(tmp_path: Path) -> Iterator[Rig]:
         cfg = load_config(config_path)
         store, commands = StatusStore(), CommandQueue()
         wall = [1_800_000_000.0]
+        mono_offset = [0.0]
         mode_file = ModeFile(tmp_path / "data" / "mode.json")
         loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands,
-                           config_path=config_path, mode_file=mode_file, wall_clock=lambda: wall[0])
+                           config_path=config_path, mode_file=mode_file, wall_clock=lambda: wall[0],
+                           clock=lambda: time.monotonic() + mono_offset[0])
         try:
-            yield Rig(sim, cfg, store, commands, loop, mode_file, wall)
+            yield Rig(sim, cfg, store, commands, loop, mode_file, wall, mono_offset)
         finally:
             loop.stop_all("test end")
             loop.meter.close()

@@ -1,0 +1,462 @@
+"""The planner: which operating mode (``auto`` / ``hold`` / ``charge P``) in which price slot.
+
+Pure code like the control law: ``make_plan(PlanInput) -> Plan`` reads no clock and does no I/O.
+
+Model (planning.md §2): the fleet is one battery with the measured efficiency curve
+(``planning/efficiency.py``, charge and discharge separately), stored energy in DC Wh between the
+reserve and ``max_soc_pct``, AC power limits and a standby draw. Per slot the energy flows of each mode
+are those of the fast loop in that mode:
+
+- ``auto`` (zero feed-in): the battery covers load − PV up to its discharge limit, down to the fast
+  loop's own floor (``min_soc_pct``), and charges from PV surplus up to ``max_soc_pct``;
+- ``hold``: no discharge, PV surplus still charges;
+- ``charge P``: the battery charges at P W (AC) from grid and PV; the grid supplies load − PV + P.
+
+Dynamic programming over a SoC grid (1 % steps) finds the cheapest sequence: import cost − feed-in
+revenue + wear (per discharged kWh) + a steep penalty for import above ``peak_import_limit_w``, minus the
+value of the energy left at the horizon (the horizon's mean import price less wear, times the curve's
+lowest discharge efficiency: a plan that empties the battery at the horizon is wrong, and a flat
+price must never make holding look better than zero feed-in). A slot whose ``auto`` would end below
+the reserve is planned ``hold``. Charging from the grid needs a price for the current slot: without
+one the plan is ``auto`` everywhere and says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+
+from control.i18n import Msg, Num
+from planning.efficiency import EFFICIENCY_CHARGE, EFFICIENCY_DISCHARGE, efficiency
+from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, PriceSlot
+
+SOC_STEP_PCT = 1.0  # resolution of the SoC grid
+PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
+TIE_CT = 0.01  # another mode than auto must save more than this over the horizon (ct), else auto
+TERMINAL_EFFICIENCY = min(e for _, e in EFFICIENCY_DISCHARGE)
+_EPS_WH = 1e-6
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """One slot as the model sees it: duration, prices, house demand and the unclipped auto powers."""
+
+    dt_h: float
+    price: float  # ct/kWh import
+    feed: float  # ct/kWh export
+    net_w: float  # load − PV (W): + demand, − surplus
+    dis_w: float  # auto: discharge power before the energy limit
+    dis_eta: float
+    chg_w: float  # auto / hold: charge power from surplus before the room limit
+    chg_eta: float
+
+
+@dataclass(frozen=True)
+class _Step:
+    """The outcome of one mode in one slot from one state."""
+
+    cost_ct: float  # money (import − feed-in + wear)
+    penalty_ct: float  # peak penalty (not money)
+    e_next_wh: float
+    battery_w: float  # + discharge, − charge
+    grid_w: float  # + import
+
+
+class _Model:
+    """The fleet's limits in DC Wh and the flows of each mode."""
+
+    def __init__(self, fleet: FleetModel, peak_limit_w: float | None) -> None:
+        cap = max(fleet.capacity_wh, 1.0)
+        self.cap_wh = cap
+        self.e0_wh = fleet.soc_pct / 100.0 * cap
+        self.e_res_wh = fleet.reserve_soc_pct / 100.0 * cap
+        floor_pct = fleet.reserve_soc_pct if fleet.min_soc_pct is None else fleet.min_soc_pct
+        self.e_floor_wh = min(floor_pct, fleet.reserve_soc_pct) / 100.0 * cap  # where auto stops
+        self.e_max_wh = max(fleet.max_soc_pct / 100.0 * cap, 0.0)
+        self.max_chg_w = max(fleet.max_charge_w, 0.0)
+        self.max_dis_w = max(fleet.max_discharge_w, 0.0)
+        self.grid_chg_w = max(fleet.grid_charge_max_w, 0.0)
+        self.wear = fleet.wear_ct_per_kwh
+        self.standby_w = max(fleet.standby_w, 0.0)
+        self.peak_w = peak_limit_w
+
+    def slot(self, dt_h: float, price: PriceSlot, net_w: float) -> _Slot:
+        dis_w = min(max(net_w, 0.0), self.max_dis_w)
+        chg_w = min(max(-net_w, 0.0), self.max_chg_w)
+        return _Slot(dt_h, price.import_ct_per_kwh, price.feed_in_ct_per_kwh, net_w,
+                     dis_w, efficiency(dis_w, EFFICIENCY_DISCHARGE), chg_w, efficiency(chg_w, EFFICIENCY_CHARGE))
+
+    def _money(self, s: _Slot, grid_w: float, discharge_w: float) -> tuple[float, float]:
+        kwh = grid_w * s.dt_h / 1000.0
+        cost = kwh * (s.price if kwh > 0 else s.feed) + self.wear * discharge_w * s.dt_h / 1000.0
+        penalty = 0.0
+        if self.peak_w is not None and grid_w > self.peak_w:
+            penalty = (grid_w - self.peak_w) * s.dt_h / 1000.0 * PEAK_PENALTY_CT_PER_KWH
+        return cost, penalty
+
+    def _surplus(self, s: _Slot, e_wh: float) -> _Step:
+        """PV surplus charges the battery (auto and hold alike)."""
+        room = self.e_max_wh - e_wh
+        c = s.chg_w
+        if c <= 0.0 or room <= _EPS_WH:
+            grid = s.net_w + self.standby_w
+            return _Step(*self._money(s, grid, 0.0), e_wh, 0.0, grid)
+        dc = c * s.dt_h * s.chg_eta
+        if dc > room:
+            dc = room
+            c = dc / (s.dt_h * s.chg_eta)
+        grid = s.net_w + c
+        return _Step(*self._money(s, grid, 0.0), e_wh + dc, -c, grid)
+
+    def auto(self, s: _Slot, e_wh: float) -> _Step:
+        """Zero feed-in: discharge to cover the demand (down to the fast loop's floor) or charge from surplus."""
+        if s.net_w <= 0.0:
+            return self._surplus(s, e_wh)
+        d = s.dis_w
+        avail = e_wh - self.e_floor_wh
+        if d <= 0.0 or avail <= _EPS_WH:
+            grid = s.net_w + self.standby_w
+            return _Step(*self._money(s, grid, 0.0), e_wh, 0.0, grid)
+        dc = d * s.dt_h / s.dis_eta
+        if dc > avail:
+            dc = avail
+            d = dc * s.dis_eta / s.dt_h
+        grid = s.net_w - d
+        return _Step(*self._money(s, grid, d), e_wh - dc, d, grid)
+
+    def hold(self, s: _Slot, e_wh: float) -> _Step:
+        """No discharge; surplus still charges."""
+        if s.net_w <= 0.0:
+            return self._surplus(s, e_wh)
+        grid = s.net_w + self.standby_w
+        return _Step(*self._money(s, grid, 0.0), e_wh, 0.0, grid)
+
+    def charge(self, s: _Slot, e_wh: float, power_w: float, dc_wh: float) -> _Step:
+        """Charge at ``power_w`` (AC) from grid and PV, storing ``dc_wh``."""
+        grid = s.net_w + power_w
+        return _Step(*self._money(s, grid, 0.0), e_wh + dc_wh, -power_w, grid)
+
+    def auto_allowed(self, step: _Step, e_wh: float) -> bool:
+        """Auto may discharge only where the slot ends at or above the reserve."""
+        return step.battery_w <= 0.0 or step.e_next_wh >= self.e_res_wh - _EPS_WH
+
+
+def _charge_table(dt_h: float, step_wh: float, max_w: float) -> list[tuple[float, float]]:
+    """(AC power W, stored DC Wh) for charging k grid steps in a slot of ``dt_h``, k = 1, 2, …"""
+    table: list[tuple[float, float]] = []
+    k = 1
+    while True:
+        dc = k * step_wh
+        eta = EFFICIENCY_CHARGE[-1][1]
+        power = dc / (dt_h * eta)
+        for _ in range(4):  # P·dt·η(P) = dc converges in a few rounds (η is flat at these powers)
+            eta = efficiency(power, EFFICIENCY_CHARGE)
+            power = dc / (dt_h * eta)
+        if power > max_w + 1e-9:
+            return table
+        table.append((power, dc))
+        k += 1
+
+
+def _interp(values: Sequence[float], lo: float, step: float, e_wh: float) -> float:
+    x = (e_wh - lo) / step
+    if x <= 0.0:
+        return values[0]
+    i = int(x)
+    if i >= len(values) - 1:
+        return values[-1]
+    f = x - i
+    return values[i] + f * (values[i + 1] - values[i])
+
+
+def _fail(inp: PlanInput, problem: Msg) -> Plan:
+    """Every slot auto (zero feed-in), the problem said; no grid charging without a current price."""
+    slots: list[PlannedSlot] = []
+    model = _Model(inp.fleet, inp.peak_import_limit_w)
+    e_wh = model.e0_wh
+    reason = Msg("plan_no_price_auto", problem=problem)
+    for i, price in enumerate(_current_and_later(inp)):
+        pv, load = _at(inp.pv_w, i), _at(inp.load_w, i)
+        start = max(price.start, inp.now) if i == 0 else price.start
+        s = model.slot((price.end - start).total_seconds() / 3600.0, price, (load or 0.0) - (pv or 0.0))
+        slots.append(PlannedSlot(price.start, price.end, price.import_ct_per_kwh, price.feed_in_ct_per_kwh, "auto",
+                                 None, round(e_wh / model.cap_wh * 100.0, 2), pv, load, reason))
+        e_wh = model.auto(s, e_wh).e_next_wh
+    return Plan(inp.now, False, problem, tuple(slots), None, None)
+
+
+def _at(values: Sequence[float | None], i: int) -> float | None:
+    return values[i] if i < len(values) else None
+
+
+def _current_and_later(inp: PlanInput) -> list[PriceSlot]:
+    return [p for p in inp.prices if p.end > inp.now]
+
+
+def _check(inp: PlanInput) -> Msg | None:
+    if not inp.prices:
+        return Msg("plan_problem_no_prices")
+    for a, b in zip(inp.prices, inp.prices[1:], strict=False):
+        if b.start < a.end or a.end <= a.start:
+            return Msg("plan_problem_bad_prices", start=a.start.isoformat())
+    if inp.prices[-1].end <= inp.prices[-1].start:
+        return Msg("plan_problem_bad_prices", start=inp.prices[-1].start.isoformat())
+    if len(inp.pv_w) != len(inp.prices) or len(inp.load_w) != len(inp.prices):
+        return Msg("plan_problem_forecast_length", pv=len(inp.pv_w), load=len(inp.load_w), slots=len(inp.prices))
+    later = _current_and_later(inp)
+    if not later or later[0].start > inp.now:
+        first = later[0].start.isoformat() if later else inp.prices[-1].end.isoformat()
+        return Msg("plan_problem_no_current_price", now=inp.now.isoformat(), first=first)
+    return None
+
+
+def _ct(price: float) -> Num:
+    return Num(price, 1 if abs(price) < 20.0 else 0)
+
+
+def _hhmm(t: datetime, tz: tzinfo | None) -> str:
+    return t.astimezone(tz).strftime("%H:%M")
+
+
+def make_plan(inp: PlanInput) -> Plan:
+    """The plan from ``inp.now`` to the end of the known prices (see the module docstring)."""
+    problem = _check(inp)
+    if problem is not None:
+        return _fail(inp, problem)
+    skipped = len(inp.prices) - len(_current_and_later(inp))
+    prices = list(inp.prices[skipped:])
+    pv = list(inp.pv_w[skipped:])
+    load = list(inp.load_w[skipped:])
+    # A gap in the prices ends the horizon: nothing is known beyond it.
+    for i in range(1, len(prices)):
+        if prices[i].start != prices[i - 1].end:
+            prices, pv, load = prices[:i], pv[:i], load[:i]
+            break
+    known_loads = [x for x in load if x is not None]
+    default_load = sum(known_loads) / len(known_loads) if known_loads else 0.0
+    model = _Model(inp.fleet, inp.peak_import_limit_w)
+    slots: list[_Slot] = []
+    for i, price in enumerate(prices):
+        start = max(price.start, inp.now) if i == 0 else price.start
+        net = (default_load if load[i] is None else load[i]) - (pv[i] or 0.0)  # type: ignore[operator]
+        slots.append(model.slot(max((price.end - start).total_seconds(), 1.0) / 3600.0, price, net))
+
+    # The SoC grid: from the reserve (or the current SoC if it is lower) to max_soc (or the current SoC).
+    lo = min(model.e_res_wh, model.e0_wh)
+    hi = max(model.e_max_wh, model.e0_wh, lo + 1.0)
+    n = max(2, round((hi - lo) / (model.cap_wh * SOC_STEP_PCT / 100.0)) + 1)
+    step = (hi - lo) / (n - 1)
+    tables: dict[float, list[tuple[float, float]]] = {}
+    for s in slots:
+        if s.dt_h not in tables:
+            tables[s.dt_h] = _charge_table(s.dt_h, step, model.max_chg_w)
+
+    total_h = sum(s.dt_h for s in slots)
+    mean_price = sum(s.price * s.dt_h for s in slots) / total_h
+    value_ct_per_wh = max(mean_price - model.wear, 0.0) * TERMINAL_EFFICIENCY / 1000.0
+    usable_from = max(model.e_res_wh, lo)
+    values = [-max(lo + j * step - usable_from, 0.0) * value_ct_per_wh for j in range(n)]
+    stages: list[list[float]] = [values]
+    j_max = int((model.e_max_wh - lo) / step + 1e-9)  # highest grid state a charge may reach
+    for s in reversed(slots):
+        nxt = values
+        surplus = max(-s.net_w, 0.0)
+        charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
+        for k, (p, dc) in enumerate(tables[s.dt_h], 1):
+            if p > surplus and p - surplus <= model.grid_chg_w:
+                c = model.charge(s, 0.0, p, dc)
+                charges.append((k, c.cost_ct + c.penalty_ct))
+        values = _backward_slot(model, s, nxt, lo, step, charges, j_max)
+        stages.append(values)
+    stages.reverse()  # stages[t]: cost-to-go at the start of slot t
+
+    decided = _forward(model, slots, tables, stages, lo, step)
+    reasons = _reasons(decided, slots, prices, model, mean_price, inp)
+    out = []
+    for i, (price, d) in enumerate(zip(prices, decided, strict=True)):
+        out.append(PlannedSlot(price.start, price.end, price.import_ct_per_kwh, price.feed_in_ct_per_kwh, d.mode,
+                               None if d.mode != "charge" else round(d.power_w),
+                               round(d.e_wh / model.cap_wh * 100.0, 2), pv[i], load[i], reasons[i]))
+    without = 0.0
+    e_wh = model.e0_wh
+    for s in slots:
+        a = model.auto(s, e_wh)
+        without += a.cost_ct
+        e_wh = a.e_next_wh
+    return Plan(inp.now, True, None, tuple(out), round(sum(d.step.cost_ct for d in decided) / 100.0, 4),
+                round(without / 100.0, 4))
+
+
+def _backward_slot(model: _Model, s: _Slot, nxt: Sequence[float], lo: float, step: float,
+                   charges: Sequence[tuple[int, float]], j_max: int) -> list[float]:
+    """Cost-to-go at the start of slot ``s`` on every grid state, given the one after it (``nxt``).
+
+    The same flows as ``_Model.auto``/``hold``/``charge``, with the slot's constants hoisted out of the
+    loop over the states (this loop is the planner's whole run time).
+    """
+    n = len(nxt)
+    last = n - 1
+    idle = model.hold(s, lo)  # no battery power: the demand (or surplus) goes to the grid
+    idle_v = idle.cost_ct + idle.penalty_ct
+    if s.net_w > 0.0:
+        dc_full = s.dis_w * s.dt_h / s.dis_eta if s.dis_w > 0.0 else 0.0
+        full = model.auto(s, model.e_floor_wh + dc_full + 1.0) if dc_full > 0.0 else idle
+        full_v = full.cost_ct + full.penalty_ct
+        sign = -1.0
+    else:
+        dc_full = s.chg_w * s.dt_h * s.chg_eta if s.chg_w > 0.0 else 0.0
+        full = model.auto(s, model.e_max_wh - dc_full - 1.0) if dc_full > 0.0 else idle
+        full_v = full.cost_ct + full.penalty_ct
+        sign = 1.0
+    floor, e_max, e_res = model.e_floor_wh, model.e_max_wh, model.e_res_wh - _EPS_WH
+    values: list[float] = []
+    for j in range(n):
+        e = lo + j * step
+        best = idle_v + nxt[j]  # hold (net > 0), or no room for the surplus
+        if dc_full > 0.0:
+            if sign < 0.0:  # auto discharges
+                if e - floor > _EPS_WH:
+                    if e - dc_full >= floor:
+                        v, e2 = full_v, e - dc_full
+                    else:
+                        a = model.auto(s, e)
+                        v, e2 = a.cost_ct + a.penalty_ct, a.e_next_wh
+                    if e2 >= e_res:
+                        x = (e2 - lo) / step
+                        i = int(x) if x > 0.0 else 0
+                        w = nxt[i] if i >= last else nxt[i] + (x - i) * (nxt[i + 1] - nxt[i])
+                        best = min(best, v + w)
+            elif e_max - e > _EPS_WH:  # surplus charges (auto and hold)
+                if e + dc_full <= e_max:
+                    v, e2 = full_v, e + dc_full
+                else:
+                    a = model.auto(s, e)
+                    v, e2 = a.cost_ct + a.penalty_ct, a.e_next_wh
+                x = (e2 - lo) / step
+                i = int(x) if x > 0.0 else 0
+                w = nxt[i] if i >= last else nxt[i] + (x - i) * (nxt[i + 1] - nxt[i])
+                best = v + w  # the surplus always charges: the battery cannot refuse it
+        for k, c in charges:
+            if j + k > j_max:
+                break
+            v = c + nxt[j + k]
+            if v < best:
+                best = v
+        values.append(best)
+    return values
+
+
+@dataclass(frozen=True)
+class _Decision:
+    mode: PlanMode
+    power_w: float
+    e_wh: float  # at the start of the slot
+    step: _Step
+    auto_blocked: bool  # auto would have ended below the reserve
+
+
+def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[float, float]]],
+             stages: Sequence[Sequence[float]], lo: float, step: float) -> list[_Decision]:
+    """Follow the cheapest mode slot by slot from the true (off-grid) SoC."""
+    decided: list[_Decision] = []
+    e = model.e0_wh
+    for t, s in enumerate(slots):
+        nxt = stages[t + 1]
+        a = model.auto(s, e)
+        blocked = not model.auto_allowed(a, e)
+        best_v = float("inf") if blocked else a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh)
+        best = _Decision("auto", 0.0, e, a, blocked)
+        h = model.hold(s, e)
+        v = h.cost_ct + h.penalty_ct + _interp(nxt, lo, step, h.e_next_wh)
+        if v < best_v - TIE_CT or blocked:
+            best_v, best = v, _Decision("hold", 0.0, e, h, blocked)
+        surplus = max(-s.net_w, 0.0)
+        for p, dc in tables[s.dt_h]:
+            if p <= surplus or p - surplus > model.grid_chg_w:
+                continue
+            if e + dc > model.e_max_wh + _EPS_WH:
+                break
+            c = model.charge(s, e, p, dc)
+            v = c.cost_ct + c.penalty_ct + _interp(nxt, lo, step, c.e_next_wh)
+            if v < best_v - TIE_CT:
+                best_v, best = v, _Decision("charge", p, e, c, blocked)
+        decided.append(best)
+        e = best.step.e_next_wh
+    return decided
+
+
+def _reasons(decided: Sequence[_Decision], slots: Sequence[_Slot], prices: Sequence[PriceSlot], model: _Model,
+             mean_price: float, inp: PlanInput) -> list[Msg]:
+    """Why each slot has its mode, in words a user understands."""
+    tz = inp.tz
+    reasons: list[Msg] = []
+    for t, d in enumerate(decided):
+        s = slots[t]
+        price = _ct(s.price)
+        if d.mode == "auto":
+            if model.peak_w is not None and s.net_w > model.peak_w and d.step.battery_w > 0:
+                reasons.append(Msg("plan_auto_peak", limit=round(model.peak_w)))
+            elif d.step.battery_w < 0:
+                reasons.append(Msg("plan_auto_surplus", feed_in=_ct(s.feed)))
+            elif d.step.battery_w > 0:
+                reasons.append(Msg("plan_auto_discharge", price=price))
+            else:
+                reasons.append(Msg("plan_auto", price=price))
+            continue
+        window, later, peak = _target(decided, slots, prices, t, model)
+        if d.mode == "hold":
+            if d.auto_blocked:
+                reasons.append(Msg("plan_hold_reserve", reserve=round(inp.fleet.reserve_soc_pct), price=price))
+            elif peak and window is not None:
+                reasons.append(Msg("plan_hold_peak", window=_window(window, tz), limit=round(model.peak_w or 0.0)))
+            elif window is not None:
+                reasons.append(Msg("plan_hold_for", window=_window(window, tz), later=_ct(later), price=price))
+            else:
+                reasons.append(Msg("plan_hold_later", price=price, later=_ct(mean_price)))
+            continue
+        power = Num(d.power_w / 1000.0, 1)
+        if s.price < 0:
+            reasons.append(Msg("plan_charge_negative", power=power, price=price))
+        elif peak and window is not None:
+            reasons.append(Msg("plan_charge_peak", power=power, price=price, window=_window(window, tz)))
+        elif window is not None:
+            reasons.append(Msg("plan_charge_for", power=power, price=price, window=_window(window, tz),
+                               later=_ct(later)))
+        else:
+            reasons.append(Msg("plan_charge_later", power=power, price=price, later=_ct(mean_price)))
+    return reasons
+
+
+def _target(decided: Sequence[_Decision], slots: Sequence[_Slot], prices: Sequence[PriceSlot], t: int,
+            model: _Model) -> tuple[tuple[datetime, datetime] | None, float, bool]:
+    """The later discharge the energy is kept for: (window, its highest price, is it peak shaving)."""
+    best: int | None = None
+    for u in range(t + 1, len(decided)):
+        if decided[u].step.battery_w > 0 and slots[u].price > slots[t].price and (
+                best is None or slots[u].price > slots[best].price):
+            best = u
+    peak = False
+    if best is None and model.peak_w is not None:
+        for u in range(t + 1, len(decided)):
+            if decided[u].step.battery_w > 0 and slots[u].net_w > model.peak_w:
+                best, peak = u, True
+                break
+    if best is None:
+        return None, 0.0, False
+    # The window: the discharge around that slot while its price stays in the upper half of the gap.
+    bar = slots[best].price - (slots[best].price - slots[t].price) / 2.0
+
+    def keeps(u: int) -> bool:
+        return decided[u].step.battery_w > 0 and (peak or slots[u].price >= bar)
+
+    first = last = best
+    while first - 1 > t and keeps(first - 1):
+        first -= 1
+    while last + 1 < len(decided) and keeps(last + 1):
+        last += 1
+    return (prices[first].start, prices[last].end), max(slots[u].price for u in range(first, last + 1)), peak
+
+
+def _window(window: tuple[datetime, datetime], tz: tzinfo | None) -> str:
+    return f"{_hhmm(window[0], tz)}–{_hhmm(window[1], tz)}"
