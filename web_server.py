@@ -38,6 +38,7 @@ from werkzeug.wrappers import Response as WerkzeugResponse
 
 from config_loader import ConfigError
 from control import i18n, modes
+from control.commands import AddToConfig, Command, EnterSetup, ExitSetup, Scan, SetId, SetMode
 from control.status_store import CommandError, CommandQueue, HistorySample, StatusStore
 from integrations import metrics
 from integrations.history import History, HistoryBusy, PriceAt, bucket_samples
@@ -186,14 +187,14 @@ def json_body(allowed: Mapping[str, type], required: tuple[str, ...] = ()) -> di
     return data
 
 
-def gateway_of(data: Mapping[str, Any]) -> dict[str, Any]:
+def gateway_of(data: Mapping[str, Any]) -> str | None:
     """The optional ``"gateway": "<host>:<port>"`` of a setup request (the control thread checks that it exists)."""
     if "gateway" not in data:
-        return {}
+        return None
     gateway = data["gateway"].strip()
     if not gateway or len(gateway) > 300:
         raise ApiError('gateway must be "<host>:<port>" of a configured gateway')
-    return {"gateway": gateway}
+    return str(gateway)
 
 
 def int_in_range(data: Mapping[str, Any], name: str, low: int, high: int, default: int | None = None) -> int:
@@ -574,9 +575,9 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
         response.headers["Content-Disposition"] = f'attachment; filename="marstek-diagnose-{stamp}.json"'
         return response
 
-    def run(command: str, timeout_s: float = 60.0, **args: Any) -> Response:
+    def run(command: Command, timeout_s: float = 60.0) -> Response:
         """Run a command on the control thread; its messages in the page's language."""
-        return jsonify(i18n.render(commands.submit(command, timeout_s=timeout_s, **args), language()))
+        return jsonify(i18n.render(commands.submit(command, timeout_s=timeout_s), language()))
 
     @app.get("/api/mode")
     def api_mode() -> Response:
@@ -592,17 +593,17 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             request_ = modes.parse_request(data, max_charge_power_w())
         except modes.ModeError as exc:
             raise ApiError(str(exc)) from None
-        return run("set_mode", timeout_s=10.0, request=request_, source=source)
+        return run(SetMode(request=request_, source=source), timeout_s=10.0)
 
     @app.post("/api/setup/enter")
     def setup_enter() -> Response:
         json_body({})
-        return run("enter_setup")
+        return run(EnterSetup())
 
     @app.post("/api/setup/exit")
     def setup_exit() -> Response:
         json_body({})
-        return run("exit_setup")
+        return run(ExitSetup())
 
     @app.post("/api/setup/scan")
     def setup_scan() -> Response:
@@ -613,19 +614,19 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             raise ApiError("last_id must not be below first_id")
         if last_id - first_id >= 50:
             raise ApiError("scan at most 50 IDs at once")
-        return run("scan", timeout_s=120.0, first_id=first_id, last_id=last_id, **gateway_of(data))
+        return run(Scan(first_id=first_id, last_id=last_id, gateway=gateway_of(data)), timeout_s=120.0)
 
     @app.post("/api/setup/set-id")
     def setup_set_id() -> Response:
         data = json_body({"new_id": int, "gateway": str}, required=("new_id",))
         new_id = int_in_range(data, "new_id", 2, 247)
-        return run("set_id", new_id=new_id, **gateway_of(data))
+        return run(SetId(new_id=new_id, gateway=gateway_of(data)))
 
     @app.post("/api/setup/add-to-config")
     def setup_add_to_config() -> Response:
         data = json_body({"id": int, "gateway": str}, required=("id",))
         battery_id = int_in_range(data, "id", 1, 247)
-        return run("add_to_config", battery_id=battery_id, **gateway_of(data))
+        return run(AddToConfig(battery_id=battery_id, gateway=gateway_of(data)))
 
     @app.get("/api/<path:_rest>")
     def api_not_found(_rest: str) -> Response:

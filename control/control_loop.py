@@ -19,14 +19,15 @@ import functools
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import planning.plan_mode as plan_mode
 from config_loader import Config, UnitConfig
 from control import setup_commands
+from control.commands import SETUP_REQUESTS, AddToConfig, Command, EnterSetup, ExitSetup, Scan, SetId, SetMode
 from control.devices import (
     BatteryBus,
     BatteryError,
@@ -70,7 +71,6 @@ CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
 # A gateway that takes no connections for up to this long (the v3 firmware's network reset, 2-5 s) is shown
 # as "reconnecting", not offline; the law leaves its battery out meanwhile.
 RECONNECT_GRACE_S = 10.0
-SETUP_REQUESTS = frozenset({"enter_setup", "scan", "set_id", "add_to_config"})  # each keeps setup mode alive
 # Statuses whose reason only counts up or repeats ("meter failed 5x"): logged on a change of status only.
 _QUIET = frozenset({Status.WAITING_FOR_SAMPLE, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED})
 
@@ -122,6 +122,16 @@ class _Battery:
 
 def _device_name(bus: BatteryBus, *, unit_id: int) -> str:
     return bus.read_device_name(unit_id)
+
+
+# A setup job as ``setup_commands`` writes them: (bus, gateway, units configured there, heartbeat) -> its answer.
+SetupJob = Callable[[BatteryBus, str, Sequence[UnitConfig], Callable[[], None]], dict[str, Any]]
+
+
+def _unknown_command(command: NoReturn) -> NoReturn:
+    """The ``match`` default: mypy proves it unreachable (a new command type must be handled); at run time an
+    object from outside the type checker is refused, not ignored."""
+    raise CommandError(Msg("unknown_command", name=type(command).__name__), 400)
 
 
 class ControlLoop:
@@ -611,45 +621,57 @@ class ControlLoop:
         )
 
     # ------------------------------------------------------------------ commands from the web thread
-    def handle_command(self, name: str, args: Mapping[str, Any]) -> Any:
-        """Commands from the web thread (run here because only this thread owns the bus)."""
-        if name in SETUP_REQUESTS:
+    def handle_command(self, command: Command) -> Any:
+        """Commands from the web and MQTT threads (run here because only this thread owns the bus)."""
+        if isinstance(command, SETUP_REQUESTS):
             self._setup_request_s = self.clock()  # setup mode lasts while the setup page is being used
-        if name == "enter_setup":
-            return self.enter_setup()
-        if name == "exit_setup":
-            return self.exit_setup()
-        if name == "set_mode":
-            return self.set_mode(args["request"], args["source"])
-        if name not in ("scan", "set_id", "add_to_config"):
-            raise CommandError(Msg("unknown_command", name=name), 400)
-        args = dict(args)
-        gateway = self._gateway(args.pop("gateway", None))
-        if name == "add_to_config":
-            if not self.setup_mode:
-                raise CommandError(Msg("add_not_in_setup"), 409)
-            self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, gateway=gateway,
-                                                            answered=self._answered.get(gateway, set()), **args)
-            for unit in self.cfg.battery.units:  # the running control takes the new unit in at once
-                self.bus.add_unit(unit)
-                self.batteries.setdefault(unit.key, _Battery(unit))
-            return result
+        match command:
+            case EnterSetup():
+                return self.enter_setup()
+            case ExitSetup():
+                return self.exit_setup()
+            case SetMode(request=request, source=source):
+                return self.set_mode(request, source)
+            case AddToConfig(battery_id=battery_id, gateway=name):
+                return self._add_to_config(self._gateway(name), battery_id)
+            case Scan(first_id=first_id, last_id=last_id, gateway=name):
+                gateway = self._gateway(name)
+                result = self._on_setup_gateway(
+                    gateway, functools.partial(setup_commands.scan, first_id=first_id, last_id=last_id))
+                # What add-to-config may take: the IDs that answered this (the last) scan.
+                self._answered[gateway] = {hit["id"] for hit in result["found"]}
+                if result["one_battery_on_every_id"]:  # every ID answers: the config check explains the rest
+                    self._answered[gateway] = set(range(1, setup_commands.MAX_UNIT_ID + 1))
+                return result
+            case SetId(new_id=new_id, gateway=name):
+                gateway = self._gateway(name)
+                result = self._on_setup_gateway(gateway, functools.partial(setup_commands.set_id, new_id=new_id))
+                # Re-addressed and verified: the new ID answers now, the old ID 1 no longer.
+                self._answered.setdefault(gateway, set()).discard(1)
+                self._answered[gateway].add(result["new_id"])
+                return result
+            case _:
+                _unknown_command(command)
+
+    def _add_to_config(self, gateway: str, battery_id: int) -> dict[str, Any]:
+        if not self.setup_mode:
+            raise CommandError(Msg("add_not_in_setup"), 409)
+        self.cfg, result = setup_commands.add_to_config(self.cfg, self.config_path, gateway=gateway,
+                                                        battery_id=battery_id,
+                                                        answered=self._answered.get(gateway, set()))
+        for unit in self.cfg.battery.units:  # the running control takes the new unit in at once
+            self.bus.add_unit(unit)
+            self.batteries.setdefault(unit.key, _Battery(unit))
+        return result
+
+    def _on_setup_gateway(self, gateway: str, job: SetupJob) -> dict[str, Any]:
+        """``job`` run on ``gateway``'s bus (in setup mode only), with the units configured there."""
         if not self.setup_mode:
             raise CommandError(Msg("not_in_setup"), 409)
         units = [b.unit for b in self.batteries.values() if b.unit.gateway == gateway]
-        command = setup_commands.scan if name == "scan" else setup_commands.set_id
         # On a worker thread the heartbeat is kept up here, in ``call`` (the loop's fields stay this thread's).
         inner_alive = self._still_alive if not self.bus.threaded else lambda: None
-        result = self.bus.call(gateway, lambda bus: command(bus, gateway, units, inner_alive, **args),
-                               self._still_alive)
-        if name == "scan":  # what add-to-config may take: the IDs that answered this (the last) scan
-            self._answered[gateway] = {hit["id"] for hit in result["found"]}
-            if result["one_battery_on_every_id"]:  # every ID answers: the config check explains the rest
-                self._answered[gateway] = set(range(1, setup_commands.MAX_UNIT_ID + 1))
-        else:  # re-addressed and verified: the new ID answers now, the old ID 1 no longer
-            self._answered.setdefault(gateway, set()).discard(1)
-            self._answered[gateway].add(result["new_id"])
-        return result
+        return self.bus.call(gateway, lambda bus: job(bus, gateway, units, inner_alive), self._still_alive)
 
     def _gateway(self, gateway: object) -> str:
         """The gateway a setup command names ("<host>:<port>"), or the first one."""

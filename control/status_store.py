@@ -1,7 +1,7 @@
 """The only state shared between the control thread and the web thread.
 
 The control thread publishes immutable snapshots; the web thread reads them and hands
-commands (setup mode, scan, re-addressing) to the control thread through ``CommandQueue``,
+commands (``control.commands``: mode, setup mode, scan, re-addressing) to the control thread through ``CommandQueue``,
 because only the control thread may touch the hardware.
 """
 
@@ -19,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from control import i18n
+from control.commands import Command
 from planning.model import Plan
 
 EVENTS_KEPT = 200
@@ -269,9 +270,8 @@ class CommandError(Exception):
 
 
 @dataclass
-class _Command:
-    name: str
-    args: Mapping[str, Any]
+class _Queued:
+    command: Command
     future: Future
 
 
@@ -285,17 +285,19 @@ class CommandQueue:
     """
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[_Command] = queue.Queue(maxsize=16)
+        self._queue: queue.Queue[_Queued] = queue.Queue(maxsize=16)
         self.wakeup = threading.Event()  # lets the control loop react at once
 
-    def submit(self, name: str, timeout_s: float = 60.0, *, running_grace_s: float | None = None, **args: Any) -> Any:
-        """Run a command on the control thread and wait for its result (raises CommandError).
+    def submit(self, command: Command, timeout_s: float = 60.0, *, running_grace_s: float | None = None) -> Any:
+        """Run ``command`` on the control thread and wait for its result (raises CommandError).
 
         Not started within ``timeout_s``: cancelled (it never runs) and 504. Started but not finished by then:
         it is running on the hardware now, so the answer waits for it up to ``running_grace_s`` more (default
         ``timeout_s``); still not done, 504 saying so (its outcome goes to the events).
         """
-        cmd = _Command(name, args, Future())
+        if not isinstance(command, Command):  # a caller outside the type checker: refused here, in its thread
+            raise TypeError(f"not a command: {command!r}")
+        cmd = _Queued(command, Future())
         try:
             self._queue.put_nowait(cmd)
         except queue.Full:
@@ -311,7 +313,7 @@ class CommandQueue:
         except futures.TimeoutError:
             raise CommandError(i18n.Msg("command_still_running"), 504) from None
 
-    def run_pending(self, handler: Callable[[str, Mapping[str, Any]], Any]) -> None:
+    def run_pending(self, handler: Callable[[Command], Any]) -> None:
         """Execute every queued command with ``handler`` (control thread only); cancelled ones are dropped."""
         self.wakeup.clear()
         while True:
@@ -322,6 +324,6 @@ class CommandQueue:
             if not cmd.future.set_running_or_notify_cancel():
                 continue  # its waiter gave up (504): it never runs
             try:
-                cmd.future.set_result(handler(cmd.name, cmd.args))
+                cmd.future.set_result(handler(cmd.command))
             except Exception as exc:  # handed to the waiting web thread, never lost
                 cmd.future.set_exception(exc)

@@ -45,6 +45,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from config_loader import MqttConfig, unit_uid
 from control import modes
+from control.commands import SetMode
 from control.i18n import Msg
 from control.status_store import BatteryStatus, CommandError, CommandQueue, StatusSnapshot, StatusStore
 
@@ -258,7 +259,7 @@ class MqttBridge:
             except queue.Empty:
                 continue
             try:
-                self.commands.submit("set_mode", timeout_s=COMMAND_TIMEOUT_S, request=request, source="mqtt")
+                self.commands.submit(SetMode(request=request, source="mqtt"), timeout_s=COMMAND_TIMEOUT_S)
             except CommandError as exc:
                 log.warning("%s", Msg("mqtt_command_failed", topic=self.command_topic, error=str(exc)))
             except Exception as exc:  # a bug must not end the worker: later commands still count

@@ -23,6 +23,7 @@ import pytest
 import main
 from config_loader import Config, load_config, parse_config
 from control import i18n, setup_commands
+from control.commands import Command, EnterSetup, ExitSetup, Scan, SetId
 from control.control_loop import ControlLoop
 from control.status_store import CommandError, CommandQueue, StatusStore, StoreLogHandler
 from simulator.world import Simulation, UnitSpec
@@ -121,21 +122,21 @@ def test_a_command_that_timed_out_behind_a_long_scan_never_runs_later(tmp_path: 
     """A scan of IDs nobody answers on holds the control thread for seconds; a set-id and a mode change
     submitted meanwhile time out (504) and are never applied, not even once the scan is over."""
     with running_loop(tmp_path) as run:
-        run.commands.submit("enter_setup")
+        run.commands.submit(EnterSetup())
         scan_result: list[Any] = []
         scan = threading.Thread(target=lambda: scan_result.append(
-            run.commands.submit("scan", timeout_s=60.0, first_id=3, last_id=6)), daemon=True)
+            run.commands.submit(Scan(first_id=3, last_id=6), timeout_s=60.0)), daemon=True)
         scan.start()  # 4 IDs without an answer: about 4 s on the control thread
         wait_until(lambda: run.commands._queue.empty(), 5, "the control thread took the scan")
-        for name, args in (("set_id", {"new_id": 9}), ("exit_setup", {})):
+        for command in (SetId(new_id=9), ExitSetup()):
             with pytest.raises(CommandError) as timed_out:
-                run.commands.submit(name, timeout_s=0.3, **args)
+                run.commands.submit(command, timeout_s=0.3)
             assert timed_out.value.status == 504
             assert timed_out.value.message == i18n.Msg("command_cancelled")
         scan.join(30)
         assert scan_result and scan_result[0]["found"] == []
         # Commands run in order: this one answering means the cancelled ones were passed over.
-        assert run.commands.submit("enter_setup", timeout_s=10.0)["setup_mode"] is True
+        assert run.commands.submit(EnterSetup(), timeout_s=10.0)["setup_mode"] is True
         assert run.loop.setup_mode and run.store.latest().control_state == "setup"
         assert sorted(u.unit_id for u in run.sim.units) == [1, 2]
         assert all(register != 41100 for u in run.sim.units for register, _value in u.write_log)
@@ -148,10 +149,11 @@ def test_every_submitted_command_either_ran_and_answered_or_never_ran() -> None:
     stop = threading.Event()
 
     def control() -> None:
-        def handler(_name: str, args: Any) -> int:
-            ran.append(args["n"])
+        def handler(command: Command) -> int:
+            assert isinstance(command, SetId)
+            ran.append(command.new_id)
             stop.wait(random.uniform(0.0, 0.002))  # the command's own duration
-            return int(args["n"])
+            return command.new_id
 
         while not stop.is_set():
             commands.wakeup.wait(0.01)
@@ -166,8 +168,8 @@ def test_every_submitted_command_either_ran_and_answered_or_never_ran() -> None:
     def client(first: int) -> None:
         for n in range(first, first + 100):
             try:
-                result = commands.submit("n", timeout_s=random.uniform(0.0, 0.004), running_grace_s=10.0,
-                                         n=n)
+                result = commands.submit(SetId(new_id=n), timeout_s=random.uniform(0.0, 0.004),
+                                         running_grace_s=10.0)
             except CommandError as exc:
                 assert exc.status in (503, 504) and exc.message != i18n.Msg("command_still_running")
                 with lock:
@@ -195,17 +197,18 @@ def test_a_command_already_running_at_its_timeout_is_waited_for_not_disowned() -
     release = threading.Event()
     claimed = threading.Event()
 
-    def handler(_name: str, args: Any) -> int:
+    def handler(command: Command) -> int:
+        assert isinstance(command, SetId)
         claimed.set()
         release.wait(10)
-        return int(args["n"])
+        return command.new_id
 
     control = threading.Thread(target=lambda: (commands.wakeup.wait(5), commands.run_pending(handler)), daemon=True)
     control.start()
     # The command takes 1 s, the waiter gives up after 0.5 s: it is running by then (claimed at once).
     timer = threading.Thread(target=lambda: (claimed.wait(5), release.wait(1.0), release.set()), daemon=True)
     timer.start()
-    assert commands.submit("n", timeout_s=0.5, running_grace_s=10.0, n=7) == 7
+    assert commands.submit(SetId(new_id=7), timeout_s=0.5, running_grace_s=10.0) == 7
     control.join(5)
 
     release.clear()
@@ -213,7 +216,7 @@ def test_a_command_already_running_at_its_timeout_is_waited_for_not_disowned() -
     control = threading.Thread(target=lambda: (commands.wakeup.wait(5), commands.run_pending(handler)), daemon=True)
     control.start()
     with pytest.raises(CommandError) as still:
-        commands.submit("n", timeout_s=0.5, running_grace_s=0.2, n=8)
+        commands.submit(SetId(new_id=8), timeout_s=0.5, running_grace_s=0.2)
     assert still.value.status == 504 and still.value.message == i18n.Msg("command_still_running")
     assert claimed.is_set()
     release.set()
@@ -297,10 +300,10 @@ def test_setup_mode_ends_after_the_timeout_without_a_setup_request(caplog: pytes
         loop = rig.loop(fault_config(sim, [1]), clock)
         assert loop.cfg.web.setup_timeout_minutes == 15
         run_until(loop, clock, lambda: discharging(sim.unit(1)), 30, "discharging")
-        loop.handle_command("enter_setup", {})
+        loop.handle_command(EnterSetup())
         clock.advance(14 * 60)
         loop.cycle()
-        loop.handle_command("scan", {"first_id": 1, "last_id": 1})  # still in use: the time starts again
+        loop.handle_command(Scan(first_id=1, last_id=1))  # still in use: the time starts again
         clock.advance(14 * 60)
         loop.cycle()
         assert loop.setup_mode and loop.store.latest().control_state == "setup"

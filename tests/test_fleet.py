@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from config_loader import Config, parse_config
+from control.commands import AddToConfig, EnterSetup, ExitSetup, Scan, SetId
 from control.control_loop import ControlLoop
 from control.fleet import GRACE_S, Fleet
 from control.status_store import CommandError, CommandQueue, StatusStore
@@ -196,30 +197,30 @@ def test_setup_scans_and_readdresses_per_gateway(fleet_rig: FleetRig, fake_clock
     loop = fleet_rig.loop(cfg, fake_clock, config_path=path)
     loop.cycle()
     with pytest.raises(CommandError) as refused:
-        loop.handle_command("scan", {"gateway": gw(sim, 0)})
+        loop.handle_command(Scan(gateway=gw(sim, 0)))
     assert refused.value.status == 409  # not in setup mode
-    loop.handle_command("enter_setup", {})
+    loop.handle_command(EnterSetup())
 
     # A new battery arrives on ID 1 behind the RS485 gateway; the old one is unplugged while it is re-addressed.
     original = sim.gateways[0].unit(1)
     original.silent = True
     new = sim.gateways[0].add_unit(SimUnit(UnitSpec(1, soc_pct=40.0), sim.plant_params, sim.now_s, sim.gateway.lock))
-    first = loop.handle_command("scan", {"first_id": 1, "last_id": 3})  # default: the first gateway
+    first = loop.handle_command(Scan(first_id=1, last_id=3))  # default: the first gateway
     assert first["gateway"] == gw(sim, 0) and [f["id"] for f in first["found"]] == [1]
-    lan = loop.handle_command("scan", {"gateway": gw(sim, 1), "first_id": 1, "last_id": 3})
+    lan = loop.handle_command(Scan(first_id=1, last_id=3, gateway=gw(sim, 1)))
     assert [f["id"] for f in lan["found"]] == [1] and "ID" in lan["note"]
     with pytest.raises(CommandError) as v3:
-        loop.handle_command("set_id", {"gateway": gw(sim, 1), "new_id": 2})
+        loop.handle_command(SetId(new_id=2, gateway=gw(sim, 1)))
     assert v3.value.status == 409 and "v3" in str(v3.value.message)
     with pytest.raises(CommandError) as unknown:
-        loop.handle_command("scan", {"gateway": "10.9.9.9:502"})
+        loop.handle_command(Scan(gateway="10.9.9.9:502"))
     assert unknown.value.status == 400
 
-    result = loop.handle_command("set_id", {"gateway": gw(sim, 0), "new_id": 2})
+    result = loop.handle_command(SetId(new_id=2, gateway=gw(sim, 0)))
     assert result["verified"] and new.unit_id == 2 and result["gateway"] == gw(sim, 0)
     original.silent = False
 
-    added = loop.handle_command("add_to_config", {"gateway": gw(sim, 0), "battery_id": 2})
+    added = loop.handle_command(AddToConfig(battery_id=2, gateway=gw(sim, 0)))
     assert added["saved"] and f"{gw(sim, 0)}/2" in added["units"]
     saved = json.loads(path.read_text(encoding="utf-8"))
     assert saved["battery"]["units"][-1] == {"ip": gw(sim, 0), "id": 2}
@@ -227,13 +228,13 @@ def test_setup_scans_and_readdresses_per_gateway(fleet_rig: FleetRig, fake_clock
     assert f"{gw(sim, 0)}/2" in loop.batteries  # the running control has it
     before = path.read_bytes()
     with pytest.raises(CommandError) as lan_id:  # a second ID on the v3 LAN port would be the same battery
-        loop.handle_command("add_to_config", {"gateway": gw(sim, 1), "battery_id": 2})
+        loop.handle_command(AddToConfig(battery_id=2, gateway=gw(sim, 1)))
     why = str(lan_id.value.message)
     assert lan_id.value.status == 409
     assert f"battery.units[3]: several unit IDs (1, 2) on the v3 host {gw(sim, 1)}" in why
     assert "answers on every unit ID" in why and "rs485_gateway: true" in why
     assert path.read_bytes() == before and f"{gw(sim, 1)}/2" not in loop.batteries
-    loop.handle_command("exit_setup", {})
+    loop.handle_command(ExitSetup())
     sim.set_load_w(5000.0)
     run_until(loop, fake_clock, lambda: all(discharging(u) for u in sim.units), 30, "all three discharging",
               step_s=1.0)

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 import main
 from config_loader import Config, WebConfig, parse_config
+from control.commands import ExitSetup
 from control.control_loop import ControlLoop
 from control.status_store import CommandQueue, StatusStore
 from simulator.world import Simulation, UnitSpec
@@ -290,7 +291,7 @@ def check_response(req: FuzzRequest, status: int, content_type: str, body: bytes
 
 def leave_setup(system: System) -> None:
     if system.loop.setup_mode:
-        system.commands.submit("exit_setup")
+        system.commands.submit(ExitSetup())
 
 
 # FUZZ_EXAMPLES=5000 for a deeper run by hand; the default keeps the file quick.
@@ -320,7 +321,7 @@ def test_random_requests_never_get_a_5xx_or_a_stack_trace(
 def test_the_control_thread_survived_the_fuzzing(system: System) -> None:
     """After all that, the control thread still answers commands and regulates."""
     leave_setup(system)
-    assert system.commands.submit("exit_setup") == {"setup_mode": False}
+    assert system.commands.submit(ExitSetup()) == {"setup_mode": False}
     wait_until(lambda: system.store.latest().control_state == "active", 20, "control active after fuzzing")
     assert system.store.latest().meter_ok
 

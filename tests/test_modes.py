@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 import main
 from config_loader import Config, load_config
+from control.commands import SetMode
 from control.control_loop import ControlLoop
 from control.modes import ModeError, ModeFile, ModeRequest, ModeState, parse_payload, parse_request
 from control.status_store import CommandQueue, StatusStore
@@ -237,7 +238,7 @@ class Rig:
 
     def set_mode(self, request: ModeRequest, source: str) -> dict[str, Any]:
         """A mode request as the command queue hands it over, applied and saved."""
-        answer = self.loop.handle_command("set_mode", {"request": request, "source": source})
+        answer = self.loop.handle_command(SetMode(request=request, source=source))
         self.loop.apply_requested_mode()
         assert self.loop.mode_writer is not None and self.loop.mode_writer.flush()
         return answer
@@ -313,19 +314,19 @@ def test_hold_from_the_api_stops_discharging_within_one_cycle(tmp_path):
 def test_off_stops_every_battery_and_control_state_says_stopped(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         rig.cycle_until(rig.discharging, "discharging")
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(OFF), "source": "dashboard"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(OFF), source="dashboard"))
         rig.loop.cycle()
         assert all(rig.sim.unit(i).commanded_w == 0 for i in (1, 2))
         snap = rig.store.latest()
         assert snap.control_state == "stopped" and snap.status == "mode_off"
         assert snap.operating_mode["source"] == "dashboard"
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(AUTO), "source": "dashboard"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(AUTO), source="dashboard"))
         rig.cycle_until(rig.discharging, "auto resumes the discharge")
 
 
 def test_charge_mode_charges_from_the_grid(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(CHARGE, 1000), "source": "api"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(CHARGE, 1000), source="api"))
         rig.cycle_until(lambda: sum(rig.sim.unit(i).commanded_w for i in (1, 2)) == -1000, "charging at 1000 W")
         # The load and the charge come from the grid (the batteries ramp up within a few seconds).
         wait_until(lambda: rig.sim.true_grid_power_w() > 1800, 15, "900 W load + 1000 W charge from the grid")
@@ -363,7 +364,7 @@ def test_the_mode_survives_a_restart_and_expires_on_time(tmp_path):
 
 def test_setup_mode_overrides_every_mode(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(CHARGE, 1000), "source": "api"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(CHARGE, 1000), source="api"))
         rig.cycle_until(lambda: sum(rig.sim.unit(i).commanded_w for i in (1, 2)) == -1000, "charging")
         rig.loop.enter_setup()
         rig.loop.cycle()

@@ -14,6 +14,7 @@ import pytest
 
 from config_loader import BatteryConfig, ConfigError, PlanConfig, WebConfig, parse_config
 from control import i18n
+from control.commands import SetMode
 from control.modes import ModeRequest, ModeState
 from control.status_store import BatteryStatus, CommandQueue, HistorySample, StatusSnapshot, StatusStore
 from integrations.history import History, HistoryBusy
@@ -422,12 +423,12 @@ def test_the_control_applies_the_plan_below_every_manual_mode_on_the_simulator(t
         assert datetime.fromisoformat(mode["until"]) == start + Q
         assert rig.loop.mode == ModeState()  # the manual mode (and the mode file) stay auto
         # "auto" set by hand while the plan drives: after the cycle GET /api/mode shows the plan again
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(AUTO), "source": "dashboard"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(AUTO), source="dashboard"))
         rig.loop.cycle()
         assert store.latest().operating_mode["source"] == "plan"
         rig.cycle_until(charging, "still charging")
 
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(HOLD), "source": "api"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(HOLD), source="api"))
         assert store.latest().operating_mode["source"] == "api"
         rig.loop.cycle()
         assert rig.loop.active.mode.mode is HOLD  # the law ends the charge once it has a fresh meter sample
@@ -435,13 +436,13 @@ def test_the_control_applies_the_plan_below_every_manual_mode_on_the_simulator(t
         assert not rig.discharging()
         assert store.latest().operating_mode == {"mode": "hold", "power_w": None, "until": None, "source": "api"}
 
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(AUTO), "source": "api"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(AUTO), source="api"))
         rig.loop.cycle()  # within one cycle the plan is in force again
         assert store.latest().operating_mode["source"] == "plan" and rig.loop.active.mode.mode is CHARGE
         rig.cycle_until(charging, "the plan's charge again")
 
         # a manual hold with an expiry: back to the plan in the cycle it expires
-        rig.loop.handle_command("set_mode", {"request": ModeRequest(HOLD, None, 1), "source": "mqtt"})
+        rig.loop.handle_command(SetMode(request=ModeRequest(HOLD, None, 1), source="mqtt"))
         rig.loop.cycle()
         assert rig.loop.active.mode.mode is HOLD  # the law stops the charge once it has a fresh sample
         rig.cycle_until(lambda: not charging(), "the manual hold stops the plan's charge")

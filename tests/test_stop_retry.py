@@ -14,6 +14,7 @@ import pytest
 
 import main
 from control import i18n, setup_commands
+from control.commands import ExitSetup
 from control.control_loop import ControlLoop
 from control.devices import BatteryBus, BatteryError
 from control.status_store import CommandQueue, StatusStore
@@ -66,7 +67,7 @@ def test_a_stop_stuck_behind_a_busy_connection_is_retried_over_a_new_one(caplog:
             assert codes.count(retry) == 2 and "stuck_connection_aborted" in codes, codes
             holder.join(30)
             # The control's own connection works again afterwards.
-            loop.handle_command("exit_setup", {})
+            loop.handle_command(ExitSetup())
             wait_until(lambda: (loop.cycle(), all(discharging(u) for u in sim.units))[-1], 30, "regulating again")
         finally:
             loop.stop_all("test end")
