@@ -127,7 +127,7 @@ class Diagnostics:
     def meter_identity(self) -> dict[str, Any]:
         """Type and address from the config; the detected device kind where the driver knows one (Shelly)."""
         meter_cfg = self.cfg.meter
-        identity: dict[str, Any] = {"type": self.cfg.energy_meter_type, "address": meter_cfg.ip}
+        identity: dict[str, Any] = {"type": self.cfg.energy_meter_type, "address": meter_cfg.address}
         if self.meter is not None:
             identity["driver"] = getattr(self.meter, "name", type(self.meter).__name__)
             if hasattr(self.meter, "kind"):
