@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from config_loader import Config
+from config_loader import METER_SECTIONS, Config
 from control.status_store import QuirkCounter, StatusStore, now_iso
 
 REDACTED = "***"
@@ -103,6 +103,15 @@ def versions() -> dict[str, Any]:
     }
 
 
+def config_document(cfg: Config) -> dict[str, Any]:
+    """The configuration as plain data, the selected meter under its section's name (``"shelly"``,
+    ``"mqtt_meter"``, ...) beside ``energy_meter_type``, as the bundle has always shown it."""
+    doc = dataclasses.asdict(cfg)
+    doc.pop("meter")
+    return {"energy_meter_type": cfg.energy_meter_type,
+            METER_SECTIONS[cfg.energy_meter_type]: dataclasses.asdict(cfg.meter), **doc}
+
+
 class Diagnostics:
     """Builds the bundle from the config, the status store and what the threads have counted."""
 
@@ -148,7 +157,7 @@ class Diagnostics:
                 "disk_bytes": self.history.disk_bytes(), "retention_days": self.history.retention_days}
 
     def bundle(self) -> dict[str, Any]:
-        config, secrets = redact(dataclasses.asdict(self.cfg))
+        config, secrets = redact(config_document(self.cfg))
         status = self.store.status_json("en")
         events = status.pop("events", [])
         doc = {
