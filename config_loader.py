@@ -22,7 +22,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from control import i18n
 from control.marstek_registers import DEFAULT_PACING_S, FIRMWARE_MAX_POWER_W, REGISTER_SETS
@@ -44,29 +44,79 @@ MIN_PACING_MS = 20
 _TARGET_RANGE_W = (-1000, 1000)
 
 
-@dataclass(frozen=True)
-class MeterConfig:
-    """One grid meter section ("shelly", "ecotracker", "homewizard" or "http_json").
+@dataclass(frozen=True, kw_only=True)
+class MeterCommon:
+    """The keys every meter section has; ``cfg.meter`` is enough for code that needs only these.
 
-    ``host`` is the bare host: an IPv4 address, a hostname or an IPv6 address
-    without brackets (written ``[v6]:port`` in ``ip``); URLs need brackets around IPv6.
-    A section that is absent and not selected by ``energy_meter.type`` yields ip = host = "".
-    ``http_json`` has ``url`` instead of ``ip`` (``ip`` then holds the URL, ``host``/``port`` its parts).
+    ``kind`` is the section's ``energy_meter.type``; ``address`` is where the meter is, as written in the
+    config (shown by ``--check`` and the diagnostics).
     """
 
-    ip: str
-    host: str
-    port: int
+    kind: ClassVar[str]
     timeout_seconds: float = 5.0
     max_failures_before_stop: int = _LAW.max_meter_failures
     check_interval_seconds: float = 3.0
     max_frozen_seconds: float = 60.0
+
+    @property
+    def address(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class _HostMeterConfig(MeterCommon):
+    """A meter found by ``ip``: ``host`` is the bare host (an IPv4 address, a hostname or an IPv6 address
+    without brackets, written ``[v6]:port`` in ``ip``), ``port`` from ``ip`` or 80."""
+
+    ip: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return self.ip
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShellyConfig(_HostMeterConfig):
+    """The ``shelly`` section."""
+
+    kind: ClassVar[str] = "shelly"
     password: str | None = None
-    channels: tuple[int, ...] | None = None  # shelly.channels; None: the model's default
-    user: str = "admin"  # shelly.user (Gen1 Basic auth)
-    url: str = ""  # http_json.url
-    power_path: str = ""  # http_json.power_path, dotted
-    username: str | None = None  # http_json.username (Basic auth)
+    channels: tuple[int, ...] | None = None  # None: the model's default
+    user: str = "admin"  # Gen1 Basic auth
+
+
+@dataclass(frozen=True, kw_only=True)
+class EcoTrackerConfig(_HostMeterConfig):
+    """The ``ecotracker`` section."""
+
+    kind: ClassVar[str] = "ecotracker"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HomeWizardConfig(_HostMeterConfig):
+    """The ``homewizard`` section."""
+
+    kind: ClassVar[str] = "homewizard"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HttpJsonConfig(MeterCommon):
+    """The ``http_json`` section: ``url`` (``host``/``port`` are its parts; URLs need brackets around IPv6),
+    ``power_path`` dotted into the JSON answer, optional Basic auth."""
+
+    kind: ClassVar[str] = "http_json"
+    url: str
+    host: str
+    port: int
+    power_path: str
+    username: str | None = None
+    password: str | None = None
+
+    @property
+    def address(self) -> str:
+        return self.url
 
 
 FRAMERS = ("socket", "rtu")  # Modbus TCP, or Modbus RTU frames over TCP ("transparent" gateways)
@@ -224,8 +274,8 @@ class MqttConfig:
     client_id: str = "marstek-pv"
 
 
-@dataclass(frozen=True)
-class MqttMeterConfig:
+@dataclass(frozen=True, kw_only=True)
+class MqttMeterConfig(MeterCommon):
     """The grid power from an MQTT topic (section ``mqtt_meter``; the broker is the ``mqtt`` section).
 
     ``power_path``: dotted path into a JSON payload, None for a payload that is a bare number.
@@ -233,18 +283,18 @@ class MqttMeterConfig:
     waits for a fresh value when the last one is missing or too old (like an HTTP meter's answer).
     """
 
+    kind: ClassVar[str] = "mqtt"
     topic: str
     power_path: str | None = None
     max_age_seconds: float = 10.0
-    timeout_seconds: float = 5.0
-    max_failures_before_stop: int = _LAW.max_meter_failures
-    check_interval_seconds: float = 3.0
-    max_frozen_seconds: float = 60.0
 
     @property
-    def ip(self) -> str:
-        """Where the meter is (shown by ``--check`` like an HTTP meter's address)."""
+    def address(self) -> str:
         return self.topic
+
+
+# The section of the meter selected by ``energy_meter.type`` (``Config.meter``).
+MeterSection = ShellyConfig | EcoTrackerConfig | HomeWizardConfig | HttpJsonConfig | MqttMeterConfig
 
 
 @dataclass(frozen=True)
@@ -269,13 +319,16 @@ class PlanConfig:
     peak_import_limit_w: float | None = None  # peak shaving: discharge to keep the import at or below this
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Config:
-    """The whole validated configuration."""
+    """The whole validated configuration.
 
-    energy_meter_type: str
-    shelly: MeterConfig
-    ecotracker: MeterConfig
+    ``meter`` is the section of the meter selected by ``energy_meter.type`` (the other meter sections are
+    checked when present, then not kept): match on its class for its own keys, or use the shared keys of
+    ``MeterCommon`` directly.
+    """
+
+    meter: MeterSection
     battery: BatteryConfig
     control: ControlConfig
     web: WebConfig
@@ -284,22 +337,33 @@ class Config:
     description: str = ""
     version: str = ""
     mqtt: MqttConfig | None = None  # None: MQTT off
-    mqtt_meter: MqttMeterConfig | None = None  # set when energy_meter.type is "mqtt"
     plan: PlanConfig | None = None  # None: no plan section (the program runs as without prices)
-    homewizard: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
-    http_json: MeterConfig = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
     energy_meter_invert: bool = False  # energy_meter.invert: negate every reading (clamp mounted reversed)
     # Prices, forecasts and the plan (issue 20; planning/tariff_config.py): None = section absent, nothing fetched.
     tariff: TariffConfig | None = None
     forecast: ForecastConfig | None = None
 
     @property
-    def meter(self) -> MeterConfig | MqttMeterConfig:
-        """The section of the meter selected by ``energy_meter.type``."""
-        if self.energy_meter_type == "mqtt" and self.mqtt_meter is not None:
-            return self.mqtt_meter
-        section = getattr(self, METER_SECTIONS.get(self.energy_meter_type, "shelly"), None)
-        return section if isinstance(section, MeterConfig) else self.shelly
+    def energy_meter_type(self) -> str:
+        """``energy_meter.type``: "shelly", "ecotracker", "homewizard", "http_json" or "mqtt"."""
+        return self.meter.kind
+
+    def control_params(self) -> ControlParams:
+        """The control law's parameters: the one place where the config's key names meet the law's names
+        (the config's defaults are the law's, ``_LAW``)."""
+        b, c = self.battery, self.control
+        return ControlParams(
+            target_grid_charge_w=c.target_grid_power_charge,
+            target_grid_discharge_w=c.target_grid_power_discharge,
+            min_power_w=b.min_power_per_battery,
+            max_power_w=b.max_power_per_battery,
+            min_soc_pct=b.min_soc_for_discharge,
+            max_soc_pct=b.max_soc_for_charge,
+            max_meter_failures=self.meter.max_failures_before_stop,
+            deadband_w=c.deadband_w,
+            average_readings=c.average_readings,
+            distribution=c.distribution,
+        )
 
 
 class ConfigError(Exception):
@@ -578,47 +642,69 @@ def parse_host_port(text: str, default_port: int = DEFAULT_METER_PORT) -> tuple[
 # --------------------------------------------------------------------------- sections
 
 
-def _meter(sec: _Section, kind: str) -> MeterConfig | None:
-    """One meter section; ``kind`` is its energy_meter.type ("shelly", "ecotracker", "homewizard", "http_json")."""
-    url, power_path, username = "", "", None
-    host, port = _BAD, _BAD
+def _meter_common(sec: _Section) -> dict[str, Any]:
+    """The keys every meter section has (``MeterCommon``), by field name; a value may be _BAD."""
+    m = MeterCommon
+    return {
+        "timeout_seconds": sec.number("timeout_seconds", _default(m, "timeout_seconds"), 0, 60, lo_open=True),
+        "max_failures_before_stop": sec.integer(
+            "max_failures_before_stop", _default(m, "max_failures_before_stop"), 1, 100),
+        "check_interval_seconds": sec.number(
+            "check_interval_seconds", _default(m, "check_interval_seconds"), 0.2, 3600),
+        # Up to a day: a very large value effectively switches the frozen-reading check off.
+        "max_frozen_seconds": sec.number("max_frozen_seconds", _default(m, "max_frozen_seconds"), 5, 86400),
+    }
+
+
+_NO_PASSWORD = {"ecotracker": "the EcoTracker has no password; remove this key",
+                "homewizard": "the HomeWizard local API v1 has no password; remove this key"}
+
+
+def _meter(sec: _Section, kind: str) -> ShellyConfig | EcoTrackerConfig | HomeWizardConfig | HttpJsonConfig | None:
+    """One HTTP meter section; ``kind`` is its energy_meter.type ("shelly", "ecotracker", "homewizard",
+    "http_json")."""
     if kind == "http_json":
-        ip = url = sec.string("url")
-        if _ok(url):
-            try:
-                host, port = _parse_url(url)
-            except ValueError as exc:
-                ip = url = sec.fail("url", f"{exc}, got {json.dumps(url, ensure_ascii=False)}")
-        power_path = _power_path(sec)
-        username = sec.optional_string("username")
-    else:
-        ip = sec.string("ip")
-        if _ok(ip):
-            try:
-                host, port = parse_host_port(ip)
-            except ValueError as exc:
-                sec.fail("ip", f"{exc}, got {json.dumps(ip, ensure_ascii=False)}")
-    m = MeterConfig
-    timeout = sec.number("timeout_seconds", _default(m, "timeout_seconds"), 0, 60, lo_open=True)
-    failures = sec.integer("max_failures_before_stop", _default(m, "max_failures_before_stop"), 1, 100)
-    check = sec.number("check_interval_seconds", _default(m, "check_interval_seconds"), 0.2, 3600)
-    # Up to a day: a very large value effectively switches the frozen-reading check off.
-    frozen = sec.number("max_frozen_seconds", _default(m, "max_frozen_seconds"), 5, 86400)
-    with_password = kind in ("shelly", "http_json")
-    password = sec.optional_string("password") if with_password else None
-    channels: Any = None
-    user: Any = _default(m, "user")
+        return _http_json(sec)
+    ip = sec.string("ip")
+    host, port = _BAD, _BAD
+    if _ok(ip):
+        try:
+            host, port = parse_host_port(ip)
+        except ValueError as exc:
+            sec.fail("ip", f"{exc}, got {json.dumps(ip, ensure_ascii=False)}")
+    common = _meter_common(sec)
     if kind == "shelly":
+        password = sec.optional_string("password")
         channels = _shelly_channels(sec)
-        user = sec.string("user", _default(m, "user"))
-    no_password = {"ecotracker": "the EcoTracker has no password; remove this key",
-                   "homewizard": "the HomeWizard local API v1 has no password; remove this key"}
-    sec.finish({"password": no_password[kind]} if kind in no_password else {})
-    if not _ok(ip, host, port, timeout, failures, check, frozen, password, channels, user, url, power_path,
-               username):
+        user = sec.string("user", _default(ShellyConfig, "user"))
+        sec.finish()
+        if not _ok(ip, host, port, password, channels, user, *common.values()):
+            return None
+        return ShellyConfig(ip=ip, host=host, port=port, password=password, channels=channels, user=user, **common)
+    sec.finish({"password": _NO_PASSWORD[kind]})
+    if not _ok(ip, host, port, *common.values()):
         return None
-    return MeterConfig(ip, host, port, timeout, failures, check, frozen, password, channels, user, url,
-                       power_path, username)
+    section = EcoTrackerConfig if kind == "ecotracker" else HomeWizardConfig
+    return section(ip=ip, host=host, port=port, **common)
+
+
+def _http_json(sec: _Section) -> HttpJsonConfig | None:
+    url = sec.string("url")
+    host, port = _BAD, _BAD
+    if _ok(url):
+        try:
+            host, port = _parse_url(url)
+        except ValueError as exc:
+            url = sec.fail("url", f"{exc}, got {json.dumps(url, ensure_ascii=False)}")
+    power_path = _power_path(sec)
+    username = sec.optional_string("username")
+    common = _meter_common(sec)
+    password = sec.optional_string("password")
+    sec.finish()
+    if not _ok(url, host, port, power_path, username, password, *common.values()):
+        return None
+    return HttpJsonConfig(url=url, host=host, port=port, power_path=power_path, username=username,
+                          password=password, **common)
 
 
 def _shelly_channels(sec: _Section) -> Any:
@@ -705,7 +791,8 @@ def _battery(sec: _Section) -> BatteryConfig | None:
     if not _ok(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing, framer,
                 on_exit, rs485):
         return None
-    defaults = UnitConfig("", port, 1, register_set, max_w, min_w, "", framer, rs485)
+    defaults = UnitConfig(host="", port=port, unit_id=1, register_set=register_set, max_power_per_battery=max_w,
+                          min_power_per_battery=min_w, name="", framer=framer, rs485_gateway=rs485)
     if units_form:
         listed = _units(sec, units_value, defaults)
         if listed is None:
@@ -718,8 +805,10 @@ def _battery(sec: _Section) -> BatteryConfig | None:
         if problem is not None:
             sec.errors.append(problem)
             return None
-    return BatteryConfig(ip, port, timeout, akku_ids, max_w, min_w, min_soc, max_soc, register_set, pacing,
-                         framer, units, units_form, on_exit, rs485)
+    return BatteryConfig(ip=ip, port=port, timeout_seconds=timeout, akku_ids=akku_ids, max_power_per_battery=max_w,
+                         min_power_per_battery=min_w, min_soc_for_discharge=min_soc, max_soc_for_charge=max_soc,
+                         register_set=register_set, pacing_ms=pacing, framer=framer, units=units,
+                         units_form=units_form, on_exit=on_exit, rs485_gateway=rs485)
 
 
 def _seed_ip(sec: _Section) -> Any:
@@ -791,7 +880,8 @@ def _unit(sec: _Section, d: UnitConfig, n: int) -> UnitConfig | None:
         min_w = sec.conflict("min_power_per_battery", min_w, "must not be above", "max_power_per_battery", max_w)
     if not _ok(host, port, explicit_port, unit_id, register_set, max_w, min_w, name, framer, rs485, uid):
         return None
-    return UnitConfig(host, port, unit_id, register_set, max_w, min_w, name, framer, rs485, uid or "")
+    return UnitConfig(host=host, port=port, unit_id=unit_id, register_set=register_set, max_power_per_battery=max_w,
+                      min_power_per_battery=min_w, name=name, framer=framer, rs485_gateway=rs485, uid=uid or "")
 
 
 def _check_gateways(sec: _Section, units: list[UnitConfig]) -> tuple[UnitConfig, ...] | None:
@@ -896,7 +986,10 @@ def _control(sec: _Section | None) -> ControlConfig | None:
         )
     if not _ok(poll, soc, charge, discharge, algorithm, average, deadband, distribution):
         return None
-    return ControlConfig(poll, soc, charge, discharge, algorithm, average, deadband, distribution)
+    return ControlConfig(poll_interval_seconds=poll, soc_update_interval_seconds=soc,
+                         target_grid_power_charge=charge, target_grid_power_discharge=discharge,
+                         algorithm=algorithm, average_readings=average, deadband_w=deadband,
+                         distribution=distribution)
 
 
 def _web(sec: _Section | None) -> WebConfig | None:
@@ -967,7 +1060,7 @@ def _logging(sec: _Section | None, base_dir: Path | None) -> LoggingConfig | Non
         return None
     if base_dir is not None and not Path(file).is_absolute():
         file = str(Path(base_dir) / file)
-    return LoggingConfig(level, file, size, backups)
+    return LoggingConfig(level=level, file=file, max_file_size_mb=size, backup_count=backups)
 
 
 def _mqtt(sec: _Section | None) -> MqttConfig | Any | None:
@@ -1001,26 +1094,23 @@ def _mqtt(sec: _Section | None) -> MqttConfig | Any | None:
         return _BAD
     if host is None:
         return None
-    return MqttConfig(host, port, username, password, prefix, discovery, client_id)
+    return MqttConfig(host=host, port=port, username=username, password=password, topic_prefix=prefix,
+                      discovery_prefix=discovery, client_id=client_id)
 
 
 def _mqtt_meter(sec: _Section) -> MqttMeterConfig | None:
-    m = MqttMeterConfig
     topic = sec.string("topic")
     if _ok(topic) and any(c in topic for c in "#+"):
         topic = sec.fail("topic", f"must be one topic without wildcards (# +), got {json.dumps(topic)}")
     path = sec.optional_string("power_path")
     if _ok(path) and path is not None and any(not part for part in path.split(".")):
         path = sec.fail("power_path", f'must be a dotted path like "ENERGY.Power" or null, got {json.dumps(path)}')
-    max_age = sec.number("max_age_seconds", _default(m, "max_age_seconds"), 0, 3600, lo_open=True)
-    timeout = sec.number("timeout_seconds", _default(m, "timeout_seconds"), 0, 60, lo_open=True)
-    failures = sec.integer("max_failures_before_stop", _default(m, "max_failures_before_stop"), 1, 100)
-    check = sec.number("check_interval_seconds", _default(m, "check_interval_seconds"), 0.2, 3600)
-    frozen = sec.number("max_frozen_seconds", _default(m, "max_frozen_seconds"), 5, 86400)
+    max_age = sec.number("max_age_seconds", _default(MqttMeterConfig, "max_age_seconds"), 0, 3600, lo_open=True)
+    common = _meter_common(sec)
     sec.finish()
-    if not _ok(topic, path, max_age, timeout, failures, check, frozen):
+    if not _ok(topic, path, max_age, *common.values()):
         return None
-    return MqttMeterConfig(topic, path, max_age, timeout, failures, check, frozen)
+    return MqttMeterConfig(topic=topic, power_path=path, max_age_seconds=max_age, **common)
 
 
 def _history(sec: _Section | None, base_dir: Path | None) -> HistoryConfig | None:
@@ -1034,7 +1124,7 @@ def _history(sec: _Section | None, base_dir: Path | None) -> HistoryConfig | Non
         return None
     if base_dir is not None and path != ":memory:" and not Path(path).is_absolute():
         path = str(Path(base_dir) / path)
-    return HistoryConfig(path, retention)
+    return HistoryConfig(path=path, retention_days=retention)
 
 
 def _plan(sec: _Section | None, battery: BatteryConfig | None, has_tariff: bool) -> PlanConfig | Any | None:
@@ -1086,13 +1176,13 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         invert = em.boolean("invert", False)
         em.finish()
 
-    meters: dict[str, MeterConfig | None] = {}
+    # Every meter section present is checked; only the selected one is kept.
+    meter: MeterSection | None = None
     for name in _HTTP_METERS:
         sec = top.section(METER_SECTIONS[name], required=meter_type == name)
-        if sec is None:
-            meters[name] = MeterConfig(ip="", host="", port=DEFAULT_METER_PORT)
-        else:
-            meters[name] = _meter(sec, name)
+        if sec is not None:
+            section = _meter(sec, name)
+            meter = section if name == meter_type else meter
 
     battery_sec = top.section("battery", required=True)
     battery = _battery(battery_sec) if battery_sec is not None else None
@@ -1100,10 +1190,10 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
     web = _web(top.section("web", required=False))
     log = _logging(top.section("logging", required=False), base_dir)
     mqtt = _mqtt(top.section("mqtt", required=False))
-    mqtt_meter: MqttMeterConfig | None = None
     mqtt_meter_sec = top.section("mqtt_meter", required=meter_type == "mqtt")
     if mqtt_meter_sec is not None:
         mqtt_meter = _mqtt_meter(mqtt_meter_sec)
+        meter = mqtt_meter if meter_type == "mqtt" else meter
     if meter_type == "mqtt" and mqtt is None:
         errors.append('mqtt.host: energy_meter.type "mqtt" needs a broker: the mqtt section with a host')
     plan = _plan(top.section("plan", required=False), battery, isinstance(data.get("tariff"), dict))
@@ -1115,13 +1205,9 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
 
     if errors:
         raise ConfigError(errors)
-    assert battery and control and web and log and history and meters["shelly"] and meters["ecotracker"]
-    checked = {name: m for name, m in meters.items() if m is not None}
-    assert len(checked) == len(meters)
+    assert battery and control and web and log and history and meter
     return Config(
-        energy_meter_type=meter_type,
-        shelly=checked["shelly"],
-        ecotracker=checked["ecotracker"],
+        meter=meter,
         battery=battery,
         control=control,
         web=web,
@@ -1130,10 +1216,7 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         description=description,
         version=version,
         mqtt=mqtt,
-        mqtt_meter=mqtt_meter,
         plan=plan,
-        homewizard=checked["homewizard"],
-        http_json=checked["http_json"],
         energy_meter_invert=invert,
         tariff=tariff,
         forecast=forecast,

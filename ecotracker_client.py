@@ -19,7 +19,7 @@ from control.devices import GridReading, MeterError
 from shelly_client import get_json_object, power_field, url_host
 
 if TYPE_CHECKING:
-    from config_loader import MeterConfig
+    from config_loader import EcoTrackerConfig
 
 ECOTRACKER_PATH = "/v1/json"
 
@@ -56,9 +56,9 @@ class EcoTrackerClient:
         self._session = requests.Session()
 
     @classmethod
-    def from_config(cls, cfg: MeterConfig, clock: Callable[[], float] = time.monotonic) -> EcoTrackerClient:
+    def from_config(cls, cfg: EcoTrackerConfig, clock: Callable[[], float] = time.monotonic) -> EcoTrackerClient:
         """Build a client from the ``ecotracker`` config section."""
-        return cls(cfg.host, cfg.port, cfg.timeout_seconds, clock)
+        return cls(host=cfg.host, port=cfg.port, timeout_s=cfg.timeout_seconds, clock=clock)
 
     def describe(self) -> dict[str, Any]:
         """Identification for --check, the dashboard and diagnostics."""

@@ -28,6 +28,11 @@ from typing import Any
 from config_loader import (
     Config,
     ConfigError,
+    EcoTrackerConfig,
+    HomeWizardConfig,
+    HttpJsonConfig,
+    MqttMeterConfig,
+    ShellyConfig,
     default_config_path,
     load_config,
     parse_config,
@@ -62,18 +67,21 @@ def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> Gri
     With ``energy_meter.invert`` every reading is negated before anything else sees it.
     """
     meter: GridMeter
-    if cfg.energy_meter_type == "ecotracker":
-        meter = EcoTrackerClient.from_config(cfg.ecotracker, clock)
-    elif cfg.energy_meter_type == "homewizard":
-        meter = HomeWizardClient.from_config(cfg.homewizard, clock)
-    elif cfg.energy_meter_type == "http_json":
-        meter = HttpJsonClient.from_config(cfg.http_json, clock)
-    elif cfg.energy_meter_type == "mqtt" and cfg.mqtt is not None and cfg.mqtt_meter is not None:
-        from meters.mqtt_meter import MqttMeter
+    match cfg.meter:
+        case ShellyConfig() as section:
+            meter = ShellyClient.from_config(section, clock)
+        case EcoTrackerConfig() as section:
+            meter = EcoTrackerClient.from_config(section, clock)
+        case HomeWizardConfig() as section:
+            meter = HomeWizardClient.from_config(section, clock)
+        case HttpJsonConfig() as section:
+            meter = HttpJsonClient.from_config(section, clock)
+        case MqttMeterConfig() as section:
+            from meters.mqtt_meter import MqttMeter
 
-        meter = MqttMeter.from_config(cfg.mqtt, cfg.mqtt_meter, clock)
-    else:
-        meter = ShellyClient.from_config(cfg.shelly, clock)
+            if cfg.mqtt is None:  # the loader refuses this; kept for the type checker
+                raise ConfigError('mqtt.host: energy_meter.type "mqtt" needs a broker')
+            meter = MqttMeter.from_config(cfg.mqtt, section, clock)
     return InvertedMeter(meter) if cfg.energy_meter_invert else meter
 
 

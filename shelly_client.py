@@ -38,7 +38,7 @@ from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 from control.devices import GridReading, MeterError
 
 if TYPE_CHECKING:
-    from config_loader import MeterConfig
+    from config_loader import ShellyConfig
 
 MAX_ABS_POWER_W = 100_000.0  # beyond any house connection: a garbled value, not a reading
 MAX_CONNECT_TIMEOUT_S = 1.0  # a LAN device that takes longer to accept a connection is down
@@ -221,10 +221,10 @@ class ShellyClient:
         self._backoff_until_s = 0.0
 
     @classmethod
-    def from_config(cls, cfg: MeterConfig, clock: Callable[[], float] = time.monotonic) -> ShellyClient:
+    def from_config(cls, cfg: ShellyConfig, clock: Callable[[], float] = time.monotonic) -> ShellyClient:
         """Build a client from the ``shelly`` config section."""
-        return cls(cfg.host, cfg.port, cfg.timeout_seconds, cfg.password, clock, channels=cfg.channels,
-                   user=cfg.user)
+        return cls(host=cfg.host, port=cfg.port, timeout_s=cfg.timeout_seconds, password=cfg.password, clock=clock,
+                   channels=cfg.channels, user=cfg.user)
 
     @property
     def kind(self) -> str | None:

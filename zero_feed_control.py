@@ -64,7 +64,7 @@ DISTRIBUTIONS = ("efficient", "balanced")  # control.distribution
 
 @dataclass(frozen=True)
 class ControlParams:
-    """Tuning and limits of the control law (built from the config in main.py)."""
+    """Tuning and limits of the control law (built from the config by ``config_loader.Config.control_params``)."""
 
     target_grid_charge_w: float = -20.0
     target_grid_discharge_w: float = 20.0

@@ -37,7 +37,7 @@ from pymodbus.exceptions import ModbusIOException
 from battery_client import MarstekGateway, ModbusClient
 from benchmark.scenarios import Scenario
 from config_loader import parse_config
-from control.control_loop import ControlLoop, control_params
+from control.control_loop import ControlLoop
 from control.devices import GridReading, MeterError
 from control.fleet import Fleet
 from control.quality import IN_BAND_W, CrossingCounter, battery_export_w
@@ -480,7 +480,7 @@ def _run_loop(sc: Scenario, controller: str) -> tuple[World, dict[str, float]]:
     extra = dict(sc.control) if controller == "project" else {}
     tuning = {k[4:]: extra.pop(k) for k in list(extra) if k.startswith("law.")}  # experiments only
     cfg = parse_config(loop_config(sc, algorithm, poll_s, extra))
-    params = control_params(cfg)
+    params = cfg.control_params()
     world = World(sc, params)
     bus: Fleet | MarstekGateway
     if sc.gateways:
@@ -579,7 +579,7 @@ def _ideal_states(world: World, sc: Scenario) -> list[BatteryState]:
 def run(sc: Scenario, controller: str) -> RunResult:
     """Run one controller on one scenario; all metrics as a flat dict."""
     base = parse_config(loop_config(sc, "fast", 1.0, {k: v for k, v in sc.control if not k.startswith("law.")}))
-    params = control_params(base)
+    params = base.control_params()
     if controller in ("naive", "project"):
         world, extra = _run_loop(sc, controller)
     elif controller == "ideal":

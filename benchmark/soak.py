@@ -38,7 +38,7 @@ from benchmark.runner import (
 )
 from benchmark.scenarios import day24
 from config_loader import parse_config
-from control.control_loop import ControlLoop, control_params
+from control.control_loop import ControlLoop
 from control.devices import GridReading, MeterError
 from control.status_store import EVENTS_KEPT, HISTORY_KEPT, CommandQueue, StatusStore, StoreLogHandler
 
@@ -174,7 +174,7 @@ def run_soak(hours: float = 24.0, seed: int = 1, track_memory: bool = False) -> 
     sc = day24(seed, 3000.0, hours=hours, socs=(35.0, 65.0), max_power_w=(2500.0, 2500.0), name="soak")
     episodes = fault_schedule(hours, sc.batteries, seed)
     cfg = parse_config(loop_config(sc, "fast", 1.0, {}))
-    world = World(sc, control_params(cfg))
+    world = World(sc, cfg.control_params())
     client = FaultyModbusClient(world, episodes, cfg.battery.timeout_seconds)
     bus = simulated_gateway(world, cfg, client)  # the wire is simulated (with faults), the gateway's logic is real
     store = StatusStore()

@@ -21,11 +21,11 @@ def run_check(cfg: Config, config_path: Path, meter: GridMeter, fleet: Fleet) ->
     problems = 0
     print(Msg("check_config_ok", path=config_path))
     meter_cfg = cfg.meter
-    what = Msg("check_meter", type=cfg.energy_meter_type, ip=meter_cfg.ip)
+    what = Msg("check_meter", type=cfg.energy_meter_type, ip=meter_cfg.address)
     try:
         reading = meter.read()
         direction = Msg("check_import" if reading.grid_power_w >= 0 else "check_export")
-        print(Msg("check_meter_ok", type=cfg.energy_meter_type, ip=meter_cfg.ip, power=reading.grid_power_w,
+        print(Msg("check_meter_ok", type=cfg.energy_meter_type, ip=meter_cfg.address, power=reading.grid_power_w,
                   direction=direction))
         for line in meter_identification(meter):
             print(line)

@@ -37,7 +37,7 @@ from control.devices import (
     MeterError,
     describe_meter,
 )
-from control.fleet import Fleet, unit_name
+from control.fleet import SHUTDOWN_BUDGET_S, Fleet, unit_name
 from control.i18n import Msg
 from control.modes import ModeFile, ModeRequest, ModeState, ModeWriter
 from control.quality import QualityTracker
@@ -66,30 +66,12 @@ from zero_feed_control import (
 
 log = logging.getLogger("marstek")
 
-SHUTDOWN_BUDGET_S = 6.0
 CRASH_BACKOFF_S = (5.0, 10.0, 30.0, 60.0)
 # A gateway that takes no connections for up to this long (the v3 firmware's network reset, 2-5 s) is shown
 # as "reconnecting", not offline; the law leaves its battery out meanwhile.
 RECONNECT_GRACE_S = 10.0
 # Statuses whose reason only counts up or repeats ("meter failed 5x"): logged on a change of status only.
 _QUIET = frozenset({Status.WAITING_FOR_SAMPLE, Status.DEADBAND, Status.METER_RETRY, Status.METER_FAILED})
-
-
-def control_params(cfg: Config) -> ControlParams:
-    """The control law's parameters from the config."""
-    b, c = cfg.battery, cfg.control
-    return ControlParams(
-        target_grid_charge_w=c.target_grid_power_charge,
-        target_grid_discharge_w=c.target_grid_power_discharge,
-        min_power_w=b.min_power_per_battery,
-        max_power_w=b.max_power_per_battery,
-        min_soc_pct=b.min_soc_for_discharge,
-        max_soc_pct=b.max_soc_for_charge,
-        max_meter_failures=cfg.meter.max_failures_before_stop,
-        deadband_w=c.deadband_w,
-        average_readings=c.average_readings,
-        distribution=c.distribution,
-    )
 
 
 @dataclass
@@ -166,7 +148,7 @@ class ControlLoop:
         self._abandoned = threading.Event()  # main.py's emergency stop took over: no stop of our own any more
         self.config_path = config_path
         self.clock = clock
-        self.controller = make_controller(cfg.control.algorithm, controller_params or control_params(cfg))
+        self.controller = make_controller(cfg.control.algorithm, controller_params or cfg.control_params())
         self.batteries = {u.key: _Battery(u) for u in cfg.battery.units}
         self.setup_mode = False
         self.last_decision: Decision | None = None
@@ -586,7 +568,7 @@ class ControlLoop:
         online = [b for b in batteries if b.online and b.power_w is not None]
         socs = [b.soc_pct for b in batteries if b.online and b.soc_pct is not None]
         sample = HistorySample(
-            t=time.time(),
+            t=self.wall_clock(),
             grid_w=self.grid_power_w,
             battery_w=sum(b.power_w or 0.0 for b in online) if online else None,
             soc_pct=sum(socs) / len(socs) if socs else None,

@@ -42,6 +42,9 @@ GRACE_S = 0.25  # beyond a gateway's usual duration before the others stop waiti
 DURATIONS_KEPT = 32  # a gateway's usual duration: the longest of its recent rounds that ended in time
 FRAMES_PER_UNIT = 6  # the most frames one unit costs in a round (for a gateway with no history yet)
 CLOSE_WAIT_S = 1.0
+# The most a stop (or release) round waits unless told otherwise; the one home of the shutdown budget
+# (Fleet.stop_all, ControlLoop.stop_all, main.py).
+SHUTDOWN_BUDGET_S = 6.0
 
 BusFactory = Callable[[UnitConfig, float], BatteryBus]  # (first unit of the gateway, answer timeout) -> bus
 
@@ -207,13 +210,15 @@ class Fleet:
                 for key, (setpoint_w, reading) in commands.items()}
         return self._round("write", jobs)
 
-    def stop_all(self, keys: Iterable[str] | None = None, budget_s: float = 6.0) -> dict[str, BatteryError | None]:
+    def stop_all(self, keys: Iterable[str] | None = None,
+                 budget_s: float = SHUTDOWN_BUDGET_S) -> dict[str, BatteryError | None]:
         """Force mode stop and both setpoints 0 on every unit; waits at most ``budget_s`` (queued behind a busy job)."""
         jobs = {key: _stop_job(self.units[key].unit_id) for key in (self.units if keys is None else keys)}
         results = self._round("stop", jobs, budget_s=budget_s)
         return {key: (r if isinstance(r, BatteryError) else None) for key, r in results.items()}
 
-    def release_all(self, keys: Iterable[str] | None = None, budget_s: float = 6.0) -> dict[str, BatteryError | None]:
+    def release_all(self, keys: Iterable[str] | None = None,
+                    budget_s: float = SHUTDOWN_BUDGET_S) -> dict[str, BatteryError | None]:
         """battery.on_exit "release": hand every unit back to its own logic (after ``stop_all``)."""
         jobs = {key: _release_job(self.units[key].unit_id) for key in (self.units if keys is None else keys)}
         results = self._round("release", jobs, budget_s=budget_s)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from config_loader import Config
+from config_loader import METER_SECTIONS, Config
 from control import i18n
 from control.status_store import QuirkCounter, StatusStore, now_iso
 from planning.plan_mode import plan_json
@@ -106,6 +106,15 @@ def versions() -> dict[str, Any]:
     }
 
 
+def config_document(cfg: Config) -> dict[str, Any]:
+    """The configuration as plain data, the selected meter under its section's name (``"shelly"``,
+    ``"mqtt_meter"``, ...) beside ``energy_meter_type``, as the bundle has always shown it."""
+    doc = dataclasses.asdict(cfg)
+    doc.pop("meter")
+    return {"energy_meter_type": cfg.energy_meter_type,
+            METER_SECTIONS[cfg.energy_meter_type]: dataclasses.asdict(cfg.meter), **doc}
+
+
 class Diagnostics:
     """Builds the bundle from the config, the status store and what the threads have counted."""
 
@@ -130,7 +139,7 @@ class Diagnostics:
     def meter_identity(self) -> dict[str, Any]:
         """Type and address from the config; the detected device kind where the driver knows one (Shelly)."""
         meter_cfg = self.cfg.meter
-        identity: dict[str, Any] = {"type": self.cfg.energy_meter_type, "address": meter_cfg.ip}
+        identity: dict[str, Any] = {"type": self.cfg.energy_meter_type, "address": meter_cfg.address}
         if self.meter is not None:
             identity["driver"] = getattr(self.meter, "name", type(self.meter).__name__)
             if hasattr(self.meter, "kind"):
@@ -157,7 +166,7 @@ class Diagnostics:
         return i18n.render(plan_json(self.store.plan(), enabled, now), "en")
 
     def bundle(self) -> dict[str, Any]:
-        config, secrets = redact(dataclasses.asdict(self.cfg))
+        config, secrets = redact(config_document(self.cfg))
         status = self.store.status_json("en")
         events = status.pop("events", [])
         doc = {

@@ -43,7 +43,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from config_loader import MqttConfig, unit_uid
+from config_loader import BatteryConfig, MqttConfig, unit_uid
 from control import modes
 from control.commands import SetMode
 from control.i18n import Msg
@@ -458,6 +458,8 @@ def start_bridge(bridge: MqttBridge, stop: threading.Event) -> threading.Thread:
     return thread
 
 
-def gateway_of(battery: Any) -> str:
-    """``"<host>:<port>"`` of config_loader.BatteryConfig."""
-    return f"{battery.ip}:{battery.port}"
+def gateway_of(battery: BatteryConfig) -> str:
+    """``"<host>:<port>"`` of the first battery's gateway (IPv6 in brackets), for either form of the
+    battery section (``battery.ip`` is "" in the ``battery.units`` form); keys a battery status without its own
+    ``key`` (``MqttBridge.battery_key``)."""
+    return battery.units[0].gateway

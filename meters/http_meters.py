@@ -26,7 +26,7 @@ from control.devices import GridReading, MeterError
 from shelly_client import MAX_ABS_POWER_W, get_json_object, power_field, url_host
 
 if TYPE_CHECKING:
-    from config_loader import MeterConfig
+    from config_loader import HomeWizardConfig, HttpJsonConfig
 
 HOMEWIZARD_DATA_PATH = "/api/v1/data"
 HOMEWIZARD_P1 = "HWE-P1"
@@ -57,9 +57,9 @@ class HomeWizardClient:
         self._model: str | None = None
 
     @classmethod
-    def from_config(cls, cfg: MeterConfig, clock: Callable[[], float] = time.monotonic) -> HomeWizardClient:
+    def from_config(cls, cfg: HomeWizardConfig, clock: Callable[[], float] = time.monotonic) -> HomeWizardClient:
         """Build a client from the ``homewizard`` config section."""
-        return cls(cfg.host, cfg.port, cfg.timeout_seconds, clock)
+        return cls(host=cfg.host, port=cfg.port, timeout_s=cfg.timeout_seconds, clock=clock)
 
     @property
     def model(self) -> str | None:
@@ -142,9 +142,10 @@ class HttpJsonClient:
         self._label = f"JSON meter {url}"
 
     @classmethod
-    def from_config(cls, cfg: MeterConfig, clock: Callable[[], float] = time.monotonic) -> HttpJsonClient:
+    def from_config(cls, cfg: HttpJsonConfig, clock: Callable[[], float] = time.monotonic) -> HttpJsonClient:
         """Build a client from the ``http_json`` config section."""
-        return cls(cfg.url, cfg.power_path, cfg.timeout_seconds, cfg.username, cfg.password, clock)
+        return cls(url=cfg.url, power_path=cfg.power_path, timeout_s=cfg.timeout_seconds, username=cfg.username,
+                   password=cfg.password, clock=clock)
 
     @property
     def model(self) -> str:

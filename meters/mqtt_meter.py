@@ -93,7 +93,7 @@ class MqttMeter:
 
     @classmethod
     def from_config(cls, broker: MqttConfig, cfg: MqttMeterConfig, clock: Callable[[], float]) -> MqttMeter:
-        return cls(broker, cfg, clock)
+        return cls(broker=broker, cfg=cfg, clock=clock)
 
     def _on_connect(self, client: paho.Client, _userdata: Any, _flags: Any, reason: Any, _props: Any) -> None:
         if not reason.is_failure:

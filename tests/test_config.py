@@ -18,8 +18,13 @@ from config_loader import (
     Config,
     ConfigError,
     ControlConfig,
+    EcoTrackerConfig,
+    HomeWizardConfig,
+    HttpJsonConfig,
     LoggingConfig,
-    MeterConfig,
+    MeterCommon,
+    MqttMeterConfig,
+    ShellyConfig,
     UnitConfig,
     WebConfig,
     default_config_path,
@@ -29,6 +34,7 @@ from config_loader import (
     remove_stray_temp_files,
     update_akku_ids,
 )
+from zero_feed_control import ControlParams
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 EXAMPLE_PATH = REPO_DIR / "config.example.json"
@@ -77,10 +83,7 @@ def error_of(data: object) -> str:
 def test_example_loads_with_the_documented_values() -> None:
     cfg = load_config(EXAMPLE_PATH)
     assert cfg.energy_meter_type == "shelly"
-    assert cfg.shelly.ip == "192.168.1.100"
-    assert cfg.shelly.host == "192.168.1.100"
-    assert cfg.shelly.port == 80
-    assert cfg.ecotracker.ip == "192.168.1.101"
+    assert cfg.meter == ShellyConfig(ip="192.168.1.100", host="192.168.1.100", port=80, timeout_seconds=2.0)
     assert dataclasses.replace(cfg.battery, units=()) == BatteryConfig(ip="192.168.1.200", akku_ids=(1, 2))
     assert [u.key for u in cfg.battery.units] == ["192.168.1.200:502/1", "192.168.1.200:502/2"]
     assert cfg.control == ControlConfig(poll_interval_seconds=1.0)
@@ -88,31 +91,26 @@ def test_example_loads_with_the_documented_values() -> None:
     assert cfg.logging.file == str(REPO_DIR / "logs" / "marstek.log")
     assert cfg.description.startswith("Marstek PV-Akku Steuerung")
     assert cfg.version == "3.1"
-    assert cfg.meter is cfg.shelly
 
 
 def test_example_lists_every_key_the_loader_knows() -> None:
     """The example is the user's reference, so no setting may be missing from it."""
     data = example_data()
     sections = {
-        "shelly": MeterConfig,
-        "ecotracker": MeterConfig,
-        "homewizard": MeterConfig,
-        "http_json": MeterConfig,
+        "shelly": ShellyConfig,
+        "ecotracker": EcoTrackerConfig,
+        "homewizard": HomeWizardConfig,
+        "http_json": HttpJsonConfig,
+        "mqtt_meter": MqttMeterConfig,
         "battery": BatteryConfig,
         "control": ControlConfig,
         "web": WebConfig,
         "logging": LoggingConfig,
     }
     for section, cls in sections.items():
-        expected = set(cls.__dataclass_fields__)
-        if cls is MeterConfig:
+        expected = {f.name for f in dataclasses.fields(cls)}
+        if issubclass(cls, MeterCommon):
             expected -= {"host", "port"}  # derived from "ip" (http_json: from "url")
-            own = {"shelly": {"password", "channels", "user"}, "http_json": {"url", "power_path", "username",
-                                                                            "password"}}.get(section, set())
-            expected -= {"password", "channels", "user", "url", "power_path", "username"} - own
-            if section == "http_json":
-                expected.discard("ip")
         if cls is BatteryConfig:
             expected -= {"units", "units_form"}  # the other form: config.v3-household.example.json
         assert expected <= set(data[section]), section
@@ -122,19 +120,17 @@ def test_example_lists_every_key_the_loader_knows() -> None:
 def test_minimal_config_gets_every_default() -> None:
     cfg = parse_config(MINIMAL)
     assert cfg == Config(
-        energy_meter_type="shelly",
-        shelly=MeterConfig(ip="192.168.1.100", host="192.168.1.100", port=80),
-        ecotracker=MeterConfig(ip="", host="", port=80),
+        meter=ShellyConfig(ip="192.168.1.100", host="192.168.1.100", port=80),
         battery=BatteryConfig(ip="192.168.1.200", units=(
             UnitConfig("192.168.1.200", 502, 1, "v2", 2500, 50, "Akku 1"),)),
         control=ControlConfig(),
         web=WebConfig(),
         logging=LoggingConfig(),
     )
-    assert cfg.shelly.timeout_seconds == 5.0
-    assert cfg.shelly.max_failures_before_stop == 2
-    assert cfg.shelly.check_interval_seconds == 3.0
-    assert cfg.shelly.max_frozen_seconds == 60.0
+    assert cfg.meter.timeout_seconds == 5.0
+    assert cfg.meter.max_failures_before_stop == 2
+    assert cfg.meter.check_interval_seconds == 3.0
+    assert cfg.meter.max_frozen_seconds == 60.0
     assert cfg.battery.port == 502
     assert cfg.battery.akku_ids == (1,)
     assert cfg.battery.effective_pacing_ms == 50
@@ -151,9 +147,37 @@ def test_ecotracker_selected_needs_only_its_own_section() -> None:
     }
     cfg = parse_config(data)
     assert cfg.energy_meter_type == "ecotracker"
-    assert cfg.meter is cfg.ecotracker
-    assert cfg.ecotracker.host == "10.0.0.5"
-    assert cfg.shelly.ip == ""
+    assert cfg.meter == EcoTrackerConfig(ip="10.0.0.5", host="10.0.0.5", port=80)
+
+
+def test_only_the_selected_meter_section_is_kept_typed_and_the_others_are_still_checked() -> None:
+    data = {"energy_meter": {"type": "homewizard"}, "homewizard": {"ip": "10.0.0.7:8080", "timeout_seconds": 2},
+            "shelly": {"ip": "10.0.0.5", "user": "zaehler"}, "battery": {"ip": "10.0.0.6"}}
+    cfg = parse_config(data)
+    assert cfg.meter == HomeWizardConfig(ip="10.0.0.7:8080", host="10.0.0.7", port=8080, timeout_seconds=2.0)
+    assert (cfg.energy_meter_type, cfg.meter.address) == ("homewizard", "10.0.0.7:8080")
+    assert not hasattr(cfg, "shelly")  # an unselected section is not kept, but it is checked:
+    assert error_of(with_value(data, "shelly.channels", [7])).startswith("shelly.channels: must be a non-empty list")
+
+
+def test_meter_sections_are_built_with_keywords_only() -> None:
+    with pytest.raises(TypeError):
+        ShellyConfig("10.0.0.5", "10.0.0.5", 80)  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        Config(ShellyConfig(ip="10.0.0.5", host="10.0.0.5", port=80))  # type: ignore[misc]
+
+
+def test_control_params_map_the_keys_to_the_law_and_default_to_its_defaults() -> None:
+    assert parse_config(MINIMAL).control_params() == ControlParams()
+    cfg = parse_config(with_value(with_value(with_value(MINIMAL, "control", {
+        "target_grid_power_charge": -50, "target_grid_power_discharge": 40, "deadband_w": 25,
+        "average_readings": True, "distribution": "balanced"}), "battery", {
+        "ip": "10.0.0.6", "min_power_per_battery": 80, "max_power_per_battery": 800, "min_soc_for_discharge": 15,
+        "max_soc_for_charge": 90}), "shelly.max_failures_before_stop", 4))
+    assert cfg.control_params() == dataclasses.replace(
+        ControlParams(), target_grid_charge_w=-50.0, target_grid_discharge_w=40.0, min_power_w=80, max_power_w=800,
+        min_soc_pct=15.0, max_soc_pct=90.0, max_meter_failures=4, deadband_w=25.0, average_readings=True,
+        distribution="balanced")
 
 
 def test_config_is_frozen() -> None:
@@ -165,10 +189,10 @@ def test_config_is_frozen() -> None:
 @pytest.mark.parametrize(
     ("dotted", "value", "attribute", "expected"),
     [
-        ("shelly.timeout_seconds", 2, ("shelly", "timeout_seconds"), 2.0),
-        ("shelly.password", "geheim", ("shelly", "password"), "geheim"),
-        ("shelly.password", "", ("shelly", "password"), None),
-        ("shelly.password", None, ("shelly", "password"), None),
+        ("shelly.timeout_seconds", 2, ("meter", "timeout_seconds"), 2.0),
+        ("shelly.password", "geheim", ("meter", "password"), "geheim"),
+        ("shelly.password", "", ("meter", "password"), None),
+        ("shelly.password", None, ("meter", "password"), None),
         ("battery.register_set", "V3", ("battery", "register_set"), "v3"),
         ("battery.pacing_ms", 20, ("battery", "pacing_ms"), 20),
         ("battery.pacing_ms", None, ("battery", "pacing_ms"), None),
@@ -222,7 +246,7 @@ def test_comment_and_underscore_keys_are_ignored_everywhere() -> None:
 def test_host_port_parsing(ip: str, host: str, port: int) -> None:
     assert parse_host_port(ip) == (host, port)
     cfg = parse_config(with_value(MINIMAL, "shelly.ip", ip))
-    assert (cfg.shelly.host, cfg.shelly.port) == (host, port)
+    assert isinstance(cfg.meter, ShellyConfig) and (cfg.meter.host, cfg.meter.port) == (host, port)
 
 
 # --------------------------------------------------------------------------- errors

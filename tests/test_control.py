@@ -421,3 +421,23 @@ def test_decisions_name_the_grid_target_for_the_quality_figures(algorithm):
     assert d.target_grid_w == -20.0
     d = make_controller(algorithm, P).step(0.0, 10.0, [bat(power=0.0)])
     assert d.target_grid_w == 10.0  # resting: no error
+
+
+# ---------------------------------------------------------------------------- the control thread's clocks
+def test_history_samples_are_dated_by_the_injected_wall_clock(rig) -> None:
+    """The loop dates its history samples with its ``wall_clock``, never with time.time() behind its back."""
+    import main
+    from control.control_loop import ControlLoop
+    from control.status_store import CommandQueue, StatusStore
+    from simulator.world import UnitSpec
+    from tests.loop_rig import QUICK, fake_clock, fault_config
+
+    sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], **QUICK)
+    clock, wall_s = fake_clock(), 1_800_000_000.0
+    cfg = fault_config(sim, [1])
+    loop = ControlLoop(cfg, main.build_meter(cfg, clock), main.build_bus(cfg), StatusStore(), CommandQueue(),
+                       clock=clock, wall_clock=lambda: wall_s)
+    rig.loops.append(loop)
+    loop.cycle()
+    samples = loop.store.take_samples()
+    assert samples and {s.t for s in samples} == {wall_s}

@@ -68,7 +68,7 @@ def test_the_bundle_holds_no_secret_and_needs_the_password(tmp_path: Path) -> No
         assert secret not in text
     bundle = json.loads(text)
     assert bundle["config"]["web"]["password"] == REDACTED
-    assert bundle["config"]["shelly"]["password"] == REDACTED
+    assert bundle["config"]["shelly"]["password"] == REDACTED and bundle["config"]["energy_meter_type"] == "shelly"
     assert bundle["config"]["battery"]["akku_ids"] == [1, 2], "the rest of the config is there"
     assert any(REDACTED in e["message"] for e in bundle["events"]), "the quoting event is kept, redacted"
     assert set(bundle) >= {"versions", "config", "status", "events", "batteries", "meter", "quirks", "history"}

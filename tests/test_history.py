@@ -23,7 +23,6 @@ from control.control_loop import ControlLoop
 from control.status_store import CommandQueue, HistorySample, StatusSnapshot, StatusStore, StoreLogHandler
 from integrations import history as history_mod
 from integrations.history import GAP_S, RAW_KEEP_S, History, energy_between, local_day
-from shelly_client import ShellyClient
 from simulator.world import Simulation, UnitSpec
 from tests.helpers import wait_until
 from tests.test_web import web_cfg
@@ -322,7 +321,7 @@ def live_loop(tmp_path: Path, store: StatusStore) -> Iterator[ControlLoop]:
         }), encoding="utf-8")
         cfg = load_config(config_path)
         commands = CommandQueue()
-        loop = ControlLoop(cfg, ShellyClient.from_config(cfg.shelly), main.build_bus(cfg), store, commands)
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands)
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
         thread.start()

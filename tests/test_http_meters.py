@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from config_loader import ConfigError, parse_config
+from config_loader import ConfigError, HomeWizardConfig, HttpJsonConfig, ShellyConfig, parse_config
 from control.devices import describe_meter
 from main import build_meter
 from meters.http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError, value_at
@@ -88,12 +88,14 @@ BATTERY = {"ip": "192.168.1.200"}
 def test_config_builds_each_new_meter() -> None:
     cfg = parse_config({"energy_meter": {"type": "homewizard"}, "homewizard": {"ip": "192.168.1.60"},
                         "battery": BATTERY})
-    assert cfg.meter is cfg.homewizard and isinstance(build_meter(cfg), HomeWizardClient)
+    assert isinstance(cfg.meter, HomeWizardConfig) and isinstance(build_meter(cfg), HomeWizardClient)
     cfg = parse_config({"energy_meter": {"type": "http_json"}, "battery": BATTERY, "http_json": {
         "url": "http://tasmota.local/cm?cmnd=Status%2010", "power_path": SML_PATH, "username": "admin",
         "password": "x"}})
-    assert cfg.meter is cfg.http_json
-    assert (cfg.http_json.host, cfg.http_json.port, cfg.http_json.power_path) == ("tasmota.local", 80, SML_PATH)
+    assert isinstance(cfg.meter, HttpJsonConfig)
+    assert (cfg.meter.host, cfg.meter.port, cfg.meter.power_path) == ("tasmota.local", 80, SML_PATH)
+    assert (cfg.meter.address, cfg.meter.username, cfg.meter.password) == (
+        "http://tasmota.local/cm?cmnd=Status%2010", "admin", "x")
     meter = build_meter(cfg)
     assert isinstance(meter, HttpJsonClient) and meter.url == "http://tasmota.local/cm?cmnd=Status%2010"
 
@@ -131,7 +133,8 @@ def test_meter_config_errors_name_the_key(data: dict[str, Any], fragment: str) -
 def test_shelly_channels_user_and_invert_reach_the_driver() -> None:
     cfg = parse_config({"energy_meter": {"type": "shelly", "invert": True}, "battery": BATTERY,
                         "shelly": {"ip": "1.2.3.4", "channels": [0, 2], "user": "zaehler"}})
-    assert cfg.energy_meter_invert and cfg.shelly.channels == (0, 2) and cfg.shelly.user == "zaehler"
+    assert isinstance(cfg.meter, ShellyConfig)
+    assert cfg.energy_meter_invert and cfg.meter.channels == (0, 2) and cfg.meter.user == "zaehler"
     meter = build_meter(cfg)
     assert getattr(meter, "inverted", False) is True
     info = describe_meter(meter)  # the wrapper forwards the driver's identification

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from config_loader import MeterConfig
+from config_loader import EcoTrackerConfig, ShellyConfig
 from control.devices import GridMeter, GridReading, MeterError
 from ecotracker_client import EcoTrackerClient, EcoTrackerError
 from meters.http_meters import HomeWizardClient, HomeWizardError, HttpJsonClient, HttpJsonError
@@ -370,10 +370,10 @@ def test_connection_refused(make: type) -> None:
 
 
 def test_from_config() -> None:
-    cfg = MeterConfig(ip="[::1]:8080", host="::1", port=8080, timeout_seconds=1.5, password="pw")
+    cfg = ShellyConfig(ip="[::1]:8080", host="::1", port=8080, timeout_seconds=1.5, password="pw")
     client = ShellyClient.from_config(cfg)
     assert (client.host, client.port, client.timeout_s) == ("::1", 8080, 1.5)
-    eco = EcoTrackerClient.from_config(cfg)
+    eco = EcoTrackerClient.from_config(EcoTrackerConfig(ip="[::1]:8080", host="::1", port=8080, timeout_seconds=1.5))
     assert (eco.host, eco.port, eco.timeout_s) == ("::1", 8080, 1.5)
 
 

@@ -34,7 +34,7 @@ from config_loader import MqttConfig, MqttMeterConfig, parse_config
 from control import i18n
 from control.status_store import BatteryStatus, CommandQueue, StatusSnapshot, StatusStore
 from integrations.diagnostics import program_version
-from integrations.mqtt_bridge import MqttBridge
+from integrations.mqtt_bridge import MqttBridge, gateway_of
 from meters.mqtt_meter import MqttMeter, MqttMeterError, power_from_payload
 from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, stop_process, wait_until
@@ -365,8 +365,8 @@ def test_power_from_payload_bare_number_and_dotted_path():
 
 def test_mqtt_meter_never_turns_a_missing_or_old_value_into_0_w(broker):
     now = [1000.0]
-    meter = MqttMeter(mqtt_cfg(broker.port), MqttMeterConfig("house/grid", "power", max_age_seconds=10,
-                                                             timeout_seconds=0.3), clock=lambda: now[0])
+    section = MqttMeterConfig(topic="house/grid", power_path="power", max_age_seconds=10, timeout_seconds=0.3)
+    meter = MqttMeter(mqtt_cfg(broker.port), section, clock=lambda: now[0])
     try:
         with pytest.raises(MqttMeterError, match="no reading received on house/grid"):
             meter.read()
@@ -384,7 +384,7 @@ def test_mqtt_meter_never_turns_a_missing_or_old_value_into_0_w(broker):
 
 
 def test_mqtt_meter_without_a_broker_says_so(tmp_path):
-    meter = MqttMeter(mqtt_cfg(free_port()), MqttMeterConfig("house/grid", None, timeout_seconds=0.2))
+    meter = MqttMeter(mqtt_cfg(free_port()), MqttMeterConfig(topic="house/grid", timeout_seconds=0.2))
     try:
         with pytest.raises(MqttMeterError, match=r"not connected to the MQTT broker 127\.0\.0\.1"):
             meter.read()
@@ -586,6 +586,24 @@ def test_energy_today_from_the_history_is_published_and_discovered() -> None:
     none = MqttBridge(mqtt_cfg(1883), StatusStore(), CommandQueue(), gateway="192.168.1.200:502",
                       max_charge_power_w=lambda: 5000)
     assert not [t for t in none.discovery(snapshot(100.0)) if "energy_today" in t]
+
+
+@pytest.mark.parametrize(("battery", "gateway"), [
+    ({"units": [{"ip": "192.168.1.50", "name": "Keller"}, {"ip": "192.168.1.51:503", "name": "Garage"}]},
+     "192.168.1.50:502"),
+    ({"ip": "192.168.1.200", "port": 503, "akku_ids": [1, 2]}, "192.168.1.200:503"),
+    ({"ip": "fe80::1", "akku_ids": [1]}, "[fe80::1]:502"),
+])
+def test_the_bridge_gateway_comes_from_the_units_in_either_form(battery: dict[str, Any], gateway: str) -> None:
+    """``gateway_of`` as main.py's start_mqtt uses it: in the ``battery.units`` form (``battery.ip`` is "") the
+    gateway is the first unit's, so a battery status without a key gets a real address, never ":502"."""
+    cfg = parse_config({"shelly": {"ip": "192.168.1.100"}, "battery": battery, "mqtt": {"host": "127.0.0.1"}})
+    assert cfg.mqtt is not None
+    assert gateway_of(cfg.battery) == gateway
+    bridge = MqttBridge(cfg.mqtt, StatusStore(), CommandQueue(), gateway=gateway_of(cfg.battery),
+                        max_charge_power_w=lambda: 5000)
+    state = bridge.state_document(snapshot(100.0))
+    assert [b["key"] for b in state["batteries"]] == [f"{gateway}/1", f"{gateway}/2"]
 
 
 def test_three_program_starts_on_new_gateway_addresses_give_one_set_of_entities(broker, tmp_path):

@@ -40,7 +40,6 @@ from control.status_store import (
     StatusStore,
     StoreLogHandler,
 )
-from shelly_client import ShellyClient
 from simulator.world import Simulation, UnitSpec
 from tests.helpers import free_port, wait_until
 from web_server import create_app
@@ -108,7 +107,7 @@ def live_system(tmp_path: Path, **web: Any) -> Iterator[Live]:
         app_logger = logging.getLogger("marstek")
         old_level = app_logger.level
         app_logger.setLevel(logging.INFO)
-        loop = ControlLoop(cfg, ShellyClient.from_config(cfg.shelly), main.build_bus(cfg), store, commands,
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands,
                                 config_path=config_path)
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
