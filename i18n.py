@@ -610,6 +610,7 @@ MESSAGES_DE: dict[str, str] = {
     "reason_seed_hold": "halten (gemittelt Netz {grid} W)",
     "reason_seed_track": "Ursprungsregelung: {power} W (gemittelt Netz {grid} W)",
     "note_offline": "nicht erreichbar",
+    "note_count": "{count} Akkus: {note}",
     "note_reconnecting": "Verbindung kurz unterbrochen (Netzwerk-Reset der Firmware?): verbindet neu",
     "note_device_limit_discharge": (
         "Akku entlädt höchstens mit {limit} W (statt {max} W): Grenze des Modells oder Register 44003 – "
@@ -837,6 +838,7 @@ MESSAGES_EN: dict[str, str] = {
     "reason_seed_hold": "hold (avg grid {grid} W)",
     "reason_seed_track": "seed loop: {power} W (avg grid {grid} W)",
     "note_offline": "offline",
+    "note_count": "{count} batteries: {note}",
     "note_reconnecting": "connection briefly lost (firmware network reset?): reconnecting",
     "note_device_limit_discharge": (
         "the battery discharges at most {limit} W (instead of {max} W): the model's limit or register 44003 - "

@@ -186,6 +186,16 @@ def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, Msg
     return (max_charge_w if can_charge else 0.0), (max_discharge_w if can_discharge else 0.0), note
 
 
+def notes_reason(notes: Mapping[BatteryId, Msg]) -> Msg:
+    """The batteries' notes as one reason, one text per cause: batteries with the same note are counted
+    ("2 Akkus: nicht erreichbar"), not listed once each."""
+    counts: dict[Msg, int] = {}
+    for note in notes.values():
+        counts[note] = counts.get(note, 0) + 1
+    return Msg("reason_notes", notes=[note if n == 1 else Msg("note_count", count=n, note=note)
+                                      for note, n in counts.items()])
+
+
 def distribute(
     total_w: float,
     batteries: Sequence[BatteryState],
@@ -513,7 +523,7 @@ class FastController:
         notes = self._notes(now_s, batteries)
         held = self._safe_hold(batteries)
         if held != self._setpoints:  # a held setpoint became unsafe (SoC limit, offline, paused): drop it now
-            why = Msg("reason_notes", notes=list(notes.values())) if notes else Msg("reason_battery_offline")
+            why = notes_reason(notes) if notes else Msg("reason_battery_offline")
             return self._command(held, Decision(setpoints_w=dict(held), status=Status.SOC_LIMIT, reason=why,
                                                 grid_power_avg_w=grid_power_w, battery_notes=notes))
         if not fresh and not recovered:
@@ -561,7 +571,7 @@ class FastController:
                 return decide(Status.MODE_HOLD, Msg("reason_mode_hold", demand=held_back_w), self._setpoints)
             if wanted_w == 0:
                 return decide(Status.IDLE, Msg("reason_in_band", grid=grid_w), self._setpoints)
-            why = (Msg("reason_notes", notes=list(notes.values())) if notes
+            why = (notes_reason(notes) if notes
                    else Msg("reason_below_min_power", demand=abs(wanted_w)))
             return decide(Status.SOC_LIMIT if notes else Status.IDLE, why, self._setpoints)
         moved_w = max((abs(setpoints.get(i, 0) - w) for i, w in self._setpoints.items()), default=0)
