@@ -587,6 +587,7 @@ MESSAGES_DE: dict[str, str] = {
     ),
     # -- web
     "web_cannot_listen": "Webserver: kann nicht auf {host}:{port} lauschen: {error}",
+    "demo_simulator_failed": "Der Simulator der Demo startet nicht: {error}",
     "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "Web-Oberfläche ohne Passwort auf {host} erreichbar: jeder im Netz kann den Setup-Modus starten. "
@@ -815,6 +816,7 @@ MESSAGES_EN: dict[str, str] = {
     ),
     # -- web
     "web_cannot_listen": "Web server: cannot listen on {host}:{port}: {error}",
+    "demo_simulator_failed": "The demo's simulator does not start: {error}",
     "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "Web UI reachable without a password on {host}: anyone on the network can start setup mode. "

@@ -175,11 +175,12 @@ def _demo_names(gateway: Any) -> list[str]:
 
 
 def demo_simulation() -> Any:
-    """The demo's mixed fleet: one v2 RS485 gateway with two units and one Venus E v3 on its own LAN port."""
-    from simulator import HouseModel, Simulation, UnitSpec
+    """The demo's mixed fleet (``simulator.demo_simulation``: one v2 RS485 gateway with two units and one Venus E
+    v3 on its own LAN port), started in a process of its own: a busy machine must not make the simulated
+    batteries look unreachable because the simulator and the program share one interpreter."""
+    from simulator import SimulationProcess
 
-    return Simulation(units=[UnitSpec(1, soc_pct=55.0), UnitSpec(2, soc_pct=70.0)], house=HouseModel(demo=True),
-                      gateways=[[UnitSpec(1, "v3", soc_pct=62.0)]])
+    return SimulationProcess()
 
 
 def start_web(app: Any, host: str, port: int) -> tuple[Any, threading.Thread]:
@@ -249,8 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.demo:
             # Not config_path: the demo writes nothing into the file (mode, setup's "add to config").
             sections = read_sections(args.config.resolve(), DEMO_SECTIONS) if args.config is not None else None
-            sim = demo_simulation()
-            sim.start()
+            try:
+                sim = demo_simulation()
+            except (OSError, RuntimeError) as exc:
+                print(i18n.Msg("demo_simulator_failed", error=str(exc)), file=sys.stderr)
+                return 1
             demo_dir = tempfile.mkdtemp(prefix="marstek-demo-")
             cfg = demo_config(args.port or 8080, sim, str(Path(demo_dir) / "history.sqlite3"), sections)
         else:

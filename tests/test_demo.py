@@ -1,10 +1,13 @@
-"""``main.py --demo --config FILE``: the demo takes the ``web``, ``mqtt`` and ``history`` sections from FILE (a
+"""The demo: ``main.py --demo --config FILE`` takes the ``web``, ``mqtt`` and ``history`` sections from FILE (a
 real mosquitto, the dashboard on FILE's port, the history beside FILE); the simulator stays the meter and the
-batteries, and nothing is written into FILE."""
+batteries, and nothing is written into FILE. The demo's simulator runs in a process of its own that ends with
+the program."""
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from simulator import SimulationProcess
 from tests.helpers import free_port, stop_process, wait_until
 from tests.test_mqtt import Broker, listening
 
@@ -90,3 +94,43 @@ def test_demo_with_a_bad_section_in_the_config_file_exits_2_naming_the_key(tmp_p
     missing = subprocess.run([sys.executable, str(ROOT / "main.py"), "--demo", "--config", str(tmp_path / "none.json")],
                              cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "none.json" in missing.stderr
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_demo_simulator_runs_in_a_process_of_its_own_and_ends_with_its_parent(tmp_path: Path) -> None:
+    sim = SimulationProcess()
+    try:
+        assert sim.pid != os.getpid()
+        assert [(len(g.units), g.lan) for g in sim.gateways] == [(2, False), (1, True)]
+        shelly = requests.get(f"http://127.0.0.1:{sim.shelly_port}/rpc/EM.GetStatus?id=0", timeout=5).json()
+        assert "total_act_power" in shelly
+        with socket.create_connection(("127.0.0.1", sim.gateways[1].port), timeout=5):
+            pass  # the v3 LAN port takes a client
+    finally:
+        sim.stop()
+    assert not alive(sim.pid)
+
+    # A parent that dies without stopping it (SIGKILL) takes the simulation with it: its stdin closes.
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from simulator import SimulationProcess; "
+              "print(SimulationProcess().pid, flush=True); sys.stdin.read()")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(ROOT)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        child_pid = int(parent.stdout.readline())
+        assert alive(child_pid)
+        parent.kill()
+        parent.wait()
+        wait_until(lambda: not alive(child_pid), 10, "the simulator process ends with its parent")
+    finally:
+        stop_process(parent)
+        for pipe in (parent.stdin, parent.stdout):
+            if pipe is not None:
+                pipe.close()
