@@ -580,6 +580,7 @@ MESSAGES_DE: dict[str, str] = {
     ),
     "gateway_busy": "Gateway {gateway} ist noch mit der letzten Anfrage beschäftigt",
     "gateway_too_slow": "Gateway {gateway} hat nicht rechtzeitig geantwortet",
+    "gateway_silent": "Gateway {gateway} hat nicht rechtzeitig geantwortet (über {silent_ms} ms ohne Antwort)",
     "unknown_gateway": "Unbekanntes Gateway {gateway}; eingetragen sind: {gateways}",
     "v3_lan_no_id_change": (
         "{gateway} ist der LAN-Anschluss eines Venus E v3/A/D: er antwortet auf jede ID und braucht keine "
@@ -809,6 +810,7 @@ MESSAGES_EN: dict[str, str] = {
     ),
     "gateway_busy": "Gateway {gateway} is still busy with its last request",
     "gateway_too_slow": "Gateway {gateway} did not answer in time",
+    "gateway_silent": "Gateway {gateway} did not answer in time (no answer for over {silent_ms} ms)",
     "unknown_gateway": "Unknown gateway {gateway}; configured: {gateways}",
     "v3_lan_no_id_change": (
         "{gateway} is the LAN port of a Venus E v3/A/D: it answers on every ID and needs no other Modbus ID. "
