@@ -192,6 +192,7 @@ class MarstekGateway:
         self._unreachable_since_s: float | None = None
         self._units: dict[int, _UnitState] = {}
         self.writes_total = 0
+        self.frame_ended: Callable[[], None] | None = None  # the fleet's straggler watch (owner thread)
 
     # ------------------------------------------------------------------ frames
     def _unit(self, unit_id: int) -> _UnitState:
@@ -251,7 +252,14 @@ class MarstekGateway:
             self._sleep(wait_s)
 
     def _frame(self, unit_id: int, what: str, call: Callable[[], Any]) -> Any:
-        """Run one request with pacing; turn every failure into BatteryError."""
+        """Run one request with pacing; turn every failure into BatteryError; tell ``frame_ended`` after it."""
+        try:
+            return self._request(unit_id, what, call)
+        finally:
+            if self.frame_ended is not None:
+                self.frame_ended()
+
+    def _request(self, unit_id: int, what: str, call: Callable[[], Any]) -> Any:
         state = self._unit(unit_id)
         now = self._clock()
         if now < state.retry_at_s:

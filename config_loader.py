@@ -1270,6 +1270,25 @@ def load_config(path: Path | str) -> Config:
     return parse_config(data, base_dir=path.resolve().parent)
 
 
+def read_sections(path: Path | str, names: tuple[str, ...]) -> dict[str, Any]:
+    """The top-level sections ``names`` of the config file at ``path``, as written (absent ones left out), for
+    ``--demo --config``; a relative ``history.path`` is made absolute against the file's folder. Raises
+    ConfigError for a file that cannot be read or is not a JSON object; the sections are checked by
+    ``parse_config`` where they are used."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
+    sections = {name: data[name] for name in names if name in data}
+    history = sections.get("history")
+    if isinstance(history, dict) and isinstance(history.get("path"), str) and history["path"].strip() \
+            and history["path"] != ":memory:":
+        history = dict(history)
+        history["path"] = str(path.resolve().parent / history["path"])  # an absolute path stays as it is
+        sections["history"] = history
+    return sections
+
+
 def update_akku_ids(path: Path | str, akku_ids: list[int]) -> Config:
     """Set ``battery.akku_ids`` in the file, keeping every other key and its order.
 

@@ -6,6 +6,9 @@ thread (``web_server``), and handles the signals. SIGINT/SIGTERM stop every batt
 program exits.
 
     python main.py [--config PATH] [--demo] [--check] [--port N] [--host H]
+
+``--demo --config PATH`` takes the ``web``, ``mqtt`` and ``history`` sections from PATH; the simulator stands in
+for the meter and the batteries.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from config_loader import (
     default_config_path,
     load_config,
     parse_config,
+    read_sections,
     remove_stray_temp_files,
     set_web_password,
 )
@@ -59,6 +63,7 @@ log = logging.getLogger("marstek")
 
 EMERGENCY_TIMEOUT_S = 1.0  # answer timeout of the watchdog's own connection
 MODE_FILE = Path("data") / "mode.json"  # the operating mode, beside the config file
+DEMO_SECTIONS = ("web", "mqtt", "history")  # what ``--demo --config FILE`` takes from FILE
 
 
 def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> GridMeter:
@@ -158,20 +163,27 @@ def setup_logging(cfg: Config, store: StatusStore, base_dir: Path) -> None:
     logging.getLogger("waitress.queue").setLevel(logging.ERROR)  # "Task queue depth" is not an event
 
 
-def demo_config(port: int, sim: Any, history_path: str = ":memory:") -> Config:
+def demo_config(port: int, sim: Any, history_path: str = ":memory:",
+                sections: Mapping[str, Any] | None = None) -> Config:
     """A config pointing at the built-in simulator: every gateway of ``sim`` and every unit behind it; the
-    history in ``history_path`` (a temp dir)."""
+    history in ``history_path`` (a temp dir). ``sections`` (``--demo --config``: the file's ``web``, ``mqtt``
+    and ``history``) are laid over the demo's own, key by key; the meter and the batteries stay simulated."""
     units = [{"ip": f"127.0.0.1:{gateway.port}", "id": unit.unit_id, "register_set": unit.register_set,
               "name": name, "rs485_gateway": not gateway.lan}
              for gateway in sim.gateways for unit, name in zip(gateway.units, _demo_names(gateway), strict=False)]
-    return parse_config({
+    data: dict[str, Any] = {
         "energy_meter": {"type": "shelly"},
         "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 2, "max_failures_before_stop": 2},
         "battery": {"timeout_seconds": 1, "units": units},
         "control": {"poll_interval_seconds": 1},
         "web": {"host": "127.0.0.1", "port": port},
         "history": {"path": history_path},
-    })
+    }
+    for name, section in (sections or {}).items():
+        own = data.get(name)
+        # A section that is not an object is passed on as it is: parse_config names it.
+        data[name] = {**own, **section} if isinstance(own, dict) and isinstance(section, dict) else section
+    return parse_config(data)
 
 
 def _demo_names(gateway: Any) -> list[str]:
@@ -183,10 +195,12 @@ def _demo_names(gateway: Any) -> list[str]:
 
 def demo_simulation() -> Any:
     """The demo's mixed fleet: one v2 RS485 gateway with two units and one Venus E v3 on its own LAN port."""
-    from simulator.world import HouseModel, Simulation, UnitSpec
+    """The demo's mixed fleet (``simulator.demo_simulation``: one v2 RS485 gateway with two units and one Venus E
+    v3 on its own LAN port), started in a process of its own: a busy machine must not make the simulated
+    batteries look unreachable because the simulator and the program share one interpreter."""
+    from simulator.world import SimulationProcess
 
-    return Simulation(units=[UnitSpec(1, soc_pct=55.0), UnitSpec(2, soc_pct=70.0)], house=HouseModel(demo=True),
-                      gateways=[[UnitSpec(1, "v3", soc_pct=62.0)]])
+    return SimulationProcess()
 
 
 def start_web(app: Any, host: str, port: int) -> tuple[Any, threading.Thread]:
@@ -290,7 +304,9 @@ def stop_demo(sim: Any, demo_dir: str | None) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Marstek PV-Akku Steuerung (Nulleinspeisung)")
-    parser.add_argument("--config", type=Path, default=None, help="config file (default: config.json beside main.py)")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="config file (default: config.json beside main.py); with --demo only its web, mqtt and "
+                             "history sections are used")
     parser.add_argument("--demo", action="store_true", help="run against the built-in simulator, no hardware")
     parser.add_argument("--port", type=int, default=None, help="dashboard port (overrides web.port)")
     parser.add_argument("--host", default=None, help="dashboard address (overrides web.host)")
@@ -345,15 +361,21 @@ def main(argv: list[str] | None = None) -> int:
     store = StatusStore()
     try:
         if args.demo:
-            sim = demo_simulation()
-            sim.start()
+            # Not config_path: the demo writes nothing into the file (mode, setup's "add to config").
+            sections = read_sections(args.config.resolve(), DEMO_SECTIONS) if args.config is not None else None
+            try:
+                sim = demo_simulation()
+            except (OSError, RuntimeError) as exc:
+                print(i18n.Msg("demo_simulator_failed", error=str(exc)), file=sys.stderr)
+                return 1
             demo_dir = tempfile.mkdtemp(prefix="marstek-demo-")
-            cfg = demo_config(args.port or 8080, sim, str(Path(demo_dir) / "history.sqlite3"))
+            cfg = demo_config(args.port or 8080, sim, str(Path(demo_dir) / "history.sqlite3"), sections)
         else:
             config_path = (args.config or default_config_path()).resolve()
             cfg = load_config(config_path)
     except ConfigError as exc:
         print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
+        stop_demo(sim, demo_dir)
         return 2
     i18n.set_language(cfg.web.language)
     if args.set_password:

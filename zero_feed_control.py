@@ -186,6 +186,16 @@ def battery_limits(b: BatteryState, p: ControlParams) -> tuple[float, float, Msg
     return (max_charge_w if can_charge else 0.0), (max_discharge_w if can_discharge else 0.0), note
 
 
+def notes_reason(notes: Mapping[BatteryId, Msg]) -> Msg:
+    """The batteries' notes as one reason, one text per cause: batteries with the same note are counted
+    ("2 Akkus: nicht erreichbar"), not listed once each."""
+    counts: dict[Msg, int] = {}
+    for note in notes.values():
+        counts[note] = counts.get(note, 0) + 1
+    return Msg("reason_notes", notes=[note if n == 1 else Msg("note_count", count=n, note=note)
+                                      for note, n in counts.items()])
+
+
 def distribute(
     total_w: float,
     batteries: Sequence[BatteryState],
@@ -559,7 +569,7 @@ class FastController:
         held = self._safe_hold(batteries)
         if held == self._setpoints:
             return None
-        why = Msg("reason_notes", notes=list(notes.values())) if notes else Msg("reason_battery_offline")
+        why = notes_reason(notes) if notes else Msg("reason_battery_offline")
         return self._command(held, Decision(setpoints_w=dict(held), status=Status.SOC_LIMIT, reason=why,
                                             grid_power_avg_w=grid_power_w, battery_notes=dict(notes)))
 
@@ -627,8 +637,7 @@ class FastController:
             return decide(Status.MODE_HOLD, Msg("reason_mode_hold", demand=move.held_back_w), self._setpoints)
         if move.wanted_w == 0:
             return decide(Status.IDLE, Msg("reason_in_band", grid=move.grid_w), self._setpoints)
-        why = (Msg("reason_notes", notes=list(move.notes.values())) if move.notes
-               else Msg("reason_below_min_power", demand=abs(move.wanted_w)))
+        why = notes_reason(move.notes) if move.notes else Msg("reason_below_min_power", demand=abs(move.wanted_w))
         return decide(Status.SOC_LIMIT if move.notes else Status.IDLE, why, self._setpoints)
 
     def limits_w(self, direction: int) -> dict[BatteryId, float]:

@@ -404,7 +404,8 @@ class RunResult:
 class VirtualParallel:
     """``fleet.RoundRunner`` on the world's clock: every gateway's job starts at the same moment on its own
     ``GatewayClock``; the world then advances to when the fleet stops waiting (every job done, or every one
-    still running past its usual time), and writes reach the units at their gateway's moment."""
+    still running silent for longer than its frames usually take), and writes reach the units at their
+    gateway's moment."""
 
     def __init__(self, world: World, clocks: dict[str, GatewayClock]) -> None:
         self.world, self.clocks = world, clocks
@@ -412,17 +413,22 @@ class VirtualParallel:
     def busy(self, gateway: str) -> bool:
         return self.clocks[gateway].t > self.world.t + 1e-9
 
-    def run(self, jobs: Sequence[tuple[str, Any, float]]) -> dict[str, tuple[float, bool]]:
+    def now(self, gateway: str) -> float:
+        return self.clocks[gateway].t
+
+    def run(self, jobs: Sequence[tuple[str, Any, Any]]) -> dict[str, tuple[float, bool]]:
         start_s = self.world.t
         ends: dict[str, float] = {}
-        for name, job, _deadline_s in jobs:
+        settled: list[float] = []
+        for name, job, settled_s in jobs:
             clock = self.clocks[name]
             clock.t = max(clock.t, start_s)
             job()
             ends[name] = clock.t
+            settled.append(settled_s(clock.t))
         stop_s = max(ends.values(), default=start_s)
         if len(jobs) > 1:
-            stop_s = min(stop_s, max(deadline_s for _name, _job, deadline_s in jobs))
+            stop_s = max(settled)
         self.world.advance_to(stop_s)
         return {name: (end_s, end_s <= stop_s + 1e-9) for name, end_s in ends.items()}
 
@@ -490,7 +496,9 @@ def _run_loop(sc: Scenario, controller: str) -> tuple[World, dict[str, float]]:
         bus = simulated_gateway(world, cfg, clients[0])
     loop = ControlLoop(cfg, SimMeter(world), bus, StatusStore(history_kept=4), CommandQueue(), clock=world.clock,
                        controller_params=replace(params, **tuning) if tuning else None)
-    write_delays: tuple[list[float], list[float]] = ([], [])  # write round after read round: before, after death
+    write_delays: tuple[list[float], list[float]] = ([], [])  # healthy writes wait: before, after the death
+    dies_s = sc.gateway_dies_s if sc.gateway_dies_s is not None else math.inf
+    dying = cfg.battery.units[-1].gateway if sc.gateway_dies_s is not None and sc.gateways else None
     t_next = random.Random(3000 + sc.seed).uniform(0.0, cfg.control.poll_interval_seconds)
     extra_values: dict[str, float] = {"mode_switches": 0.0}
     last_modes = {i: u.force_mode for i, u in enumerate(world.units)}
@@ -511,9 +519,13 @@ def _run_loop(sc: Scenario, controller: str) -> tuple[World, dict[str, float]]:
                     extra_values["mode_switches"] += 1
                     last_modes[i] = u.force_mode
             rounds = loop.bus.last_rounds
-            if sc.gateway_dies_s is not None and "read" in rounds and "write" in rounds:
-                delay_s = rounds["write"].started_s - rounds["read"].started_s
-                write_delays[started >= sc.gateway_dies_s].append(delay_s)
+            if dying is not None and "read" in rounds and "write" in rounds:
+                # How long the healthy gateways' writes wait after their own reads are done: waiting for the
+                # dying gateway (a healthy gateway's own long round, SoC every 30 s, is not the other's fault).
+                read, write = rounds["read"], rounds["write"]
+                healthy = [g.done_s for name, g in read.gateways.items() if name != dying and g.done_s is not None]
+                if healthy and write.started_s >= read.started_s:
+                    write_delays[started >= dies_s].append(write.started_s - max(healthy))
             if sc.dropouts and stop_s == math.inf and world.meter_dead(started) and all(
                     u.commanded_w == 0 for u in world.units):
                 stop_s = world.t - sc.dropouts[0][0]

@@ -10,6 +10,7 @@ Only ``main.py`` builds concrete drivers; everything else sees these protocols.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -131,6 +132,9 @@ class BatteryBus(Protocol):
     gateway's worker), except ``abort``, ``resume`` and ``connection_closed`` (the watchdog's emergency stop)."""
 
     writes_total: int  # register writes so far (for the quality figures)
+    # Called by the owner thread after every request frame, answered or not (the fleet's straggler watch: a
+    # gateway whose frames keep ending is working, one silent for longer than a frame takes is stuck). None: off.
+    frame_ended: Callable[[], None] | None
 
     def read(self, unit_id: int) -> BatteryReading:
         """Read SoC, AC power and the control registers of one unit, or raise BatteryError."""

@@ -4,10 +4,13 @@ A ``Fleet`` holds one ``BatteryBus`` (``battery_client.MarstekGateway``) per gat
 connection, pacing and back-off, and one worker thread per gateway: that thread is the only one that
 touches its gateway's client (pymodbus stays synchronous). The control thread owns the fleet and hands
 each gateway its part of a cycle's reads, writes or stops at the same moment ("a round"), then collects
-the results. It never waits for a gateway that is stuck: a gateway that has not finished by the time it
-usually needs (plus ``GRACE_S``), when the others are done, is left to finish on its own; its units count
-as not answering in this cycle, and a gateway still busy with an old job is skipped. With a single
-gateway nobody can be delayed, so the round waits for it (its own timeouts bound the wait).
+the results. It never waits for a gateway that is stuck: a gateway whose frames stop ending for longer than
+one of its frames usually takes (plus ``GRACE_S``), when the others are done, is left to finish on its own;
+its units count as not answering in this cycle, and a gateway still busy with an old job is skipped. The
+watch is per frame, not per round, because a round's length depends on the frames it carries (SoC and
+register checks every 30 s, the RS485 re-assert every 25 s, the limits once) while a frame's does not: a
+healthy gateway on a periodic long round keeps finishing frames, a dead one goes silent at its first. With
+a single gateway nobody can be delayed, so the round waits for it (its own timeouts bound the wait).
 
 Batteries are named by key ``"<host>:<port>/<id>"`` (``config_loader.UnitConfig.key``). ``threaded=False``
 runs every job in the caller's thread, one gateway after the other (the benchmark's simulated clock).
@@ -38,9 +41,11 @@ log = logging.getLogger("marstek")
 
 T = TypeVar("T")
 
-GRACE_S = 0.25  # beyond a gateway's usual duration before the others stop waiting for it
-DURATIONS_KEPT = 32  # a gateway's usual duration: the longest of its recent rounds that ended in time
-FRAMES_PER_UNIT = 6  # the most frames one unit costs in a round (for a gateway with no history yet)
+# Beyond a gateway's usual frame time (pacing included) before the others stop waiting for it: a busy machine may
+# hold a thread back this long. A dead gateway costs the others about its frame time + this minus their own
+# round, which must stay below 0.5 s (benchmark "fleet-2v3-gateway-dies").
+GRACE_S = 0.35
+FRAMES_KEPT = 64  # a gateway's usual frame time: the longest of its recent frames in rounds that ended in time
 CLOSE_WAIT_S = 1.0
 # The most a stop (or release) round waits unless told otherwise; the one home of the shutdown budget
 # (Fleet.stop_all, ControlLoop.stop_all, main.py).
@@ -49,17 +54,25 @@ SHUTDOWN_BUDGET_S = 6.0
 BusFactory = Callable[[UnitConfig, float], BatteryBus]  # (first unit of the gateway, answer timeout) -> bus
 
 
+Settled = Callable[[float], float]  # a job's end (s) -> when the fleet stopped waiting for it (its end or earlier)
+
+
 class RoundRunner(Protocol):
     """Runs a round's gateway jobs on simulated time as if in parallel (the benchmark's single thread).
 
-    Each job starts at the same simulated moment on its gateway's own clock; ``run`` returns per gateway
-    when its job ended and whether the round took its answers (in time), and leaves the world at the moment
-    the fleet stops waiting. ``busy`` says a gateway is still inside an earlier job at the current moment.
+    Each job starts at the same simulated moment on its gateway's own clock (``now``); after all ran, each
+    job's ``Settled`` says when the fleet stopped waiting for it. ``run`` leaves the world at the latest of
+    those (with one job: at its end) and returns per gateway when its job ended and whether the round took
+    its answers (ended by then). ``busy`` says a gateway is still inside an earlier job at the current moment.
     """
 
-    def run(self, jobs: Sequence[tuple[str, Callable[[], None], float]]) -> dict[str, tuple[float, bool]]: ...
+    def run(self, jobs: Sequence[tuple[str, Callable[[], None], Settled]]) -> dict[str, tuple[float, bool]]: ...
 
     def busy(self, gateway: str) -> bool: ...
+
+    def now(self, gateway: str) -> float:
+        """The gateway's own simulated time (s)."""
+        ...
 
 
 @dataclass
@@ -82,12 +95,21 @@ class RoundTiming:
 
 
 class _Worker:
-    """One gateway's bus and the single thread that uses it (or the caller's thread when not threaded)."""
+    """One gateway's bus and the single thread that uses it (or the caller's thread when not threaded).
 
-    def __init__(self, name: str, bus: BatteryBus, timeout_s: float, *, threaded: bool) -> None:
+    The bus tells it when each frame ends (``frame_ended``, on the thread that runs the job); it keeps, on
+    ``clock``, when the current round's job began and its last frame ended, and the times between them.
+    """
+
+    def __init__(self, name: str, bus: BatteryBus, timeout_s: float, *, threaded: bool,
+                 clock: Callable[[], float]) -> None:
         self.name, self.bus, self.timeout_s = name, bus, timeout_s
-        self.durations_s: deque[float] = deque(maxlen=DURATIONS_KEPT)
+        self.frames_s: deque[float] = deque(maxlen=FRAMES_KEPT)
         self.units = 0
+        self._clock = clock
+        self.started_s = self.mark_s = 0.0  # the current round's job: began, its last frame ended
+        self.gaps_s: list[float] = []  # the current round's frame times so far (pacing and connecting included)
+        bus.frame_ended = self._frame_ended
         self._jobs: queue.SimpleQueue[tuple[Callable[[BatteryBus], Any], Future[Any]] | None] = queue.SimpleQueue()
         self._current: Future[Any] | None = None
         self._thread: threading.Thread | None = None
@@ -122,11 +144,35 @@ class _Worker:
         """Still working on an earlier job (a stuck or slow gateway)."""
         return self._current is not None and not self._current.done()
 
-    def usual_s(self) -> float:
-        """How long a round usually takes here; with no history, every frame of every unit timing out."""
-        if self.durations_s:
-            return max(self.durations_s)
-        return self.timeout_s * (FRAMES_PER_UNIT * max(self.units, 1) + 1)
+    def begin(self, at_s: float | None = None) -> None:
+        """A round's job begins (now, or at ``at_s`` on the clock): its frame times start afresh. Only while
+        the worker is idle (a busy gateway is skipped), so the worker thread is not writing them."""
+        self.started_s = self.mark_s = self._clock() if at_s is None else at_s
+        self.gaps_s = []
+
+    def _frame_ended(self) -> None:
+        now_s = self._clock()
+        self.gaps_s.append(now_s - self.mark_s)
+        self.mark_s = now_s
+
+    def learn(self) -> None:
+        """The round's job ended in time: its frame times are usual ones."""
+        self.frames_s.extend(self.gaps_s)
+
+    def frame_s(self) -> float:
+        """How long one frame usually takes here (s, pacing included); with no history, connecting and an
+        answer, each up to the timeout."""
+        return max(self.frames_s) if self.frames_s else 2.0 * self.timeout_s
+
+    def settled_s(self, end_s: float, allowance_s: float) -> float:
+        """When the fleet stopped waiting for the round's job that ended at ``end_s``: its end, or
+        ``allowance_s`` after the last frame that ended before a longer silence."""
+        t_s = self.started_s
+        for gap_s in (*self.gaps_s, end_s - self.mark_s):
+            if gap_s > allowance_s:
+                return t_s + allowance_s
+            t_s += gap_s
+        return end_s
 
     def stop_thread(self) -> None:
         if self._thread is not None:
@@ -143,7 +189,7 @@ class Fleet:
                  threaded: bool = True, wait_clock: Callable[[], float] = time.monotonic,
                  runner: RoundRunner | None = None) -> None:
         self._make_bus, self.timeout_s, self.threaded = make_bus, timeout_s, threaded and runner is None
-        self._wait_clock = wait_clock
+        self._wait_clock = wait_clock  # threaded: also the clock of the frames' ends
         self._runner = runner
         self.units: dict[str, UnitConfig] = {}
         self._workers: dict[str, _Worker] = {}
@@ -178,8 +224,10 @@ class Fleet:
         self.units[unit.key] = unit
         worker = self._workers.get(unit.gateway)
         if worker is None:
+            runner = self._runner
+            clock = self._wait_clock if runner is None else functools.partial(runner.now, unit.gateway)
             worker = _Worker(unit.gateway, self._make_bus(unit, self.timeout_s), self.timeout_s,
-                             threaded=self.threaded)
+                             threaded=self.threaded, clock=clock)
             self._workers[unit.gateway] = worker
         worker.units += 1
 
@@ -187,6 +235,11 @@ class Fleet:
     def gateways(self) -> list[str]:
         """Every gateway ``"<host>:<port>"``, in the order of the units."""
         return list(self._workers)
+
+    def usual_frame_s(self, gateway: str) -> float:
+        """How long one frame of ``gateway`` usually takes (s, pacing included): in a round with other gateways
+        they wait this + ``GRACE_S`` for its next frame to end before they leave it behind."""
+        return self._workers[gateway].frame_s()
 
     def bus(self, gateway: str) -> BatteryBus:
         """The bus of one gateway (for code that runs on that gateway's worker through ``call``)."""
@@ -234,8 +287,8 @@ class Fleet:
         self.last_rounds[phase] = timing
         results: dict[str, T | BatteryError] = {}
         answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        pending: dict[str, float] = {}  # gateway -> when the others stop waiting for it
-        simulated: list[tuple[str, Callable[[], None], float]] = []
+        pending: dict[str, float] = {}  # gateway -> how long the others wait for its next frame to end
+        simulated: list[tuple[str, Callable[[], None], Settled]] = []
         for name, items in by_gateway.items():
             worker = self._workers[name]
             timing.gateways[name] = GatewayTiming(self._wait_clock())
@@ -246,49 +299,68 @@ class Fleet:
                     results[key] = BatteryError(Msg("gateway_busy", gateway=name))
                 continue
             # A stop waits for everyone (up to the budget); reads and writes not for a straggler.
-            pending[name] = float("inf") if phase == "stop" else started_s + worker.usual_s() + GRACE_S
+            pending[name] = float("inf") if phase == "stop" else worker.frame_s() + GRACE_S
+            part = _gateway_job(name, items, answers)
             if self._runner is not None:
-                part = _gateway_job(name, items, answers)
-                simulated.append((name, functools.partial(part, worker.bus), pending[name]))
+                simulated.append((name, functools.partial(_begun, worker, part),
+                                  functools.partial(worker.settled_s, allowance_s=pending[name])))
             else:
-                worker.submit(_gateway_job(name, items, answers))
+                worker.begin(timing.gateways[name].started_s)
+                worker.submit(part)
+        allowances = dict(pending)  # _collect takes the gateways out as they are done
         if self._runner is not None:
             self._simulated_round(simulated, answers, results, timing)
         else:
             self._collect(pending, answers, results, timing, budget_s)
         for key in jobs:
             if key not in results:
-                results[key] = BatteryError(Msg("gateway_too_slow", gateway=self.units[key].gateway))
+                gateway = self.units[key].gateway
+                allowance_s = allowances.get(gateway, float("inf"))
+                results[key] = BatteryError(Msg("gateway_too_slow", gateway=gateway) if allowance_s == float("inf")
+                                            else Msg("gateway_silent", gateway=gateway,
+                                                     silent_ms=round(allowance_s * 1000)))
         timing.finished_s = self._wait_clock()
         return results
 
     def _collect(self, pending: dict[str, float], answers: queue.SimpleQueue[tuple[str, Any]],
                  results: dict[str, Any], timing: RoundTiming, budget_s: float | None) -> None:
-        """Take answers until every gateway is done, or every one still working is past its usual time."""
+        """Take answers until every gateway is done, or (several gateways) every one still working has had no
+        frame end for longer than its allowance (``pending``: gateway -> allowance, s)."""
         several = len(pending) > 1
         end_s = None if budget_s is None else timing.started_s + budget_s
-        while pending:
-            until_s = max(pending.values()) if several else None
-            if until_s == float("inf"):
-                until_s = None
+
+        def until_s() -> float | None:
+            last_s = max(self._workers[n].mark_s + allowance_s for n, allowance_s in pending.items()) \
+                if several else None
+            if last_s == float("inf"):
+                last_s = None
             if end_s is not None:
-                until_s = end_s if until_s is None else min(until_s, end_s)
-            wait_s = None if until_s is None else max(0.0, until_s - self._wait_clock())
+                last_s = end_s if last_s is None else min(last_s, end_s)
+            return last_s
+
+        while pending:
+            wait_until_s = until_s()
             try:
-                key, value = answers.get(timeout=wait_s) if wait_s is not None else answers.get()
+                if wait_until_s is None:
+                    key, value = answers.get()
+                else:
+                    key, value = answers.get(timeout=max(0.0, wait_until_s - self._wait_clock()))
             except queue.Empty:
+                again_s = until_s()  # a frame that ended meanwhile moves it on
+                if again_s is None or again_s > self._wait_clock():
+                    continue
                 return  # the rest finish on their own; their answers go nowhere
             if value is _DONE:
                 done_s = self._wait_clock()
-                if pending.pop(key, None) is not None:  # in time: part of its usual duration
-                    self._workers[key].durations_s.append(done_s - timing.gateways[key].started_s)
+                if pending.pop(key, None) is not None:  # in time: its frames were usual ones
+                    self._workers[key].learn()
                 timing.gateways[key].done_s = done_s
             elif isinstance(value, _Bug):
                 raise value.error
             else:
                 results[key] = value
 
-    def _simulated_round(self, jobs: Sequence[tuple[str, Callable[[], None], float]],
+    def _simulated_round(self, jobs: Sequence[tuple[str, Callable[[], None], Settled]],
                          answers: queue.SimpleQueue[tuple[str, Any]], results: dict[str, Any],
                          timing: RoundTiming) -> None:
         """The round on the runner's simulated time: answers of a gateway that was not in time are dropped."""
@@ -302,9 +374,8 @@ class Fleet:
             if value is not _DONE and self.units[key].gateway in taken:
                 results[key] = value
         for name in taken:
-            end_s = ended[name][0]
-            self._workers[name].durations_s.append(end_s - timing.gateways[name].started_s)
-            timing.gateways[name].done_s = end_s
+            self._workers[name].learn()
+            timing.gateways[name].done_s = ended[name][0]
 
     # ------------------------------------------------------------------ one gateway (setup, --check)
     def call(self, gateway: str, job: Callable[[BatteryBus], T], alive: Callable[[], None] = lambda: None,
@@ -312,7 +383,7 @@ class Fleet:
         """Run ``job(bus)`` on ``gateway``'s worker and wait for it, calling ``alive`` while waiting."""
         if self._runner is not None:
             box: list[T] = []
-            self._runner.run([(gateway, lambda: box.append(job(self._workers[gateway].bus)), float("inf"))])
+            self._runner.run([(gateway, lambda: box.append(job(self._workers[gateway].bus)), lambda end_s: end_s)])
             return box[0]
         future = self._workers[gateway].submit(job)
         while True:
@@ -388,6 +459,12 @@ def _gateway_job(name: str, items: Sequence[tuple[str, Callable[[BatteryBus], An
             answers.put((name, _DONE))
 
     return run
+
+
+def _begun(worker: _Worker, part: Callable[[BatteryBus], None]) -> None:
+    """A simulated round's gateway job: its frame times counted from its own start."""
+    worker.begin()
+    part(worker.bus)
 
 
 def _read_job(unit_id: int) -> Callable[[BatteryBus], BatteryReading]:

@@ -682,6 +682,7 @@ MESSAGES_DE: dict[str, str] = {
     ),
     "gateway_busy": "Gateway {gateway} ist noch mit der letzten Anfrage beschäftigt",
     "gateway_too_slow": "Gateway {gateway} hat nicht rechtzeitig geantwortet",
+    "gateway_silent": "Gateway {gateway} hat nicht rechtzeitig geantwortet (über {silent_ms} ms ohne Antwort)",
     "unknown_gateway": "Unbekanntes Gateway {gateway}; eingetragen sind: {gateways}",
     "v3_lan_no_id_change": (
         "{gateway} ist der LAN-Anschluss eines Venus E v3/A/D: er antwortet auf jede ID und braucht keine "
@@ -689,6 +690,7 @@ MESSAGES_DE: dict[str, str] = {
     ),
     # -- web
     "web_cannot_listen": "Webserver: kann nicht auf {host}:{port} lauschen: {error}",
+    "demo_simulator_failed": "Der Simulator der Demo startet nicht: {error}",
     "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "Kein Passwort (web.password) gesetzt: Die Web-Oberfläche auf {host} erlaubt Änderungen nur von diesem "
@@ -739,6 +741,7 @@ MESSAGES_DE: dict[str, str] = {
     "reason_seed_hold": "halten (gemittelt Netz {grid} W)",
     "reason_seed_track": "Ursprungsregelung: {power} W (gemittelt Netz {grid} W)",
     "note_offline": "nicht erreichbar",
+    "note_count": "{count} Akkus: {note}",
     "note_reconnecting": "Verbindung kurz unterbrochen (Netzwerk-Reset der Firmware?): verbindet neu",
     "note_device_limit_discharge": (
         "Akku entlädt höchstens mit {limit} W (statt {max} W): Grenze des Modells oder Register 44003 – "
@@ -990,6 +993,7 @@ MESSAGES_EN: dict[str, str] = {
     ),
     "gateway_busy": "Gateway {gateway} is still busy with its last request",
     "gateway_too_slow": "Gateway {gateway} did not answer in time",
+    "gateway_silent": "Gateway {gateway} did not answer in time (no answer for over {silent_ms} ms)",
     "unknown_gateway": "Unknown gateway {gateway}; configured: {gateways}",
     "v3_lan_no_id_change": (
         "{gateway} is the LAN port of a Venus E v3/A/D: it answers on every ID and needs no other Modbus ID. "
@@ -997,6 +1001,7 @@ MESSAGES_EN: dict[str, str] = {
     ),
     # -- web
     "web_cannot_listen": "Web server: cannot listen on {host}:{port}: {error}",
+    "demo_simulator_failed": "The demo's simulator does not start: {error}",
     "dashboard_at": "Dashboard: {url}",
     "warning_no_password": (
         "No password (web.password) set: the web UI on {host} accepts changes only from this computer itself. "
@@ -1045,6 +1050,7 @@ MESSAGES_EN: dict[str, str] = {
     "reason_seed_hold": "hold (avg grid {grid} W)",
     "reason_seed_track": "seed loop: {power} W (avg grid {grid} W)",
     "note_offline": "offline",
+    "note_count": "{count} batteries: {note}",
     "note_reconnecting": "connection briefly lost (firmware network reset?): reconnecting",
     "note_device_limit_discharge": (
         "the battery discharges at most {limit} W (instead of {max} W): the model's limit or register 44003 - "

@@ -16,19 +16,24 @@ Sign conventions (as everywhere in this project, see ``devices.py``):
 grid power + import / − export, W; battery power + discharging / − charging, W; SoC 0..100 %.
 
 Run alone: ``python -m simulator --batteries 2`` prints the ports and a config.json snippet.
+``main.py --demo`` runs the demo's fleet (``demo_simulation``) in a process of its own (``SimulationProcess``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import signal
+import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
 
 from simulator.marstek import SimGateway, SimUnit, UnitSpec
 from simulator.meters import (
@@ -75,8 +80,10 @@ __all__ = [
     "SimGateway",
     "SimUnit",
     "Simulation",
+    "SimulationProcess",
     "UnitSpec",
     "config_snippet",
+    "demo_simulation",
     "efficiency",
     "main",
 ]
@@ -504,6 +511,122 @@ class Simulation:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The demo's simulation in a process of its own
+# ---------------------------------------------------------------------------------------------------------
+
+DEMO_START_TIMEOUT_S = 30.0
+
+
+def demo_simulation() -> Simulation:
+    """The demo's mixed fleet: one v2 RS485 gateway with two units and one Venus E v3 on its own LAN port."""
+    return Simulation(units=[UnitSpec(1, soc_pct=55.0), UnitSpec(2, soc_pct=70.0)], house=HouseModel(demo=True),
+                      gateways=[[UnitSpec(1, "v3", soc_pct=62.0)]])
+
+
+@dataclass(frozen=True)
+class UnitInfo:
+    """A simulated unit as a client sees it: its Modbus ID and register set."""
+
+    unit_id: int
+    register_set: str
+
+
+@dataclass(frozen=True)
+class GatewayInfo:
+    """A started simulated gateway: its port on 127.0.0.1, whether it is a v3 LAN port, its units."""
+
+    port: int
+    lan: bool
+    units: tuple[UnitInfo, ...]
+
+
+def describe(sim: Simulation) -> dict[str, Any]:
+    """What a client of a started simulation needs: the Shelly's port and each gateway's port, kind and units."""
+    return {"host": sim.host, "shelly_port": sim.shelly_port,
+            "gateways": [{"port": g.port, "lan": g.lan,
+                          "units": [{"unit_id": u.unit_id, "register_set": u.register_set} for u in g.units]}
+                         for g in sim.gateways]}
+
+
+def serve_demo(stdin: IO[str], stdout: IO[str]) -> int:
+    """The child of ``SimulationProcess``: start the demo's simulation, write ``describe`` as one JSON line, run
+    until ``stdin`` ends (the parent stopped it or is gone). SIGINT and SIGTERM are ignored: a Ctrl+C or a
+    ``kill`` meant for the program's process group must leave the simulation running while the program stops
+    its batteries through it; the program ends it after that (and its end closes ``stdin`` anyway)."""
+    with contextlib.suppress(ValueError):  # not the main thread (tests): only the end of stdin counts anyway
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, signal.SIG_IGN)
+    sim = demo_simulation()
+    sim.start()
+    try:
+        stdout.write(json.dumps(describe(sim)) + "\n")
+        stdout.flush()
+        stdin.read()  # returns at end of file
+    finally:
+        sim.stop()
+    return 0
+
+
+class SimulationProcess:
+    """The demo's simulation (``demo_simulation``) in a process of its own, so that a busy machine slows the
+    simulated devices and the program each on its own, as it does real devices, and the simulator's threads do
+    not wait for the program's interpreter (nor the other way round).
+
+    Describes itself like a started ``Simulation``: ``host``, ``shelly_port`` and ``gateways`` (``GatewayInfo``).
+    ``stop()`` closes the child's stdin and waits for it; the child also ends by itself when this process ends
+    (its stdin closes). Raises RuntimeError when the child does not start.
+    """
+
+    def __init__(self, start_timeout_s: float = DEMO_START_TIMEOUT_S) -> None:
+        # A process group of its own: signals meant for the program's group (Ctrl+C, timeout, kill -- -pgid) do
+        # not stop the simulation before the program has stopped the batteries through it.
+        group: dict[str, Any]
+        if sys.platform == "win32":
+            group = {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+        else:
+            group = {"start_new_session": True}
+        # ``python -m simulator`` from the project folder, wherever the program was started from.
+        self._proc = subprocess.Popen([sys.executable, "-m", "simulator", "--serve-demo"],
+                                      cwd=str(Path(__file__).resolve().parent.parent), stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, encoding="utf-8", **group)
+        first: list[str] = []
+        out = self._proc.stdout
+        assert out is not None
+        reader = threading.Thread(target=lambda: first.append(out.readline()), name="sim-process-start", daemon=True)
+        reader.start()
+        reader.join(start_timeout_s)
+        try:
+            data = json.loads(first[0]) if first and first[0] else None
+        except json.JSONDecodeError:
+            data = None
+        if not isinstance(data, dict):
+            self.stop()
+            raise RuntimeError(f"the simulator process did not start (exit status {self._proc.returncode})")
+        self.host: str = data["host"]
+        self.shelly_port: int = data["shelly_port"]
+        self.gateways = [GatewayInfo(g["port"], g["lan"], tuple(UnitInfo(u["unit_id"], u["register_set"])
+                                                                for u in g["units"]))
+                         for g in data["gateways"]]
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """End the child: its stdin closes, it stops its servers; killed if it has not ended in ``timeout_s``."""
+        if self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+        try:
+            self._proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        if self._proc.stdout is not None:
+            self._proc.stdout.close()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------------------------------------
 
@@ -557,7 +680,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--soc", type=float, default=50.0, help="initial state of charge, %% (default 50)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines, 0 = off")
+    parser.add_argument("--serve-demo", action="store_true", help=argparse.SUPPRESS)  # SimulationProcess's child
     args = parser.parse_args(argv)
+    if args.serve_demo:
+        return serve_demo(sys.stdin, sys.stdout)
     if args.batteries < 1 or args.batteries > 247:
         parser.error("--batteries must be 1..247")
     if args.speed <= 0:

@@ -441,3 +441,15 @@ def test_history_samples_are_dated_by_the_injected_wall_clock(rig) -> None:
     loop.cycle()
     samples = loop.store.take_samples()
     assert samples and {s.t for s in samples} == {wall_s}
+def test_one_text_per_cause_when_several_batteries_share_a_note():
+    """Two batteries going offline at once is one cause: "2 batteries: offline", not "offline; offline"."""
+    ctrl = FastController(P)
+    d = ctrl.step(0.0, 6000.0, [bat(1, 60), bat(2, 60), bat(3, 60)])
+    assert all(w > 0 for w in d.setpoints_w.values()), d
+    d = ctrl.step(1.0, 6000.0, [bat(1, 60, power=2000.0), bat(2, online=False, power=None),
+                                bat(3, online=False, power=None)])
+    assert d.status is Status.SOC_LIMIT and d.setpoints_w[2] == d.setpoints_w[3] == 0
+    assert d.reason.text("en") == "2 batteries: offline"
+    assert d.reason.text("de") == "2 Akkus: nicht erreichbar"
+    different = ctrl.step(2.0, 6000.0, [bat(1, 10, power=0.0), bat(2, online=False, power=None), bat(3, 5)])
+    assert different.reason.text("en").count(";") == len(different.battery_notes) - 1  # distinct causes: each once
