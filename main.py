@@ -38,7 +38,7 @@ from control.control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from control.devices import GridMeter, InvertedMeter
 from control.fleet import Fleet
 from control.modes import ModeFile
-from control.status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
+from control.status_store import CommandQueue, QuirkCounter, StatusStore, StoreLogHandler
 from control.watchdog import Watchdog, emergency_stop, watchdog_limit_s
 from ecotracker_client import EcoTrackerClient
 from integrations.diagnostics import Diagnostics
@@ -74,10 +74,11 @@ def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> Gri
     return InvertedMeter(meter) if cfg.energy_meter_invert else meter
 
 
-def build_fleet(cfg: Config, timeout_s: float | None = None) -> Fleet:
+def build_fleet(cfg: Config, timeout_s: float | None = None, *,
+                quirks: QuirkCounter | None = None) -> Fleet:
     """Every battery: one Modbus gateway per host:port, served in parallel; ``timeout_s`` overrides
-    ``battery.timeout_seconds``."""
-    return Fleet.from_config(cfg, timeout_s=timeout_s)
+    ``battery.timeout_seconds``; the gateways report their quirks (RS485 re-asserts, reconnects) to ``quirks``."""
+    return Fleet.from_config(cfg, timeout_s=timeout_s, on_quirk=None if quirks is None else quirks.note)
 
 
 build_bus = build_fleet  # the name of the single-gateway days
@@ -243,7 +244,7 @@ def clean_stray_temp_files(cfg: Config, config_path: Path, base_dir: Path) -> No
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.port is not None and not 1 <= args.port <= 65535:
-        print("--port: must be 1..65535", file=sys.stderr)
+        print(i18n.Msg("port_out_of_range"), file=sys.stderr)
         return 2
     sim = None
     demo_dir: str | None = None
@@ -259,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
             config_path = (args.config or default_config_path()).resolve()
             cfg = load_config(config_path)
     except ConfigError as exc:
-        print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
+        # No web.language without a config: the message is in the default language (German).
+        print(i18n.Msg("config_error", error=str(exc)), file=sys.stderr)
         return 2
     i18n.set_language(cfg.web.language)
     if args.check and config_path is not None:
@@ -297,12 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     # The operating mode survives a restart in data/mode.json beside the config (the demo keeps it in memory).
     mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
     meter = build_meter(cfg)
-    loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file,
-                       emergency_fleet=emergency_bus)
-    logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
+    # One counter for the device quirks: the gateways report theirs, the loop its own (meter failures, ...).
+    quirks = QuirkCounter()
+    loop = ControlLoop(cfg, meter, build_fleet(cfg, quirks=quirks), store, commands, config_path=config_path,
+                       mode_file=mode_file, emergency_fleet=emergency_bus, quirks=quirks)
     # Opened by its own thread: a hanging disk never delays the control.
     history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False)
-    diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
+    diagnostics = Diagnostics(cfg, store, meter=meter, quirks=quirks, history=history)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
                      history=history, diagnostics=diagnostics.bundle)
     try:

@@ -211,26 +211,6 @@ class QuirkCounter:
         self._paused = paused
 
 
-# The battery driver logs these (battery_client.py); counted from its log records, message templates as keys.
-LOGGED_QUIRKS = {
-    "Battery %d left RS485 control on its own: re-asserting it": "rs485_reassert",
-    "Modbus gateway %s:%s reachable again": "modbus_reconnect",
-}
-
-
-class QuirkLogHandler(logging.Handler):
-    """Counts the quirks the drivers only log (``LOGGED_QUIRKS``) into a ``QuirkCounter``."""
-
-    def __init__(self, quirks: QuirkCounter) -> None:
-        super().__init__(logging.INFO)
-        self.quirks = quirks
-
-    def emit(self, record: logging.LogRecord) -> None:
-        name = LOGGED_QUIRKS.get(str(getattr(record.msg, "code", record.msg)))
-        if name is not None:
-            self.quirks.note(name)
-
-
 class StoreLogHandler(logging.Handler):
     """Feeds log records (INFO and above) into the store's live event list."""
 
