@@ -702,6 +702,12 @@ MESSAGES_DE: dict[str, str] = {
     "mqtt_meter_no_broker": "keine Verbindung zum MQTT-Broker {broker} (Topic {topic})",
     "mqtt_meter_too_old": "letzter Messwert auf {topic} ist {age} s alt (erlaubt: {limit} s)",
     "mqtt_meter_bad_payload": "Nachricht auf {topic} unbrauchbar: {error}",
+    "mqtt_publish_failed": "MQTT: Veröffentlichen fehlgeschlagen; nächster Versuch im nächsten Takt",
+    # -- prices and PV forecasts (planning/fetcher.py); {kind} is "prices" or "pv"
+    "fetch_failed": "{kind}: {error} (Versuch {attempt} fehlgeschlagen; nächster Versuch {time})",
+    "fetch_failed_unexpectedly": "{kind}: Quelle {source} unerwartet fehlgeschlagen",
+    "fetch_available_again": "{kind} von {source} wieder verfügbar ({count} Zeitfenster)",
+    "fetch_receiver_failed": "{kind}: Weitergabe des Abrufs fehlgeschlagen; der Abruf läuft weiter",
     # -- python main.py --check
     "check_config_ok": "Konfiguration {path}: OK",
     "check_meter_ok": "Zähler {type} {ip}: OK, {power} W ({direction})",
@@ -966,6 +972,12 @@ MESSAGES_EN: dict[str, str] = {
     "mqtt_meter_no_broker": "not connected to the MQTT broker {broker} (topic {topic})",
     "mqtt_meter_too_old": "the last reading on {topic} is {age} s old (allowed: {limit} s)",
     "mqtt_meter_bad_payload": "message on {topic} unusable: {error}",
+    "mqtt_publish_failed": "MQTT publishing failed; next try in the next round",
+    # -- prices and PV forecasts (planning/fetcher.py); {kind} is "prices" or "pv"
+    "fetch_failed": "{kind}: {error} (attempt {attempt} failed; next try {time})",
+    "fetch_failed_unexpectedly": "{kind} source {source} failed unexpectedly",
+    "fetch_available_again": "{kind} from {source} available again ({count} slots)",
+    "fetch_receiver_failed": "{kind}: handing on the fetch result failed; fetching goes on",
     # -- python main.py --check
     "check_config_ok": "Configuration {path}: OK",
     "check_meter_ok": "Meter {type} {ip}: OK, {power} W ({direction})",

@@ -142,7 +142,7 @@ class MqttBridge:
                 try:
                     self.tick(time.monotonic())
                 except Exception:  # a bug here must not end the bridge (nor touch the control)
-                    log.exception("MQTT publishing failed")
+                    log.exception(Msg("mqtt_publish_failed"))
         finally:
             self._shutdown()
             worker.join(timeout=COMMAND_TIMEOUT_S + 1)
