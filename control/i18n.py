@@ -11,7 +11,9 @@ events, ``--check`` output) are built by code: ``Msg("meter_error", error=...)``
 it as text, and it keeps its code and parameters so that ``/api/status`` renders every message of one
 answer in the language of that answer (``render``). Parameters may themselves be messages.
 
-Each pair of dictionaries must have exactly the same keys (tests/test_web.py checks this).
+Each pair of dictionaries must have exactly the same keys (tests/test_web.py, tests/test_i18n.py check this).
+The policy (README, development): every text a user reads is a code here; plain English only in ``log.debug``.
+The default language, for messages written before the config is read, is German (``DEFAULT_LANGUAGE``).
 """
 
 from __future__ import annotations

@@ -183,7 +183,8 @@ class StatusStore:
 
 class QuirkCounter:
     """Counts device quirks (meter failures, RS485 re-asserts, no-delivery pauses, reconnects) with the
-    time each was last seen; any thread may ``note``, the diagnostics bundle reads ``figures``."""
+    time each was last seen; any thread may ``note`` (the gateways through ``on_quirk``, the control loop), the
+    diagnostics bundle reads ``figures``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
