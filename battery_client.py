@@ -64,6 +64,7 @@ V3_RECONNECT_GAP_S = 1.0
 # comes from its owner thread a moment later, and the port counts from when it saw the close. Added to the gap.
 FOREIGN_CLOSE_MARGIN_S = 0.2
 UNIT_BACKOFF_S = (2.0, 5.0, 10.0, 30.0)
+QUIRKS = ("rs485_reassert", "modbus_reconnect")  # the names MarstekGateway reports to ``on_quirk``
 
 
 class ModbusClient(Protocol):
@@ -147,6 +148,10 @@ class MarstekGateway:
     """All Marstek units behind one Modbus TCP gateway (RS485 bridge or a v3 LAN port).
 
     Not thread-safe by design: the control thread owns it.
+
+    ``on_quirk(name)`` is called (on the owner thread) for each device quirk met, ``name`` one of ``QUIRKS``:
+    "rs485_reassert" (a unit left RS485 control on its own and 42000 was written again), "modbus_reconnect"
+    (the gateway took a connection again after refusing it). The diagnostics count them (``QuirkCounter.note``).
     """
 
     def __init__(
@@ -163,6 +168,7 @@ class MarstekGateway:
         sleep: Callable[[float], None] = time.sleep,
         client_factory: ClientFactory | None = None,
         reconnect_gap_s: float | None = None,
+        on_quirk: Callable[[str], None] | None = None,
     ) -> None:
         if register_set not in REGISTER_SETS:
             raise ValueError(f"unknown register set {register_set!r}")
@@ -174,6 +180,7 @@ class MarstekGateway:
         self.soc_interval_s = soc_interval_s
         self.timeout_s = timeout_s
         self._clock, self._sleep = clock, sleep
+        self._on_quirk = on_quirk
         self._make_client = client_factory or tcp_client_factory(host, port)
         self._client = self._make_client(timeout_s)
         self._last_frame_s = float("-inf")
@@ -194,6 +201,11 @@ class MarstekGateway:
         self.writes_total = 0
         self.frame_ended: Callable[[], None] | None = None  # the fleet's straggler watch (owner thread)
 
+    def _quirk(self, name: str) -> None:
+        """Report a device quirk (one of ``QUIRKS``) to ``on_quirk``."""
+        if self._on_quirk is not None:
+            self._on_quirk(name)
+
     # ------------------------------------------------------------------ frames
     def _unit(self, unit_id: int) -> _UnitState:
         return self._units.setdefault(unit_id, _UnitState())
@@ -213,7 +225,8 @@ class MarstekGateway:
             self._sleep(gap_s)
         if self._client.connect():
             if self._connect_failures:
-                log.info("Modbus gateway %s:%s reachable again", self.host, self.port)
+                log.info(Msg("gateway_reachable_again", gateway=f"{self.host}:{self.port}"))
+                self._quirk("modbus_reconnect")
             self._connect_failures = self._slow_failures = 0
             self._unreachable_since_s = None
             # After a reconnect the device may have rebooted: RAM registers are unknown again.
@@ -294,7 +307,7 @@ class MarstekGateway:
             code = getattr(response, "exception_code", "?")
             raise BatteryError(f"unit {unit_id}: {what} answered with Modbus exception {code}")
         if state.failures:
-            log.info("Battery %d answers again", unit_id)
+            log.info(Msg("unit_answers_again", id=unit_id))
         state.failures = 0
         state.retry_at_s = 0.0
         return response
@@ -497,7 +510,7 @@ class MarstekGateway:
         try:
             charge_w, discharge_w = self._read_block(unit_id, ("max_charge_power", "max_discharge_power"))
         except BatteryError as exc:
-            log.info("Battery %d: power limits 44002/44003 not readable (%s): not asked again", unit_id, exc)
+            log.info(Msg("limits_not_readable", id=unit_id, error=str(exc)))
             state.limits_readable, state.failures, state.retry_at_s = False, 0, 0.0
             return
 
@@ -521,14 +534,14 @@ class MarstekGateway:
             name = str(self._read(unit_id, "device_name"))
             firmware: int | None = int(float(self._read(unit_id, "firmware")))
         except BatteryError as exc:
-            log.info("Battery %d: model not readable (%s): assuming %d W", unit_id, exc, FIRMWARE_MAX_POWER_W)
+            log.info(Msg("model_not_readable", id=unit_id, error=str(exc), limit=FIRMWARE_MAX_POWER_W))
             state.failures, state.retry_at_s = 0, 0.0
             name, firmware = "?", None
         state.model = name
         state.model_limit_w = model_limit_w(name, firmware)
         if state.model_limit_w < self.max_power_w:
-            log.warning("Battery %d is a %s (firmware %s): its limit is %d W, below the configured %d W",
-                        unit_id, name, firmware, state.model_limit_w, self.max_power_w)
+            log.warning(Msg("model_limit_below_config", id=unit_id, model=name, firmware=firmware,
+                            limit=state.model_limit_w, max=self.max_power_w))
 
     def write_setpoint(self, unit_id: int, setpoint_w: float, reading: BatteryReading | None = None) -> int:
         """Command ``setpoint_w`` (+ discharge, - charge, 0 stop); write only what differs. Returns writes."""
@@ -549,7 +562,8 @@ class MarstekGateway:
         due = mode is not ForceMode.STOP and self._clock() - state.asserted_at_s >= RS485_REASSERT_S
         if held["rs485_control"] != RS485_CONTROL_ON or due:
             if state.asserted and held["rs485_control"] != RS485_CONTROL_ON:
-                log.warning("Battery %d left RS485 control on its own: re-asserting it", unit_id)
+                log.warning(Msg("rs485_reassert", id=unit_id))
+                self._quirk("rs485_reassert")
             self._write(unit_id, "rs485_control", RS485_CONTROL_ON)
             state.asserted, state.asserted_at_s = True, self._clock()
         # Power first, then the mode: a mode change starts at the new power at once.

@@ -1236,10 +1236,7 @@ def _read_json(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(
-            f"{path}: file not found. Copy config.example.json to {path.name} and adjust it "
-            f"(Datei fehlt: config.example.json nach {path.name} kopieren und anpassen)."
-        ) from None
+        raise ConfigError(i18n.Msg("config_file_missing", path=str(path), name=path.name)) from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
     try:
@@ -1253,10 +1250,8 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(text, object_pairs_hook=_pairs_hook)
     except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"{path}: keine gültige JSON-Datei (Zeile {exc.lineno}, Spalte {exc.colno}) / "
-            f"not a valid JSON file (line {exc.lineno}, column {exc.colno}): {exc.msg}"
-        ) from None
+        raise ConfigError(i18n.Msg("config_not_json", path=str(path), line=exc.lineno, column=exc.colno,
+                                   error=exc.msg)) from None
     except RecursionError:
         raise ConfigError(f"{path}: nested too deeply") from None
 

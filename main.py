@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from control.control_loop import SHUTDOWN_BUDGET_S, ControlLoop
 from control.devices import GridMeter, InvertedMeter
 from control.fleet import Fleet
 from control.modes import ModeFile
-from control.status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
+from control.status_store import CommandQueue, QuirkCounter, StatusStore, StoreLogHandler
 from control.watchdog import Watchdog, emergency_stop, watchdog_limit_s
 from ecotracker_client import EcoTrackerClient
 from integrations.diagnostics import Diagnostics
@@ -90,10 +90,11 @@ def build_meter(cfg: Config, clock: Callable[[], float] = time.monotonic) -> Gri
     return InvertedMeter(meter) if cfg.energy_meter_invert else meter
 
 
-def build_fleet(cfg: Config, timeout_s: float | None = None) -> Fleet:
+def build_fleet(cfg: Config, timeout_s: float | None = None, *,
+                quirks: QuirkCounter | None = None) -> Fleet:
     """Every battery: one Modbus gateway per host:port, served in parallel; ``timeout_s`` overrides
-    ``battery.timeout_seconds``."""
-    return Fleet.from_config(cfg, timeout_s=timeout_s)
+    ``battery.timeout_seconds``; the gateways report their quirks (RS485 re-asserts, reconnects) to ``quirks``."""
+    return Fleet.from_config(cfg, timeout_s=timeout_s, on_quirk=None if quirks is None else quirks.note)
 
 
 build_bus = build_fleet  # the name of the single-gateway days
@@ -344,21 +345,45 @@ def set_password(config_path: Path, ask: Callable[[str], str] = getpass.getpass)
     try:
         set_web_password(config_path, hash_password(new))
     except ConfigError as exc:
-        print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
+        print(i18n.Msg("config_error", error=str(exc)), file=sys.stderr)
         return 2
     print(i18n.Msg("set_password_done", path=config_path))
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.port is not None and not 1 <= args.port <= 65535:
-        print("--port: must be 1..65535", file=sys.stderr)
-        return 2
+@dataclass
+class _Start:
+    """What the command line chose: the config, its file (None for the demo) and the demo's simulator."""
+
+    cfg: Config
+    config_path: Path | None = None
+    sim: Any = None
+    demo_dir: str | None = None
+
+
+def stop_control(control: threading.Thread, loop: ControlLoop, store: StatusStore) -> list[str]:
+    """Wait for the control thread's own stop of the batteries; if it hangs, stop them over new connections.
+    Returns the batteries that could not be stopped."""
+    control.join(timeout=SHUTDOWN_BUDGET_S + 2)
+    if not control.is_alive():
+        return list(loop.not_stopped)
+    # Still inside a long meter or Modbus timeout: the batteries would keep their last setpoint.
+    # Abort its connections (RST: a v3 LAN port takes only one client) and stop them over new ones;
+    # they stay aborted, so the control thread's late stop cannot race the emergency stop for the slot.
+    loop.abandon()
+    results = emergency_stop(loop.cfg, store, time.monotonic() - loop.heartbeat_s,
+                             lambda: emergency_bus(loop.cfg), stuck=loop.bus, resume=False,
+                             budget_s=SHUTDOWN_BUDGET_S)
+    not_stopped, unreached = loop.classify_stops(results)
+    # The last word, as the control thread would have said it.
+    log.log(logging.ERROR if not_stopped else logging.INFO, loop.stop_summary(not_stopped, unreached))
+    return list(not_stopped)
+
+
+def _configure(args: argparse.Namespace) -> _Start | int:
+    """The config from its file, or the demo's around a started simulator; an exit status on failure."""
     sim = None
     demo_dir: str | None = None
-    config_path: Path | None = None
-    store = StatusStore()
     try:
         if args.demo:
             # Not config_path: the demo writes nothing into the file (mode, setup's "add to config").
@@ -370,17 +395,30 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             demo_dir = tempfile.mkdtemp(prefix="marstek-demo-")
             cfg = demo_config(args.port or 8080, sim, str(Path(demo_dir) / "history.sqlite3"), sections)
-        else:
-            config_path = (args.config or default_config_path()).resolve()
-            cfg = load_config(config_path)
+            return _Start(cfg, None, sim, demo_dir)
+        config_path = (args.config or default_config_path()).resolve()
+        return _Start(load_config(config_path), config_path)
     except ConfigError as exc:
-        print(f"Konfigurationsfehler / configuration error: {exc}", file=sys.stderr)
+        # No web.language without a config: the message is in the default language (German).
+        print(i18n.Msg("config_error", error=str(exc)), file=sys.stderr)
         stop_demo(sim, demo_dir)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.port is not None and not 1 <= args.port <= 65535:
+        print(i18n.Msg("port_out_of_range"), file=sys.stderr)
+        return 2
+    start = _configure(args)
+    if isinstance(start, int):
+        return start
+    cfg, config_path, sim, demo_dir = start.cfg, start.config_path, start.sim, start.demo_dir
+    store = StatusStore()
     i18n.set_language(cfg.web.language)
     if args.set_password:
         if config_path is None:
-            print("--set-password: not with --demo", file=sys.stderr)
+            print(i18n.Msg("set_password_not_demo"), file=sys.stderr)
             stop_demo(sim, demo_dir)
             return 2
         return set_password(config_path)
@@ -425,12 +463,14 @@ def main(argv: list[str] | None = None) -> int:
     fetcher, prices_updated = start_prices(cfg, stop)
     price_at = prices_from(fetcher.prices) if fetcher is not None else None
     feeds = plan_feeds(cfg, fetcher, prices_updated)
-    loop = ControlLoop(cfg, meter, build_fleet(cfg), store, commands, config_path=config_path, mode_file=mode_file,
-                       emergency_fleet=emergency_bus, plan=store.plan if feeds is not None else None)
-    logging.getLogger("battery_client").addHandler(QuirkLogHandler(loop.quirks))  # RS485 re-asserts, reconnects
+    # One counter for the device quirks: the gateways report theirs, the loop its own (meter failures, ...).
+    quirks = QuirkCounter()
+    loop = ControlLoop(cfg, meter, build_fleet(cfg, quirks=quirks), store, commands, config_path=config_path,
+                       mode_file=mode_file, emergency_fleet=emergency_bus, quirks=quirks,
+                       plan=store.plan if feeds is not None else None)
     # Opened by its own thread: a hanging disk never delays the control.
     history = History(cfg.history.path, cfg.history.retention_days, store, open_now=False, price_at=price_at)
-    diagnostics = Diagnostics(cfg, store, meter=meter, quirks=loop.quirks, history=history)
+    diagnostics = Diagnostics(cfg, store, meter=meter, quirks=quirks, history=history)
     saved_config = config_path  # /onboarding writes the password's hash there (the demo: memory only)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
                      history=history, diagnostics=diagnostics.bundle, plan_enabled=feeds is not None,
@@ -466,19 +506,7 @@ def main(argv: list[str] | None = None) -> int:
                 server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
     finally:
         request_stop()
-        control.join(timeout=SHUTDOWN_BUDGET_S + 2)
-        not_stopped = loop.not_stopped
-        if control.is_alive():
-            # Still inside a long meter or Modbus timeout: the batteries would keep their last setpoint.
-            # Abort its connections (RST: a v3 LAN port takes only one client) and stop them over new ones;
-            # they stay aborted, so the control thread's late stop cannot race the emergency stop for the slot.
-            loop.abandon()
-            results = emergency_stop(loop.cfg, store, time.monotonic() - loop.heartbeat_s,
-                                     lambda: emergency_bus(loop.cfg), stuck=loop.bus, resume=False,
-                                     budget_s=SHUTDOWN_BUDGET_S)
-            not_stopped, unreached = loop.classify_stops(results)
-            # The last word, as the control thread would have said it.
-            log.log(logging.ERROR if not_stopped else logging.INFO, loop.stop_summary(not_stopped, unreached))
+        not_stopped = stop_control(control, loop, store)
         stopped.set()
         stop_prices(fetcher)
         stop_web(server, web_thread)

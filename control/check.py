@@ -32,7 +32,7 @@ def run_check(cfg: Config, config_path: Path, meter: GridMeter, fleet: Fleet) ->
     except MeterError as exc:
         problems += 1
         print(Msg("check_failed", what=what, error=str(exc)))
-        print(f"  -> {meter_hint(str(exc), cfg.energy_meter_type)}")
+        print(Msg("check_hint", hint=meter_hint(str(exc), cfg.energy_meter_type)))
     finally:
         meter.close()
     try:
@@ -58,7 +58,7 @@ def _check_gateway(bus: BatteryBus, cfg: Config, units: list[UnitConfig]) -> int
             except BatteryError as exc:
                 problems += 1
                 print(Msg("check_failed", what=what, error=str(exc)))
-                print(f"  -> {battery_hint(str(exc), unit)}")
+                print(Msg("check_hint", hint=battery_hint(str(exc), unit)))
                 continue
             control = Msg("check_rs485_on" if battery.rs485_control else "check_rs485_off")
             print(Msg("check_battery_ok", what=what, model=model or "?", soc=soc,

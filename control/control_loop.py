@@ -134,6 +134,7 @@ class ControlLoop:
         mode_file: ModeFile | None = None,
         wall_clock: Callable[[], float] = time.time,
         emergency_fleet: Callable[[Config], Fleet] | None = None,
+        quirks: QuirkCounter | None = None,
     ) -> None:
         self.cfg = cfg
         self.meter = meter
@@ -186,7 +187,8 @@ class ControlLoop:
         self._mode_requested: ModeState | None = None
         store.update(operating_mode=self.mode.to_json())  # GET /api/mode before the first cycle
         self.cycles_total = 0  # counters for /metrics and the diagnostics bundle
-        self.quirks = QuirkCounter()
+        # Device quirks; main.py shares this counter with the fleet's gateways (``on_quirk``).
+        self.quirks = quirks if quirks is not None else QuirkCounter()
         self._unnamed: set[str] = set()  # keys of the batteries whose device name run() still has to read
         self._setup_request_s = clock()  # the last setup command (control clock): setup mode times out
         self._answered: dict[str, set[int]] = {}  # per gateway: the IDs that answered its last scan (setup)
@@ -314,7 +316,7 @@ class ControlLoop:
         if self.active.problem != before.problem:
             self.store.set_problem("plan", self.active.problem, error=True)
             if self.active.problem is not None:
-                log.warning("%s", self.active.problem)
+                log.warning(self.active.problem)  # a Msg: shown in each reader's language
         state, was = self.active.mode, before.mode
         if (state.mode, state.power_w, state.source) != (was.mode, was.power_w, was.source):
             self.store.update(operating_mode=state.to_json())

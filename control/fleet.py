@@ -201,14 +201,16 @@ class Fleet:
     @classmethod
     def from_config(cls, cfg: Config, *, timeout_s: float | None = None, threaded: bool = True,
                     clock: Callable[[], float] = time.monotonic,
-                    sleep: Callable[[float], None] = time.sleep) -> Fleet:
-        """One ``MarstekGateway`` per gateway of ``battery.units``; ``timeout_s`` overrides the config's."""
+                    sleep: Callable[[float], None] = time.sleep,
+                    on_quirk: Callable[[str], None] | None = None) -> Fleet:
+        """One ``MarstekGateway`` per gateway of ``battery.units``; ``timeout_s`` overrides the config's;
+        ``on_quirk`` is handed to every gateway (``MarstekGateway``: the device quirks it meets)."""
         b = cfg.battery
         answer_s = b.timeout_seconds if timeout_s is None else timeout_s
 
         def make(unit: UnitConfig, answer_timeout_s: float) -> BatteryBus:
             return gateway_bus(b, unit, answer_timeout_s, cfg.control.soc_update_interval_seconds,
-                               clock=clock, sleep=sleep)
+                               clock=clock, sleep=sleep, on_quirk=on_quirk)
 
         return cls(b.units, make, timeout_s=answer_s, threaded=threaded)
 
@@ -497,8 +499,10 @@ def unit_name(unit: UnitConfig) -> Msg | str:
 
 def gateway_bus(b: BatteryConfig, unit: UnitConfig, timeout_s: float, soc_interval_s: float, *,
                 clock: Callable[[], float] = time.monotonic,
-                sleep: Callable[[float], None] = time.sleep) -> MarstekGateway:
-    """The ``MarstekGateway`` of ``unit``'s gateway (its register set, framer; the strongest unit's limit)."""
+                sleep: Callable[[float], None] = time.sleep,
+                on_quirk: Callable[[str], None] | None = None) -> MarstekGateway:
+    """The ``MarstekGateway`` of ``unit``'s gateway (its register set, framer; the strongest unit's limit);
+    ``on_quirk`` gets the quirks it meets."""
     same = [u for u in b.units if u.gateway == unit.gateway] or [unit]
     return MarstekGateway(
         unit.host,
@@ -511,4 +515,5 @@ def gateway_bus(b: BatteryConfig, unit: UnitConfig, timeout_s: float, soc_interv
         clock=clock,
         sleep=sleep,
         client_factory=tcp_client_factory(unit.host, unit.port, unit.framer),
+        on_quirk=on_quirk,
     )

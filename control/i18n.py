@@ -11,7 +11,9 @@ events, ``--check`` output) are built by code: ``Msg("meter_error", error=...)``
 it as text, and it keeps its code and parameters so that ``/api/status`` renders every message of one
 answer in the language of that answer (``render``). Parameters may themselves be messages.
 
-Each pair of dictionaries must have exactly the same keys (tests/test_web.py checks this).
+Each pair of dictionaries must have exactly the same keys (tests/test_web.py, tests/test_i18n.py check this).
+The policy (README, development): every text a user reads is a code here; plain English only in ``log.debug``.
+The default language, for messages written before the config is read, is German (``DEFAULT_LANGUAGE``).
 """
 
 from __future__ import annotations
@@ -619,6 +621,17 @@ MESSAGES_DE: dict[str, str] = {
     ),
     "runaway_reconnect": "Akku {id}: liefert weiter {power} W trotz Stopp: Verbindung wird hart neu aufgebaut",
     "runaway_over": "Akku {id} folgt seinem Sollwert wieder",
+    "gateway_reachable_again": "Modbus-Gateway {gateway} wieder erreichbar",
+    "unit_answers_again": "Akku {id} antwortet wieder",
+    "rs485_reassert": "Akku {id} hat die RS485-Steuerung von sich aus verlassen: sie wird wieder eingeschaltet",
+    "limits_not_readable": (
+        "Akku {id}: Leistungsgrenzen 44002/44003 nicht lesbar ({error}): werden nicht mehr abgefragt"
+    ),
+    "model_not_readable": "Akku {id}: Modell nicht lesbar ({error}): angenommen werden {limit} W",
+    "model_limit_below_config": (
+        "Akku {id} ist ein {model} (Firmware {firmware}): seine Grenze ist {limit} W, weniger als die "
+        "eingestellten {max} W"
+    ),
     "note_runaway": "folgt dem Stopp nicht ({power} W, eigene Logik der Firmware): wird neu angesteuert",
     "battery_released": "{name} an seine eigene Regelung zurückgegeben (43000 = 1, RS485-Steuerung aus)",
     "battery_release_failed": "{name} konnte nicht zurückgegeben werden: {error}",
@@ -817,6 +830,12 @@ MESSAGES_DE: dict[str, str] = {
     "mqtt_meter_no_broker": "keine Verbindung zum MQTT-Broker {broker} (Topic {topic})",
     "mqtt_meter_too_old": "letzter Messwert auf {topic} ist {age} s alt (erlaubt: {limit} s)",
     "mqtt_meter_bad_payload": "Nachricht auf {topic} unbrauchbar: {error}",
+    "mqtt_publish_failed": "MQTT: Veröffentlichen fehlgeschlagen; nächster Versuch im nächsten Takt",
+    # -- prices and PV forecasts (planning/fetcher.py); {kind} is "prices" or "pv"
+    "fetch_failed": "{kind}: {error} (Versuch {attempt} fehlgeschlagen; nächster Versuch {time})",
+    "fetch_failed_unexpectedly": "{kind}: Quelle {source} unerwartet fehlgeschlagen",
+    "fetch_available_again": "{kind} von {source} wieder verfügbar ({count} Zeitfenster)",
+    "fetch_receiver_failed": "{kind}: Weitergabe des Abrufs fehlgeschlagen; der Abruf läuft weiter",
     # -- python main.py --check
     "check_config_ok": "Konfiguration {path}: OK",
     "check_meter_ok": "Zähler {type} {ip}: OK, {power} W ({direction})",
@@ -846,6 +865,14 @@ MESSAGES_DE: dict[str, str] = {
     "check_rs485_off": "aus (wird beim Start eingeschaltet)",
     "check_all_ok": "Alles erreichbar.",
     "check_problems": "{count} Problem(e) gefunden.",
+    "check_hint": "  -> {hint}",
+    # -- start (main.py) and the config file (config_loader.py)
+    "config_error": "Konfigurationsfehler: {error}",
+    "set_password_not_demo": "--set-password geht nicht zusammen mit --demo (die Demo hat keine Konfigurationsdatei)",
+    "price_lookup_failed": "Preisabfrage fehlgeschlagen (Programmfehler); dieser Abschnitt gilt als ohne Preis",
+    "port_out_of_range": "--port: muss 1..65535 sein",
+    "config_file_missing": "{path}: Datei fehlt. config.example.json nach {name} kopieren und anpassen.",
+    "config_not_json": "{path}: keine gültige JSON-Datei (Zeile {line}, Spalte {column}): {error}",
     "hint_meter_password": "Passwort des Shelly in shelly.password eintragen (Benutzer ist immer 'admin').",
     "hint_meter_unreachable": (
         "IP-Adresse in {type}.ip prüfen, 'ping <ip>' versuchen, Gerät eingeschaltet und im selben Netz? "
@@ -937,6 +964,14 @@ MESSAGES_EN: dict[str, str] = {
     ),
     "runaway_reconnect": "Battery {id}: still {power} W despite the stop: reconnecting hard",
     "runaway_over": "Battery {id} follows its setpoint again",
+    "gateway_reachable_again": "Modbus gateway {gateway} reachable again",
+    "unit_answers_again": "Battery {id} answers again",
+    "rs485_reassert": "Battery {id} left RS485 control on its own: re-asserting it",
+    "limits_not_readable": "Battery {id}: power limits 44002/44003 not readable ({error}): not asked again",
+    "model_not_readable": "Battery {id}: model not readable ({error}): assuming {limit} W",
+    "model_limit_below_config": (
+        "Battery {id} is a {model} (firmware {firmware}): its limit is {limit} W, below the configured {max} W"
+    ),
     "note_runaway": "does not follow the stop ({power} W, the firmware's own logic): taking control again",
     "battery_released": "{name} handed back to its own control (43000 = 1, RS485 control off)",
     "battery_release_failed": "{name} could not be handed back: {error}",
@@ -1122,6 +1157,12 @@ MESSAGES_EN: dict[str, str] = {
     "mqtt_meter_no_broker": "not connected to the MQTT broker {broker} (topic {topic})",
     "mqtt_meter_too_old": "the last reading on {topic} is {age} s old (allowed: {limit} s)",
     "mqtt_meter_bad_payload": "message on {topic} unusable: {error}",
+    "mqtt_publish_failed": "MQTT publishing failed; next try in the next round",
+    # -- prices and PV forecasts (planning/fetcher.py); {kind} is "prices" or "pv"
+    "fetch_failed": "{kind}: {error} (attempt {attempt} failed; next try {time})",
+    "fetch_failed_unexpectedly": "{kind} source {source} failed unexpectedly",
+    "fetch_available_again": "{kind} from {source} available again ({count} slots)",
+    "fetch_receiver_failed": "{kind}: handing on the fetch result failed; fetching goes on",
     # -- python main.py --check
     "check_config_ok": "Configuration {path}: OK",
     "check_meter_ok": "Meter {type} {ip}: OK, {power} W ({direction})",
@@ -1151,6 +1192,14 @@ MESSAGES_EN: dict[str, str] = {
     "check_rs485_off": "off (switched on at start)",
     "check_all_ok": "Everything reachable.",
     "check_problems": "{count} problem(s) found.",
+    "check_hint": "  -> {hint}",
+    # -- start (main.py) and the config file (config_loader.py)
+    "config_error": "Configuration error: {error}",
+    "set_password_not_demo": "--set-password does not work with --demo (the demo has no config file)",
+    "price_lookup_failed": "price lookup failed (a program error); this stretch counts as unpriced",
+    "port_out_of_range": "--port: must be 1..65535",
+    "config_file_missing": "{path}: file not found. Copy config.example.json to {name} and adjust it.",
+    "config_not_json": "{path}: not a valid JSON file (line {line}, column {column}): {error}",
     "hint_meter_password": "Enter the Shelly's password in shelly.password (the user is always 'admin').",
     "hint_meter_unreachable": (
         "Check the IP address in {type}.ip, try 'ping <ip>': is the device on and in the same network? "
@@ -1209,7 +1258,7 @@ MESSAGES_EN: dict[str, str] = {
 }
 
 MESSAGES: Mapping[str, Mapping[str, str]] = {"de": MESSAGES_DE, "en": MESSAGES_EN}
-_backend = {"language": "en"}  # set once at start by main.py from web.language
+_backend = {"language": DEFAULT_LANGUAGE}  # set once at start by main.py from web.language
 
 
 def set_language(lang: str) -> None:

@@ -196,7 +196,8 @@ class StatusStore:
 
 class QuirkCounter:
     """Counts device quirks (meter failures, RS485 re-asserts, no-delivery pauses, reconnects) with the
-    time each was last seen; any thread may ``note``, the diagnostics bundle reads ``figures``."""
+    time each was last seen; any thread may ``note`` (the gateways through ``on_quirk``, the control loop), the
+    diagnostics bundle reads ``figures``."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -222,26 +223,6 @@ class QuirkCounter:
         for _ in paused - self._paused:
             self.note("no_delivery_pause")
         self._paused = paused
-
-
-# The battery driver logs these (battery_client.py); counted from its log records, message templates as keys.
-LOGGED_QUIRKS = {
-    "Battery %d left RS485 control on its own: re-asserting it": "rs485_reassert",
-    "Modbus gateway %s:%s reachable again": "modbus_reconnect",
-}
-
-
-class QuirkLogHandler(logging.Handler):
-    """Counts the quirks the drivers only log (``LOGGED_QUIRKS``) into a ``QuirkCounter``."""
-
-    def __init__(self, quirks: QuirkCounter) -> None:
-        super().__init__(logging.INFO)
-        self.quirks = quirks
-
-    def emit(self, record: logging.LogRecord) -> None:
-        name = LOGGED_QUIRKS.get(str(getattr(record.msg, "code", record.msg)))
-        if name is not None:
-            self.quirks.note(name)
 
 
 class StoreLogHandler(logging.Handler):

@@ -488,7 +488,7 @@ class History:
         try:
             price = self.price_at((a.t + b.t) / 2)
         except Exception:  # a broken lookup must not stop the history: the segment is counted as unpriced
-            log.exception("price lookup failed")
+            log.exception(i18n.Msg("price_lookup_failed"))
             price = None
         m = money_between(a, b, price)
         self._money.setdefault(day, DayMoney()).add(m)

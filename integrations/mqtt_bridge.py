@@ -153,7 +153,7 @@ class MqttBridge:
                 try:
                     self.tick(time.monotonic())
                 except Exception:  # a bug here must not end the bridge (nor touch the control)
-                    log.exception("MQTT publishing failed")
+                    log.exception(Msg("mqtt_publish_failed"))
         finally:
             self._shutdown()
             worker.join(timeout=COMMAND_TIMEOUT_S + 1)
@@ -328,7 +328,7 @@ class MqttBridge:
         try:
             price = self.import_price_ct()
         except Exception:  # a lookup bug must not stop the state topic: the price is unknown this time
-            log.exception("import price lookup failed")
+            log.exception(Msg("price_lookup_failed"))
             price = None
         return {"import_price_ct_per_kwh": round(price, 3) if price is not None else None}
 

@@ -34,6 +34,7 @@ from zoneinfo import ZoneInfo
 
 import requests
 
+from control.i18n import Msg
 from planning.forecasts import ForecastSolarSource, OpenMeteoSource
 from planning.model import ForecastError, PriceError, PriceSlot, PriceSource, PvForecastSource, PvSlot
 from planning.prices import (
@@ -188,11 +189,11 @@ class Fetcher:
         except job.error_types as exc:
             self._failed(job, now, str(exc), getattr(exc, "retry_at", None))
         except Exception as exc:  # a bug in a source must not end the thread; it is retried like a failure
-            log.exception("%s source %s failed unexpectedly", job.kind, job.state.source)
+            log.exception(Msg("fetch_failed_unexpectedly", kind=job.kind, source=job.state.source))
             self._failed(job, now, f"{job.state.source}: unexpected error ({type(exc).__name__}: {exc})", None)
         else:
             if job.state.error is not None:
-                log.info("%s from %s available again (%d slots)", job.kind, job.state.source, len(slots))
+                log.info(Msg("fetch_available_again", kind=job.kind, source=job.state.source, count=len(slots)))
             job.due_at = job.next_after_success(now, slots)
             self._publish(job, replace(job.state, slots=slots, fetched_at=now, error=None, failures=0,
                                        next_attempt_at=job.due_at))
@@ -204,8 +205,8 @@ class Fetcher:
             due = retry_at
         job.due_at = due
         level = logging.WARNING if message != job.state.error else logging.DEBUG
-        log.log(level, "%s: %s (attempt %d failed; next try %s)", job.kind, message, failures,
-                due.astimezone(self.tz).strftime("%H:%M:%S"))
+        log.log(level, Msg("fetch_failed", kind=job.kind, error=message, attempt=failures,
+                           time=due.astimezone(self.tz).strftime("%H:%M:%S")))
         self._publish(job, replace(job.state, error=message, failures=failures, next_attempt_at=due))
 
     def _publish(self, job: _Job[Any], state: FetchState[Any]) -> None:
@@ -215,7 +216,7 @@ class Fetcher:
             try:
                 self.on_update(state)
             except Exception:  # the receiver's bug must not stop the fetching
-                log.exception("on_update failed for %s", job.kind)
+                log.exception(Msg("fetch_receiver_failed", kind=job.kind))
 
 
 def build_price_source(cfg: TariffConfig, session: requests.Session, tz: ZoneInfo = LOCAL_TZ) -> PriceSource:

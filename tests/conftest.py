@@ -1,5 +1,5 @@
-"""Shared fixtures: a fake clock, a free port, a config pointing at the simulator, a running main.py,
-a two-battery simulation and the control-loop rig of the fault tests.
+"""Shared fixtures: English backend messages, a fake clock, a free port, a config pointing at the simulator,
+a running main.py, a two-battery simulation and the control-loop rig of the fault tests.
 
 The implementations live in ``tests/helpers.py`` so that tests can also call them directly.
 """
@@ -11,9 +11,22 @@ from typing import Any
 
 import pytest
 
+from control import i18n
 from simulator.world import Simulation, UnitSpec
 from tests import helpers
 from tests.loop_rig import Rig
+
+
+@pytest.fixture(autouse=True)
+def english_backend_messages() -> Iterator[None]:
+    """In-process tests read the backend messages in English; the product's default is German (set from
+    ``web.language`` by main.py; tests/test_i18n.py checks the default in a fresh process)."""
+    before = i18n.language()
+    i18n.set_language("en")
+    try:
+        yield
+    finally:
+        i18n.set_language(before)
 
 
 @pytest.fixture

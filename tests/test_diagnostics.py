@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from config_loader import parse_config
-from control.status_store import CommandQueue, QuirkLogHandler, StatusStore, StoreLogHandler
+from control.status_store import CommandQueue, StatusStore, StoreLogHandler
 from integrations.diagnostics import REDACTED, Diagnostics, redact
 from integrations.history import History
 from tests.helpers import wait_until
@@ -86,15 +86,10 @@ def test_without_a_password_the_bundle_is_open() -> None:
 
 def test_bundle_of_the_running_system_names_batteries_meter_and_quirks(tmp_path: Path) -> None:
     with live_system(tmp_path) as live:
-        quirk_log = logging.getLogger("battery_client")
-        handler = QuirkLogHandler(live.loop.quirks)
-        quirk_log.addHandler(handler)
-        try:
-            # The battery drops RS485 control by itself: the driver re-asserts it, the bundle counts it.
-            live.sim.unit(1).drop_rs485()
-            wait_until(lambda: live.loop.quirks.count("rs485_reassert") >= 1, 15, "an RS485 re-assert is counted")
-        finally:
-            quirk_log.removeHandler(handler)
+        # The battery drops RS485 control by itself: the driver re-asserts it and reports it (on_quirk, wired as
+        # in main.py), the bundle counts it.
+        live.sim.unit(1).drop_rs485()
+        wait_until(lambda: live.loop.quirks.count("rs485_reassert") >= 1, 15, "an RS485 re-assert is counted")
         diag = Diagnostics(live.cfg, live.store, meter=live.loop.meter, quirks=live.loop.quirks)
         bundle = diag.bundle()
         names = {b["id"]: b["read_at_start"].get("device_name") for b in bundle["batteries"]}

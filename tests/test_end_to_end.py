@@ -153,7 +153,7 @@ BASE = '{"energy_meter": {"type": "shelly"}, "shelly": {"ip": "1.2.3.4"}'
         (BASE + ', "battery": {"ip": "1.2.3.4"}, "web": {"prot": 1}}', "web.prot"),
         ('{"energy_meter": {"type": "smartmeter"}}', "energy_meter.type"),
         (BASE + ', "battery": {"ip": "1.2.3.4", "akku_ids": [2, 2]}}', "battery.akku_ids"),
-        ('{"energy_meter": {"type": "shelly"},\n "shelly": {"ip": "1.2.3.4",}}', "line 2"),
+        ('{"energy_meter": {"type": "shelly"},\n "shelly": {"ip": "1.2.3.4",}}', "Zeile 2"),
     ],
 )
 def test_config_errors_exit_2_naming_the_key(tmp_path, content, key):

@@ -8,10 +8,13 @@ import threading
 
 import pytest
 
+from battery_client import MarstekGateway
 from config_loader import ConfigError, parse_config
+from control.devices import BatteryError
+from control.status_store import QuirkCounter
 from simulator.marstek import OWN_PERIOD_S
 from simulator.world import PlantParams, Simulation, UnitSpec
-from tests.helpers import wait_until
+from tests.helpers import FakeClock, wait_until
 from tests.loop_rig import (
     LAW,
     QUICK,
@@ -108,6 +111,35 @@ def test_rs485_control_dropped_is_reasserted_by_the_loop(sim, caplog):
         loop.stop_all("test")
         loop.bus.close()
         loop.meter.close()
+
+
+def test_the_gateway_reports_an_rs485_reassert_and_a_reconnect_to_the_quirk_counter() -> None:
+    """The quirks the driver meets reach the diagnostics' counter through ``on_quirk`` (as main.py wires it),
+    not through its log text."""
+    quirks = QuirkCounter()
+    clock = FakeClock()
+    with Simulation(units=[UnitSpec(1, soc_pct=60.0)]) as world:
+        gw = MarstekGateway("127.0.0.1", world.modbus_port, timeout_s=0.5, clock=clock, sleep=clock.advance,
+                            on_quirk=quirks.note)
+        try:
+            gw.write_setpoint(1, 500.0, gw.read(1))
+            assert world.unit(1).rs485_control and quirks.figures() == {}, "the first assert is no quirk"
+            world.unit(1).drop_rs485()
+            gw.write_setpoint(1, 500.0, gw.read(1))
+            assert world.unit(1).rs485_control
+            assert quirks.count("rs485_reassert") == 1
+
+            world.gateway.network_reset()
+            with pytest.raises(BatteryError):
+                gw.read(1)
+            assert quirks.count("modbus_reconnect") == 0, "counted when the gateway is back, not when it left"
+            world.gateway.network_back()
+            clock.advance(1.0)  # past the fast retry
+            gw.read(1)
+            assert quirks.count("modbus_reconnect") == 1
+            assert set(quirks.figures()) == {"rs485_reassert", "modbus_reconnect"}
+        finally:
+            gw.close()
 
 
 def test_bms_cut_off_near_empty_stops_discharge(sim):

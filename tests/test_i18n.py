@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import logging
 import re
 import string
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from config_loader import WebConfig, parse_config
 from control import i18n
 from control.i18n import Msg
 from control.status_store import StatusStore, StoreLogHandler
@@ -29,7 +33,7 @@ def test_both_languages_have_the_same_message_codes_and_placeholders() -> None:
 
 def test_every_code_used_in_the_program_exists() -> None:
     used = set()
-    for path in ROOT.glob("*.py"):
+    for path in product_modules():
         used |= set(re.findall(r'Msg\(\s*"([a-z0-9_]+)"', path.read_text(encoding="utf-8")))
     assert used, "no Msg(...) found: the scan is broken"
     assert used <= i18n.MESSAGES_EN.keys(), used - i18n.MESSAGES_EN.keys()
@@ -78,3 +82,89 @@ def test_the_backend_language_follows_the_config() -> None:
     finally:
         i18n.set_language("en")
     assert str(Msg("reason_no_battery")) == "no battery online"
+
+
+# ---------------------------------------------------------------------------- the language policy
+PRODUCT_DIRS = ("control", "meters", "integrations", "planning")
+LOG_LEVELS = {"info", "warning", "error", "exception", "critical"}  # debug lines may be plain English
+# install.py runs with the system Python before the program is installed; it writes its own German lines.
+NOT_SCANNED = {"install.py"}
+# Known exceptions, each with its reason: (file, literal).
+ALLOWED_LITERALS = {
+    # The traceback of a bug inside a request handler (the user gets a 500 answer): for the developer.
+    ("web_server.py", "Internal error on %s %s"),
+}
+
+
+def _is_msg_call(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and ast.unparse(node.func).split(".")[-1] == "Msg"
+
+
+def _plain_text(call: ast.Call, first: int) -> str | None:
+    """The literal text a log/print call writes instead of a message code, or None."""
+    if len(call.args) <= first:
+        return None
+    arg = call.args[first]
+    if isinstance(arg, ast.JoinedStr):
+        return ast.unparse(arg)
+    if isinstance(arg, ast.BinOp) and any(isinstance(n, (ast.Constant, ast.JoinedStr)) for n in ast.walk(arg)):
+        return ast.unparse(arg)
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str):
+        # "%s" with message codes as its arguments still shows a message code.
+        if arg.value == "%s" and all(_is_msg_call(a) for a in call.args[first + 1:]):
+            return None
+        return arg.value
+    return None
+
+
+def plain_texts(path: Path) -> list[tuple[int, str]]:
+    """Log calls at INFO and above and ``print`` calls of ``path`` that write a hand-written text."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.Call):
+            continue
+        text = None
+        if isinstance(node.func, ast.Attribute) and node.func.attr in LOG_LEVELS:
+            text = _plain_text(node, 0)
+        elif isinstance(node.func, ast.Attribute) and node.func.attr == "log" and node.args:
+            level = ast.unparse(node.args[0])
+            text = None if level.endswith("DEBUG") else _plain_text(node, 1)
+        elif isinstance(node.func, ast.Name) and node.func.id == "print":
+            text = _plain_text(node, 0)
+        if text is not None:
+            found.append((node.lineno, text))
+    return found
+
+
+def product_modules() -> list[Path]:
+    top = [p for p in ROOT.glob("*.py") if p.name not in NOT_SCANNED]
+    return [*top, *(p for d in PRODUCT_DIRS for p in (ROOT / d).glob("*.py"))]
+
+
+def test_the_scan_for_hand_written_texts_finds_them() -> None:
+    sample = ROOT / "tests" / "fixtures" / "i18n_policy_sample.py.txt"
+    found = [text for _, text in plain_texts(sample)]
+    assert found == ["Battery %d answers again", "f'unit {unit_id} {what}'", "--port: must be 1..65535",
+                     "f'Konfigurationsfehler / configuration error: {exc}'", "%s: %s"], found
+
+
+def test_every_text_a_user_reads_is_a_message_code() -> None:
+    """The language policy (README, development): log lines from INFO up and printed lines are ``Msg`` codes
+    in control/i18n.py (German and English); technical details (a BatteryError's text) are parameters."""
+    modules = product_modules()
+    names = {str(p.relative_to(ROOT)) for p in modules}
+    assert {"battery_client.py", "control/check.py", "control/status_store.py", "main.py",
+            "config_loader.py", "planning/fetcher.py"} <= names
+    offenders = [f"{p.relative_to(ROOT)}:{line}: {text!r}" for p in modules for line, text in plain_texts(p)
+                 if (str(p.relative_to(ROOT)), text) not in ALLOWED_LITERALS]
+    assert not offenders, offenders
+
+
+def test_the_default_language_is_german_everywhere() -> None:
+    """One default: the backend messages of a fresh process, the UI fallback, web.language and the README."""
+    fresh = subprocess.run([sys.executable, "-c", "from control import i18n; print(i18n.language())"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60, check=True)
+    assert fresh.stdout.strip() == i18n.DEFAULT_LANGUAGE == "de"
+    assert WebConfig().language == "de"
+    assert parse_config({"shelly": {"ip": "10.0.0.2"}, "battery": {"ip": "10.0.0.3"}}).web.language == "de"
+    assert "| `web.language` | `\"de\"` |" in (ROOT / "README.md").read_text(encoding="utf-8")

@@ -36,6 +36,7 @@ from control.status_store import (
     BatteryStatus,
     CommandQueue,
     HistorySample,
+    QuirkCounter,
     StatusSnapshot,
     StatusStore,
     StoreLogHandler,
@@ -107,8 +108,9 @@ def live_system(tmp_path: Path, **web: Any) -> Iterator[Live]:
         app_logger = logging.getLogger("marstek")
         old_level = app_logger.level
         app_logger.setLevel(logging.INFO)
-        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands,
-                                config_path=config_path)
+        quirks = QuirkCounter()  # as main.py wires it: the gateways report their quirks into the loop's counter
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg, quirks=quirks), store, commands,
+                           config_path=config_path, quirks=quirks)
         stop = threading.Event()
         thread = threading.Thread(target=loop.run, args=(stop,), name="test-control", daemon=True)
         thread.start()
