@@ -33,7 +33,7 @@ from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, P
 
 SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
-TIE_CT = 0.01  # another mode than auto must save more than this over the horizon (ct), else auto
+TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): no switching for crumbs
 TERMINAL_EFFICIENCY = min(e for _, e in EFFICIENCY_DISCHARGE)
 _EPS_WH = 1e-6
 
@@ -448,7 +448,7 @@ def _target(decided: Sequence[_Decision], slots: Sequence[_Slot], prices: Sequen
     bar = slots[best].price - (slots[best].price - slots[t].price) / 2.0
 
     def keeps(u: int) -> bool:
-        return decided[u].step.battery_w > 0 and (peak or slots[u].price >= bar)
+        return decided[u].step.battery_w > 0 and (peak or slots[u].price > bar)
 
     first = last = best
     while first - 1 > t and keeps(first - 1):
