@@ -28,13 +28,12 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from i18n import Msg, Num
-from planning.efficiency import EFFICIENCY_CHARGE, EFFICIENCY_DISCHARGE, efficiency
+from planning.efficiency import efficiency
 from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, PriceSlot
 
 SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
 TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): no switching for crumbs
-TERMINAL_EFFICIENCY = min(e for _, e in EFFICIENCY_DISCHARGE)
 _EPS_WH = 1e-6
 
 
@@ -80,12 +79,17 @@ class _Model:
         self.wear = fleet.wear_ct_per_kwh
         self.standby_w = max(fleet.standby_w, 0.0)
         self.peak_w = peak_limit_w
+        self.curve_c = fleet.efficiency_charge
+        self.curve_d = fleet.efficiency_discharge
+        self.best_eta_c = max(e for _, e in self.curve_c)
+        self.best_eta_d = max(e for _, e in self.curve_d)
+        self.worst_eta_d = min(e for _, e in self.curve_d)
 
     def slot(self, dt_h: float, price: PriceSlot, net_w: float) -> _Slot:
         dis_w = min(max(net_w, 0.0), self.max_dis_w)
         chg_w = min(max(-net_w, 0.0), self.max_chg_w)
         return _Slot(dt_h, price.import_ct_per_kwh, price.feed_in_ct_per_kwh, net_w,
-                     dis_w, efficiency(dis_w, EFFICIENCY_DISCHARGE), chg_w, efficiency(chg_w, EFFICIENCY_CHARGE))
+                     dis_w, efficiency(dis_w, self.curve_d), chg_w, efficiency(chg_w, self.curve_c))
 
     def _money(self, s: _Slot, grid_w: float, discharge_w: float) -> tuple[float, float]:
         kwh = grid_w * s.dt_h / 1000.0
@@ -142,16 +146,17 @@ class _Model:
         return step.battery_w <= 0.0 or step.e_next_wh >= self.e_res_wh - _EPS_WH
 
 
-def _charge_table(dt_h: float, step_wh: float, max_w: float) -> list[tuple[float, float]]:
+def _charge_table(dt_h: float, step_wh: float, max_w: float, curve: Sequence[tuple[float, float]]
+                  ) -> list[tuple[float, float]]:
     """(AC power W, stored DC Wh) for charging k grid steps in a slot of ``dt_h``, k = 1, 2, …"""
     table: list[tuple[float, float]] = []
     k = 1
     while True:
         dc = k * step_wh
-        eta = EFFICIENCY_CHARGE[-1][1]
+        eta = curve[-1][1]
         power = dc / (dt_h * eta)
         for _ in range(4):  # P·dt·η(P) = dc converges in a few rounds (η is flat at these powers)
-            eta = efficiency(power, EFFICIENCY_CHARGE)
+            eta = efficiency(power, curve)
             power = dc / (dt_h * eta)
         if power > max_w + 1e-9:
             return table
@@ -250,28 +255,30 @@ def make_plan(inp: PlanInput) -> Plan:
     tables: dict[float, list[tuple[float, float]]] = {}
     for s in slots:
         if s.dt_h not in tables:
-            tables[s.dt_h] = _charge_table(s.dt_h, step, model.max_chg_w)
+            tables[s.dt_h] = _charge_table(s.dt_h, step, model.max_chg_w, model.curve_c)
 
     total_h = sum(s.dt_h for s in slots)
     mean_price = sum(s.price * s.dt_h for s in slots) / total_h
-    value_ct_per_wh = max(mean_price - model.wear, 0.0) * TERMINAL_EFFICIENCY / 1000.0
+    value_ct_per_wh = max(mean_price - model.wear, 0.0) * model.worst_eta_d / 1000.0
     usable_from = max(model.e_res_wh, lo)
     values = [-max(lo + j * step - usable_from, 0.0) * value_ct_per_wh for j in range(n)]
     stages: list[list[float]] = [values]
     j_max = int((model.e_max_wh - lo) / step + 1e-9)  # highest grid state a charge may reach
-    for s in reversed(slots):
+    may_charge = _worth_charging(slots, model, value_ct_per_wh)
+    for t in range(len(slots) - 1, -1, -1):
+        s = slots[t]
         nxt = values
         surplus = max(-s.net_w, 0.0)
         charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
         for k, (p, dc) in enumerate(tables[s.dt_h], 1):
-            if p > surplus and p - surplus <= model.grid_chg_w:
+            if may_charge[t] and p > surplus and p - surplus <= model.grid_chg_w:
                 c = model.charge(s, 0.0, p, dc)
                 charges.append((k, c.cost_ct + c.penalty_ct))
         values = _backward_slot(model, s, nxt, lo, step, charges, j_max)
         stages.append(values)
     stages.reverse()  # stages[t]: cost-to-go at the start of slot t
 
-    decided = _forward(model, slots, tables, stages, lo, step)
+    decided = _forward(model, slots, tables, stages, lo, step, may_charge)
     reasons = _reasons(decided, slots, prices, model, mean_price, inp)
     out = []
     for i, (price, d) in enumerate(zip(prices, decided, strict=True)):
@@ -286,6 +293,25 @@ def make_plan(inp: PlanInput) -> Plan:
         e_wh = a.e_next_wh
     return Plan(inp.now, True, None, tuple(out), round(sum(d.step.cost_ct for d in decided) / 100.0, 4),
                 round(without / 100.0, 4))
+
+
+def _worth_charging(slots: Sequence[_Slot], model: _Model, value_ct_per_wh: float) -> list[bool]:
+    """Per slot: can charging from the grid pay at all? An exact shortcut, never a heuristic.
+
+    A kWh stored now costs at least price / best charge efficiency; it is worth at most the highest later
+    price × best discharge efficiency, or the value of energy left at the horizon. Negative prices, a
+    feed-in above the import price and peak shaving always keep the option.
+    """
+    eta_c, eta_d = model.best_eta_c, model.best_eta_d
+    out = [True] * len(slots)
+    later_max = float("-inf")
+    for t in range(len(slots) - 1, -1, -1):
+        s = slots[t]
+        worth = max(later_max * eta_d, value_ct_per_wh * 1000.0)
+        if model.peak_w is None and s.price > 0.0 and s.price > s.feed and s.price / eta_c > worth + 1e-9:
+            out[t] = False
+        later_max = max(later_max, s.price)
+    return out
 
 
 def _backward_slot(model: _Model, s: _Slot, nxt: Sequence[float], lo: float, step: float,
@@ -357,7 +383,8 @@ class _Decision:
 
 
 def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[float, float]]],
-             stages: Sequence[Sequence[float]], lo: float, step: float) -> list[_Decision]:
+             stages: Sequence[Sequence[float]], lo: float, step: float, may_charge: Sequence[bool]
+             ) -> list[_Decision]:
     """Follow the cheapest mode slot by slot from the true (off-grid) SoC."""
     decided: list[_Decision] = []
     e = model.e0_wh
@@ -372,7 +399,7 @@ def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tup
         if v < best_v - TIE_CT or blocked:
             best_v, best = v, _Decision("hold", 0.0, e, h, blocked)
         surplus = max(-s.net_w, 0.0)
-        for p, dc in tables[s.dt_h]:
+        for p, dc in tables[s.dt_h] if may_charge[t] else ():
             if p <= surplus or p - surplus > model.grid_chg_w:
                 continue
             if e + dc > model.e_max_wh + _EPS_WH:
