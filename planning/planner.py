@@ -23,6 +23,7 @@ one the plan is ``auto`` everywhere and says why.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
@@ -33,6 +34,7 @@ from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, P
 
 SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
+CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
 TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): no switching for crumbs
 _EPS_WH = 1e-6
 
@@ -147,9 +149,12 @@ class _Model:
 
 
 def _charge_table(dt_h: float, step_wh: float, max_w: float, curve: Sequence[tuple[float, float]]
-                  ) -> list[tuple[float, float]]:
-    """(AC power W, stored DC Wh) for charging k grid steps in a slot of ``dt_h``, k = 1, 2, …"""
-    table: list[tuple[float, float]] = []
+                  ) -> list[tuple[int, float, float]]:
+    """(k, AC power W, stored DC Wh) for charging k grid steps in a slot of ``dt_h``.
+
+    At most ``CHARGE_LEVELS`` powers, evenly spread up to the limit (an hour at 2.5 kW spans ~50 steps;
+    ~200 W apart is fine enough for a charge power, and the run time grows with the count)."""
+    table: list[tuple[int, float, float]] = []
     k = 1
     while True:
         dc = k * step_wh
@@ -159,9 +164,12 @@ def _charge_table(dt_h: float, step_wh: float, max_w: float, curve: Sequence[tup
             eta = efficiency(power, curve)
             power = dc / (dt_h * eta)
         if power > max_w + 1e-9:
-            return table
-        table.append((power, dc))
+            break
+        table.append((k, power, dc))
         k += 1
+    if len(table) <= CHARGE_LEVELS:
+        return table
+    return [table[round(len(table) * (i + 1) / CHARGE_LEVELS) - 1] for i in range(CHARGE_LEVELS)]
 
 
 def _interp(values: Sequence[float], lo: float, step: float, e_wh: float) -> float:
@@ -252,7 +260,7 @@ def make_plan(inp: PlanInput) -> Plan:
     hi = max(model.e_max_wh, model.e0_wh, lo + 1.0)
     n = max(2, round((hi - lo) / (model.cap_wh * SOC_STEP_PCT / 100.0)) + 1)
     step = (hi - lo) / (n - 1)
-    tables: dict[float, list[tuple[float, float]]] = {}
+    tables: dict[float, list[tuple[int, float, float]]] = {}
     for s in slots:
         if s.dt_h not in tables:
             tables[s.dt_h] = _charge_table(s.dt_h, step, model.max_chg_w, model.curve_c)
@@ -270,7 +278,7 @@ def make_plan(inp: PlanInput) -> Plan:
         nxt = values
         surplus = max(-s.net_w, 0.0)
         charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
-        for k, (p, dc) in enumerate(tables[s.dt_h], 1):
+        for k, p, dc in tables[s.dt_h]:
             if may_charge[t] and p > surplus and p - surplus <= model.grid_chg_w:
                 c = model.charge(s, 0.0, p, dc)
                 charges.append((k, c.cost_ct + c.penalty_ct))
@@ -318,59 +326,60 @@ def _backward_slot(model: _Model, s: _Slot, nxt: Sequence[float], lo: float, ste
                    charges: Sequence[tuple[int, float]], j_max: int) -> list[float]:
     """Cost-to-go at the start of slot ``s`` on every grid state, given the one after it (``nxt``).
 
-    The same flows as ``_Model.auto``/``hold``/``charge``, with the slot's constants hoisted out of the
-    loop over the states (this loop is the planner's whole run time).
+    The same flows as ``_Model.auto``/``hold``/``charge``. Away from the SoC limits a mode moves every state
+    by the same energy at the same cost, so those states are done as whole lists (this function is the
+    planner's run time); the few states a limit cuts go through ``_Model.auto`` one by one.
     """
     n = len(nxt)
-    last = n - 1
+    padded = [*nxt, nxt[-1]]
     idle = model.hold(s, lo)  # no battery power: the demand (or surplus) goes to the grid
     idle_v = idle.cost_ct + idle.penalty_ct
-    if s.net_w > 0.0:
-        dc_full = s.dis_w * s.dt_h / s.dis_eta if s.dis_w > 0.0 else 0.0
-        full = model.auto(s, model.e_floor_wh + dc_full + 1.0) if dc_full > 0.0 else idle
-        full_v = full.cost_ct + full.penalty_ct
-        sign = -1.0
-    else:
-        dc_full = s.chg_w * s.dt_h * s.chg_eta if s.chg_w > 0.0 else 0.0
-        full = model.auto(s, model.e_max_wh - dc_full - 1.0) if dc_full > 0.0 else idle
-        full_v = full.cost_ct + full.penalty_ct
-        sign = 1.0
+    best = [idle_v + x for x in nxt]  # hold (demand), or no room for the surplus
     floor, e_max, e_res = model.e_floor_wh, model.e_max_wh, model.e_res_wh - _EPS_WH
-    values: list[float] = []
-    for j in range(n):
-        e = lo + j * step
-        best = idle_v + nxt[j]  # hold (net > 0), or no room for the surplus
-        if dc_full > 0.0:
-            if sign < 0.0:  # auto discharges
-                if e - floor > _EPS_WH:
-                    if e - dc_full >= floor:
-                        v, e2 = full_v, e - dc_full
-                    else:
-                        a = model.auto(s, e)
-                        v, e2 = a.cost_ct + a.penalty_ct, a.e_next_wh
-                    if e2 >= e_res:
-                        x = (e2 - lo) / step
-                        i = int(x) if x > 0.0 else 0
-                        w = nxt[i] if i >= last else nxt[i] + (x - i) * (nxt[i + 1] - nxt[i])
-                        best = min(best, v + w)
-            elif e_max - e > _EPS_WH:  # surplus charges (auto and hold)
-                if e + dc_full <= e_max:
-                    v, e2 = full_v, e + dc_full
-                else:
-                    a = model.auto(s, e)
-                    v, e2 = a.cost_ct + a.penalty_ct, a.e_next_wh
-                x = (e2 - lo) / step
-                i = int(x) if x > 0.0 else 0
-                w = nxt[i] if i >= last else nxt[i] + (x - i) * (nxt[i + 1] - nxt[i])
-                best = v + w  # the surplus always charges: the battery cannot refuse it
-        for k, c in charges:
-            if j + k > j_max:
-                break
-            v = c + nxt[j + k]
-            if v < best:
-                best = v
-        values.append(best)
-    return values
+    if s.net_w > 0.0 and s.dis_w > 0.0:  # auto discharges
+        dc_full = s.dis_w * s.dt_h / s.dis_eta
+        full = model.auto(s, floor + dc_full + 1.0)
+        full_v = full.cost_ct + full.penalty_ct
+        shift = dc_full / step
+        # unclipped and ending at or above the reserve: e − dc_full ≥ max(floor, reserve)
+        j0 = max(0, math.ceil((max(floor, e_res) + dc_full - lo) / step - 1e-9))
+        if j0 < n:
+            i0 = math.floor(shift)
+            g = 1.0 - (shift - i0)  # x = j − shift lies between j − i0 − 1 and j − i0, weight g on the upper
+            if j0 - i0 - 1 >= 0 and g < 1.0:
+                lower, upper = nxt[j0 - i0 - 1:n - i0 - 1], nxt[j0 - i0:n - i0]
+                moved = [a + g * (b - a) for a, b in zip(lower, upper, strict=True)]
+            else:
+                moved = [_interp(nxt, lo, step, lo + j * step - dc_full) for j in range(j0, n)]
+            best[j0:] = [h if h <= full_v + w else full_v + w for h, w in zip(best[j0:], moved, strict=True)]
+        for j in range(min(j0, n)):  # the floor cuts the discharge
+            e = lo + j * step
+            if e - floor > _EPS_WH:
+                a = model.auto(s, e)
+                if a.e_next_wh >= e_res:
+                    best[j] = min(best[j], a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh))
+    elif s.net_w <= 0.0 and s.chg_w > 0.0:  # the surplus charges (auto and hold alike): no choice
+        dc_full = s.chg_w * s.dt_h * s.chg_eta
+        full = model.auto(s, e_max - dc_full - 1.0)
+        full_v = full.cost_ct + full.penalty_ct
+        shift = dc_full / step
+        i0 = math.floor(shift)
+        f = shift - i0
+        j1 = min(n - 1, math.floor((e_max - dc_full - lo) / step + 1e-9))  # last state not cut by max_soc
+        if j1 >= 0:
+            lower, upper = padded[i0:j1 + 1 + i0], padded[i0 + 1:j1 + 2 + i0]
+            best[:j1 + 1] = [full_v + a + f * (b - a) for a, b in zip(lower, upper, strict=True)]
+        for j in range(max(j1 + 1, 0), n):
+            e = lo + j * step
+            if e_max - e > _EPS_WH:
+                a = model.auto(s, e)
+                best[j] = a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh)
+    for k, c in charges:
+        m = j_max - k + 1  # states from which k steps up stay within max_soc
+        if m <= 0:
+            break
+        best[:m] = map(min, best[:m], map(c.__add__, nxt[k:k + m]))
+    return best
 
 
 @dataclass(frozen=True)
@@ -382,7 +391,7 @@ class _Decision:
     auto_blocked: bool  # auto would have ended below the reserve
 
 
-def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[float, float]]],
+def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[int, float, float]]],
              stages: Sequence[Sequence[float]], lo: float, step: float, may_charge: Sequence[bool]
              ) -> list[_Decision]:
     """Follow the cheapest mode slot by slot from the true (off-grid) SoC."""
@@ -399,7 +408,7 @@ def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tup
         if v < best_v - TIE_CT or blocked:
             best_v, best = v, _Decision("hold", 0.0, e, h, blocked)
         surplus = max(-s.net_w, 0.0)
-        for p, dc in tables[s.dt_h] if may_charge[t] else ():
+        for _, p, dc in tables[s.dt_h] if may_charge[t] else ():
             if p <= surplus or p - surplus > model.grid_chg_w:
                 continue
             if e + dc > model.e_max_wh + _EPS_WH:
