@@ -91,3 +91,11 @@ def test_the_cost_section_is_replaced_and_kept(tmp_path: Path) -> None:
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("# Control\n\nresults\n") and "second" in text and "first" not in text
     assert bc.cost_section(doc) == f"{bc.SECTION_BEGIN}\n## Kosten\nsecond\n{bc.SECTION_END}\n"
+
+
+def test_the_cost_data_is_in_the_repository_with_its_licence() -> None:
+    prices = (bc.ROOT / "data" / "prices" / "README.md").read_text(encoding="utf-8")
+    household = (bc.ROOT / "data" / "household" / "README.md").read_text(encoding="utf-8")
+    assert "Bundesnetzagentur | SMARD.de, CC BY 4.0" in prices
+    assert "CC BY 4.0" in household and "10.25832/household_data/2020-04-15" in household
+    assert bc.PRICES_CSV.stat().st_size > 1_000_000 and bc.HOUSEHOLD_CSV.stat().st_size > 300_000
