@@ -559,7 +559,8 @@ def markdown(runs: Sequence[dict[str, object]], summary: dict[str, object]) -> s
         "",
         "Ziele (Issue 20) und Messung: ≥ 80 % der Ersparnis mit Prognosen – "
         + _verdict(_ge(summary["captured_share"], 0.8)) + "; vor der besten Preisschwelle – "
-        + _verdict(_ge(summary["captured_share"], summary["threshold_captured_share"])) + "; 0 Stunden unter der Reserve – "
+        + _verdict(_ge(summary["captured_share"], summary["threshold_captured_share"]))
+        + "; 0 Stunden unter der Reserve – "
         + _verdict(summary["hours_below_reserve"] == 0) + "; ein Plan in ≤ 1 s auf einem Raspberry Pi – "
         + _verdict(median_s * PI_FACTOR <= 1.0) + " (Median; das Maximum hängt an der Last der geteilten Maschine).",
         ""]
