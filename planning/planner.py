@@ -35,7 +35,7 @@ from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, P
 SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
 CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
-TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): no switching for crumbs
+TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
 _EPS_WH = 1e-6
 
 
@@ -286,7 +286,10 @@ def make_plan(inp: PlanInput) -> Plan:
         stages.append(values)
     stages.reverse()  # stages[t]: cost-to-go at the start of slot t
 
-    decided = _forward(model, slots, tables, stages, lo, step, may_charge)
+    # One price over the whole horizon: nothing to shift. Holding could only trade efficiency crumbs at
+    # different powers against forecast noise, so zero feed-in it is (unless the reserve or a peak says no).
+    flat = model.peak_w is None and max(s.price for s in slots) - min(s.price for s in slots) < 0.01
+    decided = _forward(model, slots, tables, stages, lo, step, may_charge, flat)
     reasons = _reasons(decided, slots, prices, model, mean_price, inp)
     out = []
     for i, (price, d) in enumerate(zip(prices, decided, strict=True)):
@@ -392,8 +395,8 @@ class _Decision:
 
 
 def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[int, float, float]]],
-             stages: Sequence[Sequence[float]], lo: float, step: float, may_charge: Sequence[bool]
-             ) -> list[_Decision]:
+             stages: Sequence[Sequence[float]], lo: float, step: float, may_charge: Sequence[bool],
+             flat: bool = False) -> list[_Decision]:
     """Follow the cheapest mode slot by slot from the true (off-grid) SoC."""
     decided: list[_Decision] = []
     e = model.e0_wh
@@ -403,6 +406,10 @@ def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tup
         blocked = not model.auto_allowed(a, e)
         best_v = float("inf") if blocked else a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh)
         best = _Decision("auto", 0.0, e, a, blocked)
+        if flat and not blocked:
+            decided.append(best)
+            e = a.e_next_wh
+            continue
         h = model.hold(s, e)
         v = h.cost_ct + h.penalty_ct + _interp(nxt, lo, step, h.e_next_wh)
         if v < best_v - TIE_CT or blocked:

@@ -56,11 +56,14 @@ def test_the_lp_and_the_dp_agree_with_a_constant_efficiency() -> None:
 
 def test_a_winter_week_ranks_the_strategies() -> None:
     start = bc.YEAR_START + timedelta(days=140)
-    run = bc.run_scenario((bc.HOUSEHOLDS[0], bc.TARIFFS[0], 7, 1, start, False))
+    run = bc.run_scenario((bc.HOUSEHOLDS[0], bc.TARIFFS[0], 7, 1, start, True))
     cost = {name: s["cost_eur"] for name, s in run["strategies"].items()}  # type: ignore[union-attr]
-    assert cost["perfect_foresight"] <= cost["plan"] <= cost["zero_feed_in"] <= cost["no_battery"]
+    assert cost["perfect_foresight"] <= cost["plan_exact"] <= cost["plan"] <= cost["zero_feed_in"] <= cost["no_battery"]
     assert cost["threshold"] <= cost["zero_feed_in"]  # the best threshold includes "never"
-    assert isinstance(run["captured_share"], float) and run["captured_share"] >= 0.15
+    # with exact forecasts the planner itself must get most of the way; with forecasts from a week without
+    # history (the load profile starts with this week) it must still gain
+    assert isinstance(run["exact_captured_share"], float) and run["exact_captured_share"] >= 0.3
+    assert isinstance(run["captured_share"], float) and run["captured_share"] >= 0.05
     assert run["hours_below_reserve"] == 0
     assert run["plan_compute_s"] > 0
 
