@@ -102,3 +102,16 @@ def test_the_cost_data_is_in_the_repository_with_its_licence() -> None:
     assert "Bundesnetzagentur | SMARD.de, CC BY 4.0" in prices
     assert "CC BY 4.0" in household and "10.25832/household_data/2020-04-15" in household
     assert bc.PRICES_CSV.stat().st_size > 1_000_000 and bc.HOUSEHOLD_CSV.stat().st_size > 300_000
+
+
+def test_python_m_benchmark_cost_prints_the_json_last(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import benchmark
+
+    assert benchmark.main(["cost", "--days", "1", "--skip-days", "150", "--jobs", "1", "--no-write", "--json"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    summary = json.loads(last)
+    for key in ("captured_share", "threshold_captured_share", "hours_below_reserve", "plan_compute_s"):
+        assert key in summary
+    assert summary["hours_below_reserve"] == 0 and summary["plan_compute_s"] > 0
