@@ -59,6 +59,8 @@ PRICES_PUBLISHED_HOUR = 13  # Berlin: tomorrow's day-ahead prices are known from
 PV_ERROR_RMS = 0.25  # day-level multiplicative PV forecast error
 LOAD_HISTORY_DAYS = 7
 REPLAN_EVERY_SLOTS = 4  # every hour
+LEVEL_HOURS = 3  # load forecast: the mean deviation of the last hours from the profile …
+LEVEL_BLEND_H = 8.0  # … added in full now and fading out over this many hours (0: only the current slot blended)
 SEASONS = {12: "winter", 1: "winter", 2: "winter", 3: "spring", 4: "spring", 5: "spring",
            6: "summer", 7: "summer", 8: "summer", 9: "autumn", 10: "autumn", 11: "autumn"}
 SEASON_NAMES_DE = {"winter": "Winter", "spring": "Frühling", "summer": "Sommer", "autumn": "Herbst"}
@@ -325,6 +327,8 @@ def planned(year: Year, import_ct: Sequence[float], feed_ct: Sequence[float], ta
         while periods[k0][1] <= now:
             k0 += 1
         slots, pv, load = [], [], []
+        recent = range(max(0, i0 - 4 * LEVEL_HOURS), i0)
+        recent_offset = sum(year.load_w[q] - profile[q // PER_DAY][q % PER_DAY] for q in recent) / max(len(recent), 1)
         k = k0
         day = i0 // PER_DAY
         while k < len(periods) and periods[k][0] < horizon_end:
@@ -337,7 +341,12 @@ def planned(year: Year, import_ct: Sequence[float], feed_ct: Sequence[float], ta
                 ld = sum(year.load_w[q] for q in qs if q < n) / max(len(qs), 1)
             else:
                 ld = sum(profile[day][q % PER_DAY] for q in qs) / max(len(qs), 1)
-            if k == k0 and i0 > 0 and not exact_load:  # blend the current slot with the last measured quarter-hour
+            if i0 > 0 and not exact_load and LEVEL_BLEND_H > 0:
+                # the last hours' deviation from the profile, fading out over LEVEL_BLEND_H hours
+                ahead_h = max((s - now).total_seconds() / 3600.0, 0.0)
+                weight = max(0.0, 1.0 - ahead_h / LEVEL_BLEND_H)
+                ld = max(0.0, ld + weight * recent_offset)
+            elif k == k0 and i0 > 0 and not exact_load:  # blend the current slot with the last measured quarter-hour
                 ld = 0.5 * ld + 0.5 * year.load_w[i0 - 1]
             slots.append(PriceSlot(s, e, p, f))
             pv.append(pv_fc)
@@ -598,8 +607,9 @@ def markdown(runs: Sequence[dict[str, object]], summary: dict[str, object]) -> s
         "",
         "- **Plan mit Prognosen**: `planning.planner.make_plan` wie im Programm, stündlich neu geplant (die Modi "
         "gelten je eine Stunde); Preise bis Tagesende, ab 13:00 bis Ende des Folgetags (Day-Ahead-Veröffentlichung); "
-        f"Last = Mittel derselben Viertelstunde der letzten {LOAD_HISTORY_DAYS} Tage, die laufende Stunde zur Hälfte "
-        f"mit der letzten gemessenen Viertelstunde; PV = tatsächliche PV × Tagesfaktor 1 + N(0; {PV_ERROR_RMS}) "
+        f"Last = Median derselben Viertelstunde der letzten {LOAD_HISTORY_DAYS} Tage plus die mittlere Abweichung "
+        f"der letzten {LEVEL_HOURS} Stunden davon, voll für jetzt und über {LEVEL_BLEND_H:.0f} Stunden auslaufend; "
+        f"PV = tatsächliche PV × Tagesfaktor 1 + N(0; {PV_ERROR_RMS}) "
         f"(≈ {PV_ERROR_RMS * 100:.0f} % RMS Tagesfehler, fester Zufallsstartwert). Verschleißkosten "
         f"{WEAR_CT_PER_KWH:.0f} ct/kWh (`plan.wear_ct_per_kwh`): Plan und LP optimieren dasselbe, die Euro oben; "
         "mit Verschleißkosten zykelt der Plan weniger und spart an Euro entsprechend weniger.",
