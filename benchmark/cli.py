@@ -4,6 +4,7 @@
     python -m benchmark --quick    # the CI subset, well under a minute
     python -m benchmark --quick --no-write   # print only
     python -m benchmark --soak     # 24 simulated hours with random faults (soak.py)
+    python -m benchmark cost --json   # the cost benchmark: a year of prices, the plan against perfect foresight
 
 The parts: ``bench_scenarios`` (what is simulated), ``bench_runner`` (the real ``ControlLoop`` and the
 baselines on one simulated clock), ``bench_report`` (aggregation, targets, docs/benchmark.md). Metric
@@ -18,6 +19,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from benchmark import cost as bench_cost
 from benchmark import soak
 from benchmark.report import markdown, plot_steps
 from benchmark.runner import run_all
@@ -27,6 +29,9 @@ DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["cost"]:
+        return bench_cost.main(args_list[1:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="the CI subset (under a minute)")
     parser.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
@@ -37,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, default=24.0, help="soak length in simulated hours")
     parser.add_argument("--seed", type=int, default=1, help="soak fault schedule seed")
     parser.add_argument("--grace", type=float, default=None, help="soak: tolerated discharge into export, s")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     if args.soak:
         grace_s = soak.GRACE_S if args.grace is None else args.grace
         result = soak.run_soak(hours=args.hours, seed=args.seed, track_memory=False)
@@ -56,7 +61,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             plot_name = "benchmark_steps.png"
     text = markdown(scenarios, results, args.quick, elapsed, plot_name)
     if write:
-        (DOCS_DIR / "benchmark.md").write_text(text, encoding="utf-8")
+        cost = bench_cost.cost_section(DOCS_DIR / "benchmark.md")  # the cost benchmark's part stays
+        (DOCS_DIR / "benchmark.md").write_text(text if cost is None else f"{text.rstrip()}\n\n{cost}",
+                                               encoding="utf-8")
     print(text)
     return 0
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from typing import Literal, Protocol
 
+from planning.efficiency import EFFICIENCY_CHARGE, EFFICIENCY_DISCHARGE
+
 
 class PriceError(Exception):
     """A price source failed (network, HTTP status, unexpected answer); the message says which and why."""
@@ -75,6 +77,9 @@ class FleetModel:
     wear_ct_per_kwh: float  # plan.wear_ct_per_kwh, per kWh through the battery (AC side, discharged)
     standby_w: float = 0.0  # the fleet's draw at rest (AC)
     min_soc_pct: float | None = None  # battery.min_soc_for_discharge: the fast loop's own floor (None: the reserve)
+    # The measured efficiency curves, (AC power W, efficiency) (planning/efficiency.py); tests may pass others.
+    efficiency_charge: tuple[tuple[float, float], ...] = EFFICIENCY_CHARGE
+    efficiency_discharge: tuple[tuple[float, float], ...] = EFFICIENCY_DISCHARGE
 
 
 @dataclass(frozen=True)

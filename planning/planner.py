@@ -23,18 +23,19 @@ one the plan is ``auto`` everywhere and says why.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 
 from control.i18n import Msg, Num
-from planning.efficiency import EFFICIENCY_CHARGE, EFFICIENCY_DISCHARGE, efficiency
+from planning.efficiency import efficiency
 from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, PriceSlot
 
 SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
-TIE_CT = 0.01  # another mode than auto must save more than this over the horizon (ct), else auto
-TERMINAL_EFFICIENCY = min(e for _, e in EFFICIENCY_DISCHARGE)
+CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
+TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
 _EPS_WH = 1e-6
 
 
@@ -80,12 +81,17 @@ class _Model:
         self.wear = fleet.wear_ct_per_kwh
         self.standby_w = max(fleet.standby_w, 0.0)
         self.peak_w = peak_limit_w
+        self.curve_c = fleet.efficiency_charge
+        self.curve_d = fleet.efficiency_discharge
+        self.best_eta_c = max(e for _, e in self.curve_c)
+        self.best_eta_d = max(e for _, e in self.curve_d)
+        self.worst_eta_d = min(e for _, e in self.curve_d)
 
     def slot(self, dt_h: float, price: PriceSlot, net_w: float) -> _Slot:
         dis_w = min(max(net_w, 0.0), self.max_dis_w)
         chg_w = min(max(-net_w, 0.0), self.max_chg_w)
         return _Slot(dt_h, price.import_ct_per_kwh, price.feed_in_ct_per_kwh, net_w,
-                     dis_w, efficiency(dis_w, EFFICIENCY_DISCHARGE), chg_w, efficiency(chg_w, EFFICIENCY_CHARGE))
+                     dis_w, efficiency(dis_w, self.curve_d), chg_w, efficiency(chg_w, self.curve_c))
 
     def _money(self, s: _Slot, grid_w: float, discharge_w: float) -> tuple[float, float]:
         kwh = grid_w * s.dt_h / 1000.0
@@ -142,21 +148,28 @@ class _Model:
         return step.battery_w <= 0.0 or step.e_next_wh >= self.e_res_wh - _EPS_WH
 
 
-def _charge_table(dt_h: float, step_wh: float, max_w: float) -> list[tuple[float, float]]:
-    """(AC power W, stored DC Wh) for charging k grid steps in a slot of ``dt_h``, k = 1, 2, …"""
-    table: list[tuple[float, float]] = []
+def _charge_table(dt_h: float, step_wh: float, max_w: float, curve: Sequence[tuple[float, float]]
+                  ) -> list[tuple[int, float, float]]:
+    """(k, AC power W, stored DC Wh) for charging k grid steps in a slot of ``dt_h``.
+
+    At most ``CHARGE_LEVELS`` powers, evenly spread up to the limit (an hour at 2.5 kW spans ~50 steps;
+    ~200 W apart is fine enough for a charge power, and the run time grows with the count)."""
+    table: list[tuple[int, float, float]] = []
     k = 1
     while True:
         dc = k * step_wh
-        eta = EFFICIENCY_CHARGE[-1][1]
+        eta = curve[-1][1]
         power = dc / (dt_h * eta)
         for _ in range(4):  # P·dt·η(P) = dc converges in a few rounds (η is flat at these powers)
-            eta = efficiency(power, EFFICIENCY_CHARGE)
+            eta = efficiency(power, curve)
             power = dc / (dt_h * eta)
         if power > max_w + 1e-9:
-            return table
-        table.append((power, dc))
+            break
+        table.append((k, power, dc))
         k += 1
+    if len(table) <= CHARGE_LEVELS:
+        return table
+    return [table[round(len(table) * (i + 1) / CHARGE_LEVELS) - 1] for i in range(CHARGE_LEVELS)]
 
 
 def _interp(values: Sequence[float], lo: float, step: float, e_wh: float) -> float:
@@ -247,31 +260,36 @@ def make_plan(inp: PlanInput) -> Plan:
     hi = max(model.e_max_wh, model.e0_wh, lo + 1.0)
     n = max(2, round((hi - lo) / (model.cap_wh * SOC_STEP_PCT / 100.0)) + 1)
     step = (hi - lo) / (n - 1)
-    tables: dict[float, list[tuple[float, float]]] = {}
+    tables: dict[float, list[tuple[int, float, float]]] = {}
     for s in slots:
         if s.dt_h not in tables:
-            tables[s.dt_h] = _charge_table(s.dt_h, step, model.max_chg_w)
+            tables[s.dt_h] = _charge_table(s.dt_h, step, model.max_chg_w, model.curve_c)
 
     total_h = sum(s.dt_h for s in slots)
     mean_price = sum(s.price * s.dt_h for s in slots) / total_h
-    value_ct_per_wh = max(mean_price - model.wear, 0.0) * TERMINAL_EFFICIENCY / 1000.0
+    value_ct_per_wh = max(mean_price - model.wear, 0.0) * model.worst_eta_d / 1000.0
     usable_from = max(model.e_res_wh, lo)
     values = [-max(lo + j * step - usable_from, 0.0) * value_ct_per_wh for j in range(n)]
     stages: list[list[float]] = [values]
     j_max = int((model.e_max_wh - lo) / step + 1e-9)  # highest grid state a charge may reach
-    for s in reversed(slots):
+    may_charge = _worth_charging(slots, model, value_ct_per_wh)
+    for t in range(len(slots) - 1, -1, -1):
+        s = slots[t]
         nxt = values
         surplus = max(-s.net_w, 0.0)
         charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
-        for k, (p, dc) in enumerate(tables[s.dt_h], 1):
-            if p > surplus and p - surplus <= model.grid_chg_w:
+        for k, p, dc in tables[s.dt_h]:
+            if may_charge[t] and p > surplus and p - surplus <= model.grid_chg_w:
                 c = model.charge(s, 0.0, p, dc)
                 charges.append((k, c.cost_ct + c.penalty_ct))
         values = _backward_slot(model, s, nxt, lo, step, charges, j_max)
         stages.append(values)
     stages.reverse()  # stages[t]: cost-to-go at the start of slot t
 
-    decided = _forward(model, slots, tables, stages, lo, step)
+    # One price over the whole horizon: nothing to shift. Holding could only trade efficiency crumbs at
+    # different powers against forecast noise, so zero feed-in it is (unless the reserve or a peak says no).
+    flat = model.peak_w is None and max(s.price for s in slots) - min(s.price for s in slots) < 0.01
+    decided = _forward(model, slots, tables, stages, lo, step, may_charge, flat)
     reasons = _reasons(decided, slots, prices, model, mean_price, inp)
     out = []
     for i, (price, d) in enumerate(zip(prices, decided, strict=True)):
@@ -288,63 +306,83 @@ def make_plan(inp: PlanInput) -> Plan:
                 round(without / 100.0, 4))
 
 
+def _worth_charging(slots: Sequence[_Slot], model: _Model, value_ct_per_wh: float) -> list[bool]:
+    """Per slot: can charging from the grid pay at all? An exact shortcut, never a heuristic.
+
+    A kWh stored now costs at least price / best charge efficiency; it is worth at most the highest later
+    price × best discharge efficiency, or the value of energy left at the horizon. Negative prices, a
+    feed-in above the import price and peak shaving always keep the option.
+    """
+    eta_c, eta_d = model.best_eta_c, model.best_eta_d
+    out = [True] * len(slots)
+    later_max = float("-inf")
+    for t in range(len(slots) - 1, -1, -1):
+        s = slots[t]
+        worth = max(later_max * eta_d, value_ct_per_wh * 1000.0)
+        if model.peak_w is None and s.price > 0.0 and s.price > s.feed and s.price / eta_c > worth + 1e-9:
+            out[t] = False
+        later_max = max(later_max, s.price)
+    return out
+
+
 def _backward_slot(model: _Model, s: _Slot, nxt: Sequence[float], lo: float, step: float,
                    charges: Sequence[tuple[int, float]], j_max: int) -> list[float]:
     """Cost-to-go at the start of slot ``s`` on every grid state, given the one after it (``nxt``).
 
-    The same flows as ``_Model.auto``/``hold``/``charge``, with the slot's constants hoisted out of the
-    loop over the states (this loop is the planner's whole run time).
+    The same flows as ``_Model.auto``/``hold``/``charge``. Away from the SoC limits a mode moves every state
+    by the same energy at the same cost, so those states are done as whole lists (this function is the
+    planner's run time); the few states a limit cuts go through ``_Model.auto`` one by one.
     """
     n = len(nxt)
-    last = n - 1
+    padded = [*nxt, nxt[-1]]
     idle = model.hold(s, lo)  # no battery power: the demand (or surplus) goes to the grid
     idle_v = idle.cost_ct + idle.penalty_ct
-    if s.net_w > 0.0:
-        dc_full = s.dis_w * s.dt_h / s.dis_eta if s.dis_w > 0.0 else 0.0
-        full = model.auto(s, model.e_floor_wh + dc_full + 1.0) if dc_full > 0.0 else idle
-        full_v = full.cost_ct + full.penalty_ct
-        sign = -1.0
-    else:
-        dc_full = s.chg_w * s.dt_h * s.chg_eta if s.chg_w > 0.0 else 0.0
-        full = model.auto(s, model.e_max_wh - dc_full - 1.0) if dc_full > 0.0 else idle
-        full_v = full.cost_ct + full.penalty_ct
-        sign = 1.0
+    best = [idle_v + x for x in nxt]  # hold (demand), or no room for the surplus
     floor, e_max, e_res = model.e_floor_wh, model.e_max_wh, model.e_res_wh - _EPS_WH
-    values: list[float] = []
-    for j in range(n):
-        e = lo + j * step
-        best = idle_v + nxt[j]  # hold (net > 0), or no room for the surplus
-        if dc_full > 0.0:
-            if sign < 0.0:  # auto discharges
-                if e - floor > _EPS_WH:
-                    if e - dc_full >= floor:
-                        v, e2 = full_v, e - dc_full
-                    else:
-                        a = model.auto(s, e)
-                        v, e2 = a.cost_ct + a.penalty_ct, a.e_next_wh
-                    if e2 >= e_res:
-                        x = (e2 - lo) / step
-                        i = int(x) if x > 0.0 else 0
-                        w = nxt[i] if i >= last else nxt[i] + (x - i) * (nxt[i + 1] - nxt[i])
-                        best = min(best, v + w)
-            elif e_max - e > _EPS_WH:  # surplus charges (auto and hold)
-                if e + dc_full <= e_max:
-                    v, e2 = full_v, e + dc_full
-                else:
-                    a = model.auto(s, e)
-                    v, e2 = a.cost_ct + a.penalty_ct, a.e_next_wh
-                x = (e2 - lo) / step
-                i = int(x) if x > 0.0 else 0
-                w = nxt[i] if i >= last else nxt[i] + (x - i) * (nxt[i + 1] - nxt[i])
-                best = v + w  # the surplus always charges: the battery cannot refuse it
-        for k, c in charges:
-            if j + k > j_max:
-                break
-            v = c + nxt[j + k]
-            if v < best:
-                best = v
-        values.append(best)
-    return values
+    if s.net_w > 0.0 and s.dis_w > 0.0:  # auto discharges
+        dc_full = s.dis_w * s.dt_h / s.dis_eta
+        full = model.auto(s, floor + dc_full + 1.0)
+        full_v = full.cost_ct + full.penalty_ct
+        shift = dc_full / step
+        # unclipped and ending at or above the reserve: e − dc_full ≥ max(floor, reserve)
+        j0 = max(0, math.ceil((max(floor, e_res) + dc_full - lo) / step - 1e-9))
+        if j0 < n:
+            i0 = math.floor(shift)
+            g = 1.0 - (shift - i0)  # x = j − shift lies between j − i0 − 1 and j − i0, weight g on the upper
+            if j0 - i0 - 1 >= 0 and g < 1.0:
+                lower, upper = nxt[j0 - i0 - 1:n - i0 - 1], nxt[j0 - i0:n - i0]
+                moved = [a + g * (b - a) for a, b in zip(lower, upper, strict=True)]
+            else:
+                moved = [_interp(nxt, lo, step, lo + j * step - dc_full) for j in range(j0, n)]
+            best[j0:] = [h if h <= full_v + w else full_v + w for h, w in zip(best[j0:], moved, strict=True)]
+        for j in range(min(j0, n)):  # the floor cuts the discharge
+            e = lo + j * step
+            if e - floor > _EPS_WH:
+                a = model.auto(s, e)
+                if a.e_next_wh >= e_res:
+                    best[j] = min(best[j], a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh))
+    elif s.net_w <= 0.0 and s.chg_w > 0.0:  # the surplus charges (auto and hold alike): no choice
+        dc_full = s.chg_w * s.dt_h * s.chg_eta
+        full = model.auto(s, e_max - dc_full - 1.0)
+        full_v = full.cost_ct + full.penalty_ct
+        shift = dc_full / step
+        i0 = math.floor(shift)
+        f = shift - i0
+        j1 = min(n - 1, math.floor((e_max - dc_full - lo) / step + 1e-9))  # last state not cut by max_soc
+        if j1 >= 0:
+            lower, upper = padded[i0:j1 + 1 + i0], padded[i0 + 1:j1 + 2 + i0]
+            best[:j1 + 1] = [full_v + a + f * (b - a) for a, b in zip(lower, upper, strict=True)]
+        for j in range(max(j1 + 1, 0), n):
+            e = lo + j * step
+            if e_max - e > _EPS_WH:
+                a = model.auto(s, e)
+                best[j] = a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh)
+    for k, c in charges:
+        m = j_max - k + 1  # states from which k steps up stay within max_soc
+        if m <= 0:
+            break
+        best[:m] = map(min, best[:m], map(c.__add__, nxt[k:k + m]))
+    return best
 
 
 @dataclass(frozen=True)
@@ -356,8 +394,9 @@ class _Decision:
     auto_blocked: bool  # auto would have ended below the reserve
 
 
-def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[float, float]]],
-             stages: Sequence[Sequence[float]], lo: float, step: float) -> list[_Decision]:
+def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[int, float, float]]],
+             stages: Sequence[Sequence[float]], lo: float, step: float, may_charge: Sequence[bool],
+             flat: bool = False) -> list[_Decision]:
     """Follow the cheapest mode slot by slot from the true (off-grid) SoC."""
     decided: list[_Decision] = []
     e = model.e0_wh
@@ -367,12 +406,16 @@ def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tup
         blocked = not model.auto_allowed(a, e)
         best_v = float("inf") if blocked else a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh)
         best = _Decision("auto", 0.0, e, a, blocked)
+        if flat and not blocked:
+            decided.append(best)
+            e = a.e_next_wh
+            continue
         h = model.hold(s, e)
         v = h.cost_ct + h.penalty_ct + _interp(nxt, lo, step, h.e_next_wh)
         if v < best_v - TIE_CT or blocked:
             best_v, best = v, _Decision("hold", 0.0, e, h, blocked)
         surplus = max(-s.net_w, 0.0)
-        for p, dc in tables[s.dt_h]:
+        for _, p, dc in tables[s.dt_h] if may_charge[t] else ():
             if p <= surplus or p - surplus > model.grid_chg_w:
                 continue
             if e + dc > model.e_max_wh + _EPS_WH:
@@ -448,7 +491,7 @@ def _target(decided: Sequence[_Decision], slots: Sequence[_Slot], prices: Sequen
     bar = slots[best].price - (slots[best].price - slots[t].price) / 2.0
 
     def keeps(u: int) -> bool:
-        return decided[u].step.battery_w > 0 and (peak or slots[u].price >= bar)
+        return decided[u].step.battery_w > 0 and (peak or slots[u].price > bar)
 
     first = last = best
     while first - 1 > t and keeps(first - 1):

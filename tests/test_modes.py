@@ -272,9 +272,12 @@ def rig_on_simulator(tmp_path: Path) -> Iterator[Rig]:
         wall = [1_800_000_000.0]
         mono_offset = [0.0]
         mode_file = ModeFile(tmp_path / "data" / "mode.json")
-        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands,
-                           config_path=config_path, mode_file=mode_file, wall_clock=lambda: wall[0],
-                           clock=lambda: time.monotonic() + mono_offset[0])
+        def mono() -> float:
+            return time.monotonic() + mono_offset[0]
+
+        # The meter stamps its readings on the loop's clock: a skip ages no reading.
+        loop = ControlLoop(cfg, main.build_meter(cfg, mono), main.build_bus(cfg), store, commands,
+                           config_path=config_path, mode_file=mode_file, wall_clock=lambda: wall[0], clock=mono)
         try:
             yield Rig(sim, cfg, store, commands, loop, mode_file, wall, mono_offset)
         finally:
