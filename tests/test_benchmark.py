@@ -17,6 +17,8 @@ import bench_scenarios
 from bench_report import aggregate, beats_naive, evaluate_targets, stability
 from bench_scenarios import household_pv_24h
 
+pytestmark = pytest.mark.slow  # the quick benchmark alone takes over a minute of CPU
+
 
 @pytest.fixture(scope="module")
 def quick():

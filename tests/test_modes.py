@@ -235,6 +235,7 @@ def post_in_background(client: Any, body: dict[str, Any], result: list[Any]) -> 
     return thread
 
 
+@pytest.mark.slow
 def test_hold_from_the_api_stops_discharging_within_one_cycle(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         app = create_app(rig.store, rig.commands, rig.cfg.web, max_charge_power_w=lambda: rig.loop.max_charge_power_w)
@@ -256,6 +257,7 @@ def test_hold_from_the_api_stops_discharging_within_one_cycle(tmp_path):
             assert not rig.discharging()
 
 
+@pytest.mark.slow
 def test_off_stops_every_battery_and_control_state_says_stopped(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         rig.cycle_until(rig.discharging, "discharging")
@@ -269,6 +271,7 @@ def test_off_stops_every_battery_and_control_state_says_stopped(tmp_path):
         rig.cycle_until(rig.discharging, "auto resumes the discharge")
 
 
+@pytest.mark.slow
 def test_charge_mode_charges_from_the_grid(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         rig.loop.handle_command("set_mode", {"request": ModeRequest(CHARGE, 1000), "source": "api"})
@@ -303,6 +306,7 @@ def test_the_mode_survives_a_restart_and_expires_on_time(tmp_path):
         again.bus.close()
 
 
+@pytest.mark.slow
 def test_setup_mode_overrides_every_mode(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         rig.loop.handle_command("set_mode", {"request": ModeRequest(CHARGE, 1000), "source": "api"})
@@ -369,6 +373,7 @@ def test_the_evcc_recipe_maps_batterymode_1_2_3_to_normal_hold_charge():
     assert recipe.count("uri: http://192.168.1.20:8080/api/mode") == 3
 
 
+@pytest.mark.slow
 def test_the_requests_of_the_evcc_recipe_switch_the_modes(tmp_path):
     """What evcc's http plugin sends for batterymode 2, 3, 1 (POST, Content-Type header, the body, no Origin),
     and the status fields its power and soc getters read."""
@@ -402,6 +407,7 @@ def test_the_requests_of_the_evcc_recipe_switch_the_modes(tmp_path):
             main.stop_web(server, web_thread)
 
 
+@pytest.mark.slow
 def test_main_keeps_the_mode_across_a_restart(tmp_path):
     """main.py as a subprocess: a mode set over the API is there again after SIGTERM and a new start."""
     import signal
