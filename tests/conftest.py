@@ -16,6 +16,34 @@ from simulator.world import Simulation, UnitSpec
 from tests import helpers
 from tests.loop_rig import Rig
 
+try:
+    from xdist.scheduler import LoadScopeScheduling
+except ImportError:  # without pytest-xdist the tests run in one process
+    LoadScopeScheduling = None
+
+# Files whose tests share a module-scoped fixture that is expensive or carries state from test to test: one
+# xdist worker runs each of them, in order, so that the fixture is built once (the quick benchmark takes over a
+# minute of CPU; the install tests share one real venv; the fuzz file's last test checks what the fuzzing left).
+ONE_WORKER_FILES = ("tests/test_benchmark.py", "tests/test_install.py", "tests/test_fuzz.py")
+
+
+if LoadScopeScheduling is not None:
+    class FileGroupScheduling(LoadScopeScheduling):
+        """xdist's ``load`` distribution test by test, except that each file of ``ONE_WORKER_FILES`` goes to
+        one worker as a whole (those go out first: the largest work units first)."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path in ONE_WORKER_FILES else nodeid
+
+    def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+        """``-n N`` (pyproject's addopts) distributes with ``FileGroupScheduling`` unless ``--dist`` says otherwise.
+
+        (xdist's own ``--dist loadgroup`` with ``@pytest.mark.xdist_group`` does not group on pytest 9.2.)"""
+        if config.getvalue("dist") == "load":
+            return FileGroupScheduling(config, log)
+        return None
+
 
 @pytest.fixture(autouse=True)
 def english_backend_messages() -> Iterator[None]:

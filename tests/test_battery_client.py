@@ -79,6 +79,7 @@ def test_reads_soc_power_and_control_state(register_set):
             gw.close()
 
 
+@pytest.mark.slow
 def test_discharge_then_charge_then_stop_write_the_documented_registers(sim, gateway):
     unit = sim.unit(1)
     writes = gateway.write_setpoint(1, 800, gateway.read(1))
@@ -137,6 +138,7 @@ def test_pacing_between_frames(sim):
         gw.close()
 
 
+@pytest.mark.slow
 def test_one_silent_unit_does_not_block_the_others(sim, gateway):
     sim.unit(2).silent = True
     with pytest.raises(BatteryError):
@@ -197,6 +199,7 @@ def test_set_unit_id_readdresses_and_verifies(sim, gateway):
         gateway.set_unit_id(248)
 
 
+@pytest.mark.slow
 def test_setpoints_below_50_w_are_raised_to_what_the_firmware_acts_on(sim, gateway):
     """The firmware ignores forced powers below ~50 W (the simulator too): a 30 W setpoint becomes 50 W."""
     unit = sim.unit(1)

@@ -17,6 +17,8 @@ from benchmark import scenarios as bench_scenarios
 from benchmark.report import aggregate, beats_naive, evaluate_targets, stability
 from benchmark.scenarios import household_pv_24h
 
+pytestmark = pytest.mark.slow  # the quick benchmark alone takes over a minute of CPU
+
 
 @pytest.fixture(scope="module")
 def quick():

@@ -42,6 +42,7 @@ if not CHROMIUM.exists():
 from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright  # noqa: E402
 
 expect.set_options(timeout=TIMEOUT_MS)
+pytestmark = pytest.mark.slow  # a real browser on a running main.py
 
 
 # ---------------------------------------------------------------------------- fixtures

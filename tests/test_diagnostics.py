@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from config_loader import parse_config
 from control.status_store import CommandQueue, StatusStore, StoreLogHandler
 from integrations.diagnostics import REDACTED, Diagnostics, redact
@@ -84,6 +86,7 @@ def test_without_a_password_the_bundle_is_open() -> None:
     assert client.get("/api/diagnostics").status_code == 200
 
 
+@pytest.mark.slow
 def test_bundle_of_the_running_system_names_batteries_meter_and_quirks(tmp_path: Path) -> None:
     with live_system(tmp_path) as live:
         # The battery drops RS485 control by itself: the driver re-asserts it and reports it (on_quirk, wired as

@@ -21,6 +21,8 @@ from tests.helpers import free_port, running_main, wait_until
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_W = 20.0  # control.target_grid_power_discharge
 
+pytestmark = pytest.mark.slow  # main.py as a process on real time
+
 
 def write_config(path: Path, sim: Simulation, ids: list[int], web_port: int, **sections: dict) -> Path:
     cfg = {

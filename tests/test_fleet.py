@@ -133,6 +133,7 @@ def test_the_seed_form_regulates_through_the_fleet(fleet_rig: FleetRig, fake_clo
                                                                         f"127.0.0.1:{sim.modbus_port}/2"]
 
 
+@pytest.mark.slow
 def test_a_dead_gateway_neither_stops_nor_delays_the_others(fleet_rig: FleetRig, fake_clock: FakeClock) -> None:
     sim, cfg = v3_household(fleet_rig, timeout_seconds=DEAD_GATEWAY_TIMEOUT_S)
     sim.set_load_w(1500.0)
@@ -219,6 +220,7 @@ def test_modbus_rtu_over_tcp(fleet_rig: FleetRig, fake_clock: FakeClock) -> None
     assert loop.unit(3).reading is not None and loop.unit(3).reading.soc_pct == pytest.approx(65.0, abs=1.0)
 
 
+@pytest.mark.slow
 def test_setup_scans_and_readdresses_per_gateway(fleet_rig: FleetRig, fake_clock: FakeClock, tmp_path: Path) -> None:
     sim = fleet_rig.simulation([UnitSpec(1, soc_pct=50.0)], gateways=[[UnitSpec(1, "v3", soc_pct=70.0)]])
     data = config_data(sim, [{"ip": gw(sim, 0)}, {"ip": gw(sim, 1), "register_set": "v3", "name": "LAN"}])

@@ -295,6 +295,7 @@ def leave_setup(system: System) -> None:
 
 
 # FUZZ_EXAMPLES=5000 for a deeper run by hand; the default keeps the file quick.
+@pytest.mark.slow
 @settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(app_name=st.sampled_from(["open", "locked"]), enter_setup=st.integers(0, 3),
@@ -318,6 +319,7 @@ def test_random_requests_never_get_a_5xx_or_a_stack_trace(
                 event(f"ran {req.method} {req.path}")  # --hypothesis-show-statistics shows what really ran
 
 
+@pytest.mark.slow
 def test_the_control_thread_survived_the_fuzzing(system: System) -> None:
     """After all that, the control thread still answers commands and regulates."""
     leave_setup(system)
@@ -368,6 +370,7 @@ def raw_exchange(port: int, request: bytes) -> bytes:
     return b"".join(chunks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("password", [None, PASSWORD])
 def test_raw_garbage_through_the_real_server_gets_no_5xx(system: System, password: str | None) -> None:
     app = create_app(system.store, system.commands, WebConfig(host="127.0.0.1", port=8080, password=password))

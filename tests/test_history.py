@@ -265,6 +265,7 @@ def test_old_samples_become_minute_means_and_go_after_the_retention(tmp_path: Pa
     assert len(stepped) == 2 and all(s.t % 3600 == 1800 for s in stepped)
 
 
+@pytest.mark.slow
 def test_disk_use_stays_bounded(tmp_path: Path) -> None:
     """A day at one sample per second stays in the raw table; pruned days take about 1440 rows each."""
     now = time.time()
@@ -334,6 +335,7 @@ def live_loop(tmp_path: Path, store: StatusStore) -> Iterator[ControlLoop]:
             assert not thread.is_alive()
 
 
+@pytest.mark.slow
 def test_a_write_that_blocks_does_not_delay_the_control_cycle(tmp_path: Path) -> None:
     entered, release = threading.Event(), threading.Event()
 

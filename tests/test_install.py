@@ -81,6 +81,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     yield Installed(project, requirements, first)
 
 
+@pytest.mark.slow
 def test_no_start_creates_the_venv_installs_the_requirements_and_the_config(installed: Installed) -> None:
     assert installed.first.returncode == 0, installed.first.stdout + installed.first.stderr
     probe = subprocess.run([str(installed.python), "-c", "import marstek_probe; print(marstek_probe.VERSION)"],
@@ -92,6 +93,7 @@ def test_no_start_creates_the_venv_installs_the_requirements_and_the_config(inst
     assert "Installation fertig" in installed.first.stdout
 
 
+@pytest.mark.slow
 def test_a_second_run_changes_nothing_and_keeps_an_edited_config(installed: Installed) -> None:
     assert installed.first.returncode == 0
     config = installed.project / "config.json"
@@ -108,6 +110,7 @@ def test_a_second_run_changes_nothing_and_keeps_an_edited_config(installed: Inst
     assert venv_cfg.stat().st_mtime_ns == venv_mtime_ns
 
 
+@pytest.mark.slow
 def test_changed_requirements_are_installed_on_the_next_run(installed: Installed, tmp_path: Path) -> None:
     assert installed.first.returncode == 0
     requirements = tmp_path / "requirements-v2.txt"
@@ -120,6 +123,7 @@ def test_changed_requirements_are_installed_on_the_next_run(installed: Installed
     assert probe.stdout.strip() == "2.0"
 
 
+@pytest.mark.slow
 def test_a_failing_pip_install_says_so_and_exits_1(installed: Installed, tmp_path: Path) -> None:
     requirements = tmp_path / "requirements-missing.txt"
     requirements.write_text("--no-index\nno-such-package-marstek==1.0\n", encoding="utf-8")
@@ -333,6 +337,7 @@ def running_program(tmp_path: Path) -> Iterator[tuple[Simulation, dict[str, Any]
             yield sim, config
 
 
+@pytest.mark.slow
 def test_stop_stops_every_battery_through_the_dashboard(
     running_program: tuple[Simulation, dict[str, Any]], tmp_path: Path,
 ) -> None:
@@ -346,6 +351,7 @@ def test_stop_stops_every_battery_through_the_dashboard(
         assert "systemctl stop marstek" in result.stdout
 
 
+@pytest.mark.slow
 def test_stop_with_the_wrong_password_says_so_and_touches_nothing(
     running_program: tuple[Simulation, dict[str, Any]], tmp_path: Path,
 ) -> None:

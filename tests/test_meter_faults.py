@@ -34,6 +34,7 @@ METER_FAULTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("kind", "fragment"), METER_FAULTS, ids=[k for k, _ in METER_FAULTS])
 def test_meter_fault_stops_every_battery_after_max_failures_and_regulation_resumes(
     rig: Rig, kind: str, fragment: str

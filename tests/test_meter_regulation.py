@@ -57,6 +57,7 @@ SHELLY_MODELS = [("pro3em", "triphase"), ("pro3em", "monophase"), ("3em63", "tri
                  ("gen1_em", "triphase")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("model", "profile"), SHELLY_MODELS, ids=[f"{m}-{p}" for m, p in SHELLY_MODELS])
 def test_every_shelly_model_regulates_a_load_step(rig: Rig, model: str, profile: str) -> None:
     sim = rig.simulation(units=[UnitSpec(1, soc_pct=60.0)], shelly_model=model, shelly_profile=profile, **QUICK)

@@ -23,6 +23,7 @@ from tests.loop_rig import (
 from zero_feed_control import Status
 
 
+@pytest.mark.slow
 def test_slow_unit_within_the_timeout_regulates_beyond_it_goes_offline_and_rejoins(rig: Rig) -> None:
     sim = rig.simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=70.0)], **QUICK)
     sim.set_load_w(3400.0)
@@ -53,6 +54,7 @@ def test_slow_unit_within_the_timeout_regulates_beyond_it_goes_offline_and_rejoi
     assert battery_doc(loop, 2)["online"] is True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("register_set", "close_after_exception"), [("v2", False), ("v3", True)])
 def test_unit_answering_with_exceptions_goes_offline_the_others_regulate_and_it_rejoins(
     rig: Rig, register_set: str, close_after_exception: bool
@@ -100,6 +102,7 @@ def test_exception_answer_does_not_cost_the_next_unit_anything(close_after_excep
             gateway.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("register_set", ["v3"])  # an RS485 gateway that restarts (v2) behaves the same
 def test_gateway_closing_the_idle_connection_is_no_battery_failure(rig: Rig, register_set: str) -> None:
     """A gateway restart or the v3 firmware's Ethernet reset every 30 min (marstek-modbus.md §9) closes the
@@ -121,6 +124,7 @@ def test_gateway_closing_the_idle_connection_is_no_battery_failure(rig: Rig, reg
             assert discharging(sim.unit(1))
 
 
+@pytest.mark.slow
 def test_one_silent_unit_shows_offline_the_other_regulates_and_it_rejoins(sim):
     loop = make_loop(sim, [1, 2])
     sim.set_load_w(1200.0)
@@ -138,6 +142,7 @@ def test_one_silent_unit_shows_offline_the_other_regulates_and_it_rejoins(sim):
         loop.meter.close()
 
 
+@pytest.mark.slow
 def test_gateway_lost_and_back_mid_run(tmp_path):
     with Simulation(units=[UnitSpec(1)]) as first:
         port = first.modbus_port
@@ -161,6 +166,7 @@ def test_gateway_lost_and_back_mid_run(tmp_path):
             loop.meter.close()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("register_set", ["v2", "v3"])
 def test_firmware_network_reset_is_bridged_and_regulation_resumes_with_the_full_state(
         rig: Rig, register_set: str) -> None:

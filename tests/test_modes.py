@@ -293,6 +293,7 @@ def post_in_background(client: Any, body: dict[str, Any], result: list[Any]) -> 
     return thread
 
 
+@pytest.mark.slow
 def test_hold_from_the_api_stops_discharging_within_one_cycle(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         app = create_app(rig.store, rig.commands, rig.cfg.web, max_charge_power_w=lambda: rig.loop.max_charge_power_w)
@@ -314,6 +315,7 @@ def test_hold_from_the_api_stops_discharging_within_one_cycle(tmp_path):
             assert not rig.discharging()
 
 
+@pytest.mark.slow
 def test_off_stops_every_battery_and_control_state_says_stopped(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         rig.cycle_until(rig.discharging, "discharging")
@@ -327,6 +329,7 @@ def test_off_stops_every_battery_and_control_state_says_stopped(tmp_path):
         rig.cycle_until(rig.discharging, "auto resumes the discharge")
 
 
+@pytest.mark.slow
 def test_charge_mode_charges_from_the_grid(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         rig.loop.handle_command(SetMode(request=ModeRequest(CHARGE, 1000), source="api"))
@@ -365,6 +368,7 @@ def test_the_mode_survives_a_restart_and_expires_on_time(tmp_path):
         again.bus.close()
 
 
+@pytest.mark.slow
 def test_setup_mode_overrides_every_mode(tmp_path):
     with rig_on_simulator(tmp_path) as rig:
         rig.loop.handle_command(SetMode(request=ModeRequest(CHARGE, 1000), source="api"))
@@ -413,6 +417,7 @@ def test_get_mode_answers_the_default_and_post_needs_the_password():
 # The README's evcc recipe and its requests: tests/test_evcc_recipe.py.
 
 
+@pytest.mark.slow
 def test_main_keeps_the_mode_across_a_restart(tmp_path):
     """main.py as a subprocess: a mode set over the API is there again after SIGTERM and a new start."""
     import signal

@@ -310,6 +310,7 @@ def test_soc_is_published_rounded_to_a_tenth(broker):
         assert '"soc_pct": 61.9,' in raw and json.loads(raw)["batteries"][0]["uid"] == "akku_1"
 
 
+@pytest.mark.slow
 def test_state_flows_within_2_s_of_a_grid_change_and_at_least_every_5_s(broker):
     store = StatusStore()
     store.publish(snapshot(100.0, operating_mode={"mode": "hold", "power_w": None, "until": None, "source": "api"}))
@@ -456,6 +457,7 @@ def discharging(sim: Simulation) -> bool:
     return any(sim.unit(i).commanded_w > 0 for i in (1, 2))
 
 
+@pytest.mark.slow
 def test_main_with_mqtt_commands_hold_and_the_last_will_on_kill(broker, sim, tmp_path):
     web_port = free_port()
     config = write_config(tmp_path / "config.json", sim, web_port, broker.port)
@@ -504,6 +506,7 @@ def test_main_with_mqtt_commands_hold_and_the_last_will_on_kill(broker, sim, tmp
                    "the broker sends the last will: offline")
 
 
+@pytest.mark.slow
 def test_broker_down_at_start_lost_and_back_never_stops_the_control(broker, sim, tmp_path):
     broker.stop()  # down at start
     web_port = free_port()
@@ -530,6 +533,7 @@ def test_broker_down_at_start_lost_and_back_never_stops_the_control(broker, sim,
             assert listener.latest("marstek/availability").payload == "online"  # type: ignore[union-attr]
 
 
+@pytest.mark.slow
 def test_the_mqtt_meter_regulates_a_load_step(broker, sim, tmp_path):
     web_port = free_port()
     config = write_config(tmp_path / "config.json", sim, web_port, broker.port,

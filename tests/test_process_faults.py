@@ -41,6 +41,7 @@ def total_writes(sim: Simulation) -> int:
     return sum(len(u.write_log) for u in sim.units)
 
 
+@pytest.mark.slow
 def test_sigterm_at_random_moments_leaves_every_battery_stopped(tmp_path: Path) -> None:
     """Round 0 signals as soon as the dashboard answers (start-up); the others after a random number of
     further register writes, i.e. in the middle of write sequences, while the load changes every second."""
@@ -83,6 +84,7 @@ def test_sigterm_at_random_moments_leaves_every_battery_stopped(tmp_path: Path) 
                                    f"{(u.force_mode, u.charge_power_w, u.discharge_power_w)}"
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_control_waits_for_a_hanging_meter_still_stops_every_battery(tmp_path: Path) -> None:
     """shelly.timeout_seconds may be up to 60 s. SIGTERM during such a read must not leave the batteries
     running: the program used to wait SHUTDOWN_BUDGET_S + 2 s for the control thread and then exit anyway."""
@@ -104,6 +106,7 @@ def test_sigterm_while_the_control_waits_for_a_hanging_meter_still_stops_every_b
             assert stopped(u), (u.unit_id, u.force_mode, u.charge_power_w, u.discharge_power_w, output[-2000:])
 
 
+@pytest.mark.slow
 def test_a_crashing_view_answers_500_json_and_the_control_keeps_regulating() -> None:
     """A bug in a view (like the CSRF-token TypeError test_fuzz.py found in /login) is contained: the
     answer is 500 JSON without a traceback, the web server keeps serving and the control keeps running.
@@ -166,6 +169,7 @@ class BrokenMeter:
         pass
 
 
+@pytest.mark.slow
 def test_a_crashing_cycle_stops_the_batteries_and_the_loop_recovers(sim):
     meter = BrokenMeter(sim)
     loop = make_loop(sim, [1], meter=meter)
@@ -238,12 +242,14 @@ def run_check(tmp_path: Path, sim: Simulation, ids: list[int]) -> subprocess.Com
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.slow
 def test_check_all_reachable_exits_0(sim, tmp_path):
     result = run_check(tmp_path, sim, [1, 2])
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Akku 2, ID 2 (127.0.0.1:" in result.stdout and "Alles erreichbar" in result.stdout
 
 
+@pytest.mark.slow
 def test_check_reports_problems_with_a_fix_and_exits_1(sim, tmp_path):
     sim.set_meter_fault("http500")
     result = run_check(tmp_path, sim, [1, 7])

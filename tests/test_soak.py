@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from benchmark.soak import FAULT_KINDS, GRACE_S, fault_schedule, report, run_soak
 from control.status_store import EVENTS_KEPT, HistorySample, StatusSnapshot, StatusStore
 
 
+@pytest.mark.slow
 def test_two_hours_with_random_faults_keep_every_invariant():
     result = run_soak(hours=2.0, seed=1)
     assert result.violations(GRACE_S) == [], report(result, GRACE_S)

@@ -75,6 +75,7 @@ def test_no_resend_after_the_close_that_followed_an_exception(lan: Simulation) -
         gw.close()
 
 
+@pytest.mark.slow
 def test_one_client_only_and_a_second_between_close_and_connect(lan: Simulation) -> None:
     """A second client is refused while one is connected; after an exception-close the gateway waits the
     second the port needs before it connects again, and then gets in at the first try."""
@@ -103,6 +104,7 @@ def test_one_client_only_and_a_second_between_close_and_connect(lan: Simulation)
         gw.close()
 
 
+@pytest.mark.slow
 def test_every_unit_id_reaches_the_same_battery(lan: Simulation) -> None:
     gw = MarstekGateway("127.0.0.1", lan.modbus_port, register_set="v3", timeout_s=0.5)
     try:
@@ -143,6 +145,7 @@ def test_scan_knows_the_lan_port_by_register_41100_alone(lan: Simulation) -> Non
     assert [f["id"] for f in result["found"]] == [1] and result["one_battery_on_every_id"] is True
 
 
+@pytest.mark.slow
 def test_scan_behind_an_rs485_gateway_finds_separate_batteries() -> None:
     with Simulation(units=[UnitSpec(1, "v3"), UnitSpec(2, "v3")]) as sim:
         assert not sim.gateway.lan

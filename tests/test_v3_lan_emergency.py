@@ -73,6 +73,7 @@ def emergency_writes(sim: Simulation, since: int) -> set[tuple[int, int]]:
     return set(sim.unit(1).write_log[since:])
 
 
+@pytest.mark.slow
 def test_emergency_stop_aborts_the_stuck_connection_and_stops_the_battery(lan: Simulation) -> None:
     cfg = lan_config(lan)
     control = StuckControl(lan, cfg)
@@ -120,6 +121,7 @@ def test_without_the_abort_the_lan_port_refuses_the_emergency_connection(lan: Si
         control.close()
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_control_hangs_in_a_frame_on_a_lan_port_stops_the_battery(tmp_path: Path) -> None:
     """main.py on a v3 LAN port whose unit stops answering mid-frame (answer timeout 30 s): on SIGTERM the
     control thread cannot stop the battery itself; the shutdown aborts its connection and stops the battery

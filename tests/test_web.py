@@ -352,6 +352,7 @@ def test_oversized_body_is_413_json() -> None:
 
 
 # ---------------------------------------------------------------------------- the setup commands, live
+@pytest.mark.slow
 def test_scan_and_set_id_are_refused_outside_setup_mode(live: Live) -> None:
     for path, body in (("/api/setup/scan", {"first_id": 1, "last_id": 2}), ("/api/setup/set-id", {"new_id": 5})):
         resp = live.client.post(path, json=body)
@@ -360,6 +361,7 @@ def test_scan_and_set_id_are_refused_outside_setup_mode(live: Live) -> None:
     assert live.sim.unit(1).unit_id == 1  # nothing was re-addressed
 
 
+@pytest.mark.slow
 def test_setup_flow_enter_scan_set_add_exit(live: Live) -> None:
     client = live.client
     # Enter: the control stops, every battery is stopped.
@@ -420,6 +422,7 @@ def test_setup_flow_enter_scan_set_add_exit(live: Live) -> None:
                15, "batteries 2 and 3 online, 1 gone")
 
 
+@pytest.mark.slow
 def test_set_id_with_nothing_on_id_1_is_409(live: Live) -> None:
     live.sim.unit(1).silent = True
     assert live.client.post("/api/setup/enter", json={}).status_code == 200
@@ -430,6 +433,7 @@ def test_set_id_with_nothing_on_id_1_is_409(live: Live) -> None:
 
 
 # ---------------------------------------------------------------------------- auth and CSRF
+@pytest.mark.slow
 def test_without_password_posts_need_no_login(live: Live) -> None:
     assert live.client.post("/api/setup/enter", json={}).status_code == 200
     assert live.client.post("/api/setup/exit", json={}).status_code == 200
@@ -462,6 +466,7 @@ def test_with_password_basic_auth_passes_any_user_name() -> None:
         assert resp.status_code == 400
 
 
+@pytest.mark.slow
 def test_with_password_basic_auth_runs_the_command(tmp_path: Path) -> None:
     with live_system(tmp_path, password=PASSWORD) as system:
         client = system.client
@@ -471,6 +476,7 @@ def test_with_password_basic_auth_runs_the_command(tmp_path: Path) -> None:
         assert client.post("/api/setup/exit", json={}, headers=basic(PASSWORD)).get_json() == {"setup_mode": False}
 
 
+@pytest.mark.slow
 def test_login_form_flow_with_csrf_token(tmp_path: Path) -> None:
     with live_system(tmp_path, password=PASSWORD) as system:
         client = system.client
@@ -736,6 +742,7 @@ def test_status_items_carry_key_name_gateway_register_set_and_limit(live: Live) 
         (1, f"{gateway}/1", "Akku 1", gateway, "v2", 2500), (2, f"{gateway}/2", "Akku 2", gateway, "v2", 2500)]
 
 
+@pytest.mark.slow
 def test_setup_requests_name_a_gateway(live: Live) -> None:
     client = live.client
     gateway = f"127.0.0.1:{live.sim.modbus_port}"

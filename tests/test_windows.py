@@ -156,6 +156,7 @@ def write_config(path: Path, sim: Simulation, web_port: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("event", [CTRL_CLOSE_EVENT, CTRL_BREAK_EVENT])
 def test_the_console_handler_returns_only_when_every_battery_is_stopped(tmp_path: Path, event: int) -> None:
     with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
@@ -351,6 +352,7 @@ runpy.run_path(root + "/main.py", run_name="__main__")
 """
 
 
+@pytest.mark.slow
 def test_without_a_console_like_pythonw_the_program_runs_logs_to_its_file_and_stops_the_batteries(
     tmp_path: Path,
 ) -> None:
