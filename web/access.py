@@ -16,6 +16,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from werkzeug.security import check_password_hash, generate_password_hash
@@ -23,6 +24,10 @@ from werkzeug.security import check_password_hash, generate_password_hash
 MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 1024  # a longer "password" is a mistake (or an attack on the hash's CPU time)
 MAX_SESSIONS = 1000  # bounds the table; the oldest session goes first
+LOGIN_BLOCK_FIRST_S = 1.0  # blocked after the first wrong password; doubles with each further one
+LOGIN_BLOCK_MAX_S = 60.0
+LOGIN_FORGET_AFTER_S = 900.0  # a client without a wrong password for this long starts again at 1 s
+LOGIN_MAX_CLIENTS = 4096  # bounds the table when many addresses try
 MAX_JSON_DEPTH = 32  # our bodies are flat objects; anything deeper is refused before it is parsed
 # werkzeug's format "<method>$<salt>$<hex digest>", method "scrypt:..." or "pbkdf2:...".
 _HASH_RE = re.compile(r"^(scrypt|pbkdf2):[A-Za-z0-9:_-]*\$[^$\s]+\$[0-9a-f]{32,}$")
@@ -267,3 +272,89 @@ def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
         elif byte in (0x5D, 0x7D):  # ] }
             depth -= 1
     return False
+
+
+# ---------------------------------------------------------------------------- failed logins
+class LoginBlocked(Exception):
+    """A client that must wait before its password is checked again (answered with 429 and Retry-After)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(f"blocked for {retry_after_s:.1f} s")
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class _Failures:
+    count: int
+    last_failure_s: float
+    blocked_until_s: float
+
+
+class LoginThrottle:
+    """Wrong passwords per client address, and how long each client is blocked.
+
+    After the n-th wrong password in a row a client is blocked for ``first_s * 2**(n-1)`` seconds, at
+    most ``max_s``; a right password forgets it. Memory is bounded: a client without a wrong password
+    for ``forget_after_s`` is forgotten, and at most ``max_clients`` are kept (the one whose last wrong
+    password is oldest goes first). Nothing sleeps: a blocked client is refused at once. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float],
+        *,
+        first_s: float = LOGIN_BLOCK_FIRST_S,
+        max_s: float = LOGIN_BLOCK_MAX_S,
+        forget_after_s: float = LOGIN_FORGET_AFTER_S,
+        max_clients: int = LOGIN_MAX_CLIENTS,
+    ) -> None:
+        if not 0 < first_s <= max_s < forget_after_s or max_clients < 1:
+            raise ValueError("need 0 < first_s <= max_s < forget_after_s and max_clients >= 1")
+        self._clock = clock
+        self._first_s = first_s
+        self._max_s = max_s
+        self._forget_after_s = forget_after_s
+        self._max_clients = max_clients
+        self._clients: OrderedDict[str, _Failures] = OrderedDict()  # oldest last failure first
+        self._lock = threading.Lock()
+
+    def attempt(self, client: str, check: Callable[[], bool]) -> bool:
+        """Run ``check`` (the password comparison) for ``client``; raise LoginBlocked while it is blocked.
+
+        True: right, the client's failures are forgotten. False: wrong, the client is now blocked.
+        Check and bookkeeping happen under one lock, so parallel requests get no extra tries.
+        """
+        with self._lock:
+            now = self._clock()
+            self._forget_old(now)
+            entry = self._clients.get(client)
+            if entry is not None and entry.blocked_until_s > now:
+                raise LoginBlocked(entry.blocked_until_s - now)
+            if check():
+                self._clients.pop(client, None)
+                return True
+            count = 1 if entry is None else entry.count + 1
+            block_s = min(self._first_s * 2.0 ** min(count - 1, 30), self._max_s)
+            self._clients.pop(client, None)
+            self._clients[client] = _Failures(count, now, now + block_s)
+            while len(self._clients) > self._max_clients:
+                self._clients.popitem(last=False)
+            return False
+
+    def blocked_s(self, client: str) -> float:
+        """Seconds until ``client``'s password is checked again (0: now)."""
+        with self._lock:
+            now = self._clock()
+            entry = self._clients.get(client)
+            return 0.0 if entry is None else max(0.0, entry.blocked_until_s - now)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._clients)
+
+    def _forget_old(self, now: float) -> None:
+        while self._clients:
+            oldest = next(iter(self._clients.values()))
+            if now - oldest.last_failure_s < self._forget_after_s:
+                return
+            self._clients.popitem(last=False)
