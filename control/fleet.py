@@ -55,7 +55,6 @@ SHUTDOWN_BUDGET_S = 6.0
 BusFactory = Callable[[UnitConfig, float], BatteryBus]  # (first unit of the gateway, answer timeout) -> bus
 
 
-
 class RoundExecutor(Protocol):
     """How a fleet runs a round's gateway jobs "at the same moment" and decides when it stops waiting.
 
@@ -72,9 +71,13 @@ class RoundExecutor(Protocol):
         """``worker`` is still inside an earlier job (the round skips it)."""
         ...
 
-    def start(self, rnd: Round, part: RoundPart) -> None: ...
+    def start(self, rnd: Round, part: RoundPart) -> None:
+        """One gateway's part of ``rnd`` begins (or is queued to begin with the others in ``finish``)."""
+        ...
 
-    def finish(self, rnd: Round) -> None: ...
+    def finish(self, rnd: Round) -> None:
+        """Returns when the fleet stops waiting for ``rnd``'s parts (gateways not done by then are cut off)."""
+        ...
 
     def call(self, worker: GatewayWorker, job: Callable[[BatteryBus], T], alive: Callable[[], None],
              poll_s: float) -> T:
@@ -223,8 +226,8 @@ class Round:
     results: dict[str, Any] = field(default_factory=dict)
 
     def keep(self, answer: Answer, take: bool = True) -> bool:
-        """One posted answer: a unit's result is kept (unless not ``take``); True when it is the gateway's end.
-        A job's bug is raised here, in the control thread."""
+        """One posted answer: a unit's result is kept (unless not ``take``: an executor that drops a late gateway's
+        answers); True when it is the gateway's end. A job's bug is raised here, in the control thread."""
         if isinstance(answer.value, _Bug):
             raise answer.value.error
         if answer.value is _DONE:
