@@ -18,6 +18,7 @@ no deadband, no rate limit) and ``project`` (this project's controller with its 
 from __future__ import annotations
 
 import contextlib
+import functools
 import heapq
 import itertools
 import logging
@@ -27,10 +28,10 @@ import statistics
 import sys
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from pymodbus.exceptions import ModbusIOException
 
@@ -38,12 +39,14 @@ from battery_client import MarstekGateway, ModbusClient
 from benchmark.scenarios import Scenario
 from config_loader import parse_config
 from control.control_loop import ControlLoop
-from control.devices import GridReading, MeterError
-from control.fleet import Fleet
+from control.devices import BatteryBus, GridReading, MeterError
+from control.fleet import Fleet, GatewayWorker, Round, RoundPart
 from control.quality import IN_BAND_W, CrossingCounter, battery_export_w
 from control.status_store import CommandQueue, StatusStore
 from simulator.world import MeterModel, SimUnit, UnitSpec
 from zero_feed_control import BatteryState, ControlParams, distribute, target_total
+
+T = TypeVar("T")
 
 DT_S = 0.1  # metric integration step while a battery moves (the plant itself is integrated exactly)
 DT_QUIET_S = 1.0  # ... and while every battery holds its power
@@ -402,21 +405,52 @@ class RunResult:
 
 
 class VirtualParallel:
-    """``fleet.RoundRunner`` on the world's clock: every gateway's job starts at the same moment on its own
+    """``fleet.RoundExecutor`` on the world's clock: every gateway's job starts at the same moment on its own
     ``GatewayClock``; the world then advances to when the fleet stops waiting (every job done, or every one
     still running silent for longer than its frames usually take), and writes reach the units at their
-    gateway's moment."""
+    gateway's moment. A gateway not in time by then counts with none of its answers."""
 
     def __init__(self, world: World, clocks: dict[str, GatewayClock]) -> None:
         self.world, self.clocks = world, clocks
 
-    def busy(self, gateway: str) -> bool:
-        return self.clocks[gateway].t > self.world.t + 1e-9
+    def frame_clock(self, gateway: str) -> Callable[[], float]:
+        return lambda: self.clocks[gateway].t
 
-    def now(self, gateway: str) -> float:
-        return self.clocks[gateway].t
+    def busy(self, worker: GatewayWorker) -> bool:
+        return self.clocks[worker.name].t > self.world.t + 1e-9
 
-    def run(self, jobs: Sequence[tuple[str, Any, Any]]) -> dict[str, tuple[float, bool]]:
+    def start(self, rnd: Round, part: RoundPart) -> None:
+        pass  # every job runs in finish, from the same moment
+
+    def finish(self, rnd: Round) -> None:
+        ended = self._run([(part.name, functools.partial(self._begun, part),
+                            functools.partial(part.worker.settled_s, allowance_s=part.allowance_s))
+                           for part in rnd.parts])
+        taken = {name for name, (_end_s, in_time) in ended.items() if in_time}
+        while not rnd.answers.empty():
+            answer = rnd.answers.get()
+            rnd.keep(answer, take=answer.gateway in taken)
+        for part in rnd.parts:
+            if part.name in taken:
+                rnd.ended_in_time(part, ended[part.name][0])
+
+    def call(self, worker: GatewayWorker, job: Callable[[BatteryBus], T], alive: Callable[[], None],
+             poll_s: float) -> T:
+        box: list[T] = []
+        self._run([(worker.name, lambda: box.append(job(worker.bus)), lambda end_s: end_s)])
+        return box[0]
+
+    @staticmethod
+    def _begun(part: RoundPart) -> None:
+        """A gateway's job: its frame times counted from its own start."""
+        part.worker.begin()
+        part.job(part.worker.bus)
+
+    def _run(self, jobs: Sequence[tuple[str, Callable[[], None], Callable[[float], float]]]
+             ) -> dict[str, tuple[float, bool]]:
+        """Each job from the world's moment on its gateway's clock; the world advances to the latest moment the
+        fleet stops waiting for one (``jobs``' third: a job's end -> that moment; with one job: its end).
+        Per gateway: when its job ended, and whether by then."""
         start_s = self.world.t
         ends: dict[str, float] = {}
         settled: list[float] = []
@@ -469,9 +503,9 @@ def simulated_fleet(world: World, cfg: Any, sc: Scenario) -> tuple[Fleet, list[S
                               soc_interval_s=cfg.control.soc_update_interval_seconds,
                               timeout_s=cfg.battery.timeout_seconds)
 
-    runner = VirtualParallel(world, clocks) if sc.parallel else None
+    executor = VirtualParallel(world, clocks) if sc.parallel else None
     fleet = Fleet(cfg.battery.units, make, timeout_s=cfg.battery.timeout_seconds, threaded=False,
-                  wait_clock=world.clock, runner=runner)
+                  wait_clock=world.clock, executor=executor)
     return fleet, clients
 
 

@@ -13,14 +13,15 @@ healthy gateway on a periodic long round keeps finishing frames, a dead one goes
 a single gateway nobody can be delayed, so the round waits for it (its own timeouts bound the wait).
 
 Batteries are named by key ``"<host>:<port>/<id>"`` (``config_loader.UnitConfig.key``). ``threaded=False``
-runs every job in the caller's thread, one gateway after the other (the benchmark's simulated clock).
+runs every job in the caller's thread, one gateway after the other (tests, a bare bus handed to the control).
+How a round's jobs run and when the fleet stops waiting is a ``RoundExecutor``; the product's is
+``ThreadedRounds`` (the benchmark brings its own, on simulated time).
 
 Signs: battery power and setpoints + discharge / - charge (W).
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import re
@@ -54,24 +55,33 @@ SHUTDOWN_BUDGET_S = 6.0
 BusFactory = Callable[[UnitConfig, float], BatteryBus]  # (first unit of the gateway, answer timeout) -> bus
 
 
-Settled = Callable[[float], float]  # a job's end (s) -> when the fleet stopped waiting for it (its end or earlier)
+class RoundExecutor(Protocol):
+    """How a fleet runs a round's gateway jobs "at the same moment" and decides when it stops waiting.
 
-
-class RoundRunner(Protocol):
-    """Runs a round's gateway jobs on simulated time as if in parallel (the benchmark's single thread).
-
-    Each job starts at the same simulated moment on its gateway's own clock (``now``); after all ran, each
-    job's ``Settled`` says when the fleet stopped waiting for it. ``run`` leaves the world at the latest of
-    those (with one job: at its end) and returns per gateway when its job ended and whether the round took
-    its answers (ended by then). ``busy`` says a gateway is still inside an earlier job at the current moment.
+    The fleet hands each gateway's part to ``start`` (in the order of the gateways), then calls ``finish``,
+    which returns once the round is over: every answer it takes goes through ``Round.keep``, and each
+    gateway whose job ended in time through ``Round.ended_in_time``. The product's is ``ThreadedRounds``.
     """
 
-    def run(self, jobs: Sequence[tuple[str, Callable[[], None], Settled]]) -> dict[str, tuple[float, bool]]: ...
+    def frame_clock(self, gateway: str) -> Callable[[], float]:
+        """The clock (s) on which ``gateway``'s frames end (its worker's frame times)."""
+        ...
 
-    def busy(self, gateway: str) -> bool: ...
+    def busy(self, worker: GatewayWorker) -> bool:
+        """``worker`` is still inside an earlier job (the round skips it)."""
+        ...
 
-    def now(self, gateway: str) -> float:
-        """The gateway's own simulated time (s)."""
+    def start(self, rnd: Round, part: RoundPart) -> None:
+        """One gateway's part of ``rnd`` begins (or is queued to begin with the others in ``finish``)."""
+        ...
+
+    def finish(self, rnd: Round) -> None:
+        """Returns when the fleet stops waiting for ``rnd``'s parts (gateways not done by then are cut off)."""
+        ...
+
+    def call(self, worker: GatewayWorker, job: Callable[[BatteryBus], T], alive: Callable[[], None],
+             poll_s: float) -> T:
+        """Run one job on ``worker``'s bus and wait for it, calling ``alive`` while waiting."""
         ...
 
 
@@ -94,7 +104,7 @@ class RoundTiming:
     gateways: dict[str, GatewayTiming] = field(default_factory=dict)
 
 
-class _Worker:
+class GatewayWorker:
     """One gateway's bus and the single thread that uses it (or the caller's thread when not threaded).
 
     The bus tells it when each frame ends (``frame_ended``, on the thread that runs the job); it keeps, on
@@ -182,17 +192,131 @@ class _Worker:
 _DONE = object()
 
 
+@dataclass(frozen=True)
+class Answer:
+    """What a gateway's job posts: a unit's result (``key``: the unit), its end or a bug (``key``: the gateway)."""
+
+    gateway: str
+    key: str
+    value: Any
+
+
+@dataclass
+class RoundPart:
+    """One gateway's part of a round: ``job`` on ``worker``'s bus; the others wait ``allowance_s`` (s) for
+    its next frame to end (inf: waited for to the end)."""
+
+    worker: GatewayWorker
+    job: Callable[[BatteryBus], None]
+    allowance_s: float
+
+    @property
+    def name(self) -> str:
+        return self.worker.name
+
+
+@dataclass
+class Round:
+    """One round handed to a ``RoundExecutor``: its parts, the answers the jobs post and the results taken."""
+
+    timing: RoundTiming
+    budget_s: float | None
+    parts: list[RoundPart] = field(default_factory=list)
+    answers: queue.SimpleQueue[Answer] = field(default_factory=queue.SimpleQueue)
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def keep(self, answer: Answer, take: bool = True) -> bool:
+        """One posted answer: a unit's result is kept (unless not ``take``: an executor that drops a late gateway's
+        answers); True when it is the gateway's end. A job's bug is raised here, in the control thread."""
+        if isinstance(answer.value, _Bug):
+            raise answer.value.error
+        if answer.value is _DONE:
+            return True
+        if take:
+            self.results[answer.key] = answer.value
+        return False
+
+    def ended_in_time(self, part: RoundPart, done_s: float) -> None:
+        """``part``'s job ended in time, at ``done_s``: its frame times are usual ones."""
+        part.worker.learn()
+        self.timing.gateways[part.name].done_s = done_s
+
+
+class ThreadedRounds:
+    """The product's ``RoundExecutor``: each gateway's job on its worker's thread (or, not threaded, at once in
+    the caller's), the answers taken as they come on ``wait_clock``, until every gateway is done or (several
+    gateways) every one still working has had no frame end for longer than its allowance, or the budget ends."""
+
+    def __init__(self, wait_clock: Callable[[], float] = time.monotonic) -> None:
+        self._wait_clock = wait_clock
+
+    def frame_clock(self, gateway: str) -> Callable[[], float]:
+        return self._wait_clock
+
+    def busy(self, worker: GatewayWorker) -> bool:
+        return worker.busy
+
+    def start(self, rnd: Round, part: RoundPart) -> None:
+        part.worker.begin(rnd.timing.gateways[part.name].started_s)
+        part.worker.submit(part.job)
+
+    def finish(self, rnd: Round) -> None:
+        pending = {part.name: part for part in rnd.parts}
+        several = len(pending) > 1
+        end_s = None if rnd.budget_s is None else rnd.timing.started_s + rnd.budget_s
+
+        def until_s() -> float | None:
+            last_s = max(p.worker.mark_s + p.allowance_s for p in pending.values()) if several else None
+            if last_s == float("inf"):
+                last_s = None
+            if end_s is not None:
+                last_s = end_s if last_s is None else min(last_s, end_s)
+            return last_s
+
+        while pending:
+            wait_until_s = until_s()
+            try:
+                if wait_until_s is None:
+                    answer = rnd.answers.get()
+                else:
+                    answer = rnd.answers.get(timeout=max(0.0, wait_until_s - self._wait_clock()))
+            except queue.Empty:
+                again_s = until_s()  # a frame that ended meanwhile moves it on
+                if again_s is None or again_s > self._wait_clock():
+                    continue
+                return  # the rest finish on their own; their answers go nowhere
+            if rnd.keep(answer):
+                done_s = self._wait_clock()
+                part = pending.pop(answer.gateway, None)
+                if part is not None:  # in time: its frames were usual ones
+                    rnd.ended_in_time(part, done_s)
+                else:
+                    rnd.timing.gateways[answer.gateway].done_s = done_s
+
+    def call(self, worker: GatewayWorker, job: Callable[[BatteryBus], T], alive: Callable[[], None],
+             poll_s: float) -> T:
+        future = worker.submit(job)
+        while True:
+            alive()
+            try:
+                return future.result(timeout=poll_s)
+            except TimeoutError:
+                continue
+
+
 class Fleet:
     """All batteries, by key; the gateways served in parallel. Owned by the control thread."""
 
     def __init__(self, units: Iterable[UnitConfig], make_bus: BusFactory, *, timeout_s: float = 3.0,
                  threaded: bool = True, wait_clock: Callable[[], float] = time.monotonic,
-                 runner: RoundRunner | None = None) -> None:
-        self._make_bus, self.timeout_s, self.threaded = make_bus, timeout_s, threaded and runner is None
-        self._wait_clock = wait_clock  # threaded: also the clock of the frames' ends
-        self._runner = runner
+                 executor: RoundExecutor | None = None) -> None:
+        """``executor`` runs the rounds (default ``ThreadedRounds`` on ``wait_clock``; give ``threaded=False`` with
+        one that runs the jobs itself)."""
+        self._make_bus, self.timeout_s, self.threaded = make_bus, timeout_s, threaded
+        self._wait_clock = wait_clock
+        self._executor: RoundExecutor = ThreadedRounds(wait_clock) if executor is None else executor
         self.units: dict[str, UnitConfig] = {}
-        self._workers: dict[str, _Worker] = {}
+        self._workers: dict[str, GatewayWorker] = {}
         self.last_rounds: dict[str, RoundTiming] = {}
         for unit in units:
             self.add_unit(unit)
@@ -226,10 +350,8 @@ class Fleet:
         self.units[unit.key] = unit
         worker = self._workers.get(unit.gateway)
         if worker is None:
-            runner = self._runner
-            clock = self._wait_clock if runner is None else functools.partial(runner.now, unit.gateway)
-            worker = _Worker(unit.gateway, self._make_bus(unit, self.timeout_s), self.timeout_s,
-                             threaded=self.threaded, clock=clock)
+            worker = GatewayWorker(unit.gateway, self._make_bus(unit, self.timeout_s), self.timeout_s,
+                                   threaded=self.threaded, clock=self._executor.frame_clock(unit.gateway))
             self._workers[unit.gateway] = worker
         worker.units += 1
 
@@ -284,36 +406,25 @@ class Fleet:
         by_gateway: dict[str, list[tuple[str, Callable[[BatteryBus], T]]]] = {}
         for key, job in jobs.items():
             by_gateway.setdefault(self.units[key].gateway, []).append((key, job))
-        started_s = self._wait_clock()
-        timing = RoundTiming(phase, started_s)
+        timing = RoundTiming(phase, self._wait_clock())
         self.last_rounds[phase] = timing
-        results: dict[str, T | BatteryError] = {}
-        answers: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        pending: dict[str, float] = {}  # gateway -> how long the others wait for its next frame to end
-        simulated: list[tuple[str, Callable[[], None], Settled]] = []
+        rnd = Round(timing, budget_s)
+        results: dict[str, T | BatteryError] = rnd.results
         for name, items in by_gateway.items():
             worker = self._workers[name]
             timing.gateways[name] = GatewayTiming(self._wait_clock())
-            busy = self._runner.busy(name) if self._runner is not None else worker.busy
-            if busy and phase != "stop":
+            if self._executor.busy(worker) and phase != "stop":
                 timing.gateways[name].skipped = True
                 for key, _job in items:
                     results[key] = BatteryError(Msg("gateway_busy", gateway=name))
                 continue
             # A stop waits for everyone (up to the budget); reads and writes not for a straggler.
-            pending[name] = float("inf") if phase == "stop" else worker.frame_s() + GRACE_S
-            part = _gateway_job(name, items, answers)
-            if self._runner is not None:
-                simulated.append((name, functools.partial(_begun, worker, part),
-                                  functools.partial(worker.settled_s, allowance_s=pending[name])))
-            else:
-                worker.begin(timing.gateways[name].started_s)
-                worker.submit(part)
-        allowances = dict(pending)  # _collect takes the gateways out as they are done
-        if self._runner is not None:
-            self._simulated_round(simulated, answers, results, timing)
-        else:
-            self._collect(pending, answers, results, timing, budget_s)
+            allowance_s = float("inf") if phase == "stop" else worker.frame_s() + GRACE_S
+            part = RoundPart(worker, _gateway_job(name, items, rnd.answers), allowance_s)
+            rnd.parts.append(part)
+            self._executor.start(rnd, part)
+        self._executor.finish(rnd)
+        allowances = {part.name: part.allowance_s for part in rnd.parts}
         for key in jobs:
             if key not in results:
                 gateway = self.units[key].gateway
@@ -324,76 +435,11 @@ class Fleet:
         timing.finished_s = self._wait_clock()
         return results
 
-    def _collect(self, pending: dict[str, float], answers: queue.SimpleQueue[tuple[str, Any]],
-                 results: dict[str, Any], timing: RoundTiming, budget_s: float | None) -> None:
-        """Take answers until every gateway is done, or (several gateways) every one still working has had no
-        frame end for longer than its allowance (``pending``: gateway -> allowance, s)."""
-        several = len(pending) > 1
-        end_s = None if budget_s is None else timing.started_s + budget_s
-
-        def until_s() -> float | None:
-            last_s = max(self._workers[n].mark_s + allowance_s for n, allowance_s in pending.items()) \
-                if several else None
-            if last_s == float("inf"):
-                last_s = None
-            if end_s is not None:
-                last_s = end_s if last_s is None else min(last_s, end_s)
-            return last_s
-
-        while pending:
-            wait_until_s = until_s()
-            try:
-                if wait_until_s is None:
-                    key, value = answers.get()
-                else:
-                    key, value = answers.get(timeout=max(0.0, wait_until_s - self._wait_clock()))
-            except queue.Empty:
-                again_s = until_s()  # a frame that ended meanwhile moves it on
-                if again_s is None or again_s > self._wait_clock():
-                    continue
-                return  # the rest finish on their own; their answers go nowhere
-            if value is _DONE:
-                done_s = self._wait_clock()
-                if pending.pop(key, None) is not None:  # in time: its frames were usual ones
-                    self._workers[key].learn()
-                timing.gateways[key].done_s = done_s
-            elif isinstance(value, _Bug):
-                raise value.error
-            else:
-                results[key] = value
-
-    def _simulated_round(self, jobs: Sequence[tuple[str, Callable[[], None], Settled]],
-                         answers: queue.SimpleQueue[tuple[str, Any]], results: dict[str, Any],
-                         timing: RoundTiming) -> None:
-        """The round on the runner's simulated time: answers of a gateway that was not in time are dropped."""
-        assert self._runner is not None
-        ended = self._runner.run(jobs)
-        taken = {name for name, (_end_s, in_time) in ended.items() if in_time}
-        while not answers.empty():
-            key, value = answers.get()
-            if isinstance(value, _Bug):
-                raise value.error
-            if value is not _DONE and self.units[key].gateway in taken:
-                results[key] = value
-        for name in taken:
-            self._workers[name].learn()
-            timing.gateways[name].done_s = ended[name][0]
-
     # ------------------------------------------------------------------ one gateway (setup, --check)
     def call(self, gateway: str, job: Callable[[BatteryBus], T], alive: Callable[[], None] = lambda: None,
              *, poll_s: float = 0.5) -> T:
         """Run ``job(bus)`` on ``gateway``'s worker and wait for it, calling ``alive`` while waiting."""
-        if self._runner is not None:
-            box: list[T] = []
-            self._runner.run([(gateway, lambda: box.append(job(self._workers[gateway].bus)), lambda end_s: end_s)])
-            return box[0]
-        future = self._workers[gateway].submit(job)
-        while True:
-            alive()
-            try:
-                return future.result(timeout=poll_s)
-            except TimeoutError:
-                continue
+        return self._executor.call(self._workers[gateway], job, alive, poll_s)
 
     def forget(self, key: str) -> None:
         """Drop what the gateway caches about a unit (after setup mode)."""
@@ -445,28 +491,22 @@ class _Bug:
 
 
 def _gateway_job(name: str, items: Sequence[tuple[str, Callable[[BatteryBus], Any]]],
-                 answers: queue.SimpleQueue[tuple[str, Any]]) -> Callable[[BatteryBus], None]:
+                 answers: queue.SimpleQueue[Answer]) -> Callable[[BatteryBus], None]:
     """One gateway's part of a round: its units one after the other, each answer posted as it comes."""
 
     def run(bus: BatteryBus) -> None:
         try:
             for key, job in items:
                 try:
-                    answers.put((key, job(bus)))
+                    answers.put(Answer(name, key, job(bus)))
                 except BatteryError as exc:
-                    answers.put((key, exc))
+                    answers.put(Answer(name, key, exc))
         except Exception as exc:
-            answers.put((name, _Bug(exc)))
+            answers.put(Answer(name, name, _Bug(exc)))
         finally:
-            answers.put((name, _DONE))
+            answers.put(Answer(name, name, _DONE))
 
     return run
-
-
-def _begun(worker: _Worker, part: Callable[[BatteryBus], None]) -> None:
-    """A simulated round's gateway job: its frame times counted from its own start."""
-    worker.begin()
-    part(worker.bus)
 
 
 def _read_job(unit_id: int) -> Callable[[BatteryBus], BatteryReading]:
