@@ -19,6 +19,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import (
@@ -44,6 +45,7 @@ from integrations import metrics
 from integrations.history import History, HistoryBusy, PriceAt, bucket_samples
 from planning.plan_mode import plan_json
 from web import access as web_access
+from web import settings as web_settings
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +227,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     diagnostics: Callable[[], dict[str, Any]] | None = None,
     save_password: Callable[[str], object] | None = None,
     plan_enabled: bool = False,
+    settings_path: Path | None = None,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
@@ -234,7 +237,7 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``save_password`` stores the salted hash that
     /onboarding sets into the config file (None: it lasts until the program ends, as in the demo).
     bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``plan_enabled``: a plan thread publishes
-    plans to ``store`` (``GET /api/plan``).
+    plans to ``store`` (``GET /api/plan``). ``settings_path``: the config file /settings edits (None: the demo).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     price_at = history.price_at if history is not None else None  # set only with a tariff
@@ -332,8 +335,9 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             elif request.path != "/login" and not logged_in():
                 raise ApiError(i18n.Msg("web_login_required"), 401)
             return None
-        if request.path == "/api/diagnostics":
-            # The bundle shows the whole setup: never read-only, never to the LAN without a password.
+        if request.path in ("/api/diagnostics", "/api/settings"):
+            # The bundle shows the whole setup, the settings the home's location (forecast.planes): never
+            # read-only, never to the LAN without a password.
             if not password.is_set and not local_client():
                 raise locked()
             if not logged_in():
@@ -637,4 +641,5 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
             raise MethodNotAllowed(valid_methods=others)
         abort(404)
 
+    web_settings.register(app, settings_path, language)
     return app
