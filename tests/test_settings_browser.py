@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Browser, expect
 
 from config_loader import load_config
 from tests.test_browser import (  # noqa: F401 (browser: a fixture)
@@ -19,8 +20,6 @@ from tests.test_browser import (  # noqa: F401 (browser: a fixture)
     running_system,
     screenshot,
 )
-
-from playwright.sync_api import Browser, expect  # noqa: E402,I001 (after test_browser's skip without Chromium)
 
 
 @pytest.fixture
