@@ -19,7 +19,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -1351,6 +1351,26 @@ def set_web_password(path: Path | str, password_hash: str) -> Config:
     if not isinstance(web, dict):
         raise ConfigError(f"web: must be an object {{...}}, got {_describe(web)}")
     web["password"] = password_hash
+    return _validate_and_save(path, data)
+
+
+def update_sections(path: Path | str, sections: Mapping[str, Any],
+                    keep: Callable[[str, Any, Any], Any] | None = None) -> Config:
+    """Replace the top-level ``sections`` of the file (a value None removes the section), keeping every other
+    key and its order; ``keep(name, old, new)`` may return the value to store instead (e.g. a write-only token
+    kept from ``old``). Validated exactly as at start before anything is written; ``<name>.bak``; atomic
+    replace. Raises ConfigError (each problem with its key path) and leaves the file untouched then."""
+    path = Path(path)
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
+    for name, value in sections.items():
+        if keep is not None:
+            value = keep(name, data.get(name), value)
+        if value is None:
+            data.pop(name, None)
+        else:
+            data[name] = value
     return _validate_and_save(path, data)
 
 

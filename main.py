@@ -474,6 +474,7 @@ def main(argv: list[str] | None = None) -> int:
     saved_config = config_path  # /onboarding writes the password's hash there (the demo: memory only)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
                      history=history, diagnostics=diagnostics.bundle, plan_enabled=feeds is not None,
+                     settings_path=saved_config,
                      save_password=(lambda stored: set_web_password(saved_config, stored)) if saved_config else None)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)

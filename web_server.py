@@ -13,6 +13,7 @@ How it is built (add a page or an API group the same way):
 - Each group is a module of the package ``web/`` with one function ``register(app: Flask, deps: Deps) -> None``
   that defines its routes as small closures over ``deps``: ``web/pages.py`` (dashboard, setup page,
   login/logout, onboarding), ``web/api_status.py`` (status, history, energy, plan, metrics, diagnostics),
+  ``web/settings.py`` (the page and API that edit the tariff, forecast and plan sections),
   ``web/api_mode.py`` (GET/POST /api/mode), ``web/api_setup.py`` (setup enter/exit/scan/set-id/add-to-config).
 - A group imports only ``web.common`` (``Deps``, ``ApiError``, ``json_body``, ``int_in_range``,
   ``deps.run(command)``, ``deps.language()``) and ``web.access``, never this module: no import cycle.
@@ -29,6 +30,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import (
@@ -50,7 +52,7 @@ from control import i18n
 from control.status_store import CommandError, CommandQueue, StatusStore
 from integrations.history import History
 from web import access as web_access
-from web import api_mode, api_setup, api_status, pages
+from web import api_mode, api_setup, api_status, pages, settings
 from web.access import LoginBlocked, LoginThrottle
 from web.common import DAY_S, ApiError, Deps
 
@@ -68,6 +70,7 @@ ROUTE_GROUPS: tuple[Callable[[Flask, Deps], None], ...] = (
     api_status.register,
     api_mode.register,
     api_setup.register,
+    settings.register,
 )
 
 
@@ -92,10 +95,12 @@ def guard_change(deps: Deps, allowed_hosts: frozenset[str]) -> None:
 
 
 def guard_read(deps: Deps) -> WerkzeugResponse | None:
-    """A GET/HEAD/OPTIONS: the diagnostics always need the login; the rest unless web.read_only_without_login."""
+    """A GET/HEAD/OPTIONS: the diagnostics and the settings always need the login; the rest unless
+    web.read_only_without_login."""
     is_api = request.path.startswith("/api/") or request.path == "/metrics"
-    if request.path == "/api/diagnostics":
-        # The bundle shows the whole setup: never read-only, never to the LAN without a password.
+    if request.path in ("/api/diagnostics", "/api/settings"):
+        # The bundle shows the whole setup, the settings the home's location (forecast.planes): never
+        # read-only, never to the LAN without a password.
         if not deps.password.is_set and not deps.local_client():
             raise deps.locked()
         if not deps.logged_in():
@@ -166,6 +171,7 @@ def create_app(
     diagnostics: Callable[[], dict[str, Any]] | None = None,
     save_password: Callable[[str], object] | None = None,
     plan_enabled: bool = False,
+    settings_path: Path | None = None,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
@@ -174,7 +180,8 @@ def create_app(
     ``history`` serves /api/history from before a restart and /api/energy; ``diagnostics`` builds the
     bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``save_password`` stores the salted hash that
     /onboarding sets into the config file (None: it lasts until the program ends, as in the demo).
-    ``plan_enabled``: a plan thread publishes plans to ``store`` (``GET /api/plan``).
+    ``plan_enabled``: a plan thread publishes plans to ``store`` (``GET /api/plan``). ``settings_path``: the config
+    file /settings edits (None: the demo, nothing to save).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
@@ -196,7 +203,7 @@ def create_app(
         diagnostics=diagnostics, save_password=save_password, plan_enabled=plan_enabled, password=password,
         sessions=web_access.Sessions(web_cfg.session_days * DAY_S, clock), throttle=LoginThrottle(clock),
         trusted_proxies=web_access.parse_networks(web_cfg.trusted_proxies),
-        no_password_warning=no_password_warning)
+        no_password_warning=no_password_warning, settings_path=settings_path)
     allowed_hosts = frozenset(web_cfg.allowed_hosts)
     own_names = web_access.own_host_names()
 

@@ -13,6 +13,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from flask import Response, jsonify, request, session
@@ -62,6 +63,7 @@ class Deps:
     throttle: web_access.LoginThrottle
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     no_password_warning: i18n.Msg | None
+    settings_path: Path | None = None  # the config file /settings edits (None: the demo, nothing to save)
 
     # ------------------------------------------------------------------ the page's language, commands
     def language(self) -> str:
