@@ -698,13 +698,13 @@ def test_plan_card_is_hidden_without_a_plan(browser: Browser, system: System) ->
 def test_a_plan_problem_shows_in_the_errors_card_with_the_fix(browser: Browser, tmp_path: Path) -> None:
     dead_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the price source fails at once
     tariff = {"type": "awattar", "url": dead_url}
-    with running_system(tmp_path, tariff=tariff, plan={"enabled": True}) as system:
-        with open_page(browser, system.url + "/", width=360, height=740) as page:
-            errors = page.locator("#errors-list li", has_text="Strompreise nicht abrufbar")
-            expect(errors).to_be_visible(timeout=40_000)
-            expect(errors).to_contain_text("Abhilfe: Internetverbindung und Abschnitt „tariff“")
-            expect(page.locator("#plan-card")).to_be_visible()
-            expect(page.locator("#plan-problem")).to_contain_text("Strompreise nicht abrufbar")
-            expect(page.locator("#plan-empty")).to_be_visible()
-            assert no_horizontal_scroll(page)
-            screenshot(page, "dashboard-plan-problem-360.png")
+    with (running_system(tmp_path, tariff=tariff, plan={"enabled": True}) as system,
+          open_page(browser, system.url + "/", width=360, height=740) as page):
+        errors = page.locator("#errors-list li", has_text="Strompreise nicht abrufbar")
+        expect(errors).to_be_visible(timeout=40_000)
+        expect(errors).to_contain_text("Abhilfe: Internetverbindung und Abschnitt „tariff“")
+        expect(page.locator("#plan-card")).to_be_visible()
+        expect(page.locator("#plan-problem")).to_contain_text("Strompreise nicht abrufbar")
+        expect(page.locator("#plan-empty")).to_be_visible()
+        assert no_horizontal_scroll(page)
+        screenshot(page, "dashboard-plan-problem-360.png")
