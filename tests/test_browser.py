@@ -645,7 +645,8 @@ def test_todays_cost_and_saving_and_the_euro_chart(browser: Browser, priced_syst
 
 # ---------------------------------------------------------------------------- the plan by price
 PLAN_TARIFF = {"type": "fixed", "fixed_ct_per_kwh": 30.0, "feed_in_ct_per_kwh": 8.0,
-               "windows": [{"from": "00:00", "to": "06:00", "ct_per_kwh": 10.0}]}
+               "windows": [{"from": "00:00", "to": "06:00", "ct_per_kwh": -5.0},
+                           {"from": "17:00", "to": "21:00", "ct_per_kwh": 45.0}]}
 
 
 def test_plan_card_draws_the_slots_the_reason_and_the_costs(browser: Browser, tmp_path: Path) -> None:
@@ -663,7 +664,10 @@ def test_plan_card_draws_the_slots_the_reason_and_the_costs(browser: Browser, tm
                 assert len(slots) >= len(doc["slots"]) - 1
                 assert data[1][:-1] == [s["import_ct_per_kwh"] for s in slots], "the price bars are the API's"
                 assert data[2][:-1] == [s["soc_pct"] for s in slots], "the SoC line is the API's"
-                assert sorted(set(data[1][:-1])) == [10.0, 30.0], "the tariff's two prices over the horizon"
+                assert sorted(set(data[1][:-1])) == [-5.0, 30.0, 45.0], "the tariff's prices over the horizon"
+                scale = page.evaluate("(() => { const s = window.marstekDashboard.planChart().scales.ct; "
+                                      "return [s.min, s.max]; })()")
+                assert scale[0] < -5.0 < 45.0 < scale[1], f"negative prices drawn below zero: {scale}"
                 labels = page.evaluate("window.marstekDashboard.planChart().series.map(s => s.label)")
                 forecasts = [name for key, name in (("pv_w", "PV (Prognose)"), ("load_w", "Verbrauch (Prognose)"))
                              if any(s[key] is not None for s in slots)]
