@@ -151,6 +151,32 @@ DE: dict[str, str] = {
         "Links: Stromkosten (nach oben) und Einspeisevergütung (nach unten). Rechts: Ersparnis durch den Akku "
         "gegenüber demselben Tag ohne Akku (unter null: der Akku hat an dem Tag gekostet). In €, pro Kalendertag."
     ),
+    "plan_title": "Plan nach Strompreis",
+    "plan_price": "Strompreis",
+    "plan_soc": "Ladestand (geplant)",
+    "plan_pv": "PV (Prognose)",
+    "plan_load": "Verbrauch (Prognose)",
+    "plan_mode": "Betriebsart",
+    "plan_time": "Zeit",
+    "plan_now": "jetzt",
+    "unit_ct": "ct/kWh",
+    "plan_band_auto": "Automatik",
+    "plan_band_hold": "Halten",
+    "plan_band_charge": "Laden aus dem Netz",
+    "plan_reason_now": "Jetzt",
+    "plan_cost": "Erwartete Kosten mit Plan",
+    "plan_cost_without": "ohne Plan",
+    "plan_created": "Plan berechnet um {time}.",
+    "plan_costs_no_load": (
+        "Noch ohne Verbrauchsprognose (sie entsteht aus dem Verlauf der letzten Tage): die Kosten enthalten nur "
+        "das geplante Laden aus dem Netz, nicht den Verbrauch des Hauses."
+    ),
+    "plan_empty": "Noch kein Plan (keine Preise für die kommenden Stunden).",
+    "plan_hint": (
+        "Balken: Strompreis je Zeitabschnitt (unter null: negativer Preis). Linie: geplanter Ladestand (rechte "
+        "Achse). Das farbige Band unten zeigt die Betriebsart je Abschnitt; die senkrechte Linie ist jetzt. "
+        "In jedem Abschnitt regelt die Nulleinspeisung weiter."
+    ),
     "range_7d": "7 Tage",
     "range_30d": "30 Tage",
     "week_chart_title": "Leistung der letzten 7 Tage",
@@ -485,6 +511,32 @@ EN: dict[str, str] = {
     "energy_chart_hint_eur": (
         "Left: electricity cost (up) and feed-in revenue (down). Right: saved by the battery against the same "
         "day without it (below zero: the battery cost money that day). In €, per calendar day."
+    ),
+    "plan_title": "Plan by electricity price",
+    "plan_price": "Electricity price",
+    "plan_soc": "State of charge (planned)",
+    "plan_pv": "PV (forecast)",
+    "plan_load": "Consumption (forecast)",
+    "plan_mode": "Mode",
+    "plan_time": "Time",
+    "plan_now": "now",
+    "unit_ct": "ct/kWh",
+    "plan_band_auto": "Automatic",
+    "plan_band_hold": "Hold",
+    "plan_band_charge": "Charge from the grid",
+    "plan_reason_now": "Now",
+    "plan_cost": "Expected cost with the plan",
+    "plan_cost_without": "without the plan",
+    "plan_created": "Plan computed at {time}.",
+    "plan_costs_no_load": (
+        "No consumption forecast yet (it comes from the history of the last days): the costs hold only the "
+        "planned charging from the grid, not the house's consumption."
+    ),
+    "plan_empty": "No plan yet (no prices for the coming hours).",
+    "plan_hint": (
+        "Bars: electricity price per time slot (below zero: negative price). Line: planned state of charge "
+        "(right axis). The coloured band at the bottom shows the mode per slot; the vertical line is now. "
+        "Zero feed-in keeps regulating in every slot."
     ),
     "range_7d": "7 days",
     "range_30d": "30 days",
@@ -916,14 +968,26 @@ MESSAGES_DE: dict[str, str] = {
     # -- the plan as a mode source (planning/plan_mode.py, planning/plan_thread.py)
     "plan_pending": "Der Plan wird berechnet; bis dahin regelt die Automatik",
     "plan_no_current_price": (
-        "Kein Strompreis für die aktuelle Zeit bekannt: Automatik ohne Plan, kein Laden aus dem Netz"
+        "Kein Strompreis für die aktuelle Zeit bekannt: Automatik ohne Plan, kein Laden aus dem Netz. "
+        "Abhilfe: Abschnitt „tariff“ der Einstellungen prüfen (bei „fixed“: Preis oder Zeitfenster für jede "
+        "Uhrzeit) und die Internetverbindung"
     ),
     "plan_stale": (
-        "Der Plan ist {minutes} Minuten alt (keine neuen Preise?): Automatik ohne Plan, kein Laden aus dem Netz"
+        "Der Plan ist {minutes} Minuten alt (keine neuen Preise?): Automatik ohne Plan, kein Laden aus dem Netz. "
+        "Abhilfe: Internetverbindung und Abschnitt „tariff“ prüfen; die Ereignisliste nennt den Fehler"
     ),
-    "plan_failed": "Plan nicht berechnet ({error}): Automatik ohne Plan",
-    "plan_no_battery": "Kein Akku mit bekanntem Ladestand erreichbar: kein Plan, Automatik",
-    "plan_prices_failed": "Strompreise nicht abrufbar: {error}",
+    "plan_failed": (
+        "Plan nicht berechnet ({error}): Automatik ohne Plan. Abhilfe: Abschnitte „plan“ und „forecast“ prüfen; "
+        "bleibt der Fehler, die Diagnose-Datei mit einer Fehlermeldung einsenden"
+    ),
+    "plan_no_battery": (
+        "Kein Akku mit bekanntem Ladestand erreichbar: kein Plan, Automatik. Abhilfe: Verbindung zu den Akkus "
+        "prüfen (siehe Akku-Karten)"
+    ),
+    "plan_prices_failed": (
+        "Strompreise nicht abrufbar: {error}. Automatik ohne Plan, kein Laden aus dem Netz. Abhilfe: "
+        "Internetverbindung und Abschnitt „tariff“ der Einstellungen prüfen (Anbieter, Token, Gebotszone)"
+    ),
     "plan_mode_changed": "Plan: {mode} – {reason}",
     "plan_mode_charge": "Laden mit {power} W",
     # -- MQTT
@@ -1250,11 +1314,27 @@ MESSAGES_EN: dict[str, str] = {
     "mode_file_write_failed": "Operating mode not saved ({path}): {error}",
     # -- the plan as a mode source (planning/plan_mode.py, planning/plan_thread.py)
     "plan_pending": "The plan is being computed; until then the automatic mode regulates",
-    "plan_no_current_price": "No electricity price known for the current time: auto without a plan, no grid charging",
-    "plan_stale": "The plan is {minutes} minutes old (no new prices?): auto without a plan, no grid charging",
-    "plan_failed": "Plan not computed ({error}): auto without a plan",
-    "plan_no_battery": "No battery with a known state of charge reachable: no plan, auto",
-    "plan_prices_failed": "Electricity prices not available: {error}",
+    "plan_no_current_price": (
+        "No electricity price known for the current time: auto without a plan, no grid charging. Fix: check the "
+        "\"tariff\" section of the settings (with \"fixed\": a price or window for every time of day) and the "
+        "internet connection"
+    ),
+    "plan_stale": (
+        "The plan is {minutes} minutes old (no new prices?): auto without a plan, no grid charging. Fix: check "
+        "the internet connection and the \"tariff\" section; the events list names the error"
+    ),
+    "plan_failed": (
+        "Plan not computed ({error}): auto without a plan. Fix: check the \"plan\" and \"forecast\" sections; "
+        "if it persists, send the diagnostics file with a bug report"
+    ),
+    "plan_no_battery": (
+        "No battery with a known state of charge reachable: no plan, auto. Fix: check the connection to the "
+        "batteries (see the battery cards)"
+    ),
+    "plan_prices_failed": (
+        "Electricity prices not available: {error}. Auto without a plan, no grid charging. Fix: check the "
+        "internet connection and the \"tariff\" section of the settings (provider, token, bidding zone)"
+    ),
     "plan_mode_changed": "Plan: {mode} – {reason}",
     "plan_mode_charge": "charge at {power} W",
     # -- MQTT

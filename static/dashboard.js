@@ -5,7 +5,8 @@
    and keeps them in its history database, so they survive a restart. The 7-day power chart asks
    /api/history for 5-minute means. With a tariff, /api/energy also has the money per day (cost_eur,
    feed_in_revenue_eur, saved_eur, unpriced_wh): the card shows today's cost and saving, and the
-   chart switches between kWh and € per day. */
+   chart switches between kWh and € per day. With a plan section, /api/plan fills the plan card
+   (every 30 s). */
 "use strict";
 
 (function () {
@@ -624,6 +625,209 @@
     });
   }
 
+
+  // ------------------------------------------------------------------ plan by price
+  // GET /api/plan: the slots from the current one on. Price bars (ct/kWh, left axis, negative below zero),
+  // planned SoC (right axis), PV and load forecasts (W, own axis on wide screens), the mode per slot as a
+  // band along the bottom and a line at "now" (drawn in the draw hook, so they follow resizes).
+  const PLAN_INTERVAL_MS = 30000;
+  const PLAN_MODES = ["auto", "hold", "charge"];
+  const plan = { doc: null };
+  let planChart = null;
+  let planShape = ""; // which forecast series the chart has: built anew when that changes
+
+  function planSlots() {
+    return plan.doc && Array.isArray(plan.doc.slots) ? plan.doc.slots : [];
+  }
+
+  /** Which forecasts the plan has ("pv", "load"): only those get a line. */
+  function planForecasts() {
+    return ["pv", "load"].filter((k) => planSlots().some((s) => isNum(s[k + "_w"])));
+  }
+
+  /** Columns for uPlot: slot starts plus the last slot's end (so the last bar has its width). */
+  function planData() {
+    const slots = planSlots();
+    const sec = (iso) => new Date(iso).getTime() / 1000;
+    const num = (v) => (isNum(v) ? v : null);
+    const x = slots.map((s) => sec(s.start));
+    if (slots.length) x.push(sec(slots[slots.length - 1].end));
+    const col = (f) => slots.map(f).concat(slots.length ? [null] : []);
+    return [
+      x,
+      col((s) => num(s.import_ct_per_kwh)),
+      col((s) => num(s.soc_pct)),
+      ...planForecasts().map((k) => col((s) => num(s[k + "_w"]))),
+      col((s) => PLAN_MODES.indexOf(s.mode)),
+    ];
+  }
+
+  function modeColor(mode) {
+    return cssVar("--plan-" + mode, { auto: "#94a3b8", hold: "#d97706", charge: "#2563eb" }[mode] || "#94a3b8");
+  }
+
+  /** The mode band under the plot area and the "now" line, in canvas pixels. */
+  function drawPlanOverlay(u) {
+    const ctx = u.ctx;
+    const { left, top, width, height } = u.bbox;
+    const band = Math.round(10 * (window.devicePixelRatio || 1));
+    const slots = planSlots();
+    const x = u.data[0];
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, top, width, height);
+    ctx.clip();
+    for (let i = 0; i < slots.length; i++) {
+      const x0 = Math.round(u.valToPos(x[i], "x", true));
+      const x1 = Math.round(u.valToPos(x[i + 1], "x", true));
+      ctx.fillStyle = modeColor(slots[i].mode);
+      ctx.fillRect(x0, top + height - band, Math.max(1, x1 - x0), band);
+    }
+    const now = Date.now() / 1000;
+    if (x.length && now >= x[0] && now <= x[x.length - 1]) {
+      const px = Math.round(u.valToPos(now, "x", true)) + 0.5;
+      ctx.strokeStyle = cssVar("--text", "#1b2530");
+      ctx.lineWidth = Math.max(1, window.devicePixelRatio || 1);
+      ctx.setLineDash([4, 3]);
+      ctx.beginPath();
+      ctx.moveTo(px, top);
+      ctx.lineTo(px, top + height - band);
+      ctx.stroke();
+      ctx.setLineDash([]);
+      ctx.fillStyle = cssVar("--text", "#1b2530");
+      ctx.font = Math.round(11 * (window.devicePixelRatio || 1)) + "px sans-serif";
+      ctx.textBaseline = "top";
+      ctx.fillText(t("plan_now"), px + 4, top + 2);
+    }
+    ctx.restore();
+  }
+
+  function makePlanChart() {
+    const box = $("plan-chart");
+    if (typeof window.uPlot !== "function" || !window.uPlot.paths || !window.uPlot.paths.bars) return null;
+    const text = cssVar("--text", "#1b2530");
+    const line = cssVar("--line", "#dde3e9");
+    const axis = { stroke: text, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    const forecasts = planForecasts();
+    const wide = window.innerWidth >= 600 && forecasts.length > 0;
+    const ct = (v) => fmt.number(v) + "\u00a0" + t("unit_ct");
+    const none = () => null;
+    const opts = {
+      width: Math.max(200, box.clientWidth),
+      height: chartHeight(),
+      cursor: { drag: { x: false, y: false }, points: { show: false } },
+      legend: { live: true },
+      scales: {
+        x: { time: true, range: (u, min, max) => [min, max] },
+        ct: {
+          range: (u, min, max) => {
+            const lo = Math.min(isNum(min) ? min : 0, 0);
+            const hi = Math.max(isNum(max) ? max : 0, 1);
+            const pad = (hi - lo) * 0.12; // room for the mode band below the lowest bar
+            return [lo - pad, hi + pad * 0.5];
+          },
+        },
+        soc: { range: [0, 100] },
+        w: { range: (u, min, max) => [0, Math.max(isNum(max) ? max : 0, 100) * 1.1] },
+        mode: { range: [0, 1] },
+      },
+      series: [
+        { label: t("plan_time"), value: (u, v) => (v === null ? "" : dayFmt.format(new Date(v * 1000)) + " " + fmt.hm(v * 1000)) },
+        {
+          label: t("plan_price"), scale: "ct", stroke: cssVar("--import", "#c2410c"), fill: cssVar("--plan-price", "rgba(194, 65, 12, 0.45)"),
+          width: 0, paths: window.uPlot.paths.bars({ size: [0.9, Infinity], align: 1 }), points: { show: false },
+          value: (u, v) => (isNum(v) ? ct(v) : t("none_value")),
+        },
+        {
+          label: t("plan_soc"), scale: "soc", stroke: cssVar("--soc", "#7c3aed"), width: 2,
+          value: (u, v) => fmt.pct(v),
+        },
+        ...forecasts.map((k) => ({
+          label: t("plan_" + k), scale: "w", width: 1.5, dash: k === "pv" ? [6, 4] : [2, 3],
+          stroke: k === "pv" ? cssVar("--export", "#15803d") : cssVar("--muted", "#5b6875"),
+          value: (u, v) => fmt.watts(v),
+        })),
+        {
+          label: t("plan_mode"), scale: "mode", stroke: modeColor("auto"), width: 0, paths: none, points: { show: false },
+          value: (u, v) => (PLAN_MODES[v] ? t("plan_band_" + PLAN_MODES[v]) : t("none_value")),
+        },
+      ],
+      axes: [
+        Object.assign({}, axis, {
+          space: 44,
+          values: (u, vals, axisIdx, space, incr) => vals.map((v) => (v === null ? "" : incr < DAY_S ? fmt.hm(v * 1000) : dayFmt.format(new Date(v * 1000)))),
+        }),
+        Object.assign({}, axis, {
+          scale: "ct", size: 50, label: t("unit_ct"), labelSize: 18,
+          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.number(v))),
+        }),
+        Object.assign({}, axis, {
+          scale: "soc", side: 1, size: 46, grid: { show: false },
+          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.int(v) + " " + t("unit_pct"))),
+        }),
+        Object.assign({}, axis, {
+          scale: "w", side: 1, size: 58, grid: { show: false }, show: wide,
+          values: (u, vals) => vals.map((v) => (v === null ? "" : fmt.int(v) + " " + t("unit_w"))),
+        }),
+      ],
+      hooks: { draw: [drawPlanOverlay] },
+    };
+    const u = new window.uPlot(opts, planData(), box);
+    u.observer = resizeWith(u, box);
+    return u;
+  }
+
+  function renderPlan() {
+    const d = plan.doc;
+    const card = $("plan-card");
+    card.hidden = !d || !d.enabled;
+    if (card.hidden) return;
+    const slots = planSlots();
+    const problem = !d.ok && d.problem ? d.problem : "";
+    $("plan-problem").hidden = !problem;
+    setText("plan-problem", problem);
+    $("plan-empty").hidden = slots.length > 0;
+    const box = $("plan-chart");
+    box.hidden = slots.length === 0;
+    const current = slots.length ? slots[0] : null; // the API starts with the current slot
+    $("plan-reason").hidden = !current;
+    if (current) {
+      setText("plan-reason-time", " (" + fmt.hm(current.start) + "–" + fmt.hm(current.end) + ")");
+      const pill = $("plan-reason-mode");
+      pill.className = "pill plan-mode-" + current.mode;
+      pill.textContent = PLAN_MODES.includes(current.mode) ? t("plan_band_" + current.mode) : String(current.mode);
+      setText("plan-reason-text", current.reason || ""); // the reason names the power of a charge
+    }
+    const costs = isNum(d.expected_cost_eur) || isNum(d.expected_cost_without_plan_eur);
+    $("plan-costs").hidden = !costs;
+    setText("plan-cost", fmt.eur(d.expected_cost_eur));
+    setText("plan-cost-without", fmt.eur(d.expected_cost_without_plan_eur));
+    // Without a load forecast (no history yet) the costs hold only the planned grid charging.
+    $("plan-costs-no-load").hidden = !costs || planSlots().some((s) => isNum(s.load_w));
+    setText("plan-created", d.created ? t("plan_created", { time: fmt.hm(d.created) }) : "");
+    if (slots.length === 0) return;
+    const shape = planForecasts().join(",");
+    if (planChart && shape !== planShape) {
+      if (planChart.observer) planChart.observer.disconnect();
+      planChart.destroy();
+      planChart = null;
+    }
+    planShape = shape;
+    if (!planChart) planChart = makePlanChart();
+    if (planChart) planChart.setData(planData());
+  }
+
+  async function pollPlan() {
+    let next = PLAN_INTERVAL_MS;
+    try {
+      plan.doc = await api.get("/api/plan");
+      renderPlan();
+    } catch (err) {
+      next = ERROR_RETRY_MS;
+    }
+    setTimeout(pollPlan, delay(next));
+  }
+
   // ------------------------------------------------------------------ polling
   function delay(normalMs) {
     return document.hidden ? HIDDEN_INTERVAL_MS : normalMs;
@@ -695,11 +899,12 @@
   // For the browser tests and for curious users in the developer tools.
   window.marstekDashboard = {
     history: H, energy, week: W, chart: () => chart, energyChart: () => energyChart, weekChart: () => weekChart,
-    mode: () => lastMode,
+    mode: () => lastMode, plan, planChart: () => planChart,
   };
 
   pollStatus();
   pollHistory();
   pollEnergy();
   pollWeek();
+  pollPlan();
 })();

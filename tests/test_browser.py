@@ -642,3 +642,74 @@ def test_todays_cost_and_saving_and_the_euro_chart(browser: Browser, priced_syst
             page.locator("[data-unit='kwh']").click()  # and back: the kWh bars again
             expect(page.locator("#energy-chart-hint")).to_contain_text("In kWh")
             assert page.evaluate("window.marstekDashboard.energyChart().series.length") == 5
+
+
+# ---------------------------------------------------------------------------- the plan by price
+PLAN_TARIFF = {"type": "fixed", "fixed_ct_per_kwh": 30.0, "feed_in_ct_per_kwh": 8.0,
+               "windows": [{"from": "00:00", "to": "06:00", "ct_per_kwh": -5.0},
+                           {"from": "17:00", "to": "21:00", "ct_per_kwh": 45.0}]}
+
+
+def test_plan_card_draws_the_slots_the_reason_and_the_costs(browser: Browser, tmp_path: Path) -> None:
+    with running_system(tmp_path, tariff=PLAN_TARIFF, plan={"enabled": True}) as system:
+        wait_until(lambda: (get_json(system.url + "/api/plan") or {}).get("ok") is True, 40, "a plan")
+        doc = get_json(system.url + "/api/plan")
+        for width, height, suffix in ((1280, 900, ""), (360, 740, "-360")):
+            with open_page(browser, system.url + "/", width=width, height=height) as page:
+                expect(page.locator("#plan-card")).to_be_visible()
+                page.wait_for_function("() => { const c = window.marstekDashboard.planChart(); "
+                                       "return c && c.data[0].length > 1; }", timeout=TIMEOUT_MS)
+                data = page.evaluate("window.marstekDashboard.planChart().data")
+                slots = page.evaluate("window.marstekDashboard.plan.doc.slots")
+                assert len(data[0]) == len(slots) + 1, "one x per slot start plus the last slot's end"
+                assert len(slots) >= len(doc["slots"]) - 1
+                assert data[1][:-1] == [s["import_ct_per_kwh"] for s in slots], "the price bars are the API's"
+                assert data[2][:-1] == [s["soc_pct"] for s in slots], "the SoC line is the API's"
+                assert sorted(set(data[1][:-1])) == [-5.0, 30.0, 45.0], "the tariff's prices over the horizon"
+                scale = page.evaluate("(() => { const s = window.marstekDashboard.planChart().scales.ct; "
+                                      "return [s.min, s.max]; })()")
+                assert scale[0] < -5.0 < 45.0 < scale[1], f"negative prices drawn below zero: {scale}"
+                labels = page.evaluate("window.marstekDashboard.planChart().series.map(s => s.label)")
+                forecasts = [name for key, name in (("pv_w", "PV (Prognose)"), ("load_w", "Verbrauch (Prognose)"))
+                             if any(s[key] is not None for s in slots)]
+                assert labels[1:] == ["Strompreis", "Ladestand (geplant)", *forecasts, "Betriebsart"]
+                assert data[-1][:-1] == [["auto", "hold", "charge"].index(s["mode"]) for s in slots], "the mode band"
+                expect(page.locator("#plan-reason")).to_be_visible()
+                expect(page.locator("#plan-reason-text")).to_have_text(slots[0]["reason"])
+                assert slots[0]["reason"], "the current slot says why"
+                expect(page.locator("#plan-reason-mode")).to_have_text(
+                    {"auto": "Automatik", "hold": "Halten", "charge": "Laden aus dem Netz"}[slots[0]["mode"]])
+                expect(page.locator("#plan-costs")).to_be_visible()
+                expect(page.locator("#plan-cost")).to_have_text(re.compile(r"^-?\d+,\d\d\s€$"))
+                expect(page.locator("#plan-cost-without")).to_have_text(re.compile(r"^-?\d+,\d\d\s€$"))
+                expect(page.locator("#plan-problem")).to_be_hidden()
+                if all(s["load_w"] is None for s in slots):  # no history yet: the costs are only the charging
+                    expect(page.locator("#plan-costs-no-load")).to_be_visible()
+                painted = canvas_pixels(page, "#plan-chart")
+                assert painted > 2000, f"only {painted} painted pixels on the plan chart"
+                assert no_horizontal_scroll(page)
+                ARTIFACTS.mkdir(exist_ok=True)
+                page.locator("#plan-card").screenshot(path=str(ARTIFACTS / f"plan-card{suffix}.png"))
+                screenshot(page, f"dashboard-plan{suffix}.png")
+
+
+def test_plan_card_is_hidden_without_a_plan(browser: Browser, system: System) -> None:
+    with open_page(browser, system.url + "/") as page:
+        page.wait_for_function("() => window.marstekDashboard.plan.doc !== null", timeout=TIMEOUT_MS)
+        assert page.evaluate("window.marstekDashboard.plan.doc.enabled") is False
+        expect(page.locator("#plan-card")).to_be_hidden()
+
+
+def test_a_plan_problem_shows_in_the_errors_card_with_the_fix(browser: Browser, tmp_path: Path) -> None:
+    dead_url = f"http://127.0.0.1:{free_port()}"  # nothing listens: the price source fails at once
+    tariff = {"type": "awattar", "url": dead_url}
+    with (running_system(tmp_path, tariff=tariff, plan={"enabled": True}) as system,
+          open_page(browser, system.url + "/", width=360, height=740) as page):
+        errors = page.locator("#errors-list li", has_text="Strompreise nicht abrufbar")
+        expect(errors).to_be_visible(timeout=40_000)
+        expect(errors).to_contain_text("Abhilfe: Internetverbindung und Abschnitt „tariff“")
+        expect(page.locator("#plan-card")).to_be_visible()
+        expect(page.locator("#plan-problem")).to_contain_text("Strompreise nicht abrufbar")
+        expect(page.locator("#plan-empty")).to_be_visible()
+        assert no_horizontal_scroll(page)
+        screenshot(page, "dashboard-plan-problem-360.png")
