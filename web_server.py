@@ -224,7 +224,6 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     history: History | None = None,
     diagnostics: Callable[[], dict[str, Any]] | None = None,
     save_password: Callable[[str], object] | None = None,
-    plan_enabled: bool = False,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
 
@@ -233,8 +232,6 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     ``history`` serves /api/history from before a restart and /api/energy; ``diagnostics`` builds the
     bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``save_password`` stores the salted hash that
     /onboarding sets into the config file (None: it lasts until the program ends, as in the demo).
-    bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``plan_enabled``: a plan thread publishes
-    plans to ``store`` (``GET /api/plan``).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     price_at = history.price_at if history is not None else None  # set only with a tariff
@@ -559,7 +556,18 @@ def create_app(  # noqa: C901 (the app factory: each route is a small closure)
     def api_plan() -> Response:
         """The plan by price (planning/plan_mode.py), from the current slot on; messages in the page's language."""
         now = datetime.datetime.now(datetime.timezone.utc)
-        return jsonify(i18n.render(plan_json(store.plan(), plan_enabled, now), language()))
+        return jsonify(i18n.render(plan_json(store.plan(), store.plan_enabled(), now), language()))
+
+    @app.post("/api/plan/enabled")
+    def api_plan_enabled() -> Response:
+        """The plan switch (planning/plan_switch.py): off, the plan is still computed and shown, not applied."""
+        data = json_body({"enabled": bool}, required=("enabled",))
+        if not isinstance(data["enabled"], bool):
+            raise ApiError("enabled must be true or false")
+        source = "dashboard" if request.headers.get("Origin") else "api"
+        if not store.set_plan_enabled(data["enabled"], source):
+            raise ApiError(i18n.Msg("plan_not_configured"), 409)
+        return jsonify(enabled=store.plan_enabled())
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:
