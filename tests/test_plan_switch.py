@@ -19,7 +19,7 @@ from control.modes import ModeState
 from control.status_store import CommandQueue, StatusStore
 from planning.plan_mode import effective_mode, plan_json, plan_now
 from planning.plan_switch import PlanSwitchFile, SwitchState, start_plan_switch
-from tests.test_plan_mode import CHARGING, Q, T0, plan_at, slot
+from tests.test_plan_mode import CHARGING, T0, Q, plan_at, slot
 from web_server import create_app
 from zero_feed_control import OperatingMode
 
