@@ -249,3 +249,45 @@ def test_switched_off_the_control_runs_auto_and_switched_on_the_plan_again(tmp_p
         rig.loop.cycle()
         assert store.latest().operating_mode["source"] == "plan"
         rig.cycle_until(charging, "the plan's charge again")
+
+
+def test_main_keeps_the_switch_in_data_plan_json_across_a_restart(tmp_path):
+    """main.py as its own process with a fixed tariff (no network) and a plan: POST /api/plan/enabled false is
+    written to data/plan.json beside the config, GET /api/plan says so with the plan still shown, and after a
+    restart the switch is still off although plan.enabled is true."""
+    import json
+
+    import requests
+
+    from simulator.world import Simulation, UnitSpec
+    from tests.helpers import free_port, running_main, sim_config_data, wait_until
+
+    with Simulation(units=[UnitSpec(1, soc_pct=50.0)]) as sim:
+        port = free_port()
+        config_path = tmp_path / "config.json"
+        config_path.write_text(json.dumps(sim_config_data(
+            sim, [1], web={"port": port}, logging={"file": str(tmp_path / "logs" / "marstek.log")},
+            history={"path": str(tmp_path / "history.sqlite3")},
+            tariff={"type": "fixed", "fixed_ct_per_kwh": 30.0, "feed_in_ct_per_kwh": 0.0},
+            plan={"enabled": True})), encoding="utf-8")
+        base = f"http://127.0.0.1:{port}"
+
+        def plan() -> dict[str, Any] | None:
+            try:
+                return requests.get(base + "/api/plan", timeout=2).json()
+            except requests.RequestException:
+                return None
+
+        switch_file = tmp_path / "data" / "plan.json"
+        with running_main(config_path):
+            wait_until(lambda: (plan() or {}).get("created") is not None, 90, "the first plan")
+            assert plan()["enabled"] is True and not switch_file.exists()  # type: ignore[index]
+            answer = requests.post(base + "/api/plan/enabled", json={"enabled": False}, timeout=10)
+            assert answer.status_code == 200 and answer.json() == {"enabled": False}
+            doc = plan()
+            assert doc is not None and doc["enabled"] is False and doc["slots"]  # computed and shown
+            wait_until(switch_file.exists, 10, "data/plan.json written")
+            assert json.loads(switch_file.read_text(encoding="utf-8")) == {"enabled": False, "config_enabled": True}
+        with running_main(config_path):
+            wait_until(lambda: plan() is not None, 30, "the program answers again")
+            assert plan()["enabled"] is False  # type: ignore[index]
