@@ -55,6 +55,7 @@ from ecotracker_client import EcoTrackerClient
 from integrations.diagnostics import Diagnostics
 from integrations.history import History, PriceAt, prices_from
 from meters.http_meters import HomeWizardClient, HttpJsonClient
+from planning.plan_switch import PLAN_FILE, PlanSwitchFile, start_plan_switch
 from planning.plan_thread import PlanFeeds, StateFeed
 from shelly_client import ShellyClient
 
@@ -272,12 +273,23 @@ def start_mqtt(cfg: Config, store: StatusStore, commands: CommandQueue, loop: Co
 
 
 def plan_feeds(cfg: Config, fetcher: Any, updated: threading.Event) -> PlanFeeds | None:
-    """The fetcher's prices (and PV forecast) as the plan thread's feeds when ``plan.enabled`` (which needs a
-    ``tariff`` section); None otherwise: no plan."""
-    if cfg.plan is None or not cfg.plan.enabled or fetcher is None:
+    """The fetcher's prices (and PV forecast) as the plan thread's feeds with a ``plan`` section and a ``tariff``
+    (``plan.enabled`` is only the plan switch's first value); None otherwise: no plan."""
+    if cfg.plan is None or fetcher is None:
         return None
     pv = StateFeed(fetcher.pv) if fetcher.pv() is not None else None
     return PlanFeeds(StateFeed(fetcher.prices), pv, updated)
+
+
+def plan_switch(cfg: Config, store: StatusStore, feeds: PlanFeeds | None,
+                switch_path: Path | None) -> Callable[[], None]:
+    """With a plan: the plan switch in ``store`` (``plan.enabled`` at the first start, then ``switch_path``,
+    ``data/plan.json``; None: the demo keeps it in memory). Returns what to call at shutdown: the last switch
+    reaches the file (a hanging disk is not waited for long)."""
+    if feeds is None or cfg.plan is None:
+        return lambda: None
+    writer = start_plan_switch(store, cfg.plan.enabled, PlanSwitchFile(switch_path) if switch_path else None)
+    return writer.close if writer is not None else lambda: None
 
 
 def start_plan(cfg: Config, store: StatusStore, history: History, stop: threading.Event,
@@ -287,7 +299,7 @@ def start_plan(cfg: Config, store: StatusStore, history: History, stop: threadin
     from planning.plan_thread import PlanThread
     from planning.planner import make_plan
 
-    assert cfg.plan is not None  # plan_feeds gave feeds: the plan is enabled
+    assert cfg.plan is not None  # plan_feeds gave feeds: there is a plan section
     planner = PlanThread(cfg.plan, cfg.battery, store, feeds.prices, make_plan, pv=feeds.pv,
                          history=history_reader(history.samples), wakeup=feeds.updated)
     thread = threading.Thread(target=planner.run, args=(stop,), name="plan", daemon=True)
@@ -320,7 +332,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def clean_stray_temp_files(cfg: Config, config_path: Path, base_dir: Path) -> None:
     """Remove the temp files an earlier crash left beside the config, mode and history files."""
-    beside = [config_path, base_dir / MODE_FILE]
+    beside = [config_path, base_dir / MODE_FILE, base_dir / PLAN_FILE]
     if cfg.history.path != ":memory:":
         beside.append(Path(cfg.history.path))
     for stray in remove_stray_temp_files(*beside):
@@ -458,11 +470,12 @@ def main(argv: list[str] | None = None) -> int:
     mode_file = ModeFile(base_dir / MODE_FILE) if config_path is not None else None
     meter = build_meter(cfg)
     # Prices (only with a tariff): fetched in their own thread. The history values energy at the slot's price
-    # through a lookup over the fetcher's latest slots; the plan (only with plan.enabled) plans with them.
+    # through a lookup over the fetcher's latest slots; the plan (with a plan section) plans with them.
     # Without tariff and plan: no plan thread, no requests, the control as without a plan (plan=None).
     fetcher, prices_updated = start_prices(cfg, stop)
     price_at = prices_from(fetcher.prices) if fetcher is not None else None
     feeds = plan_feeds(cfg, fetcher, prices_updated)
+    close_plan_switch = plan_switch(cfg, store, feeds, base_dir / PLAN_FILE if config_path is not None else None)
     # One counter for the device quirks: the gateways report theirs, the loop its own (meter failures, ...).
     quirks = QuirkCounter()
     loop = ControlLoop(cfg, meter, build_fleet(cfg, quirks=quirks), store, commands, config_path=config_path,
@@ -473,8 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     diagnostics = Diagnostics(cfg, store, meter=meter, quirks=quirks, history=history)
     saved_config = config_path  # /onboarding writes the password's hash there (the demo: memory only)
     app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
-                     history=history, diagnostics=diagnostics.bundle, plan_enabled=feeds is not None,
-                     settings_path=saved_config,
+                     history=history, diagnostics=diagnostics.bundle, settings_path=saved_config,
                      save_password=(lambda stored: set_web_password(saved_config, stored)) if saved_config else None)
     try:
         server, web_thread = start_web(app, cfg.web.host, cfg.web.port)
@@ -510,6 +522,7 @@ def main(argv: list[str] | None = None) -> int:
         not_stopped = stop_control(control, loop, store)
         stopped.set()
         stop_prices(fetcher)
+        close_plan_switch()
         stop_web(server, web_thread)
         if mqtt_thread is not None:
             mqtt_thread.join(timeout=5.0)  # says "offline" (retained) before the program ends

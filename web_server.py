@@ -170,7 +170,6 @@ def create_app(
     history: History | None = None,
     diagnostics: Callable[[], dict[str, Any]] | None = None,
     save_password: Callable[[str], object] | None = None,
-    plan_enabled: bool = False,
     settings_path: Path | None = None,
 ) -> Flask:
     """Flask app factory; ``web_cfg`` is config_loader.WebConfig (host, port, password, language, ...).
@@ -180,8 +179,8 @@ def create_app(
     ``history`` serves /api/history from before a restart and /api/energy; ``diagnostics`` builds the
     bundle of /api/diagnostics (diagnostics.Diagnostics.bundle). ``save_password`` stores the salted hash that
     /onboarding sets into the config file (None: it lasts until the program ends, as in the demo).
-    ``plan_enabled``: a plan thread publishes plans to ``store`` (``GET /api/plan``). ``settings_path``: the config
-    file /settings edits (None: the demo, nothing to save).
+    ``settings_path``: the config file /settings edits (None: the demo, nothing to save). The plan and its switch
+    come from ``store`` (``GET /api/plan``, ``POST /api/plan/enabled``).
     """
     app = Flask(__name__, static_folder="static", template_folder="templates")
     app.config.update(
@@ -200,7 +199,7 @@ def create_app(
         store.update(warnings=(no_password_warning,))
     deps = Deps(
         store=store, commands=commands, web_cfg=web_cfg, max_charge_power_w=max_charge_power_w, history=history,
-        diagnostics=diagnostics, save_password=save_password, plan_enabled=plan_enabled, password=password,
+        diagnostics=diagnostics, save_password=save_password, password=password,
         sessions=web_access.Sessions(web_cfg.session_days * DAY_S, clock), throttle=LoginThrottle(clock),
         trusted_proxies=web_access.parse_networks(web_cfg.trusted_proxies),
         no_password_warning=no_password_warning, settings_path=settings_path)

@@ -309,7 +309,9 @@ class ControlLoop:
         before = self.active
         now = datetime.datetime.fromtimestamp(self.wall_clock(), datetime.timezone.utc)
         try:
-            self.active = plan_mode.effective_mode(self.mode, self.plan(), now)
+            # The plan switch (off: computed and shown, not applied); None (no switch set up) counts as on.
+            self.active = plan_mode.effective_mode(self.mode, self.plan(), now,
+                                                   enabled=self.store.plan_enabled() is not False)
         except Exception as exc:  # a damaged plan from the plan thread must never stop the control
             error = Msg("plan_failed", error=f"{type(exc).__name__}: {exc}")
             self.active = plan_mode.ModeChoice(self.mode, problem=error)

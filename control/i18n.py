@@ -990,6 +990,16 @@ MESSAGES_DE: dict[str, str] = {
     ),
     "plan_mode_changed": "Plan: {mode} – {reason}",
     "plan_mode_charge": "Laden mit {power} W",
+    "plan_switched_on": "Plan eingeschaltet (von {source}): die Regelung folgt wieder dem Plan",
+    "plan_switched_off": "Plan ausgeschaltet (von {source}): er wird weiter berechnet und angezeigt, die Regelung "
+                         "folgt ihm nicht",
+    "plan_is_off": "Plan ausgeschaltet: er wird berechnet und angezeigt, die Regelung folgt ihm nicht "
+                   "(einschalten auf dem Dashboard, mit POST /api/plan/enabled oder über MQTT)",
+    "plan_not_configured": "Kein Plan in diesem Programm: dafür die Abschnitte tariff und plan in der config.json",
+    "plan_file_damaged": "Gespeicherter Plan-Schalter {path} unlesbar ({error}): es gilt plan.enabled aus der "
+                         "Konfiguration",
+    "plan_file_write_failed": "Plan-Schalter nicht gespeichert ({path}): {error}",
+    "plan_switch_payload": "erwartet ON oder OFF",
     # -- MQTT
     "mqtt_connected": "MQTT verbunden mit {broker}",
     "mqtt_connect_failed": "MQTT: keine Verbindung zu {broker} ({error}); neuer Versuch läuft",
@@ -1337,6 +1347,15 @@ MESSAGES_EN: dict[str, str] = {
     ),
     "plan_mode_changed": "Plan: {mode} – {reason}",
     "plan_mode_charge": "charge at {power} W",
+    "plan_switched_on": "Plan switched on (by {source}): the control follows the plan again",
+    "plan_switched_off": "Plan switched off (by {source}): it is still computed and shown, the control does not "
+                         "follow it",
+    "plan_is_off": "Plan switched off: it is computed and shown, the control does not follow it "
+                   "(switch it on in the dashboard, with POST /api/plan/enabled or over MQTT)",
+    "plan_not_configured": "No plan in this program: it needs the tariff and plan sections in config.json",
+    "plan_file_damaged": "Stored plan switch {path} is damaged ({error}): plan.enabled from the config applies",
+    "plan_file_write_failed": "Plan switch not saved ({path}): {error}",
+    "plan_switch_payload": "expected ON or OFF",
     # -- MQTT
     "mqtt_connected": "MQTT connected to {broker}",
     "mqtt_connect_failed": "MQTT: cannot connect to {broker} ({error}); retrying",

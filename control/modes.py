@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from control import i18n
 from zero_feed_control import OperatingMode
@@ -232,21 +232,31 @@ class ModeFile:
             raise
 
 
-class ModeWriter:
-    """Writes ``ModeFile`` on a thread of its own, latest wins: the control thread only hands the state over
-    (a flood of mode changes costs one fsync per write the disk can take, never one per change on the
-    control thread). ``on_error`` gets the OSError of a failed write (the caller reports it)."""
+T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)
 
-    def __init__(self, mode_file: ModeFile, on_error: Callable[[OSError], None] = lambda _exc: None) -> None:
+
+class StateFile(Protocol[T_contra]):
+    """A small state file (``ModeFile``, ``planning.plan_switch.PlanSwitchFile``): ``save`` raises OSError."""
+
+    def save(self, state: T_contra) -> None: ...
+
+
+class ModeWriter(Generic[T]):
+    """Writes ``ModeFile`` (or another ``StateFile``) on a thread of its own, latest wins: the control thread
+    only hands the state over (a flood of mode changes costs one fsync per write the disk can take, never one per
+    change on the control thread). ``on_error`` gets the OSError of a failed write (the caller reports it)."""
+
+    def __init__(self, mode_file: StateFile[T], on_error: Callable[[OSError], None] = lambda _exc: None) -> None:
         self.mode_file, self.on_error = mode_file, on_error
         self.writes = 0  # files written so far (tests, diagnostics)
         self._cond = threading.Condition()
-        self._latest: ModeState | None = None
+        self._latest: T | None = None
         self._busy = False
         self._closing = False
         self._thread: threading.Thread | None = None
 
-    def save(self, state: ModeState) -> None:
+    def save(self, state: T) -> None:
         """Write ``state`` soon (replacing one not yet written); never blocks on the disk."""
         with self._cond:
             self._latest = state

@@ -112,6 +112,10 @@ class StatusStore:
         self._problems: dict[str, tuple[str, bool]] = {}  # source -> (message, is_error)
         self._facts: dict[str, dict[str, Any]] = {}  # battery -> what was read from it at start
         self._plan: Plan | None = None  # the plan thread's latest plan
+        # The plan switch: None without a plan in this program; else whether the control applies the plan.
+        self._plan_enabled: bool | None = None
+        self._plan_switched: Callable[[bool, str], None] | None = None
+        self._plan_switch_lock = threading.Lock()  # one switch at a time: the file gets the last word
 
     def publish(self, snapshot: StatusSnapshot, sample: HistorySample | None = None) -> None:
         with self._lock:
@@ -145,6 +149,33 @@ class StatusStore:
         """The latest plan, or None before the first (``planning.model.Plan``)."""
         with self._lock:
             return self._plan
+
+    def init_plan_switch(self, enabled: bool, on_change: Callable[[bool, str], None] | None = None) -> None:
+        """A plan runs in this program; ``enabled``: the switch at start (``plan.enabled`` or the stored one).
+
+        ``on_change(enabled, source)`` is called after every ``set_plan_enabled`` (persisting, logging); it must
+        not block (it runs on the caller's thread: the web or the MQTT thread)."""
+        with self._lock:
+            self._plan_enabled = enabled
+            self._plan_switched = on_change
+
+    def plan_enabled(self) -> bool | None:
+        """The plan switch: True the control applies the plan, False it is only computed and shown, None: no plan
+        in this program (no ``plan`` section or no tariff)."""
+        with self._lock:
+            return self._plan_enabled
+
+    def set_plan_enabled(self, enabled: bool, source: str) -> bool:
+        """Switch the plan on or off (``source``: "api", "mqtt", "dashboard"); False when there is no plan."""
+        with self._plan_switch_lock:
+            with self._lock:
+                if self._plan_enabled is None:
+                    return False
+                self._plan_enabled = enabled
+                on_change = self._plan_switched
+            if on_change is not None:  # outside the store's lock: it may log, and the log feeds the store
+                on_change(enabled, source)
+            return True
 
     def set_battery_facts(self, battery: str, facts: Mapping[str, Any]) -> None:
         """What was read from one battery at start (model name, ...), for the diagnostics bundle."""

@@ -161,9 +161,8 @@ class Diagnostics:
 
     def plan_info(self) -> dict[str, Any]:
         """The latest plan as ``GET /api/plan`` shows it (English): why it charged or held, or why it could not."""
-        enabled = self.cfg.plan is not None and self.cfg.plan.enabled
         now = datetime.datetime.now(datetime.timezone.utc)
-        return i18n.render(plan_json(self.store.plan(), enabled, now), "en")
+        return i18n.render(plan_json(self.store.plan(), self.store.plan_enabled(), now), "en")
 
     def bundle(self) -> dict[str, Any]:
         config, secrets = redact(config_document(self.cfg))

@@ -12,6 +12,10 @@ positive prices), ``marstek_cost_negative_eur_total`` (credited for imports at n
 ``marstek_saved_eur_total`` and ``marstek_saved_negative_eur_total`` (the positive and negative parts of
 the battery's saving; the net saving is their difference). Each only ever grows, as a counter must.
 
+The plan (only with a ``plan`` section and a tariff): ``marstek_plan_mode{mode="auto"|"hold"|"charge"}``, an
+enum-style gauge (1 for the mode the plan asks for now, 0 for the others; ``auto`` while it cannot drive), and
+``marstek_plan_enabled`` (the plan switch, 1 on / 0 off). Both absent without a plan.
+
 Signs: grid power + import / - export; battery power and setpoints + discharge / - charge (W).
 """
 
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime, timezone
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -27,6 +32,7 @@ from prometheus_client.registry import Collector
 
 from config_loader import unit_uid
 from control.status_store import BatteryStatus, StatusStore
+from planning.plan_mode import plan_now
 
 COUNTERS = (
     ("modbus_writes_total", "marstek_modbus_writes", "Modbus register writes to the batteries"),
@@ -105,6 +111,20 @@ class StatusCollector(Collector):
             counter.add_metric([], self._counters.update(field, snap.counters.get(field)))
             yield counter
         yield from self._money()
+        yield from self._plan()
+
+    def _plan(self) -> Iterator[Metric]:
+        enabled = self.store.plan_enabled()
+        if enabled is None:  # no plan in this program
+            return
+        mode = plan_now(self.store.plan(), datetime.now(timezone.utc)).mode
+        family = GaugeMetricFamily("marstek_plan_mode", "1 for the mode the plan asks for now (auto while it cannot "
+                                   "drive), 0 for the others", labels=["mode"])
+        for name in PLAN_MODES:
+            family.add_metric([name], int(mode == name))
+        yield family
+        yield GaugeMetricFamily("marstek_plan_enabled", "1 when the control applies the plan (the plan switch)",
+                                value=int(enabled))
 
     def _money(self) -> Iterator[Metric]:
         if self.import_price_ct is not None:
@@ -124,6 +144,8 @@ class StatusCollector(Collector):
             counter.add_metric([], self._counters.update(name, totals.get(key)))
             yield counter
 
+
+PLAN_MODES = ("auto", "hold", "charge")
 
 MONEY_COUNTERS = (
     ("cost_eur", "marstek_cost_eur", "Import cost at positive prices, EUR (history total)"),

@@ -11,6 +11,7 @@ Topics (``p`` = ``mqtt.topic_prefix``, interfaces.md "MQTT and Home Assistant"):
 - ``p/availability``: ``online`` (retained) while running, ``offline`` on a clean shutdown and as the will;
 - ``p/state``: JSON, not retained, at least every ``STATE_EVERY_S`` and within ``POLL_S`` of a change;
 - ``p/mode/set``: ``auto`` | ``normal`` | ``hold`` | ``charge`` | ``off`` or the JSON body of POST /api/mode;
+- ``p/plan/set``: ``ON`` | ``OFF``, the plan switch (only with a plan; ``StatusStore.set_plan_enabled``);
 - ``<discovery_prefix>/<component>/<node>/<object>/config``: Home Assistant discovery (retained),
   published again after every (re)connect. Batteries are named by their ``uid`` (config_loader.UnitConfig.uid),
   never by their address, so a new gateway address keeps the entities. After every connect the bridge
@@ -23,6 +24,11 @@ null when unknown) and ``energy_today`` carries ``cost_eur``, ``feed_in_revenue_
 ``day_start``; Home Assistant gets a price sensor (``ct/kWh``, no device class: ``monetary`` takes only a
 currency unit) and today's cost, feed-in revenue and saving (``monetary``, ``EUR``, ``state_class: total``
 with ``last_reset`` at local midnight, the only state class Home Assistant accepts for ``monetary``).
+
+With a plan (``StatusStore.plan_enabled`` not None) the state carries ``plan``: ``enabled`` (the switch),
+``mode`` and ``reason`` (what the plan says now, ``planning.plan_mode.plan_now``) and ``next_charge_start``
+(ISO 8601 with offset, null when no charge is planned); Home Assistant gets a ``switch`` for it and sensors for
+the mode (``enum``), the reason (text) and the next charge window (``timestamp``).
 
 The broker password goes to paho only; it is never logged.
 """
@@ -48,6 +54,7 @@ from control import modes
 from control.commands import SetMode
 from control.i18n import Msg
 from control.status_store import BatteryStatus, CommandError, CommandQueue, StatusSnapshot, StatusStore
+from planning.plan_mode import iso_time, plan_now
 
 log = logging.getLogger("marstek")
 
@@ -60,6 +67,8 @@ SWEEP_TIMEOUT_S = 10.0  # without the sync token back by then, stale discovery i
 SHUTDOWN_PUBLISH_S = 2.0
 CONTROL_STATES = ("active", "setup", "stopped", "error")
 MODE_OPTIONS = ("auto", "hold", "charge", "off")
+PLAN_MODE_OPTIONS = ("auto", "hold", "charge")
+STATE_TEXT_MAX = 255  # Home Assistant refuses a longer sensor state
 DEVICE_NAME = "Marstek PV-Akku Steuerung"
 
 
@@ -112,6 +121,7 @@ class MqttBridge:
         self.availability_topic = f"{prefix}/availability"
         self.state_topic = f"{prefix}/state"
         self.command_topic = f"{prefix}/mode/set"
+        self.plan_topic = f"{prefix}/plan/set"
         self.sync_topic = f"{prefix}/discovery_sync"
         self.discovery_filter = f"{cfg.discovery_prefix}/+/{self.node}/+/config"
         self.client = client or make_client(cfg, cfg.client_id)
@@ -170,7 +180,7 @@ class MqttBridge:
         self._sweep(now_s)
         state = self.state_document(snap)
         signature = (state["grid_power_w"], state["control_state"], state["operating_mode"], state["meter_ok"],
-                     tuple((b["online"], b["setpoint_w"]) for b in state["batteries"]))
+                     tuple((b["online"], b["setpoint_w"]) for b in state["batteries"]), state.get("plan"))
         if signature != self._last_state or now_s - self._last_state_s >= STATE_EVERY_S:
             self.client.publish(self.state_topic, json.dumps(state, ensure_ascii=False), qos=0, retain=False)
             self._last_state, self._last_state_s = signature, now_s
@@ -193,6 +203,7 @@ class MqttBridge:
         log.info("%s", Msg("mqtt_connected", broker=broker_name(self.cfg)))
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         client.subscribe(self.command_topic, qos=1)
+        client.subscribe(self.plan_topic, qos=1)
         token = f"{time.time_ns():x}-{id(self):x}"
         with self._sweep_lock:
             self._seen_discovery.clear()
@@ -234,12 +245,15 @@ class MqttBridge:
                 else:
                     self._seen_discovery.discard(message.topic)
             return
-        if message.topic != self.command_topic:
+        if message.topic not in (self.command_topic, self.plan_topic):
             return
         if message.retain:
             # A retained command would be applied again after every reconnect, overriding a newer choice
             # from the dashboard or an expiry; the mode is kept across restarts by the program itself.
             log.warning("%s", Msg("mqtt_retained_ignored", topic=message.topic))
+            return
+        if message.topic == self.plan_topic:
+            self._switch_plan(message.payload)
             return
         try:
             request = modes.parse_payload(message.payload, self.max_charge_power_w())
@@ -250,6 +264,17 @@ class MqttBridge:
             self._pending.put_nowait(request)
         except queue.Full:
             log.warning("%s", Msg("mqtt_command_failed", topic=message.topic, error="busy"))
+
+    def _switch_plan(self, payload: bytes | bytearray) -> None:
+        """``ON`` / ``OFF`` on ``p/plan/set`` (paho's thread: the switch never waits on the control or the disk)."""
+        text = payload.decode("utf-8", "replace").strip().upper()
+        if text not in ("ON", "OFF"):
+            log.warning("%s", Msg("mqtt_bad_payload", topic=self.plan_topic, error=Msg("plan_switch_payload")))
+            return
+        if not self.store.set_plan_enabled(text == "ON", "mqtt"):
+            log.warning("%s", Msg("mqtt_command_failed", topic=self.plan_topic, error=Msg("plan_not_configured")))
+            return
+        self._last_state = None  # show the switch at once
 
     def _command_worker(self, stop: threading.Event) -> None:
         """Hands MQTT mode commands to the control thread (and waits for it) off paho's thread."""
@@ -320,7 +345,18 @@ class MqttBridge:
             "updated_at": snap.updated_at,
             **self._energy_document(),
             **self._price_document(),
+            **self._plan_document(),
         }
+
+    def _plan_document(self) -> dict[str, Any]:
+        """``plan`` for the state document when this program has a plan."""
+        enabled = self.store.plan_enabled()
+        if enabled is None:
+            return {}
+        now = plan_now(self.store.plan(), datetime.datetime.now(datetime.timezone.utc))
+        return {"plan": {"enabled": enabled, "mode": now.mode, "power_w": now.power_w,
+                         "reason": str(now.reason)[:STATE_TEXT_MAX],
+                         "next_charge_start": iso_time(now.next_charge_start)}}
 
     def _price_document(self) -> dict[str, Any]:
         if self.import_price_ct is None:
@@ -387,6 +423,8 @@ class MqttBridge:
                         "value_template": f"{{{{ value_json.energy_today.{field} if {defined} else None }}}}",
                         "last_reset_value_template": f"{{{{ value_json.energy_today.day_start if {defined} "
                                                      "else None }}"}))
+        if self.store.plan_enabled() is not None:
+            entities += self._plan_entities()
         for b in snap.batteries:
             uid = self.battery_uid(b)
             name = self.battery_name(b)
@@ -410,6 +448,26 @@ class MqttBridge:
                 **config, "unique_id": f"{self.node}_{obj}", **common}
             for component, obj, config in entities
         }
+
+    def _plan_entities(self) -> list[tuple[str, str, dict[str, Any]]]:
+        """The plan switch and what the plan says now (only with a plan)."""
+        defined = "value_json.plan is defined"
+        return [
+            ("switch", "plan_enabled", {
+                "name": "Plan nach Strompreis", "command_topic": self.plan_topic, "payload_on": "ON",
+                "payload_off": "OFF", "icon": "mdi:calendar-clock",
+                "value_template": f"{{{{ ('ON' if value_json.plan.enabled else 'OFF') if {defined} else None }}}}"}),
+            ("sensor", "plan_mode", {
+                "name": "Plan Betriebsart", "device_class": "enum", "options": list(PLAN_MODE_OPTIONS),
+                "value_template": f"{{{{ value_json.plan.mode if {defined} else None }}}}"}),
+            ("sensor", "plan_reason", {
+                "name": "Plan Begründung", "icon": "mdi:text-box-outline",
+                "value_template": f"{{{{ value_json.plan.reason if {defined} else None }}}}"}),
+            ("sensor", "plan_next_charge", {
+                "name": "Plan nächstes Laden", "device_class": "timestamp",
+                "value_template": f"{{{{ value_json.plan.next_charge_start if {defined} "
+                                  "and value_json.plan.next_charge_start else None }}"}),
+        ]
 
     def publish_discovery(self, snap: StatusSnapshot) -> None:
         configs = self.discovery(snap)

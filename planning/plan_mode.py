@@ -56,13 +56,15 @@ def plan_problem(plan: Plan | None, now: datetime, max_age_s: float = PLAN_MAX_A
 
 
 def effective_mode(manual: ModeState, plan: Plan | None, now: datetime,
-                   max_age_s: float = PLAN_MAX_AGE_S) -> ModeChoice:
+                   max_age_s: float = PLAN_MAX_AGE_S, *, enabled: bool = True) -> ModeChoice:
     """The mode the control applies: a manual mode wins unless it is ``auto``; then the plan's current slot.
 
     ``manual``: the mode set by hand (already expired back to auto by the caller); ``plan``: the latest plan,
-    None while the first is computed (auto, no problem shown); ``now``: aware wall time. The plan's problem
-    is returned whoever drives, so a stale price feed is shown while a manual mode is in force too."""
-    if plan is None:
+    None while the first is computed (auto, no problem shown); ``now``: aware wall time; ``enabled``: the plan
+    switch (off: the plan is ignored, no problem shown, it is still computed and shown in ``GET /api/plan``).
+    The plan's problem is returned whoever drives, so a stale price feed is shown while a manual mode is in
+    force too."""
+    if plan is None or not enabled:
         return ModeChoice(manual)
     problem = plan_problem(plan, now, max_age_s)
     slot = current_slot(plan, now)
@@ -79,19 +81,21 @@ def _iso(t: datetime | None) -> str | None:
     return None if t is None else t.astimezone().isoformat(timespec="seconds")
 
 
-def plan_json(plan: Plan | None, enabled: bool, now: datetime) -> dict[str, Any]:
+def plan_json(plan: Plan | None, enabled: bool | None, now: datetime) -> dict[str, Any]:
     """The ``GET /api/plan`` document (interfaces.md); messages stay ``Msg`` for ``i18n.render``.
 
-    Slots from the current one on (oldest first); ``ok`` is false whenever the plan does not drive now
-    (``problem`` says why). Without a ``plan`` section (``enabled`` false): no slots, ``ok`` false and
-    ``problem`` null: nothing is wrong, there is just no plan."""
-    if not enabled:
+    ``enabled``: the plan switch (``StatusStore.plan_enabled``): None without a plan in this program (no
+    ``plan`` section or no tariff): no slots, ``ok`` false and ``problem`` null, nothing is wrong, there is just
+    no plan. False: the plan is computed and shown but not applied (``"enabled": false`` with its slots).
+    Slots from the current one on (oldest first); ``ok`` is false whenever the plan could not drive now
+    (``problem`` says why)."""
+    if enabled is None:
         return {"enabled": False, "created": None, "ok": False, "problem": None, "slots": [],
                 "expected_cost_eur": None, "expected_cost_without_plan_eur": None}
     problem = plan_problem(plan, now)
     slots = [] if plan is None else [s for s in plan.slots if s.end > now]
     return {
-        "enabled": True,
+        "enabled": enabled,
         "created": _iso(plan.created) if plan else None,
         "ok": problem is None,
         "problem": problem,
@@ -104,3 +108,44 @@ def plan_json(plan: Plan | None, enabled: bool, now: datetime) -> dict[str, Any]
         "expected_cost_eur": plan.expected_cost_eur if plan else None,
         "expected_cost_without_plan_eur": plan.expected_cost_without_plan_eur if plan else None,
     }
+
+
+@dataclass(frozen=True)
+class PlanNow:
+    """What the plan says now, for Home Assistant and Prometheus: its mode (``auto`` while it cannot drive), why
+    (the slot's reason or the problem, an i18n.Msg) and the start of the next charge window (None: none planned)."""
+
+    mode: str
+    power_w: int | None
+    reason: str
+    next_charge_start: datetime | None
+
+
+def plan_now(plan: Plan | None, now: datetime, max_age_s: float = PLAN_MAX_AGE_S) -> PlanNow:
+    """The plan's current mode and reason and its next charge window at ``now`` (pure).
+
+    A plan that cannot drive (pending, failed, stale, no current price) says ``auto`` with the problem as the
+    reason and no charge window (it will not charge). The next charge window is the run of consecutive charge
+    slots that has not ended yet: while charging, the start of the running window."""
+    problem = plan_problem(plan, now, max_age_s)
+    slot = current_slot(plan, now) if plan is not None else None
+    if plan is None or problem is not None or slot is None:
+        return PlanNow("auto", None, problem or Msg("plan_pending"), None)
+    start: datetime | None = None
+    previous: PlannedSlot | None = None
+    for s in plan.slots:
+        if s.mode == "charge" and s.power_w:
+            if previous is None or previous.end != s.start or previous.mode != "charge" or not previous.power_w:
+                start = s.start  # a new window begins here
+            if s.end > now:
+                break
+        previous = s
+    else:
+        start = None
+    power_w = slot.power_w if slot.mode == "charge" else None
+    return PlanNow(slot.mode, power_w, slot.reason, start)
+
+
+def iso_time(t: datetime | None) -> str | None:
+    """``t`` as ISO 8601 with the local offset (seconds), None stays None."""
+    return _iso(t)

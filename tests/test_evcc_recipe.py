@@ -86,9 +86,10 @@ def test_the_recipe_covers_every_evcc_battery_mode_with_authenticated_posts() ->
 
 
 @contextlib.contextmanager
-def running_program(tmp_path: Path) -> Iterator[tuple[str, Simulation]]:
+def running_program(tmp_path: Path, store: StatusStore | None = None) -> Iterator[tuple[str, Simulation]]:
     """The control thread on the simulator (units 1 and 2; unit 3 is configured but does not answer) and
-    the web server on a loopback port, with the recipe's password as web.password."""
+    the web server on a loopback port, with the recipe's password as web.password. With ``store`` the control
+    applies the plans published there (what main wires with a ``plan`` section)."""
     with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=61.9)]) as sim:
         sim.set_load_w(900.0)
         config_path = tmp_path / "config.json"
@@ -101,10 +102,12 @@ def running_program(tmp_path: Path) -> Iterator[tuple[str, Simulation]]:
             "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
         }), encoding="utf-8")
         cfg = load_config(config_path)
-        store, commands = StatusStore(), CommandQueue()
+        planned = store is not None
+        store, commands = store or StatusStore(), CommandQueue()
         events = StoreLogHandler(store)
         logging.getLogger().addHandler(events)
-        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands, config_path=config_path)
+        loop = ControlLoop(cfg, main.build_meter(cfg), main.build_bus(cfg), store, commands, config_path=config_path,
+                           plan=store.plan if planned else None)
         app = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w)
         server, web_thread = main.start_web(app, "127.0.0.1", 0)
         stop = threading.Event()
@@ -176,3 +179,52 @@ def test_exactly_the_requests_of_the_recipe_against_the_running_program(tmp_path
         for getter, words in (("soc", "kein Ladestand bekannt"), ("power", "kein Akku antwortet")):
             code, out, err = jq(meter[getter]["jq"], json.dumps(status))
             assert code != 0 and out == "" and words in err
+
+
+def test_evccs_hold_wins_over_the_plan_and_normal_gives_it_back_at_once(tmp_path: Path) -> None:
+    """The plan charges now (1200 W from the grid, source "plan"); evcc's exact hold request (batterymode 2)
+    wins: the charge ends, source "api"; evcc's normal (batterymode 1, = auto) hands the control back to the
+    plan at once: charging again, source "plan". Its charge request (3) wins the same way."""
+    from datetime import datetime, timedelta, timezone
+
+    from control import i18n
+    from planning.model import Plan, PlannedSlot
+
+    meter = recipe()
+    cases = {int(c["case"]): c["set"] for c in meter["batterymode"]["switch"]}
+    store = StatusStore()
+    store.init_plan_switch(True)
+    now = datetime.now(timezone.utc)
+    q = timedelta(minutes=15)
+    start = now - timedelta(minutes=5)
+    reason = i18n.Msg("plan_mode_charge", power=1200)
+    store.publish_plan(Plan(now, True, None, tuple(
+        PlannedSlot(start + n * q, start + (n + 1) * q, 8.0, 7.9, "charge", 1200, 50.0, None, 900.0, reason)
+        for n in range(3)), 1.0, 1.5))
+    with running_program(tmp_path, store) as (base, sim):
+        def mode() -> dict[str, Any]:
+            return requests.get(f"{base}/api/mode", timeout=10).json()
+
+        def plan_charging() -> bool:
+            total_w = sum(sim.unit(i).commanded_w for i in (1, 2))
+            return mode()["source"] == "plan" and total_w <= -1000
+
+        wait_until(plan_charging, 30, "the plan charges with 1200 W")
+
+        answer = send(cases[2], base)  # evcc: batterymode hold
+        assert answer.status_code == 200 and answer.json() == {"mode": "hold", "power_w": None, "until": None,
+                                                               "source": "api"}
+        wait_until(lambda: all(sim.unit(i).commanded_w >= 0 for i in (1, 2)), 30, "the hold ends the plan's charge")
+        assert mode()["source"] == "api" and mode()["mode"] == "hold"
+        assert requests.get(f"{base}/api/plan", timeout=10).json()["slots"][0]["mode"] == "charge"  # still planned
+
+        answer = send(cases[1], base)  # evcc: batterymode normal (= auto)
+        assert answer.status_code == 200 and answer.json()["mode"] == "auto"
+        # at once: the request is applied at the start of the next control cycle (1 s), the plan with it
+        wait_until(lambda: mode()["source"] == "plan", 5, "the plan in force again in the next cycle")
+        wait_until(plan_charging, 30, "normal gives the control back to the plan")
+
+        answer = send(cases[3], base)  # evcc: batterymode charge wins too (with all the batteries' power)
+        assert answer.status_code == 200 and answer.json()["source"] == "api" and answer.json()["mode"] == "charge"
+        send(cases[1], base)
+        wait_until(plan_charging, 30, "the plan again after normal")

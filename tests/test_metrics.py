@@ -146,3 +146,29 @@ def test_no_money_metrics_without_a_tariff(tmp_path: Path) -> None:
 
     m = scrape(create_app(StatusStore(), CommandQueue(), web_cfg(), history=History(tmp_path / "h.db")).test_client())
     assert not {"marstek_import_price_ct_per_kwh", "marstek_cost_eur", "marstek_saved_eur"} & set(m)
+
+
+def test_the_plan_mode_is_an_enum_gauge_and_absent_without_a_plan() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from tests.test_plan_mode import plan_at, slot
+
+    store = StatusStore()
+    store.publish(snapshot())
+    client = create_app(store, CommandQueue(), web_cfg()).test_client()
+    without = scrape(client)
+    assert "marstek_plan_mode" not in without and "marstek_plan_enabled" not in without
+    now = datetime.now(timezone.utc)
+    store.publish_plan(plan_at(now, slot(now - timedelta(minutes=5), "charge", 1200)))
+    store.init_plan_switch(True)
+    m = scrape(client)
+    assert m["marstek_plan_mode"] == {("marstek_plan_mode", (("mode", "auto"),)): 0,
+                                      ("marstek_plan_mode", (("mode", "hold"),)): 0,
+                                      ("marstek_plan_mode", (("mode", "charge"),)): 1}
+    assert m["marstek_plan_enabled"] == {("marstek_plan_enabled", ()): 1}
+    store.set_plan_enabled(False, "api")
+    assert scrape(client)["marstek_plan_enabled"] == {("marstek_plan_enabled", ()): 0}
+    store.publish_plan(plan_at(now - timedelta(hours=1), slot(now - timedelta(minutes=5), "charge", 1200)))
+    stale = scrape(client)["marstek_plan_mode"]  # a stale plan does not drive: auto
+    assert stale[("marstek_plan_mode", (("mode", "auto"),))] == 1
+    assert stale[("marstek_plan_mode", (("mode", "charge"),))] == 0

@@ -676,3 +676,86 @@ def test_prices_and_money_reach_home_assistant_prometheus_and_the_api(broker, si
         assert families["marstek_import_price_ct_per_kwh"].samples[0].value == 32.5
         assert families["marstek_saved_eur"].type == "counter"
         assert families["marstek_saved_eur"].samples[0].value > 0
+
+
+def render_ha(template: str, state: dict[str, Any]) -> str:
+    """A value_template as Home Assistant renders it (Jinja2 with ``value_json``)."""
+    import jinja2
+
+    return jinja2.Environment().from_string(template).render(value_json=state).strip()
+
+
+def test_the_plan_in_home_assistant_switch_mode_reason_and_next_charge_over_mosquitto(broker, caplog):
+    """With a plan: a switch (command topic <prefix>/plan/set, ON/OFF) and the plan's mode, reason and next
+    charge window (timestamp, ISO 8601 with offset); ON/OFF switch the store's plan switch, an unknown
+    or retained payload is ignored; without a plan none of these entities exist."""
+    from planning.model import Plan, PlannedSlot
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    q = datetime.timedelta(minutes=15)
+    start = now - datetime.timedelta(minutes=5)
+
+    def planned(at: datetime.datetime, mode: str, power_w: int | None) -> PlannedSlot:
+        return PlannedSlot(at, at + q, 25.0, 7.9, mode, power_w, 50.0, None, 400.0,  # type: ignore[arg-type]
+                           i18n.Msg("plan_hold_later", price=25.0, later=38.0))
+
+    store = StatusStore()
+    store.publish(snapshot(120.0))
+    store.publish_plan(Plan(now, True, None, (planned(start, "hold", None), planned(start + q, "charge", 1500),
+                                              planned(start + 2 * q, "charge", 1500)), 1.0, 1.2))
+    store.init_plan_switch(True)
+    with listening(broker.port, "nothing") as early:  # an old retained OFF: never applied at connect
+        early.publish("marstek/plan/set", "OFF", retain=True)
+    with caplog.at_level(logging.WARNING, logger="marstek"), listening(
+            broker.port, "homeassistant/#", "marstek/#") as listener, running_bridge(mqtt_cfg(broker.port), store):
+        prefix = "homeassistant/"
+        wait_until(lambda: "marstek/plan/set: retained message ignored" in caplog.text, 10, "the retained OFF ignored")
+        assert store.plan_enabled() is True
+        wait_until(lambda: len(listener.under(prefix)) >= 16, 10, "12 + 4 discovery messages")
+        configs = {t: json.loads(m.payload) for t, m in listener.under(prefix).items()}
+        switch = configs["homeassistant/switch/marstek-test/plan_enabled/config"]
+        assert switch["command_topic"] == "marstek/plan/set" and switch["state_topic"] == "marstek/state"
+        assert (switch["payload_on"], switch["payload_off"]) == ("ON", "OFF")
+        assert switch["unique_id"] == "marstek-test_plan_enabled"
+        mode = configs["homeassistant/sensor/marstek-test/plan_mode/config"]
+        assert mode["device_class"] == "enum" and mode["options"] == ["auto", "hold", "charge"]
+        reason = configs["homeassistant/sensor/marstek-test/plan_reason/config"]
+        nxt = configs["homeassistant/sensor/marstek-test/plan_next_charge/config"]
+        assert nxt["device_class"] == "timestamp"
+
+        def state() -> dict[str, Any]:
+            found = listener.latest("marstek/state")
+            return json.loads(found.payload) if found else {}
+
+        wait_until(lambda: "plan" in state(), 10, "the plan in the state topic")
+        doc = state()
+        assert doc["plan"]["enabled"] is True and doc["plan"]["mode"] == "hold"
+        assert doc["plan"]["reason"] == "holds the charge for later (now 25 ct, expected 38 ct)"
+        when = datetime.datetime.fromisoformat(doc["plan"]["next_charge_start"])
+        assert when.utcoffset() is not None and when == (start + q).replace(microsecond=0)
+        # what Home Assistant shows, rendered from the discovery templates
+        assert render_ha(switch["value_template"], doc) == "ON"
+        assert render_ha(mode["value_template"], doc) == "hold"
+        assert render_ha(reason["value_template"], doc).startswith("holds the charge")
+        assert datetime.datetime.fromisoformat(render_ha(nxt["value_template"], doc)) == when
+        none_planned = {**doc, "plan": {**doc["plan"], "next_charge_start": None}}
+        assert render_ha(nxt["value_template"], none_planned) == "None"  # Home Assistant: unknown
+
+        listener.publish("marstek/plan/set", "OFF")
+        wait_until(lambda: store.plan_enabled() is False, 5, "the switch off")
+        wait_until(lambda: state().get("plan", {}).get("enabled") is False, 5, "the state shows the switch off")
+        assert render_ha(switch["value_template"], state()) == "OFF"
+        listener.publish("marstek/plan/set", "maybe")
+        wait_until(lambda: "marstek/plan/set: message ignored: expected ON or OFF" in caplog.text, 5,
+                   "the unknown payload ignored")
+        assert store.plan_enabled() is False
+        listener.publish("marstek/plan/set", "on")
+        wait_until(lambda: store.plan_enabled() is True, 5, "the switch on")
+        listener.publish("marstek/plan/set", "", retain=True)  # the old retained OFF cleared
+
+    without = StatusStore()
+    without.publish(snapshot(120.0))
+    bridge = MqttBridge(mqtt_cfg(broker.port), without, CommandQueue(), gateway="192.168.1.200:502",
+                        max_charge_power_w=lambda: 5000)
+    assert not [t for t in bridge.discovery(snapshot(120.0)) if "/plan_" in t]
+    assert "plan" not in bridge.state_document(snapshot(120.0))

@@ -325,7 +325,9 @@ def app_with(plan: Plan | None, enabled: bool, language: str = "de") -> Any:
     store = StatusStore()
     if plan is not None:
         store.publish_plan(plan)
-    return create_app(store, CommandQueue(), WebConfig(host="127.0.0.1", language=language), plan_enabled=enabled)
+    if enabled:
+        store.init_plan_switch(True)
+    return create_app(store, CommandQueue(), WebConfig(host="127.0.0.1", language=language))
 
 
 def test_api_plan_without_a_plan_section_says_disabled():
@@ -519,8 +521,9 @@ def test_end_to_end_the_plan_charges_in_a_cheap_slot_a_manual_hold_wins_and_auto
         store, commands, stop = StatusStore(), CommandQueue(), threading.Event()
         loop = ControlLoop(cfg, main.build_meter(cfg), main.build_fleet(cfg), store, commands, plan=store.plan)
         history = History(":memory:", store=store)
+        store.init_plan_switch(True)
         client = create_app(store, commands, cfg.web, max_charge_power_w=lambda: loop.max_charge_power_w,
-                            history=history, plan_enabled=True).test_client()
+                            history=history).test_client()
         control = threading.Thread(target=loop.run, args=(stop,), daemon=True)
         control.start()
         planner = main.start_plan(cfg, store, history, stop, PlanFeeds(prices, None, threading.Event()))
@@ -671,6 +674,7 @@ def test_the_diagnostics_bundle_carries_the_plan():
 
     cfg = replace(parse_config(BASE), plan=PlanConfig(enabled=True))
     store = StatusStore()
+    store.init_plan_switch(True)  # main: a plan section (with a tariff) sets up the switch
     now = datetime.now(UTC)
     store.publish_plan(plan_at(now, replace(slot(now - Q / 2, "charge", 900), reason=i18n.Msg("plan_mode_charge",
                                                                                               power=900))))
@@ -695,9 +699,10 @@ def test_a_damaged_plan_never_stops_the_control(tmp_path):
 
 def test_api_plan_is_readable_without_login_unless_read_only_is_off():
     def app(read_only: bool) -> Any:
-        return create_app(StatusStore(), CommandQueue(), WebConfig(host="127.0.0.1", password="pw",
-                                                                   read_only_without_login=read_only),
-                          plan_enabled=True)
+        store = StatusStore()
+        store.init_plan_switch(True)
+        return create_app(store, CommandQueue(), WebConfig(host="127.0.0.1", password="pw",
+                                                           read_only_without_login=read_only))
 
     assert app(True).test_client().get("/api/plan").status_code == 200
     assert app(False).test_client().get("/api/plan").status_code == 401

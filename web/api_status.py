@@ -14,7 +14,7 @@ from control.status_store import HistorySample
 from integrations import metrics
 from integrations.history import HistoryBusy, PriceAt, bucket_samples
 from planning.plan_mode import plan_json
-from web.common import DAY_S, ApiError, Deps
+from web.common import DAY_S, ApiError, Deps, json_body
 
 
 def import_price_ct(price_at: PriceAt) -> float | None:
@@ -112,7 +112,18 @@ def register(app: Flask, deps: Deps) -> None:
     def api_plan() -> Response:
         """The plan by price (planning/plan_mode.py), from the current slot on; messages in the page's language."""
         now = datetime.datetime.now(datetime.timezone.utc)
-        return jsonify(i18n.render(plan_json(deps.store.plan(), deps.plan_enabled, now), deps.language()))
+        return jsonify(i18n.render(plan_json(deps.store.plan(), deps.store.plan_enabled(), now), deps.language()))
+
+    @app.post("/api/plan/enabled")
+    def api_plan_enabled() -> Response:
+        """The plan switch (planning/plan_switch.py): off, the plan is still computed and shown, not applied."""
+        data = json_body({"enabled": bool}, required=("enabled",))
+        if not isinstance(data["enabled"], bool):
+            raise ApiError("enabled must be true or false")
+        source = "dashboard" if request.headers.get("Origin") else "api"
+        if not deps.store.set_plan_enabled(data["enabled"], source):
+            raise ApiError(i18n.Msg("plan_not_configured"), 409)
+        return jsonify(enabled=deps.store.plan_enabled())
 
     @app.get("/metrics")
     def prometheus_metrics() -> Response:

@@ -45,7 +45,7 @@ class Deps:
     ``web_cfg`` is config_loader.WebConfig. ``max_charge_power_w``: the batteries' total maximum power (the
     limit of ``POST /api/mode``). ``history`` serves /api/history from before a restart and /api/energy;
     ``diagnostics`` builds the bundle of /api/diagnostics; ``save_password`` stores the salted hash that
-    /onboarding sets (None: it lasts until the program ends). ``plan_enabled``: a plan thread publishes plans.
+    /onboarding sets (None: it lasts until the program ends).
     ``no_password_warning``: the warning shown while no password is set on a LAN address (None: not shown).
     The methods read Flask's ``request``/``session``: call them only while a request is handled.
     """
@@ -57,7 +57,6 @@ class Deps:
     history: History | None
     diagnostics: Callable[[], dict[str, Any]] | None
     save_password: Callable[[str], object] | None
-    plan_enabled: bool
     password: web_access.Password
     sessions: web_access.Sessions
     throttle: web_access.LoginThrottle
