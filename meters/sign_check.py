@@ -46,7 +46,8 @@ class _Pending:
     started_s: float
     grid_before_w: float
     battery_before_w: tuple[float, float]  # (lowest, highest) battery power over the baseline sample's window
-    step_w: float
+    step_w: float  # the command's change since the baseline
+    command_before_w: float  # the command at the baseline
 
 
 class SignCheck:
@@ -77,6 +78,9 @@ class SignCheck:
         self._quiet_samples = 0  # fresh meter samples in a row with the batteries where they were sent
         self.probes = 0  # probes asked for so far
         self._battery: deque[tuple[float, float]] = deque()  # (read time, measured total W), oldest first
+        # The newest fresh sample with the batteries steady over its window: (time, grid W, battery span, command)
+        self._grid_from_s: float | None = None  # the earliest instant of the current meter value
+        self._clean: tuple[float, float, tuple[float, float], float] | None = None
 
     @property
     def probing(self) -> bool:
@@ -132,7 +136,9 @@ class SignCheck:
         while len(self._battery) > 1 and self._battery[1][0] <= now_s - self.HISTORY_S:
             self._battery.popleft()
         fresh = grid_w is not None and grid_w != self._last_grid_w
-        span = self._battery_span(now_s if sample_from_s is None else sample_from_s) if battery_w is not None else None
+        if fresh or self._grid_from_s is None:  # a repeated value is the sample that first brought it
+            self._grid_from_s = now_s if sample_from_s is None else sample_from_s
+        span = self._battery_span(self._grid_from_s) if battery_w is not None else None
         pending = self._pending
         if pending is not None and (now_s - pending.started_s > self.MAX_WAIT_S or battery_w is None):
             pending = self._pending = None
@@ -149,21 +155,38 @@ class SignCheck:
             self._quiet_samples = 0
         elif fresh:
             self._quiet_samples += 1
-        self._last_command_w = command_w
-        if abs(step_w) >= self.MIN_STEP_W and grid_w is not None and span is not None:
-            self._pending = _Pending(now_s, grid_w, span, step_w)
-            self._probe_observed = self._probe_observed or self._probe_w is not None
+        before_w, self._last_command_w = self._last_command_w, command_w
+        if grid_w is not None and span is not None and span[1] - span[0] <= tolerance_w:
+            self._clean = (now_s, grid_w, span, before_w)
+        if abs(step_w) >= self.MIN_STEP_W and grid_w is not None and battery_w is not None:
+            self._open(now_s, step_w, before_w, command_w)
         return self.tripped
+
+    def _open(self, now_s: float, step_w: float, before_w: float, command_w: float) -> None:
+        """A step of the command: observed from the newest clean sample (the batteries steady over its whole
+        window, so its battery power is known): this cycle's, or an earlier one while they were still moving."""
+        clean = self._clean
+        if clean is None or now_s - clean[0] > self.MAX_WAIT_S:
+            self._pending = None
+            return
+        clean_s, grid_w, span, clean_command_w = clean
+        total_w = command_w - clean_command_w if clean_s < now_s else step_w
+        if abs(total_w) < self.MIN_STEP_W:
+            self._pending = None
+            return
+        self._pending = _Pending(clean_s, grid_w, span, total_w, before_w if clean_s == now_s else clean_command_w)
+        self._probe_observed = self._probe_observed or self._probe_w is not None
 
     def _battery_span(self, from_s: float) -> tuple[float, float] | None:
         """(lowest, highest) measured battery power that a sample taken at or after ``from_s`` can have seen:
-        the last reading at or before ``from_s`` and every later one; None when no reading is that old."""
+        the last reading at or before ``from_s`` and every later one; None before the first reading."""
         values: list[float] = []
         for read_s, w in reversed(self._battery):
             values.append(w)
             if read_s <= from_s:
-                return min(values), max(values)
-        return None
+                break
+        # Older than every reading (the first seconds after start): the first reading stands for before.
+        return (min(values), max(values)) if values else None
 
     def _close(self, now_s: float, pending: _Pending, grid_w: float, span: tuple[float, float]) -> None:
         sign = 1.0 if pending.step_w > 0 else -1.0
