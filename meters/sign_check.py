@@ -19,7 +19,7 @@ observation needs the grid to move with the battery by half of the *largest* pla
 waits for a sample whose window saw the batteries where they were sent.
 
 ``NEEDED`` wrong-way observations in a row (within ``RUN_WINDOW_S``), without a right-way one between them,
-trip the check: the loop stops the batteries and names ``energy_meter.invert``. A tripped check stays
+the last of them the answer to a probe (below), trip the check: the loop stops the batteries and names ``energy_meter.invert``. A tripped check stays
 tripped until the program restarts (the fix is a config change or the meter's own "reverse" setting).
 
 After one wrong-way observation the check does not wait for the law's next step: it asks for a **probe**
@@ -203,7 +203,9 @@ class SignCheck:
             in_run = now_s - self._last_wrong_s <= self.RUN_WINDOW_S
             self.wrong = self.wrong + 1 if in_run else 1
             self._pending, self.last_ratio, self._last_wrong_s = None, ratio, now_s
-            self.tripped = self.wrong >= self.NEEDED
+            # Only the probe's answer trips: a step of the law judged on a sample that is staler than any
+            # time stamp shows (a busy meter, a loaded host) can look wrong-way twice; the held probe cannot.
+            self.tripped = self.wrong >= self.NEEDED and self._probe_w is not None
         # In between: the sample shows only part of the battery's move (or a load change): wait for the next.
 
     def reason(self) -> Msg:

@@ -34,8 +34,17 @@ def test_a_right_meter_confirms_and_never_trips() -> None:
 
 def test_a_reversed_meter_trips_after_two_observations_and_stays_tripped() -> None:
     check = SignCheck()
-    assert run(check, steps(-1.0))
-    assert check.wrong == SignCheck.NEEDED and check.last_ratio is not None and check.last_ratio > 0
+    tripped, battery_w = False, 0.0
+    for t in range(30):  # the law of steps(), with the probe's command while it runs
+        law_w = min(1440.0, 480.0 * (1 + t // 2))
+        probe_w = check.probe_w(float(t), law_w)
+        command_w = law_w if probe_w is None else probe_w
+        if check.observe(float(t), house(500.0, battery_w, -1.0) + t * 1e-3, battery_w, command_w):
+            tripped = True
+            break
+        battery_w = command_w
+    assert tripped and check.probes == 1
+    assert check.wrong >= SignCheck.NEEDED and check.last_ratio is not None and check.last_ratio > 0
     assert check.observe(100.0, 300.0, 0.0, 0.0)  # latched
     check.reset()
     assert check.tripped
@@ -187,7 +196,7 @@ def _late_sample_chase(check: SignCheck, timed: bool) -> None:
 def test_a_late_sample_is_not_paired_with_the_battery_power_read_after_a_move() -> None:
     untimed, timed = SignCheck(), SignCheck()
     _late_sample_chase(untimed, timed=False)
-    assert untimed.tripped  # paired by cycle, the stale baseline looks like a reversed meter twice
+    assert untimed.wrong == 2  # paired by cycle, the stale baseline looks like a reversed meter twice
     _late_sample_chase(timed, timed=True)
     assert not timed.tripped and timed.wrong == 0
 
@@ -210,3 +219,16 @@ def test_a_reversed_meter_is_still_detected_with_late_samples() -> None:
         battery_w = command_w  # follows within a cycle
         history.append((t + 0.25, battery_w))
     assert check.tripped, (check.wrong, check.right, check.probes)
+
+
+def test_wrong_way_steps_of_the_law_alone_do_not_trip() -> None:
+    """Samples staler than any time stamp shows make two of the law's steps look wrong-way: no trip; only a
+    probe's answer can trip, and a right meter answers it the right way."""
+    check = SignCheck()
+    run(check, [(0.0, 500.0, 0.0, 480.0), (1.0, 1460.0, 480.0, 480.0), (2.0, 1461.0, 480.0, 960.0),
+                (3.0, 2421.0, 960.0, 960.0)])
+    assert check.wrong == 2 and not check.tripped
+    assert check.probe_w(4.0, 960.0) == 480.0
+    assert not check.observe(4.0, 2422.0, 960.0, 480.0)
+    assert not check.observe(5.0, 2902.0, 480.0, 480.0)  # less discharge, more import: right
+    assert check.wrong == 0 and not check.tripped
