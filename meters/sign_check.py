@@ -19,8 +19,9 @@ observation needs the grid to move with the battery by half of the *largest* pla
 waits for a sample whose window saw the batteries where they were sent.
 
 ``NEEDED`` wrong-way observations in a row (within ``RUN_WINDOW_S``), without a right-way one between them,
-the last of them the answer to a probe (below), trip the check: the loop stops the batteries and names ``energy_meter.invert``. A tripped check stays
-tripped until the program restarts (the fix is a config change or the meter's own "reverse" setting).
+the last of them the answer to a probe (below), trip the check: the loop stops the batteries and names
+``energy_meter.invert``. A tripped check stays tripped until the program restarts (the fix is a config
+change or the meter's own "reverse" setting; with a right meter, the restart alone).
 
 After one wrong-way observation the check does not wait for the law's next step: it asks for a **probe**
 (``probe_w``): the loop halves the batteries' command (to 0 when half would be below ``MIN_STEP_W``) and
