@@ -59,6 +59,7 @@ from zero_feed_control import (
     BatteryState,
     ControlParams,
     Decision,
+    FastController,
     OperatingMode,
     Status,
     make_controller,
@@ -272,6 +273,7 @@ class ControlLoop:
                 b.reading, b.setpoint_w = None, 0
             self.publish("setup")
             return
+        asked_s = self.clock()  # a late answer (a busy host) can carry a sample from before this
         grid_w, received_s = self.read_meter()
         self.read_batteries()
         now_s = self.clock()
@@ -287,7 +289,8 @@ class ControlLoop:
         decision = self.controller.step(now_s, grid_w, states, grid_received_s=received_s,
                                         meter_error=self.meter_error, mode=self.active.mode.mode,
                                         charge_power_w=self.active.mode.power_w)
-        decision = self.check_sign(now_s, grid_w, states, decision)
+        sample_from_s = None if received_s is None else self.earliest_sample_s(asked_s, received_s)
+        decision = self.check_sign(now_s, grid_w, states, decision, sample_from_s)
         self.last_decision = decision
         self.quirks.notes(decision.battery_notes)
         self._log_decision(decision)
@@ -329,9 +332,20 @@ class ControlLoop:
         elif state.source == plan_mode.PLAN_SOURCE and state.until_s != was.until_s:  # the next slot's "until"
             self.store.update(operating_mode=state.to_json())
 
+    def earliest_sample_s(self, asked_s: float, sampled_at_s: float) -> float:
+        """The earliest instant the meter's sample can have been taken (control clock): the device answered
+        after it was asked (``asked_s``) with a value at most the law's learned oldest sample age old; a
+        device that dates its value (``sampled_at_s``) may date it earlier still."""
+        age_hi_s = self.controller.ages.window()[1] if isinstance(self.controller, FastController) else 0.0
+        return min(asked_s, sampled_at_s) - age_hi_s
+
     def check_sign(self, now_s: float, grid_w: float | None, states: list[BatteryState],
-                   decision: Decision) -> Decision:
+                   decision: Decision, sample_from_s: float | None = None) -> Decision:
         """Feed the sign check; once it trips, every battery stays stopped with a reason naming the fix.
+
+        ``sample_from_s``: the earliest instant the meter sample can have been taken (``earliest_sample_s``);
+        the check pairs it with the battery power over that whole window, so a late sample is not judged
+        against a battery move it cannot have seen.
 
         Only with the default law: the seed law's own oscillation moves grid and battery power the same way
         for a while and would look like a reversed clamp (the benchmark's naive baseline tripped it)."""
@@ -345,7 +359,9 @@ class ControlLoop:
         else:
             decision = self._sign_probe(decision, probe_w)
         command_w = 0 if decision.status in STOPPING else decision.total_w
-        if not self.sign_check.observe(now_s, grid_w, sum(measured) if measured else None, command_w):
+        read = [s.read_s for s in states if s.online and s.power_w is not None and s.read_s is not None]
+        if not self.sign_check.observe(now_s, grid_w, sum(measured) if measured else None, command_w,
+                                       sample_from_s=sample_from_s, battery_read_s=max(read, default=None)):
             return decision
         if self.last_decision is None or self.last_decision.status is not Status.METER_SIGN:
             self.controller.reset()

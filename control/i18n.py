@@ -766,7 +766,8 @@ MESSAGES_DE: dict[str, str] = {
     "meter_sign_wrong": (
         "Vorzeichen des Zählers verkehrt: der Netzbezug stieg {count}x, als die Akkus mehr entluden. Akkus "
         "gestoppt. Abhilfe: energy_meter.invert auf true setzen (oder im Shelly beim Kanal die Einstellung "
-        "„reverse“ umschalten) und das Programm neu starten."
+        "„reverse“ umschalten) und das Programm neu starten. Zeigt der Zähler ohne Akku und ohne PV-Überschuss "
+        "einen positiven Wert (Bezug), ist er richtig herum: dann nur das Programm neu starten."
     ),
     "meter_ok_again": "Zähler wieder in Ordnung ({value} W)",
     "battery_offline": "{name} nicht erreichbar: {error}",
@@ -1135,7 +1136,8 @@ MESSAGES_EN: dict[str, str] = {
     "meter_sign_wrong": (
         "meter sign reversed: grid import rose {count}x when the batteries discharged more. Batteries "
         "stopped. Fix: set energy_meter.invert to true (or switch the channel's \"reverse\" setting in the "
-        "Shelly) and restart the program."
+        "Shelly) and restart the program. If the meter shows a positive value (import) with no battery running "
+        "and no PV surplus, it is the right way round: then just restart the program."
     ),
     "meter_ok_again": "Meter OK again ({value} W)",
     "battery_offline": "{name} offline: {error}",

@@ -34,8 +34,17 @@ def test_a_right_meter_confirms_and_never_trips() -> None:
 
 def test_a_reversed_meter_trips_after_two_observations_and_stays_tripped() -> None:
     check = SignCheck()
-    assert run(check, steps(-1.0))
-    assert check.wrong == SignCheck.NEEDED and check.last_ratio is not None and check.last_ratio > 0
+    tripped, battery_w = False, 0.0
+    for t in range(30):  # the law of steps(), with the probe's command while it runs
+        law_w = min(1440.0, 480.0 * (1 + t // 2))
+        probe_w = check.probe_w(float(t), law_w)
+        command_w = law_w if probe_w is None else probe_w
+        if check.observe(float(t), house(500.0, battery_w, -1.0) + t * 1e-3, battery_w, command_w):
+            tripped = True
+            break
+        battery_w = command_w
+    assert tripped and check.probes == 1
+    assert check.wrong >= SignCheck.NEEDED and check.last_ratio is not None and check.last_ratio > 0
     assert check.observe(100.0, 300.0, 0.0, 0.0)  # latched
     check.reset()
     assert check.tripped
@@ -160,3 +169,66 @@ def test_a_probe_only_ever_asks_for_less_power_in_the_direction_the_law_wants() 
     assert check.probe_w(3.0, 1000.0) == 500.0
     check.observe(3.0, 2501.0, 1000.0, 500.0)
     assert check.probe_w(4.0, 0.0) is None and not check.probing  # the law stops (or the mode is off): it ends
+
+
+def _late_sample_chase(check: SignCheck, timed: bool) -> None:
+    """The issue-18 demo under CPU load, with a right meter: the meter's answers carry samples taken before
+    the batteries' last move. The law jumps by 1000 W of discharge; the next sample, taken before the
+    batteries moved, still shows the old import, the law (misled) steps back by 400 W, and the sample after
+    that shows the grid after both moves: the grid fell while the battery power fell, wrong-way if the stale
+    baseline is paired with the battery power read after the jump. Twice in a row."""
+    load_w = 2000.0
+    cycles = [(-1.0, load_w, -1.5, 0.0, 0.0)]  # (now, grid sample, its earliest instant, battery read, command)
+    for t, base_w in ((0.0, 0.0), (10.0, 600.0)):
+        cycles += [
+            (t, load_w - base_w + 2.0, t - 0.5, base_w, base_w + 1000.0),  # the law's jump
+            (t + 1.0, load_w - base_w + 3.0, t - 0.5, base_w + 1000.0, base_w + 600.0),  # stale: steps back
+            (t + 2.0, load_w - base_w - 600.0, t + 1.5, base_w + 600.0, base_w + 600.0),  # after the moves
+            (t + 3.0, load_w - base_w - 600.0 + 1.0, t + 2.5, base_w + 600.0, base_w + 600.0),
+        ]
+    for now_s, grid_w, from_s, battery_w, command_w in cycles:
+        if timed:
+            check.observe(now_s, grid_w, battery_w, command_w, sample_from_s=from_s, battery_read_s=now_s)
+        else:
+            check.observe(now_s, grid_w, battery_w, command_w)
+
+
+def test_a_late_sample_is_not_paired_with_the_battery_power_read_after_a_move() -> None:
+    untimed, timed = SignCheck(), SignCheck()
+    _late_sample_chase(untimed, timed=False)
+    assert untimed.wrong == 2  # paired by cycle, the stale baseline looks like a reversed meter twice
+    _late_sample_chase(timed, timed=True)
+    assert not timed.tripped and timed.wrong == 0
+
+
+def test_a_reversed_meter_is_still_detected_with_late_samples() -> None:
+    """Every sample taken up to 1.5 s before it is read: the check waits for samples after the moves and still
+    trips (the law's steps, then its probe)."""
+    check = SignCheck()
+    battery_w, history = 0.0, [(0.0, 0.0)]
+    for i in range(200):
+        t = i * 0.5
+        sampled_s = t - 1.5
+        battery_then_w = [w for s, w in history if s <= sampled_s][-1] if history[0][0] <= sampled_s else 0.0
+        grid_w = -(500.0 - battery_then_w) + (i % 3)  # reversed: the meter shows minus the true grid power
+        law_w = max(-2500.0, min(2500.0, battery_w + grid_w - 20.0))  # a law chasing the reversed meter
+        probe_w = check.probe_w(t, law_w)
+        command_w = law_w if probe_w is None else probe_w
+        if check.observe(t, grid_w, battery_w, command_w, sample_from_s=sampled_s - 0.5, battery_read_s=t):
+            break
+        battery_w = command_w  # follows within a cycle
+        history.append((t + 0.25, battery_w))
+    assert check.tripped, (check.wrong, check.right, check.probes)
+
+
+def test_wrong_way_steps_of_the_law_alone_do_not_trip() -> None:
+    """Samples staler than any time stamp shows make two of the law's steps look wrong-way: no trip; only a
+    probe's answer can trip, and a right meter answers it the right way."""
+    check = SignCheck()
+    run(check, [(0.0, 500.0, 0.0, 480.0), (1.0, 1460.0, 480.0, 480.0), (2.0, 1461.0, 480.0, 960.0),
+                (3.0, 2421.0, 960.0, 960.0)])
+    assert check.wrong == 2 and not check.tripped
+    assert check.probe_w(4.0, 960.0) == 480.0
+    assert not check.observe(4.0, 2422.0, 960.0, 480.0)
+    assert not check.observe(5.0, 2902.0, 480.0, 480.0)  # less discharge, more import: right
+    assert check.wrong == 0 and not check.tripped
