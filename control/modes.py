@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Generic, Protocol, TypeVar
 
+from config_loader import replace_file
 from control import i18n
 from zero_feed_control import OperatingMode
 
@@ -219,17 +218,7 @@ class ModeFile:
     def save(self, state: ModeState) -> None:
         """Write temp file + fsync + os.replace; raises OSError (the caller reports it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps(state.to_json(), ensure_ascii=False) + "\n"
-        fd, tmp_name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-                tmp.write(text)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, self.path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        replace_file(self.path, (json.dumps(state.to_json(), ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 T = TypeVar("T")

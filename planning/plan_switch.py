@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from config_loader import replace_file
 from control.i18n import Msg
 from control.modes import ModeWriter
 from control.status_store import StatusStore
@@ -64,17 +63,8 @@ class PlanSwitchFile:
     def save(self, state: SwitchState) -> None:
         """Write atomically; raises OSError (the writer reports it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"enabled": state.enabled, "config_enabled": state.config_enabled}) + "\n"
-        fd, tmp_name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as tmp:
-                tmp.write(text)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-            os.replace(tmp_name, self.path)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
+        doc = {"enabled": state.enabled, "config_enabled": state.config_enabled}
+        replace_file(self.path, (json.dumps(doc) + "\n").encode("utf-8"))
 
 
 def start_plan_switch(store: StatusStore, config_enabled: bool,

@@ -16,6 +16,9 @@ from simulator.world import Simulation, UnitSpec
 from tests import helpers
 from tests.loop_rig import Rig
 
+# The recorded-answer server and HTTP session fixtures of the price and forecast tests.
+pytest_plugins = ("tests.recorded_server",)
+
 try:
     from xdist.scheduler import LoadScopeScheduling
 except ImportError:  # without pytest-xdist the tests run in one process

@@ -10,11 +10,15 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -122,3 +126,17 @@ class RecordedServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(5)
+
+
+@pytest.fixture
+def server() -> Iterator[RecordedServer]:
+    """A recorded-answer server on 127.0.0.1 (import this fixture into the test module)."""
+    with RecordedServer() as s:
+        yield s
+
+
+@pytest.fixture
+def session() -> Iterator[requests.Session]:
+    """The HTTP session a source under test receives."""
+    with requests.Session() as s:
+        yield s

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time as systime
-from collections.abc import Iterator
 from datetime import datetime, time, timedelta, timezone
 from typing import Any
 
@@ -43,18 +42,6 @@ class WallClock:
 
     def set(self, moment: datetime) -> None:
         self.now = moment
-
-
-@pytest.fixture
-def server() -> Iterator[RecordedServer]:
-    with RecordedServer() as s:
-        yield s
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        yield s
 
 
 def energy_charts(session: requests.Session, server: RecordedServer, timeout_s: float = 5.0) -> EnergyChartsSource:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from itertools import pairwise
 from typing import Any
@@ -25,18 +24,6 @@ QUARTER = timedelta(minutes=15)
 
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).astimezone(timezone.utc)
-
-
-@pytest.fixture
-def server() -> Iterator[RecordedServer]:
-    with RecordedServer() as s:
-        yield s
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        yield s
 
 
 NOW = utc("2026-04-14T18:56:01+02:00")  # message.info.time of the forecast.solar fixture

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 from datetime import datetime, time, timedelta, timezone
 from itertools import pairwise
 from typing import Any
@@ -35,18 +34,6 @@ def utc(text: str) -> datetime:
 
 def end_price(spot_eur_per_mwh: float) -> float:
     return (spot_eur_per_mwh / 10 + 15.0) * 1.19
-
-
-@pytest.fixture
-def server() -> Iterator[RecordedServer]:
-    with RecordedServer() as s:
-        yield s
-
-
-@pytest.fixture
-def session() -> Iterator[requests.Session]:
-    with requests.Session() as s:
-        yield s
 
 
 def assert_contiguous(slots: list[PriceSlot]) -> None:
