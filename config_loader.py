@@ -9,6 +9,7 @@ message and exits with status 2.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import ipaddress
@@ -342,6 +343,9 @@ class Config:
     # Prices, forecasts and the plan (issue 20; planning/tariff_config.py): None = section absent, nothing fetched.
     tariff: TariffConfig | None = None
     forecast: ForecastConfig | None = None
+    # The JSON document it was parsed from (a deep copy): a change (setup's "add to config") is made on it and
+    # parsed again, in the file as in the demo, so no unit is ever built by hand beside the loader.
+    source: Mapping[str, Any] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def energy_meter_type(self) -> str:
@@ -1220,6 +1224,7 @@ def parse_config(data: object, *, base_dir: Path | None = None) -> Config:
         energy_meter_invert=invert,
         tariff=tariff,
         forecast=forecast,
+        source=copy.deepcopy(data),
     )
 
 
@@ -1318,6 +1323,21 @@ def unit_entry(battery: BatteryConfig, gateway: str, unit_id: int) -> dict[str, 
     return entry
 
 
+def add_unit_to_document(data: dict[str, Any], gateway: str, unit_id: int, *,
+                         base_dir: Path | None = None) -> Config:
+    """Add unit ``unit_id`` behind ``gateway`` to the config document ``data`` (changed in place) in the form it
+    uses (``units`` or ``akku_ids``) and validate the result; raises ConfigError (``data`` is then unusable)."""
+    current = parse_config(data, base_dir=base_dir).battery
+    battery = data["battery"]
+    if current.units_form:
+        battery["units"].append(unit_entry(current, gateway, unit_id))
+    else:
+        if gateway not in current.gateways:
+            raise ConfigError(f"battery.ip: the configured gateway is {current.gateways[0]}, not {gateway}")
+        battery["akku_ids"] = [*current.akku_ids, unit_id]
+    return parse_config(data, base_dir=base_dir)
+
+
 def add_unit_to_config(path: Path | str, gateway: str, unit_id: int) -> Config:
     """Add unit ``unit_id`` behind ``gateway`` to the file in the form it uses (``units`` or ``akku_ids``).
 
@@ -1327,14 +1347,7 @@ def add_unit_to_config(path: Path | str, gateway: str, unit_id: int) -> Config:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
-    current = parse_config(data, base_dir=path.resolve().parent).battery
-    battery = data["battery"]
-    if current.units_form:
-        battery["units"].append(unit_entry(current, gateway, unit_id))
-    else:
-        if gateway not in current.gateways:
-            raise ConfigError(f"battery.ip: the configured gateway is {current.gateways[0]}, not {gateway}")
-        battery["akku_ids"] = [*current.akku_ids, unit_id]
+    add_unit_to_document(data, gateway, unit_id, base_dir=path.resolve().parent)
     return _validate_and_save(path, data)
 
 

@@ -196,7 +196,6 @@ def _demo_names(gateway: Any) -> list[str]:
 
 
 def demo_simulation() -> Any:
-    """The demo's mixed fleet: one v2 RS485 gateway with two units and one Venus E v3 on its own LAN port."""
     """The demo's mixed fleet (``simulator.demo_simulation``: one v2 RS485 gateway with two units and one Venus E
     v3 on its own LAN port), started in a process of its own: a busy machine must not make the simulated
     batteries look unreachable because the simulator and the program share one interpreter."""

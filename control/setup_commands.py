@@ -8,13 +8,13 @@ with the message the user sees and its HTTP status.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from config_loader import Config, ConfigError, UnitConfig, add_unit_to_config, v3_lan_problem
+from config_loader import Config, ConfigError, UnitConfig, add_unit_to_config, add_unit_to_document
 from control.devices import BatteryBus, BatteryError
 from control.i18n import Msg
 from control.status_store import CommandError
@@ -114,22 +114,15 @@ def add_to_config(cfg: Config, config_path: Path | None, *, gateway: str, batter
     count = sum(1 for u in b.units if u.gateway == gateway)
     if count >= MAX_UNITS_PER_GATEWAY:
         raise CommandError(Msg("add_too_many", gateway=gateway, count=count, max=MAX_UNITS_PER_GATEWAY), 409)
-    if config_path is None:
-        # Demo: no file. The new unit as the file would get it (gateway's register set and framer).
-        like = next(u for u in b.units if u.gateway == gateway)
-        name = f"Akku {len(b.units) + 1}" if b.units_form else f"Akku {battery_id}"
-        unit = replace(like, unit_id=battery_id, name=name, uid="", max_power_per_battery=b.max_power_per_battery,
-                       min_power_per_battery=b.min_power_per_battery)
-        akku_ids = b.akku_ids if b.units_form else (*b.akku_ids, battery_id)
-        problem = v3_lan_problem((*b.units, unit), units_form=b.units_form)  # what the file's check would say
-        if problem is not None:
-            raise CommandError(Msg("config_not_changed", error=problem), 409)
-        new_cfg = replace(cfg, battery=replace(b, akku_ids=akku_ids, units=(*b.units, unit)))
-    else:
-        try:
+    try:
+        if config_path is None:  # the demo: no file, the same change on the document it was parsed from
+            if cfg.source is None:
+                raise ConfigError("the configuration has no source document to change")
+            new_cfg = add_unit_to_document(copy.deepcopy(dict(cfg.source)), gateway, battery_id)
+        else:
             new_cfg = add_unit_to_config(config_path, gateway, battery_id)
-        except ConfigError as exc:
-            raise CommandError(Msg("config_not_changed", error=str(exc)), 409) from exc
+    except ConfigError as exc:
+        raise CommandError(Msg("config_not_changed", error=str(exc)), 409) from exc
     log.info(Msg("added_to_config" if config_path else "added_to_config_demo", id=battery_id, gateway=gateway))
     return new_cfg, {**_listing(new_cfg), "saved": config_path is not None}
 
