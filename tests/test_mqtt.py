@@ -637,6 +637,7 @@ def test_three_program_starts_on_new_gateway_addresses_give_one_set_of_entities(
     assert sets[0] == sets[1] == sets[2], "one set of entities across three starts"
 
 
+@pytest.mark.slow
 def test_prices_and_money_reach_home_assistant_prometheus_and_the_api(broker, sim, tmp_path):
     """main.py with a fixed tariff (no network): the current price, today's cost and saving as Home Assistant
     entities over a real mosquitto, in the state topic, in /metrics and in /api/energy."""
