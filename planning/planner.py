@@ -36,6 +36,7 @@ SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
 CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
 TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
+EARLY_CT = 0.05  # a grid charge within this of the best other mode is taken now rather than later (ct)
 _EPS_WH = 1e-6
 
 
@@ -273,6 +274,17 @@ def make_plan(inp: PlanInput) -> Plan:
     stages: list[list[float]] = [values]
     j_max = int((model.e_max_wh - lo) / step + 1e-9)  # highest grid state a charge may reach
     may_charge = _worth_charging(slots, model, value_ct_per_wh)
+    # The same DP without any grid charging: grid charging must beat it by the margin (noise), while among
+    # schedules that charge, equal costs go to the earlier charge (the battery is full sooner: less risk).
+    stages_nc: list[list[float]] | None = None
+    if any(may_charge):
+        v_nc = values
+        stages_nc = [v_nc]
+        for t in range(len(slots) - 1, 0, -1):
+            v_nc = _backward_slot(model, slots[t], v_nc, lo, step, (), j_max)
+            stages_nc.append(v_nc)
+        stages_nc.append(v_nc)  # slot 0's start is never looked up
+        stages_nc.reverse()
     for t in range(len(slots) - 1, -1, -1):
         s = slots[t]
         nxt = values
@@ -289,7 +301,8 @@ def make_plan(inp: PlanInput) -> Plan:
     # One price over the whole horizon: nothing to shift. Holding could only trade efficiency crumbs at
     # different powers against forecast noise, so zero feed-in it is (unless the reserve or a peak says no).
     flat = model.peak_w is None and max(s.price for s in slots) - min(s.price for s in slots) < 0.01
-    decided = _forward(model, slots, tables, stages, lo, step, may_charge, flat)
+    full_h = [(p.end - p.start).total_seconds() / 3600.0 for p in prices]
+    decided = _forward(model, slots, tables, stages, lo, step, may_charge, flat, stages_nc, full_h)
     reasons = _reasons(decided, slots, prices, model, mean_price, inp)
     out = []
     for i, (price, d) in enumerate(zip(prices, decided, strict=True)):
@@ -396,12 +409,19 @@ class _Decision:
 
 def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[int, float, float]]],
              stages: Sequence[Sequence[float]], lo: float, step: float, may_charge: Sequence[bool],
-             flat: bool = False) -> list[_Decision]:
-    """Follow the cheapest mode slot by slot from the true (off-grid) SoC."""
+             flat: bool = False, stages_nc: Sequence[Sequence[float]] | None = None,
+             full_h: Sequence[float] | None = None) -> list[_Decision]:
+    """Follow the cheapest mode slot by slot from the true (off-grid) SoC.
+
+    ``hold`` must beat ``auto`` by the margin; ``charge`` must beat the best plan without any grid charging
+    (``stages_nc``) by the margin and be within ``EARLY_CT`` of the best other mode: of two equally cheap
+    slots the earlier charges. The margins shrink with a slot begun (``full_h``: the slots' whole lengths)."""
     decided: list[_Decision] = []
     e = model.e0_wh
     for t, s in enumerate(slots):
         nxt = stages[t + 1]
+        share = 1.0 if full_h is None else min(1.0, s.dt_h / max(full_h[t], 1e-9))
+        margin = TIE_CT * share
         a = model.auto(s, e)
         blocked = not model.auto_allowed(a, e)
         best_v = float("inf") if blocked else a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh)
@@ -412,21 +432,47 @@ def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tup
             continue
         h = model.hold(s, e)
         v = h.cost_ct + h.penalty_ct + _interp(nxt, lo, step, h.e_next_wh)
-        if v < best_v - TIE_CT or blocked:
+        if v < best_v - margin or blocked:
             best_v, best = v, _Decision("hold", 0.0, e, h, blocked)
-        surplus = max(-s.net_w, 0.0)
-        for _, p, dc in tables[s.dt_h] if may_charge[t] else ():
-            if p <= surplus or p - surplus > model.grid_chg_w:
-                continue
-            if e + dc > model.e_max_wh + _EPS_WH:
-                break
-            c = model.charge(s, e, p, dc)
-            v = c.cost_ct + c.penalty_ct + _interp(nxt, lo, step, c.e_next_wh)
-            if v < best_v - TIE_CT:
-                best_v, best = v, _Decision("charge", p, e, c, blocked)
+        if may_charge[t]:
+            if stages_nc is None:
+                base_v = best_v
+            else:
+                nc = stages_nc[t + 1]
+                base_v = min(float("inf") if blocked else a.cost_ct + a.penalty_ct + _interp(nc, lo, step, a.e_next_wh),
+                             h.cost_ct + h.penalty_ct + _interp(nc, lo, step, h.e_next_wh))
+            charge_v, charge = float("inf"), None
+            for p, dc in _charge_options(model, s, tables[s.dt_h], e, share < 1.0):
+                c = model.charge(s, e, p, dc)
+                v = c.cost_ct + c.penalty_ct + _interp(nxt, lo, step, c.e_next_wh)
+                if v < charge_v - 1e-9:
+                    charge_v, charge = v, _Decision("charge", p, e, c, blocked)
+            if charge is not None and charge_v < base_v - margin and charge_v <= best_v + EARLY_CT * share:
+                best_v, best = charge_v, charge
         decided.append(best)
         e = best.step.e_next_wh
     return decided
+
+
+def _charge_options(model: _Model, s: _Slot, table: Sequence[tuple[int, float, float]], e_wh: float,
+                    begun: bool) -> list[tuple[float, float]]:
+    """(AC power W, stored DC Wh) the forward pass may charge at from ``e_wh``.
+
+    The DP's table (whole grid steps); for a slot begun also evenly spread powers up to the limit, because
+    a few minutes at full power store less than one grid step and the table would offer nothing."""
+    surplus = max(-s.net_w, 0.0)
+    top = min(model.max_chg_w, surplus + model.grid_chg_w)
+    out = [(p, dc) for _, p, dc in table
+           if surplus < p <= top + 1e-9 and e_wh + dc <= model.e_max_wh + _EPS_WH]
+    if begun and top > surplus:
+        room = model.e_max_wh - e_wh
+        for i in range(1, CHARGE_LEVELS + 1):
+            p = surplus + (top - surplus) * i / CHARGE_LEVELS
+            dc = p * s.dt_h * efficiency(p, model.curve_c)
+            if dc > room:
+                break
+            out.append((p, dc))
+    return out
 
 
 def _reasons(decided: Sequence[_Decision], slots: Sequence[_Slot], prices: Sequence[PriceSlot], model: _Model,
