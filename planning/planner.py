@@ -36,7 +36,7 @@ SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
 CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
 TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
-EARLY_CT = 0.05  # a grid charge within this of the best other mode is taken now rather than later (ct)
+EARLY_CT = 0.001  # a grid charge within this of the best other mode is taken now rather than later (ct)
 _EPS_WH = 1e-6
 
 
@@ -463,7 +463,7 @@ def _charge_options(model: _Model, s: _Slot, table: Sequence[tuple[int, float, f
     surplus = max(-s.net_w, 0.0)
     top = min(model.max_chg_w, surplus + model.grid_chg_w)
     out = [(p, dc) for _, p, dc in table
-           if surplus < p <= top + 1e-9 and e_wh + dc <= model.e_max_wh + _EPS_WH]
+           if surplus < p <= top + 1e-9 and p >= 1.0 and e_wh + dc <= model.e_max_wh + _EPS_WH]
     if begun and top > surplus:
         room = model.e_max_wh - e_wh
         for i in range(1, CHARGE_LEVELS + 1):
@@ -471,7 +471,8 @@ def _charge_options(model: _Model, s: _Slot, table: Sequence[tuple[int, float, f
             dc = p * s.dt_h * efficiency(p, model.curve_c)
             if dc > room:
                 break
-            out.append((p, dc))
+            if p >= 1.0:  # a plan says whole watts
+                out.append((p, dc))
     return out
 
 
