@@ -268,7 +268,7 @@ def make_plan(inp: PlanInput) -> Plan:
 
     total_h = sum(s.dt_h for s in slots)
     mean_price = sum(s.price * s.dt_h for s in slots) / total_h
-    value_ct_per_wh = max(mean_price - model.wear, 0.0) * model.worst_eta_d / 1000.0
+    value_ct_per_wh = _horizon_value(slots, model, mean_price)
     usable_from = max(model.e_res_wh, lo)
     values = [-max(lo + j * step - usable_from, 0.0) * value_ct_per_wh for j in range(n)]
     stages: list[list[float]] = [values]
@@ -317,6 +317,22 @@ def make_plan(inp: PlanInput) -> Plan:
         e_wh = a.e_next_wh
     return Plan(inp.now, True, None, tuple(out), round(sum(d.step.cost_ct for d in decided) / 100.0, 4),
                 round(without / 100.0, 4))
+
+
+def _horizon_value(slots: Sequence[_Slot], model: _Model, mean_price: float) -> float:
+    """What a DC Wh left at the horizon is worth (ct): the price at which the house draws, less wear, times
+    the discharge efficiency at the power it draws with.
+
+    Both from the horizon: the demand-weighted mean import price (energy is used when the house draws, not
+    at the night's price) and the curve at the mean demand power; the curve's worst point if nothing is
+    drawn. Never above what discharging in the horizon itself could earn at that price."""
+    demand_wh = sum(s.dis_w * s.dt_h for s in slots)
+    if demand_wh <= _EPS_WH:
+        return max(mean_price - model.wear, 0.0) * model.worst_eta_d / 1000.0
+    price = sum(s.price * s.dis_w * s.dt_h for s in slots) / demand_wh
+    hours = sum(s.dt_h for s in slots if s.dis_w > 0.0)
+    eta = efficiency(demand_wh / hours, model.curve_d)
+    return max(price - model.wear, 0.0) * eta / 1000.0
 
 
 def _worth_charging(slots: Sequence[_Slot], model: _Model, value_ct_per_wh: float) -> list[bool]:
