@@ -14,9 +14,10 @@ are those of the fast loop in that mode:
 
 Dynamic programming over a SoC grid (1 % steps) finds the cheapest sequence: import cost − feed-in
 revenue + wear (per discharged kWh) + a steep penalty for import above ``peak_import_limit_w``, minus the
-value of the energy left at the horizon (the horizon's mean import price less wear, times the curve's
-lowest discharge efficiency: a plan that empties the battery at the horizon is wrong, and a flat
-price must never make holding look better than zero feed-in). A slot whose ``auto`` would end below
+value of the energy left at the horizon (the import price while the house draws, less wear, times the
+curve's efficiency at the mean demand: a plan that empties the battery at the horizon is wrong). Each
+slot's own step uses the forecast; the cost-to-go it is judged by uses PV × (1 + ``PV_OPTIMISM``), so the
+plan does not grid-charge or hold what the sun would likely fill anyway. A slot whose ``auto`` would end below
 the reserve is planned ``hold``. Charging from the grid needs a price for the current slot: without
 one the plan is ``auto`` everywhere and says why.
 """
@@ -36,6 +37,9 @@ SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
 CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
 TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
+# The future is judged with PV × (1 + this): never grid-charge or hold what PV would likely fill anyway
+# (a day-ahead PV forecast errs ~25 % RMS; the slot at hand is judged as forecast).
+PV_OPTIMISM = 0.25
 EARLY_CT = 0.001  # a grid charge within this of the best other mode is taken now rather than later (ct)
 _EPS_WH = 1e-6
 
@@ -250,11 +254,14 @@ def make_plan(inp: PlanInput) -> Plan:
     known_loads = [x for x in load if x is not None]
     default_load = sum(known_loads) / len(known_loads) if known_loads else 0.0
     model = _Model(inp.fleet, inp.peak_import_limit_w)
-    slots: list[_Slot] = []
+    slots: list[_Slot] = []  # as forecast: the slot's own step
+    ahead: list[_Slot] = []  # with the optimistic PV: the cost-to-go the steps are judged by
     for i, price in enumerate(prices):
         start = max(price.start, inp.now) if i == 0 else price.start
-        net = (default_load if load[i] is None else load[i]) - (pv[i] or 0.0)  # type: ignore[operator]
-        slots.append(model.slot(max((price.end - start).total_seconds(), 1.0) / 3600.0, price, net))
+        dt_h = max((price.end - start).total_seconds(), 1.0) / 3600.0
+        demand = default_load if load[i] is None else load[i]
+        slots.append(model.slot(dt_h, price, demand - (pv[i] or 0.0)))  # type: ignore[operator]
+        ahead.append(model.slot(dt_h, price, demand - (pv[i] or 0.0) * (1.0 + PV_OPTIMISM)))  # type: ignore[operator]
 
     # The SoC grid: from the reserve (or the current SoC if it is lower) to max_soc (or the current SoC).
     lo = min(model.e_res_wh, model.e0_wh)
@@ -281,12 +288,12 @@ def make_plan(inp: PlanInput) -> Plan:
         v_nc = values
         stages_nc = [v_nc]
         for t in range(len(slots) - 1, 0, -1):
-            v_nc = _backward_slot(model, slots[t], v_nc, lo, step, (), j_max)
+            v_nc = _backward_slot(model, ahead[t], v_nc, lo, step, (), j_max)
             stages_nc.append(v_nc)
         stages_nc.append(v_nc)  # slot 0's start is never looked up
         stages_nc.reverse()
     for t in range(len(slots) - 1, -1, -1):
-        s = slots[t]
+        s = ahead[t]
         nxt = values
         surplus = max(-s.net_w, 0.0)
         charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
