@@ -202,3 +202,16 @@ def test_of_two_equally_cheap_slots_the_earlier_charges() -> None:
     plan = plan_for([10.0] * 8 + [50.0] * 24, [0.0] * 32, [600.0] * 32, f, minutes=15)
     modes = [s.mode for s in plan.slots]
     assert modes[0] == "charge", modes
+
+
+def test_no_grid_charging_for_what_the_sun_likely_fills() -> None:
+    # a cheap night, a sunny day whose forecast surplus nearly fills the battery, an expensive evening: the
+    # forecast errs, so the night does not buy the last few hundred Wh the sun would likely bring anyway
+    prices = [20.0] * 6 + [30.0] * 12 + [40.0] * 6
+    pv = [0.0] * 9 + [700.0] * 6 + [0.0] * 9
+    load = [0.0] * 18 + [800.0] * 6
+    plan = plan_for(prices, pv, load, fleet(soc_pct=11.0, wear_ct_per_kwh=0.0, standby_w=0.0))
+    assert [s.mode for s in plan.slots[:6]] == ["auto"] * 6
+    # a darker day: the night charges what the sun cannot bring
+    plan = plan_for(prices, [x * 0.5 for x in pv], load, fleet(soc_pct=11.0, wear_ct_per_kwh=0.0, standby_w=0.0))
+    assert any(s.mode == "charge" for s in plan.slots[:6])
