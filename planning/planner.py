@@ -36,7 +36,7 @@ from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, P
 SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
 CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
-TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
+TIE_CT = 0.2  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
 # The future is judged with PV × (1 + this): never grid-charge or hold what PV would likely fill anyway
 # (a day-ahead PV forecast errs ~25 % RMS; the slot at hand is judged as forecast).
 PV_OPTIMISM = 0.25
