@@ -638,7 +638,11 @@ EXPLANATION = (
     "das LP darf jede Entladeleistung bis zur Last wählen, mit dem besten Wirkungsgrad der Kurve, ohne Standby; "
     "beim festen Tarif, wo es nichts zu planen gibt, „spart“ es dadurch 5–6 € im Jahr, die kein Betrieb in den "
     "drei Modi erreichen kann (dort ist der Plan gleich der Nulleinspeisung und verliert nichts). Die beste feste "
-    "Preisschwelle lädt im Jahr praktisch nie: jede Schwelle, die oft genug lädt, kostet mehr, als sie bringt.")
+    "Preisschwelle lädt im Jahr praktisch nie: jede Schwelle, die oft genug lädt, kostet mehr, als sie bringt. "
+    "(3) Im Sommer ist kaum etwas zu holen (das Haus: gut 40 ct im Monat mit perfekter Voraussicht); eine einzige "
+    "Netzladung vor einem Tag, der sonniger wird als prognostiziert, kostet mehr und macht den Anteil negativ. "
+    "Der Plan bewertet die Zukunft deshalb mit PV × 1,25 (er lädt und hält nichts, was die Sonne "
+    "wahrscheinlich ohnehin füllt).")
 PI_FACTOR = 4  # this machine is assumed ~4× faster per core than a Raspberry Pi 4
 SECTION_BEGIN = "<!-- cost:begin -->"
 SECTION_END = "<!-- cost:end -->"

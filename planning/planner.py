@@ -14,9 +14,10 @@ are those of the fast loop in that mode:
 
 Dynamic programming over a SoC grid (1 % steps) finds the cheapest sequence: import cost − feed-in
 revenue + wear (per discharged kWh) + a steep penalty for import above ``peak_import_limit_w``, minus the
-value of the energy left at the horizon (the horizon's mean import price less wear, times the curve's
-lowest discharge efficiency: a plan that empties the battery at the horizon is wrong, and a flat
-price must never make holding look better than zero feed-in). A slot whose ``auto`` would end below
+value of the energy left at the horizon (the import price while the house draws, less wear, times the
+curve's efficiency at the mean demand: a plan that empties the battery at the horizon is wrong). Each
+slot's own step uses the forecast; the cost-to-go it is judged by uses PV × (1 + ``PV_OPTIMISM``), so the
+plan does not grid-charge or hold what the sun would likely fill anyway. A slot whose ``auto`` would end below
 the reserve is planned ``hold``. Charging from the grid needs a price for the current slot: without
 one the plan is ``auto`` everywhere and says why.
 """
@@ -35,7 +36,11 @@ from planning.model import FleetModel, Plan, PlanInput, PlanMode, PlannedSlot, P
 SOC_STEP_PCT = 1.0  # resolution of the SoC grid
 PEAK_PENALTY_CT_PER_KWH = 1000.0  # import above the peak limit: as good as forbidden, but never infeasible
 CHARGE_LEVELS = 12  # charge powers the plan chooses from per slot
-TIE_CT = 0.5  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
+TIE_CT = 0.2  # another mode than auto must save more than this (ct, over the horizon): a margin against forecast noise
+# The future is judged with PV × (1 + this): never grid-charge or hold what PV would likely fill anyway
+# (a day-ahead PV forecast errs ~25 % RMS; the slot at hand is judged as forecast).
+PV_OPTIMISM = 0.25
+EARLY_CT = 0.001  # a grid charge within this of the best other mode is taken now rather than later (ct)
 _EPS_WH = 1e-6
 
 
@@ -249,11 +254,14 @@ def make_plan(inp: PlanInput) -> Plan:
     known_loads = [x for x in load if x is not None]
     default_load = sum(known_loads) / len(known_loads) if known_loads else 0.0
     model = _Model(inp.fleet, inp.peak_import_limit_w)
-    slots: list[_Slot] = []
+    slots: list[_Slot] = []  # as forecast: the slot's own step
+    ahead: list[_Slot] = []  # with the optimistic PV: the cost-to-go the steps are judged by
     for i, price in enumerate(prices):
         start = max(price.start, inp.now) if i == 0 else price.start
-        net = (default_load if load[i] is None else load[i]) - (pv[i] or 0.0)  # type: ignore[operator]
-        slots.append(model.slot(max((price.end - start).total_seconds(), 1.0) / 3600.0, price, net))
+        dt_h = max((price.end - start).total_seconds(), 1.0) / 3600.0
+        demand = default_load if load[i] is None else load[i]
+        slots.append(model.slot(dt_h, price, demand - (pv[i] or 0.0)))  # type: ignore[operator]
+        ahead.append(model.slot(dt_h, price, demand - (pv[i] or 0.0) * (1.0 + PV_OPTIMISM)))  # type: ignore[operator]
 
     # The SoC grid: from the reserve (or the current SoC if it is lower) to max_soc (or the current SoC).
     lo = min(model.e_res_wh, model.e0_wh)
@@ -267,14 +275,25 @@ def make_plan(inp: PlanInput) -> Plan:
 
     total_h = sum(s.dt_h for s in slots)
     mean_price = sum(s.price * s.dt_h for s in slots) / total_h
-    value_ct_per_wh = max(mean_price - model.wear, 0.0) * model.worst_eta_d / 1000.0
+    value_ct_per_wh = _horizon_value(slots, model, mean_price)
     usable_from = max(model.e_res_wh, lo)
     values = [-max(lo + j * step - usable_from, 0.0) * value_ct_per_wh for j in range(n)]
     stages: list[list[float]] = [values]
     j_max = int((model.e_max_wh - lo) / step + 1e-9)  # highest grid state a charge may reach
     may_charge = _worth_charging(slots, model, value_ct_per_wh)
+    # The same DP without any grid charging: grid charging must beat it by the margin (noise), while among
+    # schedules that charge, equal costs go to the earlier charge (the battery is full sooner: less risk).
+    stages_nc: list[list[float]] | None = None
+    if any(may_charge):
+        v_nc = values
+        stages_nc = [v_nc]
+        for t in range(len(slots) - 1, 0, -1):
+            v_nc = _backward_slot(model, ahead[t], v_nc, lo, step, (), j_max)
+            stages_nc.append(v_nc)
+        stages_nc.append(v_nc)  # slot 0's start is never looked up
+        stages_nc.reverse()
     for t in range(len(slots) - 1, -1, -1):
-        s = slots[t]
+        s = ahead[t]
         nxt = values
         surplus = max(-s.net_w, 0.0)
         charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
@@ -289,7 +308,8 @@ def make_plan(inp: PlanInput) -> Plan:
     # One price over the whole horizon: nothing to shift. Holding could only trade efficiency crumbs at
     # different powers against forecast noise, so zero feed-in it is (unless the reserve or a peak says no).
     flat = model.peak_w is None and max(s.price for s in slots) - min(s.price for s in slots) < 0.01
-    decided = _forward(model, slots, tables, stages, lo, step, may_charge, flat)
+    full_h = [(p.end - p.start).total_seconds() / 3600.0 for p in prices]
+    decided = _forward(model, slots, tables, stages, lo, step, may_charge, flat, stages_nc, full_h)
     reasons = _reasons(decided, slots, prices, model, mean_price, inp)
     out = []
     for i, (price, d) in enumerate(zip(prices, decided, strict=True)):
@@ -304,6 +324,22 @@ def make_plan(inp: PlanInput) -> Plan:
         e_wh = a.e_next_wh
     return Plan(inp.now, True, None, tuple(out), round(sum(d.step.cost_ct for d in decided) / 100.0, 4),
                 round(without / 100.0, 4))
+
+
+def _horizon_value(slots: Sequence[_Slot], model: _Model, mean_price: float) -> float:
+    """What a DC Wh left at the horizon is worth (ct): the price at which the house draws, less wear, times
+    the discharge efficiency at the power it draws with.
+
+    Both from the horizon: the demand-weighted mean import price (energy is used when the house draws, not
+    at the night's price) and the curve at the mean demand power; the curve's worst point if nothing is
+    drawn. Never above what discharging in the horizon itself could earn at that price."""
+    demand_wh = sum(s.dis_w * s.dt_h for s in slots)
+    if demand_wh <= _EPS_WH:
+        return max(mean_price - model.wear, 0.0) * model.worst_eta_d / 1000.0
+    price = sum(s.price * s.dis_w * s.dt_h for s in slots) / demand_wh
+    hours = sum(s.dt_h for s in slots if s.dis_w > 0.0)
+    eta = efficiency(demand_wh / hours, model.curve_d)
+    return max(price - model.wear, 0.0) * eta / 1000.0
 
 
 def _worth_charging(slots: Sequence[_Slot], model: _Model, value_ct_per_wh: float) -> list[bool]:
@@ -396,12 +432,19 @@ class _Decision:
 
 def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tuple[int, float, float]]],
              stages: Sequence[Sequence[float]], lo: float, step: float, may_charge: Sequence[bool],
-             flat: bool = False) -> list[_Decision]:
-    """Follow the cheapest mode slot by slot from the true (off-grid) SoC."""
+             flat: bool = False, stages_nc: Sequence[Sequence[float]] | None = None,
+             full_h: Sequence[float] | None = None) -> list[_Decision]:
+    """Follow the cheapest mode slot by slot from the true (off-grid) SoC.
+
+    ``hold`` must beat ``auto`` by the margin; ``charge`` must beat the best plan without any grid charging
+    (``stages_nc``) by the margin and be within ``EARLY_CT`` of the best other mode: of two equally cheap
+    slots the earlier charges. The margins shrink with a slot begun (``full_h``: the slots' whole lengths)."""
     decided: list[_Decision] = []
     e = model.e0_wh
     for t, s in enumerate(slots):
         nxt = stages[t + 1]
+        share = 1.0 if full_h is None else min(1.0, s.dt_h / max(full_h[t], 1e-9))
+        margin = TIE_CT * share
         a = model.auto(s, e)
         blocked = not model.auto_allowed(a, e)
         best_v = float("inf") if blocked else a.cost_ct + a.penalty_ct + _interp(nxt, lo, step, a.e_next_wh)
@@ -412,21 +455,48 @@ def _forward(model: _Model, slots: Sequence[_Slot], tables: dict[float, list[tup
             continue
         h = model.hold(s, e)
         v = h.cost_ct + h.penalty_ct + _interp(nxt, lo, step, h.e_next_wh)
-        if v < best_v - TIE_CT or blocked:
+        if v < best_v - margin or blocked:
             best_v, best = v, _Decision("hold", 0.0, e, h, blocked)
-        surplus = max(-s.net_w, 0.0)
-        for _, p, dc in tables[s.dt_h] if may_charge[t] else ():
-            if p <= surplus or p - surplus > model.grid_chg_w:
-                continue
-            if e + dc > model.e_max_wh + _EPS_WH:
-                break
-            c = model.charge(s, e, p, dc)
-            v = c.cost_ct + c.penalty_ct + _interp(nxt, lo, step, c.e_next_wh)
-            if v < best_v - TIE_CT:
-                best_v, best = v, _Decision("charge", p, e, c, blocked)
+        if may_charge[t]:
+            if stages_nc is None:
+                base_v = best_v
+            else:
+                nc = stages_nc[t + 1]
+                base_v = min(float("inf") if blocked else a.cost_ct + a.penalty_ct + _interp(nc, lo, step, a.e_next_wh),
+                             h.cost_ct + h.penalty_ct + _interp(nc, lo, step, h.e_next_wh))
+            charge_v, charge = float("inf"), None
+            for p, dc in _charge_options(model, s, tables[s.dt_h], e, share < 1.0):
+                c = model.charge(s, e, p, dc)
+                v = c.cost_ct + c.penalty_ct + _interp(nxt, lo, step, c.e_next_wh)
+                if v < charge_v - 1e-9:
+                    charge_v, charge = v, _Decision("charge", p, e, c, blocked)
+            if charge is not None and charge_v < base_v - margin and charge_v <= best_v + EARLY_CT * share:
+                best_v, best = charge_v, charge
         decided.append(best)
         e = best.step.e_next_wh
     return decided
+
+
+def _charge_options(model: _Model, s: _Slot, table: Sequence[tuple[int, float, float]], e_wh: float,
+                    begun: bool) -> list[tuple[float, float]]:
+    """(AC power W, stored DC Wh) the forward pass may charge at from ``e_wh``.
+
+    The DP's table (whole grid steps); for a slot begun also evenly spread powers up to the limit, because
+    a few minutes at full power store less than one grid step and the table would offer nothing."""
+    surplus = max(-s.net_w, 0.0)
+    top = min(model.max_chg_w, surplus + model.grid_chg_w)
+    out = [(p, dc) for _, p, dc in table
+           if surplus < p <= top + 1e-9 and p >= 1.0 and e_wh + dc <= model.e_max_wh + _EPS_WH]
+    if begun and top > surplus:
+        room = model.e_max_wh - e_wh
+        for i in range(1, CHARGE_LEVELS + 1):
+            p = surplus + (top - surplus) * i / CHARGE_LEVELS
+            dc = p * s.dt_h * efficiency(p, model.curve_c)
+            if dc > room:
+                break
+            if p >= 1.0:  # a plan says whole watts
+                out.append((p, dc))
+    return out
 
 
 def _reasons(decided: Sequence[_Decision], slots: Sequence[_Slot], prices: Sequence[PriceSlot], model: _Model,

@@ -179,3 +179,39 @@ def test_a_slot_begun_counts_only_its_rest() -> None:
                     now=T0 + timedelta(minutes=45))
     drop_wh = (plan.slots[0].soc_pct - plan.slots[1].soc_pct) / 100.0 * 5120.0
     assert 250.0 / 0.92 < drop_wh < 250.0 / 0.88  # a quarter of an hour at 1 kW
+
+
+def test_a_begun_slot_at_a_negative_price_absorbs() -> None:
+    # 15-minute slots, now 10 minutes into the first at -5 ct: the rest of it charges like the ones after it
+    prices = [-5.0] * 4 + [30.0] * 20
+    for minutes_in in (1, 5, 10, 14):
+        plan = plan_for(prices, [0.0] * 24, [300.0] * 24, fleet(soc_pct=30.0), minutes=15,
+                        now=T0 + timedelta(minutes=minutes_in))
+        assert [s.mode for s in plan.slots[:4]] == ["charge"] * 4, minutes_in
+        assert plan.slots[0].reason.code == "plan_charge_negative"  # type: ignore[attr-defined]
+
+
+def test_of_two_equally_cheap_slots_the_earlier_charges() -> None:
+    # two cheap hours, room for what one of them can charge: charge now rather than leave the battery idle
+    prices = [10.0, 10.0] + [50.0] * 6
+    f = fleet(soc_pct=60.0, wear_ct_per_kwh=0.0, standby_w=0.0)
+    plan = plan_for(prices, [0.0] * 8, [600.0] * 8, f)
+    modes = [s.mode for s in plan.slots]
+    assert modes[0] == "charge", modes
+    # and with 15-minute slots
+    plan = plan_for([10.0] * 8 + [50.0] * 24, [0.0] * 32, [600.0] * 32, f, minutes=15)
+    modes = [s.mode for s in plan.slots]
+    assert modes[0] == "charge", modes
+
+
+def test_no_grid_charging_for_what_the_sun_likely_fills() -> None:
+    # a cheap night, a sunny day whose forecast surplus nearly fills the battery, an expensive evening: the
+    # forecast errs, so the night does not buy the last few hundred Wh the sun would likely bring anyway
+    prices = [20.0] * 6 + [30.0] * 12 + [40.0] * 6
+    pv = [0.0] * 9 + [700.0] * 6 + [0.0] * 9
+    load = [0.0] * 18 + [800.0] * 6
+    plan = plan_for(prices, pv, load, fleet(soc_pct=11.0, wear_ct_per_kwh=0.0, standby_w=0.0))
+    assert [s.mode for s in plan.slots[:6]] == ["auto"] * 6
+    # a darker day: the night charges what the sun cannot bring
+    plan = plan_for(prices, [x * 0.5 for x in pv], load, fleet(soc_pct=11.0, wear_ct_per_kwh=0.0, standby_w=0.0))
+    assert any(s.mode == "charge" for s in plan.slots[:6])
