@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import subprocess
 import sys
@@ -69,6 +70,20 @@ def sim_config_data(sim: Simulation, ids: list[int], **sections: dict[str, Any])
 def sim_config(sim: Simulation, ids: list[int], **sections: dict[str, Any]) -> Config:
     """``sim_config_data`` validated like a real config file."""
     return parse_config(sim_config_data(sim, ids, **sections))
+
+
+def write_two_unit_config(tmp_path: Path, sim: Simulation, **web: Any) -> Path:
+    """config.json in ``tmp_path`` for the simulator's units 1 and 2 behind one gateway, ``web`` keys added."""
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps({
+        "energy_meter": {"type": "shelly"},
+        "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
+        "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
+        "control": {"poll_interval_seconds": 1},
+        "web": {"host": "127.0.0.1", "port": 8080, **web},
+        "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
+    }), encoding="utf-8")
+    return config_path
 
 
 @contextlib.contextmanager

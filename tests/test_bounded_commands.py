@@ -27,7 +27,7 @@ from control.commands import Command, EnterSetup, ExitSetup, Scan, SetId
 from control.control_loop import ControlLoop
 from control.status_store import CommandError, CommandQueue, StatusStore, StoreLogHandler
 from simulator.world import Simulation, UnitSpec
-from tests.helpers import wait_until
+from tests.helpers import wait_until, write_two_unit_config
 from web_server import create_app
 
 
@@ -46,15 +46,7 @@ def running_loop(tmp_path: Path, **web: Any) -> Iterator[Running]:
     """Simulator with batteries on IDs 1 and 2 and the real control thread in front of it."""
     with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
         sim.set_load_w(400.0)
-        config_path = tmp_path / "config.json"
-        config_path.write_text(json.dumps({
-            "energy_meter": {"type": "shelly"},
-            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
-            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
-            "control": {"poll_interval_seconds": 1},
-            "web": {"host": "127.0.0.1", "port": 8080, **web},
-            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
-        }), encoding="utf-8")
+        config_path = write_two_unit_config(tmp_path, sim, **web)
         cfg = load_config(config_path)
         store, commands = StatusStore(), CommandQueue()
         events = StoreLogHandler(store)

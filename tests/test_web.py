@@ -42,7 +42,7 @@ from control.status_store import (
     StoreLogHandler,
 )
 from simulator.world import Simulation, UnitSpec
-from tests.helpers import free_port, wait_until
+from tests.helpers import free_port, wait_until, write_two_unit_config
 from web_server import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,15 +92,7 @@ def live_system(tmp_path: Path, **web: Any) -> Iterator[Live]:
     """Simulator with batteries on IDs 1 and 2, the real control thread, and the app in front of it."""
     with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
         sim.set_load_w(400.0)
-        config_path = tmp_path / "config.json"
-        config_path.write_text(json.dumps({
-            "energy_meter": {"type": "shelly"},
-            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
-            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
-            "control": {"poll_interval_seconds": 1},
-            "web": {"host": "127.0.0.1", "port": 8080, **web},
-            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
-        }), encoding="utf-8")
+        config_path = write_two_unit_config(tmp_path, sim, **web)
         cfg = load_config(config_path)
         store, commands = StatusStore(), CommandQueue()
         events = StoreLogHandler(store)  # as main.setup_logging does: log records become the live events
