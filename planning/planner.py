@@ -281,33 +281,38 @@ def make_plan(inp: PlanInput) -> Plan:
     stages: list[list[float]] = [values]
     j_max = int((model.e_max_wh - lo) / step + 1e-9)  # highest grid state a charge may reach
     may_charge = _worth_charging(slots, model, value_ct_per_wh)
-    # The same DP without any grid charging: grid charging must beat it by the margin (noise), while among
-    # schedules that charge, equal costs go to the earlier charge (the battery is full sooner: less risk).
-    stages_nc: list[list[float]] | None = None
-    if any(may_charge):
-        v_nc = values
-        stages_nc = [v_nc]
-        for t in range(len(slots) - 1, 0, -1):
-            v_nc = _backward_slot(model, ahead[t], v_nc, lo, step, (), j_max)
-            stages_nc.append(v_nc)
-        stages_nc.append(v_nc)  # slot 0's start is never looked up
-        stages_nc.reverse()
-    for t in range(len(slots) - 1, -1, -1):
-        s = ahead[t]
-        nxt = values
-        surplus = max(-s.net_w, 0.0)
-        charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
-        for k, p, dc in tables[s.dt_h]:
-            if may_charge[t] and p > surplus and p - surplus <= model.grid_chg_w:
-                c = model.charge(s, 0.0, p, dc)
-                charges.append((k, c.cost_ct + c.penalty_ct))
-        values = _backward_slot(model, s, nxt, lo, step, charges, j_max)
-        stages.append(values)
-    stages.reverse()  # stages[t]: cost-to-go at the start of slot t
-
     # One price over the whole horizon: nothing to shift. Holding could only trade efficiency crumbs at
     # different powers against forecast noise, so zero feed-in it is (unless the reserve or a peak says no).
     flat = model.peak_w is None and max(s.price for s in slots) - min(s.price for s in slots) < 0.01
+    stages_nc: list[list[float]] | None = None
+    if flat and not any(may_charge):
+        # … and neither the reserve (hold is then forced) nor anything else asks for the cost-to-go: no DP
+        # (a fixed tariff plans in a few milliseconds).
+        stages = [values] * (len(slots) + 1)
+    else:
+        # The same DP without any grid charging: grid charging must beat it by the margin (noise), while among
+        # schedules that charge, equal costs go to the earlier charge (the battery is full sooner: less risk).
+        if any(may_charge):
+            v_nc = values
+            stages_nc = [v_nc]
+            for t in range(len(slots) - 1, 0, -1):
+                v_nc = _backward_slot(model, ahead[t], v_nc, lo, step, (), j_max)
+                stages_nc.append(v_nc)
+            stages_nc.append(v_nc)  # slot 0's start is never looked up
+            stages_nc.reverse()
+        for t in range(len(slots) - 1, -1, -1):
+            s = ahead[t]
+            nxt = values
+            surplus = max(-s.net_w, 0.0)
+            charges: list[tuple[int, float]] = []  # (grid steps up, cost) of each allowed charge power
+            for k, p, dc in tables[s.dt_h]:
+                if may_charge[t] and p > surplus and p - surplus <= model.grid_chg_w:
+                    c = model.charge(s, 0.0, p, dc)
+                    charges.append((k, c.cost_ct + c.penalty_ct))
+            values = _backward_slot(model, s, nxt, lo, step, charges, j_max)
+            stages.append(values)
+        stages.reverse()  # stages[t]: cost-to-go at the start of slot t
+
     full_h = [(p.end - p.start).total_seconds() / 3600.0 for p in prices]
     decided = _forward(model, slots, tables, stages, lo, step, may_charge, flat, stages_nc, full_h)
     reasons = _reasons(decided, slots, prices, model, mean_price, inp)
