@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -1295,15 +1296,13 @@ def update_akku_ids(path: Path | str, akku_ids: list[int]) -> Config:
     The result is validated before anything is written; the old file is kept as
     ``<name>.bak``; the new file replaces the old one atomically.
     """
-    path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
-    battery = data.get("battery")
-    if not isinstance(battery, dict):
-        raise ConfigError(f"battery: must be an object {{...}}, got {_describe(battery)}")
-    battery["akku_ids"] = list(akku_ids)
-    return _validate_and_save(path, data)
+    def change(data: dict[str, Any]) -> None:
+        battery = data.get("battery")
+        if not isinstance(battery, dict):
+            raise ConfigError(f"battery: must be an object {{...}}, got {_describe(battery)}")
+        battery["akku_ids"] = list(akku_ids)
+
+    return _edit(Path(path), change)
 
 
 def unit_entry(battery: BatteryConfig, gateway: str, unit_id: int) -> dict[str, Any]:
@@ -1344,11 +1343,7 @@ def add_unit_to_config(path: Path | str, gateway: str, unit_id: int) -> Config:
     Validated before anything is written; the old file is kept as ``<name>.bak``; atomic replace.
     """
     path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
-    add_unit_to_document(data, gateway, unit_id, base_dir=path.resolve().parent)
-    return _validate_and_save(path, data)
+    return _edit(path, lambda data: add_unit_to_document(data, gateway, unit_id, base_dir=path.resolve().parent))
 
 
 def set_web_password(path: Path | str, password_hash: str) -> Config:
@@ -1356,15 +1351,13 @@ def set_web_password(path: Path | str, password_hash: str) -> Config:
 
     Every other key keeps its value and order; validated before writing; ``<name>.bak``; atomic replace.
     """
-    path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
-    web = data.setdefault("web", {})
-    if not isinstance(web, dict):
-        raise ConfigError(f"web: must be an object {{...}}, got {_describe(web)}")
-    web["password"] = password_hash
-    return _validate_and_save(path, data)
+    def change(data: dict[str, Any]) -> None:
+        web = data.setdefault("web", {})
+        if not isinstance(web, dict):
+            raise ConfigError(f"web: must be an object {{...}}, got {_describe(web)}")
+        web["password"] = password_hash
+
+    return _edit(Path(path), change)
 
 
 def update_sections(path: Path | str, sections: Mapping[str, Any],
@@ -1373,18 +1366,32 @@ def update_sections(path: Path | str, sections: Mapping[str, Any],
     key and its order; ``keep(name, old, new)`` may return the value to store instead (e.g. a write-only token
     kept from ``old``). Validated exactly as at start before anything is written; ``<name>.bak``; atomic
     replace. Raises ConfigError (each problem with its key path) and leaves the file untouched then."""
-    path = Path(path)
-    data = _read_json(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
-    for name, value in sections.items():
-        if keep is not None:
-            value = keep(name, data.get(name), value)
-        if value is None:
-            data.pop(name, None)
-        else:
-            data[name] = value
-    return _validate_and_save(path, data)
+    def change(data: dict[str, Any]) -> None:
+        for name, value in sections.items():
+            if keep is not None:
+                value = keep(name, data.get(name), value)
+            if value is None:
+                data.pop(name, None)
+            else:
+                data[name] = value
+
+    return _edit(Path(path), change)
+
+
+# One edit of a config file at a time in this process: the settings page, setup's add-to-config and the
+# onboarding password each read, change and write the whole file; interleaved, one would undo the other.
+_EDITING = threading.Lock()
+
+
+def _edit(path: Path, change: Callable[[dict[str, Any]], object]) -> Config:
+    """Read the file, ``change`` the document in place, validate it and save it (atomically, with a backup),
+    all under ``_EDITING``; raises ConfigError and leaves the file untouched on any problem."""
+    with _EDITING:
+        data = _read_json(path)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must contain a JSON object {{...}}, got {_describe(data)}")
+        change(data)
+        return _validate_and_save(path, data)
 
 
 def _validate_and_save(path: Path, data: dict[str, Any]) -> Config:

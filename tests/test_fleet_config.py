@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from config_loader import ConfigError, add_unit_to_config, load_config, parse_config
+from config_loader import ConfigError, add_unit_to_config, load_config, parse_config, update_sections
 
 ROOT = Path(__file__).resolve().parent.parent
 V3_EXAMPLE = ROOT / "config.v3-household.example.json"
@@ -150,6 +151,35 @@ def test_add_unit_keeps_the_form_of_the_file(tmp_path: Path) -> None:
     assert saved["battery"]["akku_ids"] == [1, 2] and "units" not in saved["battery"]
     with pytest.raises(ConfigError):
         add_unit_to_config(seed_path, "192.168.1.99:502", 2)
+
+
+def test_two_edits_at_once_keep_both_changes(tmp_path: Path) -> None:
+    """The settings page saves while setup adds a unit: each reads, changes and writes the whole file, so
+    interleaved the later write would drop the other's change. They run one after the other instead."""
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"shelly": {"ip": "192.168.1.100"},
+                                "battery": {"ip": "192.168.1.200", "akku_ids": [1]}}), encoding="utf-8")
+    inside, release = threading.Event(), threading.Event()
+
+    def keep(name: str, old: Any, new: Any) -> Any:
+        inside.set()  # the settings save has read the file …
+        assert release.wait(10)  # … and waits here until the unit's save has had its chance
+        return new
+
+    settings = threading.Thread(target=update_sections,
+                                args=(path, {"plan": {"enabled": False}}, keep), daemon=True)
+    settings.start()
+    assert inside.wait(10)
+    adding = threading.Thread(target=add_unit_to_config, args=(path, "192.168.1.200:502", 2), daemon=True)
+    adding.start()
+    adding.join(1.0)  # without the lock it would be done by now; with it, it waits for the settings save
+    assert adding.is_alive()
+    release.set()
+    settings.join(10)
+    adding.join(10)
+    assert not settings.is_alive() and not adding.is_alive()
+    saved = json.loads(path.read_text(encoding="utf-8"))
+    assert saved["plan"] == {"enabled": False} and saved["battery"]["akku_ids"] == [1, 2]
 
 
 # --------------------------------------------------------------------------- several IDs on one v3 host
