@@ -115,3 +115,19 @@ def test_python_m_benchmark_cost_prints_the_json_last(capsys: pytest.CaptureFixt
     for key in ("captured_share", "threshold_captured_share", "hours_below_reserve", "plan_compute_s"):
         assert key in summary
     assert summary["hours_below_reserve"] == 0 and summary["plan_compute_s"] > 0
+
+
+def test_the_plan_forecasts_the_load_from_what_the_program_would_have_recorded() -> None:
+    """The benchmark's plan gets the program's own load forecast, from grid + battery = load − PV only (the
+    program measures no PV): a forecaster given the load itself would know more than the program does."""
+    from planning.load_forecast import forecast_load, net_load_w
+
+    year = bc.build_year(9, bc.YEAR_START + timedelta(days=150))
+    history = bc.program_history(year)
+    assert [net_load_w(s) for s in history] == pytest.approx([x - y for x, y in zip(year.load_w, year.pv_w)])
+    assert [s.t for s in history] == [(year.start + q * bc.SLOT).timestamp() for q in range(len(history))]
+    # a week of it gives a forecast for the next day's evening (the history reader's window)
+    now = year.start + 8 * bc.PER_DAY * bc.SLOT
+    evening = (PriceSlot(now + timedelta(hours=17), now + timedelta(hours=18), 30.0, 0.0),)
+    load = forecast_load(history[: 8 * bc.PER_DAY], evening, now, tz=bc.BERLIN)
+    assert load[0] is not None and load[0] > 0
