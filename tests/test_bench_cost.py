@@ -124,7 +124,8 @@ def test_the_plan_forecasts_the_load_from_what_the_program_would_have_recorded()
 
     year = bc.build_year(9, bc.YEAR_START + timedelta(days=150))
     history = bc.program_history(year)
-    assert [net_load_w(s) for s in history] == pytest.approx([x - y for x, y in zip(year.load_w, year.pv_w)])
+    net = [x - y for x, y in zip(year.load_w, year.pv_w, strict=True)]
+    assert [net_load_w(s) for s in history] == pytest.approx(net)
     assert [s.t for s in history] == [(year.start + q * bc.SLOT).timestamp() for q in range(len(history))]
     # a week of it gives a forecast for the next day's evening (the history reader's window)
     now = year.start + 8 * bc.PER_DAY * bc.SLOT
