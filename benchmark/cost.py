@@ -313,6 +313,8 @@ def planned(year: Year, import_ct: Sequence[float], feed_ct: Sequence[float], ta
     exact_pv, exact_load = exact_pv or exact, exact_load or exact
     pv_factor = [1.0 if exact_pv else max(0.0, 1.0 + rng.gauss(0.0, PV_ERROR_RMS)) for _ in range(days + 3)]
     history = program_history(year)
+    # the PV forecast the program had for each quarter-hour (kept by its plan thread): the day's actual × its error
+    past_pv = {int(h.t): year.pv_w[q] * pv_factor[q // PER_DAY] for q, h in enumerate(history)}
     # the published periods as end prices
     periods = [(s, e, _end_price(p, tariff), (0.0 if house.feed_in_ct == 0 else house.feed_in_ct))
                for s, e, p in year.published]
@@ -343,7 +345,8 @@ def planned(year: Year, import_ct: Sequence[float], feed_ct: Sequence[float], ta
             load = [_mean_of(year.load_w, s.start, s.end, year.start) for s in slots]
         else:
             # the program's own forecast from what its history would hold: grid + battery = load − PV
-            load = list(forecast_load(history[max(0, i0 - HISTORY_SLOTS):i0], slots, now, pv_w=pv, tz=BERLIN))
+            load = list(forecast_load(history[max(0, i0 - HISTORY_SLOTS):i0], slots, now, pv_w=pv, tz=BERLIN,
+                                      past_pv_w=past_pv))
         fleet = replace(fleet_base, soc_pct=sim.e_wh / CAPACITY_WH * 100.0)
         inp = PlanInput(now, tuple(slots), tuple(pv), tuple(load), fleet, None, BERLIN)
         t0 = time.perf_counter()

@@ -26,7 +26,7 @@ from config_loader import BatteryConfig, PlanConfig
 from control.i18n import Msg
 from control.status_store import BatteryStatus, HistorySample, StatusStore
 from integrations.history import HistoryBusy
-from planning.load_forecast import forecast_load
+from planning.load_forecast import DAY_S, DEFAULT_DAYS, QUARTER_S, forecast_load
 from planning.model import FleetModel, Plan, PlanInput, PriceSlot, PvSlot
 
 log = logging.getLogger("marstek")
@@ -174,6 +174,10 @@ class PlanThread:
         self.tz = tz
         self.started_s = clock()
         self.next_plan_s = clock()  # the first plan as soon as the fleet's SoC is known
+        # The PV forecast per quarter-hour as it was last known (epoch seconds of the quarter's start → W):
+        # with it the load forecast reads the net history as house load (``load_forecast.split_history``).
+        # Kept in memory for the history's days; after a restart the net history serves until it has filled.
+        self.past_pv_w: dict[int, float] = {}
 
     def due(self) -> bool:
         """True when a plan is due: new prices arrived (``wakeup``) or the interval is over; the first one
@@ -215,16 +219,31 @@ class PlanThread:
         if fleet is None:
             return Msg("plan_no_battery")
         pv = pv_per_slot(self.pv.latest(), prices) if self.pv is not None else None
+        if pv is not None:
+            self._remember_pv(prices, pv, now)
         samples: Sequence[HistorySample] = ()
         if self.history is not None:
             try:
                 samples = self.history(now)
             except HistoryBusy as exc:  # a slow disk: plan without the history this time
                 log.debug("load history not readable: %s", exc)
-        load = forecast_load(samples, prices, now, pv_w=pv, tz=self.tz)
+        load = forecast_load(samples, prices, now, pv_w=pv, tz=self.tz, past_pv_w=self.past_pv_w)
         return PlanInput(now=now, prices=prices, pv_w=pv if pv is not None else (None,) * len(prices),
                          load_w=load, fleet=fleet, peak_import_limit_w=self.plan_cfg.peak_import_limit_w,
                          tz=self.tz)
+
+    def _remember_pv(self, prices: Sequence[PriceSlot], pv: Sequence[float | None], now: datetime) -> None:
+        """Keep each quarter-hour's PV forecast (the latest one wins) for the history's days."""
+        for slot, pv_w in zip(prices, pv, strict=True):
+            if pv_w is None:
+                continue
+            t = int(slot.start.timestamp())
+            while t < slot.end.timestamp():
+                self.past_pv_w[t - t % QUARTER_S] = pv_w
+                t += QUARTER_S
+        oldest = now.timestamp() - (DEFAULT_DAYS + 1) * DAY_S
+        for t in [t for t in self.past_pv_w if t < oldest]:
+            del self.past_pv_w[t]
 
     def _plan(self, now: datetime) -> Plan:
         made = self.plan_input(now)

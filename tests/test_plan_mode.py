@@ -18,7 +18,7 @@ from control.commands import SetMode
 from control.modes import ModeRequest, ModeState
 from control.status_store import BatteryStatus, CommandQueue, HistorySample, StatusSnapshot, StatusStore
 from integrations.history import History, HistoryBusy
-from planning.load_forecast import forecast_load, history_reader, net_load_w
+from planning.load_forecast import forecast_load, history_reader, net_load_w, split_history
 from planning.model import Plan, PlanInput, PlannedSlot, PriceSlot, PvSlot
 from planning.plan_mode import PLAN_MAX_AGE_S, effective_mode, plan_json, plan_problem
 from planning.plan_thread import PlanThread, fleet_model, pv_per_slot
@@ -224,6 +224,30 @@ def store_with_batteries(*socs: float | None) -> StatusStore:
     return store
 
 
+def test_with_the_pv_forecast_of_past_days_the_history_is_read_as_house_load():
+    """Midday history: a 1500 W kitchen − 2000 W PV = −500 W net. With the PV forecast the program had for
+    those days, the net history becomes the house's load again: the midday forecast is the kitchen's 1500 W,
+    not the night's 400 W base load. Fewer than three days with a recorded forecast: the base-load rule."""
+    def day(t: datetime) -> float:
+        return -500.0 if 11 <= t.hour < 14 else 400.0
+
+    samples = synthetic_history(7, day)
+    past_pv = {int(s.t) - int(s.t) % 900: 2000.0 for s in samples if 11 <= datetime.fromtimestamp(s.t, UTC).hour < 14}
+    slots = price_slots(T0.replace(hour=0), 96)
+    pv = [1800.0 if 11 <= s.start.hour < 14 else 0.0 for s in slots]
+    split = forecast_load(samples, slots, T0.replace(hour=0), pv_w=pv, tz=UTC, past_pv_w=past_pv)
+    assert split[12 * 4] == pytest.approx(1500.0)  # the planner subtracts today's 1800 W itself
+    assert split[20 * 4] == pytest.approx(400.0)  # night: no PV then or now
+    assert split_history(samples, past_pv, UTC) is not None
+    last_two = sorted({t // 86400 for t in past_pv})[-2:]
+    two_days = {t: w for t, w in past_pv.items() if t // 86400 in last_two}
+    assert split_history(samples, two_days, UTC) is None
+    fallback = forecast_load(samples, slots, T0.replace(hour=0), pv_w=pv, tz=UTC, past_pv_w=two_days)
+    assert fallback[12 * 4] == pytest.approx(400.0)  # the base load, as without any recorded forecast
+    # without a PV forecast for the horizon there is nothing to subtract: the net history as before
+    assert forecast_load(samples, slots, T0.replace(hour=0), tz=UTC, past_pv_w=past_pv)[12 * 4] == 0.0
+
+
 def test_fleet_model_counts_the_online_batteries_with_a_soc():
     fleet = fleet_model(store_with_batteries(40.0, 60.0, None).latest().batteries, BATTERY, PLAN)
     assert fleet is not None
@@ -257,6 +281,8 @@ def test_the_plan_thread_builds_the_input_publishes_and_replans_on_time_and_on_n
     assert given.now == T0 + timedelta(seconds=60) and given.prices[0].start == T0 and len(given.prices) == 7
     assert given.pv_w == (800.0,) * 7 and all(load == pytest.approx(350.0) for load in given.load_w)
     assert given.fleet.soc_pct == 40.0 and given.peak_import_limit_w == 4000.0
+    # the PV forecast of every planned quarter-hour is kept for the load forecast of later days
+    assert thread.past_pv_w == {int((T0 + n * Q).timestamp()): 800.0 for n in range(7)}
     assert not thread.due()
     mono.advance(14 * 60)
     assert not thread.due()
