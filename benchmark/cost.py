@@ -602,9 +602,9 @@ def markdown(runs: Sequence[dict[str, object]], summary: dict[str, object]) -> s
         "- **Plan mit Prognosen**: `planning.planner.make_plan` wie im Programm, stündlich neu geplant (die Modi "
         "gelten je eine Stunde); Preise bis Tagesende, ab 13:00 bis Ende des Folgetags (Day-Ahead-Veröffentlichung); "
         "Last = die Prognose des Programms (`planning.load_forecast`) aus dem, was seine Historie hätte: "
-        f"Netz + Akku = Last − PV je Viertelstunde, die letzten {DEFAULT_DAYS} Tage (Mittel derselben Viertelstunde, "
-        "Werktage und Wochenende getrennt, plus die Abweichung der letzten Stunden, auslaufend; in Viertelstunden "
-        "mit PV-Prognose die Grundlast der dunklen Stunden); "
+        f"Netz + Akku = Last − PV je Viertelstunde, die letzten {DEFAULT_DAYS} Tage, plus die PV-Prognose, die das "
+        "Programm für diese Viertelstunden hatte, also wieder die Hauslast (Mittel derselben Viertelstunde, "
+        "Werktage und Wochenende getrennt, plus die Abweichung der letzten Stunden, auslaufend); "
         f"PV = tatsächliche PV × Tagesfaktor 1 + N(0; {PV_ERROR_RMS}) "
         f"(≈ {PV_ERROR_RMS * 100:.0f} % RMS Tagesfehler, fester Zufallsstartwert). Verschleißkosten "
         f"{WEAR_CT_PER_KWH:.0f} ct/kWh (`plan.wear_ct_per_kwh`): Plan und LP optimieren dasselbe, die Euro oben; "
@@ -646,7 +646,8 @@ def explanation(runs: Sequence[dict[str, object]]) -> str:
                  "kann kein Betrieb); der Plan macht bei einem Preis Nulleinspeisung und verliert dort nichts. ")
     return (
         "Einordnung: " + part1 + "Die Last kommt aus der eigenen Historie des Programms, die nur Netz + Akku "
-        "kennt (Last − PV): die Wärmepumpe und das E-Auto mit 11 kW sind daraus schlecht vorherzusagen, und ein "
+        "kennt (Last − PV, mit der damaligen PV-Prognose wieder zur Last ergänzt): die Wärmepumpe und das E-Auto "
+        "mit 11 kW sind daraus schlecht vorherzusagen, und ein "
         "falsch erwarteter Abend lässt den Plan zu viel oder zu wenig aus dem Netz laden. Mit Prognosen braucht "
         f"der Plan deshalb Sicherheitsabstände (ein anderer Modus muss {_de(TIE_CT)} ct mehr sparen als "
         f"Nulleinspeisung, künftige PV zählt × {_de(1 + PV_OPTIMISM)}); mit exakten Prognosen kosten sie ihn etwas. "
