@@ -109,7 +109,8 @@ def forecast_load(
     ``samples``: the history of the last days (any resolution), oldest first; ``now``: aware; ``tz``: the
     local zone of the household's days (default: the machine's); ``past_pv_w``: the PV forecast the program
     had for past quarter-hours (epoch seconds of the quarter's start → W, see ``split_history``)."""
-    if past_pv_w is not None and pv_w is not None:
+    if past_pv_w is not None and pv_w is not None and any(v is not None for v in pv_w):
+        # (a horizon without any PV value: the forecast failed, the planner will subtract nothing)
         split = split_history(samples, past_pv_w, tz)
         if split is not None:  # the history as house load: every slot from the profile, no base-load rule
             samples, pv_w = split, None

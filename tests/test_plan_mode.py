@@ -246,6 +246,8 @@ def test_with_the_pv_forecast_of_past_days_the_history_is_read_as_house_load():
     assert fallback[12 * 4] == pytest.approx(400.0)  # the base load, as without any recorded forecast
     # without a PV forecast for the horizon there is nothing to subtract: the net history as before
     assert forecast_load(samples, slots, T0.replace(hour=0), tz=UTC, past_pv_w=past_pv)[12 * 4] == 0.0
+    failed = forecast_load(samples, slots, T0.replace(hour=0), pv_w=[None] * 96, tz=UTC, past_pv_w=past_pv)
+    assert failed[12 * 4] == 0.0
 
 
 def test_fleet_model_counts_the_online_batteries_with_a_soc():
