@@ -78,9 +78,11 @@
 
   /** An error from the JSON API: message from {"error": ...}, HTTP status (0: no connection). */
   class ApiError extends Error {
-    constructor(message, status) {
+    /** ``data``: the answer's JSON body when there was one (e.g. a 400's ``problems``). */
+    constructor(message, status, data) {
       super(message);
       this.status = status;
+      this.data = data === undefined ? null : data;
     }
   }
 
@@ -115,7 +117,7 @@
     }
     if (!resp.ok) {
       const msg = data && typeof data.error === "string" ? data.error : "HTTP " + resp.status;
-      throw new ApiError(msg, resp.status);
+      throw new ApiError(msg, resp.status, data);
     }
     return data;
   }

@@ -199,26 +199,12 @@
     button.textContent = t("settings_saving");
     const body = { tariff: collectTariff(), forecast: collectForecast(), plan: collectPlan() };
     try {
-      const resp = await fetch("/api/settings", {
-        method: "POST", credentials: "same-origin", cache: "no-store",
-        headers: { "Content-Type": "application/json", Accept: "application/json" },
-        body: JSON.stringify(body),
-      });
-      let data = null;
-      try {
-        data = await resp.json();
-      } catch (e) {
-        data = null;
-      }
-      if (!resp.ok) {
-        const msg = data && typeof data.error === "string" ? data.error : "HTTP " + resp.status;
-        showError(new ApiError(msg, resp.status), resp.status === 400 && data ? data.problems : null);
-      } else {
-        fill(data);
-        $("settings-saved").hidden = false;
-      }
+      fill(await api.post("/api/settings", body));
+      $("settings-saved").hidden = false;
     } catch (err) {
-      showError(new ApiError(String(err && err.message ? err.message : err), 0));
+      const problems = err instanceof ApiError && err.status === 400 && err.data ? err.data.problems : null;
+      showError(err instanceof ApiError ? err : new ApiError(String(err && err.message ? err.message : err), 0),
+        problems);
     } finally {
       button.disabled = false;
       button.textContent = t("settings_save");
