@@ -359,6 +359,14 @@
     ];
   }
 
+  /** The axis style of the bar charts, or null when the vendored uPlot (with bars) did not load. */
+  function barChartStyle() {
+    if (typeof window.uPlot !== "function" || !window.uPlot.paths || !window.uPlot.paths.bars) return null;
+    const text = cssVar("--text", "#1b2530");
+    const line = cssVar("--line", "#dde3e9");
+    return { axis: { stroke: text, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } } };
+  }
+
   let energyChart = null;
   let energyObserver = null;
   const dayFmt = new Intl.DateTimeFormat(M.locale, { day: "2-digit", month: "2-digit" });
@@ -366,10 +374,9 @@
 
   function makeEnergyChart() {
     const box = $("energy-chart");
-    if (typeof window.uPlot !== "function" || !window.uPlot.paths || !window.uPlot.paths.bars) return null;
-    const text = cssVar("--text", "#1b2530");
-    const line = cssVar("--line", "#dde3e9");
-    const axis = { stroke: text, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    const style = barChartStyle();
+    if (style === null) return null;
+    const { axis } = style;
     // Two bars per day: grid (import up, export down) left of the day, batteries (discharge up, charge down) right.
     const left = window.uPlot.paths.bars({ size: [0.38, 40], align: -1 });
     const right = window.uPlot.paths.bars({ size: [0.38, 40], align: 1 });
@@ -704,10 +711,9 @@
 
   function makePlanChart() {
     const box = $("plan-chart");
-    if (typeof window.uPlot !== "function" || !window.uPlot.paths || !window.uPlot.paths.bars) return null;
-    const text = cssVar("--text", "#1b2530");
-    const line = cssVar("--line", "#dde3e9");
-    const axis = { stroke: text, grid: { stroke: line, width: 1 }, ticks: { stroke: line, width: 1 } };
+    const style = barChartStyle();
+    if (style === null) return null;
+    const { axis } = style;
     const forecasts = planForecasts();
     const wide = window.innerWidth >= 600 && forecasts.length > 0;
     const ct = (v) => fmt.number(v) + "\u00a0" + t("unit_ct");
