@@ -72,16 +72,19 @@ def sim_config(sim: Simulation, ids: list[int], **sections: dict[str, Any]) -> C
     return parse_config(sim_config_data(sim, ids, **sections))
 
 
-def write_two_unit_config(tmp_path: Path, sim: Simulation, **web: Any) -> Path:
-    """config.json in ``tmp_path`` for the simulator's units 1 and 2 behind one gateway, ``web`` keys added."""
+def write_two_unit_config(tmp_path: Path, sim: Simulation, web: dict[str, Any] | None = None,
+                          sections: dict[str, Any] | None = None) -> Path:
+    """config.json in ``tmp_path`` for the simulator's units 1 and 2 behind one gateway, ``web`` keys and
+    further top-level ``sections`` added."""
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps({
         "energy_meter": {"type": "shelly"},
         "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
         "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
         "control": {"poll_interval_seconds": 1},
-        "web": {"host": "127.0.0.1", "port": 8080, **web},
+        "web": {"host": "127.0.0.1", "port": 8080, **(web or {})},
         "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
+        **(sections or {}),
     }), encoding="utf-8")
     return config_path
 

@@ -46,7 +46,7 @@ def running_loop(tmp_path: Path, **web: Any) -> Iterator[Running]:
     """Simulator with batteries on IDs 1 and 2 and the real control thread in front of it."""
     with Simulation(units=[UnitSpec(1, soc_pct=50.0), UnitSpec(2, soc_pct=60.0)]) as sim:
         sim.set_load_w(400.0)
-        config_path = write_two_unit_config(tmp_path, sim, **web)
+        config_path = write_two_unit_config(tmp_path, sim, web)
         cfg = load_config(config_path)
         store, commands = StatusStore(), CommandQueue()
         events = StoreLogHandler(store)

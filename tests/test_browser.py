@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from simulator.world import Simulation, UnitSpec
-from tests.helpers import free_port, stop_process, wait_until
+from tests.helpers import free_port, stop_process, wait_until, write_two_unit_config
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,16 +97,7 @@ def running_system(tmp_path: Path, **sections: Any) -> Iterator[System]:
         sim.set_load_w(600.0)
         sim.set_pv_w(0.0)
         port = free_port()
-        config_path = tmp_path / "config.json"
-        config_path.write_text(json.dumps({
-            "energy_meter": {"type": "shelly"},
-            "shelly": {"ip": f"127.0.0.1:{sim.shelly_port}", "timeout_seconds": 1},
-            "battery": {"ip": "127.0.0.1", "port": sim.modbus_port, "akku_ids": [1, 2], "timeout_seconds": 1},
-            "control": {"poll_interval_seconds": 1},
-            "web": {"host": "127.0.0.1", "port": port, "language": "de"},
-            "logging": {"file": str(tmp_path / "logs" / "marstek.log")},
-            **sections,
-        }), encoding="utf-8")
+        config_path = write_two_unit_config(tmp_path, sim, {"port": port, "language": "de"}, sections)
         output_path = tmp_path / "main-output.txt"
         output = output_path.open("w", encoding="utf-8")
         proc = subprocess.Popen(

@@ -50,17 +50,6 @@ if not Path(MOSQUITTO).exists():
     pytest.skip(reason, allow_module_level=True)
 
 
-@pytest.fixture(autouse=True)
-def english_messages() -> Iterator[None]:
-    """The log texts these tests read are the English ones (main() in another test may have switched)."""
-    before = i18n.language()
-    i18n.set_language("en")
-    try:
-        yield
-    finally:
-        i18n.set_language(before)
-
-
 # ---------------------------------------------------------------------------- the broker
 class Broker:
     """mosquitto on 127.0.0.1:<port> with a generated config; stop() and start() keep the port."""
